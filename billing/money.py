@@ -47,9 +47,7 @@ class MoneyParseError(ValueError):
     """Raised when a decimal string is not a valid amount at the system scale."""
 
 
-def round_scaled(
-    numerator: int, denominator: int, *, decimals: int, mode: RoundingMode
-) -> int:
+def round_scaled(numerator: int, denominator: int, *, decimals: int, mode: RoundingMode) -> int:
     """Round the exact rational ``numerator / denominator`` micro-units to ``decimals``.
 
     Returns micro-units (an ``int`` at :data:`SCALE`) that are a multiple of
@@ -75,7 +73,8 @@ def round_scaled(
             if twice > den or (twice == den and quotient % 2 == 1):
                 quotient += 1
         # DOWN truncates towards zero: nothing to add.
-    return sign * quotient * step
+    result: int = sign * quotient * step
+    return result
 
 
 def parse_amount(text: str | int) -> int:
