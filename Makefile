@@ -7,7 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench clean
+PROTOS := $(wildcard proto/petribill/v1/*.proto)
+STUBS  := proto/petribill/v1/.stubs-stamp
+
+.PHONY: demo test lint typecheck bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# gRPC stubs are generated from the .proto files by the build, never edited.
+$(STUBS): $(STAMP) $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto $(PROTOS)
+	touch $(STUBS)
+
+proto: $(STUBS)
+
+demo: $(STUBS)
 	$(BIN)/petribill demo
 
-test: $(STAMP)
+test: $(STUBS)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -32,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/rating.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(STUBS) proto/petribill/v1/*_pb2*

@@ -1,0 +1,1 @@
+"""petribill wire types (generated from the .proto files by the build)."""

@@ -1,0 +1,1 @@
+"""petribill.v1: generated gRPC stubs; never edited by hand."""
