@@ -1,0 +1,444 @@
+"""Accounts: the profile, the balance state, and the uniform effects of every ABM operation.
+
+**Account** (frozen) is the profile: id, payment mode, currency, credit
+limit, status, plan subscriptions with history, msisdns and sponsor rules.
+
+**AccountState** is the whole charging state of one account: the profile, the
+balances of its ledger books, bundle consumption per cycle, usage totals per
+cycle and usage class, open online reservations, reminder state and a bounded
+usage history. Its balances are a *view* of the ledger: for every book,
+``state.balance(book) == replay(entries)[account_key(id, book)]`` (tests hold
+every operation to that).
+
+**Purity.** ``AccountState`` is a mutable object for speed, but operations
+never mutate a state they were handed: they work on a :meth:`AccountState.copy`
+(``charge_batch`` copies each touched account once per batch) and hand the new
+states back in :attr:`Effects.accounts`. A caller that fails to persist the
+effects simply keeps the old states.
+
+**Outcome / Effects.** Every operation (create, charge, top-up, switch, each
+online-charging step, expiry, sponsor charge) returns an :class:`Outcome`:
+
+- ``result`` — a :class:`Result`, one to one with the proto enum;
+- ``receipt`` — the operation's answer (a ``Charge``, a ``Grant``...), also the
+  result stored in the idempotency mark, so a retry gets it back;
+- ``effects`` — an :class:`Effects`: changed account states, ledger entries,
+  idempotency marks ``(key, Mark)``, notifications, and ``forwards`` (charges
+  a sponsor on another shard must apply).
+
+The shard actor writes ``effects`` in one atomic WriteBatch and answers with
+``result`` and ``receipt``. A replayed request (``DUPLICATE``) and a refusal
+have empty effects. Charging rows (:class:`billing.charging.Charge`) derive
+their ledger entry and mark lazily (see :attr:`Effects.entries`), which keeps
+the batch hot path free of per-record object graphs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.invariant import invariant
+from billing.ledger import Book, Entry, account_key, is_valid_account_id
+from billing.notifications import Notification
+from billing.tariffs.model import PaymentMode
+
+if TYPE_CHECKING:
+    from billing.charging import Charge
+    from billing.ocs import Reservation
+    from billing.sponsor import SponsoredUsage
+
+__all__ = [
+    "Account",
+    "AccountState",
+    "AccountStatus",
+    "Effects",
+    "Outcome",
+    "PaymentMode",
+    "Result",
+    "SponsorRule",
+    "Subscription",
+    "conflict_result",
+    "create_account",
+    "set_credit_limit",
+    "set_status",
+]
+
+T = TypeVar("T")
+
+
+class AccountStatus(enum.StrEnum):
+    """Life of an account. Blocked accounts are refused online; closed ones refuse everything."""
+
+    ACTIVE = "active"
+    BLOCKED = "blocked"
+    CLOSED = "closed"
+
+
+class Result(enum.StrEnum):
+    """Outcomes of every ABM operation; one to one with the proto enum."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    CHARGED = "charged"
+    CHARGED_TO_DEBT = "charged_to_debt"  # offline prepaid usage partly posted to Book.DEBT
+    CHARGED_OVER_LIMIT = "charged_over_limit"  # postpaid/hybrid usage beyond the credit limit
+    SPONSORED = "sponsored"  # a third party pays; the subscriber's line is zero-money
+    TOPPED_UP = "topped_up"
+    SWITCHED = "switched"
+    GRANTED = "granted"  # online: quota reserved (initial or update)
+    TERMINATED = "terminated"  # online: session settled and closed
+    EXPIRED = "expired"  # online: reservations released by validity expiry
+    REFUNDED = "refunded"
+    BALANCE = "balance"  # read-only answers (balance check, price enquiry)
+    DUPLICATE = "duplicate"
+    EXISTS_WITH_DIFFERENT_ACCOUNT = "exists_with_different_account"
+    EXISTS_WITH_DIFFERENT_AMOUNT = "exists_with_different_amount"
+    EXISTS_WITH_DIFFERENT_CURRENCY = "exists_with_different_currency"
+    EXISTS_WITH_DIFFERENT_CONTENT = "exists_with_different_content"
+    EXISTS_WITH_DIFFERENT_MODE = "exists_with_different_mode"
+    EXISTS_WITH_DIFFERENT_UNITS = "exists_with_different_units"
+    EXISTS_WITH_DIFFERENT_SESSION = "exists_with_different_session"
+    EXISTS_WITH_DIFFERENT_STEP = "exists_with_different_step"
+    ACCOUNT_EXISTS = "account_exists"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    CREDIT_LIMIT_EXCEEDED = "credit_limit_exceeded"  # online request beyond the credit limit
+    ACCOUNT_BLOCKED = "account_blocked"
+    ACCOUNT_CLOSED = "account_closed"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_CLOSED = "session_closed"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    INVALID_ARGUMENT = "invalid_argument"
+    REJECTED_OFFLINE = "rejected_offline"  # offline policy "reject": record goes to the queue
+
+
+CHARGED_RESULTS = frozenset({Result.CHARGED, Result.CHARGED_TO_DEBT, Result.CHARGED_OVER_LIMIT})
+
+
+def conflict_result(conflict: Conflict) -> Result:
+    """The ``exists_with_different_<field>`` result of an idempotency conflict."""
+    try:
+        return Result(conflict.reason)
+    except ValueError:
+        return Result.EXISTS_WITH_DIFFERENT_CONTENT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscription:
+    """A plan subscribed in ``[start_s, end_s)``; ``end_s`` ``None`` is open-ended."""
+
+    plan_id: str
+    start_s: int
+    end_s: int | None = None
+
+    def active_at(self, t_s: int) -> bool:
+        return self.start_s <= t_s and (self.end_s is None or t_s < self.end_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SponsorRule:
+    """A third party pays for part of this account's usage (backward billing).
+
+    The rule covers a record when every criterion set matches: ``usage_classes``
+    (patterns like ``"data.*"``), ``rating_group``, ``content_provider``. The
+    sponsor is billed ``price_key``'s price for the units when set, else the
+    record's rated amount. See ``billing.sponsor``.
+    """
+
+    sponsor_account_id: str
+    usage_classes: tuple[str, ...] = ()
+    rating_group: int | None = None
+    content_provider: str | None = None
+    price_key: str | None = None
+    start_s: int = 0
+    end_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """The profile of one account. ``credit_limit`` ``None`` means unlimited (postpaid)."""
+
+    account_id: str
+    currency: str
+    payment_mode: PaymentMode
+    credit_limit: int | None = None
+    status: AccountStatus = AccountStatus.ACTIVE
+    subscriptions: tuple[Subscription, ...] = ()
+    msisdns: tuple[str, ...] = ()
+    sponsor_rules: tuple[SponsorRule, ...] = ()
+    created_at_s: int = 0
+
+    def __post_init__(self) -> None:
+        invariant(is_valid_account_id(self.account_id), f"bad account id {self.account_id!r}")
+        invariant(len(self.currency) == 3 and self.currency.isupper(), "currency: ISO 4217 code")
+        invariant(self.credit_limit is None or self.credit_limit >= 0, "credit limit >= 0")
+
+    def plan_at(self, t_s: int) -> str | None:
+        """The plan of the latest subscription active at ``t_s``."""
+        found = None
+        for subscription in self.subscriptions:
+            if subscription.active_at(t_s):
+                found = subscription.plan_id
+        return found
+
+
+class AccountState:
+    """The charging state of one account (see the module docstring for the rules of use).
+
+    ``bundle_used`` / ``bundle_held`` map ``(cycle_id, bundle_id)`` to units
+    consumed / held by open reservations. ``usage`` maps ``(cycle_id,
+    usage_class)`` to ``(count, units, bundle_units, amount, unbilled)``: ``amount``
+    is all money charged, ``unbilled`` the part posted to ``Book.UNBILLED`` and
+    not yet on an interim invoice (what the bill run invoices). ``reminders``
+    holds the keys of thresholds currently crossed and ``crossings`` how often
+    each was crossed (it numbers the notification ids). ``history`` keeps the
+    last ``history_max`` usage lines (``Charge`` rows), newest last.
+    """
+
+    __slots__ = (
+        "account",
+        "bundle_held",
+        "bundle_used",
+        "credit",
+        "crossings",
+        "debt",
+        "history",
+        "prepaid",
+        "receivable",
+        "reminder_cycle",
+        "reminders",
+        "reservations",
+        "reserved",
+        "unbilled",
+        "usage",
+    )
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.prepaid = 0
+        self.reserved = 0
+        self.unbilled = 0
+        self.receivable = 0
+        self.credit = 0
+        self.debt = 0
+        self.bundle_used: dict[tuple[str, str], int] = {}
+        self.bundle_held: dict[tuple[str, str], int] = {}
+        self.usage: dict[tuple[str, str], tuple[int, int, int, int, int]] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.reminders: set[str] = set()
+        self.crossings: dict[str, int] = {}
+        self.reminder_cycle: str | None = None
+        self.history: list[Charge] = []
+
+    @property
+    def account_id(self) -> str:
+        return self.account.account_id
+
+    def copy(self) -> AccountState:
+        """An independent copy (containers copied, immutable values shared)."""
+        new = AccountState.__new__(AccountState)
+        new.account = self.account
+        new.prepaid = self.prepaid
+        new.reserved = self.reserved
+        new.unbilled = self.unbilled
+        new.receivable = self.receivable
+        new.credit = self.credit
+        new.debt = self.debt
+        new.bundle_used = dict(self.bundle_used)
+        new.bundle_held = dict(self.bundle_held)
+        new.usage = dict(self.usage)
+        new.reservations = dict(self.reservations)
+        new.reminders = set(self.reminders)
+        new.crossings = dict(self.crossings)
+        new.reminder_cycle = self.reminder_cycle
+        new.history = list(self.history)
+        return new
+
+    def balance(self, book: Book) -> int:
+        value: int = getattr(self, book.value)
+        return value
+
+    def add(self, book: Book, amount: int) -> None:
+        setattr(self, book.value, getattr(self, book.value) + amount)
+
+    def balances(self) -> dict[Book, int]:
+        return {book: self.balance(book) for book in Book}
+
+    def ledger_view(self) -> dict[str, int]:
+        """Non-zero books keyed like the ledger (``"<id>/<book>"``), to compare with ``replay``."""
+        return {
+            account_key(self.account.account_id, book): amount
+            for book, amount in self.balances().items()
+            if amount
+        }
+
+    def apply_entry(self, entry: Entry) -> None:
+        """Add ``entry``'s postings to this account's books (postings of others are skipped)."""
+        prefix = self.account.account_id + "/"
+        for posting in entry.postings:
+            if posting.account.startswith(prefix):
+                self.add(Book(posting.account[len(prefix) :]), posting.amount)
+
+    @property
+    def credit_hold(self) -> int:
+        """Credit held by open reservations of the postpaid part (no money moves for it)."""
+        return sum(r.credit_hold for r in self.reservations.values() if r.is_open)
+
+    def owed(self) -> int:
+        """What the account owes net of its credit: the credit-limit exposure (may be < 0)."""
+        return -(self.unbilled + self.receivable + self.debt) - self.credit
+
+    def credit_available(self) -> int | None:
+        """How much more postpaid usage fits under the limit (``None``: unlimited)."""
+        limit = self.account.credit_limit
+        if limit is None:
+            return None
+        return max(limit - self.owed() - self.credit_hold, 0)
+
+    def usage_of(self, cycle_id: str) -> dict[str, tuple[int, int, int, int, int]]:
+        """Usage of one cycle by class: ``(count, units, bundle_units, amount, unbilled)``."""
+        return {cls: totals for (cyc, cls), totals in self.usage.items() if cyc == cycle_id}
+
+    def bundle_remaining(self, cycle_id: str, bundle_id: str, units: int) -> int:
+        key = (cycle_id, bundle_id)
+        return units - self.bundle_used.get(key, 0) - self.bundle_held.get(key, 0)
+
+    def __repr__(self) -> str:
+        return (
+            f"AccountState({self.account.account_id}, {self.account.payment_mode.value}, "
+            f"prepaid={self.prepaid}, reserved={self.reserved}, unbilled={self.unbilled}, "
+            f"receivable={self.receivable}, credit={self.credit}, debt={self.debt})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Effects:
+    """What an operation changed, to be persisted atomically.
+
+    ``explicit_entries``/``explicit_marks`` are built eagerly; ``charges`` are
+    charging rows whose entry and mark are derived on demand. Read
+    :attr:`entries` and :attr:`marks`, which include both.
+    """
+
+    accounts: tuple[AccountState, ...] = ()
+    explicit_entries: tuple[Entry, ...] = ()
+    explicit_marks: tuple[tuple[str, Mark[Any]], ...] = ()
+    charges: tuple[Charge, ...] = ()
+    notifications: tuple[Notification, ...] = ()
+    forwards: tuple[SponsoredUsage, ...] = ()
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """Every ledger entry of the operation: the explicit ones, then one per money charge."""
+        derived = [e for c in self.charges if (e := c.to_entry()) is not None]
+        return self.explicit_entries + tuple(derived)
+
+    @property
+    def marks(self) -> tuple[tuple[str, Mark[Any]], ...]:
+        """Every idempotency mark ``(key, mark)`` to store."""
+        derived = [m for c in self.charges if (m := c.to_mark()) is not None]
+        return self.explicit_marks + tuple(derived)
+
+    @property
+    def usage_lines(self) -> tuple[Charge, ...]:
+        """The usage-history lines of the operation (charged or sponsored records)."""
+        return tuple(c for c in self.charges if c.is_usage_line)
+
+
+NO_EFFECTS = Effects()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome(Generic[T]):
+    """The answer of one operation: ``result``, ``receipt`` and the ``effects`` to persist."""
+
+    result: Result
+    receipt: T | None = None
+    effects: Effects = field(default=NO_EFFECTS)
+
+
+def _account_fields(account: Account) -> dict[str, object]:
+    return {
+        "account": account.account_id,
+        "currency": account.currency,
+        "mode": account.payment_mode.value,
+        "content": (account.credit_limit, account.subscriptions, account.msisdns),
+    }
+
+
+def create_account(
+    *,
+    request_id: str,
+    account: Account,
+    current: AccountState | None,
+    existing: Mark[Account] | None,
+) -> Outcome[Account]:
+    """Create ``account`` (idempotent by ``request_id``; the id must be new).
+
+    ``current`` is the state stored under ``account.account_id``, if any: an
+    account id taken by another request is ``ACCOUNT_EXISTS``.
+    """
+    fields = _account_fields(account)
+    decision = check(existing, fields)
+    if isinstance(decision, Replay):
+        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
+    if isinstance(decision, Conflict):
+        return Outcome(result=conflict_result(decision))
+    if current is not None:
+        return Outcome(result=Result.ACCOUNT_EXISTS, receipt=current.account)
+    state = AccountState(account)
+    return Outcome(
+        result=Result.CREATED,
+        receipt=account,
+        effects=Effects(accounts=(state,), explicit_marks=((request_id, mark(fields, account)),)),
+    )
+
+
+def _update(
+    request_id: str,
+    state: AccountState,
+    fields: Mapping[str, object],
+    existing: Mark[Account] | None,
+    new_account: Account,
+) -> Outcome[Account]:
+    decision = check(existing, fields)
+    if isinstance(decision, Replay):
+        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
+    if isinstance(decision, Conflict):
+        return Outcome(result=conflict_result(decision))
+    new = state.copy()
+    new.account = new_account
+    return Outcome(
+        result=Result.UPDATED,
+        receipt=new_account,
+        effects=Effects(accounts=(new,), explicit_marks=((request_id, mark(fields, new_account)),)),
+    )
+
+
+def set_credit_limit(
+    *,
+    request_id: str,
+    state: AccountState,
+    credit_limit: int | None,
+    existing: Mark[Account] | None,
+) -> Outcome[Account]:
+    """Change the credit limit (idempotent by ``request_id``). Nothing is re-evaluated now:
+    the next charge sees the new limit."""
+    if credit_limit is not None and credit_limit < 0:
+        return Outcome(result=Result.INVALID_ARGUMENT)
+    fields = {"account": state.account_id, "amount": credit_limit}
+    return _update(
+        request_id, state, fields, existing, replace(state.account, credit_limit=credit_limit)
+    )
+
+
+def set_status(
+    *, request_id: str, state: AccountState, status: AccountStatus, existing: Mark[Account] | None
+) -> Outcome[Account]:
+    """Block, unblock or close an account (idempotent by ``request_id``)."""
+    fields = {"account": state.account_id, "content": status.value}
+    return _update(request_id, state, fields, existing, replace(state.account, status=status))
