@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from billing.invariant import invariant
+from billing.invariant import InvariantViolation, invariant
 
 __all__ = [
     "DECIMALS",
@@ -54,8 +54,13 @@ def round_scaled(numerator: int, denominator: int, *, decimals: int, mode: Round
     ``10**(DECIMALS - decimals)``. ``half_up`` rounds ties away from zero, as
     CGRateS' ``*middle`` does; ``up`` is away from zero (CGRateS' ``*up``).
     """
-    invariant(denominator > 0, f"denominator must be positive, got {denominator}")
-    invariant(0 <= decimals <= DECIMALS, f"decimals must be 0..{DECIMALS}, got {decimals}")
+    # Checked inline, not through invariant(): this is the hot path of rating,
+    # and an eagerly formatted message would cost more than the arithmetic.
+    if denominator <= 0 or not 0 <= decimals <= DECIMALS:
+        raise InvariantViolation(
+            f"round_scaled: denominator {denominator} must be > 0 and decimals "
+            f"{decimals} within 0..{DECIMALS}"
+        )
     step = 10 ** (DECIMALS - decimals)
     # Work on the magnitude so every mode is symmetric around zero.
     sign = -1 if numerator < 0 else 1
