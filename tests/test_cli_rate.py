@@ -1,0 +1,192 @@
+"""`petribill rate` and `petribill demo` over the sample CDRs and tariffs in conf/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from click.testing import CliRunner, Result
+
+from cluster.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TARIFFS = ROOT / "conf" / "tariffs"
+SAMPLES = ROOT / "conf" / "samples"
+SAMPLE_FILES = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".csv", ".jsonl"))
+SUBSCRIBERS = SAMPLES / "subscribers.toml"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def rate_jsonl(*extra: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    result = invoke("rate", "--tariffs", TARIFFS, *extra, *SAMPLE_FILES)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    *rows, last = lines
+    return rows, last["summary"]
+
+
+def data_lines(path: Path) -> int:
+    """Non-blank lines that carry data: all of them in JSON Lines, all but the header in CSV."""
+    count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return count - 1 if path.suffix == ".csv" else count
+
+
+def test_samples_rate_to_one_object_per_line_and_a_balanced_summary() -> None:
+    """Each input line gives one JSON object; lines = rated + rejected + duplicates."""
+    rows, summary = rate_jsonl("--subscribers", SUBSCRIBERS)
+    lines = sum(data_lines(p) for p in SAMPLE_FILES)
+    assert len(rows) == lines == summary["received"]
+    assert summary["rated"] + summary["rejected"] + summary["duplicates"] == lines
+    assert summary["balanced"] is True
+    outcomes = [row["outcome"] for row in rows]
+    assert summary["rated"] == outcomes.count("rated") > 250
+    assert summary["duplicates"] == outcomes.count("duplicate") == 1
+    for entry in summary["by_service"].values():
+        assert entry["received"] == entry["rated"] + entry["rejected"] + entry["duplicates"]
+
+
+def test_rated_rows_carry_price_and_amounts_add_up() -> None:
+    """Rated rows have amount, currency, units, rate ids; the summary totals are their sums."""
+    rows, summary = rate_jsonl("--subscribers", SUBSCRIBERS)
+    rated = [row for row in rows if row["outcome"] == "rated"]
+    for row in rated:
+        assert re.fullmatch(r"\d+\.\d{4,6}", row["amount"]), row
+        assert row["currency"] == "EUR" and row["rate_ids"] and row["usage_class"]
+        assert row["billed_units"] >= row["units"] >= 0 or row["service"] == "content"
+    total = sum(Decimal(row["amount"]) for row in rated)
+    assert Decimal(summary["amount"]["EUR"]) == total
+    per_service = {
+        service: sum(Decimal(r["amount"]) for r in rated if r["service"] == service)
+        for service in ("voice", "sms", "data", "content")
+    }
+    for service, amount in per_service.items():
+        assert Decimal(summary["by_service"][service]["amount"]["EUR"]) == amount
+
+
+def _documented_bad_lines() -> set[tuple[str, int]]:
+    text = (SAMPLES / "README.md").read_text(encoding="utf-8")
+    return {(name, int(line)) for name, line in re.findall(r"^\| (\S+) \| (\d+) \|", text, re.M)}
+
+
+def test_documented_bad_lines_are_the_rejects_and_duplicates() -> None:
+    """The bad lines listed in conf/samples/README.md are exactly the rows not rated."""
+    rows, _ = rate_jsonl("--subscribers", SUBSCRIBERS)
+    not_rated = {(Path(row["file"]).name, row["line"]) for row in rows if row["outcome"] != "rated"}
+    assert not_rated == _documented_bad_lines()
+    for row in rows:
+        if row["outcome"] == "rejected" and row["error"]["reason"] == "malformed":
+            assert row["error"]["message"].startswith(f"line {row['line']}: ")
+            assert row["raw"] and row["file"]
+
+
+def test_subscriber_file_chooses_the_plan_per_msisdn() -> None:
+    """With --subscribers, business lines rate on plan business and the rest on smart."""
+    rows, _ = rate_jsonl("--subscribers", SUBSCRIBERS)
+    plans = {row["served_msisdn"]: row["plan_id"] for row in rows if row["outcome"] == "rated"}
+    assert plans["4915100000001"] == "smart"
+    assert plans["4915100000020"] == "business"
+
+
+def test_plan_option_applies_to_every_record() -> None:
+    """--plan prices every record on that plan."""
+    rows, _ = rate_jsonl("--plan", "smart")
+    assert {row["plan_id"] for row in rows if row["outcome"] == "rated"} == {"smart"}
+
+
+def test_table_format_shows_rows_and_summary() -> None:
+    """--format table prints the outcomes and the reconciliation for a person."""
+    result = invoke("rate", "--tariffs", TARIFFS, "--format", "table", *SAMPLE_FILES)
+    assert result.exit_code == 0, result.output
+    assert "Summary" in result.stdout and "msc01:000001" in result.stdout
+    assert "received = rated + rejected + duplicates: balanced" in result.stdout
+
+
+def test_demo_rates_the_samples_offline() -> None:
+    """`petribill demo` rates conf/samples with conf/tariffs and prints the summary."""
+    result = invoke("demo", "--conf", ROOT / "conf")
+    assert result.exit_code == 0, result.output
+    assert "balanced" in result.stdout and "NOT balanced" not in result.stdout
+
+
+def test_bad_tariff_file_is_exit_2_naming_the_file(tmp_path: Path) -> None:
+    """A broken tariff file gives exit code 2 and a one-line message naming it, no traceback."""
+    broken = tmp_path / "tariffs"
+    shutil.copytree(TARIFFS, broken)
+    (broken / "catalogue.toml").write_text("this is = = not toml\n")
+    result = invoke("rate", "--tariffs", broken, SAMPLE_FILES[0])
+    assert result.exit_code == 2
+    assert "catalogue.toml" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--plan", "gold"), "unknown plan 'gold'"),
+        (("--country-code", "+49"), "country code"),
+        (("--naive-time-zone", "Mars/Olympus"), "time zone"),
+    ],
+)
+def test_bad_options_are_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    """Unknown plans, country codes and zones are usage errors with exit code 2."""
+    result = invoke("rate", "--tariffs", TARIFFS, *args, SAMPLE_FILES[0])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr
+
+
+def test_missing_paths_and_unknown_formats_are_exit_2(tmp_path: Path) -> None:
+    """A missing tariff folder or CDR file, or an unknown extension, is exit code 2."""
+    other = tmp_path / "cdrs.xml"
+    other.write_text("<cdr/>")
+    assert invoke("rate", "--tariffs", tmp_path / "nope", SAMPLE_FILES[0]).exit_code == 2
+    assert invoke("rate", "--tariffs", TARIFFS, tmp_path / "none.csv").exit_code == 2
+    result = invoke("rate", "--tariffs", TARIFFS, other)
+    assert result.exit_code == 2 and "unknown CDR format" in result.stderr
+
+
+def test_bad_subscriber_file_is_exit_2_naming_the_entry(tmp_path: Path) -> None:
+    """A subscriber entry with an unknown plan or a bad number names file and entry."""
+    path = tmp_path / "subs.toml"
+    path.write_text('[[subscriber]]\nmsisdn = "4915100000001"\naccount_id = "a"\nplan_id = "x"\n')
+    result = invoke("rate", "--tariffs", TARIFFS, "--subscribers", path, SAMPLE_FILES[0])
+    assert result.exit_code == 2 and "subs.toml" in result.stderr and "'x'" in result.stderr
+    path.write_text('[[subscriber]]\nmsisdn = "CALL ME"\naccount_id = "a"\nplan_id = "smart"\n')
+    result = invoke("rate", "--tariffs", TARIFFS, "--subscribers", path, SAMPLE_FILES[0])
+    assert result.exit_code == 2 and "subscriber[0].msisdn" in result.stderr
+
+
+def test_duplicates_are_found_across_files(tmp_path: Path) -> None:
+    """The same file given twice yields duplicates for every record of the second copy."""
+    sms = SAMPLES / "sms.csv"
+    copy = tmp_path / "again.csv"
+    shutil.copy(sms, copy)
+    result = invoke("rate", "--tariffs", TARIFFS, sms, copy)
+    summary = json.loads(result.stdout.splitlines()[-1])["summary"]
+    lines = data_lines(sms)
+    assert summary["received"] == 2 * lines
+    malformed = summary["by_service"]["unreadable"]["rejected"]
+    # Malformed lines are rejected in both copies; every good record repeats once.
+    assert summary["duplicates"] == lines - malformed // 2
