@@ -1,0 +1,121 @@
+"""The coordinator's reconciliation loop, driven through its ClusterOps seam.
+
+These tests exercise the control logic alone; tests/test_cluster_*.py run the
+same coordinator against a real local Ray cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+from structlog.testing import capture_logs
+
+from cluster.coordinator import Coordinator, UnitOpenError
+from petri import NetConfig, PetriModel, check_trace, initial_marking
+
+
+class Nodes:
+    """A small in-memory stand-in for the cluster: which nodes are up, what hosts serve."""
+
+    def __init__(self, *names: str) -> None:
+        self.up = {name: f"ray-{name}" for name in names}
+        self.serving: dict[str, dict[str, int]] = {name: {} for name in names}
+        self.refuse: set[str] = set()
+
+    def alive_nodes(self) -> Mapping[str, str]:
+        return dict(self.up)
+
+    def host_ok(self, node: str) -> bool:
+        return node in self.up
+
+    def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
+        if node in self.refuse:
+            raise UnitOpenError(f"{node} refuses")
+        for other, units in self.serving.items():
+            if other != node and unit_id in units:
+                assert units[unit_id] < epoch, "a unit was opened at an epoch not above the old"
+        self.serving.setdefault(node, {})[unit_id] = epoch
+
+    def close_unit(self, node: str, unit_id: str) -> None:
+        self.serving.get(node, {}).pop(unit_id, None)
+
+    def kill(self, node: str) -> None:
+        del self.up[node]
+        self.serving[node] = {}
+
+
+def test_units_are_spread_over_joined_nodes(tmp_path: Path) -> None:
+    """Every unit gets an owner, and two nodes share them evenly."""
+    nodes = Nodes("n1", "n2")
+    coordinator = Coordinator(data_dir=tmp_path, shards=4, partitions=2, ops=nodes)
+    coordinator.reconcile()
+    assert coordinator.healthy()
+    owners = [route.node for route in coordinator.routes().values()]
+    assert sorted(owners.count(n) for n in ("n1", "n2")) == [3, 3]
+    assert {u for units in nodes.serving.values() for u in units} == set(coordinator.routes())
+
+
+def test_a_dead_node_is_fenced_and_taken_over_at_a_higher_epoch(tmp_path: Path) -> None:
+    """Units of a node that dies move to a live node with a strictly greater epoch."""
+    nodes = Nodes("n1", "n2")
+    coordinator = Coordinator(data_dir=tmp_path, shards=4, partitions=2, ops=nodes)
+    coordinator.reconcile()
+    before = coordinator.routes()
+    nodes.kill("n2")
+    coordinator.reconcile()
+    after = coordinator.routes()
+    assert coordinator.healthy()
+    assert {route.node for route in after.values()} == {"n1"}
+    for unit, route in before.items():
+        if route.node == "n2":
+            assert after[unit].epoch == route.epoch + 2  # fence, then takeover
+        else:
+            assert after[unit] == route
+
+
+def test_a_restarted_coordinator_resumes_from_its_persisted_marking(tmp_path: Path) -> None:
+    """Killing the coordinator loses nothing: a new one reloads the same marking."""
+    nodes = Nodes("n1", "n2")
+    first = Coordinator(data_dir=tmp_path, shards=3, partitions=1, ops=nodes)
+    first.reconcile()
+    second = Coordinator(data_dir=tmp_path, shards=3, partitions=1, ops=nodes)
+    assert second.marking == first.marking
+    assert second.reconcile() == 0
+
+
+def test_a_failed_open_is_retried_by_the_next_round(tmp_path: Path) -> None:
+    """An action lost after the marking was persisted is completed by converge."""
+    nodes = Nodes("n1")
+    nodes.refuse.add("n1")
+    coordinator = Coordinator(data_dir=tmp_path, shards=2, partitions=1, ops=nodes)
+    coordinator.reconcile()
+    assert nodes.serving["n1"] == {}
+    nodes.refuse.clear()
+    assert coordinator.converge() == []
+    assert nodes.serving["n1"] == {u: r.epoch for u, r in coordinator.routes().items()}
+
+
+def test_the_logged_transitions_replay_through_the_net(tmp_path: Path) -> None:
+    """Every event the coordinator logs is a step the Petri net allows, in order."""
+    nodes = Nodes("n1", "n2", "n3")
+    with capture_logs() as events:
+        coordinator = Coordinator(data_dir=tmp_path, shards=4, partitions=2, ops=nodes)
+        coordinator.reconcile()
+        nodes.kill("n3")
+        coordinator.reconcile()
+        nodes.up["n3"] = "ray-n3-again"
+        coordinator.reconcile()
+    structlog.reset_defaults()
+    config = NetConfig(
+        nodes=("n1", "n2", "n3"),
+        shards=coordinator.model.config.shards,
+        initial_nodes=frozenset(),
+    )
+    model = PetriModel(config)
+    steps = [e for e in events if e["event"] in model.transitions]
+    assert {e["event"] for e in steps} >= {"join", "assign", "node_fail", "fence", "takeover"}
+    result = check_trace(model, steps, initial=initial_marking(config), strict=True)
+    assert result.ok, result.rejection
+    assert result.final == coordinator.marking
