@@ -1,0 +1,96 @@
+"""RatingPartition charging real AccountShards (each its own RocksDB), sponsors included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.partition import PartitionConfig, RatingPartition, RecordStatus
+from actors.routing import shard_id, shard_of
+from billing.accounts import Account, PaymentMode, Result, Subscription
+from billing.bundles import CatalogueTariff
+from billing.charging import ChargingConfig
+from billing.rated import RatedRecord
+from billing.rating import load_catalogue
+from billing.records import Service, UsageRecord
+
+account_shard = pytest.importorskip("actors.account_shard")
+
+ROOT = Path(__file__).resolve().parent.parent
+T_NOV = 1_793_700_000
+AT = T_NOV + 86_400
+SHARDS = 2
+
+
+class Cluster:
+    """Real shards in one process; the charge function delivers sponsor forwards like a host."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.catalogue = load_catalogue(ROOT / "conf" / "tariffs")
+        tariff = CatalogueTariff(self.catalogue)
+        config = ChargingConfig(tz="Europe/Berlin")
+        self.shards = {
+            shard_id(i): account_shard.AccountShard.open(
+                tmp_path / shard_id(i), epoch=1, tariff=tariff, unit_id=shard_id(i), charging=config
+            )
+            for i in range(SHARDS)
+        }
+
+    def shard(self, account_id: str) -> Any:
+        return self.shards[shard_of(account_id, SHARDS)]
+
+    def charge(self, unit_id: str, items: list[tuple[str, RatedRecord]]) -> list[Any]:
+        answer = self.shards[unit_id].charge_batch(items, at_s=AT)
+        for forward in answer.forwards:
+            self.shard(forward.target_account_id).apply_forwards([forward], at_s=AT)
+            self.shards[unit_id].ack_forwards([forward.forward_id])
+        return list(answer.rows)
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+
+
+def test_partition_charges_real_shards_and_names_the_sponsor(tmp_path: Path) -> None:
+    """Usage charged through real shards is exactly once across a resubmission, and
+    zero-rated data is answered as charged to the catalogue's sponsor."""
+    cluster = Cluster(tmp_path)
+    try:
+        for account_id in ("acct-0001", "sponsor-streamflix"):
+            account = Account(
+                account_id=account_id, currency="EUR", payment_mode=PaymentMode.POSTPAID
+            )
+            out = cluster.shard(account_id).create_account(
+                request_id="c-" + account_id, account=account
+            )
+            assert out.result is Result.CREATED
+        part = RatingPartition.open(
+            tmp_path / "part-0", epoch=1, unit_id="part-0", catalogue=cluster.catalogue,
+            config=PartitionConfig(shards=SHARDS),
+        )  # fmt: skip
+        with part:
+            subs = [Subscription(plan_id="business", start_s=0)]
+            part.put_subscriber("d-1", "4915100000013", "acct-0001", subs)
+            records = [
+                UsageRecord(
+                    record_id="msc01:1", service=Service.VOICE, served_msisdn="4915100000013",
+                    record_opening_time_s=T_NOV, called_number="447700900123", duration_s=90,
+                ),
+                UsageRecord(
+                    record_id="pgw01:1", service=Service.DATA, served_msisdn="4915100000013",
+                    record_opening_time_s=T_NOV, downlink_bytes=5_000_000, rating_group=20,
+                ),
+            ]  # fmt: skip
+            first = part.submit(records, at_s=AT, charge=cluster.charge)
+            assert [r.status for r in first] == [RecordStatus.CHARGED, RecordStatus.CHARGED]
+            assert first[0].charged_account_id == "acct-0001" and first[0].billed_units == 90
+            assert first[1].charged_account_id == "sponsor-streamflix"
+            again = part.submit(records, at_s=AT, charge=cluster.charge)
+            assert [r.status for r in again] == [RecordStatus.DUPLICATE, RecordStatus.DUPLICATE]
+            assert again[0].amount == first[0].amount
+            counts = part.counters()
+            assert (counts.rated, counts.duplicates) == (2, 2) and counts.is_balanced()
+    finally:
+        cluster.close()
