@@ -370,5 +370,11 @@ def demo(conf_dir: Path | None) -> None:
     )
 
 
+# The cluster's operator commands live in their own module; registered here so
+# `petribill` is one command group.
+from cluster import cli_ops  # noqa: E402
+
+cli_ops.register(main)
+
 if __name__ == "__main__":
     main(sys.argv[1:])

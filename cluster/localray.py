@@ -161,6 +161,26 @@ class LocalRay:
             raise
         return self
 
+    @classmethod
+    def reattach(
+        cls, *, temp_dir: Path, address: str, config: ClusterConfig | None = None
+    ) -> LocalRay:
+        """A handle on a cluster started by another process (``petribill up --detach``).
+
+        Its processes are found by the temp dir in their command lines, so
+        :meth:`shutdown` ends exactly them, by PID, and nothing else.
+        """
+        self = cls.__new__(cls)
+        self.config = config or ClusterConfig()
+        self._nodes_wanted = 0
+        self.temp_dir = Path(temp_dir)
+        self._num_cpus = self.config.ray.num_cpus_per_node
+        self._procs = []
+        self.nodes = []
+        self.address = address
+        self._connected = False
+        return self
+
     def add_node(self) -> NodeHandle:
         """Start one more node and return its handle."""
         self._wait_started([self._spawn(len(self._procs))])
@@ -283,8 +303,15 @@ class LocalRay:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         log = open(node_dir / "ray-start.log", "wb")  # noqa: SIM115 - the child keeps it
+        # Its own session: a Ctrl-C meant for the CLI must not kill nodes
+        # half-way; shutdown ends them explicitly, by PID.
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         self._procs.append(proc)

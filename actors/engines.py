@@ -1,0 +1,50 @@
+"""Opening a unit's engine: an AccountShard or a RatingPartition, from plain settings.
+
+Settings cross process boundaries (they are constructor arguments of Ray
+actors), so they are a plain dict built by ``cluster.runtime.settings_of``;
+the catalogue is loaded once per host process and shared by its units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from actors.account_shard import AccountShard
+from actors.host import Engine, EngineFactory
+from actors.partition import PartitionConfig, RatingPartition
+from actors.routing import unit_kind
+from billing.bundles import CatalogueTariff
+from billing.charging import ChargingConfig
+from billing.rating import load_catalogue
+
+__all__ = ["engine_factory"]
+
+
+def engine_factory(settings: dict[str, Any]) -> EngineFactory:
+    """A factory opening units under ``settings`` (shards, partitions, tariffs_dir...)."""
+    catalogue = load_catalogue(settings["tariffs_dir"])
+    tariff = CatalogueTariff(catalogue)
+    partition_config = PartitionConfig(
+        shards=int(settings["shards"]), partitions=int(settings["partitions"])
+    )
+    cache_max = int(settings.get("cache_entries_max", 50_000))
+    # Cycles are calendar months in the operator's time zone: the catalogue's.
+    charging = ChargingConfig(tz=catalogue.timezone)
+
+    def open_unit(unit_id: str, path: Path, epoch: int) -> Engine:
+        if unit_kind(unit_id) == "account":
+            return AccountShard.open(
+                path,
+                epoch=epoch,
+                tariff=tariff,
+                unit_id=unit_id,
+                catalogue=catalogue,
+                charging=charging,
+                cache_accounts_max=cache_max,
+            )
+        return RatingPartition.open(
+            path, epoch=epoch, unit_id=unit_id, catalogue=catalogue, config=partition_config
+        )
+
+    return open_unit

@@ -1,0 +1,239 @@
+"""UnitHost: serves the units (account shards, rating partitions) placed on one node.
+
+One host per node keeps the process count low (a Ray worker is ~87 MiB and a
+call ~2 ms, see docs/operations-notes.md): a partition charges a shard on the
+same host by a plain method call, and a shard elsewhere by one Ray call per
+batch. The class is plain Python; ``actors/remote.py`` applies ``ray.remote``.
+
+Recovery contract
+    Durable: everything a unit committed (see the engines). Nothing in the host
+    itself is durable; it is rebuilt from the coordinator's placement.
+    ``open_unit(unit, epoch)`` is idempotent and fences: the unit's store is
+    opened at ``epoch``, which must be above the stored epoch (a verified
+    zombie owner on this machine is killed first). Every call names the epoch
+    the caller routes by; a host that does not serve the unit at exactly that
+    epoch raises :class:`StaleRoute`, and the caller refreshes its routes and
+    retries. The store re-checks the epoch on each commit, so even a host that
+    still believes it owns a unit cannot write after a takeover.
+
+Thread model
+    The Ray actor runs with several threads (partitions call shards on other
+    hosts, which may call back); each unit has its own lock, always taken in
+    the order partition before shard, so calls never deadlock.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from actors.routing import shard_of, unit_kind
+
+__all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
+
+log = structlog.get_logger("petribill.host")
+
+
+class StaleRoute(Exception):
+    """Raised when a call names a unit this host does not serve at the given epoch.
+
+    The caller refreshes its routes from the coordinator and retries; a client
+    sees at most UNAVAILABLE.
+    """
+
+    def __init__(self, unit_id: str, epoch: int, serving: int | None) -> None:
+        super().__init__(f"{unit_id}: called at epoch {epoch}, host serves {serving}")
+        self.unit_id = unit_id
+        self.epoch = epoch
+        self.serving = serving
+
+
+class Engine(Protocol):
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[str, Path, int], Engine]
+"""Opens the engine of ``unit_id`` stored at ``path`` as owner at ``epoch``."""
+
+Router = Callable[[str, str, Sequence[Any], int], list[Any]]
+"""Runs a host method (``charge_rows`` / ``apply_forwards``) for a shard served elsewhere:
+(shard_id, method, items, at_s) -> results."""
+
+
+@dataclass(slots=True)
+class _Unit:
+    epoch: int
+    engine: Any
+    lock: threading.Lock
+
+
+class UnitHost:
+    """The units of one node; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        data_dir: str,
+        shards: int,
+        factory: EngineFactory,
+        router: Router | None = None,
+    ) -> None:
+        self.node = node
+        self._shards = shards
+        self._data_dir = Path(data_dir)
+        self._factory = factory
+        self._router = router
+        self._units: dict[str, _Unit] = {}
+        self._guard = threading.Lock()
+        # Long-lived engines keep large caches; a young-generation threshold
+        # sized for batches of thousands of objects keeps the collector from
+        # dominating the hot path (measured in bench/rating.py).
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
+
+    # -- placement (called by the coordinator) -----------------------------
+
+    def ping(self) -> str:
+        return self.node
+
+    def units(self) -> dict[str, int]:
+        """Unit id -> epoch of every unit this host serves."""
+        with self._guard:
+            return {unit_id: unit.epoch for unit_id, unit in self._units.items()}
+
+    def open_unit(self, unit_id: str, epoch: int) -> None:
+        """Serve ``unit_id`` at ``epoch``; idempotent for the same epoch."""
+        with self._guard:
+            current = self._units.get(unit_id)
+            if current is not None and current.epoch == epoch:
+                return
+            if current is not None:
+                with current.lock:
+                    current.engine.close()
+                del self._units[unit_id]
+            path = self._data_dir / "units" / unit_id
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = self._factory(unit_id, path, epoch)
+            self._units[unit_id] = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
+        log.info("unit_opened", shard=unit_id, node=self.node, epoch=epoch)
+
+    def close_unit(self, unit_id: str) -> None:
+        """Stop serving ``unit_id`` (drain, migration); idempotent."""
+        with self._guard:
+            unit = self._units.pop(unit_id, None)
+        if unit is not None:
+            with unit.lock:
+                unit.engine.close()
+            log.info("unit_closed", shard=unit_id, node=self.node, epoch=unit.epoch)
+
+    def close_all(self) -> None:
+        for unit_id in list(self.units()):
+            self.close_unit(unit_id)
+
+    # -- data plane --------------------------------------------------------
+
+    def _unit(self, unit_id: str, epoch: int) -> _Unit:
+        unit = self._units.get(unit_id)
+        if unit is None or unit.epoch != epoch:
+            raise StaleRoute(unit_id, epoch, None if unit is None else unit.epoch)
+        return unit
+
+    def call(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one engine method on a unit under its lock.
+
+        Only public engine methods are callable; a usage submission on a
+        partition gets a charge function that reaches shards here or elsewhere.
+        """
+        if method.startswith("_"):
+            raise AttributeError(f"not a public engine method: {method}")
+        unit = self._unit(unit_id, epoch)
+        if unit_kind(unit_id) == "partition" and method in _PARTITION_CHARGING:
+            kwargs["charge"] = self._charge_fn(int(kwargs.get("at_s", 0)))
+        with unit.lock:
+            # Re-check under the lock: a takeover may have closed the unit.
+            if self._units.get(unit_id) is not unit:
+                raise StaleRoute(unit_id, epoch, None)
+            return getattr(unit.engine, method)(*args, **kwargs)
+
+    def _local_epoch(self, unit_id: str) -> int | None:
+        unit = self._units.get(unit_id)
+        return None if unit is None else unit.epoch
+
+    def charge_rows(self, shard_id: str, epoch: int, items: Sequence[Any], at_s: int) -> list[Any]:
+        """Charge rated items on a shard served here; deliver its sponsor forwards.
+
+        Returns the shard's per-record rows. Forwards (the sponsor's half of a
+        sponsored record, committed in the shard's outbox with the batch) are
+        delivered to their shards and acknowledged; one that cannot be
+        delivered now stays pending and is redelivered by
+        :meth:`deliver_pending`.
+        """
+        answer = self.call(shard_id, epoch, "charge_batch", list(items), at_s=at_s)
+        forwards = list(getattr(answer, "forwards", ()))
+        if forwards:
+            self._deliver(shard_id, epoch, forwards, at_s)
+        return list(answer)
+
+    def apply_forwards(
+        self, shard_id: str, epoch: int, forwards: Sequence[Any], at_s: int
+    ) -> list[Any]:
+        """Apply sponsor halves on the sponsor's shard (idempotent by record id)."""
+        return list(self.call(shard_id, epoch, "apply_forwards", list(forwards), at_s=at_s))
+
+    def _deliver(self, origin: str, epoch: int, forwards: list[Any], at_s: int) -> None:
+        by_target: dict[str, list[Any]] = {}
+        for forward in forwards:
+            target = shard_of(forward.target_account_id, self._shards)
+            by_target.setdefault(target, []).append(forward)
+        delivered: list[str] = []
+        for target, group in by_target.items():
+            try:
+                self._on_shard(target, "apply_forwards", group, at_s)
+            except Exception as exc:  # stays in the outbox; redelivered later
+                log.warning("forward_pending", shard=target, error=f"{type(exc).__name__}: {exc}")
+                continue
+            delivered.extend(f.forward_id for f in group)
+        if delivered:
+            self.call(origin, epoch, "ack_forwards", delivered)
+
+    def deliver_pending(self, at_s: int) -> int:
+        """Redeliver every shard's pending forwards (after a crash or an outage)."""
+        count = 0
+        for unit_id, epoch in self.units().items():
+            if unit_kind(unit_id) != "account":
+                continue
+            pending = list(self.call(unit_id, epoch, "pending_forwards"))
+            if pending:
+                self._deliver(unit_id, epoch, pending, at_s)
+                count += len(pending)
+        return count
+
+    def _on_shard(self, shard_id: str, method: str, items: Sequence[Any], at_s: int) -> list[Any]:
+        """``charge_rows`` / ``apply_forwards`` on a shard here, or through the router."""
+        epoch = self._local_epoch(shard_id)
+        if epoch is not None:
+            try:
+                result: list[Any] = getattr(self, method)(shard_id, epoch, items, at_s)
+                return result
+            except StaleRoute:
+                pass  # taken over meanwhile: follow the router
+        if self._router is None:
+            raise StaleRoute(shard_id, -1, None)
+        return self._router(shard_id, method, items, at_s)
+
+    def _charge_fn(self, at_s: int) -> Callable[[str, list[Any]], list[Any]]:
+        def charge(shard_id: str, items: list[Any]) -> list[Any]:
+            return self._on_shard(shard_id, "charge_rows", items, at_s)
+
+        return charge
+
+
+# Partition methods that charge shards and so get a charge function injected.
+_PARTITION_CHARGING = frozenset({"submit", "reprocess"})

@@ -1,0 +1,197 @@
+"""Operator commands: ``petribill up``, ``down``, ``status`` and ``net``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config import ClusterConfig, load_config
+from cluster.config import ConfigError as ClusterConfigError
+
+__all__ = ["register"]
+
+DEFAULT_DATA = Path("data")
+
+
+def _config(conf_dir: Path) -> ClusterConfig:
+    try:
+        return load_config(conf_dir / "cluster.toml", missing_ok=True)
+    except ClusterConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def conf_option(func: Any) -> Any:
+    return click.option(
+        "--conf",
+        "conf_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("conf"),
+        show_default=True,
+        help="Folder with cluster.toml and tariffs/.",
+    )(func)
+
+
+def data_option(func: Any) -> Any:
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="Data folder (one RocksDB per unit, the control state, runtime.json).",
+    )(func)
+
+
+@click.command()
+@click.option("--nodes", default=1, show_default=True, help="Simulated Ray nodes on this machine.")
+@click.option("--port", type=int, default=None, help="Gateway port of the first node [50051].")
+@click.option("--address", default=None, help="Join a Ray cluster started with `ray start`.")
+@click.option("--detach", is_flag=True, help="Return once the gateways answer health checks.")
+@data_option
+@conf_option
+def up(
+    nodes: int, port: int | None, address: str | None, detach: bool, data_dir: Path, conf_dir: Path
+) -> None:
+    """Start a cluster: local Ray (or --address), coordinator, hosts, gateways."""
+    from cluster.runtime import Runtime, StartError, read_info
+
+    if read_info(data_dir) is not None:
+        raise click.ClickException(
+            f"{data_dir}/runtime.json exists: a cluster may run on this data folder "
+            f"(`petribill down --data {data_dir}` first)"
+        )
+    runtime = Runtime(
+        _config(conf_dir),
+        data_dir=data_dir,
+        tariffs_dir=conf_dir / "tariffs",
+        nodes=nodes,
+        address=address,
+        port=port,
+    )
+    try:
+        info = runtime.start()
+    except StartError as exc:
+        runtime.stop()
+        raise click.ClickException(str(exc)) from exc
+    except BaseException:
+        runtime.stop()
+        raise
+    click.echo(f"petribill is up: ray {info.address}, gateways {', '.join(info.gateways)}")
+    if detach:
+        click.echo(f"stop it with: petribill down --data {data_dir}")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        click.echo("Ctrl-C stops the cluster.")
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop()
+
+
+@click.command()
+@data_option
+@conf_option
+def down(data_dir: Path, conf_dir: Path) -> None:
+    """Stop the cluster started on a data folder (by `up --detach`)."""
+    from cluster.runtime import stop_detached
+
+    if not stop_detached(data_dir, _config(conf_dir)):
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    click.echo("petribill is down")
+
+
+def fetch_status(data_dir: Path) -> dict[str, Any]:
+    """Ask the running cluster's coordinator for nodes, units and the marking."""
+    import ray
+
+    from actors.remote import COORDINATOR_NAME, NAMESPACE
+    from cluster.runtime import read_info
+
+    info = read_info(data_dir)
+    if info is None:
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        status: Any = ray.get(coordinator.status.remote(), timeout=30)
+    finally:
+        ray.shutdown()
+    status["gateways"] = info.gateways
+    return status
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@data_option
+def status(as_json: bool, data_dir: Path) -> None:
+    """Nodes, units with their owners and epochs, and a summary of the Petri-net marking."""
+    found = fetch_status(data_dir)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    console = Console()
+    nodes = Table(title="nodes")
+    for column in ("node", "status", "units", "ray node id"):
+        nodes.add_column(column)
+    for node in found["nodes"]:
+        nodes.add_row(node["node"], node["status"], str(node["units"]), node["ray_node_id"][:16])
+    units = Table(title="units")
+    for column in ("unit", "state", "owner", "epoch"):
+        units.add_column(column)
+    for unit in found["units"]:
+        units.add_row(unit["unit"], unit["state"], unit["node"], str(unit["epoch"]))
+    console.print(nodes)
+    console.print(units)
+    states = [u["state"] for u in found["units"]]
+    console.print(
+        f"marking: {states.count('owned')} owned, {states.count('recovering')} recovering, "
+        f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
+        f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
+    )
+
+
+@click.command()
+@click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), help="Write an SVG here.")
+@data_option
+def net(svg: Path | None, data_dir: Path) -> None:
+    """Draw the control-plane Petri net with the current marking (DOT, or SVG with --svg).
+
+    Reads the coordinator's persisted state, so it works with the cluster up or down.
+    """
+    from cluster.control_state import load_state
+    from cluster.coordinator import unit_specs
+    from petri import NetConfig, PetriModel, marking_from_json, render_dot, render_svg
+
+    state = load_state(data_dir)
+    if not state.nodes or state.marking_json is None:
+        raise click.ClickException(f"no control state in {data_dir}/control/ (never started?)")
+    marking = marking_from_json(state.marking_json)
+    units = [t if isinstance(t, str) else str(t[0]) for t in marking.tokens("shard_epoch")]
+    shards = sum(1 for u in units if u.startswith("acct-"))
+    config = NetConfig(
+        nodes=tuple(state.nodes),
+        shards=unit_specs(shards, len(units) - shards),
+        initial_nodes=frozenset(),
+    )
+    dot = render_dot(PetriModel(config), marking)
+    if svg is None:
+        click.echo(dot)
+        return
+    result = render_svg(dot, svg)
+    click.echo(result.message)
+
+
+def register(group: click.Group) -> None:
+    for command in (up, down, status, net):
+        group.add_command(command)

@@ -1,0 +1,156 @@
+"""UnitHosts serving real engines on real RocksDB, wired to each other without Ray.
+
+The router here calls the peer host directly, as the Ray router does through
+actor calls; tests/test_cluster_*.py run the same hosts as real Ray actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.engines import engine_factory
+from actors.host import StaleRoute, UnitHost
+from actors.partition import RecordStatus
+from actors.routing import partition_of, shard_of
+from billing.accounts import Account, PaymentMode, Result, Subscription
+from billing.records import Service, UsageRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+T_NOV = 1_793_700_000
+AT = T_NOV + 86_400
+SHARDS, PARTITIONS = 4, 2
+
+
+class TwoHosts:
+    """Shards and partitions spread over two hosts; each routes to the other."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        settings = {
+            "shards": SHARDS,
+            "partitions": PARTITIONS,
+            "tariffs_dir": str(ROOT / "conf" / "tariffs"),
+        }
+        factory = engine_factory(settings)
+        self.routes: dict[str, tuple[str, int]] = {}
+        self.hosts = {
+            name: UnitHost(
+                node=name,
+                data_dir=str(tmp_path),
+                shards=SHARDS,
+                factory=factory,
+                router=self._router,
+            )
+            for name in ("n1", "n2")
+        }
+        units = [f"acct-{i:02d}" for i in range(SHARDS)] + [f"part-{i}" for i in range(PARTITIONS)]
+        for index, unit in enumerate(units):
+            self.place(unit, "n1" if index % 2 == 0 else "n2", epoch=1)
+
+    def place(self, unit: str, node: str, *, epoch: int) -> None:
+        old = self.routes.get(unit)
+        if old is not None:
+            self.hosts[old[0]].close_unit(unit)
+        self.hosts[node].open_unit(unit, epoch)
+        self.routes[unit] = (node, epoch)
+
+    def _router(self, shard_id: str, method: str, items: Sequence[Any], at_s: int) -> list[Any]:
+        node, epoch = self.routes[shard_id]
+        result: list[Any] = getattr(self.hosts[node], method)(shard_id, epoch, items, at_s)
+        return result
+
+    def on(self, unit: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        node, epoch = self.routes[unit]
+        return self.hosts[node].call(unit, epoch, method, *args, **kwargs)
+
+    def create(self, account_id: str, mode: PaymentMode, msisdn: str | None, plan: str) -> None:
+        account = Account(account_id=account_id, currency="EUR", payment_mode=mode)
+        out = self.on(
+            shard_of(account_id, SHARDS), "create_account", request_id="c-" + account_id,
+            account=account,
+        )  # fmt: skip
+        assert out.result is Result.CREATED
+        if msisdn is not None:
+            subs = [Subscription(plan_id=plan, start_s=0)]
+            partition = partition_of(msisdn, PARTITIONS)
+            self.on(partition, "put_subscriber", "d-" + msisdn, msisdn, account_id, subs)
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.close_all()
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Any:
+    pair = TwoHosts(tmp_path)
+    yield pair
+    pair.close()
+
+
+def _voice(record_id: str, msisdn: str, seconds: int) -> UsageRecord:
+    return UsageRecord(
+        record_id=record_id, service=Service.VOICE, served_msisdn=msisdn,
+        record_opening_time_s=T_NOV, called_number="4930123456", duration_s=seconds,
+    )  # fmt: skip
+
+
+def test_usage_submitted_on_one_host_is_charged_on_shards_of_both(hosts: TwoHosts) -> None:
+    """A partition charges shards on its own host and on the other, exactly once."""
+    msisdns = [f"49151000000{i:02d}" for i in range(1, 9)]
+    for i, msisdn in enumerate(msisdns):
+        hosts.create(f"acc-{i}", PaymentMode.POSTPAID, msisdn, "business")
+    assert len({hosts.routes[shard_of(f"acc-{i}", SHARDS)][0] for i in range(8)}) == 2
+    by_partition: dict[str, list[UsageRecord]] = {}
+    for i, msisdn in enumerate(msisdns):
+        by_partition.setdefault(partition_of(msisdn, PARTITIONS), []).append(
+            _voice(f"msc:{i}", msisdn, 61)
+        )
+    for partition, records in by_partition.items():
+        results = hosts.on(partition, "submit", records, at_s=AT)
+        assert {r.status for r in results} == {RecordStatus.CHARGED}
+        again = hosts.on(partition, "submit", records, at_s=AT)
+        assert {r.status for r in again} == {RecordStatus.DUPLICATE}
+
+
+def test_a_call_at_an_old_epoch_is_a_stale_route(hosts: TwoHosts) -> None:
+    """After a unit moves to another host at a higher epoch, the old route is refused."""
+    hosts.create("acc-x", PaymentMode.PREPAID, None, "smart")
+    unit = shard_of("acc-x", SHARDS)
+    old_node, old_epoch = hosts.routes[unit]
+    new_node = "n2" if old_node == "n1" else "n1"
+    hosts.place(unit, new_node, epoch=old_epoch + 1)
+    with pytest.raises(StaleRoute):
+        hosts.hosts[old_node].call(unit, old_epoch, "get_account", "acc-x")
+    with pytest.raises(StaleRoute):
+        hosts.hosts[new_node].call(unit, old_epoch, "get_account", "acc-x")
+    assert hosts.on(unit, "get_account", "acc-x") is not None
+
+
+def test_a_sponsor_on_another_host_is_charged_once_through_the_outbox(hosts: TwoHosts) -> None:
+    """Zero-rated data costs the subscriber nothing and bills the sponsor's shard elsewhere,
+    once, even when the same records are submitted again."""
+    sponsor_node = hosts.routes[shard_of("sponsor-streamflix", SHARDS)][0]
+    hosts.create("sponsor-streamflix", PaymentMode.POSTPAID, None, "business")
+    subscriber = next(
+        f"sub-{i}"
+        for i in range(100)
+        if hosts.routes[shard_of(f"sub-{i}", SHARDS)][0] != sponsor_node
+    )
+    msisdn = "4915100000077"
+    hosts.create(subscriber, PaymentMode.PREPAID, msisdn, "smart")
+    data = UsageRecord(
+        record_id="pgw:1", service=Service.DATA, served_msisdn=msisdn,
+        record_opening_time_s=T_NOV, downlink_bytes=3 * 1_048_576, rating_group=20,
+    )  # fmt: skip
+    partition = partition_of(msisdn, PARTITIONS)
+    for _ in range(2):
+        [result] = hosts.on(partition, "submit", [data], at_s=AT)
+        assert result.charged_account_id == "sponsor-streamflix"
+    sponsor_shard = shard_of("sponsor-streamflix", SHARDS)
+    sponsor = hosts.on(sponsor_shard, "get_account", "sponsor-streamflix")
+    # D_SPONSOR_WHOLESALE: 0.002 per MiB in 1 MiB steps; 3 MiB -> 0.006 EUR, owed once.
+    assert sponsor.unbilled == -6_000
+    assert hosts.on(shard_of(subscriber, SHARDS), "pending_forwards") == []
