@@ -17,13 +17,7 @@ from typing import Any
 import ray
 import structlog
 
-from actors.remote import (
-    COORDINATOR_NAME,
-    NAMESPACE,
-    host_name,
-    spawn_coordinator,
-    spawn_gateway,
-)
+from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name, spawn_coordinator
 from cluster.config import ClusterConfig
 from cluster.localray import LocalRay
 
@@ -81,6 +75,7 @@ class Runtime:
         nodes: int = 1,
         address: str | None = None,
         port: int | None = None,
+        gateways: bool = True,
     ) -> None:
         self.config = config
         self.data_dir = data_dir.resolve()
@@ -88,6 +83,7 @@ class Runtime:
         self._nodes = nodes
         self._address = address
         self._port = config.gateway.port if port is None else port
+        self._with_gateways = gateways
         self.local: LocalRay | None = None
         self.coordinator: Any = None
         self.gateways: dict[str, Any] = {}
@@ -106,7 +102,8 @@ class Runtime:
             data_dir=str(self.data_dir), settings=settings, interval_s=0.2
         )
         self.wait_healthy(timeout_s)
-        self._start_gateways(settings, timeout_s)
+        if self._with_gateways:
+            self._start_gateways(settings, timeout_s)
         self.info = RuntimeInfo(
             address=address,
             data_dir=str(self.data_dir),
@@ -129,6 +126,8 @@ class Runtime:
         raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
 
     def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
+        from actors.remote import spawn_gateway
+
         head = ray.get_runtime_context().get_node_id()
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         alive.sort(key=lambda n: n["NodeID"] != head)  # the head's gateway takes the port
@@ -144,6 +143,8 @@ class Runtime:
         ray.get(ready, timeout=timeout_s)
 
     def gateway_addresses(self) -> list[str]:
+        if not self.gateways:
+            return []
         return list(ray.get([g.address.remote() for g in self.gateways.values()], timeout=30))
 
     def status(self) -> dict[str, Any]:
