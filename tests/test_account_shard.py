@@ -1,0 +1,291 @@
+"""AccountShard on a real RocksDB: durability, idempotency across reopen, failed commits,
+the cache bound, and the audit (usage and accounts; billing is in test_account_shard_billing)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_accounts import EUR, T0, FakeTariff, account, rated
+
+from actors.account_shard import AccountShard
+from actors.codec import encode_u64
+from actors.fencing import EPOCH_FILE, write_atomic
+from actors.storage import StaleEpoch, StoreClosed
+from billing.accounts import AccountStatus, PaymentMode, Result
+from billing.ledger import Book
+from billing.notifications import NotificationKind
+from billing.ocs import Quote
+from billing.rated import RatedRecord
+
+QUOTE = Quote(
+    service="voice", usage_class="voice.national", price_key="voice", plan_id="p", plan_version="1"
+)
+
+
+def open_shard(path: Path, epoch: int, **options: Any) -> AccountShard:
+    options.setdefault("tariff", FakeTariff())
+    return AccountShard.open(path, epoch=epoch, **options)
+
+
+def seed(shard: AccountShard, n: int, *, prepaid: int = 10 * EUR, mode=PaymentMode.PREPAID) -> None:  # type: ignore[no-untyped-def]
+    for i in range(n):
+        aid = f"A{i}"
+        out = shard.create_account(
+            request_id=f"c-{aid}", account=account(aid, mode, msisdn=f"49{i}")
+        )
+        assert out.result is Result.CREATED
+        if prepaid and mode is not PaymentMode.POSTPAID:
+            up = shard.top_up(
+                request_id=f"t-{aid}", account_id=aid, amount=prepaid, currency="EUR", at_s=T0
+            )
+            assert up.result is Result.TOPPED_UP
+
+
+def usage(n: int, accounts: int, prefix: str = "r") -> list[tuple[str, RatedRecord]]:
+    return [
+        (f"A{i % accounts}", rated(f"{prefix}{i}", 10 + i % 7, msisdn=f"49{i % accounts}"))
+        for i in range(n)
+    ]
+
+
+def test_charged_batch_survives_reopen_and_replays_as_duplicates(tmp_path: Path) -> None:
+    """Balances, marks and ledger of a committed batch are all there after a reopen at epoch+1."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 5)
+    items = usage(50, 5)
+    answer = shard.charge_batch(items, at_s=T0 + 7200)
+    assert [row.result for row in answer] == [Result.CHARGED] * 50
+    charged = {f"A{i}": sum(r.amount for r in answer if r.account_id == f"A{i}") for i in range(5)}
+    shard.close()
+
+    again = open_shard(tmp_path / "s", 2)
+    for aid, amount in charged.items():
+        state = again.get_account(aid)
+        assert state is not None and state.prepaid == 10 * EUR - amount
+        entries = again.ledger_entries(aid)
+        assert sum(e.amount_for(f"{aid}/{Book.PREPAID}") for e in entries) == state.prepaid
+    replay = again.charge_batch(items, at_s=T0 + 9000)
+    assert {row.result for row in replay} == {Result.DUPLICATE}
+    assert [r.amount for r in replay] == [r.amount for r in answer]
+    assert again.get_account("A0").prepaid == 10 * EUR - charged["A0"]  # type: ignore[union-attr]
+    report = again.audit()
+    assert report.ok, report.problems
+    assert report.usage_lines == 50 and report.marks == 50 + 10  # records + creates + top-ups
+    assert len(again.list_usage("A0", limit=3)) == 3
+    assert again.list_usage("A0", limit=3)[0].record_id == "r45"  # newest first
+    again.close()
+
+
+def test_same_id_other_content_is_a_conflict_after_reopen(tmp_path: Path) -> None:
+    """A record id reused with another amount or content names the field that differs."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 1)
+    first = rated("x1", 100, msisdn="490")
+    shard.charge_batch([("A0", first)], at_s=T0)
+    shard.close()
+    shard = open_shard(tmp_path / "s", 2)
+    longer = rated("x1", 120, msisdn="490")
+    roaming = replace(first, record=replace(first.record, roaming=True))
+    rows = shard.charge_batch([("A0", longer), ("A0", roaming), ("A0", first)], at_s=T0)
+    assert [r.result for r in rows] == [
+        Result.EXISTS_WITH_DIFFERENT_AMOUNT,
+        Result.EXISTS_WITH_DIFFERENT_CONTENT,
+        Result.DUPLICATE,
+    ]
+    assert shard.get_account("A0").prepaid == 10 * EUR - 100_000  # type: ignore[union-attr]
+    assert shard.audit().ok
+    shard.close()
+
+
+def test_batch_whose_commit_fails_leaves_nothing_in_memory_or_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at commit: the error propagates, the cache keeps the old balances, and the
+    same batch retried later is charged once."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 3)
+    items = usage(9, 3)
+    real_commit = shard.store.commit
+
+    def disk_full(batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shard.store, "commit", disk_full)
+    with pytest.raises(OSError):
+        shard.charge_batch(items, at_s=T0)
+    assert shard.get_account("A0").prepaid == 10 * EUR  # type: ignore[union-attr]
+    monkeypatch.setattr(shard.store, "commit", real_commit)
+    assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
+    assert shard.audit().ok
+    shard.close()
+
+
+def test_commit_after_takeover_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Once a newer owner has raised the epoch, the old owner's batch raises StaleEpoch, its
+    store closes, and the new owner sees none of the batch."""
+    path = tmp_path / "s"
+    shard = open_shard(path, 1)
+    seed(shard, 2)
+    write_atomic(path / EPOCH_FILE, encode_u64(2))  # what a new owner's open does first
+    with pytest.raises(StaleEpoch):
+        shard.charge_batch(usage(4, 2), at_s=T0)
+    with pytest.raises(StoreClosed):
+        shard.get_account("A0")
+    shard.close()
+    new = open_shard(path, 3)
+    assert new.get_account("A0").prepaid == 10 * EUR  # type: ignore[union-attr]
+    assert {r.result for r in new.charge_batch(usage(4, 2), at_s=T0)} == {Result.CHARGED}
+    assert new.audit().ok
+    new.close()
+
+
+def test_cache_stays_bounded_and_cold_accounts_are_read_from_disk(tmp_path: Path) -> None:
+    """With a 10-account cache, 200 accounts are charged correctly and at most 10 stay cached."""
+    shard = open_shard(tmp_path / "s", 1, cache_accounts_max=10)
+    seed(shard, 200, prepaid=EUR)
+    assert shard.cached_accounts <= 10
+    for round_ in range(3):
+        rows = shard.charge_batch(usage(400, 200, prefix=f"r{round_}-"), at_s=T0)
+        assert {r.result for r in rows} == {Result.CHARGED}
+        assert shard.cached_accounts <= 10
+    report = shard.audit()
+    assert report.ok and report.accounts == 200 and report.usage_lines == 1200
+    shard.close()
+
+
+def test_refusals_and_bad_input_write_nothing(tmp_path: Path) -> None:
+    """Unknown accounts, bad record ids and closed accounts are refused per record."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 2)
+    shard.set_status(request_id="close-A1", account_id="A1", status=AccountStatus.CLOSED)
+    rows = shard.charge_batch(
+        [
+            ("nobody", rated("u1", 10, msisdn="499")),
+            ("A0", rated("bad\x00id", 10, msisdn="490")),
+            ("A1", rated("u2", 10, msisdn="491")),
+            ("bad/id", rated("u3", 10, msisdn="492")),
+        ],
+        at_s=T0,
+    )
+    assert [r.result for r in rows] == [
+        Result.UNKNOWN_ACCOUNT,
+        Result.INVALID_ARGUMENT,
+        Result.ACCOUNT_CLOSED,
+        Result.UNKNOWN_ACCOUNT,
+    ]
+    assert shard.audit().usage_lines == 0
+    shard.close()
+
+
+def test_one_msisdn_for_two_accounts_in_one_batch(tmp_path: Path) -> None:
+    """If the partition resolved one msisdn to two accounts (a number moved), each record is
+    charged to the account it was routed to, still in one commit."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 2)
+    rows = shard.charge_batch(
+        [("A0", rated("m1", 10, msisdn="4900")), ("A1", rated("m2", 20, msisdn="4900")),
+         ("A0", rated("m1", 10, msisdn="4900"))],
+        at_s=T0,
+    )  # fmt: skip
+    assert [(r.account_id, r.result) for r in rows] == [
+        ("A0", Result.CHARGED),
+        ("A1", Result.CHARGED),
+        ("A0", Result.DUPLICATE),
+    ]
+    assert shard.audit().ok
+    shard.close()
+
+
+def test_low_balance_notification_is_stored_once_per_crossing(tmp_path: Path) -> None:
+    """Falling below the low-balance threshold notifies once; staying below does not again;
+    the notification survives a reopen and the shard sequence continues."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 1, prepaid=1_200_000)  # 1.20 EUR, threshold 1.00 EUR
+    shard.charge_batch([("A0", rated("n1", 300, msisdn="490"))], at_s=T0)  # 0.30 -> 0.90
+    shard.charge_batch([("A0", rated("n2", 100, msisdn="490"))], at_s=T0)  # still below
+    notes = shard.list_notifications("A0")
+    assert [n.kind for n in notes] == [NotificationKind.LOW_BALANCE]
+    assert [seq for seq, _ in shard.notifications_since(0)] == [1]
+    shard.close()
+    shard = open_shard(tmp_path / "s", 2)
+    assert len(shard.list_notifications("A0")) == 1
+    shard.top_up(request_id="t2", account_id="A0", amount=EUR, currency="EUR", at_s=T0)
+    shard.charge_batch([("A0", rated("n3", 900, msisdn="490"))], at_s=T0)  # crosses again
+    assert [seq for seq, _ in shard.notifications_since(1)] == [2]
+    assert len(shard.list_notifications("A0")) == 2
+    shard.close()
+
+
+def test_mixed_account_operations_keep_the_audit(tmp_path: Path) -> None:
+    """Top-ups, usage into debt, sessions, expiry, refund, limit and mode switches: the audit
+    holds before and after a reopen."""
+    shard = open_shard(tmp_path / "s", 1)
+    shard.create_account(request_id="c1", account=account("P", PaymentMode.PREPAID, msisdn="1"))
+    shard.create_account(
+        request_id="c2", account=account("Q", PaymentMode.POSTPAID, limit=5 * EUR, msisdn="2")
+    )
+    shard.create_account(request_id="c3", account=account("H", PaymentMode.HYBRID, msisdn="3"))
+    assert (
+        shard.top_up(
+            request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0
+        ).result
+        is Result.TOPPED_UP
+    )
+    dup = shard.top_up(request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0)
+    assert dup.result is Result.DUPLICATE
+    rows = shard.charge_batch(
+        [("P", rated("d1", 500, msisdn="1")), ("Q", rated("d2", 200, msisdn="2")),
+         ("H", rated("d3", 50, msisdn="3"))],
+        at_s=T0,
+    )  # fmt: skip
+    assert rows[0].result is Result.CHARGED_TO_DEBT
+    grant = shard.session_initial(
+        request_id="s1:i", account_id="Q", session_id="s1", quote=QUOTE, requested_units=100,
+        validity_s=60, at_s=T0,
+    )  # fmt: skip
+    assert grant.result is Result.GRANTED
+    shard.session_initial(
+        request_id="s2:i", account_id="H", session_id="s2", quote=QUOTE, requested_units=50,
+        validity_s=60, at_s=T0,
+    )  # fmt: skip
+    upd = shard.session_update(
+        request_id="s1:u", account_id="Q", session_id="s1", used_units=40, requested_units=60,
+        at_s=T0 + 30,
+    )  # fmt: skip
+    assert upd.result is Result.GRANTED
+    assert shard.expire_reservations(T0 + 10_000) == {"H": ("s2",), "Q": ("s1",)}
+    assert shard.expire_reservations(T0 + 10_000) == {}
+    term = shard.session_terminate(
+        request_id="s1:t", account_id="Q", session_id="s1", used_units=10, at_s=T0 + 20_000
+    )
+    assert term.result is Result.TERMINATED
+    shard.top_up(request_id="t2", account_id="P", amount=EUR, currency="EUR", at_s=T0)
+    assert (
+        shard.refund(
+            request_id="f1",
+            account_id="P",
+            amount=10_000,
+            service="voice",
+            reason_ref="d1",
+            at_s=T0,
+        ).result
+        is Result.REFUNDED
+    )
+    shard.set_credit_limit(request_id="l1", account_id="Q", credit_limit=10 * EUR)
+    sw = shard.switch_mode(request_id="w1", account_id="P", to_mode=PaymentMode.POSTPAID, at_s=T0)
+    assert sw.result is Result.SWITCHED
+    debit = shard.direct_debit(account_id="H", rated=rated("dd1", 10, msisdn="3"), at_s=T0)
+    assert debit.result is Result.CHARGED  # hybrid, no prepaid left, unlimited credit
+    assert shard.balance("P", at_s=T0) is not None
+    report = shard.audit()
+    assert report.ok, report.problems
+    shard.close()
+    shard = open_shard(tmp_path / "s", 2)
+    report = shard.audit()
+    assert report.ok, report.problems
+    state = shard.get_account("P")
+    assert state is not None and state.account.payment_mode is PaymentMode.POSTPAID
+    shard.close()
