@@ -192,6 +192,44 @@ def net(svg: Path | None, data_dir: Path) -> None:
     click.echo(result.message)
 
 
+@click.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True, help="Put a draining node back in service.")
+@click.option("--wait", "wait_s", default=60.0, show_default=True, help="Seconds to wait.")
+@data_option
+def drain(node: str, undo: bool, wait_s: float, data_dir: Path) -> None:
+    """Move every unit off NODE (maintenance) without refusing work."""
+    import time
+
+    import ray
+
+    from actors.remote import COORDINATOR_NAME, NAMESPACE
+    from cluster.runtime import read_info
+
+    info = read_info(data_dir)
+    if info is None:
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        method = coordinator.undrain if undo else coordinator.drain
+        if not ray.get(method.remote(node), timeout=30):
+            raise click.ClickException(f"refused by the control net: {node} cannot change so")
+        deadline = time.monotonic() + wait_s
+        while not undo and time.monotonic() < deadline:
+            found = ray.get(coordinator.status.remote(), timeout=30)
+            left = [u["unit"] for u in found["units"] if u["node"] == node]
+            if not left:
+                click.echo(f"{node} is drained: it serves no unit")
+                return
+            time.sleep(0.2)
+        if not undo:
+            raise click.ClickException(f"{node} still serves units after {wait_s:.0f} s")
+        click.echo(f"{node} is back in service")
+    finally:
+        ray.shutdown()
+
+
 def register(group: click.Group) -> None:
-    for command in (up, down, status, net):
+    for command in (up, down, status, net, drain):
         group.add_command(command)

@@ -230,8 +230,81 @@ class Coordinator:
             target = self._least_loaded()
             if target is not None:
                 fired += self._fire("assign", shard=unit, node=target)
+        fired += self._drain_step()
+        fired += self._rebalance_step()
         self.converge()
         return fired
+
+    # -- moving units: drain and rebalance ---------------------------------
+
+    def _lock_free(self, unit: str) -> bool:
+        return self._marking is not None and unit in self._marking.free_locks()
+
+    def _move(self, unit: str, from_node: str, transition: str) -> int:
+        """Move ``unit`` off ``from_node`` under the migration lock; 0 if not now.
+
+        The old host closes the unit before the new one opens it at the new
+        epoch, so a live migration never needs to fence a live process.
+        """
+        if not self._lock_free(unit):
+            return 0  # a bill run holds the shard: the migration waits
+        target = self._least_loaded()
+        if target is None or target == from_node:
+            return 0
+        if not self._fire("migration_lock", shard=unit):
+            return 0
+        moved = self._fire(transition, shard=unit, from_node=from_node, node=target)
+        if moved:
+            try:
+                self._ops.close_unit(from_node, unit)
+            except Exception as exc:  # the next open fences a verified owner
+                log.warning("close_failed", shard=unit, node=from_node, error=str(exc))
+        self._fire("migration_unlock", shard=unit)
+        return 3 if moved else 2
+
+    def _drain_step(self) -> int:
+        fired = 0
+        for unit, node, _epoch in list(self._owned()):
+            if self._status(node) == "draining":
+                fired += self._move(unit, node, "migrate")
+        return fired
+
+    def _rebalance_step(self) -> int:
+        """Even out units over alive nodes (after a join), one unit at a time."""
+        fired = 0
+        for _ in range(len(self._units)):
+            load = self._load()
+            if len(load) < 2:
+                break
+            busiest = max(sorted(load), key=lambda n: load[n])
+            if load[busiest] - min(load.values()) < 2:
+                break
+            unit = next(
+                (u for u, n, _e in self._owned() if n == busiest and self._lock_free(u)), None
+            )
+            if unit is None:
+                break
+            moved = self._move(unit, busiest, "rebalance")
+            if moved < 3:
+                break
+            fired += moved
+        return fired
+
+    # -- operator and bill-run requests --------------------------------------
+
+    def drain(self, node: str) -> bool:
+        """Start moving every unit off ``node``; the loop migrates them. False if refused."""
+        return self._marking is not None and self._fire("drain", node=node)
+
+    def undrain(self, node: str) -> bool:
+        return self._marking is not None and self._fire("undrain", node=node)
+
+    def lock(self, unit: str, kind: str) -> bool:
+        """Take ``unit``'s lock for a bill run; False while a migration holds it."""
+        return self._marking is not None and self._fire(f"{kind}_lock", shard=unit)
+
+    def unlock(self, unit: str, kind: str) -> bool:
+        return self._marking is not None and self._fire(f"{kind}_unlock", shard=unit)
 
     def converge(self) -> list[str]:
         """Make every alive owner serve its units at their epochs; returns failures."""

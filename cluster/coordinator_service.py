@@ -115,6 +115,24 @@ class CoordinatorService:
                 "locks_held": [list(x) for x in marking.locks_held()],
             }
 
+    def drain(self, node: str) -> bool:
+        """Start draining ``node``; the loop migrates its units off without refusing work."""
+        with self._lock:
+            return self._coordinator.drain(node)
+
+    def undrain(self, node: str) -> bool:
+        with self._lock:
+            return self._coordinator.undrain(node)
+
+    def lock(self, unit: str, kind: str) -> bool:
+        """Take a unit's lock (``bill_run``); False while a migration holds it."""
+        with self._lock:
+            return self._coordinator.lock(unit, kind)
+
+    def unlock(self, unit: str, kind: str) -> bool:
+        with self._lock:
+            return self._coordinator.unlock(unit, kind)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -106,6 +106,8 @@ def test_the_logged_transitions_replay_through_the_net(tmp_path: Path) -> None:
         nodes.kill("n3")
         coordinator.reconcile()
         nodes.up["n3"] = "ray-n3-again"
+        coordinator.reconcile()  # n3 recovers and gets units back by rebalancing
+        coordinator.drain("n1")
         coordinator.reconcile()
     structlog.reset_defaults()
     config = NetConfig(
@@ -115,7 +117,59 @@ def test_the_logged_transitions_replay_through_the_net(tmp_path: Path) -> None:
     )
     model = PetriModel(config)
     steps = [e for e in events if e["event"] in model.transitions]
-    assert {e["event"] for e in steps} >= {"join", "assign", "node_fail", "fence", "takeover"}
+    assert {e["event"] for e in steps} >= {
+        "join", "assign", "node_fail", "fence", "takeover", "node_recover",
+        "drain", "migration_lock", "migrate", "rebalance", "migration_unlock",
+    }  # fmt: skip
     result = check_trace(model, steps, initial=initial_marking(config), strict=True)
     assert result.ok, result.rejection
     assert result.final == coordinator.marking
+
+
+def test_drain_moves_every_unit_off_the_node_and_never_leaves_one_ownerless(
+    tmp_path: Path,
+) -> None:
+    """A drained node ends up with no units; each moved unit closed before it reopened."""
+    nodes = Nodes("n1", "n2", "n3")
+    coordinator = Coordinator(data_dir=tmp_path, shards=6, partitions=3, ops=nodes)
+    coordinator.reconcile()
+    before = coordinator.routes()
+    assert coordinator.drain("n2")
+    coordinator.reconcile()
+    after = coordinator.routes()
+    assert set(after) == set(before)
+    assert "n2" not in {route.node for route in after.values()}
+    assert nodes.serving["n2"] == {}
+    for unit, route in before.items():
+        if route.node == "n2":
+            assert after[unit].epoch == route.epoch + 1
+    assert not coordinator.marking.locks_held()
+
+
+def test_a_joining_node_gets_a_fair_share(tmp_path: Path) -> None:
+    """After a node joins, units are rebalanced until loads differ by at most one."""
+    nodes = Nodes("n1")
+    coordinator = Coordinator(data_dir=tmp_path, shards=6, partitions=2, ops=nodes)
+    coordinator.reconcile()
+    nodes.up["n2"] = "ray-n2"
+    nodes.serving["n2"] = {}
+    coordinator.reconcile()
+    owners = [route.node for route in coordinator.routes().values()]
+    assert abs(owners.count("n1") - owners.count("n2")) <= 1
+    assert sum(len(units) for units in nodes.serving.values()) == 8
+
+
+def test_a_bill_run_lock_holds_off_a_migration_of_the_same_shard(tmp_path: Path) -> None:
+    """A shard under a bill run is not migrated until the bill run lets go."""
+    nodes = Nodes("n1", "n2")
+    coordinator = Coordinator(data_dir=tmp_path, shards=2, partitions=1, ops=nodes)
+    coordinator.reconcile()
+    unit = next(u for u, r in coordinator.routes().items() if r.node == "n2" and "acct" in u)
+    assert coordinator.lock(unit, "bill_run")
+    assert coordinator.drain("n2")
+    coordinator.reconcile()
+    assert coordinator.routes()[unit].node == "n2"
+    assert coordinator.unlock(unit, "bill_run")
+    coordinator.reconcile()
+    assert coordinator.routes()[unit].node == "n1"
+    assert not coordinator.lock("part-0", "bill_run")  # partitions have no bill runs
