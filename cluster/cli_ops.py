@@ -116,12 +116,12 @@ def fetch_status(data_dir: Path) -> dict[str, Any]:
     import ray
 
     from actors.remote import COORDINATOR_NAME, NAMESPACE
-    from cluster.runtime import read_info
+    from cluster.runtime import connect, read_info
 
     info = read_info(data_dir)
     if info is None:
         raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
-    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+    connect(info)
     try:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
         status: Any = ray.get(coordinator.status.remote(), timeout=30)
@@ -204,12 +204,12 @@ def drain(node: str, undo: bool, wait_s: float, data_dir: Path) -> None:
     import ray
 
     from actors.remote import COORDINATOR_NAME, NAMESPACE
-    from cluster.runtime import read_info
+    from cluster.runtime import connect, read_info
 
     info = read_info(data_dir)
     if info is None:
         raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
-    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+    connect(info)
     try:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
         method = coordinator.undrain if undo else coordinator.drain

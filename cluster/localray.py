@@ -41,9 +41,32 @@ from types import TracebackType
 
 from cluster.config import ClusterConfig
 
-__all__ = ["LocalRay", "LocalRayError", "NodeHandle", "node_resource", "pid_running"]
+__all__ = [
+    "LOCAL_AUTH_ENV",
+    "LocalRay",
+    "LocalRayError",
+    "NodeHandle",
+    "node_resource",
+    "pid_running",
+]
 
 _STARTED_MARK = "Ray runtime started"
+_NODE_START_RETRIES = 2
+
+# Ray 2.5x turns token authentication on for a new head whenever a token file
+# exists in ~/.ray (which any plain ray.init() on the machine may create), and
+# several clusters on one machine would then race on that one file. Simulated
+# nodes listen on loopback only, so they run with authentication explicitly
+# off; a cluster joined with --address keeps whatever its operator chose.
+LOCAL_AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+def _log_retry(index: int, exc: Exception) -> None:
+    import structlog
+
+    structlog.get_logger("petribill.localray").warning(
+        "node_start_retry", node=f"n{index}", error=str(exc).splitlines()[0]
+    )
 
 
 class LocalRayError(RuntimeError):
@@ -190,6 +213,7 @@ class LocalRay:
         """Connect this process as a driver (to the head's raylet); undone by shutdown."""
         import ray
 
+        os.environ.update(LOCAL_AUTH_ENV)
         ray.init(address=self.address, namespace=namespace, log_to_driver=False)
         self._connected = True
 
@@ -263,6 +287,15 @@ class LocalRay:
 
     # -- internals ---------------------------------------------------------------
 
+    def _respawn(self, index: int) -> None:
+        """Start worker node ``index`` again after a failed start, keeping its old log."""
+        node_dir = self.temp_dir / f"n{index}"
+        attempt = 1
+        while node_dir.with_name(f"n{index}.failed{attempt}").exists():
+            attempt += 1
+        node_dir.rename(node_dir.with_name(f"n{index}.failed{attempt}"))
+        self._spawn(index)
+
     def _spawn(self, index: int, *, head_port: int | None = None) -> int:
         name = f"n{index}"
         node_dir = self.temp_dir / name
@@ -300,7 +333,7 @@ class LocalRay:
             ]
         else:
             args += [f"--address={self.address}", "--include-log-monitor=false"]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_AUTH_ENV}
         env.pop("RAY_ADDRESS", None)
         log = open(node_dir / "ray-start.log", "wb")  # noqa: SIM115 - the child keeps it
         # Its own session: a Ctrl-C meant for the CLI must not kill nodes
@@ -314,16 +347,30 @@ class LocalRay:
             start_new_session=True,
         )
         log.close()
-        self._procs.append(proc)
+        if index < len(self._procs):
+            self._procs[index] = proc
+        else:
+            self._procs.append(proc)
         return index
 
     def _wait_started(self, indices: list[int]) -> None:
         deadline = time.monotonic() + self.config.ray.start_timeout_s
         pending = set(indices)
+        retries = {index: _NODE_START_RETRIES for index in indices if index > 0}
         while pending:
             table = _proc_table()
             for index in sorted(pending):
-                handle = self._probe(index, table)
+                try:
+                    handle = self._probe(index, table)
+                except LocalRayError as exc:
+                    # On a loaded machine a worker node can give up reaching the
+                    # head's GCS while starting; a new attempt usually succeeds.
+                    if retries.get(index, 0) <= 0:
+                        raise
+                    retries[index] -= 1
+                    _log_retry(index, exc)
+                    self._respawn(index)
+                    continue
                 if handle is not None:
                     self.nodes.append(handle)
                     pending.discard(index)

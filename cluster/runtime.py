@@ -9,6 +9,7 @@ records what ``petribill down`` needs to stop a detached cluster.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import structlog
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name, spawn_coordinator
 from cluster.config import ClusterConfig
-from cluster.localray import LocalRay
+from cluster.localray import LOCAL_AUTH_ENV, LocalRay
 
 __all__ = ["Runtime", "RuntimeInfo", "StartError", "read_info"]
 
@@ -41,6 +42,13 @@ class RuntimeInfo:
     gateways: list[str] = field(default_factory=list)
     local_temp_dir: str | None = None
     started_at_s: float = 0.0
+
+
+def connect(info: RuntimeInfo) -> None:
+    """Connect this process to the recorded cluster as a driver."""
+    if info.local_temp_dir is not None:
+        os.environ.update(LOCAL_AUTH_ENV)
+    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
 
 
 def read_info(data_dir: Path) -> RuntimeInfo | None:
@@ -94,6 +102,7 @@ class Runtime:
         if self._address is None:
             self.local = LocalRay(self._nodes, config=self.config).start()
             address = self.local.address
+            os.environ.update(LOCAL_AUTH_ENV)
         else:
             address = self._address
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
@@ -197,7 +206,7 @@ def stop_detached(data_dir: Path, config: ClusterConfig) -> bool:
     if info is None:
         return False
     try:
-        ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+        connect(info)
         stop_cluster_actors()
     except Exception as exc:
         log.warning("cluster_unreachable", address=info.address, error=str(exc))
