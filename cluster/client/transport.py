@@ -1,0 +1,208 @@
+"""The client's transport: channels to every gateway, retries with the same ids, failover.
+
+See :mod:`cluster.client` for the rules; :class:`Transport` is the base every
+group of SDK calls builds on.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from petribill.v1 import (
+    accounts_pb2_grpc,
+    admin_pb2_grpc,
+    billing_pb2_grpc,
+    charging_pb2_grpc,
+    notifications_pb2_grpc,
+    tariffs_pb2_grpc,
+    usage_pb2_grpc,
+)
+
+from billing.money import Money
+from billing.records import UsageRecord
+from cluster.backend_api import RETRYABLE_CODES
+
+__all__ = ["Amount", "PetribillError", "RecordLike", "Transport"]
+
+RecordLike = UsageRecord | Mapping[str, Any]
+Amount = Money | Decimal | str | int
+
+_STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
+    "UsageService": usage_pb2_grpc.UsageServiceStub,
+    "ChargingService": charging_pb2_grpc.ChargingServiceStub,
+    "AccountService": accounts_pb2_grpc.AccountServiceStub,
+    "BillingService": billing_pb2_grpc.BillingServiceStub,
+    "TariffService": tariffs_pb2_grpc.TariffServiceStub,
+    "NotificationService": notifications_pb2_grpc.NotificationServiceStub,
+    "AdminService": admin_pb2_grpc.AdminServiceStub,
+    "Health": health_pb2_grpc.HealthStub,
+}
+
+
+class PetribillError(Exception):
+    """Raised by every :class:`PetribillClient` call that ends without an answer.
+
+    ``code`` is the final gRPC status (after retries, if it was retryable),
+    ``details`` the server's message, ``address`` the gateway that gave it and
+    ``attempts`` how many times the call was tried.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, *, address: str = "", attempts: int = 1
+    ) -> None:
+        super().__init__(f"{code.name}: {details} (gateway {address}, attempts {attempts})")
+        self.code = code
+        self.details = details
+        self.address = address
+        self.attempts = attempts
+
+
+class Transport:
+    """Channels to the gateways, and calls with retries and failover; the SDK's base.
+
+    ``addresses``: the gateways, ``host:port``, tried in order from the one that
+    last answered. ``timeout_s``: the budget of one unary call, retries
+    included. ``retries``: retries after the first attempt (UNAVAILABLE and
+    RESOURCE_EXHAUSTED only). ``backoff_s`` doubles per retry up to
+    ``backoff_max_s``, with jitter; the first round of failovers does not wait.
+    ``message_bytes_max`` should match the gateways'. ``new_id`` makes request
+    ids (default: random UUIDs); ``sleep`` and ``rng`` are injectable for tests.
+    A client may be shared by threads; close it (or use ``with``) when done.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 8,
+        backoff_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        message_bytes_max: int = 16 * 1024 * 1024,
+        new_id: Callable[[], str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not self.addresses:
+            raise ValueError("a client needs at least one gateway address")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or backoff_max_s < backoff_s:
+            raise ValueError("timeout_s must be > 0, retries >= 0, 0 <= backoff_s <= backoff_max_s")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._options = [
+            ("grpc.max_send_message_length", message_bytes_max),
+            ("grpc.max_receive_message_length", message_bytes_max),
+        ]
+        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[tuple[str, str], Any] = {}
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _stub(self, service: str, address: str) -> Any:
+        with self._lock:
+            stub = self._stubs.get((service, address))
+            if stub is None:
+                channel = self._channels.get(address)
+                if channel is None:
+                    channel = grpc.insecure_channel(address, options=self._options)
+                    self._channels[address] = channel
+                stub = self._stubs[service, address] = _STUBS[service](channel)
+            return stub
+
+    def _retry_or_raise(
+        self, exc: grpc.RpcError, address: str, attempt: int, left_s: float
+    ) -> None:
+        """Sleep before the next attempt, failing over on UNAVAILABLE; or raise the final error."""
+        code = exc.code()
+        if code not in RETRYABLE_CODES or attempt > self.retries or left_s <= 0:
+            raise PetribillError(code, exc.details() or "", address=address, attempts=attempt)
+        first_round = attempt < len(self.addresses)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self._current = (self.addresses.index(address) + 1) % len(self.addresses)
+            if first_round:
+                return  # another gateway may answer at once: no wait on the first round
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        self._sleep(min(left_s, delay * (0.5 + self._rng.random() / 2)))
+
+    def call(
+        self, service: str, method: str, request: Any, *, timeout_s: float | None = None
+    ) -> Any:
+        """One unary RPC with retries and failover; the answer message."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            address = self.addresses[self._current]
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise PetribillError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{service}.{method}: no answer within the client's timeout",
+                    address=address,
+                    attempts=attempt - 1,
+                )
+            try:
+                return getattr(self._stub(service, address), method)(request, timeout=left_s)
+            except grpc.RpcError as exc:
+                self._retry_or_raise(exc, address, attempt, deadline - time.monotonic())
+
+    def _server_stream(
+        self, service: str, method: str, request: Any, *, timeout_s: float | None
+    ) -> Iterator[Any]:
+        """A server stream, restarted (same request, so same ids) after a retryable failure."""
+        attempt = 0
+        while True:
+            attempt += 1
+            address = self.addresses[self._current]
+            stream = getattr(self._stub(service, address), method)(request, timeout=timeout_s)
+            try:
+                for item in stream:
+                    attempt = 0
+                    yield item
+                return
+            except grpc.RpcError as exc:
+                self._retry_or_raise(exc, address, max(attempt, 1), float("inf"))
+            finally:
+                stream.cancel()
+
+    def _id(self, request_id: str | None) -> str:
+        return request_id or self._new_id()
+
+    def health(self, service: str = "") -> dict[str, str]:
+        """Each gateway's health of ``service`` ("" for the server): SERVING, NOT_SERVING..."""
+        answers = {}
+        request = health_pb2.HealthCheckRequest(service=service)
+        for address in self.addresses:
+            try:
+                reply = self._stub("Health", address).Check(request, timeout=self.timeout_s)
+                answers[address] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                answers[address] = exc.code().name
+        return answers

@@ -1,0 +1,111 @@
+"""The gateway as a Ray actor: a plain class, made remote in :func:`gateway_actor_class` only.
+
+Ray runs the async methods of an actor on one event loop in the actor's
+process; the grpc.aio server lives on that loop, so :meth:`GatewayActor.start`
+simply starts it there and returns. The backend is built inside the actor
+(from a picklable factory), since what it holds (actor handles, a loop-bound
+cache) belongs to that process.
+
+Recovery contract: the gateway holds no state. If its process dies, a new one
+is started (by whoever spawned it) and clients fail over to another gateway
+address meanwhile; calls in flight get UNAVAILABLE and are retried by the SDK
+with the same idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from cluster.backend_api import Backend
+from cluster.gateway.limits import GatewayLimits
+from cluster.gateway.server import Gateway
+
+__all__ = ["GatewayActor", "gateway_actor_class"]
+
+
+class GatewayActor:
+    """Owns one :class:`Gateway`; every method is async, so Ray makes this an async actor."""
+
+    def __init__(
+        self,
+        backend_factory: Callable[[], Backend],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: GatewayLimits | None = None,
+        advertise_host: str | None = None,
+    ) -> None:
+        self._backend_factory = backend_factory
+        self._host = host
+        self._advertise_host = advertise_host
+        self._port = port
+        self._limits = limits
+        self._gateway: Gateway | None = None
+        self._starting = asyncio.Lock()  # two concurrent start() calls start one server
+
+    async def start(self) -> str:
+        """Start serving (idempotent); returns the address clients use, ``host:port``."""
+        async with self._starting:
+            return await self._start()
+
+    async def _start(self) -> str:
+        if self._gateway is None:
+            gateway = Gateway(
+                self._backend_factory(),
+                self._host,
+                self._port,
+                self._limits,
+                advertise_host=self._advertise_host or _node_ip(self._host),
+            )
+            await gateway.start()
+            self._gateway = gateway
+        return self._gateway.address
+
+    async def address(self) -> str:
+        """The serving address, starting the gateway first if it is not serving yet."""
+        if self._gateway is None:
+            return await self.start()
+        return self._gateway.address
+
+    async def stats(self) -> dict[str, int]:
+        """In-flight counters, for status pages and tests."""
+        if self._gateway is None:
+            return {}
+        admission = self._gateway.admission
+        return {
+            "requests": admission.requests,
+            "records": admission.records,
+            "usage_streams": admission.usage_streams,
+            "subscriptions": admission.subscriptions,
+            "bill_runs": admission.bill_runs,
+        }
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Report NOT_SERVING, then stop; calls in flight get ``grace_s`` to finish."""
+        if self._gateway is not None:
+            await self._gateway.stop(grace_s)
+            self._gateway = None
+
+
+def _node_ip(host: str) -> str | None:
+    """This node's IP for a gateway bound to every interface; None for a specific host."""
+    if host not in ("", "0.0.0.0", "::", "[::]"):
+        return None
+    import ray
+
+    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return ip
+
+
+def gateway_actor_class(**options: Any) -> Any:
+    """The Ray actor class of :class:`GatewayActor` — the one place ``ray.remote`` is applied.
+
+    ``options`` go to ``ray.remote`` (e.g. ``num_cpus=0``, ``max_restarts=-1``);
+    per-instance options (name, node affinity) are for ``.options(...)``.
+    """
+    import ray  # imported here so the gateway runs, and is tested, without Ray
+
+    defaults: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
+    return ray.remote(**{**defaults, **options})(GatewayActor)

@@ -1,0 +1,157 @@
+"""The gateway server: grpc.aio with every petribill.v1 service, health checking and reflection.
+
+One gateway runs per node (inside a Ray actor, see :mod:`cluster.gateway.actor`)
+and holds no state of its own: every call goes to the :class:`Backend`. Health
+is reported per service (``grpc.health.v1``): NOT_SERVING until the server has
+started, SERVING while it serves, NOT_SERVING from the moment it begins to
+stop, so a load balancer watching it moves traffic before calls are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from petribill.v1 import (
+    accounts_pb2,
+    admin_pb2,
+    billing_pb2,
+    charging_pb2,
+    notifications_pb2,
+    tariffs_pb2,
+    usage_pb2,
+)
+
+from cluster.backend_api import Backend
+from cluster.gateway.calls import Calls
+from cluster.gateway.limits import Admission, GatewayLimits
+from cluster.gateway.servicers import add_servicers
+
+__all__ = ["SERVICE_NAMES", "Gateway", "GatewayError"]
+
+log = structlog.get_logger("petribill.gateway")
+
+#: Full names of the petribill.v1 services, as health checks and reflection know them.
+SERVICE_NAMES: tuple[str, ...] = tuple(
+    service.full_name
+    for module in (
+        usage_pb2,
+        charging_pb2,
+        accounts_pb2,
+        billing_pb2,
+        tariffs_pb2,
+        notifications_pb2,
+        admin_pb2,
+    )
+    for service in module.DESCRIPTOR.services_by_name.values()
+)
+_HEALTH_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class GatewayError(RuntimeError):
+    """Raised by :meth:`Gateway.start` when the server cannot listen (port taken, bad host)."""
+
+
+class Gateway:
+    """A grpc.aio server relaying petribill.v1 to a backend. ``port=0`` picks a free port.
+
+    Start and stop on one event loop; :attr:`port` and :attr:`address` are the
+    bound ones after :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: GatewayLimits | None = None,
+        *,
+        advertise_host: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.host = host
+        # Where clients reach a gateway bound to a wildcard such as 0.0.0.0.
+        self.advertise_host = advertise_host or host
+        self.limits = limits or GatewayLimits()
+        self.admission = Admission(self.limits)
+        self._port_wanted = port
+        self._port: int | None = None
+        self._server: Any = None
+        self._health: Any = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise GatewayError("the gateway has not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to give clients (the advertised host, if one was given)."""
+        host = self.advertise_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.port}"
+
+    def _options(self) -> list[tuple[str, int]]:
+        size = self.limits.message_bytes_max
+        return [
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            # Without this, a second gateway on a taken port would share it silently.
+            ("grpc.so_reuseport", 0),
+            # Find dead clients of long streams (Subscribe) within a minute.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+
+    async def start(self) -> str:
+        """Listen and serve; answer SERVING once up. Returns :attr:`address`."""
+        if self._server is not None:
+            return self.address
+        server = grpc.aio.server(options=self._options())
+        add_servicers(server, self.backend, Calls(self.limits, self.admission))
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, _HEALTH_NAME, reflection.SERVICE_NAME), server
+        )
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self._port_wanted}")
+        except RuntimeError as exc:
+            raise GatewayError(f"cannot listen on {self.host}:{self._port_wanted}: {exc}") from exc
+        if port == 0:
+            raise GatewayError(f"cannot listen on {self.host}:{self._port_wanted}")
+        await server.start()
+        self._server, self._health, self._port = server, health, port
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gateway_started", address=self.address, limits=_limits_dict(self.limits))
+        return self.address
+
+    async def drain(self) -> None:
+        """Report NOT_SERVING for every service (for good) while still answering calls."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Drain, then stop: calls in flight get ``grace_s`` to finish, then are cancelled."""
+        if self._server is None:
+            return
+        await self.drain()
+        await self._server.stop(grace_s)
+        self._server = None
+        log.info("gateway_stopped", address=self.address, grace_s=grace_s)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def _limits_dict(limits: GatewayLimits) -> dict[str, Any]:
+    return {name: getattr(limits, name) for name in limits.__dataclass_fields__}

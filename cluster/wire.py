@@ -1,0 +1,172 @@
+"""Conversions between billing values and the petribill.v1 wire messages.
+
+One place, so the rules are the same for the gateway's backend and for the
+client SDK: money crosses the wire as integer micros (never a float) with the
+decimal string filled in for display; enums map by name; a usage record given
+as a ``dict`` uses the field names of :class:`billing.records.UsageRecord`
+(which are those of the proto message).
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Mapping
+from typing import Any
+
+from petribill.v1 import common_pb2
+
+from billing.invariant import invariant
+from billing.money import DECIMALS, SCALE, Money, MoneyParseError, format_amount, parse_amount
+from billing.records import Service, UsageRecord
+from billing.tariffs.model import PaymentMode
+
+__all__ = [
+    "WireError",
+    "decimal_from_proto",
+    "money_from_proto",
+    "money_to_proto",
+    "payment_mode_from_proto",
+    "payment_mode_to_proto",
+    "record_from_proto",
+    "record_to_proto",
+    "service_from_proto",
+    "service_to_proto",
+]
+
+_SERVICE_TO_PROTO: dict[Service, int] = {
+    Service.VOICE: common_pb2.SERVICE_VOICE,
+    Service.SMS: common_pb2.SERVICE_SMS,
+    Service.DATA: common_pb2.SERVICE_DATA,
+    Service.CONTENT: common_pb2.SERVICE_CONTENT,
+}
+_SERVICE_FROM_PROTO = {number: service for service, number in _SERVICE_TO_PROTO.items()}
+_MODE_TO_PROTO: dict[PaymentMode, int] = {
+    PaymentMode.PREPAID: common_pb2.PAYMENT_MODE_PREPAID,
+    PaymentMode.POSTPAID: common_pb2.PAYMENT_MODE_POSTPAID,
+    PaymentMode.HYBRID: common_pb2.PAYMENT_MODE_HYBRID,
+}
+_MODE_FROM_PROTO = {number: mode for mode, number in _MODE_TO_PROTO.items()}
+# common.proto fixes the wire's scale at micros; the system's scale must be the same.
+invariant(SCALE == 1_000_000, f"billing.money.SCALE {SCALE} is not the wire's micros")
+_RECORD_FIELDS = frozenset(common_pb2.UsageRecord.DESCRIPTOR.fields_by_name)
+_INT64_MAX = 2**63 - 1
+
+
+class WireError(ValueError):
+    """Raised when a value cannot become a wire message (or back); the message names the field."""
+
+
+def money_to_proto(
+    amount: Money | decimal.Decimal | str | int, currency: str = ""
+) -> common_pb2.Money:
+    """A wire Money from a :class:`Money`, or from a decimal amount and a currency.
+
+    ``"12.50"`` and ``Decimal("12.50")`` are 12.50 currency units; an ``int``
+    is whole units too (as in :func:`billing.money.parse_amount`), never micros:
+    pass a :class:`Money` to give micros. More than six decimals is an error.
+    """
+    if isinstance(amount, Money):
+        micros, currency = amount.micros, amount.currency
+    else:
+        try:
+            micros = parse_amount(str(amount) if isinstance(amount, decimal.Decimal) else amount)
+        except MoneyParseError as exc:
+            raise WireError(f"amount: {exc}") from None
+    if not -_INT64_MAX <= micros <= _INT64_MAX:
+        raise WireError(f"amount: {micros} micros does not fit the wire's int64")
+    return common_pb2.Money(micros=micros, currency=currency, decimal=format_amount(micros))
+
+
+def money_from_proto(message: common_pb2.Money, default_currency: str = "") -> Money:
+    """The :class:`Money` of a wire Money (``micros`` is authoritative; ``decimal`` is ignored)."""
+    currency = message.currency or default_currency
+    if len(currency) != 3 or not currency.isupper():
+        raise WireError(f"Money.currency must be an ISO 4217 code, got {currency!r}")
+    return Money(message.micros, currency)
+
+
+def decimal_from_proto(message: common_pb2.Money) -> decimal.Decimal:
+    """The exact decimal amount of a wire Money, for display or arithmetic by a client."""
+    return decimal.Decimal(message.micros).scaleb(-DECIMALS)
+
+
+def service_to_proto(service: Service | str) -> int:
+    try:
+        return _SERVICE_TO_PROTO[Service(service)]
+    except ValueError:
+        raise WireError(f"service: not one of {[s.value for s in Service]}: {service!r}") from None
+
+
+def service_from_proto(number: int) -> Service:
+    try:
+        return _SERVICE_FROM_PROTO[number]
+    except KeyError:
+        raise WireError(f"service: not set or unknown ({number})") from None
+
+
+def payment_mode_to_proto(mode: PaymentMode | str) -> int:
+    try:
+        return _MODE_TO_PROTO[PaymentMode(mode)]
+    except ValueError:
+        raise WireError(
+            f"payment_mode: not one of {[m.value for m in PaymentMode]}: {mode!r}"
+        ) from None
+
+
+def payment_mode_from_proto(number: int) -> PaymentMode:
+    try:
+        return _MODE_FROM_PROTO[number]
+    except KeyError:
+        raise WireError(f"payment_mode: not set or unknown ({number})") from None
+
+
+def record_to_proto(record: UsageRecord | Mapping[str, Any]) -> common_pb2.UsageRecord:
+    """A wire UsageRecord from a :class:`UsageRecord` or a ``dict`` of its fields.
+
+    In a dict, ``service`` may be ``"voice"``, a :class:`Service` or the proto
+    number; ``None`` means absent. Unknown keys are refused, because a
+    misspelt field silently dropped would be a record charged wrongly.
+    Provenance (``source_file``, ``source_line``) does not cross the wire.
+    """
+    if isinstance(record, UsageRecord):
+        fields: dict[str, Any] = {
+            name: getattr(record, name)
+            for name in _RECORD_FIELDS
+            if getattr(record, name) is not None
+        }
+    else:
+        unknown = set(record) - _RECORD_FIELDS - {"source_file", "source_line"}
+        if unknown:
+            raise WireError(f"usage record: unknown fields {sorted(unknown)}")
+        fields = {k: v for k, v in record.items() if v is not None and k in _RECORD_FIELDS}
+    service = fields.get("service")
+    if service is not None and not isinstance(service, int):
+        fields["service"] = service_to_proto(service)
+    try:
+        return common_pb2.UsageRecord(**fields)
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"usage record {fields.get('record_id', '?')!r}: {exc}") from None
+
+
+def record_from_proto(message: common_pb2.UsageRecord) -> UsageRecord:
+    """The :class:`UsageRecord` of a wire record, as received (normalising is preprocessing's).
+
+    Raises :class:`WireError` for a record without id or service; the backend
+    answers such a record REJECTED (``malformed``) rather than failing a batch.
+    """
+    if not message.record_id:
+        raise WireError("record_id is required")
+    return UsageRecord(
+        record_id=message.record_id,
+        service=service_from_proto(message.service),
+        served_msisdn=message.served_msisdn,
+        record_opening_time_s=message.record_opening_time_s,
+        called_number=message.called_number or None,
+        duration_s=message.duration_s,
+        sms_count=message.sms_count,
+        uplink_bytes=message.uplink_bytes,
+        downlink_bytes=message.downlink_bytes,
+        rating_group=message.rating_group if message.HasField("rating_group") else None,
+        content_item_id=message.content_item_id or None,
+        roaming=message.roaming,
+    )

@@ -1,0 +1,236 @@
+"""The client SDK against real gateways on loopback: every call, retries, failover, streams."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from petribill.v1 import billing_pb2, charging_pb2, notifications_pb2, usage_pb2
+from test_gateway_support import MemoryBackend, running_gateways
+
+from billing.records import Service, UsageRecord
+from cluster.backend_api import BackendError
+from cluster.client import PetribillClient, PetribillError
+from cluster.wire import decimal_from_proto
+
+pytestmark = pytest.mark.timeout(30)
+
+Code = grpc.StatusCode
+MSISDN = "4915100000001"
+
+
+def _sms(record_id: str) -> dict[str, Any]:
+    return {
+        "record_id": record_id,
+        "service": "sms",
+        "served_msisdn": MSISDN,
+        "record_opening_time_s": 1_700_000_000,
+        "called_number": "4930123456",
+        "sms_count": 1,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _requests_of(backend: MemoryBackend, method: str) -> list[Any]:
+    return [request for name, request in backend.calls if name == method]
+
+
+def test_every_sdk_call_reaches_its_rpc() -> None:
+    """Each SDK helper takes plain values and returns the RPC's answer."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient([gateways[0].address]) as client,
+    ):
+        account = client.create_account("a1", payment_mode="prepaid", msisdns=[MSISDN])
+        assert account.account_id == "a1"
+        assert client.get_account("a1").currency == "EUR"
+        balance = client.top_up("a1", "12.50", currency="EUR")
+        assert decimal_from_proto(balance.prepaid) == Decimal("12.5")
+        record = UsageRecord(
+            record_id="sdk:2",
+            service=Service.VOICE,
+            served_msisdn=MSISDN,
+            record_opening_time_s=1_700_000_000,
+            called_number="4930123456",
+            duration_s=30,
+        )
+        answer = client.submit_usage([_sms("sdk:1"), record], batch_id="b1")
+        assert answer.batch_id == "b1"
+        assert [r.status for r in answer.results] == [usage_pb2.RECORD_STATUS_CHARGED] * 2
+        assert client.get_balance("a1").prepaid.micros == 12_500_000 - 31 * 10_000
+        assert client.switch_mode("a1", "hybrid").payment_mode == 3
+        assert client.set_credit_limit("a1", "50", currency="EUR").credit_limit.micros == 50_000_000
+        assert [line.record_id for line in client.list_usage("a1")] == ["sdk:2", "sdk:1"]
+        steps = [
+            client.session_initial("s1", account_id="a1", requested_units=1_000_000),
+            client.session_update("s1", account_id="a1", used_units=500_000),
+            client.session_terminate("s1", account_id="a1", used_units=200_000),
+        ]
+        assert {s.result for s in steps} == {charging_pb2.SESSION_RESULT_SUCCESS}
+        assert client.direct_debit("a1", service="content", units=1).charged.micros == 10_000
+        assert client.refund("a1", "0.01", currency="EUR").balance_after.micros > 0
+        assert client.price_enquiry(plan_id="basic", service="voice", units=60).billed_units == 60
+        assert client.balance_check("a1", "1", currency="EUR").sufficient
+        progress: list[billing_pb2.BillRunProgress] = []
+        final = client.bill_run("2024-05", on_progress=progress.append)
+        assert final.finished and len(progress) == 1
+        (invoice,) = client.list_invoices("a1")
+        assert client.get_invoice("a1", invoice.invoice_id).cycle_id == "2024-05"
+        paid = client.pay("a1", "10", currency="EUR", request_id="pay-1")
+        assert paid.request_id == "pay-1"
+        assert client.reverse("a1", "pay-1").request_id
+        assert client.load_tariffs("conf/tariffs").catalogue_version == "conf/tariffs"
+        assert client.get_tariffs().default_plan == "basic"
+        assert client.list_notifications("a1") == []
+        assert client.status().nodes[0].node_id == "n1"
+        assert client.drain("n1").done and client.rebalance().done
+        assert client.reconcile().balanced
+        assert client.list_rejects() == []
+        assert client.reprocess_rejects(["r1"]).reprocessed == 1
+        assert client.backup("/tmp/backup").done
+        assert client.health() == {gateways[0].address: "SERVING"}
+        # Every write carried a generated request id.
+        ids = [r.request_id for name, r in backend.calls if hasattr(r, "request_id")]
+        assert all(ids) and len(set(ids)) == len(ids)
+
+
+def test_unavailable_is_retried_with_the_same_request_id() -> None:
+    """A top-up answered UNAVAILABLE is retried with the same request id and applied once."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address, backoff_s=0.01) as client,
+    ):
+        client.create_account("a1", msisdns=[MSISDN])
+        backend.failures["top_up"] = [
+            BackendError(Code.UNAVAILABLE, "shard acct-03 is being taken over")
+        ] * 2
+        balance = client.top_up("a1", "5", currency="EUR")
+        assert balance.prepaid.micros == 5_000_000
+        tries = _requests_of(backend, "top_up")
+        assert len(tries) == 3
+        assert len({t.request_id for t in tries}) == 1
+
+
+def test_fails_over_to_the_next_gateway_when_one_stops() -> None:
+    """With one of two gateways stopped, calls go to the other; a dead first address is skipped."""
+    with running_gateways(2) as (loop, _backend, gateways):
+        first, second = gateways
+        with PetribillClient([first.address, second.address], backoff_s=0.01) as client:
+            client.create_account("a1", msisdns=[MSISDN])
+            loop.run(first.stop(0.1))
+            assert client.top_up("a1", "1", currency="EUR").prepaid.micros == 1_000_000
+            assert client.addresses[client._current] == second.address
+        dead = f"127.0.0.1:{_free_port()}"
+        with PetribillClient([dead, second.address], backoff_s=0.01) as client:
+            assert client.get_balance("a1").prepaid.micros == 1_000_000
+            assert client.health() == {dead: "UNAVAILABLE", second.address: "SERVING"}
+
+
+def test_invalid_argument_and_already_exists_are_not_retried() -> None:
+    """A refusal that would only fail again reaches the caller after exactly one attempt."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address, backoff_s=0.01) as client,
+    ):
+        client.create_account("a1", msisdns=[MSISDN])
+        backend.failures["top_up"] = [BackendError(Code.INVALID_ARGUMENT, "currency XXX")]
+        with pytest.raises(PetribillError) as invalid:
+            client.top_up("a1", "5", currency="EUR")
+        assert invalid.value.code == Code.INVALID_ARGUMENT and invalid.value.attempts == 1
+        assert len(_requests_of(backend, "top_up")) == 1
+        client.top_up("a1", "5", currency="EUR", request_id="t-1")
+        with pytest.raises(PetribillError) as reused:
+            client.top_up("a1", "6", currency="EUR", request_id="t-1")
+        assert reused.value.code == Code.ALREADY_EXISTS and "amount" in reused.value.details
+        assert len(_requests_of(backend, "top_up")) == 3
+        with pytest.raises(PetribillError) as empty:
+            client.submit_usage([])
+        assert empty.value.code == Code.INVALID_ARGUMENT and empty.value.attempts == 1
+
+
+def test_resource_exhausted_backs_off_then_succeeds() -> None:
+    """Back-pressure is retried after growing, jittered pauses, with the same record ids."""
+    pauses: list[float] = []
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address, backoff_s=0.01, sleep=pauses.append) as client,
+    ):
+        client.create_account("a1", msisdns=[MSISDN])
+        backend.failures["submit_usage"] = [BackendError(Code.RESOURCE_EXHAUSTED, "busy")] * 3
+        answer = client.submit_usage([_sms("bp:1")])
+        assert answer.results[0].status == usage_pb2.RECORD_STATUS_CHARGED
+        assert len(pauses) == 3 and all(0 < p <= 0.01 * 2**i for i, p in enumerate(pauses))
+        batches = _requests_of(backend, "submit_usage")
+        assert {b.records[0].record_id for b in batches} == {"bp:1"}
+
+
+def test_retries_are_bounded() -> None:
+    """A call that stays UNAVAILABLE fails after 1 + retries attempts with the last status."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address, retries=3, backoff_s=0.001) as client,
+    ):
+        backend.failures["get_balance"] = [BackendError(Code.UNAVAILABLE, "takeover")] * 10
+        with pytest.raises(PetribillError) as failed:
+            client.get_balance("a1")
+        assert failed.value.code == Code.UNAVAILABLE and failed.value.attempts == 4
+
+
+def test_stream_usage_resends_unanswered_batches_after_unavailable() -> None:
+    """A stream broken by UNAVAILABLE resumes on a new stream; every record is charged once."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address, backoff_s=0.01) as client,
+    ):
+        client.create_account("a1", msisdns=[MSISDN])
+        client.top_up("a1", "100", currency="EUR")
+        failure = [BackendError(Code.UNAVAILABLE, "takeover")]
+        seen = 0
+        real = backend.submit_usage
+
+        async def flaky(request: Any, *, timeout_s: float) -> Any:
+            nonlocal seen
+            seen += 1
+            if seen == 3 and failure:
+                raise failure.pop()  # the third batch, once
+            return await real(request, timeout_s=timeout_s)
+
+        backend.submit_usage = flaky  # type: ignore[method-assign]
+        batches = [[_sms(f"st:{n}:{i}") for i in range(2)] for n in range(6)]
+        answers = list(client.stream_usage(batches, window=2))
+        assert [a.batch_id for a in answers] == [str(n) for n in range(6)]
+        charged = {r.record_id for a in answers for r in a.results}
+        assert charged == {f"st:{n}:{i}" for n in range(6) for i in range(2)}
+        assert set(backend.records) == charged
+        assert seen > 6  # something was resent
+
+
+def test_notifications_iterator_yields_new_notifications() -> None:
+    """The SDK's notification stream yields a notification raised after subscribing."""
+    with (
+        running_gateways() as (_loop, backend, gateways),
+        PetribillClient(gateways[0].address) as client,
+    ):
+        client.create_account("a1", msisdns=[MSISDN])
+        client.top_up("a1", "1.005", currency="EUR")
+        stream = client.notifications(["a1"])
+        got: list[Any] = []
+        reader = threading.Thread(target=lambda: got.append(next(stream)), daemon=True)
+        reader.start()
+        for _ in range(500):
+            if backend.subscribers:
+                break
+            threading.Event().wait(0.01)
+        client.submit_usage([_sms("low:1")])
+        reader.join(5)
+        assert got[0].kind == notifications_pb2.NOTIFICATION_KIND_LOW_BALANCE
+        stream.close()
