@@ -21,8 +21,10 @@ __all__ = [
     "COORDINATOR_NAME",
     "NAMESPACE",
     "RoutedHost",
+    "gateway_name",
     "host_name",
     "spawn_coordinator",
+    "spawn_gateway",
     "spawn_host",
 ]
 
@@ -109,3 +111,29 @@ def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: fl
         max_concurrency=8,
         num_cpus=0,
     ).remote(data_dir=data_dir, settings=settings, interval_s=interval_s)
+
+
+def gateway_name(ray_node_id: str) -> str:
+    return f"petribill-gateway-{ray_node_id[:12]}"
+
+
+def spawn_gateway(
+    *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
+) -> Any:
+    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside."""
+    from functools import partial
+
+    from cluster.backend import RayBackend
+    from cluster.gateway.actor import gateway_actor_class
+
+    return (
+        gateway_actor_class()
+        .options(
+            name=gateway_name(node_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        )
+        .remote(partial(RayBackend.from_settings, settings), host=host, port=port, limits=limits)
+    )

@@ -136,6 +136,7 @@ class Runtime:
 
     def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
         from actors.remote import spawn_gateway
+        from cluster.gateway.limits import GatewayLimits
 
         head = ray.get_runtime_context().get_node_id()
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
@@ -147,6 +148,7 @@ class Runtime:
                 host=self.config.gateway.host,
                 port=port,
                 settings=settings,
+                limits=GatewayLimits.from_config(self.config),
             )
         ready = [g.start.remote() for g in self.gateways.values()]
         ray.get(ready, timeout=timeout_s)
