@@ -53,6 +53,10 @@ class StaleRoute(Exception):
         self.epoch = epoch
         self.serving = serving
 
+    def __reduce__(self) -> tuple[type[StaleRoute], tuple[str, int, int | None]]:
+        # Crosses process boundaries inside Ray's task errors: rebuild from fields.
+        return (StaleRoute, (self.unit_id, self.epoch, self.serving))
+
 
 class Engine(Protocol):
     def close(self) -> None: ...

@@ -1,0 +1,281 @@
+"""AdminService and TariffService for the Ray backend.
+
+Status comes from the coordinator; reconciliation sums every partition's
+counters and every shard's audit; rejects are listed and reprocessed across
+the partitions. Drain and Rebalance belong to the Petri-net control-plane
+work and Backup to a later storage step: they answer UNIMPLEMENTED with a
+message saying so. Hot reload of the tariff catalogue is not offered yet
+(every host loaded its catalogue at start, and rating and charging must
+change catalogue together): LoadTariffs validates the folder, then answers
+UNIMPLEMENTED naming the restart that applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Final
+
+import grpc
+import ray
+from petribill.v1 import admin_pb2, tariffs_pb2
+
+from actors.partition import RecordStatus
+from actors.routing import unit_kind
+from billing.preprocess import Reconciliation
+from billing.rating import TariffError, load_catalogue
+from cluster.backend_api import BackendError
+from cluster.backend_core import BackendCore
+from cluster.backend_routing import deadline_after
+from cluster.backend_routing import time_left as _left
+from cluster.convert import money, reject_to_proto
+
+__all__ = ["AdminOps", "TariffOps"]
+
+_REJECTS_LIMIT_DEFAULT: Final = 100
+_REJECTS_LIMIT_MAX: Final = 10_000
+_PROBLEMS_SHOWN: Final = 5
+_GATEWAY_PREFIX: Final = "petribill-gateway-"
+_CHARGED: Final = frozenset(
+    {
+        RecordStatus.CHARGED,
+        RecordStatus.CHARGED_AS_DEBT,
+        RecordStatus.CHARGED_OVER_LIMIT,
+        RecordStatus.DUPLICATE,
+    }
+)
+
+
+def _unimplemented(what: str, why: str) -> BackendError:
+    return BackendError(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not available yet: {why}")
+
+
+def _gateway_handles() -> list[Any]:
+    """Handles of the named gateway actors (blocking GCS lookups: run in a thread)."""
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "petribill" and a["name"].startswith(_GATEWAY_PREFIX)
+    ]
+
+
+class AdminOps(BackendCore):
+    async def cluster_status(
+        self, request: admin_pb2.ClusterStatusRequest, *, timeout_s: float
+    ) -> admin_pb2.ClusterStatusResponse:
+        deadline = deadline_after(timeout_s)
+        status: dict[str, Any] = await self.router.coordinator_call(
+            "status", timeout_s=_left(deadline)
+        )
+        answer = admin_pb2.ClusterStatusResponse(
+            nodes=[
+                admin_pb2.NodeStatus(
+                    node_id=n["node"],
+                    state=n["status"],
+                    address=n.get("ray_node_id", ""),
+                    shards=n["units"],
+                )
+                for n in status["nodes"]
+            ],
+            shards=[
+                admin_pb2.ShardStatus(
+                    shard_id=u["unit"],
+                    kind=unit_kind(u["unit"]),
+                    owner_node=u["node"],
+                    epoch=u["epoch"],
+                    state=u["state"],
+                )
+                for u in status["units"]
+            ],
+            marking_json=status.get("marking") or "",
+            gateways=await self._gateways(_left(deadline) / 2),
+        )
+        states = [u["state"] for u in status["units"]]
+        locks = status.get("locks_held") or []
+        answer.marking_summary = (
+            f"{'healthy' if status.get('healthy') else 'unhealthy'}: "
+            f"{len(status['nodes'])} nodes, {states.count('owned')} units owned, "
+            f"{states.count('recovering')} recovering, {states.count('free')} free, "
+            f"{len(locks)} locks held"
+        )
+        return answer
+
+    async def _gateways(self, timeout_s: float) -> list[str]:
+        """Addresses of the running gateways (best effort: a slow one is left out)."""
+        try:
+            handles = await asyncio.to_thread(_gateway_handles)
+            refs = [asyncio.wrap_future(h.address.remote().future()) for h in handles]
+            done = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True), timeout_s)
+        except Exception:  # status must answer even when gateways do not
+            return []
+        return sorted(str(a) for a in done if isinstance(a, str))
+
+    async def reconcile(
+        self, request: admin_pb2.ReconcileRequest, *, timeout_s: float
+    ) -> admin_pb2.ReconcileResponse:
+        deadline = deadline_after(timeout_s)
+        counters, audits = await asyncio.gather(
+            self.router.call_each(
+                self.router.all_partitions(), "counters", timeout_s=_left(deadline)
+            ),
+            self.router.call_each(self.router.all_shards(), "audit", timeout_s=_left(deadline)),
+        )
+        total = sum(counters.values(), Reconciliation())
+        ledger = sum(a.postings_total for a in audits.values())
+        problems = [f"{u}: {p}" for u, a in sorted(audits.items()) for p in a.problems]
+        pending = sum(a.forwards_pending for a in audits.values())
+        notes = []
+        if not total.is_balanced():
+            notes.append(f"{total.pending} records received but not settled")
+        if ledger:
+            notes.append(f"ledger postings sum to {ledger}, not 0")
+        notes.extend(problems[:_PROBLEMS_SHOWN])
+        if len(problems) > _PROBLEMS_SHOWN:
+            notes.append(f"... {len(problems) - _PROBLEMS_SHOWN} more problems")
+        if pending:
+            notes.append(f"{pending} sponsor forwards pending delivery")
+        return admin_pb2.ReconcileResponse(
+            received=total.received,
+            rated=total.rated,
+            rejected=total.rejected,
+            duplicates=total.duplicates,
+            ledger_total=money(ledger, self.catalogue.currency),
+            balanced=total.is_balanced() and ledger == 0 and not problems,
+            detail="; ".join(notes) or "balanced",
+        )
+
+    async def list_rejects(
+        self, request: admin_pb2.ListRejectsRequest, *, timeout_s: float
+    ) -> admin_pb2.ListRejectsResponse:
+        limit = min(request.limit or _REJECTS_LIMIT_DEFAULT, _REJECTS_LIMIT_MAX)
+        found = await self.router.call_each(
+            self.router.all_partitions(),
+            "list_rejects",
+            limit,
+            reason=request.reason or None,
+            timeout_s=timeout_s,
+        )
+        entries = sorted(
+            (e for entries in found.values() for e in entries), key=lambda e: (-e.at_s, e.key)
+        )
+        return admin_pb2.ListRejectsResponse(rejects=[reject_to_proto(e) for e in entries[:limit]])
+
+    async def reprocess_rejects(
+        self, request: admin_pb2.ReprocessRejectsRequest, *, timeout_s: float
+    ) -> admin_pb2.ReprocessRejectsResponse:
+        """Reprocess the named records (each partition answers for the ones it holds), or,
+        with no ids, up to a bounded number of every partition's reprocessable rejects."""
+        deadline = deadline_after(timeout_s)
+        units = self.router.all_partitions()
+        if request.record_ids:
+            ids = {unit: list(dict.fromkeys(request.record_ids)) for unit in units}
+        else:
+            listed = await self.router.call_each(
+                units, "list_rejects", _REJECTS_LIMIT_DEFAULT, timeout_s=_left(deadline)
+            )
+            ids = {
+                unit: [e.record_id for e in entries if e.record is not None and e.record_id]
+                for unit, entries in listed.items()
+            }
+        answers = await asyncio.gather(
+            *(
+                self.router.call(
+                    unit, "reprocess", ids[unit], at_s=self.now_s(), timeout_s=_left(deadline)
+                )
+                for unit in units
+                if ids[unit]
+            )
+        )
+        results = [
+            r for answer in answers for r in answer if r.status is not RecordStatus.NOT_FOUND
+        ]
+        if any(r.retryable for r in results):
+            raise BackendError(
+                grpc.StatusCode.UNAVAILABLE, "some records could not be charged now; retry"
+            )
+        charged = sum(1 for r in results if r.status in _CHARGED)
+        return admin_pb2.ReprocessRejectsResponse(
+            reprocessed=len(results), charged=charged, still_rejected=len(results) - charged
+        )
+
+    async def drain(
+        self, request: admin_pb2.DrainRequest, *, timeout_s: float
+    ) -> admin_pb2.OperationAnswer:
+        """Fire ``drain`` on the control net; the coordinator then migrates the node's
+        units one by one under the migration lock (clients see at most UNAVAILABLE)."""
+        accepted = await self.router.coordinator_call("drain", request.node_id, timeout_s=timeout_s)
+        if not accepted:
+            raise BackendError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the control net refused to drain {request.node_id!r} "
+                "(unknown, dead or already draining)",
+            )
+        return admin_pb2.OperationAnswer(
+            request_id=request.request_id,
+            done=False,
+            detail=f"{request.node_id} is draining; its units move off in the background",
+        )
+
+    async def rebalance(
+        self, request: admin_pb2.RebalanceRequest, *, timeout_s: float
+    ) -> admin_pb2.OperationAnswer:
+        """Rebalancing is continuous (every reconcile round evens out alive nodes under
+        the migration lock); this reports the current spread."""
+        status: dict[str, Any] = await self.router.coordinator_call("status", timeout_s=timeout_s)
+        loads = {n["node"]: n["units"] for n in status["nodes"] if n["status"] == "alive"}
+        even = not loads or max(loads.values()) - min(loads.values()) <= 1
+        return admin_pb2.OperationAnswer(
+            request_id=request.request_id,
+            done=even,
+            detail="units per alive node: "
+            + ", ".join(f"{node}={count}" for node, count in sorted(loads.items())),
+        )
+
+    async def backup(
+        self, request: admin_pb2.BackupRequest, *, timeout_s: float
+    ) -> admin_pb2.OperationAnswer:
+        raise _unimplemented(
+            "Backup", "consistent RocksDB checkpoints of every unit are not wired to the hosts yet"
+        )
+
+
+class TariffOps(BackendCore):
+    async def get_tariffs(
+        self, request: tariffs_pb2.GetTariffsRequest, *, timeout_s: float
+    ) -> tariffs_pb2.TariffSummary:
+        catalogue = self.catalogue
+        return tariffs_pb2.TariffSummary(
+            catalogue_version=f"{catalogue.name} ({catalogue.source})",
+            plans=[
+                tariffs_pb2.PlanSummary(
+                    plan_id=plan.plan_id,
+                    version=v.version,
+                    currency=v.currency,
+                    valid_from_s=v.valid_from_s,
+                    valid_until_s=v.valid_until_s or 0,
+                )
+                for plan in catalogue.plans.values()
+                for v in plan.versions
+            ],
+            prefixes=len(catalogue.prefixes.table),
+            content_items=len(catalogue.items),
+            default_plan=catalogue.default_plan,
+        )
+
+    async def load_tariffs(
+        self, request: tariffs_pb2.LoadTariffsRequest, *, timeout_s: float
+    ) -> tariffs_pb2.TariffSummary:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(load_catalogue, request.path), timeout_s)
+        except TariffError as exc:
+            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except (OSError, TimeoutError) as exc:
+            raise BackendError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"path {request.path!r}: {exc}"
+            ) from None
+        raise _unimplemented(
+            "LoadTariffs",
+            f"the catalogue in {request.path!r} is valid, but hot reload across hosts is not "
+            "supported: restart the cluster with it as tariffs_dir (now "
+            f"{json.dumps(self.tariffs_dir)})",
+        )

@@ -1,0 +1,357 @@
+"""The Ray backend against a real local Ray cluster: every service, routed to the owning actors.
+
+One cluster (1 node, 4 shards, 2 partitions) serves the whole module; each
+test uses its own accounts and ids. The backend's coroutines are called
+directly with proto requests, as the gateway calls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from petribill.v1 import (
+    accounts_pb2,
+    admin_pb2,
+    billing_pb2,
+    charging_pb2,
+    common_pb2,
+    notifications_pb2,
+    tariffs_pb2,
+    usage_pb2,
+)
+
+from billing.cycle import monthly_cycle
+from cluster.backend import RayBackend
+from cluster.backend_api import BackendError
+from cluster.config import parse_config
+from cluster.runtime import Runtime
+
+pytestmark = [pytest.mark.cluster]
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+TARIFFS = ROOT / "conf" / "tariffs"
+T_NOV = 1_793_700_000  # 2026-11-03 10:00 UTC
+NOV = monthly_cycle(2026, 11, "Europe/Berlin")
+AFTER_GRACE = NOV.end_s + 3 * 86_400 + 60  # the November invoices are final
+UK = "442071234567"  # international_z1: no bundle of the smart plan covers it
+TIMEOUT_S = 20.0
+S = usage_pb2
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayBackend]:
+    config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
+    rt = Runtime(
+        config,
+        data_dir=tmp_path_factory.mktemp("backend") / "data",
+        tariffs_dir=TARIFFS,
+        nodes=1,
+        gateways=False,
+    )
+    rt.start(timeout_s=120)
+    try:
+        yield RayBackend(4, 2, tariffs_dir=TARIFFS, clock=lambda: float(T_NOV + 3600))
+    finally:
+        rt.stop()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def eur(units: str) -> common_pb2.Money:
+    whole, _, frac = units.partition(".")
+    return common_pb2.Money(
+        micros=int(whole) * 1_000_000 + int((frac + "000000")[:6]), currency="EUR"
+    )
+
+
+def create(
+    backend: RayBackend, account_id: str, msisdn: str, mode: int = common_pb2.PAYMENT_MODE_POSTPAID
+) -> accounts_pb2.Account:
+    request = accounts_pb2.CreateAccountRequest(
+        request_id=f"create-{account_id}", account_id=account_id, payment_mode=mode,
+        currency="EUR", plan_id="smart", msisdns=[msisdn],
+    )  # fmt: skip
+    return run(backend.create_account(request, timeout_s=TIMEOUT_S))
+
+
+def call(msisdn: str, record_id: str, duration_s: int = 60) -> common_pb2.UsageRecord:
+    return common_pb2.UsageRecord(
+        record_id=record_id, service=common_pb2.SERVICE_VOICE, served_msisdn=msisdn,
+        record_opening_time_s=T_NOV, called_number=UK, duration_s=duration_s,
+    )  # fmt: skip
+
+
+def submit(backend: RayBackend, *records: common_pb2.UsageRecord) -> list[Any]:
+    request = S.SubmitUsageRequest(records=list(records), batch_id="b1")
+    answer = run(backend.submit_usage(request, timeout_s=TIMEOUT_S))
+    assert answer.batch_id == "b1"
+    return list(answer.results)
+
+
+def status_of(coro: Coroutine[Any, Any, Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(BackendError) as caught:
+        run(coro)
+    return caught.value.code, caught.value.message
+
+
+def test_create_account_submit_usage_and_balance(backend: RayBackend) -> None:
+    """An account created with an MSISDN is charged for usage routed by that MSISDN."""
+    created = create(backend, "acc-usage", "+49 151 0000001")
+    assert created.msisdns == ["491510000001"] and created.plan_id == "smart"
+    assert created.payment_mode == common_pb2.PAYMENT_MODE_POSTPAID
+    again = create(backend, "acc-usage", "+49 151 0000001")  # retried create: same answer
+    assert again.account_id == "acc-usage"
+    results = submit(backend, call("00491510000001", "sw1:1"), call("491510000001", "sw1:2", 120))
+    assert [r.status for r in results] == [S.RECORD_STATUS_CHARGED] * 2
+    assert all(r.charged_account_id == "acc-usage" and r.amount.micros > 0 for r in results)
+    total = sum(r.amount.micros for r in results)
+    balance = run(
+        backend.get_balance(accounts_pb2.GetAccountRequest(account_id="acc-usage"), timeout_s=5)
+    )
+    assert balance.unbilled.micros == total and balance.unbilled.currency == "EUR"
+    assert balance.unbilled.decimal.startswith("0.")
+    usage = run(
+        backend.list_usage(accounts_pb2.ListUsageRequest(account_id="acc-usage"), timeout_s=5)
+    )
+    assert [line.record_id for line in usage.lines] == ["sw1:2", "sw1:1"]  # newest first
+
+
+def test_duplicates_and_same_id_with_other_content(backend: RayBackend) -> None:
+    """A resubmitted record is a duplicate; the same id with other content names the field."""
+    create(backend, "acc-dup", "491510000002")
+    first = submit(backend, call("491510000002", "sw2:1"))
+    assert first[0].status == S.RECORD_STATUS_CHARGED
+    again, changed = submit(
+        backend, call("491510000002", "sw2:1"), call("491510000002", "sw2:1", 61)
+    )
+    assert again.status == S.RECORD_STATUS_DUPLICATE
+    assert changed.status == S.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT
+    assert changed.reason == "duration_s"
+    later = submit(backend, call("491510000002", "sw2:1", 90))[0]
+    assert later.status == S.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT
+
+
+def test_malformed_record_is_rejected_and_the_batch_proceeds(backend: RayBackend) -> None:
+    """A malformed record is REJECTED 'malformed' naming the field; the others are charged."""
+    create(backend, "acc-bad", "491510000003")
+    bad_number = call("not-a-number", "sw3:2")
+    no_service = common_pb2.UsageRecord(record_id="sw3:3", served_msisdn="491510000003")
+    results = submit(backend, call("491510000003", "sw3:1"), bad_number, no_service)
+    assert [r.status for r in results] == [
+        S.RECORD_STATUS_CHARGED,
+        S.RECORD_STATUS_REJECTED,
+        S.RECORD_STATUS_REJECTED,
+    ]
+    assert [r.record_id for r in results] == ["sw3:1", "sw3:2", "sw3:3"]
+    assert results[1].reason == "malformed" and "served_msisdn" in results[1].detail
+    assert "service" in results[2].detail
+    rejects = run(
+        backend.list_rejects(admin_pb2.ListRejectsRequest(reason="malformed"), timeout_s=5)
+    )
+    assert {"sw3:2", "sw3:3"} <= {r.record_id for r in rejects.rejects}
+
+
+def test_unknown_account_is_not_found(backend: RayBackend) -> None:
+    """Unknown accounts are NOT_FOUND; usage of an unknown MSISDN is rejected, reprocessable."""
+    get = backend.get_account(accounts_pb2.GetAccountRequest(account_id="nobody"), timeout_s=5)
+    assert status_of(get)[0] is grpc.StatusCode.NOT_FOUND
+    top_up = backend.top_up(
+        accounts_pb2.TopUpRequest(request_id="t0", account_id="nobody", amount=eur("1")),
+        timeout_s=5,
+    )
+    assert status_of(top_up)[0] is grpc.StatusCode.NOT_FOUND
+    (result,) = submit(backend, call("491519999999", "sw4:1"))
+    assert result.status == S.RECORD_STATUS_REJECTED and result.reason == "unknown_account"
+    create(backend, "acc-late", "491519999999")  # the account arrives: reprocess charges it
+    request = admin_pb2.ReprocessRejectsRequest(request_id="rp1", record_ids=["sw4:1"])
+    answer = run(backend.reprocess_rejects(request, timeout_s=TIMEOUT_S))
+    assert (answer.reprocessed, answer.charged, answer.still_rejected) == (1, 1, 0)
+
+
+def test_top_up_is_idempotent_and_a_changed_retry_names_the_field(backend: RayBackend) -> None:
+    """A retried top-up credits once; the same request id with another amount is ALREADY_EXISTS."""
+    create(backend, "acc-pre", "491510000005", common_pb2.PAYMENT_MODE_PREPAID)
+    request = accounts_pb2.TopUpRequest(request_id="top-1", account_id="acc-pre", amount=eur("10"))
+    first = run(backend.top_up(request, timeout_s=TIMEOUT_S))
+    second = run(backend.top_up(request, timeout_s=TIMEOUT_S))
+    assert first.prepaid.micros == second.prepaid.micros == 10_000_000
+    changed = accounts_pb2.TopUpRequest(request_id="top-1", account_id="acc-pre", amount=eur("11"))
+    code, message = status_of(backend.top_up(changed, timeout_s=TIMEOUT_S))
+    assert code is grpc.StatusCode.ALREADY_EXISTS and "amount" in message
+
+
+def test_online_charging_session(backend: RayBackend) -> None:
+    """Initial reserves money, update settles used units, terminate releases the rest."""
+    create(backend, "acc-ocs", "491510000006", common_pb2.PAYMENT_MODE_PREPAID)
+    top = accounts_pb2.TopUpRequest(request_id="top-ocs", account_id="acc-ocs", amount=eur("5"))
+    run(backend.top_up(top, timeout_s=TIMEOUT_S))
+
+    def step(n: int, kind: int, **fields: Any) -> charging_pb2.SessionAnswer:
+        request = charging_pb2.SessionRequest(
+            request_id=f"s1:{n}", session_id="s1", step=kind, served_msisdn="491510000006",
+            service=common_pb2.SERVICE_VOICE, called_number=UK, at_s=T_NOV + n, **fields,
+        )  # fmt: skip
+        return run(backend.charge_session(request, timeout_s=TIMEOUT_S))
+
+    initial = step(1, charging_pb2.SESSION_STEP_INITIAL, requested_units=120)
+    assert initial.result == charging_pb2.SESSION_RESULT_SUCCESS
+    assert initial.granted_units == 120 and initial.reserved.micros > 0
+    update = step(2, charging_pb2.SESSION_STEP_UPDATE, used_units=60, requested_units=60)
+    assert update.result == charging_pb2.SESSION_RESULT_SUCCESS and update.charged.micros > 0
+    end = step(3, charging_pb2.SESSION_STEP_TERMINATE, used_units=30)
+    assert end.result == charging_pb2.SESSION_RESULT_SUCCESS and end.reserved.micros == 0
+    spent = update.charged.micros + end.charged.micros
+    balance = run(
+        backend.get_balance(accounts_pb2.GetAccountRequest(account_id="acc-ocs"), timeout_s=5)
+    )
+    assert balance.prepaid.micros == 5_000_000 - spent and balance.reserved.micros == 0
+    unknown = charging_pb2.SessionRequest(
+        request_id="s9:1", session_id="s9", step=charging_pb2.SESSION_STEP_UPDATE,
+        account_id="acc-ocs", used_units=1,
+    )  # fmt: skip
+    answer = run(backend.charge_session(unknown, timeout_s=TIMEOUT_S))
+    assert answer.result == charging_pb2.SESSION_RESULT_UNKNOWN_SESSION
+
+
+def test_bill_run_invoices_payment_and_reversal(backend: RayBackend) -> None:
+    """After the cycle the run invoices every shard; a payment is allocated, then reversed."""
+    create(backend, "acc-bill", "491510000007")
+    submit(backend, call("491510000007", "sw7:1", 300))
+    early = backend.run_billing(
+        billing_pb2.BillRunRequest(request_id="bill-0", cycle_id="2026-11", at_s=T_NOV),
+        timeout_s=TIMEOUT_S,
+    )
+    assert status_of(_drain(early))[0] is grpc.StatusCode.FAILED_PRECONDITION
+    request = billing_pb2.BillRunRequest(request_id="bill-1", cycle_id="2026-11", at_s=AFTER_GRACE)
+    progress = run(_drain(backend.run_billing(request, timeout_s=60)))
+    assert len(progress) == 4 and progress[-1].finished and not progress[0].finished
+    assert progress[-1].invoices_issued >= 1 and progress[-1].invoiced_total.micros > 0
+    listed = run(
+        backend.list_invoices(
+            billing_pb2.ListInvoicesRequest(account_id="acc-bill", open_only=True), timeout_s=5
+        )
+    )
+    (invoice,) = listed.invoices
+    assert invoice.status == billing_pb2.INVOICE_STATUS_OPEN and invoice.total.micros > 0
+    got = run(
+        backend.get_invoice(
+            billing_pb2.GetInvoiceRequest(account_id="acc-bill", invoice_id=invoice.invoice_id),
+            timeout_s=5,
+        )
+    )
+    assert got == invoice
+    pay = billing_pb2.PaymentRequest(
+        request_id="pay-1", account_id="acc-bill", amount=eur("1"), at_s=AFTER_GRACE
+    )
+    paid = run(backend.apply_payment(pay, timeout_s=TIMEOUT_S))
+    assert [(a.invoice_id, a.amount.micros) for a in paid.allocations] == [
+        (invoice.invoice_id, 1_000_000)
+    ]
+    reverse = billing_pb2.ReversePaymentRequest(
+        request_id="rev-1", account_id="acc-bill", payment_request_id="pay-1", at_s=AFTER_GRACE
+    )
+    reversed_ = run(backend.reverse_payment(reverse, timeout_s=TIMEOUT_S))
+    assert [a.amount.micros for a in reversed_.allocations] == [1_000_000]
+    after = run(
+        backend.get_invoice(
+            billing_pb2.GetInvoiceRequest(account_id="acc-bill", invoice_id=invoice.invoice_id),
+            timeout_s=5,
+        )
+    )
+    assert after.paid.micros == 0 and after.open.micros == invoice.total.micros
+    notes = run(
+        backend.list_notifications(
+            notifications_pb2.ListNotificationsRequest(account_id="acc-bill"), timeout_s=5
+        )
+    )
+    kinds = {n.kind for n in notes.notifications}
+    assert notifications_pb2.NOTIFICATION_KIND_INVOICE_ISSUED in kinds
+
+
+def test_subscribe_streams_new_notifications(backend: RayBackend) -> None:
+    """A subscription yields notifications stored after it started, of its accounts only."""
+    create(backend, "acc-sub", "491510000008")
+
+    async def scenario() -> notifications_pb2.Notification:
+        stream = backend.subscribe(notifications_pb2.SubscribeRequest(account_ids=["acc-sub"]))
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(1.0)  # the stream has found every shard's head by now
+        dec = monthly_cycle(2026, 12, "Europe/Berlin")
+        request = billing_pb2.BillRunRequest(
+            request_id="bill-sub", cycle_id="2026-12", account_ids=["acc-sub"],
+            at_s=dec.end_s + 4 * 86_400,
+        )  # fmt: skip
+        await _drain(backend.run_billing(request, timeout_s=TIMEOUT_S))
+        note = await asyncio.wait_for(first, 10)
+        await stream.aclose()  # type: ignore[attr-defined]
+        return note
+
+    note = run(scenario())
+    assert note.account_id == "acc-sub"
+    assert note.kind == notifications_pb2.NOTIFICATION_KIND_INVOICE_ISSUED
+
+
+def test_reconcile_adds_up(backend: RayBackend) -> None:
+    """Every record received is rated, rejected or a duplicate, and the ledger sums to zero."""
+    answer = run(backend.reconcile(admin_pb2.ReconcileRequest(), timeout_s=TIMEOUT_S))
+    assert answer.received > 0
+    assert answer.received == answer.rated + answer.rejected + answer.duplicates
+    assert answer.ledger_total.micros == 0 and answer.balanced, answer.detail
+
+
+def test_cluster_status_tariffs_and_unimplemented(backend: RayBackend) -> None:
+    """Status lists every unit with its owner; tariffs answer; the net refuses to drain an
+    unknown node; Rebalance reports the spread."""
+    status = run(backend.cluster_status(admin_pb2.ClusterStatusRequest(), timeout_s=TIMEOUT_S))
+    assert [n.node_id for n in status.nodes] == ["n0"]
+    assert len(status.shards) == 6 and {s.state for s in status.shards} == {"owned"}
+    assert {s.kind for s in status.shards} == {"account", "partition"}
+    assert status.marking_json and status.marking_summary.startswith("healthy")
+    summary = run(backend.get_tariffs(tariffs_pb2.GetTariffsRequest(), timeout_s=5))
+    assert summary.default_plan == "smart" and summary.prefixes > 0
+    price = run(
+        backend.price_enquiry(
+            charging_pb2.PriceEnquiryRequest(
+                plan_id="smart",
+                service=common_pb2.SERVICE_VOICE,
+                called_number=UK,
+                units=60,
+                at_s=T_NOV,
+            ),
+            timeout_s=5,
+        )
+    )
+    assert price.price.micros > 0 and price.destination == "GB"
+    drain = backend.drain(admin_pb2.DrainRequest(request_id="d1", node_id="n9"), timeout_s=5)
+    assert status_of(drain)[0] is grpc.StatusCode.FAILED_PRECONDITION  # no such node
+    spread = run(backend.rebalance(admin_pb2.RebalanceRequest(request_id="r1"), timeout_s=5))
+    assert spread.done and spread.detail == "units per alive node: n0=6"
+
+
+async def _drain(stream: AsyncIterator[T]) -> list[T]:
+    return [item async for item in stream]
+
+
+def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
+    backend: RayBackend,
+) -> None:
+    """A call routed by an old epoch follows the host's StaleRoute; no owner is UNAVAILABLE."""
+    create(backend, "acc-route", "491510000009")
+    router = backend.router
+    unit = router.shard("acc-route")
+    node, epoch = router._routes[unit]
+    router._routes[unit] = (node, epoch + 7)  # as if a takeover had happened meanwhile
+    found = run(
+        backend.get_account(accounts_pb2.GetAccountRequest(account_id="acc-route"), timeout_s=5)
+    )
+    assert found.account_id == "acc-route" and router._routes[unit] == (node, epoch)
+    code, message = status_of(router.call("acct-99", "get_account", "x", timeout_s=0.5))
+    assert code is grpc.StatusCode.UNAVAILABLE and "acct-99" in message
