@@ -1,0 +1,266 @@
+"""End-to-end ingestion through the gRPC gateway, against a straight-line baseline.
+
+Untimed set-up: generate ``--records`` mixed usage records from a seed (the
+generator of ``bench/rating.py``, folded onto ``--accounts`` subscribers),
+start a local cluster (embedded default: one Ray node, every unit on it,
+synced RocksDB per unit), and create the accounts through the SDK.
+
+Timed, in one run:
+
+1. **Cluster**: ``--streams`` client threads each stream their share of the
+   records in batches of ``--batch`` through the gateway (StreamUsage); every
+   result is durable (synced WAL) before it is answered. Meanwhile one thread
+   asks GetBalance of random accounts; its latencies give ``query_p50_ms`` and
+   ``query_p99_ms``.
+2. **Baseline**: the same records in one process, with no Ray and no gRPC:
+   decode the same protobuf batches, rate and charge them through one
+   RatingPartition and one AccountShard, one synced RocksDB batch per batch.
+
+The last line is one JSON object with ``records_per_s``,
+``baseline_records_per_s``, ``ratio``, ``query_p50_ms`` and ``query_p99_ms``.
+
+    .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from petribill.v1 import usage_pb2  # noqa: E402
+from rating import generate  # noqa: E402
+
+from actors.account_shard import AccountShard  # noqa: E402
+from actors.partition import PartitionConfig, RatingPartition  # noqa: E402
+from billing.accounts import Account, PaymentMode, Subscription  # noqa: E402
+from billing.bundles import CatalogueTariff  # noqa: E402
+from billing.charging import ChargingConfig  # noqa: E402
+from billing.rating import load_catalogue  # noqa: E402
+from billing.records import UsageRecord  # noqa: E402
+from cluster.client import PetribillClient  # noqa: E402
+from cluster.config import parse_config  # noqa: E402
+from cluster.runtime import Runtime  # noqa: E402
+from cluster.wire import record_from_proto, record_to_proto  # noqa: E402
+
+TARIFFS = ROOT / "conf" / "tariffs"
+
+
+def msisdn_of(index: int) -> str:
+    return f"49151{index:07d}"
+
+
+def account_of(index: int) -> str:
+    return f"acc-{index:06d}"
+
+
+def workload(records: int, accounts: int, seed: int) -> list[UsageRecord]:
+    """The rating benchmark's mix, with subscribers folded onto ``accounts`` numbers."""
+    out = []
+    for record in generate(records, seed):
+        index = int(record.served_msisdn[-7:]) % accounts
+        out.append(dataclasses.replace(record, served_msisdn=msisdn_of(index)))
+    return out
+
+
+def plan_of(index: int) -> tuple[str, PaymentMode]:
+    return ("business", PaymentMode.POSTPAID) if index % 5 == 0 else ("smart", PaymentMode.PREPAID)
+
+
+def batches_of(records: list[UsageRecord], size: int) -> list[list[UsageRecord]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+# -- the cluster ----------------------------------------------------------------
+
+
+def create_accounts(client: PetribillClient, accounts: int) -> None:
+    def create(index: int) -> None:
+        plan, mode = plan_of(index)
+        client.create_account(
+            account_id_of := account_of(index),
+            payment_mode=mode.value,
+            plan_id=plan,
+            msisdns=[msisdn_of(index)],
+            request_id=f"bench-create-{account_id_of}",
+        )
+        if mode is PaymentMode.PREPAID:
+            client.top_up(account_id_of, "50.00", request_id=f"bench-topup-{account_id_of}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(accounts)))
+
+
+def run_cluster(args: argparse.Namespace, records: list[UsageRecord]) -> dict[str, Any]:
+    config = parse_config(
+        {"sharding": {"shards": args.shards, "partitions": args.partitions}}, source="bench"
+    )
+    with tempfile.TemporaryDirectory(prefix="pbbench") as data:
+        runtime = Runtime(config, data_dir=Path(data), tariffs_dir=TARIFFS, nodes=1, port=0)
+        info = runtime.start()
+        try:
+            client = PetribillClient(info.gateways, timeout_s=120)
+            started = time.perf_counter()
+            create_accounts(client, args.accounts)
+            print(f"created {args.accounts:,} accounts in {time.perf_counter() - started:.1f} s")
+            return measure_cluster(args, client, records)
+        finally:
+            runtime.stop()
+
+
+def measure_cluster(
+    args: argparse.Namespace, client: PetribillClient, records: list[UsageRecord]
+) -> dict[str, Any]:
+    shares = [records[i :: args.streams] for i in range(args.streams)]
+    done = threading.Event()
+    latencies_ms: list[float] = []
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def stream(share: list[UsageRecord]) -> None:
+        counts: dict[str, int] = {}
+        for response in client.stream_usage(batches_of(share, args.batch), window=2):
+            for result in response.results:
+                name = usage_pb2.RecordStatus.Name(result.status)
+                counts[name] = counts.get(name, 0) + 1
+        with lock:
+            for name, count in counts.items():
+                statuses[name] = statuses.get(name, 0) + count
+
+    def query() -> None:
+        rng = random.Random(1)
+        while not done.is_set():
+            account = account_of(rng.randrange(args.accounts))
+            t0 = time.perf_counter()
+            client.get_balance(account)
+            latencies_ms.append((time.perf_counter() - t0) * 1000)
+            done.wait(0.02)
+
+    querier = threading.Thread(target=query, daemon=True)
+    started = time.perf_counter()
+    querier.start()
+    with ThreadPoolExecutor(args.streams) as pool:
+        list(pool.map(stream, shares))
+    elapsed = time.perf_counter() - started
+    done.set()
+    querier.join()
+    answered = sum(statuses.values())
+    assert answered == len(records), f"{answered} results for {len(records)} records"
+    latencies_ms.sort()
+    return {
+        "records_per_s": round(len(records) / elapsed),
+        "elapsed_s": round(elapsed, 2),
+        "statuses": statuses,
+        "queries": len(latencies_ms),
+        "query_p50_ms": round(statistics.median(latencies_ms), 2),
+        "query_p99_ms": round(
+            latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))], 2
+        ),
+    }
+
+
+# -- the straight line ----------------------------------------------------------
+
+
+def run_baseline(args: argparse.Namespace, records: list[UsageRecord]) -> dict[str, Any]:
+    """Decode, rate, charge and commit in one process: no Ray, no gRPC."""
+    catalogue = load_catalogue(TARIFFS)
+    requests = [
+        usage_pb2.SubmitUsageRequest(
+            records=[record_to_proto(r) for r in batch]
+        ).SerializeToString()
+        for batch in batches_of(records, args.batch)
+    ]
+    with tempfile.TemporaryDirectory(prefix="pbbase") as data:
+        shard = AccountShard.open(
+            Path(data) / "acct-00",
+            epoch=1,
+            tariff=CatalogueTariff(catalogue),
+            unit_id="acct-00",
+            catalogue=catalogue,
+            charging=ChargingConfig(tz=catalogue.timezone),
+        )
+        partition = RatingPartition.open(
+            Path(data) / "part-0",
+            epoch=1,
+            unit_id="part-0",
+            catalogue=catalogue,
+            config=PartitionConfig(shards=1),
+        )
+        try:
+            for index in range(args.accounts):
+                plan, mode = plan_of(index)
+                account = Account(
+                    account_id=account_of(index), currency="EUR", payment_mode=mode,
+                    subscriptions=(Subscription(plan_id=plan, start_s=0),),
+                )  # fmt: skip
+                shard.create_account(request_id=f"c{index}", account=account)
+                if mode is PaymentMode.PREPAID:
+                    shard.top_up(
+                        request_id=f"t{index}", account_id=account_of(index),
+                        amount=50_000_000, currency="EUR", at_s=0,
+                    )  # fmt: skip
+                partition.put_subscriber(
+                    f"d{index}", msisdn_of(index), account_of(index),
+                    [Subscription(plan_id=plan, start_s=0)],
+                )  # fmt: skip
+
+            def charge(shard_id: str, items: list[Any]) -> list[Any]:
+                return list(shard.charge_batch(items, at_s=int(time.time())))
+
+            started = time.perf_counter()
+            for raw in requests:
+                request = usage_pb2.SubmitUsageRequest.FromString(raw)
+                batch = [record_from_proto(p) for p in request.records]
+                partition.submit(batch, at_s=int(time.time()), charge=charge)
+            elapsed = time.perf_counter() - started
+        finally:
+            partition.close()
+            shard.close()
+    return {
+        "baseline_records_per_s": round(len(records) / elapsed),
+        "baseline_s": round(elapsed, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=2_000)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    records = workload(args.records, args.accounts, args.seed)
+    print(f"workload: {len(records):,} records over {args.accounts:,} accounts (untimed)")
+    baseline = run_baseline(args, records)
+    print(f"baseline (one process, no Ray, no gRPC): {baseline}")
+    cluster = run_cluster(args, records)
+    print(f"cluster (gateway, {args.streams} streams): {cluster}")
+    summary = {
+        "records": len(records),
+        **cluster,
+        **baseline,
+        "ratio": round(cluster["records_per_s"] / baseline["baseline_records_per_s"], 3),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
