@@ -25,6 +25,7 @@ Thread model
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ class UnitHost:
 
     def ping(self) -> str:
         return self.node
+
+    def pid(self) -> int:
+        """This host's process id (chaos tests pause or kill exactly this process)."""
+        return os.getpid()
 
     def units(self) -> dict[str, int]:
         """Unit id -> epoch of every unit this host serves."""

@@ -11,8 +11,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ControlState", "load_state", "save_state"]
+__all__ = [
+    "ControlState",
+    "append_journal",
+    "load_state",
+    "read_journal",
+    "repair_journal",
+    "save_state",
+]
+
+JOURNAL_BYTES_MAX = 32 * 1024 * 1024
 
 _FORMAT = "petribill.control/1"
 
@@ -24,6 +34,7 @@ class ControlState:
     marking_json: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     generation: int = 0
+    last_event: dict[str, Any] | None = None
 
 
 def state_path(data_dir: Path) -> Path:
@@ -42,6 +53,7 @@ def load_state(data_dir: Path) -> ControlState:
         marking_json=raw["marking"],
         nodes=dict(raw["nodes"]),
         generation=int(raw["generation"]),
+        last_event=raw.get("last_event"),
     )
 
 
@@ -56,6 +68,7 @@ def save_state(data_dir: Path, state: ControlState) -> None:
             "generation": state.generation,
             "nodes": state.nodes,
             "marking": state.marking_json,
+            "last_event": state.last_event,
         },
         indent=1,
     )
@@ -70,3 +83,44 @@ def save_state(data_dir: Path, state: ControlState) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def journal_path(data_dir: Path) -> Path:
+    return data_dir / "control" / "transitions.jsonl"
+
+
+def append_journal(data_dir: Path, event: dict[str, Any]) -> None:
+    """Append one fired transition to the journal (rotated once past its size bound)."""
+    path = journal_path(data_dir)
+    if path.exists() and path.stat().st_size > JOURNAL_BYTES_MAX:
+        os.replace(path, path.with_suffix(".jsonl.1"))
+    with open(path, "a") as handle:
+        handle.write(json.dumps(event) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_journal(data_dir: Path) -> list[dict[str, Any]]:
+    """The journal's events, oldest first (the current file only)."""
+    path = journal_path(data_dir)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def repair_journal(data_dir: Path, state: ControlState) -> bool:
+    """Append the state's last event if a crash came between saving it and journaling it.
+
+    The state file and the journal are two writes; the state (with the last
+    event inside it) is written first, so the journal can lag by at most that
+    one event, which is restored here. Returns True when it was missing.
+    """
+    event = state.last_event
+    if event is None:
+        return False
+    events = read_journal(data_dir)
+    last = events[-1]["generation"] if events else 0
+    if last < event["generation"]:
+        append_journal(data_dir, event)
+        return True
+    return False

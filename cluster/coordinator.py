@@ -9,8 +9,9 @@ least-loaded alive node. Every step is, in this order:
 1. fired on the net (``PetriModel.fire``): a step the net does not allow is a
    refused action, logged as ``refused``, never a crash;
 2. persisted with the new marking (``control_state.save_state``, fsynced);
-3. logged as a structlog event named after the transition, with its binding,
-   so a run can be replayed through the net (``petri.trace.check_trace``);
+3. journaled (``control/transitions.jsonl``) and logged as a structlog event
+   named after the transition, with its binding, so a run can be replayed
+   through the net (``petri.trace.check_trace``);
 4. acted on (a host opens the unit at the new epoch, fencing the old owner).
 
 Recovery contract: the marking on disk is never older than anything acted
@@ -31,7 +32,13 @@ from typing import Protocol
 import structlog
 
 from actors.routing import partition_id, shard_id
-from cluster.control_state import ControlState, load_state, save_state
+from cluster.control_state import (
+    ControlState,
+    append_journal,
+    load_state,
+    repair_journal,
+    save_state,
+)
 from petri import (
     Marking,
     NetConfig,
@@ -98,6 +105,7 @@ class Coordinator:
         self._ops = ops
         self._units = unit_specs(shards, partitions)
         self._state: ControlState = load_state(data_dir)
+        repair_journal(data_dir, self._state)
         # The net's universe of nodes grows as Ray nodes appear; until the
         # first one does there is nothing to own units, and no model.
         self._model: PetriModel | None = None
@@ -139,12 +147,19 @@ class Coordinator:
             )
             return False
         self._marking = marking
-        self._state.marking_json = marking_to_json(marking)
-        save_state(self._data_dir, self._state)
         if "epoch" not in binding and "shard" in binding:
             owner = owner_of(marking, str(binding["shard"]))
             if owner is not None:
                 binding["epoch"] = owner[1]
+        event: dict[str, object] = {
+            "event": transition,
+            **binding,
+            "generation": self._state.generation + 1,
+        }
+        self._state.marking_json = marking_to_json(marking)
+        self._state.last_event = event
+        save_state(self._data_dir, self._state)
+        append_journal(self._data_dir, event)
         log.info(transition, **binding)
         return True
 

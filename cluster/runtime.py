@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 import structlog
+from ray.exceptions import RayActorError
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name, spawn_coordinator
 from cluster.config import ClusterConfig
@@ -127,10 +128,10 @@ class Runtime:
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if ray.get(self.coordinator.healthy.remote(), timeout=30):
+            if self._coordinator_call("healthy", timeout_s):
                 return
             time.sleep(0.1)
-        status = ray.get(self.coordinator.status.remote(), timeout=30)
+        status = self.status()
         missing = [u["unit"] for u in status["units"] if u["state"] != "owned"]
         raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
 
@@ -158,8 +159,19 @@ class Runtime:
             return []
         return list(ray.get([g.address.remote() for g in self.gateways.values()], timeout=30))
 
-    def status(self) -> dict[str, Any]:
-        return dict(ray.get(self.coordinator.status.remote(), timeout=30))
+    def status(self, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The coordinator's status, waiting out a coordinator restart."""
+        return dict(self._coordinator_call("status", timeout_s))
+
+    def _coordinator_call(self, method: str, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(getattr(self.coordinator, method).remote(), timeout=30)
+            except RayActorError:  # restarting (ActorUnavailableError) or gone
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop gateways, coordinator and hosts (closing every store), then Ray."""

@@ -12,7 +12,8 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
-from cluster.coordinator import Coordinator, UnitOpenError
+from cluster.control_state import read_journal
+from cluster.coordinator import Coordinator, UnitOpenError, unit_specs
 from petri import NetConfig, PetriModel, check_trace, initial_marking
 
 
@@ -173,3 +174,22 @@ def test_a_bill_run_lock_holds_off_a_migration_of_the_same_shard(tmp_path: Path)
     coordinator.reconcile()
     assert coordinator.routes()[unit].node == "n1"
     assert not coordinator.lock("part-0", "bill_run")  # partitions have no bill runs
+
+
+def test_the_journal_is_repaired_after_a_crash_between_state_and_journal(
+    tmp_path: Path,
+) -> None:
+    """If the process died after persisting a step but before journaling it, the restarted
+    coordinator restores the missing event, and the journal replays to the marking."""
+    nodes = Nodes("n1", "n2")
+    coordinator = Coordinator(data_dir=tmp_path, shards=3, partitions=1, ops=nodes)
+    coordinator.reconcile()
+    journal = tmp_path / "control" / "transitions.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:-1]) + "\n")  # the last append never happened
+    restarted = Coordinator(data_dir=tmp_path, shards=3, partitions=1, ops=nodes)
+    events = read_journal(tmp_path)
+    assert len(events) == len(lines)
+    config = NetConfig(nodes=("n1", "n2"), shards=unit_specs(3, 1), initial_nodes=frozenset())
+    result = check_trace(PetriModel(config), events, strict=True)
+    assert result.ok and result.final == restarted.marking
