@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from billing.invariant import InvariantViolation
 from billing.rated import RatedRecord
+from billing.tariffs import pricing
 from billing.tariffs.model import Bundle, Catalogue, class_matches
 
 __all__ = ["Bundle", "CatalogueTariff", "Tariff", "order_bundles", "specificity"]
@@ -102,13 +104,13 @@ class CatalogueTariff:
         return found
 
     def reprice(self, rated: RatedRecord, units: int) -> int:
-        from billing import rating
-
-        return rating.reprice(rated, units, self._catalogue).amount
+        # The amount of ``billing.rating.reprice(rated, units, catalogue)``, without building
+        # the repriced record: the same rate (``price_key``) priced for ``units``.
+        if not 0 <= units <= rated.units:
+            raise InvariantViolation(f"reprice units {units} outside 0..{rated.units}")
+        return pricing.price(self._catalogue.price_keys[rated.price_key], units).amount
 
     def price_units(self, price_key: str, units: int) -> int:
-        from billing.tariffs import pricing
-
         return pricing.price(self._catalogue.price_keys[price_key], units).amount
 
     def units_for_amount(self, price_key: str, amount_micros: int) -> int:

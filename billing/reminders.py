@@ -35,6 +35,7 @@ __all__ = [
     "check_debt",
     "check_low_balance",
     "enter_cycle",
+    "reminder_key",
 ]
 
 
@@ -54,11 +55,21 @@ def enter_cycle(state: AccountState, cycle_id: str) -> bool:
         return True
     if current is not None and cycle_id < current:
         return False
+    # New containers, never the old ones written: a charging batch shares them with the
+    # state it was handed until it owns them (billing.charge_step, "Working copies").
     prefix = cycle_id + "|"
-    state.reminders = {key for key in state.reminders if key.startswith(prefix)}
-    state.crossings = {k: v for k, v in state.crossings.items() if k.startswith(prefix)}
+    reminders, crossings = state.reminders, state.crossings
+    state.reminders = {key for key in reminders if key.startswith(prefix)} if reminders else set()
+    state.crossings = (
+        {k: v for k, v in crossings.items() if k.startswith(prefix)} if crossings else {}
+    )
     state.reminder_cycle = cycle_id
     return True
+
+
+def reminder_key(cycle_id: str, kind: NotificationKind, subject: str) -> str:
+    """The key of one threshold in one cycle, as held in ``AccountState.reminders``."""
+    return f"{cycle_id}|{kind.value}|{subject}"
 
 
 def _cross(
@@ -71,7 +82,7 @@ def _cross(
     data: dict[str, str | int],
     out: list[Notification],
 ) -> None:
-    key = f"{cycle_id}|{kind.value}|{subject}"
+    key = reminder_key(cycle_id, kind, subject)
     if past:
         if key not in state.reminders:
             state.reminders.add(key)

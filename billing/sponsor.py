@@ -36,7 +36,8 @@ from billing.rated import RatedRecord
 from billing.tariffs.model import class_matches
 
 if TYPE_CHECKING:
-    from billing.charging import Charge, ChargingConfig, MarkStore
+    from billing.charge_rows import Charge, MarkStore
+    from billing.charging_config import ChargingConfig
 
 __all__ = ["SponsoredUsage", "Sponsorship", "charge_sponsored", "resolve_sponsor"]
 
@@ -101,10 +102,10 @@ def charge_sponsored(
     at_s: int,
 ) -> Outcome[Charge]:
     """Apply a forwarded :class:`SponsoredUsage` to the sponsor's account ``state``."""
-    from billing.charging import _Batch
+    from billing.charge_step import ChargeBatch
 
     accounts: Mapping[str, AccountState] = {state.account.account_id: state}
-    batch = _Batch(accounts, marks, tariff, config)
+    batch = ChargeBatch(accounts, marks, tariff, config)
     row = batch.charge_sponsor(usage, at_s)
     if row.rated is None:
         return Outcome(result=row.result, receipt=row)  # refused or replayed: nothing changed

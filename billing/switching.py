@@ -35,7 +35,7 @@ from billing.accounts import (
     Result,
     conflict_result,
 )
-from billing.charging import ChargingConfig, calendar_for
+from billing.charging_config import ChargingConfig, calendar_for
 from billing.idempotency import Conflict, Mark, Replay, check, mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 

@@ -3,8 +3,11 @@
 A condition sees only a few low-cardinality facts about a record (the
 :data:`CEL_VARIABLES`), never the subscriber's number or the record id. That
 keeps it cheap: each expression is compiled once at load, and its result is
-cached per distinct tuple of facts, so cel-python (about 240 µs an evaluation)
-runs a handful of times per catalogue, not once per record.
+cached per distinct tuple of the facts it reads, so cel-python (about 240 µs an
+evaluation) runs a handful of times per catalogue, not once per record. Keying
+on the facts the expression names, not on all six, matters: ``roaming`` alone
+has two answers, but (roaming, destination, group, band...) has hundreds, and
+each new one cost a full evaluation when a rating worker started cold.
 
 Identifiers are checked against :data:`CEL_VARIABLES` at load, and the
 expression is tried once on neutral facts, so most mistakes are load errors.
@@ -55,7 +58,10 @@ class Condition:
 
     source: str
     program: celpy.Runner
-    _results: dict[Facts, bool] = field(default_factory=dict, repr=False)
+    # Positions in Facts of the variables the expression names: its result
+    # cannot depend on any other (CEL has no way to reach an unnamed variable).
+    reads: tuple[int, ...] = tuple(range(len(CEL_VARIABLES)))
+    _results: dict[tuple[object, ...], bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def compile(cls, source: str, loc: Loc) -> Condition:
@@ -75,7 +81,12 @@ class Condition:
             if name not in CEL_VARIABLES:
                 known = ", ".join(CEL_VARIABLES)
                 raise loc.error(f"unknown variable {name!r} in CEL expression (known: {known})")
-        condition = cls(source=source, program=program)
+        # ``.roaming`` (a leading dot) names a variable too, so it counts as read.
+        named = {
+            str(node.children[0]) for kind in ("ident", "dot_ident") for node in ast.find_data(kind)
+        }
+        reads = tuple(i for i, name in enumerate(CEL_VARIABLES) if name in named)
+        condition = cls(source=source, program=program, reads=reads)
         outcome = condition._evaluate(_TRIAL_FACTS)
         if isinstance(outcome, str):
             raise loc.error(outcome)
@@ -93,11 +104,12 @@ class Condition:
         return bool(result)
 
     def matches(self, facts: Facts) -> bool:
-        """Whether the condition holds for ``facts``; CEL runs once per distinct tuple."""
-        cached = self._results.get(facts)
+        """Whether the condition holds for ``facts``; CEL runs once per distinct tuple read."""
+        key = tuple(facts[i] for i in self.reads)
+        cached = self._results.get(key)
         if cached is None:
             if len(self._results) >= _FACTS_CACHED_MAX:
                 self._results.clear()
             cached = self._evaluate(facts) is True
-            self._results[facts] = cached
+            self._results[key] = cached
         return cached

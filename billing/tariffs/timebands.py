@@ -25,13 +25,16 @@ from datetime import UTC, datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-__all__ = ["BUCKET_S", "DAYS", "MINUTES_PER_WEEK", "Band", "TimeBands"]
+__all__ = ["BUCKET_S", "DAYS", "DAY_S", "MINUTES_PER_WEEK", "Band", "TimeBands"]
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY: Final = 24 * 60
 MINUTES_PER_WEEK: Final = 7 * MINUTES_PER_DAY
 BUCKET_S: Final = 900
+DAY_S: Final = 86_400
 _BUCKET_MINUTES: Final = BUCKET_S // 60
+# 1970-01-01, Unix day 0, was a Thursday: weekday 3 counting from Monday = 0.
+_EPOCH_WEEK_MINUTE: Final = 3 * MINUTES_PER_DAY
 # Bound on the per-band-set bucket cache: a year of buckets is 35 040 entries.
 _BUCKETS_MAX: Final = 200_000
 
@@ -106,21 +109,47 @@ class TimeBands:
         """Band index at Unix time ``t_s``, computed with zoneinfo (reference path)."""
         return self.week[local_minute_of_week(self.zone, t_s)]
 
+    def _bucket_start(self, first_s: int) -> int | None:
+        """Local minute of the week at ``first_s``, the start of a 15-minute UTC bucket.
+
+        ``None`` when the offset changes inside the bucket or is not a whole
+        number of minutes: then the local minute does not move in step with
+        UTC and each moment must be asked the slow way. Otherwise the local
+        time is UTC plus the offset, so two zoneinfo questions answer it.
+        """
+        offset_s = _offset_s(self.zone, first_s)
+        if offset_s % 60 or _offset_s(self.zone, first_s + BUCKET_S - 1) != offset_s:
+            return None
+        return ((first_s + offset_s) // 60 + _EPOCH_WEEK_MINUTE) % MINUTES_PER_WEEK
+
     def band_fast(self, t_s: int) -> int:
         """Band index at ``t_s`` through the 15-minute bucket cache; equals :meth:`band_at`."""
         bucket, within_s = divmod(t_s, BUCKET_S)
         start = self._bucket_starts.get(bucket)
         if start is None:
-            first_s = bucket * BUCKET_S
-            if _offset_s(self.zone, first_s) != _offset_s(self.zone, first_s + BUCKET_S - 1) or (
-                _offset_s(self.zone, first_s) % 60
-            ):
+            start = self._bucket_start(bucket * BUCKET_S)
+            if start is None:
                 return self.band_at(t_s)
             if len(self._bucket_starts) >= _BUCKETS_MAX:
                 self._bucket_starts.clear()
-            start = local_minute_of_week(self.zone, first_s)
             self._bucket_starts[bucket] = start
         return self.week[start + within_s // 60]
+
+    def day_minutes(self, day: int) -> tuple[int, ...] | None:
+        """Band index of each UTC minute of Unix day ``day`` (``t_s // DAY_S``), 1440 of them.
+
+        ``None`` when some bucket of the day has no per-minute answer (see
+        :meth:`_bucket_start`). Entry ``(t_s % DAY_S) // 60`` equals
+        :meth:`band_at` of ``t_s``; the batch fast path indexes it per record.
+        """
+        minutes: list[int] = []
+        first_s = day * DAY_S
+        for bucket_s in range(first_s, first_s + DAY_S, BUCKET_S):
+            start = self._bucket_start(bucket_s)
+            if start is None:
+                return None
+            minutes += self.week[start : start + _BUCKET_MINUTES]
+        return tuple(minutes)
 
 
 def format_minute_of_week(minute: int) -> str:
