@@ -13,8 +13,10 @@ from billing.rated import RatedRecord
 from billing.rating import load_catalogue, rate, rate_batch
 from billing.records import Service, UsageRecord
 from billing.tariffs import pricing
+from billing.tariffs.conditions import Condition, Facts
+from billing.tariffs.errors import Loc
 from billing.tariffs.fastpath import _price
-from billing.tariffs.timebands import Band, TimeBands
+from billing.tariffs.timebands import DAY_S, Band, TimeBands
 
 CATALOGUE = load_catalogue(Path(__file__).resolve().parent.parent / "conf" / "tariffs")
 NUMBERS = [
@@ -145,3 +147,51 @@ def test_band_cache_equals_zoneinfo(t_s: int, zone_name: str) -> None:
     """The 15-minute bucket cache picks the same band as zoneinfo, in zones with odd offsets too."""
     bands = SPLIT_BANDS[zone_name]
     assert bands.band_fast(t_s) == bands.band_at(t_s)
+
+
+# Historic offsets that are not whole minutes (Monrovia -0:44:30 until 1972,
+# Amsterdam +0:19:32 until 1937) have no per-minute band: the table must say so.
+DAY_ZONES = [*ODD_ZONES, "Africa/Monrovia", "Europe/Amsterdam"]
+DAY_BANDS = {
+    name: SPLIT_BANDS.get(name)
+    or TimeBands.build("split", name, ZoneInfo(name), SPLIT_BANDS["UTC"].bands)
+    for name in DAY_ZONES
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(10**9), 2 * 10**9), st.sampled_from(DAY_ZONES))
+def test_day_table_equals_zoneinfo(t_s: int, zone_name: str) -> None:
+    """The per-day minute table the batch path indexes picks the zoneinfo band, or is absent."""
+    bands = DAY_BANDS[zone_name]
+    table = bands.day_minutes(t_s // DAY_S)
+    if table is not None:
+        assert len(table) == DAY_S // 60
+        assert table[t_s % DAY_S // 60] == bands.band_at(t_s)
+
+
+CONDITION_SOURCES = [
+    "roaming",
+    "group.startsWith('international')",
+    "group in ['local', 'national'] && band == 'peak'",
+    ".roaming || rating_group == 20",
+    "size(destination) > 3 && service == 'voice'",
+]
+FACTS = st.tuples(
+    st.sampled_from(["voice", "sms", "data"]),
+    st.booleans(),
+    st.sampled_from([-1, 10, 20]),
+    st.sampled_from(["", "DE-mobile", "FR", "US"]),
+    st.sampled_from(["", "mobile", "local", "national", "international_z1"]),
+    st.sampled_from(["", "peak", "offpeak"]),
+)
+CONDITIONS = [Condition.compile(source, Loc("test.toml", "when")) for source in CONDITION_SOURCES]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(FACTS, min_size=1, max_size=20), st.sampled_from(range(len(CONDITIONS))))
+def test_condition_cache_equals_fresh_evaluation(facts_seen: list[Facts], index: int) -> None:
+    """A condition cached on the facts it reads answers as a fresh evaluation on all six would."""
+    condition = CONDITIONS[index]
+    for facts in facts_seen:
+        assert condition.matches(facts) == (condition._evaluate(facts) is True)
