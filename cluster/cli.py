@@ -350,9 +350,27 @@ def _conf_dir() -> Path:
 
 @main.command()
 @click.option("--conf", "conf_dir", type=click.Path(file_okay=False, path_type=Path))
-def demo(conf_dir: Path | None) -> None:
-    """Rate the sample CDRs of conf/samples with the tariffs of conf/tariffs (offline)."""
+@click.option("--nodes", default=1, show_default=True, help="Simulated Ray nodes.")
+@click.option("--keep", is_flag=True, help="Leave the cluster running at the end.")
+@click.option("--offline", is_flag=True, help="Only rate the sample CDRs, without a cluster.")
+def demo(conf_dir: Path | None, nodes: int, keep: bool, offline: bool) -> None:
+    """A month of the sample operator on a local cluster (see cluster/demo.py).
+
+    Loads the sample subscribers, ingests the sample CDRs, charges online,
+    runs the November 2026 bill run, takes payments and reconciles. With
+    --offline: rate the sample CDRs with the sample tariffs, no cluster.
+    """
     conf = conf_dir if conf_dir is not None else _conf_dir()
+    if not offline:
+        from cluster.cli_client import CallError, cluster_errors
+        from cluster.demo import DemoFailed, run_demo
+
+        try:
+            with cluster_errors():
+                run_demo(conf, nodes=nodes, keep=keep)
+        except DemoFailed as exc:
+            raise CallError(f"the demo does not reconcile: {exc}") from None
+        return
     samples = conf / "samples"
     files = sorted(p for p in samples.iterdir() if p.suffix in CDR_SUFFIXES)
     click.echo(f"Rating {len(files)} sample files from {samples} with {conf / 'tariffs'}\n")
@@ -375,6 +393,9 @@ def demo(conf_dir: Path | None) -> None:
 from cluster import cli_ops  # noqa: E402
 
 cli_ops.register(main)
+from cluster import cli_client  # noqa: E402
+
+cli_client.register(main)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

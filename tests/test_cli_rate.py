@@ -125,7 +125,7 @@ def test_table_format_shows_rows_and_summary() -> None:
 
 def test_demo_rates_the_samples_offline() -> None:
     """`petribill demo` rates conf/samples with conf/tariffs and prints the summary."""
-    result = invoke("demo", "--conf", ROOT / "conf")
+    result = invoke("demo", "--offline", "--conf", ROOT / "conf")
     assert result.exit_code == 0, result.output
     assert "balanced" in result.stdout and "NOT balanced" not in result.stdout
 

@@ -1,0 +1,216 @@
+"""The client commands (`petribill ingest`, `accounts`, `bill-run`, ...) and `petribill demo`
+against a real local cluster: Ray, gateways on loopback, RocksDB in a temporary folder.
+
+The module's tests share one cluster and build on each other in file order:
+accounts are loaded, the samples ingested, the cycle billed, then paid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from billing.billrun import BillRunConfig
+from billing.cycle import monthly_cycle
+from cluster.cli import main
+from cluster.config import parse_config
+from cluster.runtime import Runtime
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "conf" / "samples"
+SUBSCRIBERS = SAMPLES / "subscribers.toml"
+NOV = monthly_cycle(2026, 11, "Europe/Berlin")
+BILL_AT = NOV.end_s + BillRunConfig().grace_s + 3600  # the November invoices are final
+# The deliberately bad lines of conf/samples/README.md: the reader rejects them.
+READER_REJECTS = {
+    "voice.csv": [22, 47, 72, 97],
+    "sms.csv": [32, 52],
+    "data.jsonl": [16, 41, 66],
+    "content.jsonl": [11, 21],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
+    runtime = Runtime(
+        config,
+        data_dir=tmp_path_factory.mktemp("cli-cluster") / "data",
+        tariffs_dir=ROOT / "conf" / "tariffs",
+        nodes=1,
+        port=_free_port(),
+    )
+    try:
+        info = runtime.start(timeout_s=120)
+        yield info.gateways[0]
+    finally:
+        runtime.stop()
+
+
+def cli(gateway: str, *args: str | Path) -> Result:
+    return CliRunner().invoke(main, [*map(str, args), "--gateway", gateway])
+
+
+def cli_json(gateway: str, *args: str | Path) -> Any:
+    result = cli(gateway, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_demo_runs_a_month_end_to_end() -> None:
+    """`petribill demo` starts a cluster, bills a month, reconciles, and stops it again."""
+    env = {**os.environ, "COLUMNS": "160"}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("petribill")), "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "CDR lines read:    338 = 325 rated + 11 rejected" in out
+    assert "resent file:       155 lines, 151 duplicates, 0 charged twice" in out
+    assert "2 invoices" in out and "INV-2026-11-acct-biz-01" in out
+    assert "ledger total:      0.0000 EUR" in out
+    assert "reconciliation:    balanced" in out
+    assert "cluster stopped" in out and "Traceback" not in done.stderr
+
+
+def test_accounts_load_creates_every_account_once(gateway: str) -> None:
+    """`accounts load` creates the sample accounts with their MSISDNs and plan's mode; a
+    second load changes nothing."""
+    first = cli_json(gateway, "accounts", "load", SUBSCRIBERS)
+    assert len(first) == 14
+    modes = {a["account_id"]: a["payment_mode"] for a in first}
+    assert modes["acct-0001"] == "PAYMENT_MODE_PREPAID"
+    assert modes["acct-biz-01"] == "PAYMENT_MODE_POSTPAID"
+    biz = next(a for a in first if a["account_id"] == "acct-biz-01")
+    assert len(biz["msisdns"]) == 4 and biz["plan_id"] == "business"
+    again = cli(gateway, "accounts", "load", SUBSCRIBERS)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.count(" ok ") == 14
+
+
+def test_ingest_accounts_for_every_line(gateway: str) -> None:
+    """Per file, lines = rated + rejected + duplicates + conflicts; the rejects are the
+    documented bad lines, the resend is a duplicate and the reused id a conflict."""
+    found = cli_json(gateway, "ingest", SAMPLES)
+    files = {Path(f["file"]).name: f for f in found["files"]}
+    assert sorted(files) == sorted(READER_REJECTS)
+    for name, report in files.items():
+        assert report["lines"] == (
+            report["rated"] + report["rejected"] + report["duplicates"] + report["conflicts"]
+        )
+        assert report["balanced"]
+        reader = [r["line"] for r in report["rejects"] if r["stage"] == "reader"]
+        assert reader == READER_REJECTS[name]
+    assert files["voice.csv"]["duplicates"] == 1
+    assert files["data.jsonl"]["conflicts"] == 1
+    conflict = next(r for r in files["data.jsonl"]["rejects"] if r["stage"] == "cluster")
+    assert conflict["line"] == 81 and conflict["reason"] == "conflict"
+    total = found["total"]
+    assert (total["lines"], total["rated"], total["rejected"]) == (338, 325, 11)
+
+
+def test_ingest_table_names_files_and_reasons(gateway: str) -> None:
+    """Without --json, ingest prints the reconciliation table and the rejected lines."""
+    result = cli(gateway, "ingest", SAMPLES / "sms.csv")
+    assert result.exit_code == 0, result.output
+    assert "lines = rated + rejected + duplicates + conflicts" in result.stdout
+    assert "field_count" in result.stdout and "missing_field" in result.stdout
+
+
+def test_second_ingest_charges_nothing(gateway: str) -> None:
+    """Ingesting the same files again answers every record as a duplicate (or the conflict)."""
+    total = cli_json(gateway, "ingest", SAMPLES)["total"]
+    assert total["rated"] == 0 and total["amount"] == {}
+    assert total["duplicates"] == 326 and total["conflicts"] == 1 and total["balanced"]
+
+
+def test_topup_credits_the_prepaid_balance(gateway: str) -> None:
+    """`topup` adds to the prepaid balance (after any debt) and prints the balance."""
+    before = cli_json(gateway, "accounts", "show", "acct-0001")["balance"]
+    after = cli_json(gateway, "topup", "acct-0001", "12.50", "--request-id", "t-cli-1")
+    repaid = before["debt"]["micros"] - after["debt"]["micros"]
+    assert after["prepaid"]["micros"] - before["prepaid"]["micros"] + repaid == 12_500_000
+    replay = cli_json(gateway, "topup", "acct-0001", "12.50", "--request-id", "t-cli-1")
+    assert replay["prepaid"] == after["prepaid"]
+
+
+def test_bill_run_issues_final_invoices(gateway: str) -> None:
+    """`bill-run` after cycle end + grace issues one final invoice per postpaid account."""
+    final = cli_json(gateway, "bill-run", "2026-11", "--at", str(BILL_AT))
+    assert final["finished"] and final["invoices_issued"] == 2
+    (invoice,) = cli_json(gateway, "invoices", "acct-biz-01")
+    assert invoice["invoice_id"] == "INV-2026-11-acct-biz-01"
+    assert invoice["status"] == "INVOICE_STATUS_OPEN" and invoice["lines"]
+    shown = cli(gateway, "invoices", "acct-biz-01")
+    assert "recurring" in shown.stdout and "total" in shown.stdout
+
+
+def test_pay_allocates_to_the_open_invoice(gateway: str) -> None:
+    """`pay` allocates to the oldest open invoice; the excess becomes credit."""
+    (invoice,) = cli_json(gateway, "invoices", "acct-biz-02", "--open")
+    open_micros = invoice["open"]["micros"]
+    at = str(BILL_AT + 86_400)
+    paid = cli_json(gateway, "pay", "acct-biz-02", "5", "--at", at, "--request-id", "p-cli-1")
+    assert paid["allocations"][0]["amount"]["micros"] == 5_000_000
+    rest = f"{(open_micros - 5_000_000) / 1e6 + 1:.2f}"
+    over = cli_json(gateway, "pay", "acct-biz-02", rest, "--at", at, "--request-id", "p-cli-2")
+    assert over["credit"]["micros"] == 1_000_000
+    (after,) = cli_json(gateway, "invoices", "acct-biz-02")
+    assert after["status"] == "INVOICE_STATUS_PAID"
+    undone = cli_json(gateway, "reverse", "acct-biz-02", "p-cli-1", "--at", at)
+    assert undone["allocations"][0]["amount"]["micros"] == 5_000_000
+
+
+def test_rejects_list_shows_the_conflict(gateway: str) -> None:
+    """`rejects list` shows the cluster's reject store, filtered by reason."""
+    listed = cli_json(gateway, "rejects", "list")
+    assert "pgw01:000030" in {r["record_id"] for r in listed}
+    assert cli_json(gateway, "rejects", "list", "--reason", "no_such_reason") == []
+
+
+def test_reconcile_is_balanced(gateway: str) -> None:
+    """`reconcile`: received = rated + rejected + duplicates, and the ledger sums to zero."""
+    result = cli(gateway, "reconcile")
+    assert result.exit_code == 0, result.output
+    assert "balanced" in result.stdout and "NOT balanced" not in result.stdout
+    answer = cli_json(gateway, "reconcile")
+    assert answer["received"] == answer["rated"] + answer["rejected"] + answer["duplicates"]
+    assert answer["ledger_total"]["micros"] == 0 and answer["balanced"]
+
+
+def test_a_refused_call_is_one_line_and_exit_1(gateway: str) -> None:
+    """A gRPC error prints `petribill: error: <CODE>: <message>`, exit 1, no traceback."""
+    result = cli(gateway, "topup", "acct-nobody", "5")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("petribill: error: NOT_FOUND: ")
+    assert "Traceback" not in result.output
+
+
+def test_no_cluster_found_is_a_usage_error(tmp_path: Path) -> None:
+    """Without --gateway and without a runtime.json, the command says how to find a cluster."""
+    result = CliRunner().invoke(main, ["reconcile", "--data", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "runtime.json" in result.stderr and "--gateway" in result.stderr
