@@ -48,15 +48,18 @@ Sponsored usage
     sponsorship (``billing.sponsor``) and forwards the sponsor's half, so one
     place decides and nothing is charged twice; the result names the sponsor
     as ``charged_account_id``.
+
+Layout: per-record results and the mapping of shard answers are in
+:mod:`actors.partition_results`, the directory-rating-charging pipeline in
+:mod:`actors.partition_settle`; this module stages rejects and counters and
+commits.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple, Protocol
 
 from actors.directory import Directory, DirectoryAnswer, DirectoryEntry
 from actors.partition_codec import (
@@ -66,18 +69,35 @@ from actors.partition_codec import (
     encode_counts,
     source_key,
 )
+from actors.partition_results import (
+    DUPLICATES,
+    RATED,
+    REJECTED,
+    RETRYABLE,
+    ChargeFn,
+    RecordResult,
+    RecordStatus,
+    Settled,
+    ShardResult,
+    Tally,
+    apply_row,
+    reader_reject,
+    reject_entry,
+)
+from actors.partition_settle import settle
 from actors.rejects import RejectEntry, RejectKind, RejectStore, Staging
-from actors.routing import partition_of, shard_of
+from actors.routing import partition_of
 from actors.storage import Batch, ShardStore
 from billing.accounts import Result, SponsorRule, Subscription
 from billing.invariant import invariant
 from billing.preprocess import CONTENT_FIELDS, Reconciliation
-from billing.rated import RatedRecord, RatingFailure, RejectReason
-from billing.rating import Catalogue, rate_batch
+from billing.rated import RatedRecord
+from billing.rating import Catalogue
 from billing.readers import Reject
 from billing.records import UsageRecord
 
 __all__ = [
+    "RETRYABLE",
     "BatchTooLarge",
     "ChargeFn",
     "PartitionConfig",
@@ -87,74 +107,6 @@ __all__ = [
     "ShardResult",
     "SourceProgress",
 ]
-
-
-class RecordStatus(enum.StrEnum):
-    """Per-record outcome; the first six are ``RecordStatus`` of usage.proto."""
-
-    CHARGED = "charged"  # also sponsored usage (charged_account_id is the sponsor)
-    DUPLICATE = "duplicate"
-    EXISTS_WITH_DIFFERENT_CONTENT = "exists_with_different_content"  # reason: the field
-    REJECTED = "rejected"  # stored in the reject store with reason
-    CHARGED_AS_DEBT = "charged_as_debt"
-    CHARGED_OVER_LIMIT = "charged_over_limit"
-    UNAVAILABLE = "unavailable"  # retry: the shard did not answer (gRPC UNAVAILABLE)
-    RESOURCE_EXHAUSTED = "resource_exhausted"  # retry later: the reject store is full
-    NOT_FOUND = "not_found"  # reprocess only: no such record in the reject store
-
-
-RETRYABLE: Final = frozenset({RecordStatus.UNAVAILABLE, RecordStatus.RESOURCE_EXHAUSTED})
-
-_CHARGED: Final = {
-    Result.CHARGED: RecordStatus.CHARGED,
-    Result.SPONSORED: RecordStatus.CHARGED,
-    Result.CHARGED_TO_DEBT: RecordStatus.CHARGED_AS_DEBT,
-    Result.CHARGED_OVER_LIMIT: RecordStatus.CHARGED_OVER_LIMIT,
-}
-_CONFLICT_PREFIX: Final = "exists_with_different_"
-
-
-class RecordResult(NamedTuple):
-    """What happened to one submitted item. A NamedTuple rather than a frozen
-    dataclass because one is built per record on the hot path (~10x cheaper).
-
-    ``amount`` is micro-units charged to ``charged_account_id`` (0 when a
-    bundle covered it, and for the subscriber's line of sponsored usage);
-    ``billed_units`` are the rated units after increments.
-    """
-
-    record_id: str
-    status: RecordStatus
-    reason: str = ""
-    detail: str = ""
-    amount: int = 0
-    charged_account_id: str = ""
-    billed_units: int = 0
-    bundle_units: int = 0
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in RETRYABLE
-
-
-class ShardResult(Protocol):
-    """What the partition reads of a shard's per-record answer (``billing.charging.Charge``)."""
-
-    @property
-    def record_id(self) -> str: ...
-    @property
-    def result(self) -> Result: ...
-    @property
-    def account_id(self) -> str: ...
-    @property
-    def amount(self) -> int: ...
-    @property
-    def bundle_units(self) -> int: ...
-
-
-ChargeFn = Callable[[str, list[tuple[str, RatedRecord]]], Sequence[ShardResult]]
-"""``charge(shard_unit_id, [(account_id, rated), ...])`` -> one answer per item, in order,
-returned only after the shard's synced commit; raises if the shard cannot answer."""
 
 
 class BatchTooLarge(ValueError):
@@ -182,33 +134,8 @@ class PartitionConfig:
     batch_records_max: int = 100_000
 
 
-# What a settled record counts as (None: retryable, not counted).
-_RATED, _REJECTED, _DUPLICATES = 1, 2, 3
-Settled = tuple[RecordResult, int | None, RejectKind | None, str | None]
-
-
 def _no_charge(shard: str, items: list[tuple[str, RatedRecord]]) -> Sequence[ShardResult]:
     raise AssertionError("submit_rejects never charges")  # pragma: no cover
-
-
-class _Tally:
-    """Counter deltas of one call, per source (``None``: totals only)."""
-
-    __slots__ = ("by_source",)
-
-    def __init__(self) -> None:
-        self.by_source: dict[str | None, list[int]] = {}
-
-    def add(self, source_id: str | None, kind: int, received: int = 1, step: int = 1) -> None:
-        row = self.by_source.get(source_id)
-        if row is None:
-            row = self.by_source[source_id] = [0, 0, 0, 0]
-        row[0] += received
-        row[kind] += step
-
-
-def _apply(counts: Reconciliation, row: list[int]) -> Reconciliation:
-    return counts.add(received=row[0], rated=row[1], rejected=row[2], duplicates=row[3])
 
 
 class RatingPartition:
@@ -321,7 +248,7 @@ class RatingPartition:
         todo: list[int] = []
         for i, item in enumerate(items):
             if isinstance(item, Reject):
-                settled[i] = self._reader_reject(item)
+                settled[i] = reader_reject(item)
                 continue
             j = firsts.setdefault(item.record_id, i)
             if j == i:
@@ -338,7 +265,7 @@ class RatingPartition:
                 result = RecordResult(
                     item.record_id, RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT, field, detail
                 )
-                settled[i] = (result, _REJECTED, RejectKind.CONFLICT, field)
+                settled[i] = (result, REJECTED, RejectKind.CONFLICT, field)
         records: list[UsageRecord] = [items[i] for i in todo]  # type: ignore[misc]
         for i, outcome in zip(todo, self._settle(records, at_s, charge), strict=True):
             settled[i] = outcome
@@ -352,14 +279,14 @@ class RatingPartition:
                 detail = f"repeats item {j} of this batch"
                 settled[i] = (
                     first_result._replace(status=RecordStatus.DUPLICATE, reason="", detail=detail),
-                    _DUPLICATES,
+                    DUPLICATES,
                     None,
                     None,
                 )
-        staging, tally = self.rejects.stage(), _Tally()
+        staging, tally = self.rejects.stage(), Tally()
         source_id = None if source is None else source.source_id
         all_settled = True
-        rows, plain = tally.by_source, not self.rejects
+        rows, stored = tally.by_source, self.rejects.records()
         for i, done in enumerate(settled):
             assert done is not None
             result, kind, reject_kind, _ = done
@@ -369,8 +296,8 @@ class RatingPartition:
                 continue
             item = items[i]
             src = source_id or item.source_file
-            if plain and reject_kind is None:
-                # Counted inline: nothing to stage (the reject store is empty).
+            if reject_kind is None and result.record_id not in stored:
+                # Counted inline: nothing to stage (no stored reject of this record to resolve).
                 row = rows.get(src)
                 if row is None:
                     row = rows[src] = [0, 0, 0, 0]
@@ -401,14 +328,14 @@ class RatingPartition:
                 entries[record_id] = entry
         records = [e.record for e in entries.values() if e.record is not None]
         by_id = dict(zip(entries, self._settle(records, at_s, charge), strict=True))
-        staging, tally = self.rejects.stage(), _Tally()
+        staging, tally = self.rejects.stage(), Tally()
         answers: dict[str, RecordResult] = {}
         for record_id, outcome in by_id.items():
             entry = entries[record_id]
             result, kind, reject_kind, _code = outcome
-            if kind in (_RATED, _DUPLICATES):
+            if kind in (RATED, DUPLICATES):
                 staging.delete(RejectKind.RECORD, record_id)
-                tally.add(entry.source_id, _REJECTED, received=0, step=-1)
+                tally.add(entry.source_id, REJECTED, received=0, step=-1)
                 tally.add(entry.source_id, kind, received=0)
             elif reject_kind is not None:
                 staging.delete(RejectKind.RECORD, record_id)
@@ -420,89 +347,18 @@ class RatingPartition:
 
     # -- the pipeline ----------------------------------------------------------------
 
-    def _reader_reject(self, reject: Reject) -> Settled:
-        record_id = reject.record_id or f"{reject.source_file}:{reject.line}"
-        result = RecordResult(record_id, RecordStatus.REJECTED, reject.reason.value, reject.message)
-        return result, _REJECTED, RejectKind.LINE, reject.code.value
-
     def _settle(self, records: Sequence[UsageRecord], at_s: int, charge: ChargeFn) -> list[Settled]:
-        """Directory, rating and charging of distinct records; one outcome per record."""
-        out: list[Settled | None] = [None] * len(records)
-        get_entry = self.directory.get
-        plans: dict[str, str] = {}
-        to_rate: list[UsageRecord] = []
-        rate_index: list[int] = []
-        accounts: list[str] = []
-        for i, record in enumerate(records):
-            entry = get_entry(record.served_msisdn)
-            if entry is None:
-                where = self._misrouted(record.served_msisdn)
-                detail = f"msisdn {record.served_msisdn} is not in the directory of {self.unit_id}"
-                out[i] = _rejected(record, RejectReason.UNKNOWN_ACCOUNT, detail + where)
-                continue
-            plan = entry.plan_at(record.record_opening_time_s)
-            if plan is None:
-                detail = f"no subscription of {record.served_msisdn} active at "
-                out[i] = _rejected(
-                    record, RejectReason.NO_PLAN, detail + str(record.record_opening_time_s)
-                )
-                continue
-            plans[record.record_id] = plan
-            to_rate.append(record)
-            rate_index.append(i)
-            accounts.append(entry.account_id)
-        outcomes = rate_batch(to_rate, self.catalogue, lambda r: plans[r.record_id])
-        groups: dict[str, tuple[list[tuple[str, RatedRecord]], list[int]]] = {}
-        memo, shards = self._shard_memo, self.config.shards
-        if len(memo) > 1_000_000:
-            memo.clear()
-        for i, account_id, outcome in zip(rate_index, accounts, outcomes, strict=True):
-            if isinstance(outcome, RatingFailure):
-                out[i] = _rejected(outcome.record, outcome.reason, outcome.detail)
-                continue
-            shard = memo.get(account_id)
-            if shard is None:
-                shard = memo[account_id] = shard_of(account_id, shards)
-            group = groups.get(shard)
-            if group is None:
-                group = groups[shard] = ([], [])
-            group[0].append((account_id, outcome))
-            group[1].append(i)
-        for shard, (items, indices) in groups.items():
-            try:
-                answers = charge(shard, items)
-            except Exception as exc:  # any failure to answer: retryable, nothing acknowledged
-                detail = f"{shard}: {type(exc).__name__}: {exc}"
-                for i in indices:
-                    result = RecordResult(
-                        records[i].record_id, RecordStatus.UNAVAILABLE, "shard_unavailable", detail
-                    )
-                    out[i] = (result, None, None, None)
-                continue
-            invariant(len(answers) == len(items), f"{shard} answered {len(answers)}/{len(items)}")
-            charged, rated_kind = Result.CHARGED, _RATED
-            for (_, rated), i, answer in zip(items, indices, answers, strict=True):
-                record_id = rated.record.record_id
-                # The common case inline (it runs once per record); the rest in _from_shard.
-                if (
-                    answer.result is charged
-                    and answer.record_id == record_id
-                    and getattr(answer, "sponsored_by", None) is None
-                ):
-                    result = RecordResult(
-                        record_id,
-                        RecordStatus.CHARGED,
-                        "",
-                        "",
-                        answer.amount,
-                        answer.account_id,
-                        rated.billed_units,
-                        answer.bundle_units,
-                    )
-                    out[i] = (result, rated_kind, None, None)
-                else:
-                    out[i] = _from_shard(rated, answer)
-        return out  # type: ignore[return-value]
+        """Directory, rating and charging of distinct records (:func:`settle`)."""
+        return settle(
+            records,
+            charge=charge,
+            directory=self.directory,
+            catalogue=self.catalogue,
+            shards=self.config.shards,
+            shard_memo=self._shard_memo,
+            unit_id=self.unit_id,
+            misrouted=self._misrouted,
+        )
 
     def _stage(
         self,
@@ -511,14 +367,14 @@ class RatingPartition:
         source_id: str | None,
         at_s: int,
         staging: Staging,
-        tally: _Tally | None,
+        tally: Tally | None,
     ) -> RecordResult:
         """Stage the reject entry and counts of one settled item; returns its final result."""
         result, kind, reject_kind, code = outcome
         if kind is None:
             return result
         if reject_kind is not None:
-            entry = _entry(reject_kind, item, result, code, at_s, source_id)
+            entry = reject_entry(reject_kind, item, result, code, at_s, source_id)
             if not staging.put(entry):
                 detail = f"reject store full ({self.config.rejects_max} entries): {result.reason}"
                 return RecordResult(
@@ -530,7 +386,7 @@ class RatingPartition:
             tally.add(source_id, kind)
         return result
 
-    def _commit(self, staging: Staging, tally: _Tally, source: SourceProgress | None) -> None:
+    def _commit(self, staging: Staging, tally: Tally, source: SourceProgress | None) -> None:
         if not tally.by_source and not staging.puts and not staging.deletes and source is None:
             return
         batch = Batch()
@@ -538,10 +394,10 @@ class RatingPartition:
         totals = self._totals
         sources: dict[str, tuple[Reconciliation, int]] = {}
         for source_id, row in tally.by_source.items():
-            totals = _apply(totals, row)
+            totals = apply_row(totals, row)
             if source_id is not None:
                 counts, offset = sources.get(source_id) or self._source(source_id)
-                sources[source_id] = (_apply(counts, row), offset)
+                sources[source_id] = (apply_row(counts, row), offset)
         if source is not None:
             counts, offset = sources.get(source.source_id) or self._source(source.source_id)
             sources[source.source_id] = (counts, max(offset, source.offset))
@@ -572,89 +428,3 @@ class RatingPartition:
     def list_rejects(self, limit: int, reason: str | None = None) -> list[RejectEntry]:
         """Up to ``limit`` stored rejects, optionally of one ``reason``."""
         return self.rejects.list(limit, reason=reason)
-
-
-def _rejected(record: UsageRecord, reason: RejectReason, detail: str) -> Settled:
-    result = RecordResult(record.record_id, RecordStatus.REJECTED, reason.value, detail)
-    return result, _REJECTED, RejectKind.RECORD, None
-
-
-def _from_shard(rated: RatedRecord, answer: ShardResult) -> Settled:
-    record_id = rated.record.record_id
-    invariant(answer.record_id == record_id, f"shard answered {answer.record_id} for {record_id}")
-    code = answer.result
-    status = _CHARGED.get(code)
-    if status is not None or code is Result.DUPLICATE:
-        sponsor = getattr(answer, "sponsored_by", None)
-        result = RecordResult(
-            record_id,
-            RecordStatus.DUPLICATE if status is None else status,
-            "",
-            f"sponsored by {sponsor}" if sponsor else "",
-            answer.amount,
-            sponsor or answer.account_id,
-            rated.billed_units,
-            answer.bundle_units,
-        )
-        return result, _DUPLICATES if status is None else _RATED, None, None
-    if code.value.startswith(_CONFLICT_PREFIX):
-        field = code.value.removeprefix(_CONFLICT_PREFIX)
-        detail = f"record_id already charged with a different {field}"
-        result = RecordResult(
-            record_id,
-            RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT,
-            field,
-            detail,
-            0,
-            answer.account_id,
-            rated.billed_units,
-        )
-        return result, _REJECTED, RejectKind.CONFLICT, field
-    detail = f"{answer.account_id or 'shard'} refused: {code.value}"
-    result = RecordResult(
-        record_id,
-        RecordStatus.REJECTED,
-        code.value,
-        detail,
-        0,
-        answer.account_id,
-        rated.billed_units,
-    )
-    return result, _REJECTED, RejectKind.RECORD, None
-
-
-def _entry(
-    kind: RejectKind,
-    item: UsageRecord | Reject | None,
-    result: RecordResult,
-    code: str | None,
-    at_s: int,
-    source_id: str | None,
-) -> RejectEntry:
-    if isinstance(item, Reject):
-        return RejectEntry(
-            kind=kind,
-            record_id=item.record_id,
-            reason=result.reason,
-            detail=result.detail,
-            at_s=at_s,
-            code=code,
-            source_file=item.source_file,
-            source_line=item.line,
-            source_id=source_id,
-            raw=item.raw,
-        )
-    invariant(item is not None, "a record reject needs its record")
-    assert item is not None
-    return RejectEntry(
-        kind=kind,
-        record_id=item.record_id,
-        reason=result.reason if kind is RejectKind.RECORD else result.status.value,
-        detail=result.detail,
-        at_s=at_s,
-        record=item,
-        code=code,
-        source_file=item.source_file,
-        source_line=item.source_line,
-        source_id=source_id,
-    )

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from actors.codec import encode_u64
 from actors.partition_codec import REJECT_PREFIX, json_bytes, record_from_json, record_to_json
@@ -57,6 +58,14 @@ def store_key(kind: RejectKind, key: str, line: int | None = None) -> bytes:
     if kind is RejectKind.LINE:
         return REJECT_PREFIX + b"L/" + body + b"\x00" + encode_u64(line or 0)
     return REJECT_PREFIX + kind.value.encode() + b"/" + body
+
+
+_RECORD_HEAD: Final = REJECT_PREFIX + RejectKind.RECORD.value.encode() + b"/"
+
+
+def _record_id(row: bytes) -> str | None:
+    """The record id of a ``RECORD`` entry's row key; ``None`` for other kinds."""
+    return row[len(_RECORD_HEAD) :].decode() if row.startswith(_RECORD_HEAD) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +171,10 @@ class RejectStore:
         self._store = store
         self.entries_max = entries_max
         self._keys: set[bytes] = {key for key, _ in store.scan_prefix(REJECT_PREFIX)}
+        # The record ids of RECORD entries: the per-record "is it stored?" test of a batch.
+        self._records: set[str] = {
+            rid for key in self._keys if (rid := _record_id(key)) is not None
+        }
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -170,7 +183,13 @@ class RejectStore:
         return row in self._keys
 
     def has(self, kind: RejectKind, key: str) -> bool:
+        if kind is RejectKind.RECORD:
+            return key in self._records
         return store_key(kind, key) in self._keys
+
+    def records(self) -> AbstractSet[str]:
+        """The record ids stored as ``RECORD`` rejects (a live view: read, never change)."""
+        return self._records
 
     def size_after(self, new_puts: int, deletes: set[bytes]) -> int:
         """Entries after adding ``new_puts`` keys not yet stored and removing ``deletes``."""
@@ -183,6 +202,12 @@ class RejectStore:
         """Bring the index up to date after ``staging``'s batch was committed."""
         self._keys.update(staging.puts)
         self._keys.difference_update(staging.deletes)
+        for key in staging.puts:
+            if (rid := _record_id(key)) is not None:
+                self._records.add(rid)
+        for key in staging.deletes:
+            if (rid := _record_id(key)) is not None:
+                self._records.discard(rid)
 
     def get(self, kind: RejectKind, key: str, line: int | None = None) -> RejectEntry | None:
         raw = self._store.get(store_key(kind, key, line))

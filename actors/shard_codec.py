@@ -22,11 +22,8 @@ Values
     Amounts and sequence numbers sit in fixed-width fields (8-byte big-endian,
     :mod:`actors.codec`): the books and the ledger sequence of an account row,
     the amounts of a charge row and the posting amounts of an entry. The rest
-    of a structured value is msgpack. Domain values (dataclasses, named tuples,
-    enums) are msgpack extension types with a stable code per type
-    (:data:`_TYPES`) whose payload maps field names to values, so a type that
-    gains a defaulted field still reads its old rows; the code table is
-    append-only, never renumbered. No pickle.
+    of a structured value is msgpack; domain values inside it are encoded by
+    :mod:`actors.value_codec` (extension types by field name, no pickle).
 
 Account rows: ``"A" | 6 x i64 books | u64 next ledger seq | msgpack body``.
 Ledger rows: ``"C" | 7 x i64 | msgpack strings`` for a charge row (its entry
@@ -35,12 +32,18 @@ n | n x i64 amounts | msgpack`` for an explicit entry.
 Marks: ``"P" | u64 seq | msgpack (account, fields)`` points at the charge row
 that is the mark's result (one copy of a usage line, not two); ``"G" |
 msgpack`` holds any other mark whole.
+
+Hot path: the encoders of the rows written per record (charge rows, pointer
+marks, account rows) take an optional ``pack``, a msgpack ``pack`` bound to a
+reused ``Packer`` (:func:`new_packer`), which halves the cost of msgpack's
+per-call ``packb``. A ``Packer`` holds a buffer, so each shard keeps its own
+(a shard's calls are serialised) and never shares one across threads. The
+bytes are the same either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import struct
 from collections.abc import Callable
 from typing import Any, Final
@@ -48,140 +51,44 @@ from typing import Any, Final
 import msgpack
 
 from actors.codec import CodecError, account_key, encode_u64, ledger_prefix
-from billing.accounts import Account, AccountState, AccountStatus, Result, SponsorRule, Subscription
-from billing.billrun import BillingState, UsageTotal
-from billing.charging import Charge, TopUp
+from actors.value_codec import decode_value, encode_value, pack_value, unpack_value
+from billing.accounts import Account, AccountState, Result
+from billing.charging import Charge
 from billing.idempotency import Mark
-from billing.invoice import Invoice, InvoiceStatus, LineItem, LineKind
-from billing.ledger import Book, Entry, EntryKind, Posting
-from billing.notifications import Notification, NotificationKind
-from billing.ocs import BalanceView, Grant, Quote, Refund, Reservation, SessionStatus
-from billing.rated import RatedRecord, TierCharge
-from billing.records import Service, UsageRecord
-from billing.sponsor import SponsoredUsage
-from billing.switching import InterimBill, Switch
-from billing.tariffs.model import PaymentMode
-from billing.writeoff import Allocation, Payment, Reversal
+from billing.ledger import Entry, EntryKind, Posting
 
 __all__ = [
     "AccountRow",
+    "Pack",
     "decode_account",
     "decode_ledger_row",
+    "decode_mark",
     "decode_value",
     "encode_account",
+    "encode_charge_mark",
     "encode_charge_row",
     "encode_entry",
     "encode_value",
     "key_after",
     "ledger_seq_key",
+    "new_packer",
     "prefixed",
     "prefixed_seq",
 ]
 
-# Append-only: the code of a type is part of the stored format.
-_TYPES: Final[tuple[tuple[int, type], ...]] = (
-    (1, Mark),
-    (2, Account),
-    (3, Subscription),
-    (4, SponsorRule),
-    (5, Charge),
-    (6, TopUp),
-    (7, Grant),
-    (8, Quote),
-    (9, Reservation),
-    (10, Refund),
-    (11, Switch),
-    (12, InterimBill),
-    (13, Payment),
-    (14, Allocation),
-    (15, Reversal),
-    (16, Invoice),
-    (17, LineItem),
-    (18, BillingState),
-    (19, UsageTotal),
-    (20, Notification),
-    (21, SponsoredUsage),
-    (22, RatedRecord),
-    (23, UsageRecord),
-    (24, TierCharge),
-    (25, BalanceView),
-    (26, Entry),
-    (27, Posting),
-    (64, PaymentMode),
-    (65, AccountStatus),
-    (66, Result),
-    (67, SessionStatus),
-    (68, Book),
-    (69, InvoiceStatus),
-    (70, LineKind),
-    (71, NotificationKind),
-    (72, Service),
-    (73, EntryKind),
-)
-_CODE_OF: Final = {cls: code for code, cls in _TYPES}
-_CLASS_OF: Final = {code: cls for code, cls in _TYPES}
-_FIELDS: dict[type, tuple[str, ...]] = {}
-_MAX_ROW: Final = 1 << 30
+Pack = Callable[[Any], bytes]
+"""msgpack ``pack`` of plain values (``use_bin_type``; ``str`` subclasses as strings)."""
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    found = _FIELDS.get(cls)
-    if found is None:
-        if dataclasses.is_dataclass(cls):
-            found = tuple(f.name for f in dataclasses.fields(cls))
-        else:
-            found = tuple(cls._fields)  # type: ignore[attr-defined]
-        _FIELDS[cls] = found
-    return found
+def new_packer() -> Pack:
+    """A ``pack`` bound to its own ``Packer``: reuse it within one thread, never share it."""
+    pack: Pack = msgpack.Packer(use_bin_type=True).pack
+    return pack
 
 
-def _default(obj: Any) -> Any:
-    """msgpack hook (strict types): tuples as arrays, domain values as extension types."""
-    if type(obj) is tuple:
-        return list(obj)
-    if isinstance(obj, set | frozenset):
-        return sorted(obj)
-    code = _CODE_OF.get(type(obj))
-    if code is None:
-        raise CodecError(f"cannot encode {type(obj).__name__}")
-    if isinstance(obj, enum.Enum):
-        return msgpack.ExtType(code, str(obj.value).encode())
-    # By field name, so a type that gains a defaulted field still reads its old rows.
-    values = {name: getattr(obj, name) for name in _names(type(obj))}
-    return msgpack.ExtType(code, _pack(values))
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    cls = _CLASS_OF.get(code)
-    if cls is None:
-        raise CodecError(f"unknown extension type {code}")
-    if issubclass(cls, enum.Enum):
-        return cls(data.decode())
-    values: dict[str, Any] = _unpack(data)
-    return cls(**values)
-
-
-def _pack(value: Any) -> bytes:
-    data: bytes = msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+def _packb(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
     return data
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(
-        data, ext_hook=_ext_hook, use_list=False, strict_map_key=False, raw=False
-    )
-
-
-def encode_value(value: Any) -> bytes:
-    """Any domain value (a mark, an invoice, a notification...) as ``"G" | msgpack``."""
-    return b"G" + _pack(value)
-
-
-def decode_value(data: bytes) -> Any:
-    """Inverse of :func:`encode_value`."""
-    if data[:1] != b"G":
-        raise CodecError(f"not a generic value: tag {data[:1]!r}")
-    return _unpack(data[1:])
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -218,7 +125,6 @@ def key_after(key: bytes) -> bytes:
 
 _HEAD: Final = struct.Struct(">c6qQ")
 _SEQ: Final = struct.Struct(">Q")
-_BOOKS: Final = ("prepaid", "reserved", "unbilled", "receivable", "credit", "debt")
 
 
 @dataclasses.dataclass(slots=True)
@@ -230,6 +136,20 @@ class AccountRow:
     profile: bytes = b""
     profile_of: Account | None = None
     ledger_head: bytes = b""  # memo of ledger_prefix(account id)
+    key: bytes = b""  # memo of account_key(account id)
+
+    def row_key(self) -> bytes:
+        """The key of this account row, ``a/<account>``."""
+        key = self.key
+        if not key:
+            key = self.key = account_key(self.state.account.account_id)
+        return key
+
+    def successor(self, state: AccountState) -> AccountRow:
+        """A row for ``state``, a new state of this row's account, keeping the memos."""
+        return AccountRow(
+            state, self.next_seq, self.profile, self.profile_of, self.ledger_head, self.key
+        )
 
     def ledger_key(self, seq: int) -> bytes:
         head = self.ledger_head
@@ -240,34 +160,40 @@ class AccountRow:
     def profile_bytes(self) -> bytes:
         account = self.state.account
         if self.profile_of is not account:
-            self.profile, self.profile_of = _pack(account), account
+            self.profile, self.profile_of = pack_value(account), account
         return self.profile
 
 
-def encode_account(row: AccountRow) -> bytes:
+def encode_account(row: AccountRow, pack: Pack = _packb) -> bytes:
     """An account row: fixed-width books and sequence, then the msgpack body.
 
     The usage history (``AccountState.history``) is not stored here: its lines
-    are the charge rows of the account's ledger stream.
+    are the charge rows of the account's ledger stream. Empty containers are
+    packed as empty tuples (the same bytes as empty lists), without building
+    anything.
     """
     s = row.state
-    head = _HEAD.pack(
-        b"A", s.prepaid, s.reserved, s.unbilled, s.receivable, s.credit, s.debt, row.next_seq
-    )
-    body: bytes = msgpack.packb(
+    used, held, usage, reminders, crossings = (
+        s.bundle_used, s.bundle_held, s.usage, s.reminders, s.crossings
+    )  # fmt: skip
+    body = pack(
         (
             row.profile_bytes(),
-            [(c, b, n) for (c, b), n in s.bundle_used.items()],
-            [(c, b, n) for (c, b), n in s.bundle_held.items()],
-            [(c, u, *t) for (c, u), t in s.usage.items()],
-            _pack(tuple(s.reservations.values())) if s.reservations else b"",
-            sorted(s.reminders),
-            list(s.crossings.items()),
+            [(*k, n) for k, n in used.items()] if used else (),
+            [(*k, n) for k, n in held.items()] if held else (),
+            [k + v for k, v in usage.items()] if usage else (),
+            pack_value(tuple(s.reservations.values())) if s.reservations else b"",
+            sorted(reminders) if reminders else (),
+            tuple(crossings.items()) if crossings else (),
             s.reminder_cycle,
-        ),
-        use_bin_type=True,
+        )
     )
-    return head + body
+    return (
+        _HEAD.pack(
+            b"A", s.prepaid, s.reserved, s.unbilled, s.receivable, s.credit, s.debt, row.next_seq
+        )
+        + body
+    )
 
 
 def decode_account(data: bytes) -> AccountRow:
@@ -278,7 +204,7 @@ def decode_account(data: bytes) -> AccountRow:
     profile, used, held, usage, reservations, reminders, crossings, cycle = msgpack.unpackb(
         data[_HEAD.size :], use_list=False, raw=False
     )
-    account = _unpack(profile)
+    account = unpack_value(profile)
     state = AccountState(account)
     state.prepaid, state.reserved, state.unbilled = prepaid, reserved, unbilled
     state.receivable, state.credit, state.debt = receivable, credit, debt
@@ -286,7 +212,7 @@ def decode_account(data: bytes) -> AccountRow:
     state.bundle_held = {(c, b): n for c, b, n in held}
     state.usage = {(c, u): tuple(t) for c, u, *t in usage}
     if reservations:
-        state.reservations = {r.session_id: r for r in _unpack(reservations)}
+        state.reservations = {r.session_id: r for r in unpack_value(reservations)}
     state.reminders = set(reminders)
     state.crossings = dict(crossings)
     state.reminder_cycle = cycle
@@ -299,27 +225,26 @@ _CHARGE_NUMS: Final = struct.Struct(">c7q")
 _RESULTS: Final = {r.value: r for r in Result}
 
 
-def encode_charge_row(row: Charge) -> bytes:
-    """A charge row (usage line); its ledger entry is ``row.to_entry()``."""
-    nums = _CHARGE_NUMS.pack(
-        b"C", row.units, row.bundle_units, row.amount, row.prepaid, row.unbilled, row.debt, row.at_s
-    )
-    strings: bytes = msgpack.packb(
-        (
-            row.record_id,
-            row.ref,
-            row.account_id,
-            row.result.value,
-            row.cycle_id,
-            row.service,
-            row.usage_class,
-            row.currency,
-            row.sponsored_by,
-            row.sponsor_of,
-        ),
-        use_bin_type=True,
-    )
-    return nums + strings
+# The layout below indexes Charge by position (the hot path); refuse to load if it moved.
+_CHARGE_FIELDS: Final = (
+    "record_id", "ref", "account_id", "result", "cycle_id", "service", "usage_class", "units",
+    "bundle_units", "amount", "prepaid", "unbilled", "debt", "currency", "at_s", "sponsored_by",
+    "sponsor_of", "rated",
+)  # fmt: skip
+if Charge._fields != _CHARGE_FIELDS:  # pragma: no cover - a change of billing.charging.Charge
+    raise ImportError(f"billing.charging.Charge fields changed: {Charge._fields}")
+
+
+def encode_charge_row(row: Charge, pack: Pack = _packb) -> bytes:
+    """A charge row (usage line); its ledger entry is ``row.to_entry()``.
+
+    The strings are ``record_id, ref, account_id, result, cycle_id, service,
+    usage_class`` (fields 0-6), ``currency`` (13), ``sponsored_by, sponsor_of``
+    (15-16); ``result`` is a ``StrEnum`` and packs as its value.
+    """
+    return _CHARGE_NUMS.pack(
+        b"C", row[7], row[8], row[9], row[10], row[11], row[12], row[14]
+    ) + pack(row[:7] + row[13:14] + row[15:17])
 
 
 def _decode_charge(data: bytes) -> Charge:
@@ -382,15 +307,19 @@ def decode_ledger_row(data: bytes) -> Charge | Entry:
 # -- marks -----------------------------------------------------------------------------------
 
 
-def encode_charge_mark(account_id: str, seq: int, fields: tuple[tuple[str, object], ...]) -> bytes:
+_MARK_HEAD: Final = struct.Struct(">cQ")
+
+
+def encode_charge_mark(
+    account_id: str, seq: int, fields: tuple[tuple[str, object], ...], pack: Pack = _packb
+) -> bytes:
     """A mark whose result is the charge row ``l/<account_id>\\0<seq>``.
 
     Enum members in ``fields`` are stored as their values; they compare equal
     to the members (``StrEnum``), which is all :func:`billing.idempotency.check`
     needs.
     """
-    body: bytes = msgpack.packb((account_id, fields), use_bin_type=True)
-    return b"P" + _SEQ.pack(seq) + body
+    return _MARK_HEAD.pack(b"P", seq) + pack((account_id, fields))
 
 
 def decode_mark(data: bytes, row_of: Callable[[str, int], Charge]) -> Mark[Any]:
@@ -404,7 +333,3 @@ def decode_mark(data: bytes, row_of: Callable[[str, int], Charge]) -> Mark[Any]:
     if not isinstance(mark, Mark):
         raise CodecError(f"not a mark: {type(mark).__name__}")
     return mark
-
-
-def account_row_key(account_id: str) -> bytes:
-    return account_key(account_id)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -91,6 +91,13 @@ class Batch:
         if key.startswith(ACCOUNT_PREFIX):
             self._cached[key] = value
 
+    def put_data(self, key: bytes, value: bytes) -> None:
+        """:meth:`put` of a key the caller built under a data prefix (a ledger ``l/`` or
+        mark ``i/`` key: neither metadata nor an account row), without the checks; for
+        rows written once per record."""
+        self._wb.put(key, value)
+        self.records += 1
+
     def delete(self, key: bytes) -> None:
         invariant(not key.startswith(META_PREFIX), f"batch may not delete metadata {key!r}")
         self._wb.delete(key)
@@ -123,6 +130,19 @@ class LruCache(Generic[K, V]):
         self._data.move_to_end(key)
         while len(self._data) > self._entries_max:
             self._data.popitem(last=False)
+
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        """:meth:`put` of each pair, in order (the newest last)."""
+        entries_max = self._entries_max
+        if entries_max <= 0:
+            return
+        data = self._data
+        move = data.move_to_end
+        for key, value in items:
+            data[key] = value
+            move(key)
+        while len(data) > entries_max:
+            data.popitem(last=False)
 
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
@@ -251,6 +271,11 @@ class ShardStore:
             return value
         result: bytes | None = db.get(key)
         return result
+
+    def get_data(self, key: bytes) -> bytes | None:
+        """:meth:`get` of a key that is not an account row (no cache lookup)."""
+        value: bytes | None = self._live().get(key)
+        return value
 
     def scan(
         self, start: bytes, end: bytes | None = None, *, limit: int | None = None

@@ -28,7 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.account_shard import AccountShard, _Work  # noqa: E402
+from actors.account_shard import AccountShard  # noqa: E402
+from actors.shard_work import Work  # noqa: E402
 from billing.accounts import Account, PaymentMode, create_account  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
 from billing.charging import top_up  # noqa: E402
@@ -50,7 +51,7 @@ def _generator() -> tuple[Any, int]:
 def seed(shard: AccountShard, accounts: int) -> None:
     """Create the accounts in commits of 5,000 (the shard's own work unit; setup only)."""
     for start in range(0, accounts, 5000):
-        work = _Work(shard)
+        work = Work(shard)
         for n in range(start, min(start + 5000, accounts)):
             aid = f"acct{n:06d}"
             prepaid = n % 5 != 0
