@@ -62,16 +62,7 @@ class BillingOps(BackendCore):
         done = issued = invoiced = 0
         currency = self.catalogue.currency
         tasks = [
-            asyncio.ensure_future(
-                self.router.call(
-                    unit,
-                    "bill_run",
-                    cycle_id,
-                    at_s=at_s,
-                    account_ids=ids,
-                    timeout_s=_left(deadline),
-                )
-            )
+            asyncio.ensure_future(self._locked_bill_run(unit, cycle_id, at_s, ids, deadline))
             for unit, ids in jobs.items()
         ]
         try:
@@ -94,6 +85,29 @@ class BillingOps(BackendCore):
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def _locked_bill_run(
+        self, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
+    ) -> Any:
+        """Bill one shard while holding its bill-run lock in the control net, so the
+        coordinator never migrates a shard in the middle of its bill run."""
+        pause_s = 0.05
+        while not await self.router.coordinator_call(
+            "lock", unit, "bill_run", timeout_s=_left(deadline)
+        ):
+            if _left(deadline) <= pause_s:
+                raise BackendError(
+                    grpc.StatusCode.ABORTED,
+                    f"{unit} is locked (a migration or another bill run); retry the bill run",
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(1.0, pause_s * 2)
+        try:
+            return await self.router.call(
+                unit, "bill_run", cycle_id, at_s=at_s, account_ids=ids, timeout_s=_left(deadline)
+            )
+        finally:
+            await self.router.coordinator_call("unlock", unit, "bill_run", timeout_s=10.0)
 
     async def list_invoices(
         self, request: billing_pb2.ListInvoicesRequest, *, timeout_s: float

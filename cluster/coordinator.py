@@ -115,6 +115,8 @@ class Coordinator:
             assert self._state.marking_json is not None
             self._marking = marking_from_json(self._state.marking_json)
         self.failover_started: dict[str, float] = {}
+        self._lock_since: dict[str, float] = {}
+        self.lock_lease_s = 600.0
 
     # -- the net -----------------------------------------------------------
 
@@ -245,6 +247,7 @@ class Coordinator:
             target = self._least_loaded()
             if target is not None:
                 fired += self._fire("assign", shard=unit, node=target)
+        fired += self._expire_locks()
         fired += self._drain_step()
         fired += self._rebalance_step()
         self.converge()
@@ -316,10 +319,31 @@ class Coordinator:
 
     def lock(self, unit: str, kind: str) -> bool:
         """Take ``unit``'s lock for a bill run; False while a migration holds it."""
-        return self._marking is not None and self._fire(f"{kind}_lock", shard=unit)
+        taken = self._marking is not None and self._fire(f"{kind}_lock", shard=unit)
+        if taken:
+            self._lock_since[unit] = time.monotonic()
+        return taken
 
     def unlock(self, unit: str, kind: str) -> bool:
+        self._lock_since.pop(unit, None)
         return self._marking is not None and self._fire(f"{kind}_unlock", shard=unit)
+
+    def _expire_locks(self) -> int:
+        """Release bill-run locks held past their lease (a gateway died mid bill run).
+
+        The lease starts when the lock was taken, or, for a lock found in the
+        persisted marking after a restart, when this coordinator first saw it.
+        """
+        fired = 0
+        now = time.monotonic()
+        for unit, kind in list(self._marking.locks_held() if self._marking else ()):
+            if kind != "bill_run":
+                continue
+            since = self._lock_since.setdefault(unit, now)
+            if now - since > self.lock_lease_s:
+                log.warning("lock_lease_expired", shard=unit, held_s=round(now - since, 1))
+                fired += self.unlock(unit, kind)
+        return fired
 
     def converge(self) -> list[str]:
         """Make every alive owner serve its units at their epochs; returns failures."""

@@ -193,3 +193,16 @@ def test_the_journal_is_repaired_after_a_crash_between_state_and_journal(
     config = NetConfig(nodes=("n1", "n2"), shards=unit_specs(3, 1), initial_nodes=frozenset())
     result = check_trace(PetriModel(config), events, strict=True)
     assert result.ok and result.final == restarted.marking
+
+
+def test_a_bill_run_lock_left_behind_is_released_after_its_lease(tmp_path: Path) -> None:
+    """A lock whose holder vanished (a gateway died mid bill run) does not block forever."""
+    nodes = Nodes("n1")
+    coordinator = Coordinator(data_dir=tmp_path, shards=1, partitions=1, ops=nodes)
+    coordinator.reconcile()
+    assert coordinator.lock("acct-00", "bill_run")
+    coordinator.reconcile()
+    assert coordinator.marking.locks_held()
+    coordinator.lock_lease_s = 0.0
+    coordinator.reconcile()
+    assert not coordinator.marking.locks_held()
