@@ -37,6 +37,10 @@ class RayOps:
         self._settings = settings
         self._hosts: dict[str, Any] = {}
         self._ok: dict[str, bool] = {}
+        # (node, unit) -> epoch a live host confirmed serving. The coordinator
+        # converges every round; only opens not yet confirmed go out, so a hung
+        # host cannot stall the loop with calls it will never answer.
+        self._opened: dict[tuple[str, str], int] = {}
 
     def alive_nodes(self) -> Mapping[str, str]:
         alive = {node_name(n): n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
@@ -50,6 +54,7 @@ class RayOps:
             handle = self._hosts.get(node) or self._lookup(node)
             if handle is None:
                 handle = spawn_host(node, ray_id, data_dir=self._data_dir, settings=self._settings)
+                self._forget(node)
                 log.info("host_started", node=node)
             self._hosts[node] = handle
             pings[node] = handle.ping.remote()
@@ -64,7 +69,12 @@ class RayOps:
                     ok = True
                 except RayActorError:
                     self._hosts.pop(node, None)
+                    self._forget(node)
             self._ok[node] = ok
+
+    def _forget(self, node: str) -> None:
+        for key in [k for k in self._opened if k[0] == node]:
+            del self._opened[key]
 
     def _lookup(self, node: str) -> Any:
         try:
@@ -76,17 +86,21 @@ class RayOps:
         return self._ok.get(node, False)
 
     def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
+        if self._opened.get((node, unit_id)) == epoch:
+            return
         handle = self._hosts.get(node)
-        if handle is None:
-            raise UnitOpenError(f"{node}: no host")
+        if handle is None or not self._ok.get(node, False):
+            raise UnitOpenError(f"{node}: no answering host")
         try:
             ray.get(handle.open_unit.remote(unit_id, epoch), timeout=_OPEN_TIMEOUT_S)
+            self._opened[(node, unit_id)] = epoch
         except (RayActorError, GetTimeoutError) as exc:
             raise UnitOpenError(f"{node}: {exc}") from exc
         except Exception as exc:  # the store refused: locked, stale epoch, disk
             raise UnitOpenError(f"{node}: {type(exc).__name__}: {exc}") from exc
 
     def close_unit(self, node: str, unit_id: str) -> None:
+        self._opened.pop((node, unit_id), None)
         handle = self._hosts.get(node)
         if handle is not None:
             ray.get(handle.close_unit.remote(unit_id), timeout=_OPEN_TIMEOUT_S)

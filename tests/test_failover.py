@@ -3,7 +3,8 @@
 One cluster, one load generator streaming usage through the gateways with the
 SDK (which retries with the same record ids and fails over between gateway
 addresses), and a sequence of faults: a host process paused with SIGSTOP and
-resumed, the coordinator killed, a node drained, a node's raylet SIGKILLed.
+resumed, the coordinator killed, a node drained, a node's raylet SIGKILLed,
+and a host's worker process SIGKILLed.
 After every fault: the cluster heals by itself, and every acknowledged record
 is charged exactly once — each appears once in its account's usage history,
 and reconciliation balances with the ledger summing to zero.
@@ -149,7 +150,8 @@ def host_pid(node: str) -> int:
 
 
 def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtime) -> None:
-    """Pause, coordinator kill, drain and node kill, under load: healed, exactly once."""
+    """Host pause, coordinator kill, drain, node kill and host kill, under load: healed
+    every time, exactly once."""
     assert cluster.info is not None and cluster.local is not None
     client = PetribillClient(cluster.info.gateways, timeout_s=60, retries=40)
     for i in range(ACCOUNTS):
@@ -187,7 +189,16 @@ def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtim
         assert owned_by_n2, "n2 should own units before it is killed"
         cluster.local.kill_node(2, signal.SIGKILL)
         wait_healthy(cluster, away_from="n2")
-        time.sleep(2)
+        assert_exactly_once(client, load)
+        # 5. A host's worker process SIGKILLed: a new host starts on the node, which
+        #    recovers and takes units back; nothing acknowledged is lost.
+        assert ray.get(coordinator.undrain.remote("n1"), timeout=30)
+        killed = host_pid("n1")
+        os.kill(killed, signal.SIGKILL)
+        wait_node(cluster, "n1", "dead")
+        wait_node(cluster, "n1", "alive")
+        wait_healthy(cluster)
+        assert_exactly_once(client, load)
     finally:
         load.stop()
     assert len(load.acked) > 200
