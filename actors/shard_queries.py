@@ -25,7 +25,7 @@ from billing.charging import Charge
 from billing.invoice import Invoice
 from billing.ledger import Entry, EntryKind, is_valid_account_id
 from billing.notifications import Notification
-from billing.settlement import ItemLine, ProviderSettlement, provider_key
+from billing.settlement import ProviderSettlement, build_report, provider_key
 from billing.writeoff import PAYABLE
 
 __all__ = ["ShardQueries"]
@@ -140,21 +140,4 @@ class ShardQueries(ShardBase):
                     line[0] += 1
                     line[1] += gross.pop(record_id, 0)
                     line[2] += posting.amount
-        report = []
-        for (provider, currency), items in sorted(lines.items()):
-            item_lines = tuple(
-                ItemLine(item_id=item, count=c, gross=g, provider_share=s)
-                for item, (c, g, s) in sorted(items.items())
-            )
-            report.append(
-                ProviderSettlement(
-                    provider=provider,
-                    cycle_id=cycle_id,
-                    currency=currency,
-                    items=item_lines,
-                    count=sum(x.count for x in item_lines),
-                    gross=sum(x.gross for x in item_lines),
-                    provider_share=sum(x.provider_share for x in item_lines),
-                )
-            )
-        return tuple(report)
+        return build_report(lines, cycle_id=cycle_id)

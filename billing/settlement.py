@@ -22,7 +22,7 @@ to the minor unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from billing.invariant import invariant
@@ -33,6 +33,7 @@ __all__ = [
     "CONTENT_REVENUE",
     "ItemLine",
     "ProviderSettlement",
+    "build_report",
     "content_share_entry",
     "provider_key",
     "reconcile",
@@ -119,8 +120,17 @@ def settlement_report(
         line[0] += 1
         line[1] += record.amount
         line[2] += record.provider_share
+    return build_report(acc, cycle_id=cycle_id)
+
+
+ItemTotals = Mapping[tuple[str, str], Mapping[str, Sequence[int]]]
+"""(provider, currency) -> item id -> [count, gross, provider share]."""
+
+
+def build_report(totals: ItemTotals, *, cycle_id: str) -> tuple[ProviderSettlement, ...]:
+    """The settlement report of accumulated item totals, sorted by provider and item."""
     report: list[ProviderSettlement] = []
-    for (provider, currency), items in sorted(acc.items()):
+    for (provider, currency), items in sorted(totals.items()):
         lines = tuple(
             ItemLine(item_id=item, count=c, gross=g, provider_share=s)
             for item, (c, g, s) in sorted(items.items())
