@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.idempotency import Mark, mark
 from billing.invariant import invariant
 from billing.ledger import Book, Entry, account_key, is_valid_account_id
 from billing.outcome import (
@@ -38,6 +38,7 @@ from billing.outcome import (
     Outcome,
     Result,
     conflict_result,
+    replayed,
 )
 from billing.tariffs.model import PaymentMode
 
@@ -282,11 +283,8 @@ def create_account(
     account id taken by another request is ``ACCOUNT_EXISTS``.
     """
     fields = _account_fields(account)
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     if current is not None:
         return Outcome(result=Result.ACCOUNT_EXISTS, receipt=current.account)
     state = AccountState(account)
@@ -304,11 +302,8 @@ def _update(
     existing: Mark[Account] | None,
     new_account: Account,
 ) -> Outcome[Account]:
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     new = state.copy()
     new.account = new_account
     return Outcome(

@@ -44,11 +44,11 @@ from dataclasses import replace
 from billing.accounts import AccountState, AccountStatus
 from billing.bundles import Tariff
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.idempotency import Mark, mark
 from billing.ledger import Entry, EntryKind
 from billing.notifications import Notification, NotificationKind, make_notification
 from billing.ocs_events import BalanceView, Refund, balance_check, refund
-from billing.outcome import Effects, Outcome, Result, conflict_result
+from billing.outcome import Effects, Outcome, Result, replayed
 from billing.reminders import check_low_balance
 from billing.reservations import (
     EXPIRED_KEEP_S,
@@ -122,11 +122,8 @@ def _finish(
 
 
 def _replayed(existing: Mark[Grant] | None, fields: dict[str, object]) -> Outcome[Grant] | None:
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     return None
 
 

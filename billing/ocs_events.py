@@ -16,10 +16,10 @@ from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.bundles import Tariff
 from billing.charge_rows import revenue_key
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.idempotency import Mark, mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
-from billing.outcome import Effects, Outcome, Result, conflict_result
+from billing.outcome import Effects, Outcome, Result, replayed
 from billing.reminders import check_low_balance
 from billing.reservations import Quote, available_funds
 
@@ -56,11 +56,8 @@ def refund(
         "amount": amount,
         "content": (service, reason_ref),
     }
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     if state.account.status is AccountStatus.CLOSED:
         return Outcome(result=Result.ACCOUNT_CLOSED)
     if amount <= 0:

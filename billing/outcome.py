@@ -23,10 +23,11 @@ defined; both import paths are supported.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from billing.idempotency import Conflict, Mark
+from billing.idempotency import Conflict, Mark, Replay, check
 from billing.ledger import Entry
 from billing.notifications import Notification
 
@@ -42,6 +43,7 @@ __all__ = [
     "Outcome",
     "Result",
     "conflict_result",
+    "replayed",
 ]
 
 T = TypeVar("T")
@@ -140,3 +142,17 @@ class Outcome(Generic[T]):
     result: Result
     receipt: T | None = None
     effects: Effects = field(default=NO_EFFECTS)
+
+
+def replayed(existing: Mark[T] | None, fields: Mapping[str, object]) -> Outcome[T] | None:
+    """The early answer of a request whose id was seen before, or None for a fresh one.
+
+    A retry with equal fields replays the stored receipt as ``duplicate``; one
+    with other fields is ``exists_with_different_<field>``.
+    """
+    decision = check(existing, fields)
+    if isinstance(decision, Replay):
+        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
+    if isinstance(decision, Conflict):
+        return Outcome(result=conflict_result(decision))
+    return None

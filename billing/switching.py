@@ -33,11 +33,11 @@ from billing.accounts import (
     Outcome,
     PaymentMode,
     Result,
-    conflict_result,
 )
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.idempotency import Mark, mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
+from billing.outcome import replayed
 
 __all__ = ["InterimBill", "Switch", "switch_mode"]
 
@@ -83,11 +83,8 @@ def switch_mode(
 ) -> Outcome[Switch]:
     """Switch ``state``'s account to ``to_mode`` under the module's rules."""
     fields = {"account": state.account.account_id, "mode": to_mode.value, "amount": credit_limit}
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     if state.account.status is AccountStatus.CLOSED:
         return Outcome(result=Result.ACCOUNT_CLOSED)
     if credit_limit is not None and credit_limit < 0 and credit_limit != KEEP_LIMIT:

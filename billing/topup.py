@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.charge_rows import CASH
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Conflict, Mark, Replay, check, mark
+from billing.idempotency import Mark, mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
-from billing.outcome import Effects, Outcome, Result, conflict_result
+from billing.outcome import Effects, Outcome, Result, replayed
 from billing.reminders import check_credit, check_debt, check_low_balance
 
 __all__ = ["TopUp", "top_up"]
@@ -48,11 +48,8 @@ def top_up(
 ) -> Outcome[TopUp]:
     """Pay ``amount`` into the account (the module docstring says where it goes)."""
     fields = {"account": state.account.account_id, "amount": amount, "currency": currency}
-    decision = check(existing, fields)
-    if isinstance(decision, Replay):
-        return Outcome(result=Result.DUPLICATE, receipt=decision.result)
-    if isinstance(decision, Conflict):
-        return Outcome(result=conflict_result(decision))
+    if (early := replayed(existing, fields)) is not None:
+        return early
     if state.account.status is AccountStatus.CLOSED:
         return Outcome(result=Result.ACCOUNT_CLOSED)
     if amount <= 0:
