@@ -42,6 +42,7 @@ __all__ = [
     "encode_i64",
     "encode_i128",
     "encode_u64",
+    "id_bytes",
     "idempotency_key",
     "ledger_key",
     "ledger_prefix",
@@ -108,7 +109,8 @@ def decode_u64(data: bytes) -> int:
     return int.from_bytes(data, "big", signed=False)
 
 
-def _id_bytes(kind: str, value: str) -> bytes:
+def id_bytes(kind: str, value: str) -> bytes:
+    """An id as key bytes: UTF-8, non-empty, no NUL (NUL separates key parts)."""
     data = value.encode("utf-8")
     if not data or b"\x00" in data:
         raise CodecError(f"{kind} must be non-empty and contain no NUL: {value!r}")
@@ -117,12 +119,12 @@ def _id_bytes(kind: str, value: str) -> bytes:
 
 def account_key(account_id: str) -> bytes:
     """Key of an account's state row."""
-    return ACCOUNT_PREFIX + _id_bytes("account id", account_id)
+    return ACCOUNT_PREFIX + id_bytes("account id", account_id)
 
 
 def ledger_prefix(account_id: str) -> bytes:
     """Prefix of all ledger postings of one account (for a prefix scan)."""
-    return LEDGER_PREFIX + _id_bytes("account id", account_id) + b"\x00"
+    return LEDGER_PREFIX + id_bytes("account id", account_id) + b"\x00"
 
 
 def ledger_key(account_id: str, seq: int) -> bytes:
@@ -142,4 +144,4 @@ def split_ledger_key(key: bytes) -> tuple[str, int]:
 
 def idempotency_key(key: str) -> bytes:
     """Key of the idempotency mark of a ``record_id`` or ``request_id``."""
-    return IDEMPOTENCY_PREFIX + _id_bytes("idempotency key", key)
+    return IDEMPOTENCY_PREFIX + id_bytes("idempotency key", key)

@@ -27,7 +27,7 @@ import json
 from dataclasses import fields
 from typing import Any, Final
 
-from actors.codec import CodecError, decode_u64, encode_u64
+from actors.codec import CodecError, decode_u64, encode_u64, id_bytes
 from billing.preprocess import Reconciliation
 from billing.records import Service, UsageRecord
 
@@ -56,26 +56,19 @@ TOTALS_KEY: Final = b"c/totals"
 _RECORD_FIELDS: Final = tuple(f.name for f in fields(UsageRecord))
 
 
-def _id_bytes(kind: str, value: str) -> bytes:
-    data = value.encode("utf-8")
-    if not data or b"\x00" in data:
-        raise CodecError(f"{kind} must be non-empty and contain no NUL: {value!r}")
-    return data
-
-
 def directory_key(msisdn: str) -> bytes:
     """Key of the directory entry of ``msisdn``."""
-    return DIRECTORY_PREFIX + _id_bytes("msisdn", msisdn)
+    return DIRECTORY_PREFIX + id_bytes("msisdn", msisdn)
 
 
 def request_key(request_id: str) -> bytes:
     """Key of the idempotency mark of a directory ``request_id``."""
-    return REQUEST_PREFIX + _id_bytes("request id", request_id)
+    return REQUEST_PREFIX + id_bytes("request id", request_id)
 
 
 def source_key(source_id: str) -> bytes:
     """Key of the counters and offset of collection source ``source_id``."""
-    return SOURCE_PREFIX + _id_bytes("source id", source_id)
+    return SOURCE_PREFIX + id_bytes("source id", source_id)
 
 
 def encode_counts(counts: Reconciliation, offset: int = 0) -> bytes:
