@@ -56,6 +56,7 @@ class Load:
         self.client = client
         self.acked: dict[str, int] = {}  # record id -> account index
         self.errors: list[str] = []
+        self.failure: BaseException | None = None
         self._stop = threading.Event()
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -65,6 +66,12 @@ class Load:
         return self
 
     def _run(self) -> None:
+        try:
+            self._submit_until_stopped()
+        except BaseException as exc:  # handed to the test by stop(): a thread cannot fail it
+            self.failure = exc
+
+    def _submit_until_stopped(self) -> None:
         while not self._stop.is_set():
             batch = []
             for _ in range(20):
@@ -78,8 +85,7 @@ class Load:
                 response = self.client.submit_usage(batch)
             except Exception as exc:  # the SDK gave up: not acknowledged, retried below
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-                retry = self.client.submit_usage(batch)  # same ids: exactly-once
-                response = retry
+                response = self.client.submit_usage(batch)  # same ids: exactly-once
             for record, result in zip(batch, response.results, strict=True):
                 assert result.status in CHARGED | {usage_pb2.RECORD_STATUS_DUPLICATE}, result
                 self.acked[record["record_id"]] = int(record["record_id"].split(":")[1])
@@ -89,6 +95,8 @@ class Load:
         self._stop.set()
         self._thread.join(timeout=120)
         assert not self._thread.is_alive(), "the load generator is stuck"
+        if self.failure is not None:
+            raise AssertionError(f"the load generator failed: {self.failure!r}") from self.failure
 
 
 @pytest.fixture(scope="module")
