@@ -53,6 +53,15 @@ class RoutedHost(UnitHost):
             router=self._remote,
         )
         self._routes: dict[str, tuple[str, int]] = {}
+        # Peer hosts by node: a named-actor lookup is a GCS round trip, not a
+        # per-batch cost. A peer that failed is looked up again next time.
+        self._peers: dict[str, Any] = {}
+
+    def _peer(self, node: str) -> Any:
+        peer = self._peers.get(node)
+        if peer is None:
+            peer = self._peers[node] = ray.get_actor(host_name(node), namespace=NAMESPACE)
+        return peer
 
     def _refresh(self) -> None:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
@@ -74,11 +83,11 @@ class RoutedHost(UnitHost):
                 if node == self.node:
                     local: list[Any] = getattr(self, method)(shard_id, epoch, list(items), at_s)
                     return local
-                peer = ray.get_actor(host_name(node), namespace=NAMESPACE)
-                ref = getattr(peer, method).remote(shard_id, epoch, list(items), at_s)
+                ref = getattr(self._peer(node), method).remote(shard_id, epoch, list(items), at_s)
                 return list(ray.get(ref, timeout=30))
             except (StaleRoute, RayActorError, GetTimeoutError, ValueError) as exc:
                 last = exc
+                self._peers.pop(node, None)
                 time.sleep(_ROUTE_BACKOFF_S * (attempt + 1))
         raise StaleRoute(shard_id, -1, None) from last
 
