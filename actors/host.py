@@ -24,6 +24,7 @@ Thread model
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from actors.fencing import StaleEpoch, StoreClosed
 from actors.routing import shard_of, unit_kind
 
 __all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
@@ -142,6 +144,14 @@ class UnitHost:
                 unit.engine.close()
             log.info("unit_closed", shard=unit_id, node=self.node, epoch=unit.epoch)
 
+    def _drop(self, unit_id: str, unit: _Unit) -> None:
+        with self._guard:
+            if self._units.get(unit_id) is unit:
+                del self._units[unit_id]
+        with contextlib.suppress(Exception):
+            unit.engine.close()
+        log.warning("unit_lost", shard=unit_id, node=self.node, epoch=unit.epoch)
+
     def close_all(self) -> None:
         for unit_id in list(self.units()):
             self.close_unit(unit_id)
@@ -169,7 +179,13 @@ class UnitHost:
             # Re-check under the lock: a takeover may have closed the unit.
             if self._units.get(unit_id) is not unit:
                 raise StaleRoute(unit_id, epoch, None)
-            return getattr(unit.engine, method)(*args, **kwargs)
+            try:
+                return getattr(unit.engine, method)(*args, **kwargs)
+            except (StaleEpoch, StoreClosed) as exc:
+                # The store was taken over under us: this host no longer owns the
+                # unit. Stop serving it and tell the caller to follow the new route.
+                self._drop(unit_id, unit)
+                raise StaleRoute(unit_id, epoch, None) from exc
 
     def _local_epoch(self, unit_id: str) -> int | None:
         unit = self._units.get(unit_id)

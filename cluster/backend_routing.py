@@ -20,13 +20,9 @@ from typing import Any, Final
 import grpc
 import ray
 import structlog
-from ray.exceptions import (
-    GetTimeoutError,
-    RayActorError,
-    RayTaskError,
-    UnserializableException,
-)
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from actors.host import StaleRoute
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from actors.routing import partition_id, partition_of, shard_id, shard_of
 from cluster.backend_api import BackendError
@@ -35,8 +31,6 @@ __all__ = ["UnitRouter", "deadline_after", "time_left"]
 
 log = structlog.get_logger("petribill.backend")
 
-# Exceptions raised inside a host that mean "this unit moved": refresh and retry.
-_STALE_NAMES: Final = frozenset({"StaleRoute", "StaleEpoch", "StoreClosed"})
 # Kept back from the caller's time so the backend answers before the gateway cancels it.
 _MARGIN_S: Final = 0.05
 
@@ -52,15 +46,9 @@ def time_left(deadline: float) -> float:
 
 
 def _is_stale(exc: BaseException) -> bool:
-    """Whether a failed host call means the unit moved. ``StaleRoute`` does not survive
-    pickling (Ray then hands back an ``UnserializableException`` as the cause), so the
-    type names are checked, then the rendered traceback."""
-    cause = getattr(exc, "cause", None)
-    names = {type(cause).__name__} | {c.__name__ for c in type(exc).__mro__}
-    if names & _STALE_NAMES:
-        return True
-    text = f"{exc} {cause}"
-    return any(f"{name}:" in text for name in _STALE_NAMES)
+    """Whether a failed host call means the unit moved: the host raised StaleRoute (it
+    also turns a store's StaleEpoch/StoreClosed into one)."""
+    return isinstance(exc, StaleRoute) or isinstance(getattr(exc, "cause", None), StaleRoute)
 
 
 class UnitRouter:
@@ -168,7 +156,7 @@ class UnitRouter:
                     left = max(deadline - time.monotonic(), 0.001)
                     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), left)
                 last = f"{unit_id} has no owner"
-            except (RayTaskError, UnserializableException) as exc:
+            except RayTaskError as exc:
                 if not _is_stale(exc):
                     raise
                 last = f"stale route: {getattr(exc, 'cause', exc)}"

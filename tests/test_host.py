@@ -154,3 +154,22 @@ def test_a_sponsor_on_another_host_is_charged_once_through_the_outbox(hosts: Two
     # D_SPONSOR_WHOLESALE: 0.002 per MiB in 1 MiB steps; 3 MiB -> 0.006 EUR, owed once.
     assert sponsor.unbilled == -6_000
     assert hosts.on(shard_of(subscriber, SHARDS), "pending_forwards") == []
+
+
+def test_a_store_taken_over_under_the_host_becomes_a_stale_route(hosts: TwoHosts) -> None:
+    """When a newer owner has raised a unit's epoch, the old host's next write is refused
+    as StaleRoute and the host stops serving the unit, so callers follow the new route."""
+    from actors.codec import encode_u64
+    from actors.fencing import EPOCH_FILE, write_atomic
+
+    hosts.create("acc-t", PaymentMode.PREPAID, None, "smart")
+    unit = shard_of("acc-t", SHARDS)
+    node, epoch = hosts.routes[unit]
+    host = hosts.hosts[node]
+    write_atomic(host._data_dir / "units" / unit / EPOCH_FILE, encode_u64(epoch + 1))
+    with pytest.raises(StaleRoute):
+        host.call(
+            unit, epoch, "top_up", request_id="t-1", account_id="acc-t", amount=1_000_000,
+            currency="EUR", at_s=AT,
+        )  # fmt: skip
+    assert unit not in host.units()
