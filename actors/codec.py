@@ -30,10 +30,12 @@ from typing import Final
 
 __all__ = [
     "ACCOUNT_PREFIX",
+    "COMMITS_KEY",
     "EPOCH_KEY",
     "IDEMPOTENCY_PREFIX",
     "LEDGER_PREFIX",
     "META_PREFIX",
+    "WRITE_LOG_PREFIX",
     "CodecError",
     "account_key",
     "decode_i64",
@@ -54,6 +56,8 @@ LEDGER_PREFIX: Final = b"l/"
 IDEMPOTENCY_PREFIX: Final = b"i/"
 META_PREFIX: Final = b"m/"
 EPOCH_KEY: Final = b"m/epoch"
+COMMITS_KEY: Final = b"m/commits"  # batches ever committed (u64)
+WRITE_LOG_PREFIX: Final = b"m/wlog/"  # + epoch u64 -> first, last commit number (u64 each)
 
 _I64_MIN: Final = -(1 << 63)
 _I64_MAX: Final = (1 << 63) - 1

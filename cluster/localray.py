@@ -269,6 +269,33 @@ class LocalRay:
         os.kill(node.raylet_pid, sig)
         return node.raylet_pid
 
+    def node_pids(self, index: int) -> set[int]:
+        """The live processes of node ``index``: its ``ray start`` process, the raylet
+        and every process below it (the node's Ray workers, hence its actors)."""
+        table = _proc_table()
+        root = self._procs[index].pid
+        return ({root} & table.keys()) | _descendants(root, table)
+
+    def pause_node(self, index: int) -> set[int]:
+        """SIGSTOP every process of worker node ``index`` (a hung machine); returns them.
+
+        Pausing the raylet alone is not a hung node: its workers keep answering
+        calls made to them directly. :meth:`resume_node` sends SIGCONT.
+        """
+        if self.nodes[index].is_head:
+            raise ValueError("pausing the head node stops the whole cluster; pause a worker node")
+        paused = self.node_pids(index)
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return paused
+
+    def resume_node(self, index: int) -> None:
+        """SIGCONT every process of node ``index`` (also any that appeared meanwhile)."""
+        for pid in self.node_pids(index):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def pids(self) -> set[int]:
         """Every live PID of this cluster: ``ray start`` children, their descendants,
         and any process whose command line names this cluster's temp dir."""

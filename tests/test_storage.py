@@ -21,7 +21,15 @@ from actors.codec import (
     ledger_prefix,
     split_ledger_key,
 )
-from actors.storage import Batch, LruCache, ShardStore, StaleEpoch, StoreClosed, StoreLocked
+from actors.storage import (
+    Batch,
+    LruCache,
+    ShardStore,
+    StaleEpoch,
+    StoreClosed,
+    StoreLocked,
+    read_write_log,
+)
 from billing.invariant import InvariantViolation
 
 
@@ -99,6 +107,25 @@ def test_read_cache_follows_commits(tmp_path: Path) -> None:
         assert decode_i64(store.get(account_key("a")) or b"") == 2
         assert store.get(account_key("b")) is None
         assert store.cache.get(account_key("b")) is None
+
+
+def test_write_log_keeps_each_epochs_commit_range(tmp_path: Path) -> None:
+    """Commits are numbered across owners; each epoch's range follows the one before."""
+
+    def commit(store: ShardStore, n: int) -> None:
+        for i in range(n):
+            batch = Batch()
+            batch.put(b"d/" + bytes([i]), b"x")
+            store.commit(batch)
+
+    with ShardStore.open(tmp_path / "s", epoch=1) as store:
+        commit(store, 3)
+    with ShardStore.open(tmp_path / "s", epoch=4) as store:
+        pass  # an owner that never wrote leaves no range
+    with ShardStore.open(tmp_path / "s", epoch=5) as store:
+        commit(store, 2)
+        log = read_write_log(store._live())
+    assert log == {1: (1, 3), 5: (4, 5)}
 
 
 def test_lru_cache_evicts_least_recently_used() -> None:

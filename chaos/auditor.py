@@ -1,0 +1,279 @@
+"""The auditor: after the chaos, does the cluster agree with what it acknowledged?
+
+It trusts nothing of the cluster's arithmetic. Expected balances come from
+:mod:`chaos.reference` (hand-written prices) applied to what the load saw
+acknowledged; the cluster is then read through the public API (usage
+history, balances, rejects, reconciliation, a bill run, invoices, payments)
+and, once stopped, its databases are opened read-only to check the fencing.
+
+Checks, each a list of violations (empty means it held):
+
+- ``lost``: an acknowledged charge missing from its account's usage history;
+- ``duplicated``: a record in the usage histories more than once;
+- ``phantom``: a charge in a history that the load never acknowledged as one;
+- ``mispriced``: a usage line whose amount is not the reference price;
+- ``money``: an account whose balance differs from the reference (prepaid:
+  top-ups minus charges; postpaid: unbilled charges, then the invoice total,
+  then zero owed after paying it);
+- ``rejects``: a malformed record not rejected, a valid one rejected, a reject
+  without a reason;
+- ``reconcile``: the cluster's own revenue assurance (ledger replay equals
+  balances on every shard, postings sum to zero, invoices equal the ledger,
+  received = rated + rejected + duplicates) not balanced;
+- ``epochs``: a unit whose commits, in order, go back to an older epoch (a
+  write from a fenced owner was accepted), or were made at an epoch the
+  coordinator never granted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from petribill.v1 import usage_pb2
+from rocksdict import AccessType, Options, Rdict
+
+from actors.storage import read_write_log
+from chaos.load import CHARGED, Account, Acked
+from chaos.reference import MICROS_PER_MINOR, Expected, price
+from cluster.client import PetribillClient
+from cluster.control_state import journal_path, load_state
+
+__all__ = ["Audit", "Auditor", "audit_epochs"]
+
+CYCLE: Final = "2026-11"
+BILL_AT_S: Final = 1_796_083_200 + 30 * 86_400  # 2026-12-01 plus 30 days: past any grace
+HISTORY_MAX: Final = 10_000_000
+
+
+@dataclass(slots=True)
+class Audit:
+    """The figures of an audit and its violations, by check."""
+
+    acked: int = 0
+    charged: int = 0
+    rejected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    money_delta_micros: int = 0
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def violate(self, check: str, text: str) -> None:
+        self.violations[check].append(text)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    @property
+    def money_delta_minor(self) -> int:
+        return -(-self.money_delta_micros // MICROS_PER_MINOR)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "acked": self.acked,
+            "charged": self.charged,
+            "rejected": self.rejected,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "money_delta_minor": self.money_delta_minor,
+            "violations": {k: len(v) for k, v in self.violations.items() if v},
+        }
+
+
+class Auditor:
+    """Rebuilds the expected state of every account and compares it with the cluster's."""
+
+    def __init__(
+        self,
+        client: PetribillClient,
+        accounts: Iterable[Account],
+        acked: dict[str, Acked],
+        topups: dict[str, tuple[str, int]],
+        *,
+        initial_topup_micros: int,
+    ) -> None:
+        self.client = client
+        self.accounts = {a.account_id: a for a in accounts}
+        self.acked = acked
+        self.audit = Audit(acked=len(acked))
+        self.expected: dict[str, Expected] = {
+            a.account_id: Expected(
+                prepaid=a.prepaid, topped_up=initial_topup_micros if a.prepaid else 0
+            )
+            for a in self.accounts.values()
+        }
+        for account_id, micros in topups.values():
+            self.expected[account_id].topped_up += micros
+
+    # -- usage -------------------------------------------------------------------
+
+    def check_usage(self) -> None:
+        """Every acknowledged charge once in its history, nothing else, at the right price."""
+        audit = self.audit
+        charged_by: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        for rid, ack in self.acked.items():
+            if ack.status in CHARGED or ack.status == usage_pb2.RECORD_STATUS_DUPLICATE:
+                # DUPLICATE as a first answer: an earlier attempt was applied and its
+                # answer lost; charged once all the same.
+                if ack.malformed:
+                    audit.violate("rejects", f"{rid}: malformed but answered {ack.status}")
+                    continue
+                audit.charged += 1
+                charged_by[ack.account_id].append((rid, ack.service, ack.units))
+            elif ack.status == usage_pb2.RECORD_STATUS_REJECTED:
+                audit.rejected += 1
+                if not ack.malformed:
+                    audit.violate("rejects", f"{rid}: a valid record rejected ({ack.reason})")
+                elif not ack.reason:
+                    audit.violate("rejects", f"{rid}: rejected without a reason")
+            else:
+                audit.violate("rejects", f"{rid}: unexpected first answer {ack.status}")
+        seen: Counter[str] = Counter()
+        for account_id, expected in self.expected.items():
+            expected.add_charges(charged_by[account_id])
+            for line in self.client.list_usage(account_id, limit=HISTORY_MAX):
+                seen[line.record_id] += 1
+                ack = self.acked.get(line.record_id)
+                if ack is None or line.record_id not in expected.records:
+                    audit.violate("phantom", f"{account_id}: {line.record_id} never acknowledged")
+                    continue
+                want = price(ack.service, ack.units)
+                if line.amount.micros != want:
+                    audit.violate(
+                        "mispriced",
+                        f"{line.record_id}: charged {line.amount.micros}, reference {want}",
+                    )
+            missing = [r for r in expected.records if r not in seen]
+            audit.lost += len(missing)
+            for rid in missing[:20]:
+                audit.violate("lost", f"{account_id}: {rid} acknowledged, not in the history")
+        twice = {rid: n for rid, n in seen.items() if n > 1}
+        audit.duplicated = len(twice)
+        for rid, n in list(twice.items())[:20]:
+            audit.violate("duplicated", f"{rid} in the usage history {n} times")
+
+    def check_balances(self) -> None:
+        for account_id, expected in self.expected.items():
+            balance = self.client.get_balance(account_id)
+            if expected.prepaid:
+                actual = balance.prepaid.micros - balance.debt.micros
+            else:
+                actual = balance.unbilled.micros
+            self._compare(account_id, "balance", actual, expected.balance)
+
+    def _compare(self, account_id: str, what: str, actual: int, expected: int) -> None:
+        if actual != expected:
+            self.audit.money_delta_micros += abs(actual - expected)
+            self.audit.violate(
+                "money", f"{account_id}: {what} {actual} micros, reference {expected}"
+            )
+
+    def check_rejects(self) -> None:
+        """Every malformed record is in the reject store, and every reject has a reason."""
+        rejects = self.client.list_rejects(limit=1_000_000)
+        reasons = {r.record_id: r.reason for r in rejects}
+        for reject in rejects:
+            if not reject.reason:
+                self.audit.violate("rejects", f"{reject.record_id}: stored without a reason")
+        for rid, ack in self.acked.items():
+            if ack.malformed and rid not in reasons:
+                self.audit.violate("rejects", f"{rid}: malformed, not in the reject store")
+
+    def check_reconcile(self, when: str) -> None:
+        report = self.client.reconcile()
+        if not report.balanced or report.ledger_total.micros != 0:
+            self.audit.violate("reconcile", f"{when}: {report.detail}")
+
+    # -- the bill run --------------------------------------------------------------
+
+    def check_bill_run(self, seed: int) -> None:
+        """Bill the cycle: each postpaid invoice totals its charges; paying it leaves
+        nothing owed."""
+        self.client.bill_run(CYCLE, at_s=BILL_AT_S, request_id=f"chaos{seed}-billrun")
+        for account_id, expected in self.expected.items():
+            if expected.prepaid:
+                continue
+            invoices = [i for i in self.client.list_invoices(account_id) if i.cycle_id == CYCLE]
+            total = sum(i.total.micros for i in invoices)
+            self._compare(account_id, "invoiced", total, expected.charged)
+            for invoice in invoices:
+                if invoice.open.micros > 0:
+                    self.client.pay(
+                        account_id,
+                        _money(invoice.open.micros),
+                        at_s=BILL_AT_S + 86_400,
+                        request_id=f"chaos{seed}-pay-{invoice.invoice_id}",
+                    )
+            balance = self.client.get_balance(account_id)
+            owed = balance.receivable.micros + balance.unbilled.micros - balance.credit.micros
+            self._compare(account_id, "owed after payment", owed, 0)
+
+    def run(self, seed: int) -> Audit:
+        self.check_usage()
+        self.check_balances()
+        self.check_rejects()
+        self.check_reconcile("after the load")
+        self.check_bill_run(seed)
+        self.check_reconcile("after the bill run and payments")
+        return self.audit
+
+
+def _money(micros: int) -> Any:
+    from billing.money import Money
+
+    return Money(micros, "EUR")
+
+
+def _granted_epochs(data_dir: Path) -> dict[str, set[int]]:
+    """unit -> the epochs the coordinator's journal granted it (assign, takeover, migrate)."""
+    granted: dict[str, set[int]] = defaultdict(set)
+    path = journal_path(data_dir)
+    for name in (path.with_suffix(".jsonl.1"), path):
+        if not name.exists():
+            continue
+        for line in name.read_text().splitlines():
+            event = json.loads(line) if line.strip() else {}
+            if "shard" in event and "epoch" in event:
+                granted[str(event["shard"])].add(int(event["epoch"]))
+    return granted
+
+
+def audit_epochs(data_dir: Path, audit: Audit) -> int:
+    """Check every unit's write log on disk (the cluster must be stopped); units read."""
+    state = load_state(data_dir)
+    current: dict[str, int] = {}
+    if state.marking_json is not None:
+        from petri import marking_from_json
+
+        current = dict(marking_from_json(state.marking_json).epochs())
+    granted = _granted_epochs(data_dir)
+    units = sorted(p for p in (data_dir / "units").iterdir() if (p / "CURRENT").exists())
+    for path in units:
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            log = read_write_log(db)
+        finally:
+            db.close()
+        unit = path.name
+        last = 0
+        for epoch in sorted(log):
+            first, final = log[epoch]
+            if first <= last:
+                audit.violate(
+                    "epochs",
+                    f"{unit}: epoch {epoch} wrote commits {first}..{final}, "
+                    f"but an older epoch wrote up to commit {last}",
+                )
+            last = max(last, final)
+            if granted[unit] and epoch >= min(granted[unit]) and epoch not in granted[unit]:
+                audit.violate("epochs", f"{unit}: commits at epoch {epoch}, never granted")
+            if unit in current and epoch > current[unit]:
+                audit.violate(
+                    "epochs", f"{unit}: commits at epoch {epoch} > current {current[unit]}"
+                )
+    return len(units)

@@ -1,0 +1,355 @@
+"""Fault injectors: kill workers and nodes, pause nodes, fill a disk — and time the healing.
+
+Each fault is applied to a local multi-node cluster (:class:`cluster.runtime.Runtime`
+with its :class:`cluster.localray.LocalRay`) by PID, never by process name:
+
+- ``kill-host``: SIGKILL the worker process hosting a node's shards and partitions;
+- ``kill-gateway``: SIGKILL a gateway's worker process (clients' streams break
+  mid-flight); a supervisor starts it again on the same port a second later;
+- ``kill-coordinator``: SIGKILL the coordinator's process (Ray restarts it);
+- ``kill-node``: SIGKILL a worker node's raylet; a fresh node replaces it;
+- ``pause-node``: SIGSTOP every process of a worker node for ``hold_s``, then
+  SIGCONT (a node paused past failure detection is declared dead, its units
+  are taken over, its zombie host is fenced; it is then replaced);
+- ``disk-full``: fill the tmpfs under one shard's folder for ``hold_s``, then free it.
+
+``takeover_s`` is the time from the fault until every unit the victim owned
+is owned again, at a higher epoch, and the cluster reports itself healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from chaos.disk import TmpfsDisk
+from cluster.localray import LocalRay, _proc_table
+from cluster.runtime import Runtime, settings_of
+
+__all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
+
+log = structlog.get_logger()
+
+KINDS: Final = (
+    "kill-host",
+    "kill-gateway",
+    "kill-coordinator",
+    "kill-node",
+    "pause-node",
+    "disk-full",
+)
+HEAL_TIMEOUT_S: Final = 90.0
+GATEWAY_RESTART_DELAY_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One planned fault: ``kind`` at ``at_s`` seconds into the load; ``pick`` chooses
+    the victim among the candidates at that moment; ``hold_s`` for pauses and disks."""
+
+    at_s: float
+    kind: str
+    pick: int = 0
+    hold_s: float = 0.0
+
+
+@dataclass(slots=True)
+class FaultResult:
+    kind: str
+    target: str
+    at_s: float
+    takeover_s: float | None = None
+    healed_s: float | None = None
+    detail: str = ""
+    skipped: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "at_s": round(self.at_s, 2),
+            "takeover_s": None if self.takeover_s is None else round(self.takeover_s, 3),
+            "healed_s": None if self.healed_s is None else round(self.healed_s, 3),
+            "detail": self.detail,
+            "skipped": self.skipped,
+        }
+
+
+def _worker_pid(local: LocalRay, index: int, actor_class: str) -> int | None:
+    """The PID of the Ray worker on node ``index`` running an actor of ``actor_class``."""
+    table = _proc_table()
+    title = f"ray::{actor_class}"
+    for pid in sorted(local.node_pids(index)):
+        entry = table.get(pid)
+        if entry is not None and entry[2].strip() == title:
+            return pid
+    return None
+
+
+class Injector:
+    """Applies faults to one cluster and waits for it to heal after each."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        disk: TmpfsDisk | None = None,
+        on_gateway: Callable[[str], None] = lambda _address: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if runtime.local is None:
+            raise ValueError("fault injection needs a local cluster (LocalRay)")
+        self.runtime = runtime
+        self.local: LocalRay = runtime.local
+        self.disk = disk
+        self._on_gateway = on_gateway  # a new gateway address, for the load's client
+        self._clock = clock
+        self._dead: set[int] = set()  # node indices killed for good
+        self._settings = settings_of(
+            runtime.config, data_dir=runtime.data_dir, tariffs_dir=runtime.tariffs_dir
+        )
+
+    # -- observation -------------------------------------------------------------
+
+    def _units(self) -> dict[str, tuple[str, int, str]]:
+        status = self.runtime.status()
+        return {u["unit"]: (u["node"], u["epoch"], u["state"]) for u in status["units"]}
+
+    def _worker_nodes(self) -> list[int]:
+        return [n.index for n in self.local.nodes if not n.is_head and n.index not in self._dead]
+
+    def _live_nodes(self) -> list[int]:
+        return [n.index for n in self.local.nodes if n.index not in self._dead]
+
+    def wait_healthy(self, timeout_s: float = HEAL_TIMEOUT_S) -> float:
+        """Seconds until the coordinator reports every unit served."""
+        started = self._clock()
+        while self._clock() - started < timeout_s:
+            try:
+                if self.runtime.status(timeout_s=10)["healthy"]:
+                    return self._clock() - started
+            except Exception as exc:  # the coordinator itself may be restarting
+                log.debug("status_unavailable", error=repr(exc))
+            time.sleep(0.05)
+        raise TimeoutError(f"the cluster was not healthy again within {timeout_s} s")
+
+    def _wait_taken_over(self, before: dict[str, int], started: float) -> float:
+        """Seconds from ``started`` until each unit of ``before`` (unit -> epoch) is owned
+        at a higher epoch and the cluster is healthy."""
+        while self._clock() - started < HEAL_TIMEOUT_S:
+            try:
+                status = self.runtime.status(timeout_s=10)
+            except Exception as exc:
+                log.debug("status_unavailable", error=repr(exc))
+                time.sleep(0.05)
+                continue
+            units = {u["unit"]: u for u in status["units"]}
+            if status["healthy"] and all(
+                units[u]["state"] == "owned" and units[u]["epoch"] > epoch
+                for u, epoch in before.items()
+            ):
+                return self._clock() - started
+            time.sleep(0.05)
+        raise TimeoutError(f"units {sorted(before)} not taken over within {HEAL_TIMEOUT_S} s")
+
+    def _owned_by(self, node: str) -> dict[str, int]:
+        return {u: e for u, (n, e, s) in self._units().items() if n == node and s == "owned"}
+
+    # -- faults ------------------------------------------------------------------
+
+    def apply(self, fault: Fault, at_s: float) -> FaultResult:
+        """Apply ``fault`` now (``at_s``: seconds into the run, for the report) and wait
+        until the cluster has healed."""
+        self.wait_healthy()  # one failure at a time: never hit a cluster still healing
+        handler = getattr(self, "_" + fault.kind.replace("-", "_"))
+        result: FaultResult = handler(fault, at_s)
+        log.info("fault", **result.as_dict())
+        return result
+
+    def _pick(self, candidates: list[int], fault: Fault) -> int:
+        if not candidates:
+            raise RuntimeError(f"no node to apply {fault.kind} to")
+        return candidates[fault.pick % len(candidates)]
+
+    def _kill_host(self, fault: Fault, at_s: float) -> FaultResult:
+        index = self._pick(self._live_nodes(), fault)
+        node = f"n{index}"
+        before = self._owned_by(node)
+        pid = _worker_pid(self.local, index, "RoutedHost")
+        if pid is None:
+            return FaultResult(fault.kind, node, at_s, skipped=True, detail="no host process")
+        started = self._clock()
+        os.kill(pid, signal.SIGKILL)
+        took = self._wait_taken_over(before, started) if before else None
+        self.wait_healthy()
+        return FaultResult(
+            fault.kind,
+            node,
+            at_s,
+            takeover_s=took,
+            healed_s=self._clock() - started,
+            detail=f"pid {pid}",
+        )
+
+    def _kill_gateway(self, fault: Fault, at_s: float) -> FaultResult:
+        index = self._pick(self._live_nodes(), fault)
+        pid = _worker_pid(self.local, index, "GatewayActor")
+        handle = self.local.nodes[index]
+        address = next(
+            (a for nid, a in self._gateway_addresses().items() if nid == handle.node_id), None
+        )
+        if pid is None or address is None:
+            return FaultResult(fault.kind, f"n{index}", at_s, skipped=True, detail="no gateway")
+        started = self._clock()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(GATEWAY_RESTART_DELAY_S)
+        self._start_gateway(handle.node_id, port=int(address.rsplit(":", 1)[1]))
+        return FaultResult(
+            fault.kind,
+            f"n{index}",
+            at_s,
+            healed_s=self._clock() - started,
+            detail=f"pid {pid}, restarted on {address}",
+        )
+
+    def _kill_coordinator(self, fault: Fault, at_s: float) -> FaultResult:
+        pid = None
+        for index in self._live_nodes():
+            pid = _worker_pid(self.local, index, "CoordinatorService")
+            if pid is not None:
+                break
+        if pid is None:
+            return FaultResult(fault.kind, "coordinator", at_s, skipped=True, detail="not found")
+        started = self._clock()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)  # let Ray notice before asking it again
+        self.wait_healthy()
+        return FaultResult(
+            fault.kind,
+            "coordinator",
+            at_s,
+            healed_s=self._clock() - started,
+            detail=f"pid {pid}",
+        )
+
+    def _kill_node(self, fault: Fault, at_s: float) -> FaultResult:
+        index = self._pick(self._worker_nodes(), fault)
+        node = f"n{index}"
+        before = self._owned_by(node)
+        started = self._clock()
+        pid = self.local.kill_node(index, signal.SIGKILL)
+        self._dead.add(index)
+        took = self._wait_taken_over(before, started) if before else None
+        replacement = self._replace_node()
+        return FaultResult(
+            fault.kind,
+            node,
+            at_s,
+            takeover_s=took,
+            healed_s=self._clock() - started,
+            detail=f"raylet pid {pid}; replaced by {replacement}",
+        )
+
+    def _pause_node(self, fault: Fault, at_s: float) -> FaultResult:
+        index = self._pick(self._worker_nodes(), fault)
+        node = f"n{index}"
+        before = self._owned_by(node)
+        started = self._clock()
+        paused = self.local.pause_node(index)
+        try:
+            took = self._wait_taken_over(before, started) if before else None
+            rest = fault.hold_s - (self._clock() - started)
+            if rest > 0:
+                time.sleep(rest)
+        finally:
+            self.local.resume_node(index)
+        detail = f"{len(paused)} processes stopped for {self._clock() - started:.1f} s"
+        if self._node_gone(index):
+            self._dead.add(index)
+            detail += f"; declared dead, replaced by {self._replace_node()}"
+        return FaultResult(
+            fault.kind,
+            node,
+            at_s,
+            takeover_s=took,
+            healed_s=self._clock() - started,
+            detail=detail,
+        )
+
+    def _disk_full(self, fault: Fault, at_s: float) -> FaultResult:
+        if self.disk is None:
+            return FaultResult(
+                fault.kind, "-", at_s, skipped=True, detail="no tmpfs (needs root to mount)"
+            )
+        started = self._clock()
+        filled = self.disk.fill()
+        time.sleep(fault.hold_s)
+        self.disk.free()
+        healed = self.wait_healthy()
+        return FaultResult(
+            fault.kind,
+            self.disk.path.name,
+            at_s,
+            healed_s=self._clock() - started,
+            detail=f"filled {filled // 1024} KiB for {fault.hold_s:.1f} s; healthy {healed:.2f} s"
+            " after freeing",
+        )
+
+    # -- supervision (what an operator's process manager would do) ----------------
+
+    def _node_gone(self, index: int, wait_s: float = 10.0) -> bool:
+        """After a resume: whether the node's raylet exits (it learns it was declared dead)."""
+        deadline = self._clock() + wait_s
+        raylet = self.local.nodes[index].raylet_pid
+        while self._clock() < deadline:
+            if raylet not in self.local.node_pids(index):
+                return True
+            status = self.runtime.status(timeout_s=10)
+            if any(n["node"] == f"n{index}" and n["status"] == "alive" for n in status["nodes"]):
+                return False
+            time.sleep(0.2)
+        return False
+
+    def _replace_node(self) -> str:
+        """Start a fresh node (with its gateway) for one that died; its name."""
+        handle = self.local.add_node()
+        address = self._start_gateway(handle.node_id, port=0)
+        self._on_gateway(address)
+        return handle.name
+
+    def _gateway_addresses(self) -> dict[str, str]:
+        import ray
+
+        gateways = self.runtime.gateways
+        addresses: dict[str, str] = {}
+        for node_id, handle in list(gateways.items()):
+            try:
+                addresses[node_id] = ray.get(handle.address.remote(), timeout=5)
+            except Exception:  # a dead gateway: nothing to kill there
+                continue
+        return addresses
+
+    def _start_gateway(self, node_id: str, *, port: int) -> str:
+        import ray
+
+        from actors.remote import spawn_gateway
+        from cluster.gateway.limits import GatewayLimits
+
+        config = self.runtime.config
+        handle = spawn_gateway(
+            node_id=node_id,
+            host=config.gateway.host,
+            port=port,
+            settings=self._settings,
+            limits=GatewayLimits.from_config(config),
+        )
+        address: str = ray.get(handle.start.remote(), timeout=HEAL_TIMEOUT_S)
+        self.runtime.gateways[node_id] = handle
+        return address

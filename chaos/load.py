@@ -1,0 +1,317 @@
+"""The chaos load: usage and top-ups through the gateways, remembering every answer.
+
+Each worker thread submits batches of new records (voice and SMS, opening
+times scattered over the cycle, so out of order), a few malformed records that
+must be rejected with a reason, and now and then a batch it already had
+acknowledged again (a client-side duplicate). One worker streams its batches
+(``StreamUsage``), the others call ``SubmitUsage``. Top-ups go to the prepaid
+accounts with their own request ids.
+
+What the cluster answered is recorded exactly: a record is *acknowledged*
+when a response carries its result; a refusal (the SDK gave up after its
+retries) is counted with its gRPC status and the same batch is sent again,
+with the same ids, until it is acknowledged. So every record the load made is
+eventually acknowledged, and a retry can only ever be a duplicate.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc
+from petribill.v1 import usage_pb2
+
+from billing.money import Money
+from cluster.client import PetribillClient
+from cluster.client.transport import PetribillError
+
+__all__ = ["Account", "Acked", "Load", "LoadFigures"]
+
+CYCLE_START_S: Final = 1_793_491_200  # 2026-11-01T00:00:00Z
+CYCLE_SPAN_S: Final = 27 * 86_400  # openings scattered over the 1st..28th
+CHARGED: Final = frozenset({
+    usage_pb2.RECORD_STATUS_CHARGED,
+    usage_pb2.RECORD_STATUS_CHARGED_AS_DEBT,
+    usage_pb2.RECORD_STATUS_CHARGED_OVER_LIMIT,
+})  # fmt: skip
+TOP_UP_MICROS: Final = 1_000_000  # 1.00 EUR a top-up
+# Answers that say the request itself is wrong: retrying cannot help, the run fails.
+FATAL_CODES: Final = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED,
+})  # fmt: skip
+INITIAL_TOP_UP_MICROS: Final = 500_000_000  # 500 EUR: no prepaid account runs dry
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    msisdn: str
+    prepaid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The first answer the cluster gave for one record."""
+
+    account_id: str
+    service: str
+    units: int
+    status: int
+    reason: str
+    malformed: bool
+
+
+@dataclass(slots=True)
+class LoadFigures:
+    batches: int = 0
+    records_sent: int = 0
+    duplicate_batches: int = 0
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    duplicate_answers_wrong: int = 0
+
+
+class Load:
+    """Runs the load in threads; ``acked``, ``topups`` and ``figures`` are its record."""
+
+    def __init__(
+        self,
+        client: PetribillClient,
+        accounts: list[Account],
+        *,
+        seed: int,
+        workers: int = 2,
+        batch: int = 25,
+        malformed_rate: float = 0.01,
+        duplicate_rate: float = 0.05,
+        topup_every: int = 20,
+        pause_s: float = 0.0,
+    ) -> None:
+        self.client = client
+        self.accounts = accounts
+        self.seed = seed
+        self.acked: dict[str, Acked] = {}
+        self.topups: dict[str, tuple[str, int]] = {}  # request id -> (account, micros)
+        self.figures = LoadFigures()
+        self.failure: BaseException | None = None
+        self._workers = workers
+        self._batch = batch
+        self._malformed_rate = malformed_rate
+        self._duplicate_rate = duplicate_rate
+        self._topup_every = topup_every
+        self._pause_s = pause_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sent: dict[str, dict[str, Any]] = {}
+        self._acked_batches: list[list[dict[str, Any]]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> Load:
+        for worker in range(self._workers):
+            body = self._stream_worker if worker == 1 else self._unary_worker
+            thread = threading.Thread(
+                target=self._guard, args=(body, worker), name=f"chaos-load-{worker}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout_s: float = 300.0) -> None:
+        """Stop making new records; each worker first gets its last batch acknowledged."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if self.failure is not None:
+            raise RuntimeError(f"the load failed: {self.failure!r}") from self.failure
+        if stuck:
+            raise RuntimeError(f"load workers still waiting for an answer: {stuck}")
+
+    @property
+    def records_acked(self) -> int:
+        return len(self.acked)
+
+    def _guard(self, body: Any, worker: int) -> None:
+        try:
+            body(worker)
+        except BaseException as exc:  # reported by stop(): a thread cannot fail the run
+            self.failure = exc
+
+    # -- records -----------------------------------------------------------------
+
+    def _new_batch(
+        self, rng: random.Random, worker: int, ids: Iterator[int]
+    ) -> list[dict[str, Any]]:
+        batch = []
+        for _ in range(self._batch):
+            account = rng.choice(self.accounts)
+            record: dict[str, Any] = {
+                "record_id": f"chaos{self.seed}:w{worker}-{next(ids)}",
+                "served_msisdn": account.msisdn,
+                "record_opening_time_s": CYCLE_START_S + rng.randrange(CYCLE_SPAN_S),
+                "called_number": f"4930{rng.randrange(10**7):07d}",
+            }
+            if rng.random() < 0.8:
+                record.update(service="voice", duration_s=rng.randint(1, 600))
+            else:
+                record.update(service="sms", sms_count=rng.randint(1, 3))
+            if rng.random() < self._malformed_rate:
+                record["duration_s"], record["service"] = -rng.randint(1, 99), "voice"
+            batch.append(record)
+        return batch
+
+    def _record_answers(
+        self, batch: list[dict[str, Any]], response: usage_pb2.SubmitUsageResponse
+    ) -> None:
+        if len(response.results) != len(batch):
+            raise AssertionError(f"{len(batch)} records sent, {len(response.results)} answered")
+        by_msisdn = {a.msisdn: a for a in self.accounts}
+        with self._lock:
+            fresh = False
+            for record, result in zip(batch, response.results, strict=True):
+                if result.record_id != record["record_id"]:
+                    raise AssertionError(
+                        f"answer for {result.record_id}, sent {record['record_id']}"
+                    )
+                rid = record["record_id"]
+                if rid in self.acked:
+                    continue  # a client-side duplicate; checked by the caller
+                fresh = True
+                service = record["service"]
+                units = record.get("duration_s", 0) if service == "voice" else record["sms_count"]
+                self.acked[rid] = Acked(
+                    account_id=by_msisdn[record["served_msisdn"]].account_id,
+                    service=service,
+                    units=units,
+                    status=result.status,
+                    reason=result.reason,
+                    malformed=units < 0,
+                )
+            if fresh:
+                self._acked_batches.append(batch)
+
+    def _check_duplicate(
+        self, batch: list[dict[str, Any]], response: usage_pb2.SubmitUsageResponse
+    ) -> None:
+        """A batch sent again after its acknowledgement must charge nothing."""
+        for record, result in zip(batch, response.results, strict=True):
+            first = self.acked[record["record_id"]]
+            again_ok = result.status == usage_pb2.RECORD_STATUS_DUPLICATE or (
+                first.status == usage_pb2.RECORD_STATUS_REJECTED
+                and result.status == usage_pb2.RECORD_STATUS_REJECTED
+            )
+            if not again_ok:
+                with self._lock:
+                    self.figures.duplicate_answers_wrong += 1
+
+    def _refused(self, exc: PetribillError) -> None:
+        """Count a refusal, or end the load if retrying cannot help."""
+        with self._lock:
+            self.figures.refusals[exc.code.name] += 1
+        if exc.code in FATAL_CODES:
+            raise exc
+
+    # -- workers -----------------------------------------------------------------
+
+    def _unary_worker(self, worker: int) -> None:
+        rng = random.Random(f"{self.seed}-load-{worker}")
+        ids = itertools.count()
+        for n in itertools.count():
+            if self._stop.is_set():
+                return
+            duplicate = bool(self._acked_batches) and rng.random() < self._duplicate_rate
+            with self._lock:
+                batch = (
+                    rng.choice(self._acked_batches)
+                    if duplicate
+                    else self._new_batch(rng, worker, ids)
+                )
+                self.figures.batches += 1
+                self.figures.records_sent += len(batch)
+                self.figures.duplicate_batches += duplicate
+            response = self._submit_until_answered(batch)
+            if duplicate:
+                self._check_duplicate(batch, response)
+            else:
+                self._record_answers(batch, response)
+            if worker == 0 and n % self._topup_every == 0:
+                self._top_up(rng, n)
+            if self._pause_s:
+                time.sleep(self._pause_s)
+
+    def _submit_until_answered(self, batch: list[dict[str, Any]]) -> usage_pb2.SubmitUsageResponse:
+        while True:  # the same ids until answered: exactly once
+            try:
+                return self.client.submit_usage(batch)
+            except PetribillError as exc:
+                self._refused(exc)
+                time.sleep(0.2)
+
+    def _top_up(self, rng: random.Random, n: int) -> None:
+        prepaid = [a for a in self.accounts if a.prepaid]
+        if not prepaid:
+            return
+        account = rng.choice(prepaid)
+        request_id = f"chaos{self.seed}-topup-{n}"
+        while True:
+            try:
+                self.client.top_up(
+                    account.account_id, Money(TOP_UP_MICROS, "EUR"), request_id=request_id
+                )
+                break
+            except PetribillError as exc:
+                self._refused(exc)
+                time.sleep(0.2)
+        with self._lock:
+            self.topups[request_id] = (account.account_id, TOP_UP_MICROS)
+
+    def _stream_worker(self, worker: int) -> None:
+        """Batches over ``StreamUsage``; after a broken stream the SDK resends the
+        unanswered ones on a new stream (to another gateway), same ids."""
+        rng = random.Random(f"{self.seed}-load-{worker}")
+        ids = itertools.count()
+        sent: queue.SimpleQueue[list[dict[str, Any]]] = queue.SimpleQueue()
+
+        def batches() -> Iterator[list[dict[str, Any]]]:
+            while not self._stop.is_set():
+                with self._lock:
+                    batch = self._new_batch(rng, worker, ids)
+                    self.figures.batches += 1
+                    self.figures.records_sent += len(batch)
+                sent.put(batch)
+                yield batch
+                if self._pause_s:
+                    time.sleep(self._pause_s)
+
+        source = batches()
+        while True:
+            try:
+                for response in self.client.stream_usage(source, window=2):
+                    self._record_answers(sent.get(), response)
+                return
+            except PetribillError as exc:
+                # The SDK gave up on this stream: its unanswered batches are sent
+                # again (same ids) on a fresh one, before any new batch.
+                self._refused(exc)
+                pending = []
+                while not sent.empty():
+                    pending.append(sent.get())
+                for batch in pending:
+                    self._record_answers(batch, self._submit_until_answered(batch))
+                time.sleep(0.2)

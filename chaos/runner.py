@@ -1,0 +1,263 @@
+"""One chaos run: a local multi-node cluster, the load, the planned faults, the audit.
+
+``run`` starts its own cluster (``nodes`` simulated Ray nodes, data in a temp
+folder, the chaos catalogue of ``chaos/tariffs``), creates the accounts, runs
+the load for ``duration_s`` while the scenario's faults are applied one at a
+time, stops the load (every batch answered), audits through the API, bills
+the cycle and pays it, stops the cluster and audits the write logs on disk.
+The report says what happened and how to replay it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import statistics
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from chaos.auditor import Audit, Auditor, audit_epochs
+from chaos.disk import TmpfsDisk, can_mount
+from chaos.faults import Fault, FaultResult, Injector
+from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
+from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
+from chaos.scenarios import SCENARIOS, plan
+from cluster.client import PetribillClient
+from cluster.config import parse_config
+from cluster.runtime import Runtime
+
+__all__ = ["ChaosOptions", "Report", "run"]
+
+log = structlog.get_logger()
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+TARIFFS: Final = Path(__file__).resolve().parent / "tariffs"
+DISK_UNIT: Final = "acct-00"
+DISK_MB: Final = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChaosOptions:
+    scenario: str
+    duration_s: float
+    seed: int
+    nodes: int = 3
+    shards: int = 8
+    partitions: int = 4
+    accounts: int = 24
+    every_s: float = 8.0
+    workers: int = 2
+    conf: Path = ROOT / "conf" / "cluster.toml"
+    data_dir: Path | None = None
+
+    def replay_command(self) -> str:
+        return (
+            f"petribill chaos --scenario {self.scenario} --duration {self.duration_s:g} "
+            f"--seed {self.seed} --nodes {self.nodes} --every {self.every_s:g}"
+        )
+
+
+@dataclass(slots=True)
+class Report:
+    options: ChaosOptions
+    faults: list[FaultResult] = field(default_factory=list)
+    audit: Audit = field(default_factory=Audit)
+    load: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.audit.ok and not self.errors and self.faults_injected > 0
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(1 for f in self.faults if not f.skipped)
+
+    def takeovers(self) -> list[float]:
+        return sorted(f.takeover_s for f in self.faults if f.takeover_s is not None)
+
+    def summary(self) -> dict[str, Any]:
+        takeovers = self.takeovers()
+        audit = self.audit.summary()
+        return {
+            "scenario": self.options.scenario,
+            "seed": self.options.seed,
+            "duration_s": self.options.duration_s,
+            "ok": self.ok,
+            "acked": audit["acked"],
+            "charged": audit["charged"],
+            "rejected": audit["rejected"],
+            "lost": audit["lost"],
+            "duplicated": audit["duplicated"],
+            "money_delta_minor": audit["money_delta_minor"],
+            "faults": self.faults_injected,
+            "faults_by_kind": _count(f.kind for f in self.faults if not f.skipped),
+            "faults_skipped": [f"{f.kind}: {f.detail}" for f in self.faults if f.skipped],
+            "takeover_s_p50": round(statistics.median(takeovers), 3) if takeovers else None,
+            "takeover_s_max": round(takeovers[-1], 3) if takeovers else None,
+            "violations": audit["violations"],
+            "refusals": self.load.get("refusals", {}),
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "replay": self.options.replay_command(),
+        }
+
+
+def _count(kinds: Iterator[str] | Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _config(options: ChaosOptions) -> Any:
+    with open(options.conf, "rb") as handle:
+        data = tomllib.load(handle)
+    data["sharding"] = {"shards": options.shards, "partitions": options.partitions}
+    return parse_config(data, source=str(options.conf))
+
+
+def _accounts(count: int, seed: int) -> list[Account]:
+    return [
+        Account(
+            account_id=f"chaos-{i:03d}",
+            msisdn=f"4915990{seed % 100:02d}{i:04d}",
+            prepaid=i % 2 == 0,
+        )
+        for i in range(count)
+    ]
+
+
+def _create_accounts(client: PetribillClient, accounts: list[Account], seed: int) -> None:
+    from billing.money import Money
+
+    for account in accounts:
+        client.create_account(
+            account.account_id,
+            payment_mode="prepaid" if account.prepaid else "postpaid",
+            plan_id=PLAN_PREPAID if account.prepaid else PLAN_POSTPAID,
+            msisdns=[account.msisdn],
+            credit_limit=None if account.prepaid else Money(10**12, "EUR"),
+            request_id=f"chaos{seed}-create-{account.account_id}",
+        )
+        if account.prepaid:
+            client.top_up(
+                account.account_id,
+                Money(INITIAL_TOP_UP_MICROS, "EUR"),
+                request_id=f"chaos{seed}-initial-{account.account_id}",
+            )
+
+
+@contextlib.contextmanager
+def _data_dir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        yield given
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pbchaos"))
+    try:
+        yield folder / "data"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report:
+    """Run one chaos scenario end to end; the report (``report.ok`` False on any violation)."""
+    if options.scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {options.scenario!r} (one of: {', '.join(SCENARIOS)})")
+    faults = plan(
+        options.scenario, seed=options.seed, duration_s=options.duration_s, every_s=options.every_s
+    )
+    report = Report(options)
+    started = time.monotonic()
+    config = _config(options)
+    with contextlib.ExitStack() as stack:
+        data_dir = stack.enter_context(_data_dir(options.data_dir))
+        disk = None
+        if any(f.kind == "disk-full" for f in faults):
+            why_not = can_mount()
+            if why_not is None:
+                disk = stack.enter_context(TmpfsDisk(data_dir / "units" / DISK_UNIT, DISK_MB))
+            else:
+                echo(f"disk-full faults skipped: {why_not}")
+        runtime = Runtime(
+            config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=options.nodes, port=0
+        )
+        echo(f"starting {options.nodes} nodes; plan: {len(faults)} faults")
+        info = runtime.start(timeout_s=180)
+        stopped = False
+        try:
+            client = PetribillClient(info.gateways, timeout_s=30, retries=30)
+            accounts = _accounts(options.accounts, options.seed)
+            _create_accounts(client, accounts, options.seed)
+            injector = Injector(runtime, disk=disk, on_gateway=client.addresses.append)
+            load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
+            load_started = time.monotonic()
+            try:
+                for fault in faults:
+                    _apply(injector, fault, load_started, report, echo)
+                time.sleep(max(0.0, options.duration_s - (time.monotonic() - load_started)))
+            finally:
+                load.stop()
+                report.load = {
+                    "acked": load.records_acked,
+                    "batches": load.figures.batches,
+                    "duplicate_batches": load.figures.duplicate_batches,
+                    "duplicate_answers_wrong": load.figures.duplicate_answers_wrong,
+                    "refusals": dict(load.figures.refusals),
+                    "topups": len(load.topups),
+                }
+            if load.figures.duplicate_answers_wrong:
+                report.audit.violate(
+                    "duplicated",
+                    f"{load.figures.duplicate_answers_wrong} resent records not answered DUPLICATE",
+                )
+            injector.wait_healthy()
+            echo(f"load stopped: {load.records_acked} records acknowledged; auditing")
+            auditor = Auditor(
+                client,
+                accounts,
+                load.acked,
+                load.topups,
+                initial_topup_micros=INITIAL_TOP_UP_MICROS,
+            )
+            auditor.audit = report.audit
+            auditor.audit.acked = len(load.acked)
+            auditor.run(options.seed)
+            runtime.stop()
+            stopped = True
+            units = audit_epochs(data_dir, report.audit)
+            echo(f"write logs of {units} units checked")
+        except Exception as exc:
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+            log.exception("chaos_run_failed")
+        finally:
+            if not stopped:
+                runtime.stop()
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _apply(
+    injector: Injector,
+    fault: Fault,
+    load_started: float,
+    report: Report,
+    echo: Callable[[str], None],
+) -> None:
+    wait = fault.at_s - (time.monotonic() - load_started)
+    if wait > 0:
+        time.sleep(wait)
+    at = time.monotonic() - load_started
+    result = injector.apply(fault, at)
+    report.faults.append(result)
+    took = "" if result.takeover_s is None else f", taken over in {result.takeover_s:.2f} s"
+    state = "skipped" if result.skipped else "applied"
+    echo(f"{at:6.1f} s  {fault.kind:<16} {result.target:<8} {state}{took} ({result.detail})")
