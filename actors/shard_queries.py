@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from actors.codec import LEDGER_PREFIX, decode_u64, ledger_prefix
+from actors.codec import LEDGER_PREFIX, decode_u64, ledger_prefix, split_ledger_key
 from actors.shard_base import ShardBase
 from actors.shard_codec import (
     decode_ledger_row,
@@ -56,6 +56,31 @@ class ShardQueries(ShardBase):
             if entry is not None:
                 out.append(entry)
         return out
+
+    def usage_page(
+        self, account_id: str, limit: int, before_seq: int | None = None
+    ) -> tuple[list[Charge], int]:
+        """Up to ``limit`` usage lines stored before ledger row ``before_seq`` (None: the
+        newest), newest first, and the row to continue before (0: none older)."""
+        row = self._load(account_id)
+        if row is None or limit <= 0:
+            return [], 0
+        end = row.next_seq if before_seq is None else min(before_seq, row.next_seq)
+        found: list[Charge] = []
+        window = limit
+        while end > 0:
+            start = max(end - window, 0)
+            rows = list(
+                self.store.scan(ledger_seq_key(account_id, start), ledger_seq_key(account_id, end))
+            )
+            for key, raw in reversed(rows):
+                item = decode_ledger_row(raw)
+                if isinstance(item, Charge):
+                    if len(found) == limit:
+                        return found, split_ledger_key(key)[1] + 1
+                    found.append(item)
+            end, window = start, window * 2
+        return found, 0
 
     def list_usage(self, account_id: str, limit: int = 50) -> list[Charge]:
         """The newest ``limit`` usage lines of the account, newest first."""

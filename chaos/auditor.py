@@ -47,7 +47,6 @@ __all__ = ["Audit", "Auditor", "audit_epochs"]
 
 CYCLE: Final = "2026-11"
 BILL_AT_S: Final = 1_796_083_200 + 30 * 86_400  # 2026-12-01 plus 30 days: past any grace
-HISTORY_MAX: Final = 10_000_000
 
 
 @dataclass(slots=True)
@@ -136,7 +135,7 @@ class Auditor:
         seen: Counter[str] = Counter()
         for account_id, expected in self.expected.items():
             expected.add_charges(charged_by[account_id])
-            for line in self.client.list_usage(account_id, limit=HISTORY_MAX):
+            for line in self.client.iter_usage(account_id):
                 seen[line.record_id] += 1
                 ack = self.acked.get(line.record_id)
                 if ack is None or line.record_id not in expected.records:

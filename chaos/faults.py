@@ -29,7 +29,7 @@ from typing import Any, Final
 import structlog
 
 from chaos.disk import TmpfsDisk
-from cluster.localray import LocalRay, _proc_table
+from cluster.localray import LocalRay, LocalRayError, _proc_table
 from cluster.runtime import Runtime, settings_of
 
 __all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
@@ -173,13 +173,13 @@ class Injector:
         log.info("fault", **result.as_dict())
         return result
 
-    def _pick(self, candidates: list[int], fault: Fault) -> int:
-        if not candidates:
-            raise RuntimeError(f"no node to apply {fault.kind} to")
-        return candidates[fault.pick % len(candidates)]
+    def _pick(self, candidates: list[int], fault: Fault) -> int | None:
+        return candidates[fault.pick % len(candidates)] if candidates else None
 
     def _kill_host(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._live_nodes(), fault)
+        if index is None:
+            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
         pid = _worker_pid(self.local, index, "RoutedHost")
@@ -200,6 +200,8 @@ class Injector:
 
     def _kill_gateway(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._live_nodes(), fault)
+        if index is None:
+            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
         pid = _worker_pid(self.local, index, "GatewayActor")
         handle = self.local.nodes[index]
         address = next(
@@ -241,6 +243,8 @@ class Injector:
 
     def _kill_node(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._worker_nodes(), fault)
+        if index is None:
+            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
         started = self._clock()
@@ -259,6 +263,8 @@ class Injector:
 
     def _pause_node(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._worker_nodes(), fault)
+        if index is None:
+            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
         started = self._clock()
@@ -318,8 +324,13 @@ class Injector:
         return False
 
     def _replace_node(self) -> str:
-        """Start a fresh node (with its gateway) for one that died; its name."""
-        handle = self.local.add_node()
+        """Start a fresh node (with its gateway) for one that died; its name, or why
+        it could not start (the run goes on with one node fewer)."""
+        try:
+            handle = self.local.add_node()
+        except LocalRayError as exc:
+            log.warning("replacement_failed", error=str(exc))
+            return f"nothing (the new node did not start: {str(exc).splitlines()[0]})"
         address = self._start_gateway(handle.node_id, port=0)
         self._on_gateway(address)
         return handle.name

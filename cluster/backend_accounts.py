@@ -193,12 +193,28 @@ class AccountOps(BackendCore):
         deadline = deadline_after(timeout_s)
         self.check_account_id(request.account_id)
         limit = min(request.limit or _USAGE_LIMIT_DEFAULT, _USAGE_LIMIT_MAX)
-        lines = await self.on_shard(
-            request.account_id, "list_usage", request.account_id, limit, timeout_s=_left(deadline)
+        before = None
+        if request.page_token:
+            if not request.page_token.isdigit() or int(request.page_token) <= 0:
+                raise BackendError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"page_token: {request.page_token!r} is not a token this service gave",
+                )
+            before = int(request.page_token)
+        lines, next_before = await self.on_shard(
+            request.account_id,
+            "usage_page",
+            request.account_id,
+            limit,
+            before,
+            timeout_s=_left(deadline),
         )
         if not lines:  # no usage, or no account: tell NOT_FOUND apart
             await self.state(request.account_id, timeout_s=_left(deadline))
-        return accounts_pb2.ListUsageResponse(lines=[usage_line_to_proto(x) for x in lines])
+        return accounts_pb2.ListUsageResponse(
+            lines=[usage_line_to_proto(x) for x in lines],
+            next_page_token=str(next_before) if next_before else "",
+        )
 
 
 def _check_directory(answer: DirectoryAnswer, msisdn: str, request_id: str) -> None:

@@ -397,5 +397,9 @@ from cluster import cli_client  # noqa: E402
 
 cli_client.register(main)
 
+from chaos import cli as chaos_cli  # noqa: E402 - registered after the group exists
+
+chaos_cli.register(main)
+
 if __name__ == "__main__":
     main(sys.argv[1:])

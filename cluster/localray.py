@@ -397,6 +397,8 @@ class LocalRay:
                     retries[index] -= 1
                     _log_retry(index, exc)
                     self._respawn(index)
+                    # A new attempt gets the full time again.
+                    deadline = time.monotonic() + self.config.ray.start_timeout_s
                     continue
                 if handle is not None:
                     self.nodes.append(handle)

@@ -79,6 +79,28 @@ def test_charged_batch_survives_reopen_and_replays_as_duplicates(tmp_path: Path)
     again.close()
 
 
+def test_usage_pages_cover_the_history_once(tmp_path: Path) -> None:
+    """Paging from the newest line to the oldest yields every usage line once, in order,
+    skipping the top-up rows between them."""
+    shard = open_shard(tmp_path / "s", 1)
+    seed(shard, 2)
+    shard.charge_batch(usage(41, 2), at_s=T0 + 7200)
+    expected = [line.record_id for line in shard.list_usage("A1", limit=1000)]
+    assert len(expected) == 20
+    for size in (1, 3, 7, 20, 50):
+        paged: list[str] = []
+        before = None
+        while True:
+            lines, before = shard.usage_page("A1", size, before)
+            assert len(lines) <= size
+            paged.extend(line.record_id for line in lines)
+            if not before:
+                break
+        assert paged == expected, size
+    assert shard.usage_page("nobody", 5) == ([], 0)
+    shard.close()
+
+
 def test_same_id_other_content_is_a_conflict_after_reopen(tmp_path: Path) -> None:
     """A record id reused with another amount or content names the field that differs."""
     shard = open_shard(tmp_path / "s", 1)

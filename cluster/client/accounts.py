@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from petribill.v1 import accounts_pb2, charging_pb2
@@ -94,8 +94,27 @@ class AccountCalls(Transport):
         return self.call("AccountService", "SetCreditLimit", request)
 
     def list_usage(self, account_id: str, *, limit: int = 100) -> list[accounts_pb2.UsageLine]:
-        request = accounts_pb2.ListUsageRequest(account_id=account_id, limit=limit)
-        return list(self.call("AccountService", "ListUsage", request).lines)
+        """The newest ``limit`` usage lines of the account, newest first (any number:
+        pages of at most 1000 are fetched as needed)."""
+        lines: list[accounts_pb2.UsageLine] = []
+        for line in self.iter_usage(account_id, page=min(limit, 1000)):
+            lines.append(line)
+            if len(lines) >= limit:
+                break
+        return lines
+
+    def iter_usage(self, account_id: str, *, page: int = 1000) -> Iterator[accounts_pb2.UsageLine]:
+        """Every usage line of the account, newest first, a page at a time."""
+        token = ""
+        while True:
+            request = accounts_pb2.ListUsageRequest(
+                account_id=account_id, limit=page, page_token=token
+            )
+            answer = self.call("AccountService", "ListUsage", request)
+            yield from answer.lines
+            token = answer.next_page_token
+            if not token:
+                return
 
     # --- online charging -----------------------------------------------------
     def charge_session(
