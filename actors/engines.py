@@ -32,11 +32,12 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
     # Cycles are calendar months in the operator's time zone: the catalogue's.
     charging = ChargingConfig(tz=catalogue.timezone)
 
-    def open_unit(unit_id: str, path: Path, epoch: int) -> Engine:
+    def open_unit(unit_id: str, path: Path, epoch: int, *, resume: bool = False) -> Engine:
         if unit_kind(unit_id) == "account":
             return AccountShard.open(
                 path,
                 epoch=epoch,
+                resume=resume,
                 tariff=tariff,
                 unit_id=unit_id,
                 catalogue=catalogue,
@@ -44,7 +45,12 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
                 cache_accounts_max=cache_max,
             )
         return RatingPartition.open(
-            path, epoch=epoch, unit_id=unit_id, catalogue=catalogue, config=partition_config
+            path,
+            epoch=epoch,
+            unit_id=unit_id,
+            catalogue=catalogue,
+            config=partition_config,
+            resume=resume,
         )
 
     return open_unit

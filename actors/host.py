@@ -28,6 +28,7 @@ import contextlib
 import gc
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,13 @@ import structlog
 
 from actors.fencing import StaleEpoch, StoreClosed
 from actors.routing import shard_of, unit_kind
+from actors.storage import StorageFailed
 
 __all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
 
 log = structlog.get_logger("petribill.host")
+
+RESUME_EVERY_S = 0.5  # how often a unit whose disk failed a write is tried again
 
 
 class StaleRoute(Exception):
@@ -65,8 +69,13 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-EngineFactory = Callable[[str, Path, int], Engine]
-"""Opens the engine of ``unit_id`` stored at ``path`` as owner at ``epoch``."""
+class EngineFactory(Protocol):
+    """Opens the engine of ``unit_id`` stored at ``path`` as owner at ``epoch``; with
+    ``resume``, again as its current owner after a failed write (``StorageFailed``)."""
+
+    def __call__(
+        self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False
+    ) -> Engine: ...
 
 Router = Callable[[str, str, Sequence[Any], int], list[Any]]
 """Runs a host method (``charge_rows`` / ``apply_forwards``) for a shard served elsewhere:
@@ -98,6 +107,8 @@ class UnitHost:
         self._factory = factory
         self._router = router
         self._units: dict[str, _Unit] = {}
+        # Units whose store failed a write (disk full): unit -> (epoch, next try).
+        self._failed: dict[str, tuple[int, float]] = {}
         self._guard = threading.Lock()
         # Long-lived engines keep large caches; a young-generation threshold
         # sized for batches of thousands of objects keeps the collector from
@@ -115,15 +126,20 @@ class UnitHost:
         return os.getpid()
 
     def units(self) -> dict[str, int]:
-        """Unit id -> epoch of every unit this host serves."""
+        """Unit id -> epoch of every unit this host serves (or owns while its disk fails)."""
         with self._guard:
-            return {unit_id: unit.epoch for unit_id, unit in self._units.items()}
+            owned = {unit_id: epoch for unit_id, (epoch, _) in self._failed.items()}
+            return owned | {unit_id: unit.epoch for unit_id, unit in self._units.items()}
 
     def open_unit(self, unit_id: str, epoch: int) -> None:
         """Serve ``unit_id`` at ``epoch``; idempotent for the same epoch."""
         with self._guard:
             current = self._units.get(unit_id)
             if current is not None and current.epoch == epoch:
+                return
+            failed = self._failed.pop(unit_id, None)
+            if failed is not None and failed[0] == epoch:
+                self._failed[unit_id] = failed  # still ours: reopened by the next call
                 return
             if current is not None:
                 with current.lock:
@@ -139,6 +155,7 @@ class UnitHost:
         """Stop serving ``unit_id`` (drain, migration); idempotent."""
         with self._guard:
             unit = self._units.pop(unit_id, None)
+            self._failed.pop(unit_id, None)
         if unit is not None:
             with unit.lock:
                 unit.engine.close()
@@ -160,8 +177,32 @@ class UnitHost:
 
     def _unit(self, unit_id: str, epoch: int) -> _Unit:
         unit = self._units.get(unit_id)
+        if unit is None and unit_id in self._failed:
+            unit = self._resume(unit_id, epoch)
         if unit is None or unit.epoch != epoch:
             raise StaleRoute(unit_id, epoch, None if unit is None else unit.epoch)
+        return unit
+
+    def _resume(self, unit_id: str, epoch: int) -> _Unit | None:
+        """Reopen a unit whose store failed a write, at its epoch, from what is durable;
+        None while that still fails (tried at most every ``RESUME_EVERY_S``)."""
+        with self._guard:
+            failed = self._failed.get(unit_id)
+            if failed is None or failed[0] != epoch or time.monotonic() < failed[1]:
+                return self._units.get(unit_id)
+            path = self._data_dir / "units" / unit_id
+            try:
+                engine = self._factory(unit_id, path, epoch, resume=True)
+            except StaleEpoch:
+                del self._failed[unit_id]  # taken over meanwhile: not ours any more
+                return None
+            except Exception as exc:  # still failing (the disk is still full)
+                self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
+                log.warning("unit_resume_failed", shard=unit_id, epoch=epoch, error=str(exc))
+                return None
+            del self._failed[unit_id]
+            unit = self._units[unit_id] = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
+        log.info("unit_resumed", shard=unit_id, node=self.node, epoch=epoch)
         return unit
 
     def call(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -185,6 +226,15 @@ class UnitHost:
                 # The store was taken over under us: this host no longer owns the
                 # unit. Stop serving it and tell the caller to follow the new route.
                 self._drop(unit_id, unit)
+                raise StaleRoute(unit_id, epoch, None) from exc
+            except StorageFailed as exc:
+                # A write failed (disk full): nothing of the call is acknowledged.
+                # The engine's memory may be ahead of the disk, so it is dropped;
+                # the unit is reopened from disk once writes work again, and the
+                # caller retries (with the same ids) until then.
+                self._drop(unit_id, unit)
+                with self._guard:
+                    self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
                 raise StaleRoute(unit_id, epoch, None) from exc
 
     def _local_epoch(self, unit_id: str) -> int | None:

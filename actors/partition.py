@@ -165,9 +165,10 @@ class RatingPartition:
         unit_id: str,
         catalogue: Catalogue,
         config: PartitionConfig,
+        resume: bool = False,
     ) -> RatingPartition:
         """Open the unit's store as owner at ``epoch`` (see ``ShardStore.open``) and load it."""
-        store = ShardStore.open(path, epoch=epoch, cache_entries_max=0)
+        store = ShardStore.open(path, epoch=epoch, cache_entries_max=0, resume=resume)
         try:
             return cls(store, unit_id=unit_id, catalogue=catalogue, config=config)
         except BaseException:

@@ -73,13 +73,16 @@ class ShardBase:
         epoch: int,
         tariff: Tariff,
         fence: bool = True,
+        resume: bool = False,
         **options: Any,
     ) -> Self:
         """Open the unit's database as owner at ``epoch`` (see ``ShardStore.open``).
 
         The store's byte cache is off: this class caches decoded rows instead.
         """
-        store = ShardStore.open(path, epoch=epoch, fence=fence, cache_entries_max=0)
+        store = ShardStore.open(
+            path, epoch=epoch, fence=fence, cache_entries_max=0, resume=resume
+        )
         try:
             return cls(store, tariff=tariff, **options)
         except BaseException:

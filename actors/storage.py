@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import structlog
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from actors.codec import (
@@ -84,12 +85,32 @@ __all__ = [
     "ShardStore",
     "StaleEpoch",
     "StorageError",
+    "StorageFailed",
     "StoreClosed",
     "StoreLocked",
     "lock_holder_pid",
     "read_fence_epoch",
     "read_write_log",
 ]
+
+
+log = structlog.get_logger("petribill.storage")
+
+
+class StorageFailed(StorageError):
+    """A commit failed in RocksDB (disk full, I/O error): nothing of it is acknowledged.
+
+    The store is closed; its owner reopens it with ``resume=True`` once the
+    cause is gone. Whether the failed batch reached the WAL is unknown, so its
+    operations must be retried with their idempotency keys, never assumed lost.
+    """
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: write failed: {detail}")
+        self.path, self.detail = path, detail
+
+    def __reduce__(self) -> tuple[type[StorageFailed], tuple[Path, str]]:
+        return (StorageFailed, (self.path, self.detail))
 
 
 @dataclass(slots=True)
@@ -198,12 +219,16 @@ class ShardStore:
         fence: bool = True,
         fence_timeout_s: float = 5.0,
         cache_entries_max: int = 100_000,
+        resume: bool = False,
     ) -> ShardStore:
         """Open (creating if needed) as owner at ``epoch`` and raise the shard's epoch to it.
 
         Raises :class:`StaleEpoch` if the shard's epoch is already >= ``epoch``, and
         :class:`StoreLocked` if another process holds the database and is not (or,
         with ``fence=False``, may not be) killed as the recorded old owner.
+
+        ``resume``: open again as the *current* owner after :class:`StorageFailed`
+        (the epoch stays; it must still be the shard's epoch, or :class:`StaleEpoch`).
         """
         invariant(epoch > 0, f"epoch must be positive, got {epoch}")
         path = Path(path).resolve()
@@ -212,25 +237,27 @@ class ShardStore:
         path.mkdir(parents=True, exist_ok=True)
         with FenceLock(path, fence_timeout_s):
             stored = read_fence_epoch(path)
-            if stored >= epoch:
+            if stored > epoch or (stored == epoch) != resume:
                 raise StaleEpoch(path, mine=epoch, stored=stored)
-            # Raise the fence before touching the database, so a writer that
-            # still holds it (lock lost) is refused at its next commit.
-            write_atomic(path / EPOCH_FILE, encode_u64(epoch))
-            fence_holder(path, kill=fence, timeout_s=fence_timeout_s)
+            if not resume:
+                # Raise the fence before touching the database, so a writer that
+                # still holds it (lock lost) is refused at its next commit.
+                write_atomic(path / EPOCH_FILE, encode_u64(epoch))
+                fence_holder(path, kill=fence, timeout_s=fence_timeout_s)
             db = cls._open_db(path)
             held_paths().add(path)
             try:
                 raw = db.get(EPOCH_KEY)
                 in_db = decode_u64(raw) if raw is not None else 0
-                if in_db >= epoch:
+                if in_db > epoch or (in_db == epoch) != resume:
                     raise StaleEpoch(path, mine=epoch, stored=in_db)
-                wb = WriteBatch(raw_mode=True)
-                wb.put(EPOCH_KEY, encode_u64(epoch))
                 store = cls(path, db, epoch, cache_entries_max)
-                db.write(wb, store._wo)
-                owner = OwnerRecord.of_this_process(epoch)
-                write_atomic(path / OWNER_FILE, json.dumps(asdict(owner)).encode())
+                if not resume:
+                    wb = WriteBatch(raw_mode=True)
+                    wb.put(EPOCH_KEY, encode_u64(epoch))
+                    db.write(wb, store._wo)
+                    owner = OwnerRecord.of_this_process(epoch)
+                    write_atomic(path / OWNER_FILE, json.dumps(asdict(owner)).encode())
             except BaseException:
                 held_paths().discard(path)
                 db.close()
@@ -273,9 +300,13 @@ class ShardStore:
         batch._wb.put(self._wlog_key, encode_u64(self._wlog_first) + encode_u64(commit))
         try:
             db.write(batch._wb, self._wo)
-        except Exception:
-            self.cache.clear()
-            raise
+        except Exception as exc:
+            # RocksDB refuses every write after a failed one (disk full, I/O
+            # error) until it is reopened; the batch may or may not be in the
+            # WAL. Give the database up: the owner reopens it (``resume``) and
+            # rebuilds its state from what is durable.
+            self._abandon()
+            raise StorageFailed(self.path, str(exc)) from exc
         self._commits = commit
         for key, value in batch._cached.items():
             if value is None:
@@ -325,6 +356,17 @@ class ShardStore:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+    def _abandon(self) -> None:
+        """Drop a database that failed a write (its close may fail the same way)."""
+        db, self._db = self._db, None
+        self.cache.clear()
+        held_paths().discard(self.path)
+        if db is not None:
+            try:
+                db.close()
+            except Exception as exc:  # a memtable flush on a full disk: the WAL has it
+                log.warning("store_close_failed", path=str(self.path), error=str(exc))
 
     def close(self) -> None:
         """Release the database (and its LOCK); idempotent."""
