@@ -77,6 +77,7 @@ class EngineFactory(Protocol):
         self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False
     ) -> Engine: ...
 
+
 Router = Callable[[str, str, Sequence[Any], int], list[Any]]
 """Runs a host method (``charge_rows`` / ``apply_forwards``) for a shard served elsewhere:
 (shard_id, method, items, at_s) -> results."""

@@ -80,9 +80,7 @@ class ShardBase:
 
         The store's byte cache is off: this class caches decoded rows instead.
         """
-        store = ShardStore.open(
-            path, epoch=epoch, fence=fence, cache_entries_max=0, resume=resume
-        )
+        store = ShardStore.open(path, epoch=epoch, fence=fence, cache_entries_max=0, resume=resume)
         try:
             return cls(store, tariff=tariff, **options)
         except BaseException:
