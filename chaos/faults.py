@@ -83,12 +83,19 @@ class FaultResult:
 
 
 def _worker_pid(local: LocalRay, index: int, actor_class: str) -> int | None:
-    """The PID of the Ray worker on node ``index`` running an actor of ``actor_class``."""
+    """The PID of the Ray worker on node ``index`` running an actor of ``actor_class``.
+
+    Ray titles an actor's worker ``ray::<Class>``, or ``ray::<Class>.<method>()``
+    while a call runs.
+    """
     table = _proc_table()
     title = f"ray::{actor_class}"
     for pid in sorted(local.node_pids(index)):
         entry = table.get(pid)
-        if entry is not None and entry[2].strip() == title:
+        if entry is None:
+            continue
+        cmd = entry[2].strip()
+        if cmd == title or cmd.startswith(title + "."):
             return pid
     return None
 
