@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Final
 import structlog
 
 from chaos.disk import TmpfsDisk
-from cluster.localray import LocalRay, LocalRayError, _proc_table
+from cluster.localray import LocalRay, _proc_table
 from cluster.runtime import Runtime, settings_of
 
 __all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
@@ -119,6 +120,8 @@ class Injector:
         self._on_gateway = on_gateway  # a new gateway address, for the load's client
         self._clock = clock
         self._dead: set[int] = set()  # node indices killed for good
+        self._replacements: list[threading.Thread] = []
+        self.replacement_errors: list[str] = []
         self._settings = settings_of(
             runtime.config, data_dir=runtime.data_dir, tariffs_dir=runtime.tariffs_dir
         )
@@ -130,10 +133,11 @@ class Injector:
         return {u["unit"]: (u["node"], u["epoch"], u["state"]) for u in status["units"]}
 
     def _worker_nodes(self) -> list[int]:
-        return [n.index for n in self.local.nodes if not n.is_head and n.index not in self._dead]
+        nodes = list(self.local.nodes)  # a replacement may be joining meanwhile
+        return [n.index for n in nodes if not n.is_head and n.index not in self._dead]
 
     def _live_nodes(self) -> list[int]:
-        return [n.index for n in self.local.nodes if n.index not in self._dead]
+        return [n.index for n in list(self.local.nodes) if n.index not in self._dead]
 
     def wait_healthy(self, timeout_s: float = HEAL_TIMEOUT_S) -> float:
         """Seconds until the coordinator reports every unit served."""
@@ -259,6 +263,7 @@ class Injector:
         self._dead.add(index)
         took = self._wait_taken_over(before, started) if before else None
         replacement = self._replace_node()
+        self.wait_healthy()
         return FaultResult(
             fault.kind,
             node,
@@ -331,16 +336,28 @@ class Injector:
         return False
 
     def _replace_node(self) -> str:
-        """Start a fresh node (with its gateway) for one that died; its name, or why
-        it could not start (the run goes on with one node fewer)."""
+        """Start a fresh node (with its gateway) for one that died, in the background:
+        a machine being replaced is not a failure, and the next fault need not wait."""
+        thread = threading.Thread(target=self._start_node, name="chaos-replace", daemon=True)
+        thread.start()
+        self._replacements.append(thread)
+        return "a new node (starting)"
+
+    def _start_node(self) -> None:
         try:
             handle = self.local.add_node()
-        except LocalRayError as exc:
-            log.warning("replacement_failed", error=str(exc))
-            return f"nothing (the new node did not start: {str(exc).splitlines()[0]})"
-        address = self._start_gateway(handle.node_id, port=0)
+            address = self._start_gateway(handle.node_id, port=0)
+        except Exception as exc:  # the run goes on with one node fewer
+            log.warning("replacement_failed", error=f"{type(exc).__name__}: {exc}")
+            self.replacement_errors.append(str(exc).splitlines()[0])
+            return
         self._on_gateway(address)
-        return handle.name
+        log.info("replacement_joined", node=handle.name, gateway=address)
+
+    def finish(self, timeout_s: float = HEAL_TIMEOUT_S) -> None:
+        """Wait for the replacement nodes still starting."""
+        for thread in self._replacements:
+            thread.join(timeout=timeout_s)
 
     def _gateway_addresses(self) -> dict[str, str]:
         import ray

@@ -71,6 +71,7 @@ class Report:
     audit: Audit = field(default_factory=Audit)
     load: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
@@ -80,6 +81,11 @@ class Report:
     @property
     def faults_injected(self) -> int:
         return sum(1 for f in self.faults if not f.skipped)
+
+    def fault_every_s(self) -> float | None:
+        """Mean seconds between the injected faults, as they happened."""
+        times = [f.at_s for f in self.faults if not f.skipped]
+        return round((times[-1] - times[0]) / (len(times) - 1), 1) if len(times) > 1 else None
 
     def takeovers(self) -> list[float]:
         return sorted(f.takeover_s for f in self.faults if f.takeover_s is not None)
@@ -103,9 +109,11 @@ class Report:
             "faults_skipped": [f"{f.kind}: {f.detail}" for f in self.faults if f.skipped],
             "takeover_s_p50": round(statistics.median(takeovers), 3) if takeovers else None,
             "takeover_s_max": round(takeovers[-1], 3) if takeovers else None,
+            "fault_every_s": self.fault_every_s(),
             "violations": audit["violations"],
             "refusals": self.load.get("refusals", {}),
             "errors": self.errors,
+            "notes": self.notes,
             "elapsed_s": round(self.elapsed_s, 1),
             "replay": self.options.replay_command(),
         }
@@ -205,6 +213,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                     _apply(injector, fault, load_started, report, echo)
                 time.sleep(max(0.0, options.duration_s - (time.monotonic() - load_started)))
             finally:
+                injector.finish()
                 load.stop()
                 report.load = {
                     "acked": load.records_acked,
@@ -214,6 +223,9 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                     "refusals": dict(load.figures.refusals),
                     "topups": len(load.topups),
                 }
+            report.notes.extend(
+                f"a replacement node did not start: {e}" for e in injector.replacement_errors
+            )
             if load.figures.duplicate_answers_wrong:
                 report.audit.violate(
                     "duplicated",
