@@ -2,9 +2,9 @@
 
 One cluster, one load generator streaming usage through the gateways with the
 SDK (which retries with the same record ids and fails over between gateway
-addresses), and a sequence of faults: a host process paused with SIGSTOP and
-resumed, the coordinator killed, a node drained, a node's raylet SIGKILLed,
-and a host's worker process SIGKILLed.
+addresses), and a sequence of faults: a whole node paused with SIGSTOP and
+resumed (then replaced), the coordinator killed, a node drained, a node's
+raylet SIGKILLed, and a host's worker process SIGKILLed.
 After every fault: the cluster heals by itself, and every acknowledged record
 is charged exactly once — each appears once in its account's usage history,
 and reconciliation balances with the ledger summing to zero.
@@ -30,6 +30,7 @@ from cluster.client import PetribillClient
 from cluster.config import parse_config
 from cluster.control_state import load_state, read_journal
 from cluster.coordinator import unit_specs
+from cluster.localray import pid_running
 from cluster.runtime import Runtime
 from petri import NetConfig, PetriModel, check_trace, marking_from_json
 
@@ -170,14 +171,26 @@ def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtim
     load = Load(client).start()
     try:
         time.sleep(2)
-        # 1. A host process paused (a hung worker): fenced, its units taken over; the
-        #    zombie is killed by the new owner's open and can never write again.
-        paused = host_pid("n1")
-        os.kill(paused, signal.SIGSTOP)
-        wait_healthy(cluster, away_from="n1")
-        if _alive(paused):  # normally SIGKILLed by the takeover's fencing
-            os.kill(paused, signal.SIGCONT)
-        wait_node(cluster, "n1", "alive")  # a new host on n1; the node recovers
+        # 1. A whole node paused (SIGSTOP of its raylet and every worker): declared
+        #    dead, its units taken over; the new owners' opens kill the zombie host,
+        #    so it can never write again. Resumed, the raylet learns it was declared
+        #    dead and exits; a fresh node replaces it.
+        owned_by_n1 = {
+            u["unit"]: u["epoch"] for u in cluster.status()["units"] if u["node"] == "n1"
+        }
+        assert owned_by_n1, "n1 should own units before it is paused"
+        zombie = host_pid("n1")
+        cluster.local.pause_node(1)
+        try:
+            wait_healthy(cluster, away_from="n1")
+        finally:
+            cluster.local.resume_node(1)
+        after = {u["unit"]: u["epoch"] for u in cluster.status()["units"]}
+        assert all(after[u] > e for u, e in owned_by_n1.items()), "taken over at new epochs"
+        wait_node(cluster, "n1", "dead")
+        _wait_gone(zombie)
+        fresh = cluster.local.add_node().name
+        wait_node(cluster, fresh, "alive")
         wait_healthy(cluster)
         assert_exactly_once(client, load)
         # 2. The coordinator's process killed: Ray restarts it from its persisted state.
@@ -189,8 +202,8 @@ def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtim
         assert after["marking"] is not None and before is not None
         assert_exactly_once(client, load)
         # 3. Drain a node: its units move off without refusing work.
-        assert ray.get(coordinator.drain.remote("n1"), timeout=30)
-        wait_healthy(cluster, away_from="n1")
+        assert ray.get(coordinator.drain.remote(fresh), timeout=30)
+        wait_healthy(cluster, away_from=fresh)
         assert_exactly_once(client, load)
         # 4. A node's raylet SIGKILLed: its units are taken over by the others.
         owned_by_n2 = [u for u in cluster.status()["units"] if u["node"] == "n2"]
@@ -200,11 +213,11 @@ def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtim
         assert_exactly_once(client, load)
         # 5. A host's worker process SIGKILLed: a new host starts on the node, which
         #    recovers and takes units back; nothing acknowledged is lost.
-        assert ray.get(coordinator.undrain.remote("n1"), timeout=30)
-        killed = host_pid("n1")
+        assert ray.get(coordinator.undrain.remote(fresh), timeout=30)
+        killed = host_pid(fresh)
         os.kill(killed, signal.SIGKILL)
-        wait_node(cluster, "n1", "dead")
-        wait_node(cluster, "n1", "alive")
+        wait_node(cluster, fresh, "dead")
+        wait_node(cluster, fresh, "alive")
         wait_healthy(cluster)
         assert_exactly_once(client, load)
     finally:
@@ -232,9 +245,8 @@ def assert_journal_replays(runtime: Runtime) -> None:
     assert result.final == marking_from_json(state.marking_json)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _wait_gone(pid: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pid_running(pid):
+        assert time.monotonic() < deadline, f"the paused host {pid} is still running"
+        time.sleep(0.1)
