@@ -20,6 +20,13 @@ Thread model
     The Ray actor runs with several threads (partitions call shards on other
     hosts, which may call back); each unit has its own lock, always taken in
     the order partition before shard, so calls never deadlock.
+
+    Queries an engine lists in its ``concurrent_reads`` (an account shard's
+    balance, account, usage, invoice and notification reads) go through
+    :meth:`UnitHost.read` and do not take the unit's lock, so they never wait
+    behind a write batch. Such a query reads only committed state (the engine
+    promises it; see ``actors.shard_queries``). A unit's engine is closed only
+    once the queries running on it have ended (:class:`_ReadGate`).
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from actors.backup import UnitBackup, checkpoint_unit
 from actors.fencing import StaleEpoch, StoreClosed
 from actors.routing import shard_of, unit_kind
 from actors.storage import StorageFailed
@@ -45,6 +53,9 @@ __all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
 log = structlog.get_logger("petribill.host")
 
 RESUME_EVERY_S = 0.5  # how often a unit whose disk failed a write is tried again
+# A query reads a few rows; one still running after this long is stuck, and the
+# unit is closed anyway (the query then fails and its caller retries).
+_READ_DRAIN_TIMEOUT_S = 5.0
 
 
 class StaleRoute(Exception):
@@ -83,11 +94,49 @@ Router = Callable[[str, str, Sequence[Any], int], list[Any]]
 (shard_id, method, items, at_s) -> results."""
 
 
+class _ReadGate:
+    """Counts lock-free queries in flight on one unit, so that its engine is closed
+    only after they end (a closed RocksDB must not be read)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def enter(self) -> bool:
+        """Start a query; ``False`` once the unit is closing."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    def close(self, timeout_s: float = _READ_DRAIN_TIMEOUT_S) -> None:
+        """Refuse new queries and wait (bounded) for the running ones to end."""
+        with self._cond:
+            self._closed = True
+            drained = self._cond.wait_for(lambda: self._active == 0, timeout_s)
+        if not drained:
+            log.warning("reads_not_drained", active=self._active, timeout_s=timeout_s)
+
+
 @dataclass(slots=True)
 class _Unit:
     epoch: int
     engine: Any
     lock: threading.Lock
+    gate: _ReadGate = field(default_factory=_ReadGate)
+
+    def close(self) -> None:
+        """Close the engine once no query reads it; the caller holds ``lock``."""
+        self.gate.close()
+        self.engine.close()
 
 
 class UnitHost:
@@ -144,7 +193,7 @@ class UnitHost:
                 return
             if current is not None:
                 with current.lock:
-                    current.engine.close()
+                    current.close()
                 del self._units[unit_id]
             path = self._data_dir / "units" / unit_id
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +208,7 @@ class UnitHost:
             self._failed.pop(unit_id, None)
         if unit is not None:
             with unit.lock:
-                unit.engine.close()
+                unit.close()
             log.info("unit_closed", shard=unit_id, node=self.node, epoch=unit.epoch)
 
     def _drop(self, unit_id: str, unit: _Unit) -> None:
@@ -167,7 +216,7 @@ class UnitHost:
             if self._units.get(unit_id) is unit:
                 del self._units[unit_id]
         with contextlib.suppress(Exception):
-            unit.engine.close()
+            unit.close()
         log.warning("unit_lost", shard=unit_id, node=self.node, epoch=unit.epoch)
 
     def close_all(self) -> None:
@@ -237,6 +286,57 @@ class UnitHost:
                 with self._guard:
                     self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
                 raise StaleRoute(unit_id, epoch, None) from exc
+
+    def read(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one engine query without waiting for the unit's lock.
+
+        Only methods the engine lists in ``concurrent_reads`` run so; any other
+        method is run by :meth:`call`, under the lock. A write batch in flight
+        does not delay the query, which sees the state committed before it.
+        """
+        unit = self._unit(unit_id, epoch)
+        if method not in getattr(unit.engine, "concurrent_reads", ()):
+            return self.call(unit_id, epoch, method, *args, **kwargs)
+        if not unit.gate.enter():
+            raise StaleRoute(unit_id, epoch, None)  # closing: a takeover or a drain
+        try:
+            return getattr(unit.engine, method)(*args, **kwargs)
+        except (StaleEpoch, StoreClosed) as exc:
+            raise StaleRoute(unit_id, epoch, None) from exc
+        finally:
+            unit.gate.leave()
+
+    def backup_unit(
+        self, unit_id: str, epoch: int, root: str, name: str, request_id: str = ""
+    ) -> UnitBackup:
+        """Checkpoint the unit under its lock (a batch boundary) into ``root``, or, when
+        ``root`` is empty, into ``<data_dir>/backups/<name>`` (see ``actors.backup``)."""
+        target = Path(root) if root else self._data_dir / "backups" / name
+        unit = self._unit(unit_id, epoch)
+        with unit.lock:
+            if self._units.get(unit_id) is not unit:
+                raise StaleRoute(unit_id, epoch, None)
+            try:
+                info = checkpoint_unit(unit.engine.store, target, unit_id, request_id=request_id)
+            except StoreClosed as exc:
+                raise StaleRoute(unit_id, epoch, None) from exc
+        log.info("unit_backed_up", shard=unit_id, node=self.node, path=info.path)
+        return info
+
+    def update_engines(self, kind: str, update: Callable[[Any], None]) -> list[str]:
+        """Apply ``update`` to the engine of every unit of ``kind`` (``account`` or
+        ``partition``) served here, each under its unit's lock, so between two of its
+        calls (a tariff reload); returns the ids of the units updated."""
+        done = []
+        for unit_id in sorted(self.units()):
+            unit = self._units.get(unit_id)
+            if unit is None or unit_kind(unit_id) != kind:
+                continue
+            with unit.lock:
+                if self._units.get(unit_id) is unit:
+                    update(unit.engine)
+                    done.append(unit_id)
+        return done
 
     def _local_epoch(self, unit_id: str) -> int | None:
         unit = self._units.get(unit_id)

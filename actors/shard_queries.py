@@ -1,12 +1,23 @@
-"""Read-only queries of an account shard: accounts, ledger, usage, invoices, notifications."""
+"""Read-only queries of an account shard: accounts, ledger, usage, invoices, notifications.
+
+The queries named in :data:`CONCURRENT_READS` may run while a write call of the
+same shard is in flight (the host runs them without the unit's lock). They
+read only committed state, straight from RocksDB: a ``WriteBatch`` is applied
+atomically, so a query sees a batch whole or not at all, never half of it.
+They neither read nor fill the shard's decoded-row cache: a row decoded by a
+query just before a commit must never be cached over the committed one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
-from actors.codec import LEDGER_PREFIX, decode_u64, ledger_prefix, split_ledger_key
+from actors.codec import LEDGER_PREFIX, account_key, decode_u64, ledger_prefix, split_ledger_key
 from actors.shard_base import ShardBase
 from actors.shard_codec import (
+    AccountRow,
+    decode_account,
     decode_ledger_row,
     decode_value,
     ledger_seq_key,
@@ -28,18 +39,40 @@ from billing.notifications import Notification
 from billing.settlement import ProviderSettlement, build_report, provider_key
 from billing.writeoff import PAYABLE
 
-__all__ = ["ShardQueries"]
+__all__ = ["CONCURRENT_READS", "ShardQueries"]
+
+CONCURRENT_READS: Final = frozenset(
+    {
+        "get_account",
+        "list_usage",
+        "usage_page",
+        "list_invoices",
+        "get_invoice",
+        "list_notifications",
+        "notifications_since",
+    }
+)
+"""Queries safe to run concurrently with a write call of the same shard (module docstring)."""
 
 
 class ShardQueries(ShardBase):
     """Reads only: nothing here writes or changes the cache contents."""
 
+    concurrent_reads: Final = CONCURRENT_READS
+
+    def _committed(self, account_id: str) -> AccountRow | None:
+        """The account's committed row, read from the store (not through the row cache)."""
+        if not is_valid_account_id(account_id):
+            return None
+        raw = self.store.get_data(account_key(account_id))
+        return None if raw is None else decode_account(raw)
+
     # -- queries -----------------------------------------------------------------------
 
     def get_account(self, account_id: str) -> AccountState | None:
-        """A copy of the account's state (its ``history`` is empty: see ``list_usage``)."""
-        row = self._load(account_id)
-        return None if row is None else row.state.copy()
+        """The account's committed state (its ``history`` is empty: see ``list_usage``)."""
+        row = self._committed(account_id)
+        return None if row is None else row.state
 
     def ledger_rows(self, account_id: str) -> Iterator[Charge | Entry]:
         """The account's ledger stream in order: charge rows (usage lines) and entries."""
@@ -62,7 +95,7 @@ class ShardQueries(ShardBase):
     ) -> tuple[list[Charge], int]:
         """Up to ``limit`` usage lines stored before ledger row ``before_seq`` (None: the
         newest), newest first, and the row to continue before (0: none older)."""
-        row = self._load(account_id)
+        row = self._committed(account_id)
         if row is None or limit <= 0:
             return [], 0
         end = row.next_seq if before_seq is None else min(before_seq, row.next_seq)
@@ -84,24 +117,7 @@ class ShardQueries(ShardBase):
 
     def list_usage(self, account_id: str, limit: int = 50) -> list[Charge]:
         """The newest ``limit`` usage lines of the account, newest first."""
-        row = self._load(account_id)
-        if row is None or limit <= 0:
-            return []
-        found: list[Charge] = []
-        end = row.next_seq
-        window = limit
-        while end > 0 and len(found) < limit:
-            start = max(end - window, 0)
-            chunk = [
-                item
-                for _, raw in self.store.scan(
-                    ledger_seq_key(account_id, start), ledger_seq_key(account_id, end)
-                )
-                if isinstance(item := decode_ledger_row(raw), Charge)
-            ]
-            found.extend(reversed(chunk))
-            end, window = start, window * 2
-        return found[:limit]
+        return self.usage_page(account_id, limit)[0]
 
     def list_invoices(self, account_id: str, open_only: bool = False) -> list[Invoice]:
         """The account's invoices (drafts included unless ``open_only``), oldest first."""
@@ -115,10 +131,10 @@ class ShardQueries(ShardBase):
     def get_invoice(self, invoice_id: str) -> Invoice | None:
         if not invoice_id or "\x00" in invoice_id:
             return None
-        owner = self.store.get(prefixed(INVOICE_INDEX_PREFIX, invoice_id))
+        owner = self.store.get_data(prefixed(INVOICE_INDEX_PREFIX, invoice_id))
         if owner is None:
             return None
-        raw = self.store.get(prefixed(INVOICE_PREFIX, owner.decode(), invoice_id))
+        raw = self.store.get_data(prefixed(INVOICE_PREFIX, owner.decode(), invoice_id))
         return None if raw is None else decode_value(raw)[0]
 
     def list_notifications(self, account_id: str, limit: int = 50) -> list[Notification]:
@@ -129,7 +145,7 @@ class ShardQueries(ShardBase):
         seqs = [decode_u64(key[-8:]) for key, _ in self.store.scan_prefix(head)][-limit:]
         out = []
         for seq in seqs:
-            raw = self.store.get(prefixed_seq(NOTIFICATION_PREFIX, None, seq))
+            raw = self.store.get_data(prefixed_seq(NOTIFICATION_PREFIX, None, seq))
             if raw is not None:
                 out.append(decode_value(raw))
         return out

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.tariff_store import current_tariffs_dir
 from billing.rating import load_catalogue
 from cluster.backend_accounts import AccountOps
 from cluster.backend_admin import AdminOps, TariffOps
@@ -42,7 +43,9 @@ class RayBackend(
     """The cluster's backend for one gateway process (needs ``ray.init`` done).
 
     ``tariffs_dir`` is the catalogue the hosts rate with; the backend loads it
-    too, for price enquiries, session quotes and GetTariffs.
+    too, for price enquiries, session quotes and GetTariffs. ``data_dir`` (the
+    cluster's) is where LoadTariffs persists a catalogue and backups go; with
+    it, a catalogue loaded there earlier takes the place of ``tariffs_dir``.
     """
 
     def __init__(
@@ -53,12 +56,16 @@ class RayBackend(
         tariffs_dir: str | Path,
         clock: Clock = time.time,
         backoff_s: float = 0.05,
+        data_dir: str | Path | None = None,
     ) -> None:
+        if data_dir is not None:
+            tariffs_dir = current_tariffs_dir(data_dir, tariffs_dir)
         super().__init__(
             router=UnitRouter(shards=shards, partitions=partitions, backoff_s=backoff_s),
             catalogue=load_catalogue(str(tariffs_dir)),
             tariffs_dir=str(tariffs_dir),
             clock=clock,
+            data_dir=None if data_dir is None else str(data_dir),
         )
 
     @classmethod
@@ -69,4 +76,5 @@ class RayBackend(
             int(settings["shards"]),
             int(settings["partitions"]),
             tariffs_dir=settings["tariffs_dir"],
+            data_dir=settings.get("data_dir"),
         )

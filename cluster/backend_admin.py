@@ -2,28 +2,32 @@
 
 Status comes from the coordinator; reconciliation sums every partition's
 counters and every shard's audit; rejects are listed and reprocessed across
-the partitions. Drain and Rebalance belong to the Petri-net control-plane
-work and Backup to a later storage step: they answer UNIMPLEMENTED with a
-message saying so. Hot reload of the tariff catalogue is not offered yet
-(every host loaded its catalogue at start, and rating and charging must
-change catalogue together): LoadTariffs validates the folder, then answers
-UNIMPLEMENTED naming the restart that applies it.
+the partitions. Drain fires the control net's transition; Rebalance reports
+the spread. Backup has every host checkpoint its units (``actors.backup``).
+LoadTariffs validates a catalogue, persists it under the data dir as the one
+in force (``actors.tariff_store``) and switches the running units to it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import time
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
 import ray
+import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
+from ray.exceptions import RayActorError, RayTaskError
 
+from actors.backup import BackupExists
 from actors.partition import RecordStatus
 from actors.routing import unit_kind
+from actors.tariff_store import NAME as TARIFFS_NAME
+from actors.tariff_store import TariffsExist, persist_tariffs, set_current
 from billing.preprocess import Reconciliation
-from billing.rating import TariffError, load_catalogue
+from billing.rating import Catalogue, TariffError, load_catalogue
 from cluster.backend_api import BackendError
 from cluster.backend_core import BackendCore
 from cluster.backend_routing import deadline_after
@@ -32,10 +36,13 @@ from cluster.convert import money, reject_to_proto
 
 __all__ = ["AdminOps", "TariffOps"]
 
+log = structlog.get_logger("petribill.backend")
+
 _REJECTS_LIMIT_DEFAULT: Final = 100
 _REJECTS_LIMIT_MAX: Final = 10_000
 _PROBLEMS_SHOWN: Final = 5
 _GATEWAY_PREFIX: Final = "petribill-gateway-"
+_BACKUP_NAME: Final = TARIFFS_NAME  # a folder name, as for catalogues
 _CHARGED: Final = frozenset(
     {
         RecordStatus.CHARGED,
@@ -44,10 +51,6 @@ _CHARGED: Final = frozenset(
         RecordStatus.DUPLICATE,
     }
 )
-
-
-def _unimplemented(what: str, why: str) -> BackendError:
-    return BackendError(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not available yet: {why}")
 
 
 def _gateway_handles() -> list[Any]:
@@ -234,8 +237,46 @@ class AdminOps(BackendCore):
     async def backup(
         self, request: admin_pb2.BackupRequest, *, timeout_s: float
     ) -> admin_pb2.OperationAnswer:
-        raise _unimplemented(
-            "Backup", "consistent RocksDB checkpoints of every unit are not wired to the hosts yet"
+        """A RocksDB checkpoint of every shard and partition, each taken by its host under
+        the unit's lock (a batch boundary), into ``request.path`` (absolute) or
+        ``<data_dir>/backups/<request_id or UTC time>``; see ``actors.backup``.
+        Idempotent by ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
+        deadline = deadline_after(timeout_s)
+        if request.path and not request.path.startswith("/"):
+            raise BackendError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"path: must be absolute (hosts resolve it on their nodes): {request.path!r}",
+            )
+        name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now_s()))
+        if not _BACKUP_NAME.fullmatch(name):
+            raise BackendError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request_id: names the backup folder, so only [A-Za-z0-9._-] please: {name!r}",
+            )
+        units = self.router.all_shards() + self.router.all_partitions()
+        try:
+            taken = await asyncio.gather(
+                *(
+                    self.router.on_host(
+                        unit,
+                        "backup_unit",
+                        request.path,
+                        name,
+                        request.request_id,
+                        timeout_s=_left(deadline),
+                    )
+                    for unit in units
+                )
+            )
+        except RayTaskError as exc:
+            if isinstance(exc.cause, BackupExists):
+                raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc.cause)) from None
+            raise
+        roots = sorted({str(Path(info.path).parent.parent) for info in taken})
+        return admin_pb2.OperationAnswer(
+            request_id=request.request_id,
+            done=True,
+            detail=f"checkpoints of {len(taken)} units in {', '.join(roots)}",
         )
 
 
@@ -265,17 +306,74 @@ class TariffOps(BackendCore):
     async def load_tariffs(
         self, request: tariffs_pb2.LoadTariffsRequest, *, timeout_s: float
     ) -> tariffs_pb2.TariffSummary:
+        """Validate the catalogue folder ``request.path``, persist a copy under the data dir
+        and make it the one in force (``actors.tariff_store``), then switch every running
+        unit to it: account shards first, then partitions, each between two of its calls.
+
+        A catalogue the loader refuses is INVALID_ARGUMENT with the loader's message (it
+        names the file and key) and changes nothing. Once the copy is in force, units
+        opened later (takeover, new node, restart) use it; if a host cannot be reached to
+        switch its running units, the answer is UNAVAILABLE and a retry with the same
+        ``request_id`` finishes the switch.
+        """
+        deadline = deadline_after(timeout_s)
+        if self.data_dir is None:
+            raise BackendError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this backend has no data dir to keep a loaded catalogue in",
+            )
+        name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now_s()))
+        if not TARIFFS_NAME.fullmatch(name):
+            raise BackendError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request_id: names the catalogue's folder, so only [A-Za-z0-9._-]: {name!r}",
+            )
+        catalogue = await self._validated(request.path, _left(deadline))
+        current = self.catalogue
+        if (catalogue.timezone, catalogue.currency) != (current.timezone, current.currency):
+            raise BackendError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"path {request.path!r}: time zone and currency must stay "
+                f"{current.timezone}/{current.currency} (billing cycles and balances are in "
+                f"them), got {catalogue.timezone}/{catalogue.currency}",
+            )
         try:
-            await asyncio.wait_for(asyncio.to_thread(load_catalogue, request.path), timeout_s)
+            persisted = await asyncio.to_thread(persist_tariffs, request.path, self.data_dir, name)
+        except TariffsExist as exc:
+            raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        # What the hosts load is the persisted copy: validate exactly that.
+        catalogue = await self._validated(str(persisted), _left(deadline))
+        await asyncio.to_thread(set_current, self.data_dir, name)
+        self.use_catalogue(catalogue, str(persisted))
+        log.info("tariffs_loaded", path=request.path, persisted=str(persisted))
+        for kind in ("account", "partition"):
+            await self._switch_units(str(persisted), kind, _left(deadline))
+        return await self.get_tariffs(tariffs_pb2.GetTariffsRequest(), timeout_s=_left(deadline))
+
+    async def _validated(self, path: str, timeout_s: float) -> Catalogue:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(load_catalogue, path), timeout_s)
         except TariffError as exc:
             raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
+            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r}: {exc}") from None
+        except TimeoutError:
             raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"path {request.path!r}: {exc}"
+                grpc.StatusCode.UNAVAILABLE, f"path {path!r}: not loaded in time"
             ) from None
-        raise _unimplemented(
-            "LoadTariffs",
-            f"the catalogue in {request.path!r} is valid, but hot reload across hosts is not "
-            "supported: restart the cluster with it as tariffs_dir (now "
-            f"{json.dumps(self.tariffs_dir)})",
-        )
+
+    async def _switch_units(self, tariffs_dir: str, kind: str, timeout_s: float) -> None:
+        """Every host that owns units switches its units of ``kind`` to the catalogue."""
+        try:
+            hosts = await asyncio.wait_for(self.router.owner_hosts(), timeout_s)
+            refs = [
+                asyncio.wrap_future(h.load_catalogue.remote(tariffs_dir, kind).future())
+                for h in hosts.values()
+            ]
+            await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
+        except (TimeoutError, RayActorError, ValueError) as exc:
+            raise BackendError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the catalogue is in force for new units, but running {kind} units were not "
+                f"all switched ({type(exc).__name__}); retry with the same request_id",
+            ) from None

@@ -14,8 +14,10 @@ from typing import Any
 import grpc
 
 from actors.directory import DirectoryEntry
+from actors.tariff_store import current_tariffs_dir
 from billing.accounts import AccountState
 from billing.ledger import is_valid_account_id
+from billing.rating import load_catalogue
 from billing.readers import FieldError, normalise_number
 from billing.tariffs.model import Catalogue
 from cluster.backend_api import BackendError
@@ -24,6 +26,9 @@ from cluster.backend_routing import UnitRouter
 __all__ = ["BackendCore", "Clock"]
 
 Clock = Callable[[], float]
+
+# How often a backend looks whether another gateway loaded a new catalogue.
+_CATALOGUE_CHECK_S = 1.0
 
 
 class BackendCore:
@@ -36,11 +41,32 @@ class BackendCore:
         catalogue: Catalogue,
         tariffs_dir: str,
         clock: Clock = time.time,
+        data_dir: str | None = None,
     ) -> None:
         self.router = router
-        self.catalogue = catalogue
+        self._catalogue = catalogue
         self.tariffs_dir = tariffs_dir
+        self.data_dir = data_dir
         self._clock = clock
+        self._catalogue_checked_s = time.monotonic()
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The catalogue in force: a LoadTariffs through any gateway moves the data dir's
+        pointer (``actors.tariff_store``); this backend follows it within a second."""
+        if self.data_dir is not None:
+            now = time.monotonic()
+            if now - self._catalogue_checked_s >= _CATALOGUE_CHECK_S:
+                self._catalogue_checked_s = now
+                current = current_tariffs_dir(self.data_dir, self.tariffs_dir)
+                if current != self.tariffs_dir:
+                    self.use_catalogue(load_catalogue(current), current)
+        return self._catalogue
+
+    def use_catalogue(self, catalogue: Catalogue, tariffs_dir: str) -> None:
+        """Answer from ``catalogue`` (loaded from ``tariffs_dir``) from now on."""
+        self._catalogue = catalogue
+        self.tariffs_dir = tariffs_dir
 
     def now_s(self, at_s: int = 0) -> int:
         """``at_s`` when the request gave one, else the backend's clock."""

@@ -9,6 +9,11 @@ runs out, then answers ``UNAVAILABLE`` so the client retries with the same
 idempotency keys. Everything is awaited on the caller's event loop: Ray's
 object refs are awaitable, and the one blocking lookup (a named actor) runs
 in a worker thread.
+
+The queries an account shard may answer while a write batch is in flight
+(``actors.shard_queries.CONCURRENT_READS``) go to the host's ``read``, which
+runs them on their own threads without the unit's lock; everything else goes
+to ``call``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from actors.host import StaleRoute
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from actors.routing import partition_id, partition_of, shard_id, shard_of
+from actors.shard_queries import CONCURRENT_READS
 from cluster.backend_api import BackendError
 
 __all__ = ["UnitRouter", "deadline_after", "time_left"]
@@ -124,6 +130,12 @@ class UnitRouter:
             self._hosts[node] = handle
         return handle
 
+    async def owner_hosts(self) -> dict[str, Any]:
+        """Handles of the hosts that own units now, by node (after a fresh map)."""
+        await self.refresh()
+        nodes = sorted({node for node, _ in self._routes.values()})
+        return {node: await self._host(node) for node in nodes}
+
     # -- calls -------------------------------------------------------------------
 
     async def call(
@@ -135,6 +147,24 @@ class UnitRouter:
         ``timeout_s`` (the outcome of a write may then be unknown: the client
         retries with the same ids). Any other engine exception propagates.
         """
+        entry = "read" if method in CONCURRENT_READS else "call"
+        return await self.on_host(
+            unit_id, entry, method, *args, timeout_s=timeout_s, _label=method, **kwargs
+        )
+
+    async def on_host(
+        self,
+        unit_id: str,
+        host_method: str,
+        /,
+        *args: Any,
+        timeout_s: float,
+        _label: str = "",
+        **kwargs: Any,
+    ) -> Any:
+        """``host_method(unit_id, epoch, *args, **kwargs)`` on the host that owns
+        ``unit_id`` (e.g. ``backup_unit``), retried across takeovers as :meth:`call`."""
+        method = _label or host_method
         deadline = deadline_after(timeout_s)
         attempt = 0
         last: str = "no route yet"
@@ -152,7 +182,8 @@ class UnitRouter:
                 if route is not None:
                     node, epoch = route
                     host = await self._host(node)
-                    ref = host.call.remote(unit_id, epoch, method, *args, **kwargs)
+                    entry = getattr(host, host_method)
+                    ref = entry.remote(unit_id, epoch, *args, **kwargs)
                     left = max(deadline - time.monotonic(), 0.001)
                     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), left)
                 last = f"{unit_id} has no owner"

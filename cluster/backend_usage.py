@@ -39,11 +39,9 @@ class UsageOps(BackendCore):
     ) -> usage_pb2.SubmitUsageResponse:
         deadline = deadline_after(timeout_s)
         at_s = self.now_s()
-        items = [usage_from_proto(r, index=i) for i, r in enumerate(request.records)]
-        groups: dict[str, list[int]] = {}
-        for index, item in enumerate(items):
-            key = item.served_msisdn if isinstance(item, UsageRecord) else _route_key(item, index)
-            groups.setdefault(self.router.partition(key), []).append(index)
+        # Decoding a batch and encoding its answer are milliseconds of CPU; on a worker
+        # thread they do not hold up the event loop, where queries are answered.
+        items, groups = await asyncio.to_thread(self._decode, request)
         results: list[RecordResult | None] = [None] * len(items)
 
         async def settle(unit: str, indexes: list[int]) -> None:
@@ -71,8 +69,24 @@ class UsageOps(BackendCore):
                 await asyncio.sleep(_RETRY_PAUSE_S)
 
         await asyncio.gather(*(settle(unit, idx) for unit, idx in groups.items()))
+        return await asyncio.to_thread(self._answer, request.batch_id, results)
+
+    def _decode(
+        self, request: usage_pb2.SubmitUsageRequest
+    ) -> tuple[list[UsageRecord | Reject], dict[str, list[int]]]:
+        """The batch's items (records or rejects) and their indexes by partition."""
+        items = [usage_from_proto(r, index=i) for i, r in enumerate(request.records)]
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            key = item.served_msisdn if isinstance(item, UsageRecord) else _route_key(item, index)
+            groups.setdefault(self.router.partition(key), []).append(index)
+        return items, groups
+
+    def _answer(
+        self, batch_id: str, results: list[RecordResult | None]
+    ) -> usage_pb2.SubmitUsageResponse:
         currency = self.catalogue.currency
-        answer = usage_pb2.SubmitUsageResponse(batch_id=request.batch_id)
+        answer = usage_pb2.SubmitUsageResponse(batch_id=batch_id)
         for result in results:
             assert result is not None  # every index belongs to one group
             answer.results.append(record_result_to_proto(result, currency))

@@ -8,6 +8,7 @@ records what ``petribill down`` needs to stop a detached cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -99,6 +100,21 @@ class Runtime:
         self.info: RuntimeInfo | None = None
 
     def start(self, *, timeout_s: float = 120.0) -> RuntimeInfo:
+        """Start (or join) Ray and petribill's actors. If a start of a local Ray fails,
+        that Ray is stopped again, so a failed start leaves no processes behind (a
+        joined cluster is left as it is)."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            if self.local is not None:
+                if ray.is_initialized():
+                    with contextlib.suppress(Exception):
+                        stop_cluster_actors()
+                ray.shutdown()
+                self.local.shutdown()
+            raise
+
+    def _start(self, timeout_s: float) -> RuntimeInfo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._address is None:
             self.local = LocalRay(self._nodes, config=self.config).start()

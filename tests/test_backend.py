@@ -47,16 +47,13 @@ S = usage_pb2
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayBackend]:
     config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
-    rt = Runtime(
-        config,
-        data_dir=tmp_path_factory.mktemp("backend") / "data",
-        tariffs_dir=TARIFFS,
-        nodes=1,
-        gateways=False,
-    )
+    data_dir = tmp_path_factory.mktemp("backend") / "data"
+    rt = Runtime(config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=1, gateways=False)
     rt.start(timeout_s=120)
     try:
-        yield RayBackend(4, 2, tariffs_dir=TARIFFS, clock=lambda: float(T_NOV + 3600))
+        yield RayBackend(
+            4, 2, tariffs_dir=TARIFFS, clock=lambda: float(T_NOV + 3600), data_dir=data_dir
+        )
     finally:
         rt.stop()
 
@@ -355,3 +352,64 @@ def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
     assert found.account_id == "acc-route" and router._routes[unit] == (node, epoch)
     code, message = status_of(router.call("acct-99", "get_account", "x", timeout_s=0.5))
     assert code is grpc.StatusCode.UNAVAILABLE and "acct-99" in message
+
+
+def test_backup_checkpoints_every_unit_under_the_data_dir(backend: RayBackend) -> None:
+    """Backup has every host checkpoint its units; a retry answers the same backup, a
+    relative path is refused, and each checkpoint opens as a database."""
+    from actors.backup import open_checkpoint, read_backup
+
+    create(backend, "acc-backup", "491510000077")
+    request = admin_pb2.BackupRequest(request_id="bk-1")
+    answer = run(backend.backup(request, timeout_s=TIMEOUT_S))
+    assert answer.done and answer.request_id == "bk-1"
+    assert run(backend.backup(request, timeout_s=TIMEOUT_S)).done  # idempotent
+    assert backend.data_dir is not None
+    root = Path(backend.data_dir) / "backups" / "bk-1"
+    assert root.as_posix() in answer.detail
+    taken = read_backup(root)
+    assert sorted(taken) == ["acct-00", "acct-01", "acct-02", "acct-03", "part-0", "part-1"]
+    for info in taken.values():
+        open_checkpoint(Path(info.path)).close()
+    relative = admin_pb2.BackupRequest(request_id="bk-2", path="backups/x")
+    assert status_of(backend.backup(relative, timeout_s=5))[0] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_load_tariffs_validates_persists_and_switches_every_unit(
+    backend: RayBackend, tmp_path: Path
+) -> None:
+    """A broken catalogue is INVALID_ARGUMENT naming file and key and changes nothing; a
+    valid one is kept under the data dir and rates the next records; loading the first
+    catalogue again restores its prices."""
+    import shutil
+
+    assert backend.data_dir is not None
+    current = Path(backend.data_dir) / "tariffs" / "CURRENT"
+    broken = tmp_path / "broken"
+    shutil.copytree(TARIFFS, broken)
+    plans = broken / "plans.toml"
+    plans.write_text(plans.read_text().replace('rate = "V_INT_Z1"', 'rate = "V_NOPE"', 1))
+    bad = tariffs_pb2.LoadTariffsRequest(request_id="t-bad", path=str(broken))
+    code, message = status_of(backend.load_tariffs(bad, timeout_s=TIMEOUT_S))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "plans.toml" in message and "V_NOPE" in message, message
+    assert not current.exists() and not (current.parent / "t-bad").exists()
+
+    create(backend, "acc-tariff", "491510000078")
+    [before] = submit(backend, call("491510000078", "tar:1", 60))
+    dearer = tmp_path / "dearer"
+    shutil.copytree(TARIFFS, dearer)
+    rates = dearer / "rates.toml"
+    rates.write_text(rates.read_text().replace('price = "0.19"', 'price = "0.38"'))
+    good = tariffs_pb2.LoadTariffsRequest(request_id="t-dearer", path=str(dearer))
+    try:
+        summary = run(backend.load_tariffs(good, timeout_s=TIMEOUT_S))
+        assert summary.default_plan == "smart"
+        assert current.read_text().strip() == "t-dearer"
+        [after] = submit(backend, call("491510000078", "tar:2", 60))
+        assert after.amount.micros == 2 * before.amount.micros > 0
+    finally:
+        back = tariffs_pb2.LoadTariffsRequest(request_id="t-conf", path=str(TARIFFS))
+        run(backend.load_tariffs(back, timeout_s=TIMEOUT_S))
+    [restored] = submit(backend, call("491510000078", "tar:3", 60))
+    assert restored.amount.micros == before.amount.micros

@@ -173,3 +173,67 @@ def test_a_store_taken_over_under_the_host_becomes_a_stale_route(hosts: TwoHosts
             currency="EUR", at_s=AT,
         )  # fmt: skip
     assert unit not in host.units()
+
+
+def test_a_query_does_not_wait_for_a_write_in_flight(hosts: TwoHosts) -> None:
+    """Balance, usage and invoice queries are answered while the unit's lock is held by a
+    write; any other method still waits for it."""
+    hosts.create("acc-q", PaymentMode.PREPAID, "4915100000077", "smart")
+    unit = shard_of("acc-q", SHARDS)
+    node, epoch = hosts.routes[unit]
+    host = hosts.hosts[node]
+    lock = host._units[unit].lock
+    with lock:  # a write batch in flight on the unit
+        state = host.read(unit, epoch, "get_account", "acc-q")
+        assert state is not None and state.account.account_id == "acc-q"
+        assert host.read(unit, epoch, "list_usage", "acc-q") == []
+        assert host.read(unit, epoch, "list_invoices", "acc-q") == []
+        assert not lock.acquire(timeout=0)  # still held: the queries did not need it
+    with pytest.raises(StaleRoute):
+        host.read(unit, epoch + 1, "get_account", "acc-q")
+
+
+def test_a_query_sees_committed_state_only(tmp_path: Path) -> None:
+    """What a write call has staged but not committed is invisible to a query; after the
+    commit the query sees all of it."""
+    from actors.shard_work import Work
+
+    factory = engine_factory(
+        {"shards": 1, "partitions": 1, "tariffs_dir": str(ROOT / "conf" / "tariffs")}
+    )
+    shard: Any = factory("acct-00", tmp_path / "acct-00", 1)
+    try:
+        account = Account(account_id="acc-c", currency="EUR", payment_mode=PaymentMode.PREPAID)
+        shard.create_account(request_id="c", account=account)
+        work = Work(shard)
+        state = work.state("acc-c")
+        assert state is not None
+        new = state.copy()
+        new.prepaid += 5_000_000
+        work.set_state(new)
+        assert shard.get_account("acc-c").prepaid == 0  # staged, not committed
+        work.commit()
+        assert shard.get_account("acc-c").prepaid == 5_000_000
+    finally:
+        shard.close()
+
+
+def test_closing_a_unit_waits_for_its_queries(hosts: TwoHosts) -> None:
+    """A unit is closed only after the queries reading it have ended; later ones are refused."""
+    import threading
+
+    hosts.create("acc-w", PaymentMode.PREPAID, None, "smart")
+    unit = shard_of("acc-w", SHARDS)
+    node, epoch = hosts.routes[unit]
+    host = hosts.hosts[node]
+    gate = host._units[unit].gate
+    assert gate.enter()  # a query in flight
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (host.close_unit(unit), closed.set()))
+    closer.start()
+    assert not closed.wait(0.2)
+    gate.leave()
+    assert closed.wait(5)
+    closer.join()
+    with pytest.raises(StaleRoute):
+        host.read(unit, epoch, "get_account", "acc-w")

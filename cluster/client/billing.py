@@ -155,6 +155,7 @@ class BillingCalls(Transport):
         )
         return self.call("AdminService", "ReprocessRejects", request)
 
-    def backup(self, path: str, *, request_id: str | None = None) -> admin_pb2.OperationAnswer:
+    def backup(self, path: str = "", *, request_id: str | None = None) -> admin_pb2.OperationAnswer:
+        """Back up every unit into ``path`` (absolute), or under the data dir when empty."""
         request = admin_pb2.BackupRequest(request_id=self._id(request_id), path=path)
         return self.call("AdminService", "Backup", request)
