@@ -214,7 +214,7 @@ class Injector:
         if index is None:
             return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
         pid = _worker_pid(self.local, index, "GatewayActor")
-        handle = self.local.nodes[index]
+        handle = self.local.node(index)
         address = next(
             (a for nid, a in self._gateway_addresses().items() if nid == handle.node_id), None
         )
@@ -325,7 +325,7 @@ class Injector:
     def _node_gone(self, index: int, wait_s: float = 10.0) -> bool:
         """After a resume: whether the node's raylet exits (it learns it was declared dead)."""
         deadline = self._clock() + wait_s
-        raylet = self.local.nodes[index].raylet_pid
+        raylet = self.local.node(index).raylet_pid
         while self._clock() < deadline:
             if raylet not in self.local.node_pids(index):
                 return True

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,7 @@ class LocalRay:
         self.nodes: list[NodeHandle] = []
         self.address = ""
         self._connected = False
+        self._adding = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -202,12 +204,22 @@ class LocalRay:
         self.nodes = []
         self.address = address
         self._connected = False
+        self._adding = threading.Lock()
         return self
 
     def add_node(self) -> NodeHandle:
-        """Start one more node and return its handle."""
-        self._wait_started([self._spawn(len(self._procs))])
-        return self.nodes[-1]
+        """Start one more node and return its handle (one caller at a time)."""
+        with self._adding:
+            index = self._spawn(len(self._procs))
+            self._wait_started([index])
+            return self.node(index)
+
+    def node(self, index: int) -> NodeHandle:
+        """The handle of node ``index`` (``nodes`` has gaps where a node failed to start)."""
+        for handle in self.nodes:
+            if handle.index == index:
+                return handle
+        raise KeyError(f"no node n{index} in this cluster")
 
     def connect(self, namespace: str = "petribill") -> None:
         """Connect this process as a driver (to the head's raylet); undone by shutdown."""
@@ -263,7 +275,7 @@ class LocalRay:
         Returns the PID signalled. The head (index 0) hosts GCS and the driver;
         killing it ends the cluster, so it is refused.
         """
-        node = self.nodes[index]
+        node = self.node(index)
         if node.is_head and sig in (signal.SIGKILL, signal.SIGTERM):
             raise ValueError("killing the head node ends the whole cluster; kill a worker node")
         os.kill(node.raylet_pid, sig)
@@ -282,7 +294,7 @@ class LocalRay:
         Pausing the raylet alone is not a hung node: its workers keep answering
         calls made to them directly. :meth:`resume_node` sends SIGCONT.
         """
-        if self.nodes[index].is_head:
+        if self.node(index).is_head:
             raise ValueError("pausing the head node stops the whole cluster; pause a worker node")
         paused = self.node_pids(index)
         for pid in paused:
