@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from actors.codec import decode_u64
 from billing.invariant import invariant
@@ -70,6 +70,14 @@ class StaleEpoch(StorageError):
     def __init__(self, path: Path, *, mine: int, stored: int) -> None:
         super().__init__(f"{path}: epoch {mine} is stale, shard epoch is {stored}")
         self.path, self.mine, self.stored = path, mine, stored
+
+    def __reduce__(self) -> tuple[Any, tuple[Path, int, int]]:
+        # Crosses process boundaries inside Ray's task errors: rebuild from fields.
+        return (_stale_epoch, (self.path, self.mine, self.stored))
+
+
+def _stale_epoch(path: Path, mine: int, stored: int) -> StaleEpoch:
+    return StaleEpoch(path, mine=mine, stored=stored)
 
 
 class StoreLocked(StorageError):

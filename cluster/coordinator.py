@@ -59,7 +59,17 @@ log = structlog.get_logger("petribill.coordinator")
 
 class UnitOpenError(RuntimeError):
     """Raised by :meth:`ClusterOps.open_unit` when a host could not open a unit
-    (host unreachable, store locked by a process that is not the fenced owner)."""
+    (host unreachable, store locked by a process that is not the fenced owner).
+
+    ``stale``: the store's epoch is already the one asked for (or above): a host
+    opened it at that epoch before and is gone — the node restarted (a whole
+    cluster restart, a new host process). Only a takeover at a new epoch can
+    serve it again.
+    """
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
 
 
 class ClusterOps(Protocol):
@@ -346,8 +356,14 @@ class Coordinator:
         return fired
 
     def converge(self) -> list[str]:
-        """Make every alive owner serve its units at their epochs; returns failures."""
+        """Make every alive owner serve its units at their epochs; returns failures.
+
+        A node whose host finds a unit's epoch already taken (a restarted node
+        or cluster: the host that opened it at that epoch is gone) is failed,
+        so that its units are fenced and taken over at new epochs.
+        """
         failures = []
+        restarted: set[str] = set()
         for unit, node, epoch in self._owned():
             if self._status(node) != "alive" and self._status(node) != "draining":
                 continue
@@ -356,6 +372,11 @@ class Coordinator:
             except UnitOpenError as exc:
                 failures.append(unit)
                 log.warning("open_failed", shard=unit, node=node, epoch=epoch, error=str(exc))
+                if exc.stale:
+                    restarted.add(node)
+        for node in sorted(restarted):
+            self.failover_started.setdefault(node, time.monotonic())
+            self._fire("node_fail", node=node)
         return failures
 
     def healthy(self) -> bool:

@@ -9,6 +9,7 @@ import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.fencing import StaleEpoch
 from actors.remote import NAMESPACE, host_name, spawn_host
 from cluster.coordinator import UnitOpenError
 
@@ -97,7 +98,8 @@ class RayOps:
         except (RayActorError, GetTimeoutError) as exc:
             raise UnitOpenError(f"{node}: {exc}") from exc
         except Exception as exc:  # the store refused: locked, stale epoch, disk
-            raise UnitOpenError(f"{node}: {type(exc).__name__}: {exc}") from exc
+            stale = isinstance(getattr(exc, "cause", exc), StaleEpoch)
+            raise UnitOpenError(f"{node}: {type(exc).__name__}: {exc}", stale=stale) from exc
 
     def close_unit(self, node: str, unit_id: str) -> None:
         self._opened.pop((node, unit_id), None)

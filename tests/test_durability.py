@@ -24,16 +24,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.slow,
     pytest.mark.timeout(600),
-    # A known bug, outside this test: after a whole-cluster restart the coordinator
-    # reloads its marking (n0 alive, units at epoch e) and, when the new n0 host
-    # answers before its first round, re-opens every unit at the same epoch e, which
-    # the stores refuse (StaleEpoch: e is not above e) for ever; only when the host
-    # answers late does node_fail/fence/takeover move the units to e + 1. Remove this
-    # mark with the coordinator fix (see the report of issue #4).
-    pytest.mark.xfail(
-        reason="coordinator re-opens units at the persisted epoch after a full restart",
-        strict=False,
-    ),
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
