@@ -184,53 +184,52 @@ class Injector:
         log.info("fault", **result.as_dict())
         return result
 
+    def _healed(
+        self, fault: Fault, target: str, at_s: float, started: float, detail: str,
+        took: float | None = None,
+    ) -> FaultResult:  # fmt: skip
+        """The result of an applied fault, once the cluster is healthy again."""
+        self.wait_healthy()
+        healed = self._clock() - started
+        return FaultResult(fault.kind, target, at_s, took, healed, detail)
+
+    @staticmethod
+    def _skipped(fault: Fault, target: str, at_s: float, why: str) -> FaultResult:
+        return FaultResult(fault.kind, target, at_s, skipped=True, detail=why)
+
     def _pick(self, candidates: list[int], fault: Fault) -> int | None:
         return candidates[fault.pick % len(candidates)] if candidates else None
 
     def _kill_host(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._live_nodes(), fault)
         if index is None:
-            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
+            return self._skipped(fault, "-", at_s, "no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
         pid = _worker_pid(self.local, index, "RoutedHost")
         if pid is None:
-            return FaultResult(fault.kind, node, at_s, skipped=True, detail="no host process")
+            return self._skipped(fault, node, at_s, "no host process")
         started = self._clock()
         os.kill(pid, signal.SIGKILL)
         took = self._wait_taken_over(before, started) if before else None
-        self.wait_healthy()
-        return FaultResult(
-            fault.kind,
-            node,
-            at_s,
-            takeover_s=took,
-            healed_s=self._clock() - started,
-            detail=f"pid {pid}",
-        )
+        return self._healed(fault, node, at_s, started, f"pid {pid}", took)
 
     def _kill_gateway(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._live_nodes(), fault)
         if index is None:
-            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
+            return self._skipped(fault, "-", at_s, "no node left to hit")
         pid = _worker_pid(self.local, index, "GatewayActor")
         handle = self.local.node(index)
         address = next(
             (a for nid, a in self._gateway_addresses().items() if nid == handle.node_id), None
         )
         if pid is None or address is None:
-            return FaultResult(fault.kind, f"n{index}", at_s, skipped=True, detail="no gateway")
+            return self._skipped(fault, f"n{index}", at_s, "no gateway")
         started = self._clock()
         os.kill(pid, signal.SIGKILL)
         time.sleep(GATEWAY_RESTART_DELAY_S)
         self._start_gateway(handle.node_id, port=int(address.rsplit(":", 1)[1]))
-        return FaultResult(
-            fault.kind,
-            f"n{index}",
-            at_s,
-            healed_s=self._clock() - started,
-            detail=f"pid {pid}, restarted on {address}",
-        )
+        return self._healed(fault, f"n{index}", at_s, started, f"pid {pid}, restarted on {address}")
 
     def _kill_coordinator(self, fault: Fault, at_s: float) -> FaultResult:
         pid = None
@@ -239,46 +238,34 @@ class Injector:
             if pid is not None:
                 break
         if pid is None:
-            return FaultResult(fault.kind, "coordinator", at_s, skipped=True, detail="not found")
+            return self._skipped(fault, "coordinator", at_s, "not found")
         started = self._clock()
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)  # let Ray notice before asking it again
-        self.wait_healthy()
-        return FaultResult(
-            fault.kind,
-            "coordinator",
-            at_s,
-            healed_s=self._clock() - started,
-            detail=f"pid {pid}",
-        )
+        return self._healed(fault, "coordinator", at_s, started, f"pid {pid}")
+
+    def _worker_victim(self, fault: Fault) -> tuple[int, str, dict[str, int]] | None:
+        """The worker node a node fault hits: index, name and the units it owns."""
+        index = self._pick(self._worker_nodes(), fault)
+        return None if index is None else (index, f"n{index}", self._owned_by(f"n{index}"))
 
     def _kill_node(self, fault: Fault, at_s: float) -> FaultResult:
-        index = self._pick(self._worker_nodes(), fault)
-        if index is None:
-            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
-        node = f"n{index}"
-        before = self._owned_by(node)
+        victim = self._worker_victim(fault)
+        if victim is None:
+            return self._skipped(fault, "-", at_s, "no node left to hit")
+        index, node, before = victim
         started = self._clock()
         pid = self.local.kill_node(index, signal.SIGKILL)
         self._dead.add(index)
         took = self._wait_taken_over(before, started) if before else None
-        replacement = self._replace_node()
-        self.wait_healthy()
-        return FaultResult(
-            fault.kind,
-            node,
-            at_s,
-            takeover_s=took,
-            healed_s=self._clock() - started,
-            detail=f"raylet pid {pid}; replaced by {replacement}",
-        )
+        detail = f"raylet pid {pid}; replaced by {self._replace_node()}"
+        return self._healed(fault, node, at_s, started, detail, took)
 
     def _pause_node(self, fault: Fault, at_s: float) -> FaultResult:
-        index = self._pick(self._worker_nodes(), fault)
-        if index is None:
-            return FaultResult(fault.kind, "-", at_s, skipped=True, detail="no node left to hit")
-        node = f"n{index}"
-        before = self._owned_by(node)
+        victim = self._worker_victim(fault)
+        if victim is None:
+            return self._skipped(fault, "-", at_s, "no node left to hit")
+        index, node, before = victim
         started = self._clock()
         paused = self.local.pause_node(index)
         try:
@@ -292,33 +279,17 @@ class Injector:
         if self._node_gone(index):
             self._dead.add(index)
             detail += f"; declared dead, replaced by {self._replace_node()}"
-        return FaultResult(
-            fault.kind,
-            node,
-            at_s,
-            takeover_s=took,
-            healed_s=self._clock() - started,
-            detail=detail,
-        )
+        return self._healed(fault, node, at_s, started, detail, took)
 
     def _disk_full(self, fault: Fault, at_s: float) -> FaultResult:
         if self.disk is None:
-            return FaultResult(
-                fault.kind, "-", at_s, skipped=True, detail="no tmpfs (needs root to mount)"
-            )
+            return self._skipped(fault, "-", at_s, "no tmpfs (needs root to mount)")
         started = self._clock()
         filled = self.disk.fill()
         time.sleep(fault.hold_s)
         self.disk.free()
-        healed = self.wait_healthy()
-        return FaultResult(
-            fault.kind,
-            self.disk.path.name,
-            at_s,
-            healed_s=self._clock() - started,
-            detail=f"filled {filled // 1024} KiB for {fault.hold_s:.1f} s; healthy {healed:.2f} s"
-            " after freeing",
-        )
+        detail = f"filled {filled // 1024} KiB for {fault.hold_s:.1f} s"
+        return self._healed(fault, self.disk.path.name, at_s, started, detail)
 
     # -- supervision (what an operator's process manager would do) ----------------
 
