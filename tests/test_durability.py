@@ -7,9 +7,13 @@ there, and retries of it are duplicates, never second charges.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import ray
 from petribill.v1 import usage_pb2
 
 from actors.backup import open_checkpoint, read_backup
@@ -60,10 +64,24 @@ def _top_up(client: PetribillClient, account_id: str) -> int:
     return client.top_up(account_id, "20.00", request_id=f"top-{account_id}").prepaid.micros
 
 
-def test_a_restarted_cluster_keeps_every_acknowledged_record_and_top_up(tmp_path: Path) -> None:
-    """After Runtime.stop and a start on the same data dir, balances and usage lines are
-    the acknowledged ones, retried records and top-ups change nothing, reconcile balances,
-    and the backup taken before the stop holds every unit."""
+def _kill_9(runtime: Runtime) -> None:
+    """kill -9 of the whole cluster at once: every process of it, no goodbye."""
+    assert runtime.local is not None
+    for pid in runtime.local.pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ray.shutdown()
+    runtime.local.shutdown()  # nothing left to end; removes its temp dir
+
+
+@pytest.mark.parametrize("stop", ["graceful", "kill-9"])
+def test_a_restarted_cluster_keeps_every_acknowledged_record_and_top_up(
+    tmp_path: Path, stop: str
+) -> None:
+    """After Runtime.stop — or SIGKILL of every process of the cluster — and a start on
+    the same data dir, balances and usage lines are the acknowledged ones, retried records
+    and top-ups change nothing, reconcile balances, and the backup taken before the stop
+    holds every unit."""
     data = tmp_path / "data"
     records = _records()
     runtime = _runtime(data)
@@ -89,7 +107,10 @@ def test_a_restarted_cluster_keeps_every_acknowledged_record_and_top_up(tmp_path
             assert reconciled.balanced and reconciled.rated == len(records)
             assert client.backup("", request_id="before-restart").done
     finally:
-        runtime.stop()
+        if stop == "kill-9":
+            _kill_9(runtime)
+        else:
+            runtime.stop()
 
     runtime = _runtime(data)
     info = runtime.start(timeout_s=180)
