@@ -24,10 +24,11 @@ in :mod:`billing.outcome` and are re-exported here.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from billing.history import UsageHistory
 from billing.idempotency import Mark, mark
 from billing.invariant import invariant
 from billing.ledger import Book, Entry, account_key, is_valid_account_id
@@ -142,7 +143,8 @@ class AccountState:
     not yet on an interim invoice (what the bill run invoices). ``reminders``
     holds the keys of thresholds currently crossed and ``crossings`` how often
     each was crossed (it numbers the notification ids). ``history`` keeps the
-    last ``history_max`` usage lines (``Charge`` rows), newest last.
+    last ``history_max`` usage lines (``Charge`` rows), newest last: a read-only
+    sequence, extended with ``billing.history.appended``.
     """
 
     __slots__ = (
@@ -178,7 +180,7 @@ class AccountState:
         self.reminders: set[str] = set()
         self.crossings: dict[str, int] = {}
         self.reminder_cycle: str | None = None
-        self.history: list[Charge] = []
+        self.history: Sequence[Charge] = []
 
     @property
     def account_id(self) -> str:
@@ -201,7 +203,9 @@ class AccountState:
         new.reminders = set(self.reminders)
         new.crossings = dict(self.crossings)
         new.reminder_cycle = self.reminder_cycle
-        new.history = list(self.history)
+        # A UsageHistory is an immutable view: shared, not copied (billing.history).
+        history = self.history
+        new.history = history if type(history) is UsageHistory else list(history)
         return new
 
     def balance(self, book: Book) -> int:

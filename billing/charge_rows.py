@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol
 
 from billing.accounts import AccountState
+from billing.history import appended
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key, op_key
 from billing.outcome import CHARGED_RESULTS, Result
@@ -145,10 +146,7 @@ def add_usage(state: AccountState, row: Charge, history_max: int) -> None:
             old[3] + row.amount,
             old[4] + row.unbilled,
         )
-    history = state.history
-    history.append(row)
-    if len(history) > 2 * history_max:
-        del history[:-history_max]
+    state.history = appended(state.history, row, history_max)
 
 
 def billing_usage(state: AccountState) -> dict[str, dict[str, tuple[int, int, int, int, int]]]:

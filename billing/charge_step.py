@@ -10,11 +10,13 @@ row for row (tests/test_charging_fast.py holds it to that).
 
 **Working copies.** An account is copied once per batch, on first touch
 (:func:`working_copy`): the containers charging writes on every record
-(``bundle_used``, ``usage``, ``history``) are copied, those it never writes
-(``bundle_held``, ``reservations``) are shared with the handed-in state, and
-the reminder containers (``reminders``, ``crossings``) are shared until a
-reminder may write them (:meth:`ChargeBatch.own`). The handed-in states and
-their containers are never mutated.
+(``bundle_used``, ``usage``) are copied, those it never writes
+(``bundle_held``, ``reservations``) are shared with the handed-in state, the
+usage history is a read-only sequence that charging replaces
+(``billing.history``), and the reminder containers (``reminders``,
+``crossings``) are shared until a reminder may write them
+(:meth:`ChargeBatch.own`). The handed-in states and their containers are
+never mutated.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def working_copy(state: AccountState) -> AccountState:
     new.reminders = state.reminders
     new.crossings = state.crossings
     new.reminder_cycle = state.reminder_cycle
-    new.history = list(state.history)
+    new.history = state.history  # read-only: appended to by billing.history.appended
     return new
 
 
@@ -100,15 +102,16 @@ class ChargeBatch:
         self.forwards: list[SponsoredUsage] = []
         self.seen: dict[str, Charge] = {}
 
-    def state(self, account_id: str) -> AccountState | None:
-        """The batch's working copy of ``account_id``, owned (safe for any rule to write)."""
+    def state(self, account_id: str, *, owned: bool = True) -> AccountState | None:
+        """The batch's working copy of ``account_id``; ``owned`` (the default) gives it its
+        own reminder containers first, so any rule may write it."""
         found = self.changed.get(account_id)
         if found is None:
             original = self.accounts.get(account_id)
             if original is None:
                 return None
             found = self.changed[account_id] = working_copy(original)
-        if account_id not in self.owned:
+        if owned and account_id not in self.owned:
             self.own(found)
         return found
 
@@ -161,7 +164,9 @@ class ChargeBatch:
     def charge(self, rated: RatedRecord, account_id: str, at_s: int, offline: bool) -> Charge:
         """Charge one record to ``account_id`` (the subscriber)."""
         record_id = rated.record.record_id
-        state = self.state(account_id)
+        # Not owned yet: refusals and sponsored lines write no reminder (the copy is owned
+        # below, before bundles and money).
+        state = self.state(account_id, owned=False)
         if state is None:
             return self.refuse(rated, account_id, Result.UNKNOWN_ACCOUNT, at_s)
         account = state.account
@@ -193,6 +198,8 @@ class ChargeBatch:
             sponsorship = resolve_sponsor(account, rated, self.tariff)
             if sponsorship is not None:
                 return self.sponsored(state, rated, sponsorship, cycle_id, at_s)
+        if account_id not in self.owned:
+            self.own(state)
         tariff = self.tariff
         units = rated.units
         covered = 0

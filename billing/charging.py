@@ -74,6 +74,7 @@ from billing.charge_rows import (
 from billing.charge_step import ChargeBatch, working_copy
 from billing.charging_config import Calendar, ChargingConfig, OfflinePolicy, calendar_for
 from billing.funding import post_money, split_money
+from billing.history import appended
 from billing.notifications import NotificationKind
 from billing.outcome import CHARGED_RESULTS, Outcome, Result
 from billing.rated import RatedRecord
@@ -108,15 +109,42 @@ __all__ = [
 
 _Batch = ChargeBatch  # the general path's former name, kept for callers of the first version
 
-# What the inline path needs to know of a (plan, plan version, usage class): its bundles
-# as (bundle_id, allowance) in consumption order, and whether a catalogue sponsor pays it.
-_ClassInfo = tuple[tuple[tuple[str, int], ...], bool]
+# What the inline path needs to know of a (plan, plan version, usage class) in one cycle:
+# the usage-totals key ``(cycle_id, usage_class)``; the bundles in consumption order as
+# ``((cycle_id, bundle_id), bundle_id, allowance, bundle reminder keys)``; and whether the
+# inline path may charge the class at all (not when a catalogue sponsor pays for it, nor
+# when a plan lists one bundle id twice). The keys are built once per batch and shared by
+# every account's containers, so copying a container does not touch a key of its own.
+_Bundles = tuple[tuple[tuple[str, str], str, int, tuple[str, ...]], ...]
+_ClassInfo = tuple[tuple[str, str], _Bundles, bool]
 
 
-def _class_info(tariff: Tariff, plan_id: str, plan_version: str, usage_class: str) -> _ClassInfo:
+def _class_info(
+    tariff: Tariff,
+    cycle_id: str,
+    class_key: tuple[str, str, str],
+    bundle_percents: tuple[int, ...],
+) -> _ClassInfo:
+    plan_id, plan_version, usage_class = class_key
     bundles = tariff.bundles_for(plan_id, plan_version, usage_class)
-    sponsored = tariff.sponsor_for(usage_class) is not None
-    return tuple((b.bundle_id, b.units) for b in bundles), sponsored
+    ids = [b.bundle_id for b in bundles]
+    inline = tariff.sponsor_for(usage_class) is None and len(set(ids)) == len(ids)
+    return (
+        (cycle_id, usage_class),
+        tuple(
+            (
+                (cycle_id, b.bundle_id),
+                b.bundle_id,
+                b.units,
+                tuple(
+                    reminder_key(cycle_id, NotificationKind.BUNDLE_USAGE, f"{b.bundle_id}@{p}")
+                    for p in bundle_percents
+                ),
+            )
+            for b in bundles
+        ),
+        inline,
+    )
 
 
 def charge_batch(
@@ -137,9 +165,10 @@ def charge_batch(
     ``CHARGED`` (the batch was applied); each row carries its own result.
     Records repeated inside the batch are duplicates of their first occurrence.
     """
-    # The loop below is the hot path of the whole system (about a microsecond and a half
-    # a record): everything it touches is bound to a local first, and every record it is
-    # not sure about goes to the general path, which applies all the rules.
+    # The loop below is the hot path of the whole system: everything it touches is bound
+    # to a local first, every record it is not sure about goes to the general path, which
+    # applies all the rules, and it allocates as few containers as it can, since each one
+    # costs again when the cyclic GC traverses it.
     batch = ChargeBatch(accounts, marks, tariff, config)
     answer: list[Charge] = []
     answer_append = answer.append
@@ -155,8 +184,8 @@ def charge_batch(
     directory_get = directory.get
     accounts_get = accounts.get
     marks_get = marks.get
+    class_memos: dict[str, dict[tuple[str, str, str], _ClassInfo]] = {}
     class_memo: dict[tuple[str, str, str], _ClassInfo] = {}
-    bundle_keys: dict[tuple[str, str], tuple[str, ...]] = {}
     cycle_memo: dict[str, tuple[str, tuple[str, ...]]] = {}
     calendar = batch.calendar
     reminder_config = config.reminders
@@ -167,12 +196,10 @@ def charge_batch(
     credit_percents = reminder_config.credit_percents
     credit_floor = min(credit_percents) if credit_percents else None
     history_max = config.history_max
-    history_cap = 2 * history_max
     ACTIVE = AccountStatus.ACTIVE
     PREPAID = PaymentMode.PREPAID
     POSTPAID = PaymentMode.POSTPAID
     CHARGED = Result.CHARGED
-    BUNDLE_USAGE = NotificationKind.BUNDLE_USAGE
     cycle_start = cycle_end = 0
     cycle_id = ""
     low_key = ""
@@ -204,18 +231,20 @@ def charge_batch(
                         for percent in credit_percents
                     ),
                 )
+                class_memos[cycle_id] = {}
             low_key, credit_keys = cycle_keys
+            class_memo = class_memos[cycle_id]
         usage_class = rated.usage_class
         class_key = (rated.plan_id, rated.plan_version, usage_class)
         info = class_memo.get(class_key)
         if info is None:
-            info = class_memo[class_key] = _class_info(tariff, *class_key)
-        bundles, sponsored = info
+            info = class_memo[class_key] = _class_info(tariff, cycle_id, class_key, bundle_percents)
+        usage_key, bundles, inline = info
         account = state.account if state is not None else None
         if (
             state is None
             or account is None
-            or sponsored
+            or not inline
             or account.sponsor_rules
             or account.status is not ACTIVE
             or rated.currency != account.currency
@@ -228,26 +257,23 @@ def charge_batch(
                 rows_append(row)
             continue
 
-        # Bundles first, narrowest first; the takes are applied once money is settled.
+        # Bundles first, narrowest first: how much they cover. The units are taken below,
+        # once money is settled (the same walk again: nothing changes the bundles between).
         units = rated.units
         covered = 0
-        takes: list[tuple[tuple[str, str], str, int, int]] | None = None
         if bundles and units:
             used_get = state.bundle_used.get
             held = state.bundle_held
             left = units
-            takes = []
-            for bundle_id, allowance in bundles:
-                key = (cycle_id, bundle_id)
+            for key, _, allowance, _ in bundles:
                 free = allowance - used_get(key, 0)
                 if held:
                     free -= held.get(key, 0)
                 if free > 0:
-                    take = free if free < left else left
-                    takes.append((key, bundle_id, take, allowance))
-                    left -= take
-                    if not left:
+                    if free >= left:
+                        left = 0
                         break
+                    left -= free
             covered = units - left
         if not covered:
             amount = rated.amount
@@ -300,31 +326,37 @@ def charge_batch(
                 rated,
             ),
         )
-        if takes:
+        if covered:
             used = state.bundle_used
-            for key, bundle_id, take, allowance in takes:
-                now = used[key] = used.get(key, 0) + take
+            used_get = used.get
+            held = state.bundle_held
+            left = covered
+            for key, bundle_id, allowance, keys in bundles:
+                free = allowance - used_get(key, 0)
+                if held:
+                    free -= held.get(key, 0)
+                if free <= 0:
+                    continue
+                take = free if free < left else left
+                now = used[key] = used_get(key, 0) + take
+                left -= take
                 # A reminder check that cannot change anything is skipped: below the lowest
                 # threshold and none of this bundle's thresholds marked crossed. Entering the
                 # cycle is done here as the check would do it first; it replaces the reminder
                 # containers instead of writing them, so the state need not be owned for it.
-                keys = bundle_keys.get(key)
-                if keys is None:
-                    keys = bundle_keys[key] = tuple(
-                        reminder_key(cycle_id, BUNDLE_USAGE, f"{bundle_id}@{percent}")
-                        for percent in bundle_percents
-                    )
-                if state.reminder_cycle != cycle_id and not enter_cycle(state, cycle_id):
-                    continue  # a late record: reminders are not evaluated for past cycles
-                reminders = state.reminders
-                if (bundle_floor is not None and now * 100 >= allowance * bundle_floor) or (
-                    reminders and not reminders.isdisjoint(keys)
-                ):
-                    if account_id not in owned:
-                        own(state)
-                    check_bundle(
-                        state, reminder_config, cycle_id, bundle_id, allowance, at_s, notes
-                    )
+                # A late record (an earlier cycle) evaluates no reminders.
+                if state.reminder_cycle == cycle_id or enter_cycle(state, cycle_id):
+                    reminders = state.reminders
+                    if (bundle_floor is not None and now * 100 >= allowance * bundle_floor) or (
+                        reminders and not reminders.isdisjoint(keys)
+                    ):
+                        if account_id not in owned:
+                            own(state)
+                        check_bundle(
+                            state, reminder_config, cycle_id, bundle_id, allowance, at_s, notes
+                        )
+                if not left:
+                    break
         if amount:
             if result is CHARGED and not debt:
                 if prepaid:
@@ -358,7 +390,6 @@ def charge_batch(
 
         # Usage totals and history (billing.charge_rows.add_usage, inlined).
         usage = state.usage
-        usage_key = (cycle_id, usage_class)
         old = usage.get(usage_key)
         if old is None:
             usage[usage_key] = (1, units, covered, amount, unbilled)
@@ -370,10 +401,7 @@ def charge_batch(
                 old[3] + amount,
                 old[4] + unbilled,
             )
-        history = state.history
-        history.append(row)
-        if len(history) > history_cap:
-            del history[:-history_max]
+        state.history = appended(state.history, row, history_max)
         seen[record_id] = row
         rows_append(row)
         answer_append(row)
