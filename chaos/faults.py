@@ -255,7 +255,11 @@ class Injector:
             return self._skipped(fault, "-", at_s, "no node left to hit")
         index, node, before = victim
         started = self._clock()
-        pid = self.local.kill_node(index, signal.SIGKILL)
+        try:
+            pid = self.local.kill_node(index, signal.SIGKILL)
+        except ProcessLookupError:  # its raylet already exited (declared dead meanwhile)
+            self._dead.add(index)
+            return self._skipped(fault, node, at_s, "the node was already gone")
         self._dead.add(index)
         took = self._wait_taken_over(before, started) if before else None
         detail = f"raylet pid {pid}; replaced by {self._replace_node()}"

@@ -212,6 +212,9 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 for fault in faults:
                     _apply(injector, fault, load_started, report, echo)
                 time.sleep(max(0.0, options.duration_s - (time.monotonic() - load_started)))
+            except Exception as exc:  # the harness failed, not the cluster: still audit
+                report.errors.append(f"fault injection stopped: {type(exc).__name__}: {exc}")
+                log.exception("fault_injection_failed")
             finally:
                 injector.finish()
                 load.stop()
