@@ -37,6 +37,7 @@ POLL_INTERVAL_S: Final = 0.2
 POLL_BATCH_MAX: Final = 1000
 _NOTIFICATIONS_LIMIT_DEFAULT: Final = 50
 _NOTIFICATIONS_LIMIT_MAX: Final = 1000
+_UNLOCKING: set[asyncio.Future[Any]] = set()
 
 
 class BillingOps(BackendCore):
@@ -92,9 +93,7 @@ class BillingOps(BackendCore):
         """Bill one shard while holding its bill-run lock in the control net, so the
         coordinator never migrates a shard in the middle of its bill run."""
         pause_s = 0.05
-        while not await self.router.coordinator_call(
-            "lock", unit, "bill_run", timeout_s=_left(deadline)
-        ):
+        while not await self._lock(unit, deadline):
             if _left(deadline) <= pause_s:
                 raise BackendError(
                     grpc.StatusCode.ABORTED,
@@ -108,6 +107,27 @@ class BillingOps(BackendCore):
             )
         finally:
             await self.router.coordinator_call("unlock", unit, "bill_run", timeout_s=10.0)
+
+    async def _lock(self, unit: str, deadline: float) -> bool:
+        """Ask for the bill-run lock of ``unit``. Cancelled meanwhile (a sibling shard's
+        bill run failed), a lock the coordinator grants anyway is released, not leaked
+        until its lease runs out."""
+        call = asyncio.ensure_future(
+            self.router.coordinator_call("lock", unit, "bill_run", timeout_s=_left(deadline))
+        )
+        try:
+            return bool(await asyncio.shield(call))
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._unlock_if_granted(unit, done))
+            raise
+
+    def _unlock_if_granted(self, unit: str, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None and done.result():
+            unlock = asyncio.ensure_future(
+                self.router.coordinator_call("unlock", unit, "bill_run", timeout_s=10.0)
+            )
+            _UNLOCKING.add(unlock)  # a strong reference until it has run
+            unlock.add_done_callback(_UNLOCKING.discard)
 
     async def list_invoices(
         self, request: billing_pb2.ListInvoicesRequest, *, timeout_s: float
