@@ -81,6 +81,7 @@ class LoadFigures:
     records_sent: int = 0
     duplicate_batches: int = 0
     refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    last_refusal: str = ""
     duplicate_answers_wrong: int = 0
 
 
@@ -141,7 +142,10 @@ class Load:
         if self.failure is not None:
             raise RuntimeError(f"the load failed: {self.failure!r}") from self.failure
         if stuck:
-            raise RuntimeError(f"load workers still waiting for an answer: {stuck}")
+            raise RuntimeError(
+                f"load workers still waiting for an answer: {stuck}; "
+                f"last refusal: {self.figures.last_refusal or 'none'}"
+            )
 
     @property
     def records_acked(self) -> int:
@@ -224,6 +228,7 @@ class Load:
         """Count a refusal, or end the load if retrying cannot help."""
         with self._lock:
             self.figures.refusals[exc.code.name] += 1
+            self.figures.last_refusal = str(exc)
         if exc.code in FATAL_CODES:
             raise exc
 

@@ -217,15 +217,17 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 log.exception("fault_injection_failed")
             finally:
                 injector.finish()
-                load.stop()
-                report.load = {
-                    "acked": load.records_acked,
-                    "batches": load.figures.batches,
-                    "duplicate_batches": load.figures.duplicate_batches,
-                    "duplicate_answers_wrong": load.figures.duplicate_answers_wrong,
-                    "refusals": dict(load.figures.refusals),
-                    "topups": len(load.topups),
-                }
+                try:
+                    load.stop()
+                finally:
+                    report.load = {
+                        "acked": load.records_acked,
+                        "batches": load.figures.batches,
+                        "duplicate_batches": load.figures.duplicate_batches,
+                        "duplicate_answers_wrong": load.figures.duplicate_answers_wrong,
+                        "refusals": dict(load.figures.refusals),
+                        "topups": len(load.topups),
+                    }
             report.notes.extend(
                 f"a replacement node did not start: {e}" for e in injector.replacement_errors
             )
