@@ -72,7 +72,9 @@ class RoutedHost(UnitHost):
         # per-batch cost. A peer that failed is looked up again next time.
         self._peers: dict[str, Any] = {}
 
-    def _open_engine(self, unit_id: str, path: Path, epoch: int) -> Engine:
+    def _open_engine(
+        self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False
+    ) -> Engine:
         """Open a unit with the catalogue in force for the data dir (the last one
         LoadTariffs persisted there, else the configured one), so a takeover or a new
         node rates and charges as the units already running do."""
@@ -82,7 +84,7 @@ class RoutedHost(UnitHost):
         if tariffs_dir != self._tariffs_dir or self._inner is None:
             self._inner = engine_factory({**self._settings, "tariffs_dir": tariffs_dir})
             self._tariffs_dir = tariffs_dir
-        return self._inner(unit_id, path, epoch)  # type: ignore[no-any-return]
+        return self._inner(unit_id, path, epoch, resume=resume)  # type: ignore[no-any-return]
 
     def load_catalogue(self, tariffs_dir: str, kind: str) -> list[str]:
         """Rate (partitions) or charge (account shards) with the catalogue in
