@@ -16,10 +16,10 @@ from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.bundles import Tariff
 from billing.charge_rows import revenue_key
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Mark, mark
+from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
-from billing.outcome import Effects, Outcome, Result, replayed
+from billing.outcome import Outcome, Result, applied, replayed
 from billing.reminders import check_low_balance
 from billing.reservations import Quote, available_funds
 
@@ -88,16 +88,10 @@ def refund(
     )
     notes: list[Notification] = []
     check_low_balance(new, config.reminders, cycle_id, at_s, notes)
-    return Outcome(
-        result=Result.REFUNDED,
-        receipt=receipt,
-        effects=Effects(
-            accounts=(new,),
-            explicit_entries=(entry,),
-            explicit_marks=((request_id, mark(fields, receipt)),),
-            notifications=tuple(notes),
-        ),
-    )
+    return applied(
+        Result.REFUNDED, receipt, request_id=request_id, fields=fields, account=new,
+        entries=(entry,), notifications=notes,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

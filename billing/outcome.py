@@ -23,11 +23,11 @@ defined; both import paths are supported.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from billing.idempotency import Conflict, Mark, Replay, check
+from billing.idempotency import Conflict, Mark, Replay, check, mark
 from billing.ledger import Entry
 from billing.notifications import Notification
 
@@ -156,3 +156,28 @@ def replayed(existing: Mark[T] | None, fields: Mapping[str, object]) -> Outcome[
     if isinstance(decision, Conflict):
         return Outcome(result=conflict_result(decision))
     return None
+
+
+def applied(
+    result: Result,
+    receipt: T,
+    *,
+    request_id: str,
+    fields: Mapping[str, object],
+    account: AccountState,
+    entries: tuple[Entry, ...],
+    notifications: Sequence[Notification] = (),
+) -> Outcome[T]:
+    """The answer of a fresh request that changed one account: its new state and ledger
+    entries, and the receipt marked under ``request_id`` so that a retry replays it
+    (:func:`replayed`)."""
+    return Outcome(
+        result=result,
+        receipt=receipt,
+        effects=Effects(
+            accounts=(account,),
+            explicit_entries=entries,
+            explicit_marks=((request_id, mark(fields, receipt)),),
+            notifications=tuple(notifications),
+        ),
+    )

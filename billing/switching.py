@@ -29,15 +29,14 @@ from dataclasses import dataclass, replace
 from billing.accounts import (
     AccountState,
     AccountStatus,
-    Effects,
     Outcome,
     PaymentMode,
     Result,
 )
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Mark, mark
+from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
-from billing.outcome import replayed
+from billing.outcome import applied, replayed
 
 __all__ = ["InterimBill", "Switch", "switch_mode"]
 
@@ -152,12 +151,7 @@ def switch_mode(
                 memo=f"{from_mode.value}->{to_mode.value}",
             ),
         )
-    return Outcome(
-        result=Result.SWITCHED,
-        receipt=receipt,
-        effects=Effects(
-            accounts=(new,),
-            explicit_entries=entries,
-            explicit_marks=((request_id, mark(fields, receipt)),),
-        ),
-    )
+    return applied(
+        Result.SWITCHED, receipt, request_id=request_id, fields=fields, account=new,
+        entries=entries,
+    )  # fmt: skip

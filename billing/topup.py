@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.charge_rows import CASH
 from billing.charging_config import ChargingConfig, calendar_for
-from billing.idempotency import Mark, mark
+from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
-from billing.outcome import Effects, Outcome, Result, replayed
+from billing.outcome import Outcome, Result, applied, replayed
 from billing.reminders import check_credit, check_debt, check_low_balance
 
 __all__ = ["TopUp", "top_up"]
@@ -92,13 +92,7 @@ def top_up(
         to_prepaid=to_prepaid,
         to_credit=to_credit,
     )
-    return Outcome(
-        result=Result.TOPPED_UP,
-        receipt=receipt,
-        effects=Effects(
-            accounts=(new,),
-            explicit_entries=(entry,),
-            explicit_marks=((request_id, mark(fields, receipt)),),
-            notifications=tuple(notes),
-        ),
-    )
+    return applied(
+        Result.TOPPED_UP, receipt, request_id=request_id, fields=fields, account=new,
+        entries=(entry,), notifications=notes,
+    )  # fmt: skip
