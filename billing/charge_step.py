@@ -36,7 +36,16 @@ from billing.rated import RatedRecord
 from billing.reminders import check_bundle
 from billing.sponsor import SponsoredUsage, Sponsorship, resolve_sponsor
 
-__all__ = ["ChargeBatch", "working_copy"]
+__all__ = ["ChargeBatch", "price_after_bundles", "working_copy"]
+
+
+def price_after_bundles(rated: RatedRecord, covered: int, tariff: Tariff) -> int:
+    """What a record costs once bundles covered ``covered`` of its units."""
+    if not covered:
+        return rated.amount
+    if covered == rated.units:
+        return 0  # a zero-length remainder costs nothing (billing.bundles, "Units")
+    return tariff.reprice(rated, rated.units - covered)
 
 
 def working_copy(state: AccountState) -> AccountState:
@@ -219,12 +228,7 @@ class ChargeBatch:
                     if not left:
                         break
             covered = units - left
-        if not covered:
-            amount = rated.amount
-        elif covered == units:
-            amount = 0  # a zero-length remainder costs nothing (billing.bundles, "Units")
-        else:
-            amount = tariff.reprice(rated, units - covered)
+        amount = price_after_bundles(rated, covered, tariff)
         if amount:
             result, p, u, d = split_money(state, amount, offline, self.config)
             if result not in CHARGED_RESULTS:

@@ -71,7 +71,7 @@ from billing.charge_rows import (
     new_row,
     revenue_key,
 )
-from billing.charge_step import ChargeBatch, working_copy
+from billing.charge_step import ChargeBatch, price_after_bundles, working_copy
 from billing.charging_config import Calendar, ChargingConfig, OfflinePolicy, calendar_for
 from billing.funding import post_money, split_money
 from billing.history import appended
@@ -275,12 +275,7 @@ def charge_batch(
                         break
                     left -= free
             covered = units - left
-        if not covered:
-            amount = rated.amount
-        elif covered == units:
-            amount = 0  # a zero-length remainder costs nothing (billing.bundles, "Units")
-        else:
-            amount = tariff.reprice(rated, units - covered)
+        amount = price_after_bundles(rated, covered, tariff) if covered else rated.amount
 
         # Money: the common cases inline, the rest by split_money.
         result = CHARGED
