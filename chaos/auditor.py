@@ -38,6 +38,7 @@ from petribill.v1 import usage_pb2
 from rocksdict import AccessType, Options, Rdict
 
 from actors.storage import read_write_log
+from billing.money import Money
 from chaos.load import CHARGED, Account, Acked
 from chaos.reference import MICROS_PER_MINOR, Expected, price
 from cluster.client import PetribillClient
@@ -95,11 +96,13 @@ class Auditor:
         topups: dict[str, tuple[str, int]],
         *,
         initial_topup_micros: int,
+        audit: Audit | None = None,
     ) -> None:
         self.client = client
         self.accounts = {a.account_id: a for a in accounts}
         self.acked = acked
-        self.audit = Audit(acked=len(acked))
+        self.audit = Audit() if audit is None else audit  # it may hold earlier findings
+        self.audit.acked = len(acked)
         self.expected: dict[str, Expected] = {
             a.account_id: Expected(
                 prepaid=a.prepaid, topped_up=initial_topup_micros if a.prepaid else 0
@@ -204,7 +207,7 @@ class Auditor:
                 if invoice.open.micros > 0:
                     self.client.pay(
                         account_id,
-                        _money(invoice.open.micros),
+                        Money(invoice.open.micros, "EUR"),
                         at_s=BILL_AT_S + 86_400,
                         request_id=f"chaos{seed}-pay-{invoice.invoice_id}",
                     )
@@ -220,12 +223,6 @@ class Auditor:
         self.check_bill_run(seed)
         self.check_reconcile("after the bill run and payments")
         return self.audit
-
-
-def _money(micros: int) -> Any:
-    from billing.money import Money
-
-    return Money(micros, "EUR")
 
 
 def _granted_epochs(data_dir: Path) -> dict[str, set[int]]:

@@ -30,7 +30,7 @@ from typing import Any, Final
 import structlog
 
 from chaos.disk import TmpfsDisk
-from cluster.localray import LocalRay, _proc_table
+from cluster.localray import LocalRay
 from cluster.runtime import Runtime, settings_of
 
 __all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
@@ -83,24 +83,6 @@ class FaultResult:
         }
 
 
-def _worker_pid(local: LocalRay, index: int, actor_class: str) -> int | None:
-    """The PID of the Ray worker on node ``index`` running an actor of ``actor_class``.
-
-    Ray titles an actor's worker ``ray::<Class>``, or ``ray::<Class>.<method>()``
-    while a call runs.
-    """
-    table = _proc_table()
-    title = f"ray::{actor_class}"
-    for pid in sorted(local.node_pids(index)):
-        entry = table.get(pid)
-        if entry is None:
-            continue
-        cmd = entry[2].strip()
-        if cmd == title or cmd.startswith(title + "."):
-            return pid
-    return None
-
-
 class Injector:
     """Applies faults to one cluster and waits for it to heal after each."""
 
@@ -139,17 +121,9 @@ class Injector:
     def _live_nodes(self) -> list[int]:
         return [n.index for n in list(self.local.nodes) if n.index not in self._dead]
 
-    def wait_healthy(self, timeout_s: float = HEAL_TIMEOUT_S) -> float:
+    def wait_healthy(self) -> float:
         """Seconds until the coordinator reports every unit served."""
-        started = self._clock()
-        while self._clock() - started < timeout_s:
-            try:
-                if self.runtime.status(timeout_s=10)["healthy"]:
-                    return self._clock() - started
-            except Exception as exc:  # the coordinator itself may be restarting
-                log.debug("status_unavailable", error=repr(exc))
-            time.sleep(0.05)
-        raise TimeoutError(f"the cluster was not healthy again within {timeout_s} s")
+        return self._wait_taken_over({}, self._clock())
 
     def _wait_taken_over(self, before: dict[str, int], started: float) -> float:
         """Seconds from ``started`` until each unit of ``before`` (unit -> epoch) is owned
@@ -157,7 +131,7 @@ class Injector:
         while self._clock() - started < HEAL_TIMEOUT_S:
             try:
                 status = self.runtime.status(timeout_s=10)
-            except Exception as exc:
+            except Exception as exc:  # the coordinator itself may be restarting
                 log.debug("status_unavailable", error=repr(exc))
                 time.sleep(0.05)
                 continue
@@ -168,7 +142,8 @@ class Injector:
             ):
                 return self._clock() - started
             time.sleep(0.05)
-        raise TimeoutError(f"units {sorted(before)} not taken over within {HEAL_TIMEOUT_S} s")
+        what = f"units {sorted(before)} not taken over" if before else "the cluster not healthy"
+        raise TimeoutError(f"{what} within {HEAL_TIMEOUT_S} s")
 
     def _owned_by(self, node: str) -> dict[str, int]:
         return {u: e for u, (n, e, s) in self._units().items() if n == node and s == "owned"}
@@ -206,7 +181,7 @@ class Injector:
             return self._skipped(fault, "-", at_s, "no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
-        pid = _worker_pid(self.local, index, "RoutedHost")
+        pid = self.local.worker_pid(index, "RoutedHost")
         if pid is None:
             return self._skipped(fault, node, at_s, "no host process")
         started = self._clock()
@@ -218,7 +193,7 @@ class Injector:
         index = self._pick(self._live_nodes(), fault)
         if index is None:
             return self._skipped(fault, "-", at_s, "no node left to hit")
-        pid = _worker_pid(self.local, index, "GatewayActor")
+        pid = self.local.worker_pid(index, "GatewayActor")
         handle = self.local.node(index)
         address = next(
             (a for nid, a in self._gateway_addresses().items() if nid == handle.node_id), None
@@ -234,7 +209,7 @@ class Injector:
     def _kill_coordinator(self, fault: Fault, at_s: float) -> FaultResult:
         pid = None
         for index in self._live_nodes():
-            pid = _worker_pid(self.local, index, "CoordinatorService")
+            pid = self.local.worker_pid(index, "CoordinatorService")
             if pid is not None:
                 break
         if pid is None:

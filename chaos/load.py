@@ -103,6 +103,8 @@ class Load:
     ) -> None:
         self.client = client
         self.accounts = accounts
+        self._by_msisdn = {a.msisdn: a for a in accounts}
+        self._prepaid = [a for a in accounts if a.prepaid]
         self.seed = seed
         self.acked: dict[str, Acked] = {}
         self.topups: dict[str, tuple[str, int]] = {}  # request id -> (account, micros)
@@ -185,7 +187,6 @@ class Load:
     ) -> None:
         if len(response.results) != len(batch):
             raise AssertionError(f"{len(batch)} records sent, {len(response.results)} answered")
-        by_msisdn = {a.msisdn: a for a in self.accounts}
         with self._lock:
             fresh = False
             for record, result in zip(batch, response.results, strict=True):
@@ -200,7 +201,7 @@ class Load:
                 service = record["service"]
                 units = record.get("duration_s", 0) if service == "voice" else record["sms_count"]
                 self.acked[rid] = Acked(
-                    account_id=by_msisdn[record["served_msisdn"]].account_id,
+                    account_id=self._by_msisdn[record["served_msisdn"]].account_id,
                     service=service,
                     units=units,
                     status=result.status,
@@ -269,10 +270,9 @@ class Load:
                 time.sleep(0.2)
 
     def _top_up(self, rng: random.Random, n: int) -> None:
-        prepaid = [a for a in self.accounts if a.prepaid]
-        if not prepaid:
+        if not self._prepaid:
             return
-        account = rng.choice(prepaid)
+        account = rng.choice(self._prepaid)
         request_id = f"chaos{self.seed}-topup-{n}"
         while True:
             try:

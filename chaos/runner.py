@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Final
 
 import structlog
 
+from billing.money import Money
 from chaos.auditor import Audit, Auditor, audit_epochs
 from chaos.disk import TmpfsDisk, can_mount
 from chaos.faults import Fault, FaultResult, Injector
@@ -105,7 +107,7 @@ class Report:
             "duplicated": audit["duplicated"],
             "money_delta_minor": audit["money_delta_minor"],
             "faults": self.faults_injected,
-            "faults_by_kind": _count(f.kind for f in self.faults if not f.skipped),
+            "faults_by_kind": dict(Counter(f.kind for f in self.faults if not f.skipped)),
             "faults_skipped": [f"{f.kind}: {f.detail}" for f in self.faults if f.skipped],
             "takeover_s_p50": round(statistics.median(takeovers), 3) if takeovers else None,
             "takeover_s_max": round(takeovers[-1], 3) if takeovers else None,
@@ -117,13 +119,6 @@ class Report:
             "elapsed_s": round(self.elapsed_s, 1),
             "replay": self.options.replay_command(),
         }
-
-
-def _count(kinds: Iterator[str] | Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for kind in kinds:
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
 
 
 def _config(options: ChaosOptions) -> Any:
@@ -145,8 +140,6 @@ def _accounts(count: int, seed: int) -> list[Account]:
 
 
 def _create_accounts(client: PetribillClient, accounts: list[Account], seed: int) -> None:
-    from billing.money import Money
-
     for account in accounts:
         client.create_account(
             account.account_id,
@@ -238,16 +231,14 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 )
             injector.wait_healthy()
             echo(f"load stopped: {load.records_acked} records acknowledged; auditing")
-            auditor = Auditor(
+            Auditor(
                 client,
                 accounts,
                 load.acked,
                 load.topups,
                 initial_topup_micros=INITIAL_TOP_UP_MICROS,
-            )
-            auditor.audit = report.audit
-            auditor.audit.acked = len(load.acked)
-            auditor.run(options.seed)
+                audit=report.audit,
+            ).run(options.seed)
             runtime.stop()
             stopped = True
             units = audit_epochs(data_dir, report.audit)

@@ -281,10 +281,12 @@ class LocalRay:
         os.kill(node.raylet_pid, sig)
         return node.raylet_pid
 
-    def node_pids(self, index: int) -> set[int]:
+    def node_pids(
+        self, index: int, table: dict[int, tuple[int, str, str]] | None = None
+    ) -> set[int]:
         """The live processes of node ``index``: its ``ray start`` process, the raylet
         and every process below it (the node's Ray workers, hence its actors)."""
-        table = _proc_table()
+        table = _proc_table() if table is None else table
         root = self._procs[index].pid
         return ({root} & table.keys()) | _descendants(root, table)
 
@@ -307,6 +309,20 @@ class LocalRay:
         for pid in self.node_pids(index):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+    def worker_pid(self, index: int, actor_class: str) -> int | None:
+        """The PID of the Ray worker on node ``index`` running an actor of ``actor_class``.
+
+        Ray titles an actor's worker ``ray::<Class>``, or ``ray::<Class>.<method>()``
+        while a call runs.
+        """
+        table = _proc_table()
+        title = f"ray::{actor_class}"
+        for pid in sorted(self.node_pids(index, table)):
+            cmd = table[pid][2].strip()
+            if cmd == title or cmd.startswith(title + "."):
+                return pid
+        return None
 
     def pids(self) -> set[int]:
         """Every live PID of this cluster: ``ray start`` children, their descendants,
