@@ -22,8 +22,7 @@ from click.testing import CliRunner, Result
 from billing.billrun import BillRunConfig
 from billing.cycle import monthly_cycle
 from cluster.cli import main
-from cluster.config import parse_config
-from cluster.runtime import Runtime
+from tests.local_cluster import running, small_runtime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -49,19 +48,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
-    runtime = Runtime(
-        config,
-        data_dir=tmp_path_factory.mktemp("cli-cluster") / "data",
-        tariffs_dir=ROOT / "conf" / "tariffs",
-        nodes=1,
-        port=_free_port(),
-    )
-    try:
-        info = runtime.start(timeout_s=120)
+    data_dir = tmp_path_factory.mktemp("cli-cluster") / "data"
+    with running(small_runtime(data_dir, port=_free_port())) as info:
         yield info.gateways[0]
-    finally:
-        runtime.stop()
 
 
 def cli(gateway: str, *args: str | Path) -> Result:

@@ -21,8 +21,8 @@ from actors.codec import account_key
 from actors.routing import shard_of
 from billing.records import Service, UsageRecord
 from cluster.client import PetribillClient
-from cluster.config import parse_config
 from cluster.runtime import Runtime
+from tests.local_cluster import small_runtime
 
 pytestmark = [
     pytest.mark.cluster,
@@ -30,7 +30,6 @@ pytestmark = [
     pytest.mark.timeout(600),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 T_NOV = 1_793_700_000  # 2026-11-03 10:00 UTC
 SHARDS, PARTITIONS = 4, 2
 ACCOUNTS = [f"dur-{i}" for i in range(6)]
@@ -56,8 +55,7 @@ def _records() -> list[UsageRecord]:
 
 
 def _runtime(data_dir: Path) -> Runtime:
-    config = parse_config({"sharding": {"shards": SHARDS, "partitions": PARTITIONS}}, source="test")
-    return Runtime(config, data_dir=data_dir, tariffs_dir=ROOT / "conf" / "tariffs", port=0)
+    return small_runtime(data_dir, shards=SHARDS, partitions=PARTITIONS, port=0)
 
 
 def _top_up(client: PetribillClient, account_id: str) -> int:

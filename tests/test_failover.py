@@ -18,7 +18,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,16 +26,15 @@ from petribill.v1 import usage_pb2
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from cluster.client import PetribillClient
-from cluster.config import parse_config
 from cluster.control_state import load_state, read_journal
 from cluster.coordinator import unit_specs
 from cluster.localray import pid_running
 from cluster.runtime import Runtime
 from petri import NetConfig, PetriModel, check_trace, marking_from_json
+from tests.local_cluster import running, small_runtime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 T_NOV = 1_793_700_000
 ACCOUNTS = 24
 CHARGED = {
@@ -102,19 +100,10 @@ class Load:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    config = parse_config({"sharding": {"shards": 6, "partitions": 3}}, source="test")
-    runtime = Runtime(
-        config,
-        data_dir=tmp_path_factory.mktemp("failover") / "data",
-        tariffs_dir=ROOT / "conf" / "tariffs",
-        nodes=3,
-        port=0,
-    )
-    runtime.start(timeout_s=180)
-    try:
+    data_dir = tmp_path_factory.mktemp("failover") / "data"
+    runtime = small_runtime(data_dir, shards=6, partitions=3, nodes=3, port=0)
+    with running(runtime):
         yield runtime
-    finally:
-        runtime.stop()
 
 
 def wait_healthy(

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster.client import PetribillClient
-from cluster.config import parse_config
-from cluster.runtime import Runtime
+from tests.local_cluster import running, small_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "tests" / "clients" / "node"
@@ -49,18 +48,8 @@ def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
-    runtime = Runtime(
-        config,
-        data_dir=tmp_path_factory.mktemp("node") / "data",
-        tariffs_dir=ROOT / "conf" / "tariffs",
-        port=0,
-    )
-    try:
-        info = runtime.start(timeout_s=180)
+    with running(small_runtime(tmp_path_factory.mktemp("node") / "data", port=0)) as info:
         yield info.gateways[0]
-    finally:
-        runtime.stop()
 
 
 def test_a_javascript_client_submits_usage_and_reads_balances_and_invoices(
