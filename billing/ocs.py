@@ -15,7 +15,8 @@
 - :func:`session_update` settles the used units, releases what is left, and
   grants anew (``GRANTED``).
 - :func:`session_terminate` settles the final used units and releases the rest
-  (``TERMINATED``).
+  (``TERMINATED``); the session shows in the usage history as one line
+  (:func:`billing.reservations.session_line`: its units and cost in all).
 - :func:`expire` releases every open reservation whose validity ended
   (``expires_at_s <= at_s``), exactly once: the session becomes ``EXPIRED``,
   a second call finds nothing to do. A later terminate of an expired session
@@ -43,7 +44,9 @@ from dataclasses import replace
 
 from billing.accounts import AccountState, AccountStatus
 from billing.bundles import Tariff
+from billing.charge_rows import Charge
 from billing.charging_config import ChargingConfig, calendar_for
+from billing.history import appended
 from billing.idempotency import Mark, mark
 from billing.ledger import Entry, EntryKind
 from billing.notifications import Notification, NotificationKind, make_notification
@@ -60,6 +63,7 @@ from billing.reservations import (
     grant_of,
     release,
     session_entry,
+    session_line,
     settle,
     step_fields,
 )
@@ -91,6 +95,7 @@ def _finish(
     notes: list[Notification],
     at_s: int,
     config: ChargingConfig,
+    lines: tuple[Charge, ...] = (),
 ) -> Outcome[Grant]:
     grant = grant_of(res)
     if res.is_open:
@@ -116,6 +121,7 @@ def _finish(
             accounts=(new,),
             explicit_entries=tuple(e for e in entries if e is not None),
             explicit_marks=((request_id, mark(fields, grant)),),
+            charges=lines,
             notifications=tuple(notes),
         ),
     )
@@ -262,7 +268,11 @@ def session_terminate(
     )
     res = replace(res, status=SessionStatus.CLOSED, final=False)
     entries = [settle_entry, release_entry]
-    return _finish(new, res, Result.TERMINATED, request_id, fields, entries, notes, at_s, config)
+    line = session_line(res, at_s, new.account.currency)
+    new.history = appended(new.history, line, config.history_max)
+    return _finish(
+        new, res, Result.TERMINATED, request_id, fields, entries, notes, at_s, config, (line,)
+    )
 
 
 def expire(state: AccountState, *, at_s: int) -> Outcome[tuple[str, ...]]:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 
 from billing.accounts import AccountState, PaymentMode
 from billing.bundles import Tariff
-from billing.charge_rows import revenue_key
+from billing.charge_rows import Charge, revenue_key
 from billing.charging_config import ChargingConfig, OfflinePolicy
 from billing.funding import post_money, split_money
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
+from billing.outcome import Result
 from billing.reminders import check_bundle
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "grant_of",
     "release",
     "session_entry",
+    "session_line",
     "settle",
     "step_fields",
 ]
@@ -78,6 +80,10 @@ class Reservation:
     money_units: int = 0
     charged: int = 0
     final: bool = False
+    # What ``charged`` came from, by book (magnitudes): for the session's usage line.
+    paid_prepaid: int = 0
+    paid_unbilled: int = 0
+    paid_debt: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -193,12 +199,14 @@ def settle(
         new.unbilled -= from_hold
         postings.append(Posting(account_key(aid, Book.UNBILLED), -from_hold))
     unbilled_part = from_hold
+    prepaid_part = debt_part = 0
     if beyond:
         # Usage beyond the grant has happened: charge it as offline usage under the debt policy.
         debt_config = replace(config, offline_policy=OfflinePolicy.DEBT)
         result, p, u, d = split_money(new, beyond, True, debt_config)
         post_money(new, result, p, u, d, cycle_id, at_s, config, notes)
         unbilled_part += u
+        prepaid_part, debt_part = p, d
         for book, part in ((Book.PREPAID, p), (Book.UNBILLED, u), (Book.DEBT, d)):
             if part:
                 postings.append(Posting(account_key(aid, book), -part))
@@ -219,6 +227,9 @@ def settle(
         used_units=res.used_units + used,
         money_units=money_units,
         charged=res.charged + cost,
+        paid_prepaid=res.paid_prepaid + from_held + prepaid_part,
+        paid_unbilled=res.paid_unbilled + unbilled_part,
+        paid_debt=res.paid_debt + debt_part,
     )
     entry = (
         session_entry(
@@ -233,6 +244,34 @@ def settle(
         else None
     )
     return settled, entry
+
+
+def session_line(res: Reservation, at_s: int, currency: str) -> Charge:
+    """The usage line of a session closed by terminate: what it used and cost in all.
+
+    Its result is ``TERMINATED``, so it derives no ledger entry and no mark: the
+    session's money was posted by its ``settle`` entries and its steps are marked
+    by request id. The line exists for the usage history (ListUsage), where the
+    session shows as one line like an offline record (``record_id`` is the session id).
+    """
+    quote = res.quote
+    return Charge(
+        record_id=res.session_id,
+        ref="session:" + res.session_id,
+        account_id=res.account_id,
+        result=Result.TERMINATED,
+        cycle_id=res.cycle_id,
+        service=quote.service,
+        usage_class=quote.usage_class,
+        units=res.used_units,
+        bundle_units=res.used_units - res.money_units,
+        amount=res.charged,
+        prepaid=res.paid_prepaid,
+        unbilled=res.paid_unbilled,
+        debt=res.paid_debt,
+        currency=currency,
+        at_s=at_s,
+    )
 
 
 def available_funds(new: AccountState) -> int | None:

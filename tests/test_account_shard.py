@@ -284,6 +284,10 @@ def test_mixed_account_operations_keep_the_audit(tmp_path: Path) -> None:
         request_id="s1:t", account_id="Q", session_id="s1", used_units=10, at_s=T0 + 20_000
     )
     assert term.result is Result.TERMINATED
+    # The session is one line of Q's usage history: 40 + 10 units, after the direct record.
+    session_line, record_line = shard.list_usage("Q", limit=2)
+    assert (session_line.record_id, session_line.units) == ("s1", 50)
+    assert session_line.amount == term.receipt.charged and record_line.record_id == "d2"
     shard.top_up(request_id="t2", account_id="P", amount=EUR, currency="EUR", at_s=T0)
     assert (
         shard.refund(

@@ -91,6 +91,29 @@ def test_reserve_update_terminate_worked_example() -> None:
     world.check_books()
 
 
+def test_terminated_session_is_one_usage_line() -> None:
+    """A session closes into one usage line: 300 units, 0.30 EUR, all from prepaid; the
+    line posts nothing (the settle entries did) and a replayed terminate adds no second."""
+    world = World()
+    world.add(account("A", PaymentMode.PREPAID), prepaid=EUR)
+    _initial(world, "s1", 600)
+    _update(world, "s1", 250, 500, "s1:u1")
+    done = _terminate(world, "s1", 50, "s1:t")
+    (line,) = done.effects.charges
+    assert (line.record_id, line.result, line.usage_class) == (
+        "s1",
+        Result.TERMINATED,
+        "voice.national",
+    )
+    assert (line.units, line.bundle_units, line.amount, line.prepaid) == (300, 0, 300_000, 300_000)
+    assert line.to_entry() is None and line.to_mark() is None
+    assert done.effects.entries == tuple(e for e in done.effects.explicit_entries)
+    assert list(world.states["A"].history) == [line]
+    assert _terminate(world, "s1", 50, "s1:t").effects.charges == ()
+    assert list(world.states["A"].history) == [line]
+    world.check_books()
+
+
 def test_final_unit_indication_and_no_funds() -> None:
     """Fewer units than asked set final; nothing at all is insufficient_balance."""
     world = World()
