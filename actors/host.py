@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from actors import metrics
 from actors.backup import UnitBackup, checkpoint_unit
 from actors.fencing import StaleEpoch, StoreClosed
 from actors.routing import shard_of, unit_kind
@@ -263,15 +264,22 @@ class UnitHost:
         """
         if method.startswith("_"):
             raise AttributeError(f"not a public engine method: {method}")
+        began = time.monotonic()
         unit = self._unit(unit_id, epoch)
-        if unit_kind(unit_id) == "partition" and method in _PARTITION_CHARGING:
+        kind = unit_kind(unit_id)
+        charging = kind == "partition" and method in _PARTITION_CHARGING
+        if charging:
             kwargs["charge"] = self._charge_fn(int(kwargs.get("at_s", 0)))
         with unit.lock:
             # Re-check under the lock: a takeover may have closed the unit.
             if self._units.get(unit_id) is not unit:
                 raise StaleRoute(unit_id, epoch, None)
             try:
-                return getattr(unit.engine, method)(*args, **kwargs)
+                answer = getattr(unit.engine, method)(*args, **kwargs)
+                if charging:
+                    metrics.partition_counters(unit_id, unit.engine)
+                metrics.unit_call(kind, method, time.monotonic() - began)
+                return answer
             except (StaleEpoch, StoreClosed) as exc:
                 # The store was taken over under us: this host no longer owns the
                 # unit. Stop serving it and tell the caller to follow the new route.

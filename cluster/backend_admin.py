@@ -21,6 +21,7 @@ import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
 from ray.exceptions import RayActorError, RayTaskError
 
+from actors import metrics
 from actors.backup import BackupExists
 from actors.partition import RecordStatus
 from actors.routing import unit_kind
@@ -70,6 +71,7 @@ class AdminOps(BackendCore):
         status: dict[str, Any] = await self.router.coordinator_call(
             "status", timeout_s=_left(deadline)
         )
+        metrics_urls = await asyncio.to_thread(metrics.metrics_urls)
         answer = admin_pb2.ClusterStatusResponse(
             nodes=[
                 admin_pb2.NodeStatus(
@@ -77,6 +79,7 @@ class AdminOps(BackendCore):
                     state=n["status"],
                     address=n.get("ray_node_id", ""),
                     shards=n["units"],
+                    metrics_url=metrics_urls.get(n.get("ray_node_id", ""), ""),
                 )
                 for n in status["nodes"]
             ],

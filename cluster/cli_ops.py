@@ -115,6 +115,7 @@ def fetch_status(data_dir: Path) -> dict[str, Any]:
     """Ask the running cluster's coordinator for nodes, units and the marking."""
     import ray
 
+    from actors.metrics import metrics_urls
     from actors.remote import COORDINATOR_NAME, NAMESPACE
     from cluster.runtime import connect, read_info
 
@@ -125,9 +126,12 @@ def fetch_status(data_dir: Path) -> dict[str, Any]:
     try:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
         status: Any = ray.get(coordinator.status.remote(), timeout=30)
+        urls = metrics_urls()
     finally:
         ray.shutdown()
     status["gateways"] = info.gateways
+    for node in status["nodes"]:
+        node["metrics_url"] = urls.get(node.get("ray_node_id", ""), "")
     return status
 
 
@@ -142,10 +146,16 @@ def status(as_json: bool, data_dir: Path) -> None:
         return
     console = Console()
     nodes = Table(title="nodes")
-    for column in ("node", "status", "units", "ray node id"):
+    for column in ("node", "status", "units", "ray node id", "metrics"):
         nodes.add_column(column)
     for node in found["nodes"]:
-        nodes.add_row(node["node"], node["status"], str(node["units"]), node["ray_node_id"][:16])
+        nodes.add_row(
+            node["node"],
+            node["status"],
+            str(node["units"]),
+            node["ray_node_id"][:16],
+            node["metrics_url"],
+        )
     units = Table(title="units")
     for column in ("unit", "state", "owner", "epoch"):
         units.add_column(column)
@@ -159,6 +169,35 @@ def status(as_json: bool, data_dir: Path) -> None:
         f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
         f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
     )
+
+
+@click.command(name="metrics")
+@click.option("--grep", "pattern", default="", help="Only lines containing this text.")
+@data_option
+def metrics_cmd(pattern: str, data_dir: Path) -> None:
+    """Print petribill's Prometheus series (ray_petribill_*) from every node's metrics agent.
+
+    Ray's agents publish what processes record every few seconds; a series
+    appears after its first recording.
+    """
+    import urllib.request
+
+    from actors.metrics import petribill_series
+
+    found = fetch_status(data_dir)
+    for node in found["nodes"]:
+        url = node["metrics_url"]
+        if not url:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=10) as page:
+                text = page.read().decode()
+        except OSError as exc:
+            click.echo(f"# {node['node']}: {url} did not answer: {exc}", err=True)
+            continue
+        for line in petribill_series(text):
+            if pattern in line:
+                click.echo(f"{line}" if line.startswith("#") else f"{line}  # {node['node']}")
 
 
 @click.command()
@@ -231,5 +270,5 @@ def drain(node: str, undo: bool, wait_s: float, data_dir: Path) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (up, down, status, net, drain):
+    for command in (up, down, status, metrics_cmd, net, drain):
         group.add_command(command)

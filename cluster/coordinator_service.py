@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from actors import metrics
 from cluster.coordinator import Coordinator
 from cluster.ray_ops import RayOps
 
@@ -58,6 +59,7 @@ class CoordinatorService:
             now = time.monotonic()
             for node, started in self._coordinator.failover_started.items():
                 self._takeovers.append(now - started)
+                metrics.takeover(now - started)
                 log.info("takeover_complete", node=node, takeover_s=round(now - started, 3))
             self._coordinator.failover_started.clear()
 

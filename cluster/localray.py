@@ -384,7 +384,7 @@ class LocalRay:
                 f"--ray-client-server-port={_free_port()}",
                 f"--include-dashboard={str(ray_cfg.include_dashboard).lower()}",
                 f"--dashboard-port={_free_port()}",
-                f"--system-config={json.dumps(self.config.health.ray_system_config())}",
+                f"--system-config={json.dumps(self._system_config())}",
             ]
         else:
             args += [f"--address={self.address}", "--include-log-monitor=false"]
@@ -407,6 +407,11 @@ class LocalRay:
         else:
             self._procs.append(proc)
         return index
+
+    def _system_config(self) -> dict[str, int]:
+        """The head's ``_system_config``: the health checks of conf/, and metrics published
+        every 2 s (Ray's default is 10 s) so ``petribill metrics`` shows recent figures."""
+        return {**self.config.health.ray_system_config(), "metrics_report_interval_ms": 2000}
 
     def _wait_started(self, indices: list[int]) -> None:
         deadline = time.monotonic() + self.config.ray.start_timeout_s

@@ -12,6 +12,7 @@ leaves a call unanswered.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -20,6 +21,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
+from actors import metrics
 from cluster.backend_api import BackendError
 from cluster.gateway.limits import Admission, GatewayLimits, Overloaded
 
@@ -84,7 +86,31 @@ class Calls:
         timeout_s: float,
         records: int = 0,
     ) -> Resp:
-        """Admit, call the backend within ``timeout_s``, and turn every failure into a Failure."""
+        """Admit, call the backend within ``timeout_s``, and turn every failure into a Failure.
+
+        Every outcome is counted in the metrics (``actors.metrics.rpc``)."""
+        began = time.monotonic()
+        code = "OK"
+        try:
+            return await self._run(name, call, request, timeout_s=timeout_s, records=records)
+        except Failure as failure:
+            code = failure.code.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            metrics.rpc(name, code, time.monotonic() - began)
+
+    async def _run(
+        self,
+        name: str,
+        call: Callable[..., Awaitable[Resp]],
+        request: Req,
+        *,
+        timeout_s: float,
+        records: int,
+    ) -> Resp:
         try:
             self.admission.enter(records)
         except Overloaded as exc:

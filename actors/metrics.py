@@ -1,0 +1,162 @@
+"""Petribill's metrics, exported through Ray's metrics agent in Prometheus format.
+
+Every Ray node serves the metrics of the processes on it at
+``http://<node address>:<metrics export port>/metrics`` (``petribill status``
+shows the address, ``petribill metrics`` prints petribill's series from every
+node). Ray prefixes the names with ``ray_``:
+
+=====================================  =========  ==========================================
+``petribill_rpc_total``                counter    gateway RPCs (and StreamUsage batches) by
+                                                  ``rpc`` and final ``code``
+``petribill_rpc_seconds``              histogram  their latency, by ``rpc``
+``petribill_unit_call_seconds``        histogram  engine calls on a host, by unit ``kind``
+                                                  and ``method`` (lock wait included)
+``petribill_records``                  gauge      a partition's reconciliation counters by
+                                                  ``unit`` and ``kind`` (received, rated,
+                                                  rejected, duplicates): read from the
+                                                  partition, so they survive restarts
+``petribill_takeovers_total``          counter    node failures taken over by the coordinator
+``petribill_takeover_seconds``         histogram  from a node's loss until every unit is
+                                                  served again
+=====================================  =========  ==========================================
+
+Recording is per call or per batch, never per record. In a process that is
+not connected to Ray (a unit test, a benchmark's baseline) every function
+here does nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ray
+
+__all__ = [
+    "metrics_urls",
+    "partition_counters",
+    "petribill_series",
+    "rpc",
+    "takeover",
+    "unit_call",
+]
+
+_LATENCY_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+_TAKEOVER_S = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]
+
+
+class _Registry:
+    """The metric objects of this process, created on first use once Ray is connected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any] | None:
+        made = self._made
+        if made is not None:
+            return made
+        if not ray.is_initialized():
+            return None
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+        return self._made
+
+    @staticmethod
+    def _make() -> dict[str, Any]:
+        from ray.util import metrics
+
+        return {
+            "rpc_total": metrics.Counter(
+                "petribill_rpc_total",
+                description="Gateway RPCs and StreamUsage batches by final status code.",
+                tag_keys=("rpc", "code"),
+            ),
+            "rpc_seconds": metrics.Histogram(
+                "petribill_rpc_seconds",
+                description="Gateway RPC latency (a StreamUsage batch counts as one).",
+                boundaries=_LATENCY_S,
+                tag_keys=("rpc",),
+            ),
+            "unit_call_seconds": metrics.Histogram(
+                "petribill_unit_call_seconds",
+                description="Engine calls on a unit host, waiting for the unit lock included.",
+                boundaries=_LATENCY_S,
+                tag_keys=("kind", "method"),
+            ),
+            "records": metrics.Gauge(
+                "petribill_records",
+                description="A rating partition's reconciliation counters.",
+                tag_keys=("unit", "kind"),
+            ),
+            "takeovers_total": metrics.Counter(
+                "petribill_takeovers_total",
+                description="Node failures whose units were taken over.",
+            ),
+            "takeover_seconds": metrics.Histogram(
+                "petribill_takeover_seconds",
+                description="From a node's loss until every unit is served again.",
+                boundaries=_TAKEOVER_S,
+            ),
+        }
+
+
+_REGISTRY = _Registry()
+
+
+def rpc(name: str, code: str, seconds: float) -> None:
+    """One gateway RPC (or stream batch) answered with ``code`` after ``seconds``."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    made["rpc_total"].inc(1, tags={"rpc": name, "code": code})
+    made["rpc_seconds"].observe(seconds, tags={"rpc": name})
+
+
+def unit_call(kind: str, method: str, seconds: float) -> None:
+    """One engine call on a host's unit of ``kind`` (account or partition)."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["unit_call_seconds"].observe(seconds, tags={"kind": kind, "method": method})
+
+
+def partition_counters(unit_id: str, partition: Any) -> None:
+    """A partition's reconciliation counters (``partition.counters()``) after a call."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    counters = partition.counters()
+    gauge = made["records"]
+    for kind in ("received", "rated", "rejected", "duplicates"):
+        gauge.set(getattr(counters, kind), tags={"unit": unit_id, "kind": kind})
+
+
+def takeover(seconds: float) -> None:
+    """One node failure taken over, ``seconds`` after the node was lost."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    made["takeovers_total"].inc(1)
+    made["takeover_seconds"].observe(seconds)
+
+
+def metrics_urls() -> dict[str, str]:
+    """Ray node id -> the Prometheus address of its metrics agent, for every alive node
+    (a blocking GCS call; the caller is connected to the cluster)."""
+    urls = {}
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        port = node.get("MetricsExportPort")
+        if node.get("Alive") and port:
+            urls[node["NodeID"]] = f"http://{node['NodeManagerAddress']}:{port}/metrics"
+    return urls
+
+
+def petribill_series(text: str) -> list[str]:
+    """The lines of a Prometheus page that belong to petribill's metrics."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("ray_petribill_")
+        or (line.startswith("# ") and " ray_petribill_" in line)
+    ]
