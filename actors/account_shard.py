@@ -19,7 +19,7 @@ Recovery contract
     *Idempotent*: usage by ``record_id`` (``charge_batch``, ``direct_debit``),
     sponsor charges by ``sponsor:<record_id>`` (``apply_forwards``), every
     other write by its ``request_id`` (create, top-up, credit limit, status,
-    switch, session steps, refund, payment, reversal); a repeat answers
+    plan change, switch, session steps, refund, payment, reversal); a repeat answers
     ``duplicate`` with the stored result, a repeat with other content
     ``exists_with_different_<field>``. ``bill_run`` is idempotent per
     (account, cycle), ``age_invoices`` and ``expire_reservations`` by state.

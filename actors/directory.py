@@ -87,7 +87,8 @@ class DirectoryEntry:
 class DirectoryAnswer:
     """The answer to a directory write: ``CREATED``, ``UPDATED``, ``DUPLICATE``, a
     conflict (``field`` names what differs), ``INVALID_ARGUMENT`` or
-    ``UNKNOWN_ACCOUNT`` (a plan change for an MSISDN not in the directory)."""
+    ``UNKNOWN_ACCOUNT`` (a plan change for an MSISDN not in the directory, or, with
+    ``entry`` set, one that belongs to another account)."""
 
     result: Result
     entry: DirectoryEntry | None = None
@@ -161,15 +162,20 @@ class Directory:
         return self._write(request_id, fields, entry, result)
 
     def change_plan(
-        self, request_id: str, msisdn: str, plan_id: str, start_s: int
+        self, request_id: str, msisdn: str, plan_id: str, start_s: int, account_id: str = ""
     ) -> DirectoryAnswer:
         """Move ``msisdn`` to ``plan_id`` from ``start_s`` on (idempotent by ``request_id``).
 
         The subscription open at ``start_s`` ends there; ``start_s`` must be
         later than the start of every existing subscription (history is not
-        rewritten: records already rated keep their plan).
+        rewritten: records already rated keep their plan). With ``account_id``
+        the change is for that account's number only: an entry that now
+        belongs to another account (the number moved) is left alone and
+        answered ``UNKNOWN_ACCOUNT`` with that entry.
         """
         fields = {"op": "change_plan", "msisdn": msisdn, "plan": plan_id, "start": start_s}
+        if account_id:
+            fields["account"] = account_id
         replayed = self._replay(request_id, fields)
         if replayed is not None:
             return replayed
@@ -177,6 +183,12 @@ class Directory:
         if current is None:
             return DirectoryAnswer(
                 result=Result.UNKNOWN_ACCOUNT, detail=f"msisdn {msisdn} not in directory"
+            )
+        if account_id and current.account_id != account_id:
+            return DirectoryAnswer(
+                result=Result.UNKNOWN_ACCOUNT,
+                entry=current,
+                detail=f"msisdn {msisdn} belongs to account {current.account_id}",
             )
         if not plan_id:
             return _invalid("empty plan_id")

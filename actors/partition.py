@@ -208,10 +208,11 @@ class RatingPartition:
         )
 
     def change_plan(
-        self, request_id: str, msisdn: str, plan_id: str, start_s: int
+        self, request_id: str, msisdn: str, plan_id: str, start_s: int, account_id: str = ""
     ) -> DirectoryAnswer:
-        """Append a subscription of ``plan_id`` from ``start_s`` (idempotent by ``request_id``)."""
-        return self.directory.change_plan(request_id, msisdn, plan_id, start_s)
+        """Append a subscription of ``plan_id`` from ``start_s`` (idempotent by ``request_id``);
+        with ``account_id``, only while ``msisdn`` belongs to that account."""
+        return self.directory.change_plan(request_id, msisdn, plan_id, start_s, account_id)
 
     def get_subscriber(self, msisdn: str) -> DirectoryEntry | None:
         """The directory entry of ``msisdn``, if this partition has one."""

@@ -1,4 +1,5 @@
-"""Account operations on a shard: lifecycle, top-ups, mode switches, online sessions, refunds."""
+"""Account operations on a shard: lifecycle, plan changes, top-ups, mode switches, online
+sessions, refunds."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from billing.ocs import (
     session_terminate,
     session_update,
 )
+from billing.plan_change import change_plan
 from billing.switching import KEEP_LIMIT, Switch, switch_mode
 from billing.tariffs.model import PaymentMode
 
@@ -76,6 +78,26 @@ class ShardAccounts(ShardBase):
                 request_id=request_id, state=state, status=status, existing=work.mark(request_id)
             ),
         )
+
+    def change_plan(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        plan_id: str,
+        at_s: int,
+        at_from_clock: bool = False,
+    ) -> Outcome[Account]:
+        """Move the account to ``plan_id`` from ``at_s`` on (``billing.plan_change``), the
+        plan checked against this shard's catalogue; idempotent by ``request_id``."""
+        return self._single(
+            account_id,
+            lambda work, state: change_plan(
+                request_id=request_id, state=state, plan_id=plan_id, at_s=at_s,
+                existing=work.mark(request_id), catalogue=self.catalogue,
+                at_from_clock=at_from_clock,
+            ),
+        )  # fmt: skip
 
     def top_up(
         self, *, request_id: str, account_id: str, amount: int, currency: str, at_s: int

@@ -74,6 +74,8 @@ class Result(enum.StrEnum):
     EXISTS_WITH_DIFFERENT_UNITS = "exists_with_different_units"
     EXISTS_WITH_DIFFERENT_SESSION = "exists_with_different_session"
     EXISTS_WITH_DIFFERENT_STEP = "exists_with_different_step"
+    EXISTS_WITH_DIFFERENT_PLAN = "exists_with_different_plan"
+    EXISTS_WITH_DIFFERENT_TIME = "exists_with_different_time"
     ACCOUNT_EXISTS = "account_exists"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     CREDIT_LIMIT_EXCEEDED = "credit_limit_exceeded"  # online request beyond the credit limit
@@ -84,6 +86,9 @@ class Result(enum.StrEnum):
     SESSION_CLOSED = "session_closed"
     CURRENCY_MISMATCH = "currency_mismatch"
     INVALID_ARGUMENT = "invalid_argument"
+    UNKNOWN_PLAN = "unknown_plan"  # plan change: no version of the plan in the catalogue then
+    SAME_PLAN = "same_plan"  # plan change: the account is on that plan already
+    BEFORE_PLAN_START = "before_plan_start"  # plan change dated at/before the current plan's start
     REJECTED_OFFLINE = "rejected_offline"  # offline policy "reject": record goes to the queue
 
 

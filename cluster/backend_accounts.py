@@ -5,6 +5,8 @@ of each MSISDN on that MSISDN's partition (concurrently), each idempotent by
 its own id derived from the request id (``<request_id>/dir/<msisdn>``), so a
 retried create finishes whatever a broken one left undone
 (docs/architecture.md, "The subscriber directory lives in the partitions").
+``ChangePlan`` goes the same way: the shard, then each MSISDN's directory entry
+(``<request_id>/plan/<msisdn>``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import structlog
 from petribill.v1 import accounts_pb2
 
 from actors.directory import DirectoryAnswer
 from billing.accounts import Account, Result, Subscription
+from billing.invariant import InvariantViolation
+from billing.plan_change import new_subscription
 from billing.tariffs.model import PaymentMode
 from cluster.backend_api import BackendError
 from cluster.backend_core import BackendCore
@@ -25,7 +30,9 @@ from cluster.backend_status import CONFLICT_PREFIX, raise_for
 from cluster.convert import account_to_proto, balance_to_proto, usage_line_to_proto
 from cluster.wire import WireError, payment_mode_from_proto
 
-__all__ = ["AccountOps", "directory_request_id"]
+__all__ = ["AccountOps", "directory_request_id", "plan_request_id"]
+
+log = structlog.get_logger("petribill.backend")
 
 _USAGE_LIMIT_DEFAULT = 50
 _USAGE_LIMIT_MAX = 1000
@@ -34,6 +41,11 @@ _USAGE_LIMIT_MAX = 1000
 def directory_request_id(request_id: str, msisdn: str) -> str:
     """The idempotency key of one MSISDN's directory write within a CreateAccount."""
     return f"{request_id}/dir/{msisdn}"
+
+
+def plan_request_id(request_id: str, msisdn: str) -> str:
+    """The idempotency key of one MSISDN's directory write within a ChangePlan."""
+    return f"{request_id}/plan/{msisdn}"
 
 
 class AccountOps(BackendCore):
@@ -186,6 +198,83 @@ class AccountOps(BackendCore):
             accounts_pb2.GetAccountRequest(account_id=request.account_id),
             timeout_s=_left(deadline),
         )
+
+    async def change_plan(
+        self, request: accounts_pb2.ChangePlanRequest, *, timeout_s: float
+    ) -> accounts_pb2.Account:
+        """The account's shard first (``billing.plan_change``), then the directory entry of
+        each of its MSISDNs on that MSISDN's partition, so records from the change on are
+        rated with the new plan. Each write is idempotent by its own id (the directory's
+        ``<request_id>/plan/<msisdn>``, at the time the shard stored), so a retry
+        finishes whatever a broken call left undone."""
+        deadline = deadline_after(timeout_s)
+        account_id = request.account_id
+        self.check_account_id(account_id)
+        rid = request.request_id
+        out = await self.on_shard(
+            account_id,
+            "change_plan",
+            request_id=rid,
+            account_id=account_id,
+            plan_id=request.plan_id,
+            at_s=self.now_s(request.at_s),
+            at_from_clock=request.at_s <= 0,
+            timeout_s=_left(deadline),
+        )
+        raise_for(
+            out.result.value,
+            f"account {account_id}",
+            rid,
+            self._plan_refusal(out.result, request.plan_id, out.receipt),
+        )
+        changed: Account = out.receipt
+        opened = new_subscription(changed)
+        if opened is None:
+            raise InvariantViolation(f"account {account_id}: changed, yet without a plan")
+        answers = await asyncio.gather(
+            *(
+                self.router.call(
+                    self.router.partition(msisdn),
+                    "change_plan",
+                    plan_request_id(rid, msisdn),
+                    msisdn,
+                    opened.plan_id,
+                    opened.start_s,
+                    account_id,
+                    timeout_s=_left(deadline),
+                )
+                for msisdn in changed.msisdns
+            )
+        )
+        for msisdn, answer in zip(changed.msisdns, answers, strict=True):
+            if answer.result is Result.UNKNOWN_ACCOUNT and answer.entry is not None:
+                # The number moved to another account since: its plan is not ours to change.
+                log.info("plan_change_skips_moved_msisdn", msisdn=msisdn, detail=answer.detail)
+                continue
+            if answer.result is Result.UNKNOWN_ACCOUNT:
+                raise BackendError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"msisdn {msisdn} of account {account_id} is not in the directory: retry "
+                    f"its CreateAccount, then this ChangePlan with the same request_id",
+                )
+            _check_directory(answer, msisdn, rid)
+        return await self.get_account(
+            accounts_pb2.GetAccountRequest(account_id=account_id), timeout_s=_left(deadline)
+        )
+
+    def _plan_refusal(self, result: Result, plan_id: str, current: Account | None) -> str:
+        """The detail of a refused plan change: what the catalogue or the account has."""
+        if result is Result.UNKNOWN_PLAN:
+            known = ", ".join(sorted(self.catalogue.plans)) or "none"
+            return f"plan_id {plan_id!r}: no version at that time (the catalogue has: {known})"
+        latest = new_subscription(current) if current is not None else None
+        if latest is None:
+            return ""
+        if result is Result.BEFORE_PLAN_START:
+            return f"at_s must be after {latest.start_s}, when plan {latest.plan_id} started"
+        if result is Result.SAME_PLAN:
+            return f"the account is on plan {latest.plan_id} since {latest.start_s}"
+        return ""
 
     async def list_usage(
         self, request: accounts_pb2.ListUsageRequest, *, timeout_s: float

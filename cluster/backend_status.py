@@ -42,6 +42,8 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     Result.ACCOUNT_CLOSED.value: _S.FAILED_PRECONDITION,
     Result.SESSION_CLOSED.value: _S.FAILED_PRECONDITION,
     Result.REJECTED_OFFLINE.value: _S.FAILED_PRECONDITION,
+    Result.SAME_PLAN.value: _S.FAILED_PRECONDITION,
+    Result.BEFORE_PLAN_START.value: _S.FAILED_PRECONDITION,
     "cycle_not_ended": _S.FAILED_PRECONDITION,
     # billing.proto: reversing a payment that does not exist is FAILED_PRECONDITION.
     WriteoffResult.UNKNOWN_PAYMENT.value: _S.FAILED_PRECONDITION,
@@ -49,6 +51,7 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     # Malformed input the gateway could not see.
     Result.INVALID_ARGUMENT.value: _S.INVALID_ARGUMENT,
     Result.CURRENCY_MISMATCH.value: _S.INVALID_ARGUMENT,
+    Result.UNKNOWN_PLAN.value: _S.INVALID_ARGUMENT,
     WriteoffResult.INVALID_AMOUNT.value: _S.INVALID_ARGUMENT,
 }
 

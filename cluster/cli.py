@@ -396,6 +396,9 @@ cli_ops.register(main)
 from cluster import cli_client  # noqa: E402
 
 cli_client.register(main)
+from cluster import cli_admin  # noqa: E402
+
+cli_admin.register(main)
 
 from chaos import cli as chaos_cli  # noqa: E402 - registered after the group exists
 

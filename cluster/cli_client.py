@@ -1,4 +1,5 @@
-"""Client commands of a running cluster: ingest, accounts, top-up, bill run, invoices, payments.
+"""Client commands of a running cluster: ingest, accounts, plan change, top-up, bill run,
+invoices, payments.
 
 Every command finds the cluster by ``--gateway HOST:PORT`` (repeatable: the
 client fails over between them) or else by the ``runtime.json`` of ``--data
@@ -49,6 +50,7 @@ from cluster.cli_render import (
     show_reconciliation,
     show_rejects,
     show_usage,
+    when_text,
 )
 from cluster.client import PetribillClient, PetribillError
 from cluster.ingest import (
@@ -64,7 +66,14 @@ from cluster.ingest import (
 )
 from cluster.wire import WireError
 
-__all__ = ["register"]
+__all__ = [
+    "Session",
+    "UsageError",
+    "cluster_command",
+    "proto_json",
+    "register",
+    "request_id_option",
+]
 
 DEFAULT_DATA = Path("data")
 TIMEOUT_S_DEFAULT = 30.0
@@ -209,13 +218,13 @@ def _at_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option("--at", "at_s", type=WHEN, default=None, help=f"{what} (default: now).")
 
 
-def _request_id_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def request_id_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--request-id", help="Idempotency key; a retry with the same key is applied once."
     )(func)
 
 
-def _proto_json(message: Message) -> dict[str, Any]:
+def proto_json(message: Message) -> dict[str, Any]:
     data: dict[str, Any] = MessageToDict(
         message,
         preserving_proto_field_name=True,
@@ -337,7 +346,7 @@ def accounts() -> None:
 @click.option("--credit-limit", type=AMOUNT, default=None)
 @click.option("--currency", default="", help="ISO 4217 (default: the catalogue's).")
 @click.option("--start", "start_s", type=WHEN, default=0, help="Plan subscription start.")
-@_request_id_option
+@request_id_option
 @cluster_command
 def accounts_create(
     s: Session,
@@ -362,7 +371,7 @@ def accounts_create(
     account = create_account(
         s.client, spec, start_s=start_s, request_id=request_id or f"create-{uuid.uuid4().hex}"
     )
-    s.emit(_proto_json(account), lambda c: show_account(c, account))
+    s.emit(proto_json(account), lambda c: show_account(c, account))
 
 
 @accounts.command("show")
@@ -371,7 +380,7 @@ def accounts_create(
 def accounts_show(s: Session, account_id: str) -> None:
     """An account: mode, plan, MSISDNs, balances and bundles."""
     account = s.client.get_account(account_id)
-    s.emit(_proto_json(account), lambda c: show_account(c, account))
+    s.emit(proto_json(account), lambda c: show_account(c, account))
 
 
 @accounts.command("list-usage")
@@ -381,7 +390,7 @@ def accounts_show(s: Session, account_id: str) -> None:
 def accounts_list_usage(s: Session, account_id: str, limit: int) -> None:
     """The usage lines charged to ACCOUNT_ID, newest first."""
     lines = s.client.list_usage(account_id, limit=limit)
-    s.emit([_proto_json(line) for line in lines], lambda c: show_usage(c, account_id, lines))
+    s.emit([proto_json(line) for line in lines], lambda c: show_usage(c, account_id, lines))
 
 
 @accounts.command("load")
@@ -399,13 +408,33 @@ def accounts_load(s: Session, file: Path, start_s: int) -> None:
     data = [
         {"account_id": spec.account_id, "error": f"{r.code.name}: {r.details}"}
         if isinstance(r, PetribillError)
-        else _proto_json(r)
+        else proto_json(r)
         for spec, r in results
     ]
     s.emit(data, lambda c: show_loaded_accounts(c, results))
     failed = [spec.account_id for spec, r in results if isinstance(r, PetribillError)]
     if failed:
         raise CallError(f"{len(failed)} accounts not created: {', '.join(failed)}")
+
+
+@click.command("change-plan")
+@click.argument("account_id", metavar="ACCOUNT")
+@click.argument("plan_id", metavar="PLAN")
+@_at_option("When the new plan takes effect; records from then on are rated with it")
+@request_id_option
+@cluster_command
+def change_plan(
+    s: Session, account_id: str, plan_id: str, at_s: int | None, request_id: str | None
+) -> None:
+    """Move ACCOUNT to PLAN: the current plan ends, PLAN starts (both fees prorated)."""
+    account = s.client.change_plan(account_id, plan_id, at_s=at_s or 0, request_id=request_id)
+    since = when_text(at_s) if at_s else "now"
+
+    def show(c: Console) -> None:
+        c.print(f"{account_id} is on plan {plan_id} from {since}")
+        show_account(c, account)
+
+    s.emit(proto_json(account), show)
 
 
 # --- money ---------------------------------------------------------------------------------
@@ -416,7 +445,7 @@ def accounts_load(s: Session, file: Path, start_s: int) -> None:
 @click.argument("amount", type=AMOUNT)
 @click.option("--currency", default="", help="Default: the account's.")
 @_at_option("When the money arrived")
-@_request_id_option
+@request_id_option
 @cluster_command
 def topup(
     s: Session,
@@ -430,7 +459,7 @@ def topup(
     balance = s.client.top_up(
         account_id, amount, currency=currency, at_s=at_s or 0, request_id=request_id
     )
-    s.emit(_proto_json(balance), lambda c: show_balances(c, [balance]))
+    s.emit(proto_json(balance), lambda c: show_balances(c, [balance]))
 
 
 @click.command()
@@ -439,7 +468,7 @@ def topup(
 @click.option("--currency", default="", help="Default: the account's.")
 @click.option("--reference", default="", help="Bank or card reference, for the audit trail.")
 @_at_option("When the payment arrived")
-@_request_id_option
+@request_id_option
 @cluster_command
 def pay(
     s: Session,
@@ -460,14 +489,14 @@ def pay(
         reference=reference,
         request_id=payment_id,
     )
-    s.emit(_proto_json(answer), lambda c: show_payment(c, account_id, amount, answer))
+    s.emit(proto_json(answer), lambda c: show_payment(c, account_id, amount, answer))
 
 
 @click.command()
 @click.argument("account_id")
 @click.argument("payment_id")
 @_at_option("When the payment was reversed")
-@_request_id_option
+@request_id_option
 @cluster_command
 def reverse(
     s: Session, account_id: str, payment_id: str, at_s: int | None, request_id: str | None
@@ -479,7 +508,7 @@ def reverse(
         at_s=at_s or 0,
         request_id=request_id or f"reverse-{payment_id}",
     )
-    s.emit(_proto_json(answer), lambda c: show_payment(c, account_id, None, answer))
+    s.emit(proto_json(answer), lambda c: show_payment(c, account_id, None, answer))
 
 
 # --- billing -------------------------------------------------------------------------------
@@ -489,7 +518,7 @@ def reverse(
 @click.argument("cycle_id", metavar="CYCLE")
 @click.option("--account", "account_ids", multiple=True, help="Only this account (repeatable).")
 @_at_option("The bill run's clock; after cycle end + grace the invoices are final")
-@_request_id_option
+@request_id_option
 @cluster_command
 def bill_run(
     s: Session,
@@ -502,7 +531,7 @@ def bill_run(
     final = run_bill_run(
         s, cycle_id, account_ids=account_ids, at_s=at_s or 0, request_id=request_id
     )
-    s.emit(_proto_json(final), lambda c: show_bill_run(c, final))
+    s.emit(proto_json(final), lambda c: show_bill_run(c, final))
 
 
 def run_bill_run(
@@ -549,7 +578,7 @@ def invoices(s: Session, account_id: str, open_only: bool, no_lines: bool) -> No
     """The invoices of ACCOUNT_ID, with their lines."""
     found = s.client.list_invoices(account_id, open_only=open_only)
     s.emit(
-        [_proto_json(i) for i in found],
+        [proto_json(i) for i in found],
         lambda c: show_invoices(c, account_id, found, lines=not no_lines),
     )
 
@@ -561,7 +590,7 @@ def invoices(s: Session, account_id: str, open_only: bool, no_lines: bool) -> No
 def notifications(s: Session, account_id: str, limit: int) -> None:
     """The reminders and alerts of ACCOUNT_ID, newest first."""
     found = s.client.list_notifications(account_id, limit=limit)
-    s.emit([_proto_json(n) for n in found], lambda c: show_notifications(c, found))
+    s.emit([proto_json(n) for n in found], lambda c: show_notifications(c, found))
 
 
 # --- revenue assurance ---------------------------------------------------------------------
@@ -579,18 +608,18 @@ def rejects() -> None:
 def rejects_list(s: Session, reason: str, limit: int) -> None:
     """Rejected records, newest first, with reason, source file and line."""
     found = s.client.list_rejects(limit=limit, reason=reason)
-    s.emit([_proto_json(r) for r in found], lambda c: show_rejects(c, found))
+    s.emit([proto_json(r) for r in found], lambda c: show_rejects(c, found))
 
 
 @rejects.command("reprocess")
 @click.argument("record_ids", nargs=-1)
-@_request_id_option
+@request_id_option
 @cluster_command
 def rejects_reprocess(s: Session, record_ids: tuple[str, ...], request_id: str | None) -> None:
     """Rate and charge rejected records again (RECORD_IDS, or every reprocessable one)."""
     answer = s.client.reprocess_rejects(record_ids, request_id=request_id)
     s.emit(
-        _proto_json(answer),
+        proto_json(answer),
         lambda c: c.print(
             f"reprocessed {answer.reprocessed}: {answer.charged} charged, "
             f"{answer.still_rejected} still rejected"
@@ -606,7 +635,7 @@ def reconcile(s: Session) -> None:
     Exit code 1 when the cluster is not balanced.
     """
     answer = s.client.reconcile()
-    s.emit(_proto_json(answer), lambda c: show_reconciliation(c, answer))
+    s.emit(proto_json(answer), lambda c: show_reconciliation(c, answer))
     if not answer.balanced:
         raise SystemExit(1)
 
@@ -616,6 +645,7 @@ def register(group: click.Group) -> None:
     for command in (
         ingest,
         accounts,
+        change_plan,
         topup,
         pay,
         reverse,

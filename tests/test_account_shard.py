@@ -14,7 +14,7 @@ from actors.account_shard import AccountShard
 from actors.codec import encode_u64
 from actors.fencing import EPOCH_FILE, write_atomic
 from actors.storage import StaleEpoch, StoreClosed
-from billing.accounts import AccountStatus, PaymentMode, Result
+from billing.accounts import AccountStatus, PaymentMode, Result, Subscription
 from billing.ledger import Book
 from billing.notifications import NotificationKind
 from billing.ocs import Quote
@@ -315,3 +315,30 @@ def test_mixed_account_operations_keep_the_audit(tmp_path: Path) -> None:
     state = shard.get_account("P")
     assert state is not None and state.account.payment_mode is PaymentMode.POSTPAID
     shard.close()
+
+
+def test_plan_change_survives_reopen_and_replays(tmp_path: Path) -> None:
+    """A plan change is durable with its mark: after a reopen the retry is a DUPLICATE with the
+    same account, another plan under the id is a conflict, and the audit holds."""
+    shard = open_shard(tmp_path / "s", 1)
+    subscription = Subscription(plan_id="p", start_s=T0)
+    shard.create_account(
+        request_id="c-A", account=account("A", PaymentMode.POSTPAID, subscriptions=(subscription,))
+    )
+    out = shard.change_plan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400)
+    assert out.result is Result.UPDATED
+    shard.close()
+
+    again = open_shard(tmp_path / "s", 2)
+    state = again.get_account("A")
+    assert state is not None and state.account == out.receipt
+    assert state.account.plan_at(T0) == "p" and state.account.plan_at(T0 + 86_400) == "q"
+    retry = again.change_plan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400)
+    assert retry.result is Result.DUPLICATE and retry.receipt == out.receipt
+    other = again.change_plan(request_id="pc", account_id="A", plan_id="p", at_s=T0 + 86_400)
+    assert other.result is Result.EXISTS_WITH_DIFFERENT_PLAN
+    unknown = again.change_plan(request_id="pc2", account_id="B", plan_id="q", at_s=T0 + 86_400)
+    assert unknown.result is Result.UNKNOWN_ACCOUNT
+    report = again.audit()
+    assert report.ok, report.problems
+    again.close()

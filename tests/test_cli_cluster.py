@@ -232,3 +232,142 @@ def test_usage_history_pages_past_one_answer(gateway: str) -> None:
         lines = [line.record_id for line in client.iter_usage("pager", page=1000)]
         assert lines == sent[::-1]  # every line once, newest first
         assert [line.record_id for line in client.list_usage("pager", limit=3)] == lines[:3]
+
+
+# --- plan change (ChangePlan), backup and load-tariffs ---------------------------------------
+
+DEC = monthly_cycle(2026, 12, "Europe/Berlin")
+DEC_BILL_AT = DEC.end_s + BillRunConfig().grace_s + 3600
+PLAN_CHANGE_AT = DEC.start_s + 15 * 86_400 + 10 * 3600  # Wed 16 December 2026, 10:00 Berlin
+UK = "442071234567"  # international: the smart plan has no bundle for it, business has
+
+
+def _sms(record_id: str, msisdn: str, at_s: int) -> dict[str, Any]:
+    return {
+        "record_id": record_id,
+        "service": "sms",
+        "served_msisdn": msisdn,
+        "record_opening_time_s": at_s,
+        "sms_count": 1,
+        "called_number": UK,
+    }
+
+
+def test_change_plan_mid_cycle_rates_with_the_new_plan_and_prorates_both_fees(
+    gateway: str,
+) -> None:
+    """`change-plan` moves a postpaid account from business to smart on 16 December: a record
+    after the change is priced by smart, one before by business; the December invoice has
+    two prorated fee lines that add up; a retry is idempotent, another plan under the same
+    id is ALREADY_EXISTS, and an unknown plan is INVALID_ARGUMENT."""
+    import grpc
+
+    from cluster.client import PetribillClient, PetribillError
+
+    msisdn = "4915122200077"
+    with PetribillClient(gateway, timeout_s=60) as client:
+        client.create_account(
+            "planner", payment_mode="postpaid", plan_id="business", msisdns=[msisdn],
+            start_s=DEC.start_s, request_id="planner-create",
+        )  # fmt: skip
+        changed = cli_json(
+            gateway, "change-plan", "planner", "smart", "--at", str(PLAN_CHANGE_AT),
+            "--request-id", "planner-pc-1",
+        )  # fmt: skip
+        assert changed["account_id"] == "planner"
+        assert changed["payment_mode"] == "PAYMENT_MODE_POSTPAID"  # the mode stays
+        # The same request again (from the SDK, as a client retrying) changes nothing.
+        again = client.change_plan(
+            "planner", "smart", at_s=PLAN_CHANGE_AT, request_id="planner-pc-1"
+        )
+        assert again.account_id == "planner"
+        with pytest.raises(PetribillError) as conflict:
+            client.change_plan(
+                "planner", "business", at_s=PLAN_CHANGE_AT, request_id="planner-pc-1"
+            )
+        assert conflict.value.code is grpc.StatusCode.ALREADY_EXISTS
+        assert "different plan" in conflict.value.details
+        with pytest.raises(PetribillError) as early:
+            client.change_plan("planner", "business", at_s=DEC.start_s, request_id="planner-pc-2")
+        assert early.value.code is grpc.StatusCode.FAILED_PRECONDITION
+
+        before, after = client.submit_usage(
+            [
+                _sms("planner:1", msisdn, PLAN_CHANGE_AT - 86_400),
+                _sms("planner:2", msisdn, PLAN_CHANGE_AT + 86_400),
+            ]
+        ).results
+        # Before the change: business, whose SMS bundle covers it. After: smart's price.
+        assert (before.amount.micros, before.bundle_units) == (0, 1)
+        smart = client.price_enquiry(
+            service="sms", units=1, plan_id="smart", called_number=UK, at_s=PLAN_CHANGE_AT
+        )
+        assert after.bundle_units == 0 and after.amount.micros == smart.price.micros == 190_000
+
+        final = client.bill_run("2026-12", account_ids=["planner"], at_s=DEC_BILL_AT)
+        assert final.finished and final.invoices_issued == 1
+        (invoice,) = client.list_invoices("planner")
+    fees = [
+        (line.description, line.amount.micros) for line in invoice.lines if line.kind == "recurring"
+    ]
+    # 31-day December; the day of the change belongs to the new plan:
+    #   business  1..15 December = 15 days: 29.00 × 15/31 = 14.0322… → 14.03
+    #   smart    16..31 December = 16 days:  9.99 × 16/31 =  5.1561…
+    #   exact total (435.00 + 159.84)/31 = 19.1883… → 19.19, so smart = 19.19 − 14.03 = 5.16
+    assert fees == [
+        ("Business (postpaid) (15/31 days)", 14_030_000),
+        ("Smart (prepaid) (16/31 days)", 5_160_000),
+    ]
+    assert sum(amount for _, amount in fees) == 19_190_000
+    usage = [line.amount.micros for line in invoice.lines if line.kind == "usage"]
+    assert sum(usage) == 190_000  # the SMS after the change, at smart's price
+
+    unknown = cli(gateway, "change-plan", "planner", "gold", "--request-id", "planner-pc-3")
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("petribill: error: INVALID_ARGUMENT: ")
+    assert "gold" in unknown.stderr and "business, smart" in unknown.stderr
+
+
+def test_backup_writes_a_checkpoint_of_every_unit(gateway: str, tmp_path: Path) -> None:
+    """`backup DEST` checkpoints the 4 shards and 2 partitions into DEST; the same request id
+    again completes the same backup; a DEST that is a file is refused with exit code 2."""
+    dest = tmp_path / "backup-1"
+    answer = cli_json(gateway, "backup", dest, "--request-id", "bk-cli-1")
+    assert answer["done"] and answer["request_id"] == "bk-cli-1"
+    units = sorted(p.name for p in (dest / "units").iterdir() if p.is_dir())
+    assert units == ["acct-00", "acct-01", "acct-02", "acct-03", "part-0", "part-1"]
+    assert cli_json(gateway, "backup", dest, "--request-id", "bk-cli-1")["done"]
+    shown = cli(gateway, "backup", dest, "--request-id", "bk-cli-1")
+    assert shown.exit_code == 0 and "checkpoints of 6 units" in shown.stdout
+    taken = cli(gateway, "backup", dest, "--request-id", "bk-cli-2")
+    assert taken.exit_code == 1 and "ALREADY_EXISTS" in taken.stderr
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    refused = cli(gateway, "backup", a_file)
+    assert refused.exit_code == 2
+    assert refused.stderr == f"petribill: error: {a_file}: exists and is not a folder\n"
+
+
+def test_load_tariffs_switches_the_catalogue_and_names_a_broken_key(
+    gateway: str, tmp_path: Path
+) -> None:
+    """`load-tariffs DIR` makes DIR's catalogue the one in force and lists its plans; a
+    folder the loader refuses is exit code 2 naming the file and the key, and loads nothing."""
+    import shutil
+
+    tariffs = ROOT / "conf" / "tariffs"
+    loaded = cli_json(gateway, "load-tariffs", tariffs, "--request-id", "tariffs-cli-1")
+    assert loaded["default_plan"] == "smart"
+    assert {p["plan_id"] for p in loaded["plans"]} == {"smart", "business"}
+    shown = cli(gateway, "load-tariffs", tariffs, "--request-id", "tariffs-cli-2")
+    assert shown.exit_code == 0 and "in force" in shown.stdout and "business" in shown.stdout
+    broken = tmp_path / "tariffs"
+    shutil.copytree(tariffs, broken)
+    plans = broken / "plans.toml"
+    plans.write_text(plans.read_text().replace('monthly_fee = "29.00"', 'monthly_fee = "lots"'))
+    refused = cli(gateway, "load-tariffs", broken)
+    assert refused.exit_code == 2
+    assert f"{plans}: plans.business.versions[0].monthly_fee" in refused.stderr
+    assert "Traceback" not in refused.output
+    missing = cli(gateway, "load-tariffs", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr

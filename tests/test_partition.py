@@ -350,6 +350,25 @@ def test_directory_writes_are_idempotent_and_plan_changes_apply_by_time(
         assert answer.result is Result.INVALID_ARGUMENT and "belongs to" in answer.detail
 
 
+def test_an_account_plan_change_leaves_a_number_that_moved_alone(
+    tmp_path: Path, catalogue: Catalogue
+) -> None:
+    """A plan change for an account changes only the entries of its numbers: a number since
+    given to another account is answered UNKNOWN_ACCOUNT with that entry, unchanged."""
+    with open_partition(tmp_path / "p", catalogue, partitions=1) as part:
+        subs = [Subscription(plan_id="smart", start_s=0)]
+        part.put_subscriber("c1", "4915100000001", "acct-1", subs)
+        part.put_subscriber("c2", "4915100000001", "acct-2", subs)  # the number moved
+        moved = part.change_plan("p1", "4915100000001", "business", T_NOV, "acct-1")
+        assert moved.result is Result.UNKNOWN_ACCOUNT and moved.entry is not None
+        assert "acct-2" in moved.detail and moved.entry.plan_at(T_NOV) == "smart"
+        ours = part.change_plan("p2", "4915100000001", "business", T_NOV, "acct-2")
+        assert ours.result is Result.UPDATED
+        assert part.change_plan("p2", "4915100000001", "business", T_NOV, "acct-1").field == (
+            "account"
+        )
+
+
 def load_subscribers(part: RatingPartition, shards: MemoryShards) -> None:
     subscribers = tomllib.loads((SAMPLES / "subscribers.toml").read_text())["subscriber"]
     for sub in subscribers:

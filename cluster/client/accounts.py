@@ -93,6 +93,15 @@ class AccountCalls(Transport):
         )
         return self.call("AccountService", "SetCreditLimit", request)
 
+    def change_plan(
+        self, account_id: str, plan_id: str, *, at_s: int = 0, request_id: str | None = None
+    ) -> accounts_pb2.Account:
+        """Move the account to ``plan_id`` from ``at_s`` (Unix seconds; 0: the cluster's now)."""
+        request = accounts_pb2.ChangePlanRequest(
+            request_id=self._id(request_id), account_id=account_id, plan_id=plan_id, at_s=at_s
+        )
+        return self.call("AccountService", "ChangePlan", request)
+
     def list_usage(self, account_id: str, *, limit: int = 100) -> list[accounts_pb2.UsageLine]:
         """The newest ``limit`` usage lines of the account, newest first (any number:
         pages of at most 1000 are fetched as needed)."""
