@@ -123,6 +123,13 @@ class Backend(Protocol):
         """
         ...
 
+    async def store_unreadable(
+        self, request: usage_pb2.StoreUnreadableRequest, *, timeout_s: float
+    ) -> usage_pb2.SubmitUsageResponse:
+        """Store unreadable file lines in the reject store, counted; a REJECTED result per
+        line, in order. Every line names its file and line number (checked)."""
+        ...
+
     # --- ChargingService ----------------------------------------------------
     async def charge_session(
         self, request: charging_pb2.SessionRequest, *, timeout_s: float
@@ -168,6 +175,17 @@ class Backend(Protocol):
     async def set_credit_limit(
         self, request: accounts_pb2.SetCreditLimitRequest, *, timeout_s: float
     ) -> accounts_pb2.Account: ...
+
+    async def change_plan(
+        self, request: accounts_pb2.ChangePlanRequest, *, timeout_s: float
+    ) -> accounts_pb2.Account:
+        """Move the account to ``request.plan_id`` from ``request.at_s`` (0: now) on.
+
+        Changes the account's subscriptions (which the bill run prorates) and the
+        rating directory of its MSISDNs, both idempotent by ``request_id``; a
+        retry finishes what a broken call left undone.
+        """
+        ...
 
     async def list_usage(
         self, request: accounts_pb2.ListUsageRequest, *, timeout_s: float

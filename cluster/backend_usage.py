@@ -25,6 +25,7 @@ from cluster.backend_api import BackendError
 from cluster.backend_core import BackendCore
 from cluster.backend_routing import deadline_after
 from cluster.convert import record_result_to_proto, usage_from_proto
+from cluster.wire import unreadable_from_proto
 
 __all__ = ["GRPC_SOURCE", "UsageOps"]
 
@@ -37,11 +38,33 @@ class UsageOps(BackendCore):
     async def submit_usage(
         self, request: usage_pb2.SubmitUsageRequest, *, timeout_s: float
     ) -> usage_pb2.SubmitUsageResponse:
-        deadline = deadline_after(timeout_s)
-        at_s = self.now_s()
         # Decoding a batch and encoding its answer are milliseconds of CPU; on a worker
         # thread they do not hold up the event loop, where queries are answered.
         items, groups = await asyncio.to_thread(self._decode, request)
+        results = await self._settle(items, groups, timeout_s)
+        return await asyncio.to_thread(self._answer, request.batch_id, results)
+
+    async def store_unreadable(
+        self, request: usage_pb2.StoreUnreadableRequest, *, timeout_s: float
+    ) -> usage_pb2.SubmitUsageResponse:
+        """Store lines no reader could read in the partitions' reject stores, counted.
+
+        The gateway checked each line names its file and line number. A line goes
+        to the partition of its file, so a file's bad lines are listed together.
+        """
+        items: list[UsageRecord | Reject] = [unreadable_from_proto(line) for line in request.lines]
+        groups: dict[str, list[int]] = {}
+        for index, line in enumerate(request.lines):
+            groups.setdefault(self.router.partition(line.source_file), []).append(index)
+        results = await self._settle(items, groups, timeout_s)
+        return self._answer(request.batch_id, results)
+
+    async def _settle(
+        self, items: list[UsageRecord | Reject], groups: dict[str, list[int]], timeout_s: float
+    ) -> list[RecordResult | None]:
+        """Submit each partition's items to it; resubmit the retryable ones until the deadline."""
+        deadline = deadline_after(timeout_s)
+        at_s = self.now_s()
         results: list[RecordResult | None] = [None] * len(items)
 
         async def settle(unit: str, indexes: list[int]) -> None:
@@ -69,7 +92,7 @@ class UsageOps(BackendCore):
                 await asyncio.sleep(_RETRY_PAUSE_S)
 
         await asyncio.gather(*(settle(unit, idx) for unit, idx in groups.items()))
-        return await asyncio.to_thread(self._answer, request.batch_id, results)
+        return results
 
     def _decode(
         self, request: usage_pb2.SubmitUsageRequest

@@ -309,14 +309,16 @@ def _summary(c: Console, client: PetribillClient, tally: _Tally, cycle: Cycle) -
     show_reconciliation(c, answer)
     files = FileReport.total(tally.reports)
     resent = tally.resent or FileReport(file="-")
-    sent = files.sent + resent.sent
+    # Records streamed, and the unreadable lines stored in the reject store (the resent
+    # file's again: storing a line again counts it again, as a resent record does).
+    sent = files.sent + files.stored_unreadable + resent.sent + resent.stored_unreadable
     problems = []
     if not answer.balanced:
         problems.append(f"the cluster does not reconcile: {answer.detail}")
     if not all(r.balanced for r in [*tally.reports, resent]):
         problems.append("a file's lines do not add up")
     if answer.received != sent:
-        problems.append(f"{sent} records sent but the cluster received {answer.received}")
+        problems.append(f"{sent} records and lines sent but the cluster received {answer.received}")
     if resent.rated:
         problems.append(f"{resent.rated} records of the resent file were charged again")
     currency = answer.ledger_total.currency

@@ -7,10 +7,10 @@ flight) and accounts for every data line of the file in a :class:`FileReport`::
     lines = rated + rejected + duplicates + conflicts
 
 ``rated`` counts every record the cluster charged (also to debt or over the
-credit limit); ``rejected`` the lines the reader could not read (they never
-reach the wire: there is no wire field for a line that is not a record, so
-they are reported here with file, line and reason) plus the records the
-cluster rejected (stored in its reject store, see ``petribill rejects``);
+credit limit); ``rejected`` the lines the reader could not read (reported here with file,
+line and reason, and stored in the cluster's reject store with
+``StoreUnreadable``, keyed by file and line, raw text kept) plus the records
+the cluster rejected (stored there too, see ``petribill rejects``);
 ``duplicates`` the records charged before with the same content; ``conflicts``
 the record ids charged before with other content. Record ids are the
 idempotency keys, so ingesting a file again charges nothing twice: its records
@@ -91,7 +91,7 @@ class RejectLine:
     record_id: str | None
     reason: str
     detail: str
-    stage: str  # "reader" (never sent) or "cluster" (in the cluster's reject store)
+    stage: str  # "reader" (unreadable, stored by file and line) or "cluster" (rejected there)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +116,7 @@ class FileReport:
     charged_over_limit: int = 0
     rejected_reader: int = 0
     rejected_cluster: int = 0
+    stored_unreadable: int = 0  # reader rejects stored in the cluster's reject store
     duplicates: int = 0
     conflicts: int = 0
     amount_micros: dict[str, int] = field(default_factory=dict)
@@ -202,6 +203,7 @@ class FileReport:
                 "charged_over_limit",
                 "rejected_reader",
                 "rejected_cluster",
+                "stored_unreadable",
                 "duplicates",
                 "conflicts",
             ):
@@ -222,6 +224,7 @@ class FileReport:
             "rejected": self.rejected,
             "rejected_by_reader": self.rejected_reader,
             "rejected_by_cluster": self.rejected_cluster,
+            "unreadable_stored": self.stored_unreadable,
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "amount": {c: format_amount(m) for c, m in sorted(self.amount_micros.items())},
@@ -286,6 +289,7 @@ def ingest_file(
             report.lines += 1
             if isinstance(item, Reject):
                 report.note_reader_reject(item)
+                unreadable.append(item)
                 continue
             batch.append(item)
             if len(batch) >= batch_records:
@@ -298,7 +302,20 @@ def ingest_file(
             report.sent += len(batch)
             yield batch
 
+    unreadable: list[Reject] = []
+
+    def store_unreadable() -> None:
+        # Unreadable lines go to the cluster's reject store too, so that the cluster's
+        # own reconciliation covers every line collected (and an operator finds them
+        # with `petribill rejects list`), not only this report.
+        if unreadable:
+            client.store_unreadable(unreadable)
+            report.stored_unreadable += len(unreadable)
+            unreadable.clear()
+
     for response in client.stream_usage(batches(), window=window):
+        if len(unreadable) >= batch_records:
+            store_unreadable()
         batch = in_flight.popleft()
         if len(response.results) != len(batch):
             raise PetribillError(
@@ -310,6 +327,7 @@ def ingest_file(
             report.note_result(record, result)
         if on_progress is not None and batch[-1].source_line is not None:
             on_progress(batch[-1].source_line)
+    store_unreadable()
     return report
 
 

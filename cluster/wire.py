@@ -13,10 +13,11 @@ import decimal
 from collections.abc import Mapping
 from typing import Any
 
-from petribill.v1 import common_pb2
+from petribill.v1 import common_pb2, usage_pb2
 
 from billing.invariant import invariant
 from billing.money import DECIMALS, SCALE, Money, MoneyParseError, format_amount, parse_amount
+from billing.readers import Reject, RejectCode
 from billing.records import Service, UsageRecord
 from billing.tariffs.model import PaymentMode
 
@@ -31,6 +32,8 @@ __all__ = [
     "record_to_proto",
     "service_from_proto",
     "service_to_proto",
+    "unreadable_from_proto",
+    "unreadable_to_proto",
 ]
 
 _SERVICE_TO_PROTO: dict[Service, int] = {
@@ -169,4 +172,34 @@ def record_from_proto(message: common_pb2.UsageRecord) -> UsageRecord:
         rating_group=message.rating_group if message.HasField("rating_group") else None,
         content_item_id=message.content_item_id or None,
         roaming=message.roaming,
+    )
+
+
+def unreadable_to_proto(reject: Reject) -> usage_pb2.UnreadableLine:
+    """A reader's reject of a file line, for ``UsageService.StoreUnreadable``."""
+    return usage_pb2.UnreadableLine(
+        source_file=reject.source_file,
+        source_line=reject.line,
+        raw=reject.raw,
+        record_id=reject.record_id or "",
+        code=reject.code.value,
+        field=reject.field or "",
+        message=reject.message,
+    )
+
+
+def unreadable_from_proto(line: usage_pb2.UnreadableLine) -> Reject:
+    """Inverse of :func:`unreadable_to_proto`; an unknown code reads as ``bad_value``."""
+    try:
+        code = RejectCode(line.code)
+    except ValueError:
+        code = RejectCode.BAD_VALUE
+    return Reject(
+        source_file=line.source_file,
+        line=line.source_line,
+        code=code,
+        message=line.message or code.value,
+        raw=line.raw,
+        field=line.field or None,
+        record_id=line.record_id or None,
     )

@@ -413,3 +413,74 @@ def test_load_tariffs_validates_persists_and_switches_every_unit(
         run(backend.load_tariffs(back, timeout_s=TIMEOUT_S))
     [restored] = submit(backend, call("491510000078", "tar:3", 60))
     assert restored.amount.micros == before.amount.micros
+
+
+def test_metrics_reach_the_nodes_prometheus_page(backend: RayBackend) -> None:
+    """Usage submitted here shows in the node's Prometheus page: the partitions'
+    reconciliation counters and the hosts' call latencies (Ray publishes every 2 s)."""
+    import re
+    import time
+    import urllib.request
+
+    create(backend, "acc-metrics", "491510000079")
+    submit(backend, call("491510000079", "met:1", 60))
+    status = run(backend.cluster_status(admin_pb2.ClusterStatusRequest(), timeout_s=TIMEOUT_S))
+    url = status.nodes[0].metrics_url
+    assert url.startswith("http://") and url.endswith("/metrics"), url
+    received = re.compile(r'^ray_petribill_records\{[^}]*kind="received"[^}]*\} (\S+)', re.M)
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as page:
+            text = page.read().decode()
+        counts = [float(v) for v in received.findall(text)]
+        calls = re.search(
+            r'^ray_petribill_unit_call_seconds_count\{[^}]*method="submit"', text, re.M
+        )
+        if sum(counts) >= 1 and calls:
+            break
+        assert time.monotonic() < deadline, "petribill series never appeared:\n" + "\n".join(
+            line for line in text.splitlines() if "petribill" in line
+        )
+        time.sleep(1)
+
+
+def test_unreadable_lines_are_stored_by_file_and_line(backend: RayBackend) -> None:
+    """StoreUnreadable puts reader rejects in the reject store with their reason and raw
+    text, counted as received and rejected; storing a line again replaces its entry."""
+    from billing.readers import Reject, RejectCode
+    from cluster.wire import unreadable_to_proto
+
+    bad = [
+        Reject(source_file="cdr/msc7.csv", line=3, code=RejectCode.BAD_VALUE,
+               message="line 3: duration_s: must be a non-negative integer, got '-5'",
+               raw="msc7:3,voice,4915100000001,2026-11-04T19:03:04Z,0172,-5,false",
+               field="duration_s", record_id="msc7:3"),
+        Reject(source_file="cdr/msc7.csv", line=9, code=RejectCode.FIELD_COUNT,
+               message="line 9: 3 fields, expected 7", raw="a,b,c"),
+    ]  # fmt: skip
+    request = usage_pb2.StoreUnreadableRequest(lines=[unreadable_to_proto(r) for r in bad])
+    before = run(backend.reconcile(admin_pb2.ReconcileRequest(), timeout_s=TIMEOUT_S))
+    answer = run(backend.store_unreadable(request, timeout_s=TIMEOUT_S))
+    statuses = [(r.record_id, r.status, r.reason) for r in answer.results]
+    assert statuses == [
+        ("msc7:3", usage_pb2.RECORD_STATUS_REJECTED, "malformed"),
+        ("cdr/msc7.csv:9", usage_pb2.RECORD_STATUS_REJECTED, "malformed"),
+    ]
+    after = run(backend.reconcile(admin_pb2.ReconcileRequest(), timeout_s=TIMEOUT_S))
+    assert (after.received - before.received, after.rejected - before.rejected) == (2, 2)
+    run(backend.store_unreadable(request, timeout_s=TIMEOUT_S))  # again: replaced, not piled
+    listed = run(
+        backend.list_rejects(
+            admin_pb2.ListRejectsRequest(limit=1000, reason="malformed"), timeout_s=TIMEOUT_S
+        )
+    )
+    mine = sorted(
+        (r.source_line, r.detail, r.record.json)
+        for r in listed.rejects
+        if r.source_file == "cdr/msc7.csv"
+    )
+    assert [(line, detail) for line, detail, _ in mine] == [
+        (3, bad[0].message),
+        (9, bad[1].message),
+    ]
+    assert "a,b,c" in mine[1][2]

@@ -142,6 +142,23 @@ class MemoryBackend:
             answer.results.append(self._charge(record))
         return answer
 
+    async def store_unreadable(
+        self, request: usage_pb2.StoreUnreadableRequest, *, timeout_s: float
+    ) -> usage_pb2.SubmitUsageResponse:
+        await self._enter("store_unreadable", request, timeout_s)
+        answer = usage_pb2.SubmitUsageResponse(batch_id=request.batch_id)
+        for line in request.lines:
+            record_id = line.record_id or f"{line.source_file}:{line.source_line}"
+            answer.results.append(
+                usage_pb2.RecordResult(
+                    record_id=record_id,
+                    status=usage_pb2.RECORD_STATUS_REJECTED,
+                    reason="malformed",
+                    detail=line.message,
+                )
+            )
+        return answer
+
     def _charge(self, record: common_pb2.UsageRecord) -> usage_pb2.RecordResult:
         result = usage_pb2.RecordResult(record_id=record.record_id)
         seen = self.records.get(record.record_id)
@@ -240,6 +257,18 @@ class MemoryBackend:
         account = self._account(request.account_id)
         account.credit_limit.CopyFrom(request.credit_limit)
         return account
+
+    async def change_plan(
+        self, request: accounts_pb2.ChangePlanRequest, *, timeout_s: float
+    ) -> accounts_pb2.Account:
+        await self._enter("change_plan", request, timeout_s)
+        if (stored := self._replay(request)) is not None:
+            return stored
+        account = self._account(request.account_id)
+        account.plan_id = request.plan_id
+        answer = accounts_pb2.Account()
+        answer.CopyFrom(account)
+        return self._remember(request, answer)
 
     async def list_usage(
         self, request: accounts_pb2.ListUsageRequest, *, timeout_s: float

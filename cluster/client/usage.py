@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 from petribill.v1 import usage_pb2
 
+from billing.readers import Reject
 from cluster.client.transport import PetribillError, RecordLike, Transport
-from cluster.wire import record_to_proto
+from cluster.wire import record_to_proto, unreadable_to_proto
 
 __all__ = ["UsageCalls"]
 
@@ -29,6 +30,19 @@ class UsageCalls(Transport):
             records=[record_to_proto(r) for r in records], batch_id=batch_id
         )
         return self.call("UsageService", "SubmitUsage", request)
+
+    def store_unreadable(
+        self, rejects: Iterable[Reject], *, batch_id: str = ""
+    ) -> usage_pb2.SubmitUsageResponse:
+        """Store lines a reader could not read in the cluster's reject store (one batch).
+
+        Keyed by file and line there, so sending a line again replaces it (and counts
+        it again as received and rejected, as a record sent again counts as a duplicate).
+        """
+        request = usage_pb2.StoreUnreadableRequest(
+            lines=[unreadable_to_proto(r) for r in rejects], batch_id=batch_id
+        )
+        return self.call("UsageService", "StoreUnreadable", request)
 
     def stream_usage(
         self, batches: Iterable[Iterable[RecordLike]], *, window: int = 4

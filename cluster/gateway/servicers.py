@@ -28,7 +28,7 @@ from petribill.v1 import (
 from cluster.backend_api import Backend
 from cluster.gateway.calls import Calls, Failure, internal_failure
 from cluster.gateway.limits import Overloaded
-from cluster.gateway.validate import check, check_usage_batch
+from cluster.gateway.validate import check, check_unreadable, check_usage_batch
 
 __all__ = ["SERVICERS", "add_servicers"]
 
@@ -70,6 +70,18 @@ class UsageServicer(_Relay, usage_pb2_grpc.UsageServiceServicer):  # type: ignor
             request,
             check=check_usage_batch,
             records=len(request.records),
+        )
+
+    async def StoreUnreadable(
+        self, request: usage_pb2.StoreUnreadableRequest, context: Any
+    ) -> usage_pb2.SubmitUsageResponse:
+        return await self._calls.unary(
+            context,
+            "UsageService.StoreUnreadable",
+            self._backend.store_unreadable,
+            request,
+            check=check_unreadable,
+            records=len(request.lines),
         )
 
     async def StreamUsage(
@@ -168,6 +180,7 @@ class AccountServicer(_Relay, accounts_pb2_grpc.AccountServiceServicer):  # type
     TopUp = _unary("AccountService.TopUp", "top_up")
     SwitchPaymentMode = _unary("AccountService.SwitchPaymentMode", "switch_payment_mode")
     SetCreditLimit = _unary("AccountService.SetCreditLimit", "set_credit_limit")
+    ChangePlan = _unary("AccountService.ChangePlan", "change_plan")
     ListUsage = _unary("AccountService.ListUsage", "list_usage")
 
 

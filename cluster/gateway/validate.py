@@ -17,7 +17,7 @@ import grpc
 from cluster.gateway.calls import Failure
 from cluster.gateway.limits import GatewayLimits
 
-__all__ = ["check", "check_usage_batch"]
+__all__ = ["UNREADABLE_RAW_CHARS_MAX", "check", "check_unreadable", "check_usage_batch"]
 
 _CYCLE_ID = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -44,6 +44,10 @@ _RULES: dict[str, _Rule] = {
         write=True, required=("account_id",), set_enums=("payment_mode",)
     ),
     "SetCreditLimitRequest": _Rule(write=True, required=("account_id",)),
+    # at_s 0 is now; a negative time is malformed.
+    "ChangePlanRequest": _Rule(
+        write=True, required=("account_id", "plan_id"), non_negative=("at_s",)
+    ),
     "ListUsageRequest": _Rule(required=("account_id",), non_negative=("limit",)),
     # ChargingService
     "SessionRequest": _Rule(
@@ -133,3 +137,29 @@ def check_usage_batch(request: Any, limits: GatewayLimits) -> None:
             f"SubmitUsageRequest.records has {count} records "
             f"(batch_records_max={limits.batch_records_max}); split the batch"
         )
+
+
+#: The longest raw line kept for an unreadable line (the readers keep at most this much).
+UNREADABLE_RAW_CHARS_MAX = 65_536
+
+
+def check_unreadable(request: Any, limits: GatewayLimits) -> None:
+    """1..batch_records_max lines, each naming its file and a line number >= 1."""
+    count = len(request.lines)
+    if count == 0:
+        raise _invalid("StoreUnreadableRequest.lines is empty")
+    if count > limits.batch_records_max:
+        raise _invalid(
+            f"StoreUnreadableRequest.lines has {count} lines "
+            f"(batch_records_max={limits.batch_records_max}); split the batch"
+        )
+    for index, line in enumerate(request.lines):
+        where = f"StoreUnreadableRequest.lines[{index}]"
+        if not line.source_file or "\x00" in line.source_file:
+            raise _invalid(f"{where}.source_file is required (the file the line came from)")
+        if line.source_line < 1:
+            raise _invalid(f"{where}.source_line must be >= 1, got {line.source_line}")
+        if len(line.raw) > UNREADABLE_RAW_CHARS_MAX:
+            raise _invalid(
+                f"{where}.raw has {len(line.raw)} characters (at most {UNREADABLE_RAW_CHARS_MAX})"
+            )
