@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The module's cluster: its gateway address and its data folder."""
     data_dir = tmp_path_factory.mktemp("cli-cluster") / "data"
     with running(small_runtime(data_dir, port=_free_port())) as info:
-        yield info.gateways[0]
+        yield info.gateways[0], data_dir
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster_data: tuple[str, Path]) -> str:
+    return cluster_data[0]
 
 
 def cli(gateway: str, *args: str | Path) -> Result:
@@ -113,6 +120,7 @@ def test_ingest_accounts_for_every_line(gateway: str) -> None:
         assert report["balanced"]
         reader = [r["line"] for r in report["rejects"] if r["stage"] == "reader"]
         assert reader == READER_REJECTS[name]
+        assert report["unreadable_stored"] == len(READER_REJECTS[name])
     assert files["voice.csv"]["duplicates"] == 1
     assert files["data.jsonl"]["conflicts"] == 1
     conflict = next(r for r in files["data.jsonl"]["rejects"] if r["stage"] == "cluster")
@@ -174,9 +182,13 @@ def test_pay_allocates_to_the_open_invoice(gateway: str) -> None:
 
 
 def test_rejects_list_shows_the_conflict(gateway: str) -> None:
-    """`rejects list` shows the cluster's reject store, filtered by reason."""
+    """`rejects list` shows the cluster's reject store, filtered by reason: the conflict,
+    and the lines no reader could read, by file and line."""
     listed = cli_json(gateway, "rejects", "list")
     assert "pgw01:000030" in {r["record_id"] for r in listed}
+    malformed = cli_json(gateway, "rejects", "list", "--reason", "malformed")
+    lines = {(Path(r["source_file"]).name, r["source_line"]) for r in malformed}
+    assert {(name, n) for name, ns in READER_REJECTS.items() for n in ns} <= lines
     assert cli_json(gateway, "rejects", "list", "--reason", "no_such_reason") == []
 
 
@@ -371,3 +383,29 @@ def test_load_tariffs_switches_the_catalogue_and_names_a_broken_key(
     assert "Traceback" not in refused.output
     missing = cli(gateway, "load-tariffs", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_metrics_prints_petribill_series(cluster_data: tuple[str, Path]) -> None:
+    """`status` names each node's Prometheus page and `metrics` prints petribill's series
+    from it: the gateway's RPCs by status code among them. A child process, as an
+    operator runs it (the command connects to Ray and disconnects again)."""
+    gateway, data_dir = cluster_data
+    cli_json(gateway, "reconcile")  # an RPC through the gateway, at least one
+    petribill = str(Path(sys.executable).with_name("petribill"))
+    status = subprocess.run(
+        [petribill, "status", "--json", "--data", str(data_dir)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    urls = [n["metrics_url"] for n in json.loads(status.stdout)["nodes"]]
+    assert urls and all(u.startswith("http://") for u in urls), urls
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            [petribill, "metrics", "--data", str(data_dir), "--grep", "rpc_total"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        if 'rpc="AdminService.Reconcile"' in done.stdout and 'code="OK"' in done.stdout:
+            break
+        assert time.monotonic() < deadline, done.stdout + done.stderr
+        time.sleep(2)
