@@ -16,6 +16,7 @@ from actors.partition import PartitionConfig, RatingPartition
 from actors.routing import unit_kind
 from billing.bundles import CatalogueTariff
 from billing.charging import ChargingConfig
+from billing.fraud import FraudConfig
 from billing.rating import load_catalogue
 
 __all__ = ["engine_factory"]
@@ -31,6 +32,9 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
     cache_max = int(settings.get("cache_entries_max", 50_000))
     # Cycles are calendar months in the operator's time zone: the catalogue's.
     charging = ChargingConfig(tz=catalogue.timezone)
+    # The [fraud] table of the cluster config, validated there; no rule table: no rules run.
+    fraud_table = settings.get("fraud")
+    fraud = FraudConfig.from_mapping(fraud_table) if fraud_table else None
 
     def open_unit(unit_id: str, path: Path, epoch: int, *, resume: bool = False) -> Engine:
         if unit_kind(unit_id) == "account":
@@ -42,6 +46,7 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
                 unit_id=unit_id,
                 catalogue=catalogue,
                 charging=charging,
+                fraud=fraud,
                 cache_accounts_max=cache_max,
             )
         return RatingPartition.open(

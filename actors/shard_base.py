@@ -26,6 +26,7 @@ from billing.accounts import AccountState, Outcome, Result
 from billing.billrun import BillRunConfig
 from billing.bundles import Tariff
 from billing.charging import Charge, ChargingConfig
+from billing.fraud import FraudConfig
 from billing.invariant import invariant
 from billing.invoice import Invoice
 from billing.ledger import is_valid_account_id
@@ -49,6 +50,7 @@ class ShardBase:
         charging: ChargingConfig | None = None,
         billing: BillRunConfig | None = None,
         catalogue: Catalogue | None = None,
+        fraud: FraudConfig | None = None,
         cache_accounts_max: int = 50_000,
         chunk_accounts: int = 500,
     ) -> None:
@@ -59,6 +61,8 @@ class ShardBase:
         self.charging = charging or ChargingConfig()
         self.billing = billing or BillRunConfig(tz=self.charging.tz)
         self.catalogue = catalogue
+        # None: no fraud rules run (no evaluation, no risk rows); see actors.shard_risk.
+        self.fraud = fraud
         self.chunk_accounts = chunk_accounts
         self._cache: LruCache[str, AccountRow] = LruCache(cache_accounts_max)
         self._pack = new_packer()  # this shard's own: calls into one unit are serialised

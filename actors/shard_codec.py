@@ -16,6 +16,8 @@ one kind; ids are UTF-8 without NUL, sequence numbers u64 big-endian)::
     r/<account>                        -> u64 next reservation due time (expiry index)
     f/<forward id>                     outbox: a sponsor charge for another shard
     x/<forward id>                     forwards this shard received and had to refuse
+    k/<account>                        fraud risk state (:mod:`actors.shard_risk`; only
+                                       written when the shard has a fraud config)
     c/<name>                           shard counters (u64), e.g. c/notifications
 
 Values
@@ -54,6 +56,7 @@ from actors.codec import CodecError, account_key, encode_u64, ledger_prefix
 from actors.value_codec import decode_value, encode_value, pack_value, unpack_value
 from billing.accounts import Account, AccountState, Result
 from billing.charging import Charge
+from billing.fraud import RiskState
 from billing.idempotency import Mark
 from billing.ledger import Entry, EntryKind, Posting
 
@@ -137,6 +140,9 @@ class AccountRow:
     profile_of: Account | None = None
     ledger_head: bytes = b""  # memo of ledger_prefix(account id)
     key: bytes = b""  # memo of account_key(account id)
+    # Memo of the account's risk state (k/<account>, actors.shard_risk); None: not read yet.
+    # It rides with the row so the shard's cache holds it only once its batch committed.
+    risk: RiskState | None = None
 
     def row_key(self) -> bytes:
         """The key of this account row, ``a/<account>``."""
@@ -148,8 +154,9 @@ class AccountRow:
     def successor(self, state: AccountState) -> AccountRow:
         """A row for ``state``, a new state of this row's account, keeping the memos."""
         return AccountRow(
-            state, self.next_seq, self.profile, self.profile_of, self.ledger_head, self.key
-        )
+            state, self.next_seq, self.profile, self.profile_of, self.ledger_head, self.key,
+            self.risk,
+        )  # fmt: skip
 
     def ledger_key(self, seq: int) -> bytes:
         head = self.ledger_head

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from actors.outbox import OUTBOX_PREFIX, REFUSED_PREFIX, Forward
 from actors.shard_base import ShardBase
 from actors.shard_codec import decode_value, encode_value, prefixed
+from actors.shard_risk import assess_batch
 from actors.shard_work import AccountView, MarkView, Work, without_rated
 from actors.storage import Batch
 from billing.accounts import CHARGED_RESULTS, AccountState, Outcome, Result
@@ -85,6 +86,7 @@ class ShardUsage(ShardBase):
             work.apply(out.effects, None)
             for i, row in zip(indices, out.receipt or (), strict=True):
                 rows[i] = row if row.rated is None else without_rated(row)
+        assess_batch(self, work, items, rows)  # fraud rules, in the same batch (shard_risk)
         work.commit()
         invariant(None not in rows, "one row per record")
         return ChargeBatchAnswer(rows, work.forwards)  # type: ignore[arg-type]

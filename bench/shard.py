@@ -8,7 +8,12 @@ and 5,000 records, each one synced commit (charging, encoding, the commit).
 Every run uses fresh record ids. A last run with a cache smaller than the
 account set shows the cost of reading account rows from RocksDB.
 
-    .venv/bin/python bench/shard.py [--accounts 50000] [--records 50000] [--dir /tmp]
+    .venv/bin/python bench/shard.py [--accounts 50000] [--records 50000] [--dir /tmp] [--fraud]
+
+``--fraud`` turns on a typical set of fraud rules (:data:`FRAUD`: velocity on
+international calls, spend spike, premium destinations blocking), evaluated
+by the shard on every charged record in the same commit; alert log lines are
+dropped (structlog filtered to warnings), so the figure is the rules' own cost.
 
 The last line printed is JSON; ``records_per_s`` is the 1,000-record batch figure.
 """
@@ -19,11 +24,14 @@ import argparse
 import gc
 import importlib.util
 import json
+import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,11 +41,26 @@ from actors.shard_work import Work  # noqa: E402
 from billing.accounts import Account, PaymentMode, create_account  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
 from billing.charging import top_up  # noqa: E402
+from billing.fraud import FraudConfig  # noqa: E402
 from billing.rated import RatedRecord  # noqa: E402
 from billing.rating import load_catalogue, rate  # noqa: E402
 
 EUR = 1_000_000
 SEED_AT_S = 1_767_222_000  # 2026-01-01 00:00 Europe/Berlin
+
+
+# A typical operator's rules for the sample catalogue (as in conf/cluster.toml's example).
+FRAUD = FraudConfig.from_mapping(
+    {
+        "velocity": {
+            "calls": 10,
+            "window_s": 600,
+            "international_classes": [f"voice.international_z{z}" for z in range(1, 5)],
+        },
+        "spend_spike": {"factor": 3, "trailing_cycles": 3},
+        "premium": {"premium_prefixes": ["49900", "49137"], "action": "block"},
+    }
+)
 
 
 def _generator() -> tuple[Any, int]:
@@ -114,7 +137,10 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--gc", choices=("tuned", "default"), default="tuned")
+    parser.add_argument("--fraud", action="store_true", help="run the FRAUD rules")
     args = parser.parse_args()
+    fraud = FRAUD if args.fraud else None
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     sizes = (100, 1000, 5000)
     catalogue = load_catalogue(ROOT / "conf" / "tariffs")
     tariff = CatalogueTariff(catalogue)
@@ -127,7 +153,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="pb-shard-") as tmp:
         shard = AccountShard.open(
             Path(tmp) / "acct-00", epoch=1, tariff=tariff, catalogue=catalogue,
-            cache_accounts_max=args.accounts,
+            cache_accounts_max=args.accounts, fraud=fraud,
         )  # fmt: skip
         started = time.perf_counter()
         seed(shard, args.accounts)
@@ -149,7 +175,7 @@ def main() -> None:
         # The same data with a cache a fifth of the accounts: rows come from RocksDB.
         cold = AccountShard.open(
             Path(tmp) / "acct-00", epoch=2, tariff=tariff, catalogue=catalogue,
-            cache_accounts_max=args.accounts // 5,
+            cache_accounts_max=args.accounts // 5, fraud=fraud,
         )  # fmt: skip
         result = run(cold, items[offset : offset + args.records], 1000)
         result["cache_accounts_max"] = args.accounts // 5
@@ -169,6 +195,7 @@ def main() -> None:
                 "small_cache_records_per_s": result["records_per_s"],
                 "accounts": args.accounts,
                 "gc": args.gc,
+                "fraud": args.fraud,
                 "audit_ok": report.ok,
             }
         )

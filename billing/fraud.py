@@ -304,11 +304,19 @@ def evaluate(
 
 
 def notification_of(alert: FraudAlert, *, cycle_id: str) -> Notification | None:
-    """The customer-facing notification of ``alert``: a block is ``account_blocked``
-    (subject ``fraud:<rule>``); alerts are for the operator's risk desk and have no
-    customer notification kind (``NotificationKind`` has no fraud-alert kind yet)."""
+    """The notification of ``alert``: a block is ``account_blocked`` (subject
+    ``fraud:<rule>``, once per rule and cycle); an alert is ``fraud_alert`` for the
+    operator's risk desk (subject ``<rule>:<record_id>``: one per firing, and a
+    firing is once per record, velocity at most once per window)."""
     if alert.action is not Action.BLOCK:
-        return None
+        return make_notification(
+            NotificationKind.FRAUD_ALERT,
+            account_id=alert.account_id,
+            at_s=alert.at_s,
+            cycle_id=cycle_id,
+            subject=f"{alert.rule.value}:{alert.record_id}",
+            data={"record_id": alert.record_id, "detail": alert.detail},
+        )
     return make_notification(
         NotificationKind.ACCOUNT_BLOCKED,
         account_id=alert.account_id,

@@ -32,6 +32,7 @@ class NotificationKind(enum.StrEnum):
     FINAL_UNITS = "final_units"  # online session got its final unit indication
     INVOICE_ISSUED = "invoice_issued"  # emitted by the bill run
     PAYMENT_OVERDUE = "payment_overdue"  # emitted by write-off ageing
+    FRAUD_ALERT = "fraud_alert"  # a fraud or risk rule with action "alert" fired (billing.fraud)
 
 
 def notification_id(

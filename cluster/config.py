@@ -10,16 +10,27 @@ operator believes is on and is not.
 from __future__ import annotations
 
 import tomllib
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from billing.fraud import FraudConfig, FraudConfigError, SpikeRule
 
 __all__ = [
     "DEFAULT_PATH",
     "BatchConfig",
     "ClusterConfig",
     "ConfigError",
+    "FraudTable",
     "GatewayConfig",
     "HealthConfig",
     "LimitsConfig",
@@ -117,6 +128,83 @@ class RayConfig(_Section):
     start_timeout_s: float = Field(default=60.0, gt=0)
 
 
+Action = Literal["alert", "block"]
+
+
+class VelocityTable(_Section):
+    """``[fraud.velocity]``; an unset key takes ``billing.fraud.VelocityRule``'s default."""
+
+    calls: int | None = Field(default=None, gt=0)
+    window_s: int | None = Field(default=None, gt=0)
+    international_classes: list[str] | None = None
+    action: Action | None = None
+
+
+class SpendSpikeTable(_Section):
+    """``[fraud.spend_spike]``; an unset key takes ``billing.fraud.SpikeRule``'s default."""
+
+    factor: str | None = None  # a ratio: 3, 2.5 or "5/2" (kept as its exact text)
+    trailing_cycles: int | None = Field(default=None, gt=0)
+    min_history: int | None = Field(default=None, gt=0)
+    action: Action | None = None
+
+    @field_validator("factor", mode="before")
+    @classmethod
+    def _ratio(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        wrong = 'must be a number or a fraction such as "5/2"'
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(wrong)
+        try:
+            ratio = Fraction(str(value))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(wrong) from None
+        if ratio <= 0:
+            raise ValueError("must be > 0")
+        return str(value)
+
+
+class PremiumTable(_Section):
+    """``[fraud.premium]``; an unset key takes ``billing.fraud.PremiumRule``'s default."""
+
+    premium_prefixes: list[str] | None = None
+    premium_classes: list[str] | None = None
+    action: Action | None = None
+
+
+class FraudTable(_Section):
+    """``[fraud]``: the fraud and risk rules the account shards run on charged usage.
+
+    No table (the default) runs nothing. A rule runs when its sub-table is
+    present (``[fraud.velocity]``, ``[fraud.spend_spike]``, ``[fraud.premium]``);
+    a ``[fraud]`` without any of them runs nothing either.
+    """
+
+    velocity: VelocityTable | None = None
+    spend_spike: SpendSpikeTable | None = None
+    premium: PremiumTable | None = None
+
+    def mapping(self) -> dict[str, dict[str, Any]]:
+        """The rules as the plain TOML-shaped table ``FraudConfig.from_mapping`` reads
+        (only the keys set), for the settings that cross process boundaries."""
+        rules = {
+            "velocity": self.velocity,
+            "spend_spike": self.spend_spike,
+            "premium": self.premium,
+        }
+        return {
+            name: table.model_dump(exclude_none=True)
+            for name, table in rules.items()
+            if table is not None
+        }
+
+    def rules(self) -> FraudConfig | None:
+        """The rules as ``billing.fraud`` runs them; ``None`` when no rule is set."""
+        table = self.mapping()
+        return FraudConfig.from_mapping(table) if table else None
+
+
 class ClusterConfig(_Section):
     """The whole of ``conf/cluster.toml``."""
 
@@ -127,11 +215,29 @@ class ClusterConfig(_Section):
     batch: BatchConfig = BatchConfig()
     limits: LimitsConfig = LimitsConfig()
     ray: RayConfig = RayConfig()
+    fraud: FraudTable | None = None
 
     @model_validator(mode="after")
     def _actors_divide_shards(self) -> ClusterConfig:
         if self.sharding.shards % self.sharding.shards_per_actor != 0:
             raise ValueError("sharding.shards_per_actor: must divide sharding.shards")
+        return self
+
+    @model_validator(mode="after")
+    def _fraud_rules_load(self) -> ClusterConfig:
+        spike = None if self.fraud is None else self.fraud.spend_spike
+        if spike is not None:
+            default = SpikeRule()
+            trailing = spike.trailing_cycles or default.trailing_cycles
+            if (spike.min_history or default.min_history) > trailing:
+                raise ValueError(
+                    f"fraud.spend_spike.min_history: must be <= trailing_cycles ({trailing})"
+                )
+        if self.fraud is not None:
+            try:
+                self.fraud.rules()
+            except FraudConfigError as exc:  # a check of billing.fraud not mirrored above
+                raise ValueError(f"fraud: {exc}") from None
         return self
 
 

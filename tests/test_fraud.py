@@ -180,7 +180,9 @@ def test_block_becomes_an_account_blocked_notification() -> None:
     _, alerts = evaluate(
         VELOCITY_ONLY, RiskState(intl_starts_s=(0, 1)), call(2), account_id="a1", cycle_id="c"
     )
-    assert notification_of(alerts[0], cycle_id="c") is None
+    alert_note = notification_of(alerts[0], cycle_id="c")
+    assert alert_note is not None and alert_note.kind is NotificationKind.FRAUD_ALERT
+    assert alert_note.subject == f"velocity:{alerts[0].record_id}"
 
 
 def test_premium_class_and_non_premium() -> None:
