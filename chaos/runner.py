@@ -198,7 +198,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             client = PetribillClient(info.gateways, timeout_s=30, retries=30)
             accounts = _accounts(options.accounts, options.seed)
             _create_accounts(client, accounts, options.seed)
-            injector = Injector(runtime, disk=disk, on_gateway=client.addresses.append)
+            injector = Injector(runtime, disk=disk, on_gateway=client.add_address)
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
             load_started = time.monotonic()
             try:

@@ -135,6 +135,30 @@ def test_fails_over_to_the_next_gateway_when_one_stops() -> None:
             assert client.health() == {dead: "UNAVAILABLE", second.address: "SERVING"}
 
 
+def test_failover_reaches_a_live_gateway_past_many_dead_and_repeated_ones() -> None:
+    """Regression (chaos seed 12, 30 minutes): gateways added as nodes were replaced put
+    dead addresses, some twice, before the live ones; failover moved on from the first
+    position of the address it had tried, so it cycled among dead ones for ever. It
+    walks positions now, and a repeated address is kept once."""
+    with running_gateways() as (_loop, _backend, gateways):
+        dead = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
+        addresses = [dead[0], dead[1], dead[2], dead[1], gateways[0].address]
+        with PetribillClient(addresses, retries=1, backoff_s=0.01) as client:
+            assert client.addresses == [*dead, gateways[0].address]
+            client.add_address(dead[0])
+            assert len(client.addresses) == 4
+            errors = 0
+            while True:  # each call tries two addresses, then gives up: the caller retries
+                try:
+                    client.create_account("a1", msisdns=[MSISDN], request_id="c1")
+                    break
+                except PetribillError as exc:
+                    assert exc.code is Code.UNAVAILABLE
+                    errors += 1
+                    assert errors < 3, "failover never reached the live gateway"
+            assert client.addresses[client._current] == gateways[0].address
+
+
 def test_invalid_argument_and_already_exists_are_not_retried() -> None:
     """A refusal that would only fail again reaches the caller after exactly one attempt."""
     with (

@@ -91,7 +91,8 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        given = [addresses] if isinstance(addresses, str) else list(addresses)
+        self.addresses = list(dict.fromkeys(given))  # failover walks positions: no repeats
         if not self.addresses:
             raise ValueError("a client needs at least one gateway address")
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or backoff_max_s < backoff_s:
@@ -111,6 +112,12 @@ class Transport:
         self._stubs: dict[tuple[str, str], Any] = {}
         self._current = 0
         self._lock = threading.Lock()
+
+    def add_address(self, address: str) -> None:
+        """Also fail over to ``address`` (a gateway started later); a known one is ignored."""
+        with self._lock:
+            if address not in self.addresses:
+                self.addresses.append(address)
 
     def close(self) -> None:
         with self._lock:
@@ -145,7 +152,9 @@ class Transport:
             raise PetribillError(code, exc.details() or "", address=address, attempts=attempt)
         first_round = attempt < len(self.addresses)
         if code == grpc.StatusCode.UNAVAILABLE:
-            self._current = (self.addresses.index(address) + 1) % len(self.addresses)
+            with self._lock:  # the next position, unless another call moved on already
+                if self.addresses[self._current] == address:
+                    self._current = (self._current + 1) % len(self.addresses)
             if first_round:
                 return  # another gateway may answer at once: no wait on the first round
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
