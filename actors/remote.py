@@ -7,6 +7,7 @@ peer hosts through the coordinator's map, and retries on stale routes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -175,14 +176,31 @@ def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: fl
     ).remote(data_dir=data_dir, settings=settings, interval_s=interval_s)
 
 
+GATEWAY_PREFIX = "petribill-gateway-"
+
+
 def gateway_name(ray_node_id: str) -> str:
-    return f"petribill-gateway-{ray_node_id[:12]}"
+    return f"{GATEWAY_PREFIX}{ray_node_id[:12]}"
+
+
+def gateway_handles() -> dict[str, Any]:
+    """The named gateway actors by the (short) Ray node id they serve (blocking GCS lookups)."""
+    handles = {}
+    for found in ray.util.list_named_actors(all_namespaces=True):
+        name = found["name"]
+        if found["namespace"] == NAMESPACE and name.startswith(GATEWAY_PREFIX):
+            with contextlib.suppress(ValueError):  # gone since it was listed
+                handles[name[len(GATEWAY_PREFIX) :]] = ray.get_actor(name, namespace=NAMESPACE)
+    return handles
 
 
 def spawn_gateway(
     *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
 ) -> Any:
-    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside."""
+    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside.
+
+    Give it a fixed ``port`` (not 0): a restarted gateway binds the same one, so the
+    address clients know stays good."""
     from functools import partial
 
     from cluster.backend import RayBackend
@@ -194,7 +212,9 @@ def spawn_gateway(
             name=gateway_name(node_id),
             namespace=NAMESPACE,
             lifetime="detached",
-            max_restarts=0,
+            # Ray restarts a dead gateway's process on its node, with the same port;
+            # the coordinator's loop then makes it serve (``CoordinatorService``).
+            max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
         .remote(partial(RayBackend.from_settings, settings), host=host, port=port, limits=limits)

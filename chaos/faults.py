@@ -5,7 +5,9 @@ with its :class:`cluster.localray.LocalRay`) by PID, never by process name:
 
 - ``kill-host``: SIGKILL the worker process hosting a node's shards and partitions;
 - ``kill-gateway``: SIGKILL a gateway's worker process (clients' streams break
-  mid-flight); a supervisor starts it again on the same port a second later;
+  mid-flight); the cluster heals itself: Ray restarts the process, the
+  coordinator's loop makes it serve again on the same port, and the fault
+  waits until the address answers the gRPC health check with SERVING;
 - ``kill-coordinator``: SIGKILL the coordinator's process (Ray restarts it);
 - ``kill-node``: SIGKILL a worker node's raylet; a fresh node replaces it;
 - ``pause-node``: SIGSTOP every process of a worker node for ``hold_s``, then
@@ -46,7 +48,7 @@ KINDS: Final = (
     "disk-full",
 )
 HEAL_TIMEOUT_S: Final = 90.0
-GATEWAY_RESTART_DELAY_S: Final = 1.0
+GATEWAY_POLL_S: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +204,27 @@ class Injector:
             return self._skipped(fault, f"n{index}", at_s, "no gateway")
         started = self._clock()
         os.kill(pid, signal.SIGKILL)
-        time.sleep(GATEWAY_RESTART_DELAY_S)
-        self._start_gateway(handle.node_id, port=int(address.rsplit(":", 1)[1]))
-        return self._healed(fault, f"n{index}", at_s, started, f"pid {pid}, restarted on {address}")
+        back_s = self._wait_serving(address, started, pid)
+        detail = f"pid {pid}, serving again on {address} after {back_s:.2f} s"
+        return self._healed(fault, f"n{index}", at_s, started, detail)
+
+    def _wait_serving(self, address: str, started: float, pid: int) -> float:
+        """Seconds until ``address`` answers SERVING from a new process (nothing here
+        restarts it: Ray and the coordinator do)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        while self._clock() - started < HEAL_TIMEOUT_S:
+            time.sleep(GATEWAY_POLL_S)
+            with grpc.insecure_channel(address) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                try:
+                    answer = check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                except grpc.RpcError:
+                    continue
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return self._clock() - started
+        raise TimeoutError(f"gateway {address} (pid {pid}) not serving within {HEAL_TIMEOUT_S} s")
 
     def _kill_coordinator(self, fault: Fault, at_s: float) -> FaultResult:
         pid = None

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
-import ray
 import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
 from ray.exceptions import RayActorError, RayTaskError
@@ -24,16 +23,18 @@ from ray.exceptions import RayActorError, RayTaskError
 from actors import metrics
 from actors.backup import BackupExists
 from actors.partition import RecordStatus
+from actors.remote import gateway_handles
 from actors.routing import unit_kind
 from actors.tariff_store import NAME as TARIFFS_NAME
 from actors.tariff_store import TariffsExist, persist_tariffs, set_current
+from billing.outcome import CHARGED_RESULTS, Result
 from billing.preprocess import Reconciliation
 from billing.rating import Catalogue, TariffError, load_catalogue
 from cluster.backend_api import BackendError
 from cluster.backend_core import BackendCore
 from cluster.backend_routing import deadline_after
 from cluster.backend_routing import time_left as _left
-from cluster.convert import money, reject_to_proto
+from cluster.convert import SPONSOR_REFUSED, money, refused_forward_to_proto, reject_to_proto
 
 __all__ = ["AdminOps", "TariffOps"]
 
@@ -42,7 +43,6 @@ log = structlog.get_logger("petribill.backend")
 _REJECTS_LIMIT_DEFAULT: Final = 100
 _REJECTS_LIMIT_MAX: Final = 10_000
 _PROBLEMS_SHOWN: Final = 5
-_GATEWAY_PREFIX: Final = "petribill-gateway-"
 _BACKUP_NAME: Final = TARIFFS_NAME  # a folder name, as for catalogues
 _CHARGED: Final = frozenset(
     {
@@ -52,15 +52,8 @@ _CHARGED: Final = frozenset(
         RecordStatus.DUPLICATE,
     }
 )
-
-
-def _gateway_handles() -> list[Any]:
-    """Handles of the named gateway actors (blocking GCS lookups: run in a thread)."""
-    return [
-        ray.get_actor(a["name"], namespace=a["namespace"])
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == "petribill" and a["name"].startswith(_GATEWAY_PREFIX)
-    ]
+# A refused sponsor charge retried: charged now, or found charged already.
+_SPONSOR_SETTLED: Final = CHARGED_RESULTS | {Result.DUPLICATE}
 
 
 class AdminOps(BackendCore):
@@ -109,7 +102,7 @@ class AdminOps(BackendCore):
     async def _gateways(self, timeout_s: float) -> list[str]:
         """Addresses of the running gateways (best effort: a slow one is left out)."""
         try:
-            handles = await asyncio.to_thread(_gateway_handles)
+            handles = (await asyncio.to_thread(gateway_handles)).values()
             refs = [asyncio.wrap_future(h.address.remote().future()) for h in handles]
             done = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True), timeout_s)
         except Exception:  # status must answer even when gateways do not
@@ -154,17 +147,28 @@ class AdminOps(BackendCore):
         self, request: admin_pb2.ListRejectsRequest, *, timeout_s: float
     ) -> admin_pb2.ListRejectsResponse:
         limit = min(request.limit or _REJECTS_LIMIT_DEFAULT, _REJECTS_LIMIT_MAX)
+        deadline = deadline_after(timeout_s)
         found = await self.router.call_each(
             self.router.all_partitions(),
             "list_rejects",
             limit,
             reason=request.reason or None,
-            timeout_s=timeout_s,
+            timeout_s=_left(deadline),
         )
         entries = sorted(
             (e for entries in found.values() for e in entries), key=lambda e: (-e.at_s, e.key)
         )
-        return admin_pb2.ListRejectsResponse(rejects=[reject_to_proto(e) for e in entries[:limit]])
+        rejects = [reject_to_proto(e) for e in entries[:limit]]
+        if request.reason in ("", SPONSOR_REFUSED):
+            refused = await self.router.call_each(
+                self.router.all_shards(), "refused_forwards", limit, timeout_s=_left(deadline)
+            )
+            rejects += [
+                refused_forward_to_proto(usage, result)
+                for found_on_shard in refused.values()
+                for usage, result in found_on_shard
+            ]
+        return admin_pb2.ListRejectsResponse(rejects=rejects[:limit])
 
     async def reprocess_rejects(
         self, request: admin_pb2.ReprocessRejectsRequest, *, timeout_s: float
@@ -200,8 +204,21 @@ class AdminOps(BackendCore):
                 grpc.StatusCode.UNAVAILABLE, "some records could not be charged now; retry"
             )
         charged = sum(1 for r in results if r.status in _CHARGED)
+        # Sponsor charges a sponsor's shard refused (say, the sponsor did not exist yet).
+        retried = await self.router.call_each(
+            self.router.all_shards(),
+            "retry_refused_forwards",
+            list(request.record_ids) or None,
+            at_s=self.now_s(),
+            timeout_s=_left(deadline),
+        )
+        sponsor_results = [result for found in retried.values() for _, result in found]
+        sponsor_charged = sum(1 for r in sponsor_results if r in _SPONSOR_SETTLED)
+        total = len(results) + len(sponsor_results)
         return admin_pb2.ReprocessRejectsResponse(
-            reprocessed=len(results), charged=charged, still_rejected=len(results) - charged
+            reprocessed=total,
+            charged=charged + sponsor_charged,
+            still_rejected=total - charged - sponsor_charged,
         )
 
     async def drain(

@@ -12,15 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import structlog
 
 from actors import metrics
+from actors.remote import gateway_handles
 from cluster.coordinator import Coordinator
 from cluster.ray_ops import RayOps
 
 __all__ = ["CoordinatorService"]
 
 log = structlog.get_logger("petribill.coordinator")
+
+#: How often the loop wakes gateways that Ray restarted (and looks for them).
+GATEWAY_CHECK_S = 1.0
 
 
 class CoordinatorService:
@@ -38,6 +43,7 @@ class CoordinatorService:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._rounds = 0
+        self._gateways_checked = 0.0
         self._takeovers: list[float] = []
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
@@ -49,9 +55,31 @@ class CoordinatorService:
                     self._coordinator.reconcile()
                     self._rounds += 1
                     self._note_recoveries()
+                self._wake_gateways()
             except Exception:
                 log.exception("reconcile_failed")
             self._stop.wait(self._interval_s)
+
+    def _wake_gateways(self) -> None:
+        """Every ``GATEWAY_CHECK_S``, ask each gateway its address without waiting.
+
+        Ray restarts a dead gateway's process (``max_restarts=-1``) but a new
+        process does not serve until asked: ``address()`` starts it. A gateway that
+        serves answers at once; the answers are not awaited. The gateway of a node
+        Ray declared dead can never come back (it is pinned there): it is ended, so
+        that no call queues up for it.
+        """
+        now = time.monotonic()
+        if now < self._gateways_checked + GATEWAY_CHECK_S:
+            return
+        self._gateways_checked = now
+        alive = {n["NodeID"][:12] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+        for node, handle in gateway_handles().items():
+            if node in alive:
+                handle.address.remote()
+            else:
+                ray.kill(handle, no_restart=True)
+                log.info("gateway_ended", node=node, reason="node dead")
 
     def _note_recoveries(self) -> None:
         """Record how long each node failure took to be fully taken over."""

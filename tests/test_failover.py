@@ -148,8 +148,8 @@ def host_pid(node: str) -> int:
 
 
 def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtime) -> None:
-    """Host pause, coordinator kill, drain, node kill and host kill, under load: healed
-    every time, exactly once."""
+    """Host pause, coordinator kill, drain, node kill, host kill and gateway kill, under
+    load: healed every time, exactly once."""
     assert cluster.info is not None and cluster.local is not None
     client = PetribillClient(cluster.info.gateways, timeout_s=60, retries=40)
     for i in range(ACCOUNTS):
@@ -209,6 +209,20 @@ def test_faults_under_load_lose_nothing_and_charge_nothing_twice(cluster: Runtim
         wait_node(cluster, fresh, "alive")
         wait_healthy(cluster)
         assert_exactly_once(client, load)
+        # 6. A gateway's process SIGKILLed mid-stream: nobody here restarts it. Ray
+        #    starts a new process and the coordinator makes it serve on the same address.
+        node0 = cluster.local.node(0).node_id  # n0 is alive throughout; the driver may not be on it
+        address = ray.get(cluster.gateways[node0].address.remote(), timeout=30)
+        gateway_pid = cluster.local.worker_pid(0, "GatewayActor")
+        assert gateway_pid is not None
+        os.kill(gateway_pid, signal.SIGKILL)
+        _wait_gone(gateway_pid)
+        with PetribillClient(address, retries=0, timeout_s=2) as probe:
+            deadline = time.monotonic() + 60
+            while probe.health() != {address: "SERVING"}:
+                assert time.monotonic() < deadline, _gateways_report(address)
+                time.sleep(0.2)
+        assert_exactly_once(client, load)
     finally:
         load.stop()
     assert len(load.acked) > 200
@@ -239,3 +253,16 @@ def _wait_gone(pid: int, timeout_s: float = 30) -> None:
     while pid_running(pid):
         assert time.monotonic() < deadline, f"the paused host {pid} is still running"
         time.sleep(0.1)
+
+
+def _gateways_report(address: str) -> str:
+    """Why ``address`` is not serving: each gateway actor's answer to ``address()``."""
+    from actors.remote import gateway_handles
+
+    found = []
+    for node, handle in gateway_handles().items():
+        try:
+            found.append((node, ray.get(handle.address.remote(), timeout=10)))
+        except Exception as exc:
+            found.append((node, f"{type(exc).__name__}: {str(exc)[:300]}"))
+    return f"{address} not serving again; gateways: {found}"

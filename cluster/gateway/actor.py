@@ -6,9 +6,12 @@ simply starts it there and returns. The backend is built inside the actor
 (from a picklable factory), since what it holds (actor handles, a loop-bound
 cache) belongs to that process.
 
-Recovery contract: the gateway holds no state. If its process dies, a new one
-is started (by whoever spawned it) and clients fail over to another gateway
-address meanwhile; calls in flight get UNAVAILABLE and are retried by the SDK
+Recovery contract: the gateway holds no state. If its process dies, Ray starts
+a new one on the same node (``max_restarts=-1``, ``actors/remote.py``) and the
+coordinator's loop asks it to serve; it binds the port its first process bound
+(remembered in Ray's internal key-value store, so a gateway started on port 0
+keeps the address clients know). Meanwhile clients fail over to another
+gateway address; calls in flight get UNAVAILABLE and are retried by the SDK
 with the same idempotency keys.
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 
 from cluster.backend_api import Backend
 from cluster.gateway.limits import GatewayLimits
-from cluster.gateway.server import Gateway
+from cluster.gateway.server import Gateway, GatewayError
 
 __all__ = ["GatewayActor", "gateway_actor_class"]
 
@@ -59,16 +62,29 @@ class GatewayActor:
 
     async def _start(self) -> str:
         if self._gateway is None:
-            gateway = Gateway(
-                self._backend_factory(),
-                self._host,
-                self._port,
-                self._limits,
-                advertise_host=self._advertise_host or _node_ip(self._host),
-            )
-            await gateway.start()
+            key = _port_key()
+            port = self._port or _remembered_port(key)
+            try:
+                gateway = await self._serve(port)
+            except GatewayError:
+                if port == self._port:
+                    raise
+                gateway = await self._serve(self._port)  # the remembered port is taken
+            if key is not None:
+                _remember_port(key, gateway.port)
             self._gateway = gateway
         return self._gateway.address
+
+    async def _serve(self, port: int) -> Gateway:
+        gateway = Gateway(
+            self._backend_factory(),
+            self._host,
+            port,
+            self._limits,
+            advertise_host=self._advertise_host or _node_ip(self._host),
+        )
+        await gateway.start()
+        return gateway
 
     async def address(self) -> str:
         """The serving address, starting the gateway first if it is not serving yet."""
@@ -104,6 +120,32 @@ def _node_ip(host: str) -> str | None:
 
     ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     return ip
+
+
+def _port_key() -> bytes | None:
+    """The key under which this gateway actor remembers its port; None outside a Ray actor."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    name = ray.get_runtime_context().get_actor_name()
+    return f"petribill/gateway-port/{name}".encode() if name else None
+
+
+def _remembered_port(key: bytes | None) -> int:
+    """The port an earlier process of this actor bound (0: none)."""
+    if key is None:
+        return 0
+    from ray.experimental import internal_kv
+
+    found = internal_kv._internal_kv_get(key)
+    return int(found) if found else 0
+
+
+def _remember_port(key: bytes, port: int) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, str(port).encode(), overwrite=True)
 
 
 def gateway_actor_class(**options: Any) -> Any:
