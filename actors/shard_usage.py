@@ -99,25 +99,49 @@ class ShardUsage(ShardBase):
         (``refused_forwards``), so acknowledging it upstream loses nothing.
         """
         work = Work(self, track_marks=True)
-        marks = MarkView(work)
-        results: list[tuple[str, Result]] = []
-        for forward in forwards:
-            usage = forward.usage
-            state = work.state(usage.sponsor_account_id)
-            if state is None:
-                result = Result.UNKNOWN_ACCOUNT
-            else:
-                out = charge_sponsored(
-                    state, usage, marks=marks, tariff=self.tariff, config=self.charging, at_s=at_s
-                )
-                work.apply(out.effects, usage.sponsor_account_id)
-                result = out.result
-            if result not in CHARGED_RESULTS and result is not Result.DUPLICATE:
-                work.batch.put(
-                    prefixed(REFUSED_PREFIX, forward.forward_id),
-                    encode_value((usage, result)),
-                )
-            results.append((forward.forward_id, result))
+        results = [(f.forward_id, self._apply_forward(work, f, at_s)) for f in forwards]
+        work.commit()
+        return results
+
+    def _apply_forward(self, work: Work, forward: Forward, at_s: int) -> Result:
+        """Stage one sponsor charge; a refusal is kept under ``x/``, a success clears it."""
+        usage = forward.usage
+        state = work.state(usage.sponsor_account_id)
+        if state is None:
+            result = Result.UNKNOWN_ACCOUNT
+        else:
+            out = charge_sponsored(
+                state, usage, marks=MarkView(work), tariff=self.tariff, config=self.charging,
+                at_s=at_s,
+            )  # fmt: skip
+            work.apply(out.effects, usage.sponsor_account_id)
+            result = out.result
+        key = prefixed(REFUSED_PREFIX, forward.forward_id)
+        if result in CHARGED_RESULTS or result is Result.DUPLICATE:
+            if self.store.get(key) is not None:
+                work.batch.delete(key)
+        else:
+            work.batch.put(key, encode_value((usage, result)))
+        return result
+
+    def retry_refused_forwards(
+        self, record_ids: Sequence[str] | None, *, at_s: int
+    ) -> list[tuple[str, Result]]:
+        """Apply refused sponsor charges again (say, once the sponsor's account exists):
+        those named by the subscriber's ``record_ids``, or all (None). One commit; a
+        charged one leaves the ``x/`` store. Returns ``(record_id, result)`` per retry."""
+        wanted = None if record_ids is None else set(record_ids)
+        todo = [
+            Forward.of(usage)
+            for usage, _ in self.refused_forwards(limit=100_000)
+            if wanted is None or usage.rated.record.record_id in wanted
+        ]
+        if not todo:
+            return []
+        work = Work(self, track_marks=True)
+        results = [
+            (f.usage.rated.record.record_id, self._apply_forward(work, f, at_s)) for f in todo
+        ]
         work.commit()
         return results
 

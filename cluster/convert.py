@@ -33,9 +33,11 @@ from billing.charging import Charge, calendar_for
 from billing.invoice import Invoice
 from billing.money import format_amount
 from billing.notifications import Notification
+from billing.outcome import Result
 from billing.readers import FieldError, Reject, RejectCode
 from billing.readers.schema import build_record, make_options
 from billing.records import Service, UsageRecord
+from billing.sponsor import SponsoredUsage
 from billing.tariffs.model import Catalogue
 from cluster.wire import payment_mode_to_proto, service_to_proto
 
@@ -268,6 +270,29 @@ def notification_to_proto(note: Notification) -> notifications_pb2.Notification:
         cycle_id=note.cycle_id or "",
         subject=note.subject,
         data={key: str(value) for key, value in note.data},
+    )
+
+
+#: The reject reason of a sponsor charge the sponsor's shard refused (the sponsor's
+#: account unknown or closed, another currency); kept there, retried by reprocessing.
+SPONSOR_REFUSED: Final = "sponsor_refused"
+
+
+def refused_forward_to_proto(usage: SponsoredUsage, result: Result) -> admin_pb2.Reject:
+    """A refused sponsor charge as a reject: the subscriber's record, why it was refused."""
+    record = usage.rated.record
+    return admin_pb2.Reject(
+        record_id=record.record_id,
+        reason=SPONSOR_REFUSED,
+        detail=(
+            f"sponsor {usage.sponsor_account_id} of {usage.subscriber_account_id}: "
+            f"{result.value}; the subscriber's line is recorded as sponsored, the sponsor "
+            "is charged when this is reprocessed"
+        ),
+        source_file=record.source_file or "",
+        source_line=record.source_line or 0,
+        at_s=record.record_opening_time_s,
+        record=admin_pb2.UsageRecordJson(json=json.dumps(record_to_json(record), sort_keys=True)),
     )
 
 

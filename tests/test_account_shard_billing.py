@@ -10,7 +10,7 @@ from test_account_shard import open_shard
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
 from actors.account_shard import AccountShard
-from actors.outbox import group_by_shard
+from actors.outbox import Forward, group_by_shard
 from billing.accounts import PaymentMode, Result, SponsorRule
 from billing.billrun import invoice_id_for
 from billing.cycle import DAY_S
@@ -199,6 +199,17 @@ def test_cross_shard_sponsor_is_stored_delivered_and_applied_once(tmp_path: Path
                      sponsor_account_id="Z"))  # fmt: skip
     assert spo.apply_forwards([orphan], at_s=T0) == [("sponsor:f1", Result.UNKNOWN_ACCOUNT)]
     assert [res for _, res in spo.refused_forwards()] == [Result.UNKNOWN_ACCOUNT]
+    # A sponsor that does not exist yet: refused and kept; once the account exists, the
+    # retry charges it once and clears the refusal.
+    later = replace(r, record=replace(r.record, record_id="f2"))
+    to_z = Forward.of(replace(pending[0].usage, rated=later, sponsor_account_id="Z"))
+    assert spo.apply_forwards([to_z], at_s=T0) == [("sponsor:f2", Result.UNKNOWN_ACCOUNT)]
+    assert spo.retry_refused_forwards(["f2"], at_s=T0) == [("f2", Result.UNKNOWN_ACCOUNT)]
+    spo.create_account(request_id="cz", account=account("Z", PaymentMode.POSTPAID, msisdn="9"))
+    assert spo.retry_refused_forwards(["f2"], at_s=T0) == [("f2", Result.CHARGED)]
+    assert spo.get_account("Z").unbilled == -200_000  # type: ignore[union-attr]
+    assert [u.rated.record.record_id for u, _ in spo.refused_forwards()] == ["f1"]
+    assert spo.retry_refused_forwards(["f2"], at_s=T0) == []
     for shard in (sub, spo):
         report = shard.audit()
         assert report.ok, report.problems

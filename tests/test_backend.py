@@ -484,3 +484,41 @@ def test_unreadable_lines_are_stored_by_file_and_line(backend: RayBackend) -> No
         (9, bad[1].message),
     ]
     assert "a,b,c" in mine[1][2]
+
+
+def test_refused_sponsor_charges_are_listed_and_reprocessed(backend: RayBackend) -> None:
+    """Zero-rated video (rating group 20) is sponsored by an account that does not exist
+    yet: the subscriber's line is sponsored, the sponsor's shard keeps the refusal and
+    ListRejects shows it; once the sponsor exists, ReprocessRejects charges it once."""
+    import time
+
+    create(backend, "acc-video", "491510000081")
+    video = common_pb2.UsageRecord(
+        record_id="vid:1", service=common_pb2.SERVICE_DATA, served_msisdn="491510000081",
+        record_opening_time_s=T_NOV, uplink_bytes=1_000_000, downlink_bytes=9_000_000,
+        rating_group=20,
+    )  # fmt: skip
+    [answer] = submit(backend, video)
+    assert answer.status == usage_pb2.RECORD_STATUS_CHARGED
+    assert answer.charged_account_id == "sponsor-streamflix"
+    listing = admin_pb2.ListRejectsRequest(limit=100, reason="sponsor_refused")
+    deadline = time.monotonic() + 30
+    while not (found := run(backend.list_rejects(listing, timeout_s=TIMEOUT_S)).rejects):
+        assert time.monotonic() < deadline, "the refused sponsor charge was never listed"
+        time.sleep(0.5)
+    [refused] = [r for r in found if r.record_id == "vid:1"]
+    assert "sponsor-streamflix" in refused.detail and "unknown_account" in refused.detail
+    again = admin_pb2.ReprocessRejectsRequest(request_id="rp-vid", record_ids=["vid:1"])
+    still = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
+    assert (still.reprocessed, still.charged) == (1, 0)
+    create(backend, "sponsor-streamflix", "491510000082")
+    done = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
+    assert (done.reprocessed, done.charged, done.still_rejected) == (1, 1, 0)
+    assert not run(backend.list_rejects(listing, timeout_s=TIMEOUT_S)).rejects
+    balance = run(
+        backend.get_balance(
+            accounts_pb2.GetAccountRequest(account_id="sponsor-streamflix"), timeout_s=TIMEOUT_S
+        )
+    )
+    assert balance.unbilled.micros > 0  # the sponsor rate for 10 MB, charged once
+    assert run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S)).reprocessed == 0
