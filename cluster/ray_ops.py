@@ -18,6 +18,10 @@ __all__ = ["RayOps", "node_name"]
 log = structlog.get_logger("petribill.ray_ops")
 
 _PING_TIMEOUT_S = 1.0
+# A host whose process is gone is failed at once (its ping raises); one that does not
+# answer in time is failed after this many rounds in a row: on two saturated cores a
+# live host can miss one 1-second ping, and a takeover is no cure for a busy machine.
+_PING_MISSES_MAX = 2
 _OPEN_TIMEOUT_S = 30.0
 _NODE_RESOURCE_PREFIX = "petribill_node_"
 
@@ -38,6 +42,7 @@ class RayOps:
         self._settings = settings
         self._hosts: dict[str, Any] = {}
         self._ok: dict[str, bool] = {}
+        self._misses: dict[str, int] = {}  # node -> pings unanswered in a row
         # (node, unit) -> epoch a live host confirmed serving. The coordinator
         # converges every round; only opens not yet confirmed go out, so a hung
         # host cannot stall the loop with calls it will never answer.
@@ -63,15 +68,20 @@ class RayOps:
         done = set(ready)
         self._ok = {}
         for node, ref in pings.items():
-            ok = False
-            if ref in done:
-                try:
-                    ray.get(ref)
-                    ok = True
-                except RayActorError:
-                    self._hosts.pop(node, None)
-                    self._forget(node)
-            self._ok[node] = ok
+            if ref not in done:
+                misses = self._misses[node] = self._misses.get(node, 0) + 1
+                self._ok[node] = misses < _PING_MISSES_MAX
+                if misses == _PING_MISSES_MAX:
+                    log.warning("host_unanswering", node=node, pings_missed=misses)
+                continue
+            self._misses.pop(node, None)
+            try:
+                ray.get(ref)
+                self._ok[node] = True
+            except RayActorError:
+                self._ok[node] = False
+                self._hosts.pop(node, None)
+                self._forget(node)
 
     def _forget(self, node: str) -> None:
         for key in [k for k in self._opened if k[0] == node]:
@@ -90,7 +100,7 @@ class RayOps:
         if self._opened.get((node, unit_id)) == epoch:
             return
         handle = self._hosts.get(node)
-        if handle is None or not self._ok.get(node, False):
+        if handle is None or not self._ok.get(node, False) or self._misses.get(node):
             raise UnitOpenError(f"{node}: no answering host")
         try:
             ray.get(handle.open_unit.remote(unit_id, epoch), timeout=_OPEN_TIMEOUT_S)
