@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy billing petri
+	$(BIN)/mypy billing petri actors cluster chaos
 
 bench: $(STAMP)
 	$(BIN)/python bench/rating.py

@@ -140,11 +140,11 @@ class Auditor:
             expected.add_charges(charged_by[account_id])
             for line in self.client.iter_usage(account_id):
                 seen[line.record_id] += 1
-                ack = self.acked.get(line.record_id)
-                if ack is None or line.record_id not in expected.records:
+                answered = self.acked.get(line.record_id)
+                if answered is None or line.record_id not in expected.records:
                     audit.violate("phantom", f"{account_id}: {line.record_id} never acknowledged")
                     continue
-                want = price(ack.service, ack.units)
+                want = price(answered.service, answered.units)
                 if line.amount.micros != want:
                     audit.violate(
                         "mispriced",

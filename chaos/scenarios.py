@@ -36,7 +36,7 @@ def plan(scenario: str, *, seed: int, duration_s: float, every_s: float = 8.0) -
     rng = random.Random(f"{scenario}:{seed}")
     kinds = SCENARIOS[scenario]
     order: list[str] = []
-    faults = []
+    faults: list[Fault] = []
     at = WARMUP_S
     while at < duration_s - SETTLE_S or not faults:
         if not order:

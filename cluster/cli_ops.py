@@ -251,12 +251,12 @@ def drain(node: str, undo: bool, wait_s: float, data_dir: Path) -> None:
     connect(info)
     try:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-        method = coordinator.undrain if undo else coordinator.drain
+        method: Any = coordinator.undrain if undo else coordinator.drain
         if not ray.get(method.remote(node), timeout=30):
             raise click.ClickException(f"refused by the control net: {node} cannot change so")
         deadline = time.monotonic() + wait_s
         while not undo and time.monotonic() < deadline:
-            found = ray.get(coordinator.status.remote(), timeout=30)
+            found: Any = ray.get(coordinator.status.remote(), timeout=30)
             left = [u["unit"] for u in found["units"] if u["node"] == node]
             if not left:
                 click.echo(f"{node} is drained: it serves no unit")
