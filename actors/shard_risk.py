@@ -172,9 +172,7 @@ def _act(work: Work, alert: FraudAlert, cycle_id: str) -> None:
         record=alert.record_id,
         detail=alert.detail,
     )
-    note = notification_of(alert, cycle_id=cycle_id)
-    if note is not None:
-        work.put_notification(note)
+    work.put_notification(notification_of(alert, cycle_id=cycle_id))
     if alert.action is not Action.BLOCK:
         return
     state = work.state(alert.account_id)

@@ -303,26 +303,21 @@ def evaluate(
     return state, tuple(alerts)
 
 
-def notification_of(alert: FraudAlert, *, cycle_id: str) -> Notification | None:
+def notification_of(alert: FraudAlert, *, cycle_id: str) -> Notification:
     """The notification of ``alert``: a block is ``account_blocked`` (subject
     ``fraud:<rule>``, once per rule and cycle); an alert is ``fraud_alert`` for the
     operator's risk desk (subject ``<rule>:<record_id>``: one per firing, and a
     firing is once per record, velocity at most once per window)."""
-    if alert.action is not Action.BLOCK:
-        return make_notification(
-            NotificationKind.FRAUD_ALERT,
-            account_id=alert.account_id,
-            at_s=alert.at_s,
-            cycle_id=cycle_id,
-            subject=f"{alert.rule.value}:{alert.record_id}",
-            data={"record_id": alert.record_id, "detail": alert.detail},
-        )
+    if alert.action is Action.BLOCK:
+        kind, subject = NotificationKind.ACCOUNT_BLOCKED, f"fraud:{alert.rule.value}"
+    else:
+        kind, subject = NotificationKind.FRAUD_ALERT, f"{alert.rule.value}:{alert.record_id}"
     return make_notification(
-        NotificationKind.ACCOUNT_BLOCKED,
+        kind,
         account_id=alert.account_id,
         at_s=alert.at_s,
         cycle_id=cycle_id,
-        subject=f"fraud:{alert.rule.value}",
+        subject=subject,
         data={"record_id": alert.record_id, "detail": alert.detail},
     )
 

@@ -129,12 +129,16 @@ def check(request: Any, limits: GatewayLimits) -> None:
 
 def check_usage_batch(request: Any, limits: GatewayLimits) -> None:
     """A usage batch holds 1..batch_records_max records; each record is judged by the backend."""
-    count = len(request.records)
+    _check_batch_size("SubmitUsageRequest.records", "records", len(request.records), limits)
+
+
+def _check_batch_size(name: str, what: str, count: int, limits: GatewayLimits) -> None:
+    """1..batch_records_max items in the repeated field ``name``."""
     if count == 0:
-        raise _invalid("SubmitUsageRequest.records is empty: a batch needs at least one record")
+        raise _invalid(f"{name} is empty: a batch needs at least one of its {what}")
     if count > limits.batch_records_max:
         raise _invalid(
-            f"SubmitUsageRequest.records has {count} records "
+            f"{name} has {count} {what} "
             f"(batch_records_max={limits.batch_records_max}); split the batch"
         )
 
@@ -145,14 +149,7 @@ UNREADABLE_RAW_CHARS_MAX = 65_536
 
 def check_unreadable(request: Any, limits: GatewayLimits) -> None:
     """1..batch_records_max lines, each naming its file and a line number >= 1."""
-    count = len(request.lines)
-    if count == 0:
-        raise _invalid("StoreUnreadableRequest.lines is empty")
-    if count > limits.batch_records_max:
-        raise _invalid(
-            f"StoreUnreadableRequest.lines has {count} lines "
-            f"(batch_records_max={limits.batch_records_max}); split the batch"
-        )
+    _check_batch_size("StoreUnreadableRequest.lines", "lines", len(request.lines), limits)
     for index, line in enumerate(request.lines):
         where = f"StoreUnreadableRequest.lines[{index}]"
         if not line.source_file or "\x00" in line.source_file:
