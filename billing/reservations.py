@@ -100,6 +100,8 @@ class Grant:
     expires_at_s: int
     used_units: int
     charged: int
+    # Money the session holds after this step (prepaid moved to reserved); 0 once closed.
+    money_held: int = 0
 
 
 def step_fields(
@@ -346,4 +348,5 @@ def grant_of(res: Reservation) -> Grant:
         expires_at_s=res.expires_at_s,
         used_units=res.used_units,
         charged=res.charged,
+        money_held=res.money_held if res.is_open else 0,
     )

@@ -178,9 +178,9 @@ class ChargingOps(BackendCore):
             raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"session {sid}: {out.result}")
         answer.result = mapped
         grant = out.receipt
-        after = await self.state(account_id, timeout_s=_left(deadline))
-        held = after.reservations.get(sid)
-        answer.reserved.CopyFrom(money(held.money_held if held and held.is_open else 0, currency))
+        # What the session holds after the step comes with the grant (a replayed step
+        # answers as the first time): no second read of the account.
+        answer.reserved.CopyFrom(money(grant.money_held if grant is not None else 0, currency))
         if grant is not None:
             answer.granted_units = grant.granted_units
             answer.validity_s = max(grant.expires_at_s - at_s, 0) if grant.granted_units else 0
