@@ -1,9 +1,11 @@
-"""``petribill chaos``: run a seeded chaos scenario on a fresh local cluster and audit it."""
+"""``petribill chaos``: run a seeded chaos scenario on a local cluster (fresh, or the one
+given) and audit it."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -52,16 +54,27 @@ def _print_report(report: Report, *, err: bool = False) -> None:
 @click.option("--nodes", type=int, default=3, show_default=True, help="Simulated Ray nodes.")
 @click.option("--every", "every_s", type=float, default=8.0, show_default=True,
               help="Mean seconds between faults.")  # fmt: skip
+@click.option(
+    "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Use the running cluster recorded in this data folder instead of starting one "
+    "(started on this machine with `petribill up --detach --nodes 3 --conf chaos --data "
+    "DIR`: the chaos catalogue); it is left running, with this run's accounts billed.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object.")
 def chaos(
-    scenario: str, duration_s: float, seed: int, nodes: int, every_s: float, as_json: bool
-) -> None:
-    """Start a local cluster, run load and faults, audit; exit 1 on any violation."""
+    scenario: str, duration_s: float, seed: int, nodes: int, every_s: float,
+    data_dir: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Start a local cluster (or use the one of --data), run load and faults, audit; exit 1
+    on any violation."""
     if duration_s <= 0 or nodes < 3 or every_s <= 0:
         raise click.UsageError("--duration and --every must be positive and --nodes at least 3")
+    if data_dir is not None and not (data_dir / "runtime.json").exists():
+        raise click.UsageError(f"no running cluster recorded in {data_dir}/runtime.json")
     options = ChaosOptions(
-        scenario=scenario, duration_s=duration_s, seed=seed, nodes=nodes, every_s=every_s
-    )
+        scenario=scenario, duration_s=duration_s, seed=seed, nodes=nodes, every_s=every_s,
+        data_dir=data_dir, attach=data_dir is not None,
+    )  # fmt: skip
     report = run(options, echo=lambda line: click.echo(line, err=as_json))
     _print_report(report, err=as_json)
     if as_json:

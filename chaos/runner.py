@@ -18,10 +18,11 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+import grpc
 import structlog
 
 from billing.money import Money
@@ -31,7 +32,7 @@ from chaos.faults import Fault, FaultResult, Injector
 from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
 from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
 from chaos.scenarios import SCENARIOS, plan
-from cluster.client import PetribillClient
+from cluster.client import PetribillClient, PetribillError
 from cluster.config import parse_config
 from cluster.runtime import Runtime
 
@@ -58,11 +59,14 @@ class ChaosOptions:
     workers: int = 2
     conf: Path = ROOT / "conf" / "cluster.toml"
     data_dir: Path | None = None
+    # Use the running cluster recorded in ``data_dir`` instead of starting one.
+    attach: bool = False
 
     def replay_command(self) -> str:
+        where = f"--data {self.data_dir}" if self.attach else f"--nodes {self.nodes}"
         return (
             f"petribill chaos --scenario {self.scenario} --duration {self.duration_s:g} "
-            f"--seed {self.seed} --nodes {self.nodes} --every {self.every_s:g}"
+            f"--seed {self.seed} {where} --every {self.every_s:g}"
         )
 
 
@@ -128,10 +132,53 @@ def _config(options: ChaosOptions) -> Any:
     return parse_config(data, source=str(options.conf))
 
 
+def _attach(config: Any, data_dir: Path, options: ChaosOptions) -> Runtime:
+    """The given cluster, with the config its units were made with (the shard and
+    partition counts come from its coordinator): faults need its nodes' processes."""
+    runtime = Runtime.attach(config, data_dir)
+    try:
+        units = [u["unit"] for u in runtime.status()["units"]]
+        shards = sum(1 for u in units if u.startswith("acct-"))
+        runtime.config = _config(replace(options, shards=shards, partitions=len(units) - shards))
+        runtime.tariffs_dir = TARIFFS
+        if runtime.local is None or len(runtime.local.nodes) < 3:
+            raise ValueError(
+                f"the cluster of {data_dir} must be a local one with at least 3 nodes "
+                "(petribill up --detach --nodes 3): faults hit its processes by PID"
+            )
+    except BaseException:
+        runtime.stop()
+        raise
+    return runtime
+
+
+def _prepare_given(client: PetribillClient, accounts: list[Account], seed: int) -> None:
+    """A given cluster must rate with the chaos catalogue (the reference prices are
+    written for it; its time zone cannot be loaded over another) and must not have run
+    this seed (its accounts would exist, and the audit could not tell this run's records
+    from the last one's)."""
+    summary = client.get_tariffs()
+    if summary.default_plan != PLAN_PREPAID:
+        raise ValueError(
+            "the given cluster does not rate with the chaos catalogue; start it with "
+            "`petribill up --detach --nodes 3 --conf chaos --data DIR`"
+        )
+    try:
+        client.get_account(accounts[0].account_id)
+    except PetribillError as exc:
+        if exc.code is not grpc.StatusCode.NOT_FOUND:
+            raise
+    else:
+        raise ValueError(
+            f"this cluster already ran chaos seed {seed} ({accounts[0].account_id} exists); "
+            "use another seed or a fresh cluster"
+        )
+
+
 def _accounts(count: int, seed: int) -> list[Account]:
     return [
         Account(
-            account_id=f"chaos-{i:03d}",
+            account_id=f"chaos{seed}-{i:03d}",
             msisdn=f"4915990{seed % 100:02d}{i:04d}",
             prepaid=i % 2 == 0,
         )
@@ -183,20 +230,32 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
         data_dir = stack.enter_context(_data_dir(options.data_dir))
         disk = None
         if any(f.kind == "disk-full" for f in faults):
-            why_not = can_mount()
+            why_not = (
+                "a given cluster's data folder is not on a chaos tmpfs"
+                if options.attach
+                else can_mount()
+            )
             if why_not is None:
                 disk = stack.enter_context(TmpfsDisk(data_dir / "units" / DISK_UNIT, DISK_MB))
             else:
                 echo(f"disk-full faults skipped: {why_not}")
-        runtime = Runtime(
-            config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=options.nodes, port=0
-        )
-        echo(f"starting {options.nodes} nodes; plan: {len(faults)} faults")
-        info = runtime.start(timeout_s=180)
+        if options.attach:
+            runtime = _attach(config, data_dir, options)
+            echo(f"using the cluster of {data_dir}; plan: {len(faults)} faults")
+        else:
+            runtime = Runtime(
+                config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=options.nodes, port=0
+            )
+            echo(f"starting {options.nodes} nodes; plan: {len(faults)} faults")
+            runtime.start(timeout_s=180)
+        assert runtime.info is not None
+        info = runtime.info
         stopped = False
         try:
             client = PetribillClient(info.gateways, timeout_s=30, retries=30)
             accounts = _accounts(options.accounts, options.seed)
+            if options.attach:
+                _prepare_given(client, accounts, options.seed)
             _create_accounts(client, accounts, options.seed)
             injector = Injector(runtime, disk=disk, on_gateway=client.add_address)
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()

@@ -110,6 +110,33 @@ def pid_running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+class _Adopted:
+    """The ``Popen`` face of a ``ray start`` process this object did not start
+    (a re-attached cluster): what :class:`LocalRay` asks of its node processes."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = -1 if pid is None else pid
+        self.returncode: int | None = None if pid is not None else 0
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not pid_running(self.pid):
+            self.returncode = 0
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.05)
+        return 0
+
+
 def _proc_table() -> dict[int, tuple[int, str, str]]:
     """``pid -> (ppid, comm, cmdline)`` of every running (non-zombie) process we can read."""
     table: dict[int, tuple[int, str, str]] = {}
@@ -205,7 +232,34 @@ class LocalRay:
         self.address = address
         self._connected = False
         self._adding = threading.Lock()
+        self._adopt()
         return self
+
+    def _adopt(self) -> None:
+        """Find the ``ray start`` process of each node folder ``n<K>`` of the temp dir, so
+        that the nodes of a re-attached cluster have their handles (for chaos faults) and
+        a new node takes the next index."""
+        table = _proc_table()
+        folders = sorted(
+            (int(p.name[1:]), p) for p in self.temp_dir.glob("n*") if p.name[1:].isdigit()
+        )
+        for index, folder in folders:
+            marker = f"--temp-dir={folder} "
+            pid = next(
+                (
+                    pid
+                    for pid, (_, _, cmd) in table.items()
+                    if " start " in cmd and marker in cmd + " " and "raylet" not in cmd
+                ),
+                None,
+            )
+            while len(self._procs) <= index:
+                self._procs.append(_Adopted(None))  # type: ignore[arg-type]
+            self._procs[index] = _Adopted(pid)  # type: ignore[call-overload]
+            if pid is not None:
+                handle = self._probe(index, table)
+                if handle is not None:
+                    self.nodes.append(handle)
 
     def add_node(self) -> NodeHandle:
         """Start one more node and return its handle (one caller at a time)."""

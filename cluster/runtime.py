@@ -20,7 +20,13 @@ import ray
 import structlog
 from ray.exceptions import RayActorError
 
-from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name, spawn_coordinator
+from actors.remote import (
+    COORDINATOR_NAME,
+    NAMESPACE,
+    gateway_handles,
+    host_name,
+    spawn_coordinator,
+)
 from cluster.config import ClusterConfig
 from cluster.localray import LOCAL_AUTH_ENV, LocalRay
 
@@ -100,6 +106,30 @@ class Runtime:
         self.coordinator: Any = None
         self.gateways: dict[str, Any] = {}
         self.info: RuntimeInfo | None = None
+        self.attached = False  # attach(): a cluster this object did not start
+
+    @classmethod
+    def attach(cls, config: ClusterConfig, data_dir: Path) -> Runtime:
+        """The running cluster recorded in ``data_dir`` (``petribill up --detach``), as a
+        driver: gateways, coordinator and, for a local cluster, its nodes' processes.
+        :meth:`stop` only disconnects; the cluster goes on."""
+        info = read_info(data_dir)
+        if info is None:
+            raise StartError(f"no cluster recorded in {data_dir}/{RUNTIME_FILE}")
+        self = cls(config, data_dir=data_dir, tariffs_dir=data_dir, address=info.address)
+        connect(info)
+        self.attached = True
+        self.info = info
+        if info.local_temp_dir is not None:
+            self.local = LocalRay.reattach(
+                temp_dir=Path(info.local_temp_dir), address=info.address, config=config
+            )
+        self.coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        by_prefix = {n["NodeID"][:12]: n["NodeID"] for n in ray.nodes()}  # type: ignore[no-untyped-call]
+        for prefix, handle in gateway_handles().items():
+            if prefix in by_prefix:
+                self.gateways[by_prefix[prefix]] = handle
+        return self
 
     def start(self, *, timeout_s: float = 120.0) -> RuntimeInfo:
         """Start (or join) Ray and petribill's actors. If a start of a local Ray fails,
@@ -192,7 +222,11 @@ class Runtime:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stop gateways, coordinator and hosts (closing every store), then Ray."""
+        """Stop gateways, coordinator and hosts (closing every store), then Ray; an
+        attached cluster is only disconnected from."""
+        if self.attached:
+            ray.shutdown()
+            return
         stop_cluster_actors()
         ray.shutdown()
         if self.local is not None:

@@ -42,3 +42,39 @@ def test_mixed_chaos_run_loses_nothing_and_charges_nothing_twice() -> None:
     assert report["takeover_s_max"] is not None, "no fault needed a takeover"
     assert done.returncode == 0, done.stderr[-3000:]
     assert report["replay"].startswith("petribill chaos --scenario mixed")
+
+
+def test_chaos_on_a_given_cluster_audits_it_and_leaves_it_running(tmp_path: Path) -> None:
+    """`petribill chaos --data DIR` uses a cluster started with `up --detach` on the
+    chaos catalogue: faults hit its processes, the audit passes, the cluster is still
+    up afterwards, and the same seed again is refused (its accounts exist)."""
+    data = tmp_path / "data"
+    petribill = [sys.executable, "-m", "cluster.cli"]
+    up = [*petribill, "up", "--detach", "--nodes", "3", "--conf", "chaos", "--port", "0"]
+    started = subprocess.run(
+        [*up, "--data", str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        chaos = [
+            *petribill, "chaos", "--scenario", "kill-workers", "--duration", "20",
+            "--seed", "5", "--every", "5", "--data", str(data), "--json",
+        ]  # fmt: skip
+        done = subprocess.run(chaos, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["ok"] and report["faults"] >= 2, report
+        assert report["lost"] == 0 and report["duplicated"] == 0, report
+        assert report["money_delta_minor"] == 0 and report["acked"] > 500, report
+        assert f"--data {data}" in report["replay"]
+        again = subprocess.run(chaos, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 1
+        assert "already ran chaos seed 5" in json.loads(again.stdout.splitlines()[-1])["errors"][0]
+        status = subprocess.run(
+            [*petribill, "status", "--json", "--data", str(data)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert status.returncode == 0 and json.loads(status.stdout)["healthy"], status.stderr
+    finally:
+        subprocess.run(
+            [*petribill, "down", "--data", str(data)], cwd=ROOT, timeout=120, check=False
+        )
