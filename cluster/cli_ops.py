@@ -60,6 +60,7 @@ def up(
     nodes: int, port: int | None, address: str | None, detach: bool, data_dir: Path, conf_dir: Path
 ) -> None:
     """Start a cluster: local Ray (or --address), coordinator, hosts, gateways."""
+    from billing.rating import TariffError, load_catalogue
     from cluster.runtime import Runtime, StartError, read_info
 
     if read_info(data_dir) is not None:
@@ -67,6 +68,10 @@ def up(
             f"{data_dir}/runtime.json exists: a cluster may run on this data folder "
             f"(`petribill down --data {data_dir}` first)"
         )
+    try:  # checked here, before any process starts: a broken catalogue is one clear line
+        load_catalogue(str(conf_dir / "tariffs"))
+    except TariffError as exc:
+        raise click.ClickException(str(exc)) from exc
     runtime = Runtime(
         _config(conf_dir),
         data_dir=data_dir,
