@@ -122,6 +122,21 @@ def test_same_id_other_content_is_a_conflict_after_reopen(tmp_path: Path) -> Non
     shard.close()
 
 
+def charge_with_disk_full(
+    shard: AccountShard, items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``charge_batch`` whose commit fails as on a full disk (the error must propagate);
+    the store commits again afterwards. (tests/test_disk_full.py fills a real tmpfs.)"""
+
+    def disk_full(batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shard.store, "commit", disk_full)
+        with pytest.raises(OSError):
+            shard.charge_batch(items, at_s=T0)
+
+
 def test_batch_whose_commit_fails_leaves_nothing_in_memory_or_on_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,16 +145,8 @@ def test_batch_whose_commit_fails_leaves_nothing_in_memory_or_on_disk(
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 3)
     items = usage(9, 3)
-    real_commit = shard.store.commit
-
-    def disk_full(batch: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(shard.store, "commit", disk_full)
-    with pytest.raises(OSError):
-        shard.charge_batch(items, at_s=T0)
+    charge_with_disk_full(shard, items, monkeypatch)
     assert shard.get_account("A0").prepaid == 10 * EUR  # type: ignore[union-attr]
-    monkeypatch.setattr(shard.store, "commit", real_commit)
     assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
     assert shard.audit().ok
     shard.close()

@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 from structlog.testing import capture_logs
-from test_account_shard import open_shard, seed
+from test_account_shard import charge_with_disk_full, open_shard, seed
 from test_accounts import EUR, T0, rated
 
 from actors.account_shard import AccountShard
@@ -173,15 +173,7 @@ def test_batch_whose_commit_fails_leaves_no_risk_state(
     shard = open_shard(tmp_path / "s", 1, fraud=velocity())
     seed(shard, 1)
     items = [call("v0", T0), call("v1", T0 + 10)]
-    real_commit = shard.store.commit
-
-    def disk_full(batch: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(shard.store, "commit", disk_full)
-    with pytest.raises(OSError):
-        shard.charge_batch(items, at_s=T0)
-    monkeypatch.setattr(shard.store, "commit", real_commit)
+    charge_with_disk_full(shard, items, monkeypatch)
     assert risk_rows(shard) == []
     with capture_logs() as logs:
         assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
