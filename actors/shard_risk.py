@@ -159,7 +159,7 @@ def assess_batch(
         new = written[account_id].risk
         if new is not None and new != old:
             # Under the k/ prefix: neither metadata nor an account row (put_data's contract).
-            put(RISK_PREFIX + account_id.encode(), encode_risk(new, pack))
+            put(risk_key(account_id), encode_risk(new, pack))
 
 
 def _act(work: Work, alert: FraudAlert, cycle_id: str) -> None:

@@ -118,6 +118,8 @@ class FraudConfig:
                 spend_spike=_spike(table.get("spend_spike")),
                 premium=_premium(table.get("premium")),
             )
+        except FraudConfigError:
+            raise  # names its key already
         except (TypeError, ValueError, KeyError) as exc:
             raise FraudConfigError(f"invalid fraud rule: {exc}") from exc
 
@@ -134,6 +136,23 @@ def _int(value: object, name: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise FraudConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _ratio(value: object, name: str) -> Fraction:
+    """A positive ratio: 3, 2.5 or "5/2" (a Fraction as it is)."""
+    wrong = f'{name}: must be a number or a fraction such as "5/2"'
+    if isinstance(value, Fraction):
+        ratio = value
+    elif isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise FraudConfigError(wrong)
+    else:
+        try:
+            ratio = Fraction(str(value))
+        except (ValueError, ZeroDivisionError):
+            raise FraudConfigError(wrong) from None
+    if ratio <= 0:
+        raise FraudConfigError(f"{name}: must be > 0")
+    return ratio
 
 
 def _strs(value: object, name: str) -> tuple[str, ...]:
@@ -163,13 +182,11 @@ def _spike(raw: object) -> SpikeRule | None:
     if t is None:
         return None
     d = SpikeRule()
-    factor = Fraction(str(t.get("factor", d.factor)))
-    if factor <= 0:
-        raise FraudConfigError("spend_spike.factor: must be positive")
+    factor = _ratio(t.get("factor", d.factor), "spend_spike.factor")
     trailing = _int(t.get("trailing_cycles", d.trailing_cycles), "spend_spike.trailing_cycles", 1)
     minimum = _int(t.get("min_history", d.min_history), "spend_spike.min_history", 1)
     if minimum > trailing:
-        raise FraudConfigError("spend_spike.min_history: more than trailing_cycles")
+        raise FraudConfigError(f"spend_spike.min_history: must be <= trailing_cycles ({trailing})")
     return SpikeRule(
         factor=factor,
         trailing_cycles=trailing,
