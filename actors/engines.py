@@ -1,7 +1,7 @@
 """Opening a unit's engine: an AccountShard or a RatingPartition, from plain settings.
 
 Settings cross process boundaries (they are constructor arguments of Ray
-actors), so they are a plain dict built by ``cluster.runtime.settings_of``;
+actors), so they are a plain dict built by ``cluster.deploy.runtime.settings_of``;
 the catalogue is loaded once per host process and shared by its units.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from actors.account_shard import AccountShard
 from actors.host import Engine, EngineFactory
-from actors.partition import PartitionConfig, RatingPartition
+from actors.partition.engine import PartitionConfig, RatingPartition
 from actors.routing import unit_kind
+from actors.shard.engine import AccountShard
 from billing.bundles import CatalogueTariff
-from billing.charging import ChargingConfig
+from billing.charging.batch import ChargingConfig
 from billing.fraud import FraudConfig
 from billing.rating import load_catalogue
 

@@ -25,7 +25,7 @@ Thread model
     balance, account, usage, invoice and notification reads) go through
     :meth:`UnitHost.read` and do not take the unit's lock, so they never wait
     behind a write batch. Such a query reads only committed state (the engine
-    promises it; see ``actors.shard_queries``). A unit's engine is closed only
+    promises it; see ``actors.shard.queries``). A unit's engine is closed only
     once the queries running on it have ended (:class:`_ReadGate`).
 """
 
@@ -44,10 +44,10 @@ from typing import Any, Protocol
 import structlog
 
 from actors import metrics
-from actors.backup import UnitBackup, checkpoint_unit
-from actors.fencing import StaleEpoch, StoreClosed
 from actors.routing import shard_of, unit_kind
-from actors.storage import StorageFailed
+from actors.store.backup import UnitBackup, checkpoint_unit
+from actors.store.fencing import StaleEpoch, StoreClosed
+from actors.store.storage import StorageFailed
 
 __all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
 
@@ -318,7 +318,7 @@ class UnitHost:
         self, unit_id: str, epoch: int, root: str, name: str, request_id: str = ""
     ) -> UnitBackup:
         """Checkpoint the unit under its lock (a batch boundary) into ``root``, or, when
-        ``root`` is empty, into ``<data_dir>/backups/<name>`` (see ``actors.backup``)."""
+        ``root`` is empty, into ``<data_dir>/backups/<name>`` (see ``actors.store.backup``)."""
         target = Path(root) if root else self._data_dir / "backups" / name
         unit = self._unit(unit_id, epoch)
         with unit.lock:

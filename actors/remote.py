@@ -7,7 +7,6 @@ peer hosts through the coordinator's map, and retries on stale routes.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -19,17 +18,14 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.host import Engine, StaleRoute, UnitHost
-from actors.tariff_store import current_tariffs_dir
+from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
     "COORDINATOR_NAME",
     "NAMESPACE",
     "READS_GROUP",
     "RoutedHost",
-    "gateway_name",
     "host_name",
-    "spawn_coordinator",
-    "spawn_gateway",
     "spawn_host",
 ]
 
@@ -158,64 +154,3 @@ def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node_id, soft=False),
     ).remote(node=node, data_dir=data_dir, settings=settings)
-
-
-def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: float) -> Any:
-    """Start (or find) the detached coordinator; Ray restarts it if its process dies."""
-    from cluster.coordinator_service import CoordinatorService
-
-    cls = ray.remote(CoordinatorService)
-    return cls.options(
-        name=COORDINATOR_NAME,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_concurrency=8,
-        num_cpus=0,
-    ).remote(data_dir=data_dir, settings=settings, interval_s=interval_s)
-
-
-GATEWAY_PREFIX = "petribill-gateway-"
-
-
-def gateway_name(ray_node_id: str) -> str:
-    return f"{GATEWAY_PREFIX}{ray_node_id[:12]}"
-
-
-def gateway_handles() -> dict[str, Any]:
-    """The named gateway actors by the (short) Ray node id they serve (blocking GCS lookups)."""
-    handles = {}
-    for found in ray.util.list_named_actors(all_namespaces=True):
-        name = found["name"]
-        if found["namespace"] == NAMESPACE and name.startswith(GATEWAY_PREFIX):
-            with contextlib.suppress(ValueError):  # gone since it was listed
-                handles[name[len(GATEWAY_PREFIX) :]] = ray.get_actor(name, namespace=NAMESPACE)
-    return handles
-
-
-def spawn_gateway(
-    *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
-) -> Any:
-    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside.
-
-    Give it a fixed ``port`` (not 0): a restarted gateway binds the same one, so the
-    address clients know stays good."""
-    from functools import partial
-
-    from cluster.backend import RayBackend
-    from cluster.gateway.actor import gateway_actor_class
-
-    return (
-        gateway_actor_class()
-        .options(
-            name=gateway_name(node_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            # Ray restarts a dead gateway's process on its node, with the same port;
-            # the coordinator's loop then makes it serve (``CoordinatorService``).
-            max_restarts=-1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        )
-        .remote(partial(RayBackend.from_settings, settings), host=host, port=port, limits=limits)
-    )

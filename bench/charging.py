@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rating import MONTH_START_S, SUBSCRIBERS, generate  # noqa: E402
 
 from billing.accounts import Account, AccountState, PaymentMode, Subscription  # noqa: E402
-from billing.billrun import (  # noqa: E402
+from billing.billrun.run import (  # noqa: E402
     BillingState,
     BillResult,
     BillRunConfig,
@@ -49,7 +49,7 @@ from billing.billrun import (  # noqa: E402
     billing_account,
 )
 from billing.bundles import CatalogueTariff  # noqa: E402
-from billing.charging import ChargingConfig, charge_batch  # noqa: E402
+from billing.charging.batch import ChargingConfig, charge_batch  # noqa: E402
 from billing.cycle import DAY_S, cycle_containing  # noqa: E402
 from billing.idempotency import Mark  # noqa: E402
 from billing.rated import RatedRecord  # noqa: E402

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.client import PetribillClient  # noqa: E402
 from cluster.config import parse_config  # noqa: E402
-from cluster.runtime import Runtime  # noqa: E402
+from cluster.deploy.runtime import Runtime  # noqa: E402
 
 ACCOUNTS = 40
 T_NOV = 1_793_700_000

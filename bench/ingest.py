@@ -44,16 +44,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from petribill.v1 import usage_pb2  # noqa: E402
 from rating import generate  # noqa: E402
 
-from actors.account_shard import AccountShard  # noqa: E402
-from actors.partition import PartitionConfig, RatingPartition  # noqa: E402
+from actors.partition.engine import PartitionConfig, RatingPartition  # noqa: E402
+from actors.shard.engine import AccountShard  # noqa: E402
 from billing.accounts import Account, PaymentMode, Subscription  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
-from billing.charging import ChargingConfig  # noqa: E402
+from billing.charging.batch import ChargingConfig  # noqa: E402
 from billing.rating import load_catalogue  # noqa: E402
 from billing.records import UsageRecord  # noqa: E402
 from cluster.client import PetribillClient  # noqa: E402
 from cluster.config import parse_config  # noqa: E402
-from cluster.runtime import Runtime  # noqa: E402
+from cluster.deploy.runtime import Runtime  # noqa: E402
 from cluster.wire import record_from_proto, record_to_proto  # noqa: E402
 
 TARIFFS = ROOT / "conf" / "tariffs"

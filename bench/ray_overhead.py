@@ -1,6 +1,6 @@
 """Ray per-call overhead: actor round trips, empty and with batches of small records.
 
-Starts its own one-node local cluster (cluster.localray, private temp dir and
+Starts its own one-node local cluster (cluster.deploy.localray, private temp dir and
 ports), measures, shuts it down. Records are CDR-sized tuples
 ``(record_id, account, amount, duration_s)`` sent as a list, or the same packed
 as fixed 40-byte rows in one ``bytes``.
@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from cluster.localray import LocalRay
+from cluster.deploy.localray import LocalRay
 
 BATCH_SIZES = (1, 100, 1_000, 10_000)
 ROW = struct.Struct(">16s16sqI")  # record id, account, amount, duration: 44 bytes

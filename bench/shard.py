@@ -36,11 +36,11 @@ import structlog
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.account_shard import AccountShard  # noqa: E402
-from actors.shard_work import Work  # noqa: E402
+from actors.shard.engine import AccountShard  # noqa: E402
+from actors.shard.work import Work  # noqa: E402
 from billing.accounts import Account, PaymentMode, create_account  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
-from billing.charging import top_up  # noqa: E402
+from billing.charging.batch import top_up  # noqa: E402
 from billing.fraud import FraudConfig  # noqa: E402
 from billing.rated import RatedRecord  # noqa: E402
 from billing.rating import load_catalogue, rate  # noqa: E402

@@ -44,8 +44,8 @@ from billing.outcome import (
 from billing.tariffs.model import PaymentMode
 
 if TYPE_CHECKING:
-    from billing.charge_rows import Charge
-    from billing.reservations import Reservation
+    from billing.charging.rows import Charge
+    from billing.ocs.reservations import Reservation
 
 __all__ = [
     "CHARGED_RESULTS",

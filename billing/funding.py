@@ -1,6 +1,6 @@
 """Funding a charge: which books pay an amount, and posting it with its reminders.
 
-:func:`split_money` is the money decision of ``billing.charging``'s rule 3
+:func:`split_money` is the money decision of ``billing.charging.batch``'s rule 3
 (prepaid, postpaid, hybrid; online or offline); it is pure. :func:`post_money`
 applies a split to a working copy of the account and evaluates the low-balance,
 credit-limit and debt reminders, and the block-over-limit policy. Charging,
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from billing.accounts import AccountState, AccountStatus, PaymentMode
-from billing.charging_config import ChargingConfig, OfflinePolicy
+from billing.charging.config import ChargingConfig, OfflinePolicy
 from billing.notifications import Notification, NotificationKind, make_notification
 from billing.outcome import Result
 from billing.reminders import check_credit, check_debt, check_low_balance

@@ -26,7 +26,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
-    from billing.charge_rows import Charge
+    from billing.charging.rows import Charge
 
 __all__ = ["UsageHistory", "appended"]
 

@@ -7,7 +7,7 @@ the operation's WriteBatch and streams it to subscribers. Its id is
 subject, and the crossing number, so an operation replayed after a crash emits
 the very same ids and a store keyed by id drops the duplicates.
 
-``make_notification`` is the one constructor; other modules (``billing.billrun``,
+``make_notification`` is the one constructor; other modules (``billing.billrun.run``,
 ``billing.writeoff``) call it with ``kind=INVOICE_ISSUED`` / ``PAYMENT_OVERDUE``
 and the invoice id as ``subject``.
 """

@@ -12,7 +12,7 @@ expiry, sponsor charge, plan change) returns an :class:`Outcome`:
 
 The shard actor writes ``effects`` in one atomic WriteBatch and answers with
 ``result`` and ``receipt``. A replayed request (``DUPLICATE``) and a refusal
-have empty effects. Charging rows (:class:`billing.charge_rows.Charge`) derive
+have empty effects. Charging rows (:class:`billing.charging.rows.Charge`) derive
 their ledger entry and mark lazily (see :attr:`Effects.entries`), which keeps
 the batch hot path free of per-record object graphs.
 
@@ -33,7 +33,7 @@ from billing.notifications import Notification
 
 if TYPE_CHECKING:
     from billing.accounts import AccountState
-    from billing.charge_rows import Charge
+    from billing.charging.rows import Charge
     from billing.sponsor import SponsoredUsage
 
 __all__ = [

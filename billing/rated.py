@@ -1,7 +1,7 @@
 """The outcome of rating one usage record: a priced record or a reason it cannot be.
 
 These types are the contract between rating (``billing.rating``) and charging
-(``billing.charging``); they are values, never exceptions.
+(``billing.charging.batch``); they are values, never exceptions.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def enter_cycle(state: AccountState, cycle_id: str) -> bool:
     if current is not None and cycle_id < current:
         return False
     # New containers, never the old ones written: a charging batch shares them with the
-    # state it was handed until it owns them (billing.charge_step, "Working copies").
+    # state it was handed until it owns them (billing.charging.step, "Working copies").
     prefix = cycle_id + "|"
     reminders, crossings = state.reminders, state.crossings
     state.reminders = {key for key in reminders if key.startswith(prefix)} if reminders else set()

@@ -36,8 +36,8 @@ from billing.rated import RatedRecord
 from billing.tariffs.model import class_matches
 
 if TYPE_CHECKING:
-    from billing.charge_rows import Charge, MarkStore
-    from billing.charging_config import ChargingConfig
+    from billing.charging.config import ChargingConfig
+    from billing.charging.rows import Charge, MarkStore
 
 __all__ = ["SponsoredUsage", "Sponsorship", "charge_sponsored", "resolve_sponsor"]
 
@@ -102,7 +102,7 @@ def charge_sponsored(
     at_s: int,
 ) -> Outcome[Charge]:
     """Apply a forwarded :class:`SponsoredUsage` to the sponsor's account ``state``."""
-    from billing.charge_step import ChargeBatch
+    from billing.charging.step import ChargeBatch
 
     accounts: Mapping[str, AccountState] = {state.account.account_id: state}
     batch = ChargeBatch(accounts, marks, tariff, config)

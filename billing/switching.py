@@ -33,7 +33,7 @@ from billing.accounts import (
     PaymentMode,
     Result,
 )
-from billing.charging_config import ChargingConfig, calendar_for
+from billing.charging.config import ChargingConfig, calendar_for
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.outcome import applied, replayed

@@ -1,4 +1,4 @@
-"""Top-ups: paying money into an account (rule 6 of ``billing.charging``).
+"""Top-ups: paying money into an account (rule 6 of ``billing.charging.batch``).
 
 Idempotent by ``request_id`` (fields ``account``, ``amount``, ``currency``):
 ``op/cash −A``; a prepaid or hybrid account first repays its debt, the rest
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from billing.accounts import AccountState, AccountStatus, PaymentMode
-from billing.charge_rows import CASH
-from billing.charging_config import ChargingConfig, calendar_for
+from billing.charging.config import ChargingConfig, calendar_for
+from billing.charging.rows import CASH
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification

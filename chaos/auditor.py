@@ -37,12 +37,12 @@ from typing import Any, Final
 from petribill.v1 import usage_pb2
 from rocksdict import AccessType, Options, Rdict
 
-from actors.storage import read_write_log
+from actors.store.storage import read_write_log
 from billing.money import Money
 from chaos.load import CHARGED, Account, Acked
 from chaos.reference import MICROS_PER_MINOR, Expected, price
 from cluster.client import PetribillClient
-from cluster.control_state import journal_path, load_state
+from cluster.control.state import journal_path, load_state
 
 __all__ = ["Audit", "Auditor", "audit_epochs"]
 

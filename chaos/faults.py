@@ -1,7 +1,7 @@
 """Fault injectors: kill workers and nodes, pause nodes, fill a disk — and time the healing.
 
-Each fault is applied to a local multi-node cluster (:class:`cluster.runtime.Runtime`
-with its :class:`cluster.localray.LocalRay`) by PID, never by process name:
+Each fault is applied to a local multi-node cluster (:class:`cluster.deploy.runtime.Runtime`
+with its :class:`cluster.deploy.localray.LocalRay`) by PID, never by process name:
 
 - ``kill-host``: SIGKILL the worker process hosting a node's shards and partitions;
 - ``kill-gateway``: SIGKILL a gateway's worker process (clients' streams break
@@ -32,8 +32,8 @@ from typing import Any, Final
 import structlog
 
 from chaos.disk import TmpfsDisk
-from cluster.localray import LocalRay
-from cluster.runtime import Runtime, settings_of
+from cluster.deploy.localray import LocalRay
+from cluster.deploy.runtime import Runtime, settings_of
 
 __all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
 
@@ -344,7 +344,7 @@ class Injector:
     def _start_gateway(self, node_id: str, *, port: int) -> str:
         import ray
 
-        from actors.remote import spawn_gateway
+        from cluster.gateway.actor import spawn_gateway
         from cluster.gateway.limits import GatewayLimits
 
         config = self.runtime.config

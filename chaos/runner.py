@@ -34,7 +34,7 @@ from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
 from chaos.scenarios import SCENARIOS, plan
 from cluster.client import PetribillClient, PetribillError
 from cluster.config import parse_config
-from cluster.runtime import Runtime
+from cluster.deploy.runtime import Runtime
 
 __all__ = ["ChaosOptions", "Report", "run"]
 

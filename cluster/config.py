@@ -111,7 +111,7 @@ class LimitsConfig(_Section):
 
 
 class RayConfig(_Section):
-    """How :mod:`cluster.localray` starts a simulated local cluster."""
+    """How :mod:`cluster.deploy.localray` starts a simulated local cluster."""
 
     temp_root: Path = Path("/tmp")
     num_cpus_per_node: int = Field(default=2, ge=0)

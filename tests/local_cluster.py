@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import parse_config
-from cluster.runtime import Runtime, RuntimeInfo
+from cluster.deploy.runtime import Runtime, RuntimeInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_TARIFFS = ROOT / "conf" / "tariffs"

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
-from actors.account_shard import AccountShard
-from actors.codec import encode_u64
-from actors.fencing import EPOCH_FILE, write_atomic
-from actors.storage import StaleEpoch, StoreClosed
+from actors.shard.engine import AccountShard
+from actors.store.codec import encode_u64
+from actors.store.fencing import EPOCH_FILE, write_atomic
+from actors.store.storage import StaleEpoch, StoreClosed
 from billing.accounts import AccountStatus, PaymentMode, Result, Subscription
 from billing.ledger import Book
 from billing.notifications import NotificationKind
-from billing.ocs import Quote
+from billing.ocs.session import Quote
 from billing.rated import RatedRecord
 
 QUOTE = Quote(

@@ -9,10 +9,10 @@ from pathlib import Path
 from test_account_shard import open_shard
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
-from actors.account_shard import AccountShard
-from actors.outbox import Forward, group_by_shard
+from actors.shard.engine import AccountShard
+from actors.shard.outbox import Forward, group_by_shard
 from billing.accounts import PaymentMode, Result, SponsorRule
-from billing.billrun import invoice_id_for
+from billing.billrun.run import invoice_id_for
 from billing.cycle import DAY_S
 from billing.invoice import InvoiceStatus
 from billing.notifications import NotificationKind

@@ -17,7 +17,7 @@ from billing.accounts import (
     set_status,
 )
 from billing.bundles import Bundle, order_bundles
-from billing.charging import ChargingConfig
+from billing.charging.batch import ChargingConfig
 from billing.idempotency import Mark
 from billing.ledger import Ledger, replay
 from billing.rated import RatedRecord
@@ -158,7 +158,7 @@ class World:
         )
         self.apply(outcome)
         if prepaid:
-            from billing.charging import top_up
+            from billing.charging.batch import top_up
 
             self.apply(
                 top_up(

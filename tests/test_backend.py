@@ -26,10 +26,10 @@ from petribill.v1 import (
 )
 
 from billing.cycle import monthly_cycle
-from cluster.backend import RayBackend
-from cluster.backend_api import BackendError
+from cluster.api.backend import BackendError
+from cluster.backend.ray_backend import RayBackend
 from cluster.config import parse_config
-from cluster.runtime import Runtime
+from cluster.deploy.runtime import Runtime
 
 pytestmark = [pytest.mark.cluster]
 
@@ -357,7 +357,7 @@ def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
 def test_backup_checkpoints_every_unit_under_the_data_dir(backend: RayBackend) -> None:
     """Backup has every host checkpoint its units; a retry answers the same backup, a
     relative path is refused, and each checkpoint opens as a database."""
-    from actors.backup import open_checkpoint, read_backup
+    from actors.store.backup import open_checkpoint, read_backup
 
     create(backend, "acc-backup", "491510000077")
     request = admin_pb2.BackupRequest(request_id="bk-1")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from test_host import AT, PARTITIONS, ROOT, SHARDS, TwoHosts, _voice
 
-from actors.backup import BackupExists, checkpoint_epoch, open_checkpoint, read_backup
-from actors.codec import account_key
 from actors.engines import engine_factory
 from actors.host import UnitHost
-from actors.partition import RecordStatus
+from actors.partition.engine import RecordStatus
 from actors.routing import partition_of, shard_of
+from actors.store.backup import BackupExists, checkpoint_epoch, open_checkpoint, read_backup
+from actors.store.codec import account_key
 from billing.accounts import PaymentMode
 
 MSISDN = "4915100000042"

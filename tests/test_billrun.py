@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from billing.billrun import (
+from billing.billrun.run import (
     BillingAccount,
     BillingMode,
     BillingState,

@@ -7,7 +7,7 @@ from typing import Any
 from test_accounts import T0, World, account, rated
 
 from billing.accounts import PaymentMode
-from billing.billrun import (
+from billing.billrun.run import (
     BillingState,
     BillResult,
     BillRunConfig,
@@ -16,7 +16,7 @@ from billing.billrun import (
     interim_invoice,
     ledger_difference,
 )
-from billing.charging import charge_batch, top_up
+from billing.charging.batch import charge_batch, top_up
 from billing.cycle import DAY_S, cycle_containing
 from billing.invoice import LineKind
 from billing.switching import switch_mode

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from billing.accounts import Account, AccountState, PaymentMode, Result
 from billing.bundles import CatalogueTariff
-from billing.charging import ChargingConfig, charge_batch
+from billing.charging.batch import ChargingConfig, charge_batch
 from billing.rated import RatedRecord
 from billing.rating import load_catalogue, rate, reprice
 from billing.records import Service, UsageRecord

@@ -18,8 +18,8 @@ import pytest
 from petribill.v1 import accounts_pb2, admin_pb2, billing_pb2, common_pb2, usage_pb2
 from rocksdict import Options, Rdict
 
-from actors.codec import WRITE_LOG_PREFIX, encode_u64
-from actors.storage import Batch, ShardStore
+from actors.store.codec import WRITE_LOG_PREFIX, encode_u64
+from actors.store.storage import Batch, ShardStore
 from billing.money import Money
 from billing.rating import load_catalogue, rate
 from billing.records import Service, UsageRecord

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_mixed_chaos_run_loses_nothing_and_charges_nothing_twice() -> None:
     seconds = os.environ.get("PETRIBILL_CHAOS_S", "45")
     command = [
-        sys.executable, "-m", "cluster.cli", "chaos",
+        sys.executable, "-m", "cluster.cli.main", "chaos",
         "--scenario", "mixed", "--duration", seconds, "--seed", "1", "--json",
     ]  # fmt: skip
     done = subprocess.run(
@@ -49,7 +49,7 @@ def test_chaos_on_a_given_cluster_audits_it_and_leaves_it_running(tmp_path: Path
     chaos catalogue: faults hit its processes, the audit passes, the cluster is still
     up afterwards, and the same seed again is refused (its accounts exist)."""
     data = tmp_path / "data"
-    petribill = [sys.executable, "-m", "cluster.cli"]
+    petribill = [sys.executable, "-m", "cluster.cli.main"]
     up = [*petribill, "up", "--detach", "--nodes", "3", "--conf", "chaos", "--port", "0"]
     started = subprocess.run(
         [*up, "--data", str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300

@@ -8,7 +8,7 @@ from test_accounts import EUR, T0, FakeTariff, World, account, rated
 
 from billing.accounts import AccountStatus, PaymentMode, Result
 from billing.bundles import Bundle
-from billing.charging import ChargingConfig, OfflinePolicy, charge, charge_batch, top_up
+from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch, top_up
 from billing.ledger import Book
 from billing.notifications import NotificationKind
 

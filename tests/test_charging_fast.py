@@ -11,7 +11,7 @@ from test_accounts import T0, FakeTariff, World, account, rated
 
 from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
 from billing.bundles import Bundle
-from billing.charging import ChargingConfig, OfflinePolicy, charge, charge_batch
+from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch
 from billing.cycle import DAY_S
 from billing.rated import RatedRecord
 from billing.records import Service

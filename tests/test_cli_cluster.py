@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from billing.billrun import BillRunConfig
+from billing.billrun.run import BillRunConfig
 from billing.cycle import monthly_cycle
-from cluster.cli import main
+from cluster.cli.main import main
 from tests.local_cluster import running, small_runtime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]

@@ -15,7 +15,7 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from cluster.cli import main
+from cluster.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TARIFFS = ROOT / "conf" / "tariffs"

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from click.testing import CliRunner
 
-from cluster.cli import main
+from cluster.cli.main import main
 from cluster.logging import configure_logging
 
 

@@ -13,7 +13,7 @@ from petribill.v1 import billing_pb2, charging_pb2, notifications_pb2, usage_pb2
 from test_gateway_support import MemoryBackend, running_gateways
 
 from billing.records import Service, UsageRecord
-from cluster.backend_api import BackendError
+from cluster.api.backend import BackendError
 from cluster.client import PetribillClient, PetribillError
 from cluster.wire import decimal_from_proto
 

@@ -20,7 +20,7 @@ from actors.routing import partition_of, shard_of
 from billing.accounts import Account, PaymentMode, Subscription
 from billing.records import Service, UsageRecord
 from cluster.config import ClusterConfig, parse_config
-from cluster.runtime import Runtime
+from cluster.deploy.runtime import Runtime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

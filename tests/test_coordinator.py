@@ -12,8 +12,8 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
-from cluster.control_state import read_journal
-from cluster.coordinator import Coordinator, UnitOpenError, unit_specs
+from cluster.control.coordinator import Coordinator, UnitOpenError, unit_specs
+from cluster.control.state import read_journal
 from petri import NetConfig, PetriModel, check_trace, initial_marking
 
 

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_accounts import T0, FakeTariff, account, rated
 
 from billing.accounts import AccountState, Outcome, PaymentMode
-from billing.billrun import (
+from billing.billrun.run import (
     BillingState,
     BillRunConfig,
     bill_account,
@@ -24,12 +24,12 @@ from billing.billrun import (
     ledger_difference,
 )
 from billing.bundles import Bundle
-from billing.charging import ChargingConfig, charge_batch, top_up
+from billing.charging.batch import ChargingConfig, charge_batch, top_up
 from billing.cycle import DAY_S, cycle_containing
 from billing.idempotency import Mark
 from billing.invoice import Invoice, InvoiceStatus
 from billing.ledger import Entry, Ledger, replay
-from billing.ocs import Quote, session_initial, session_terminate
+from billing.ocs.session import Quote, session_initial, session_terminate
 from billing.records import Service
 from billing.switching import switch_mode
 from billing.writeoff import (

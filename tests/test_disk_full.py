@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from actors.host import RESUME_EVERY_S, StaleRoute
-from actors.partition import RecordStatus
+from actors.partition.engine import RecordStatus
 from actors.routing import partition_of, shard_of
 from billing.accounts import PaymentMode
 from chaos.disk import TmpfsDisk, can_mount

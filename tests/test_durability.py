@@ -16,12 +16,12 @@ import pytest
 import ray
 from petribill.v1 import usage_pb2
 
-from actors.backup import open_checkpoint, read_backup
-from actors.codec import account_key
 from actors.routing import shard_of
+from actors.store.backup import open_checkpoint, read_backup
+from actors.store.codec import account_key
 from billing.records import Service, UsageRecord
 from cluster.client import PetribillClient
-from cluster.runtime import Runtime
+from cluster.deploy.runtime import Runtime
 from tests.local_cluster import small_runtime
 
 pytestmark = [

@@ -26,10 +26,10 @@ from petribill.v1 import usage_pb2
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from cluster.client import PetribillClient
-from cluster.control_state import load_state, read_journal
-from cluster.coordinator import unit_specs
-from cluster.localray import pid_running
-from cluster.runtime import Runtime
+from cluster.control.coordinator import unit_specs
+from cluster.control.state import load_state, read_journal
+from cluster.deploy.localray import pid_running
+from cluster.deploy.runtime import Runtime
 from petri import NetConfig, PetriModel, check_trace, marking_from_json
 from tests.local_cluster import running, small_runtime
 
@@ -257,7 +257,7 @@ def _wait_gone(pid: int, timeout_s: float = 30) -> None:
 
 def _gateways_report(address: str) -> str:
     """Why ``address`` is not serving: each gateway actor's answer to ``address()``."""
-    from actors.remote import gateway_handles
+    from cluster.gateway.names import gateway_handles
 
     found = []
     for node, handle in gateway_handles().items():

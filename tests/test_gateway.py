@@ -26,8 +26,8 @@ from petribill.v1 import (
 )
 from test_gateway_support import MemoryBackend, running_gateways
 
-from cluster.backend_api import BackendError
-from cluster.gateway import SERVICE_NAMES, Gateway, GatewayError
+from cluster.api.backend import BackendError
+from cluster.gateway.server import SERVICE_NAMES, Gateway, GatewayError
 from cluster.gateway.servicers import SERVICERS
 
 pytestmark = pytest.mark.timeout(30)
@@ -321,7 +321,7 @@ def _wait(condition: Any, timeout_s: float = 5.0) -> None:
 
 def test_gateway_actor_is_a_plain_class_usable_without_ray() -> None:
     """GatewayActor starts once however often asked, reports its address, and stops."""
-    from cluster.gateway import GatewayActor
+    from cluster.gateway.actor import GatewayActor
 
     async def scenario() -> tuple[str, str, dict[str, int], dict[str, int]]:
         actor = GatewayActor(MemoryBackend, host="127.0.0.1", port=0)

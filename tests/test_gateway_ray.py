@@ -13,7 +13,8 @@ import test_gateway_support
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.client import PetribillClient
-from cluster.gateway import GatewayLimits, gateway_actor_class
+from cluster.gateway.actor import gateway_actor_class
+from cluster.gateway.limits import GatewayLimits
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 

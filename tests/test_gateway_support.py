@@ -1,6 +1,6 @@
 """Support for the gateway and client tests: an in-memory Backend and a gateway on a loop thread.
 
-The backend is small but honest about the contract of ``cluster.backend_api``:
+The backend is small but honest about the contract of ``cluster.api.backend``:
 idempotency by request id and record id (ALREADY_EXISTS naming the field that
 differs), NOT_FOUND, FAILED_PRECONDITION for insufficient funds, notifications
 on a balance crossing. What is under test is the gateway and the SDK, over
@@ -28,8 +28,9 @@ from petribill.v1 import (
     usage_pb2,
 )
 
-from cluster.backend_api import BackendError
-from cluster.gateway import Gateway, GatewayLimits
+from cluster.api.backend import BackendError
+from cluster.gateway.limits import GatewayLimits
+from cluster.gateway.server import Gateway
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import pytest
 
 from actors.engines import engine_factory
 from actors.host import StaleRoute, UnitHost
-from actors.partition import RecordStatus
+from actors.partition.engine import RecordStatus
 from actors.routing import partition_of, shard_of
 from billing.accounts import Account, PaymentMode, Result, Subscription
 from billing.records import Service, UsageRecord
@@ -159,8 +159,8 @@ def test_a_sponsor_on_another_host_is_charged_once_through_the_outbox(hosts: Two
 def test_a_store_taken_over_under_the_host_becomes_a_stale_route(hosts: TwoHosts) -> None:
     """When a newer owner has raised a unit's epoch, the old host's next write is refused
     as StaleRoute and the host stops serving the unit, so callers follow the new route."""
-    from actors.codec import encode_u64
-    from actors.fencing import EPOCH_FILE, write_atomic
+    from actors.store.codec import encode_u64
+    from actors.store.fencing import EPOCH_FILE, write_atomic
 
     hosts.create("acc-t", PaymentMode.PREPAID, None, "smart")
     unit = shard_of("acc-t", SHARDS)
@@ -196,7 +196,7 @@ def test_a_query_does_not_wait_for_a_write_in_flight(hosts: TwoHosts) -> None:
 def test_a_query_sees_committed_state_only(tmp_path: Path) -> None:
     """What a write call has staged but not committed is invisible to a query; after the
     commit the query sees all of it."""
-    from actors.shard_work import Work
+    from actors.shard.work import Work
 
     factory = engine_factory(
         {"shards": 1, "partitions": 1, "tariffs_dir": str(ROOT / "conf" / "tariffs")}

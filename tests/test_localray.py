@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from cluster.config import ClusterConfig
-from cluster.localray import LocalRay, node_resource, pid_running
+from cluster.deploy.localray import LocalRay, node_resource, pid_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from test_accounts import EUR, T0, World, account
 
 from billing.accounts import PaymentMode, Result
-from billing.ocs import (
+from billing.ocs.session import (
     Quote,
     expire,
     session_initial,

@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
-from actors.codec import encode_u64
-from actors.fencing import EPOCH_FILE, write_atomic
-from actors.partition import (
+from actors.partition.engine import (
     PartitionConfig,
     RatingPartition,
     RecordResult,
     RecordStatus,
     SourceProgress,
 )
-from actors.rejects import RejectKind
+from actors.partition.rejects import RejectKind
 from actors.routing import partition_of, shard_of
-from actors.storage import StaleEpoch
+from actors.store.codec import encode_u64
+from actors.store.fencing import EPOCH_FILE, write_atomic
+from actors.store.storage import StaleEpoch
 from billing.accounts import (
     Account,
     AccountState,
@@ -30,7 +30,7 @@ from billing.accounts import (
     Subscription,
 )
 from billing.bundles import CatalogueTariff
-from billing.charging import ChargingConfig, charge_batch
+from billing.charging.batch import ChargingConfig, charge_batch
 from billing.idempotency import Mark
 from billing.rated import RatedRecord
 from billing.rating import Catalogue, load_catalogue

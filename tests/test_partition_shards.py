@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
-from actors.partition import PartitionConfig, RatingPartition, RecordStatus
+from actors.partition.engine import PartitionConfig, RatingPartition, RecordStatus
 from actors.routing import shard_id, shard_of
 from billing.accounts import Account, PaymentMode, Result, Subscription
 from billing.bundles import CatalogueTariff
-from billing.charging import ChargingConfig
+from billing.charging.batch import ChargingConfig
 from billing.rated import RatedRecord
 from billing.rating import load_catalogue
 from billing.records import Service, UsageRecord
 
-account_shard = pytest.importorskip("actors.account_shard")
+account_shard = pytest.importorskip("actors.shard.engine")
 
 ROOT = Path(__file__).resolve().parent.parent
 T_NOV = 1_793_700_000

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.accounts import Account, AccountState, AccountStatus, Result, Subscription
-from billing.billrun import BillingState, BillRunConfig, bill_account, billing_account
+from billing.billrun.run import BillingState, BillRunConfig, bill_account, billing_account
 from billing.cycle import monthly_cycle
 from billing.idempotency import Mark
 from billing.invoice import LineKind

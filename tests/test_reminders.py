@@ -6,7 +6,7 @@ from test_accounts import EUR, T0, FakeTariff, World, account, rated
 from test_charging import VOICE_BUNDLES, _charge
 
 from billing.accounts import PaymentMode
-from billing.charging import top_up
+from billing.charging.batch import top_up
 from billing.notifications import NotificationKind
 
 

@@ -13,17 +13,17 @@ from structlog.testing import capture_logs
 from test_account_shard import charge_with_disk_full, open_shard, seed
 from test_accounts import EUR, T0, rated
 
-from actors.account_shard import AccountShard
-from actors.codec import CodecError
 from actors.engines import engine_factory
-from actors.shard_risk import RISK_PREFIX, decode_risk, encode_risk, load_risk
+from actors.shard.engine import AccountShard
+from actors.shard.risk import RISK_PREFIX, decode_risk, encode_risk, load_risk
+from actors.store.codec import CodecError
 from billing.accounts import AccountStatus, Result
 from billing.fraud import Action, FraudConfig, PremiumRule, RiskState, VelocityRule
 from billing.notifications import Notification, NotificationKind
 from billing.rated import RatedRecord
 from billing.records import Service
 from cluster.config import ConfigError, load_config, parse_config
-from cluster.runtime import settings_of
+from cluster.deploy.runtime import settings_of
 
 ROOT = Path(__file__).resolve().parent.parent
 INTL = "voice.international"

@@ -6,7 +6,7 @@ from test_accounts import EUR, T0, FakeTariff, World, account, rated
 from test_charging import _charge
 
 from billing.accounts import AccountState, PaymentMode, Result, SponsorRule
-from billing.charging import charge
+from billing.charging.batch import charge
 from billing.records import Service
 from billing.sponsor import charge_sponsored
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.codec import (
+from actors.store.codec import (
     EPOCH_KEY,
     CodecError,
     account_key,
@@ -21,7 +21,7 @@ from actors.codec import (
     ledger_prefix,
     split_ledger_key,
 )
-from actors.storage import (
+from actors.store.storage import (
     Batch,
     LruCache,
     ShardStore,

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from actors.fencing import lock_holder_pid, read_owner
-from actors.storage import ShardStore, StoreLocked
+from actors.store.fencing import lock_holder_pid, read_owner
+from actors.store.storage import ShardStore, StoreLocked
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS_PER_BATCH = 50
 
 WRITER = """
 import sys
-from actors.storage import Batch, ShardStore, StaleEpoch
+from actors.store.storage import Batch, ShardStore, StaleEpoch
 path, epoch, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 store = ShardStore.open(path, epoch=epoch)
 print("open", flush=True)

@@ -8,7 +8,7 @@ from test_accounts import EUR, T0, World, account, rated
 from test_charging import _charge
 
 from billing.accounts import PaymentMode, Result
-from billing.charging import top_up
+from billing.charging.batch import top_up
 from billing.switching import switch_mode
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from actors.remote import RoutedHost
-from actors.tariff_store import TariffsExist, current_tariffs_dir, persist_tariffs, set_current
+from actors.store.tariffs import TariffsExist, current_tariffs_dir, persist_tariffs, set_current
 
 ROOT = Path(__file__).resolve().parent.parent
 TARIFFS = ROOT / "conf" / "tariffs"

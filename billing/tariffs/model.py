@@ -109,7 +109,7 @@ def class_matches(pattern: str, usage_class: str) -> bool:
 class Bundle:
     """An allowance granted per billing cycle: ``units`` of ``unit`` for the covered usage classes.
 
-    Loaded and validated here; consuming it is ``billing.charging``'s job. All
+    Loaded and validated here; consuming it is ``billing.charging.batch``'s job. All
     patterns of one bundle are of one service, so ``unit`` is unambiguous.
     """
 

@@ -28,7 +28,7 @@ from petribill.v1 import (
 
 from billing.money import Money
 from billing.records import UsageRecord
-from cluster.backend_api import RETRYABLE_CODES
+from cluster.api.backend import RETRYABLE_CODES
 
 __all__ = ["Amount", "PetribillError", "RecordLike", "Transport"]
 

@@ -22,11 +22,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cluster.backend_api import Backend
+from cluster.api.backend import Backend
 from cluster.gateway.limits import GatewayLimits
 from cluster.gateway.server import Gateway, GatewayError
 
-__all__ = ["GatewayActor", "gateway_actor_class"]
+__all__ = ["GatewayActor", "gateway_actor_class", "spawn_gateway"]
 
 _SWITCH_INTERVAL_S = 0.0005
 
@@ -158,3 +158,33 @@ def gateway_actor_class(**options: Any) -> Any:
 
     defaults: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
     return ray.remote(**{**defaults, **options})(GatewayActor)
+
+
+def spawn_gateway(
+    *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
+) -> Any:
+    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside.
+
+    Give it a fixed ``port`` (not 0): a restarted gateway binds the same one, so the
+    address clients know stays good."""
+    from functools import partial
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.remote import NAMESPACE
+    from cluster.backend.ray_backend import RayBackend
+    from cluster.gateway.names import gateway_name
+
+    return (
+        gateway_actor_class()
+        .options(
+            name=gateway_name(node_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            # Ray restarts a dead gateway's process on its node, with the same port;
+            # the coordinator's loop then makes it serve (``CoordinatorService``).
+            max_restarts=-1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        )
+        .remote(partial(RayBackend.from_settings, settings), host=host, port=port, limits=limits)
+    )

@@ -26,7 +26,7 @@ from petribill.v1 import (
     usage_pb2,
 )
 
-from cluster.backend_api import Backend
+from cluster.api.backend import Backend
 from cluster.gateway.calls import Calls
 from cluster.gateway.limits import Admission, GatewayLimits
 from cluster.gateway.servicers import add_servicers

@@ -25,7 +25,7 @@ from petribill.v1 import (
     usage_pb2_grpc,
 )
 
-from cluster.backend_api import Backend
+from cluster.api.backend import Backend
 from cluster.gateway.calls import Calls, Failure, internal_failure
 from cluster.gateway.limits import Overloaded
 from cluster.gateway.validate import check, check_unreadable, check_usage_batch

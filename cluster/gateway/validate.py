@@ -79,7 +79,7 @@ _RULES: dict[str, _Rule] = {
     "RebalanceRequest": _Rule(write=True),
     "ListRejectsRequest": _Rule(non_negative=("limit",)),
     "ReprocessRejectsRequest": _Rule(write=True, bounded_lists=("record_ids",)),
-    # An empty path backs up under the data dir (cluster/backend_admin.py).
+    # An empty path backs up under the data dir (cluster/backend/admin.py).
     "BackupRequest": _Rule(write=True),
 }
 

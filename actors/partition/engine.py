@@ -1,0 +1,432 @@
+"""RatingPartition: the usage data plane of one partition unit (``part-3``), plain Python.
+
+A partition owns the subscriber directory of its MSISDNs, rates their usage,
+hands the rated records to the account shards through an injected
+:data:`ChargeFn`, and keeps the reject store, the reconciliation counters and
+the collection offsets of files (docs/architecture.md, "Write path").
+
+Recovery contract
+    *Durable.* Directory entries and their request marks (each write one synced
+    batch); per :meth:`RatingPartition.submit` / :meth:`~RatingPartition.reprocess`
+    call, one synced batch holding the reject-store changes, the counters
+    (totals and per source) and, for a file chunk, the new collection offset.
+    Nothing of a call is written when its commit fails.
+
+    *Idempotent.* Usage by ``record_id``: exactly-once charging rests on the
+    shards' durable marks, so resubmitting any record is safe (a charged one
+    comes back ``duplicate``, a changed one ``exists_with_different_content``).
+    Directory writes by ``request_id``. A rejected record resubmitted is
+    rejected again under the same reject-store key (replaced, not piled up).
+
+    *Never acknowledged without a commit.* A record is answered ``charged``
+    (or ``charged_as_debt`` / ``charged_over_limit`` / ``duplicate``) only from
+    the shard's own answer, which the shard gives after its synced commit. If
+    ``charge`` raises for a shard, that shard's records are ``unavailable``; a
+    rejected record that does not fit the bounded reject store is
+    ``resource_exhausted``. Both are retryable, are not counted, and do not
+    advance a file offset.
+
+    *After an error.* A retryable status: resubmit those records with the same
+    ids (for a file chunk, with the same :class:`SourceProgress`; the offset
+    moves once every item of the chunk is settled). An exception from
+    ``submit`` (``StaleEpoch``: this partition was taken over; an I/O error):
+    nothing of the call is acknowledged; resubmit the whole call to the current
+    owner. Records the shards had charged then come back ``duplicate``, so
+    ``received == rated + rejected + duplicates`` still holds exactly, but such
+    a record counts as a duplicate rather than rated (the shards' marks are the
+    authority on what was charged; the auditor compares against them).
+
+Counting
+    Every item of a ``submit`` call that gets a final status counts once as
+    received and once as rated (charged in any way), rejected (rejects,
+    conflicts) or duplicates. Reprocessing a stored reject is not a new
+    reception: a reprocessed record now charged moves from rejected to rated
+    (or to duplicates, if a shard had charged it meanwhile).
+
+Sponsored usage
+    Records are routed by the subscriber's account shard. That shard decides
+    sponsorship (``billing.sponsor``) and forwards the sponsor's half, so one
+    place decides and nothing is charged twice; the result names the sponsor
+    as ``charged_account_id``.
+
+Layout: per-record results and the mapping of shard answers are in
+:mod:`actors.partition.results`, the directory-rating-charging pipeline in
+:mod:`actors.partition.settle`; this module stages rejects and counters and
+commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.partition.codec import (
+    SOURCE_PREFIX,
+    TOTALS_KEY,
+    decode_counts,
+    encode_counts,
+    source_key,
+)
+from actors.partition.directory import Directory, DirectoryAnswer, DirectoryEntry
+from actors.partition.rejects import RejectEntry, RejectKind, RejectStore, Staging
+from actors.partition.results import (
+    DUPLICATES,
+    RATED,
+    REJECTED,
+    RETRYABLE,
+    ChargeFn,
+    RecordResult,
+    RecordStatus,
+    Settled,
+    ShardResult,
+    Tally,
+    apply_row,
+    reader_reject,
+    reject_entry,
+)
+from actors.partition.settle import settle
+from actors.routing import partition_of
+from actors.store.storage import Batch, ShardStore
+from billing.accounts import Result, SponsorRule, Subscription
+from billing.invariant import invariant
+from billing.preprocess import CONTENT_FIELDS, Reconciliation
+from billing.rated import RatedRecord
+from billing.rating import Catalogue
+from billing.readers import Reject
+from billing.records import UsageRecord
+
+__all__ = [
+    "RETRYABLE",
+    "BatchTooLarge",
+    "ChargeFn",
+    "PartitionConfig",
+    "RatingPartition",
+    "RecordResult",
+    "RecordStatus",
+    "ShardResult",
+    "SourceProgress",
+]
+
+
+class BatchTooLarge(ValueError):
+    """Raised by :meth:`RatingPartition.submit` for more than ``batch_records_max`` items."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceProgress:
+    """A file chunk: every item of the call lies at or before ``offset`` in ``source_id``
+    (the host's unit, e.g. the last line number read)."""
+
+    source_id: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionConfig:
+    """``shards``: account shards to route to; ``partitions``: when set, directory
+    writes for MSISDNs of other partitions are refused."""
+
+    shards: int
+    partitions: int | None = None
+    rejects_max: int = 100_000
+    directory_cache_entries_max: int = 100_000
+    batch_records_max: int = 100_000
+
+
+def _no_charge(shard: str, items: list[tuple[str, RatedRecord]]) -> Sequence[ShardResult]:
+    raise AssertionError("submit_rejects never charges")  # pragma: no cover
+
+
+class RatingPartition:
+    """One partition unit over its own :class:`ShardStore` (not thread-safe)."""
+
+    def __init__(
+        self, store: ShardStore, *, unit_id: str, catalogue: Catalogue, config: PartitionConfig
+    ) -> None:
+        invariant(config.shards >= 1, f"shards must be >= 1, got {config.shards}")
+        self.store, self.unit_id, self.catalogue, self.config = store, unit_id, catalogue, config
+        self.directory = Directory(store, cache_entries_max=config.directory_cache_entries_max)
+        self.rejects = RejectStore(store, entries_max=config.rejects_max)
+        raw = store.get(TOTALS_KEY)
+        self._totals = decode_counts(raw)[0] if raw is not None else Reconciliation()
+        self._sources: dict[str, tuple[Reconciliation, int]] = {
+            key[len(SOURCE_PREFIX) :].decode(): decode_counts(value)
+            for key, value in store.scan_prefix(SOURCE_PREFIX)
+        }
+        self._shard_memo: dict[str, str] = {}
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        epoch: int,
+        unit_id: str,
+        catalogue: Catalogue,
+        config: PartitionConfig,
+        resume: bool = False,
+    ) -> RatingPartition:
+        """Open the unit's store as owner at ``epoch`` (see ``ShardStore.open``) and load it."""
+        store = ShardStore.open(path, epoch=epoch, cache_entries_max=0, resume=resume)
+        try:
+            return cls(store, unit_id=unit_id, catalogue=catalogue, config=config)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Release the store (and its lock); idempotent."""
+        self.store.close()
+
+    def __enter__(self) -> RatingPartition:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        """Rate with ``catalogue`` from the next call on (a tariff reload)."""
+        self.catalogue = catalogue
+
+    # -- directory ---------------------------------------------------------------
+
+    def put_subscriber(
+        self,
+        request_id: str,
+        msisdn: str,
+        account_id: str,
+        subscriptions: Sequence[Subscription],
+        sponsor_rules: Sequence[SponsorRule] = (),
+    ) -> DirectoryAnswer:
+        """Create or replace ``msisdn``'s directory entry (idempotent by ``request_id``)."""
+        misrouted = self._misrouted(msisdn)
+        if misrouted:
+            return DirectoryAnswer(result=Result.INVALID_ARGUMENT, detail=misrouted)
+        return self.directory.put_subscriber(
+            request_id, msisdn, account_id, subscriptions, sponsor_rules
+        )
+
+    def change_plan(
+        self, request_id: str, msisdn: str, plan_id: str, start_s: int, account_id: str = ""
+    ) -> DirectoryAnswer:
+        """Append a subscription of ``plan_id`` from ``start_s`` (idempotent by ``request_id``);
+        with ``account_id``, only while ``msisdn`` belongs to that account."""
+        return self.directory.change_plan(request_id, msisdn, plan_id, start_s, account_id)
+
+    def get_subscriber(self, msisdn: str) -> DirectoryEntry | None:
+        """The directory entry of ``msisdn``, if this partition has one."""
+        return self.directory.get(msisdn)
+
+    def _misrouted(self, msisdn: str) -> str:
+        partitions = self.config.partitions
+        if partitions is None or not msisdn:
+            return ""
+        owner = partition_of(msisdn, partitions)
+        return "" if owner == self.unit_id else f"msisdn {msisdn} belongs to {owner}"
+
+    # -- usage ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        items: Sequence[UsageRecord | Reject],
+        *,
+        at_s: int,
+        charge: ChargeFn,
+        source: SourceProgress | None = None,
+    ) -> list[RecordResult]:
+        """Settle a batch: one result per item, in order; one synced commit.
+
+        ``items`` are usage records and, from file readers, ``Reject`` values
+        (stored as ``malformed``). See the module docstring for what is counted
+        and what a caller does with retryable results.
+        """
+        if len(items) > self.config.batch_records_max:
+            raise BatchTooLarge(f"{len(items)} items > {self.config.batch_records_max}")
+        results: list[RecordResult | None] = [None] * len(items)
+        settled: list[Settled | None] = [None] * len(items)
+        firsts: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        todo: list[int] = []
+        for i, item in enumerate(items):
+            if isinstance(item, Reject):
+                settled[i] = reader_reject(item)
+                continue
+            j = firsts.setdefault(item.record_id, i)
+            if j == i:
+                todo.append(i)
+                continue
+            first = items[j]
+            assert isinstance(first, UsageRecord)
+            if first.content_key() == item.content_key():
+                repeats.append((i, j))
+            else:
+                differ = [n for n in CONTENT_FIELDS if getattr(item, n) != getattr(first, n)]
+                field = differ[0] if differ else "content"
+                detail = f"record_id used earlier in this batch with different {', '.join(differ)}"
+                result = RecordResult(
+                    item.record_id, RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT, field, detail
+                )
+                settled[i] = (result, REJECTED, RejectKind.CONFLICT, field)
+        records: list[UsageRecord] = [items[i] for i in todo]  # type: ignore[misc]
+        for i, outcome in zip(todo, self._settle(records, at_s, charge), strict=True):
+            settled[i] = outcome
+        for i, j in repeats:
+            first_outcome = settled[j]
+            assert first_outcome is not None
+            first_result = first_outcome[0]
+            if first_result.retryable:
+                settled[i] = (first_result, None, None, None)
+            else:
+                detail = f"repeats item {j} of this batch"
+                settled[i] = (
+                    first_result._replace(status=RecordStatus.DUPLICATE, reason="", detail=detail),
+                    DUPLICATES,
+                    None,
+                    None,
+                )
+        staging, tally = self.rejects.stage(), Tally()
+        source_id = None if source is None else source.source_id
+        all_settled = True
+        rows, stored = tally.by_source, self.rejects.records()
+        for i, done in enumerate(settled):
+            assert done is not None
+            result, kind, reject_kind, _ = done
+            if kind is None:
+                results[i] = result
+                all_settled = False
+                continue
+            item = items[i]
+            src = source_id or item.source_file
+            if reject_kind is None and result.record_id not in stored:
+                # Counted inline: nothing to stage (no stored reject of this record to resolve).
+                row = rows.get(src)
+                if row is None:
+                    row = rows[src] = [0, 0, 0, 0]
+                row[0] += 1
+                row[kind] += 1
+                results[i] = result
+                continue
+            results[i] = result = self._stage(done, item, src, at_s, staging, tally)
+            all_settled = all_settled and not result.retryable
+        self._commit(staging, tally, source if all_settled else None)
+        return results  # type: ignore[return-value]
+
+    def submit_rejects(
+        self, rejects: Sequence[Reject], *, at_s: int, source: SourceProgress | None = None
+    ) -> list[RecordResult]:
+        """Store reader rejects (unreadable lines) with their reasons and count them."""
+        return self.submit(rejects, at_s=at_s, charge=_no_charge, source=source)
+
+    def reprocess(
+        self, record_ids: Sequence[str], *, at_s: int, charge: ChargeFn
+    ) -> list[RecordResult]:
+        """Rate and charge stored rejected records again (e.g. after their account was
+        created); those now charged leave the store. One result per id, in order."""
+        entries: dict[str, RejectEntry] = {}
+        for record_id in record_ids:
+            entry = self.rejects.get(RejectKind.RECORD, record_id) if record_id else None
+            if entry is not None and entry.record is not None:
+                entries[record_id] = entry
+        records = [e.record for e in entries.values() if e.record is not None]
+        by_id = dict(zip(entries, self._settle(records, at_s, charge), strict=True))
+        staging, tally = self.rejects.stage(), Tally()
+        answers: dict[str, RecordResult] = {}
+        for record_id, outcome in by_id.items():
+            entry = entries[record_id]
+            result, kind, reject_kind, _code = outcome
+            if kind in (RATED, DUPLICATES):
+                staging.delete(RejectKind.RECORD, record_id)
+                tally.add(entry.source_id, REJECTED, received=0, step=-1)
+                tally.add(entry.source_id, kind, received=0)
+            elif reject_kind is not None:
+                staging.delete(RejectKind.RECORD, record_id)
+                self._stage(outcome, entry.record, entry.source_id, at_s, staging, None)
+            answers[record_id] = result
+        self._commit(staging, tally, None)
+        missing = RecordResult("", RecordStatus.NOT_FOUND, "not_in_reject_store")
+        return [answers.get(rid) or missing._replace(record_id=rid) for rid in record_ids]
+
+    # -- the pipeline ----------------------------------------------------------------
+
+    def _settle(self, records: Sequence[UsageRecord], at_s: int, charge: ChargeFn) -> list[Settled]:
+        """Directory, rating and charging of distinct records (:func:`settle`)."""
+        return settle(
+            records,
+            charge=charge,
+            directory=self.directory,
+            catalogue=self.catalogue,
+            shards=self.config.shards,
+            shard_memo=self._shard_memo,
+            unit_id=self.unit_id,
+            misrouted=self._misrouted,
+        )
+
+    def _stage(
+        self,
+        outcome: Settled,
+        item: UsageRecord | Reject | None,
+        source_id: str | None,
+        at_s: int,
+        staging: Staging,
+        tally: Tally | None,
+    ) -> RecordResult:
+        """Stage the reject entry and counts of one settled item; returns its final result."""
+        result, kind, reject_kind, code = outcome
+        if kind is None:
+            return result
+        if reject_kind is not None:
+            entry = reject_entry(reject_kind, item, result, code, at_s, source_id)
+            if not staging.put(entry):
+                detail = f"reject store full ({self.config.rejects_max} entries): {result.reason}"
+                return RecordResult(
+                    result.record_id, RecordStatus.RESOURCE_EXHAUSTED, "reject_store_full", detail
+                )
+        elif self.rejects and self.rejects.has(RejectKind.RECORD, result.record_id):
+            staging.delete(RejectKind.RECORD, result.record_id)  # charged now: resolved
+        if tally is not None:
+            tally.add(source_id, kind)
+        return result
+
+    def _commit(self, staging: Staging, tally: Tally, source: SourceProgress | None) -> None:
+        if not tally.by_source and not staging.puts and not staging.deletes and source is None:
+            return
+        batch = Batch()
+        staging.write(batch)
+        totals = self._totals
+        sources: dict[str, tuple[Reconciliation, int]] = {}
+        for source_id, row in tally.by_source.items():
+            totals = apply_row(totals, row)
+            if source_id is not None:
+                counts, offset = sources.get(source_id) or self._source(source_id)
+                sources[source_id] = (apply_row(counts, row), offset)
+        if source is not None:
+            counts, offset = sources.get(source.source_id) or self._source(source.source_id)
+            sources[source.source_id] = (counts, max(offset, source.offset))
+        batch.put(TOTALS_KEY, encode_counts(totals))
+        for source_id, (counts, offset) in sources.items():
+            batch.put(source_key(source_id), encode_counts(counts, offset))
+        self.store.commit(batch)
+        self._totals = totals
+        self._sources.update(sources)
+        self.rejects.applied(staging)
+
+    def _source(self, source_id: str) -> tuple[Reconciliation, int]:
+        return self._sources.get(source_id) or (Reconciliation(), 0)
+
+    # -- reading -------------------------------------------------------------------
+
+    def counters(self, source_id: str | None = None) -> Reconciliation:
+        """Reconciliation of the whole partition, or of one collection source."""
+        return self._totals if source_id is None else self._source(source_id)[0]
+
+    def file_offset(self, source_id: str) -> int:
+        """The committed collection offset of ``source_id`` (0 if never seen)."""
+        return self._source(source_id)[1]
+
+    def sources(self) -> list[str]:
+        return sorted(self._sources)
+
+    def list_rejects(self, limit: int, reason: str | None = None) -> list[RejectEntry]:
+        """Up to ``limit`` stored rejects, optionally of one ``reason``."""
+        return self.rejects.list(limit, reason=reason)

@@ -1,0 +1,181 @@
+"""Bill runs, payments and invoice ageing on an account shard (one commit per chunk of accounts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from actors.shard.base import ShardBase
+from actors.shard.codec import key_after
+from actors.shard.work import AGEING_PREFIX, Work, prefix_end
+from actors.store.codec import ACCOUNT_PREFIX, encode_u64
+from billing.accounts import Result
+from billing.billrun.run import BillResult, ExtraCharge, bill_run, billing_account, invoice_id_for
+from billing.cycle import monthly_cycle
+from billing.writeoff import Payment, WriteoffOutcome, age_invoices, apply_payment, reverse_payment
+
+__all__ = ["BillRunReport", "ShardBilling"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillRunReport:
+    """What one :meth:`AccountShard.bill_run` call did. ``refused`` is set (and nothing
+    was done) when the cycle has not ended at ``at_s``."""
+
+    cycle_id: str
+    accounts: int = 0
+    results: Mapping[str, int] = field(default_factory=dict)
+    invoiced: int = 0
+    entries: int = 0
+    commits: int = 0
+    refused: str | None = None
+
+
+class ShardBilling(ShardBase):
+    """The bill run and the payment side of receivables."""
+
+    # -- billing -----------------------------------------------------------------------
+
+    def _account_chunks(self, account_ids: Sequence[str] | None) -> Iterator[list[str]]:
+        size = self.chunk_accounts
+        if account_ids is not None:
+            for i in range(0, len(account_ids), size):
+                yield list(account_ids[i : i + size])
+            return
+        start, end = ACCOUNT_PREFIX, prefix_end(ACCOUNT_PREFIX)
+        while True:
+            keys = [key for key, _ in self.store.scan(start, end, limit=size)]
+            if not keys:
+                return
+            start = key_after(keys[-1])
+            yield [key[len(ACCOUNT_PREFIX) :].decode() for key in keys]
+
+    def bill_run(
+        self,
+        cycle_id: str,
+        *,
+        at_s: int,
+        account_ids: Sequence[str] | None = None,
+        extras: Mapping[str, Sequence[ExtraCharge]] | None = None,
+    ) -> BillRunReport:
+        """Bill ``cycle_id`` for the given accounts (default: all of the shard, read by
+        key prefix in chunks, one commit per chunk). Idempotent per (account, cycle)."""
+        year, month = (int(part) for part in cycle_id.split("-"))
+        cycle = monthly_cycle(year, month, self.billing.tz)
+        if at_s < cycle.end_s:
+            return BillRunReport(cycle_id=cycle_id, refused="cycle_not_ended")
+        results: dict[str, int] = {}
+        accounts = invoiced = entries = commits = 0
+        for chunk in self._account_chunks(account_ids):
+            work = Work(self)
+            items = []
+            for account_id in chunk:
+                state = work.state(account_id)
+                if state is None:
+                    results["unknown_account"] = results.get("unknown_account", 0) + 1
+                    continue
+                view = billing_account(
+                    state,
+                    cycle=cycle,
+                    catalogue=self.catalogue,
+                    extras=tuple((extras or {}).get(account_id, ())),
+                )
+                stored = work.invoice(account_id, invoice_id_for(account_id, cycle_id))
+                items.append(
+                    (view, work.billing_state(account_id), None if stored is None else stored[0])
+                )
+            outcomes, summary = bill_run(items, cycle, at_s=at_s, config=self.billing)
+            for out in outcomes:
+                if out.result is BillResult.REPLAYED:
+                    continue
+                for invoice in out.invoices:
+                    work.put_invoice(invoice)
+                if out.state is not None:
+                    work.put_billing_state(out.account_id, out.state)
+                work.post(out.entries, out.account_id)
+                for note in out.notifications:
+                    work.put_notification(note)
+            work.commit()
+            commits += 1
+            accounts += summary.accounts
+            invoiced += summary.invoiced
+            entries += summary.entries
+            for result, count in summary.results.items():
+                results[result.value] = results.get(result.value, 0) + count
+        return BillRunReport(
+            cycle_id=cycle_id,
+            accounts=accounts,
+            results=results,
+            invoiced=invoiced,
+            entries=entries,
+            commits=commits,
+        )
+
+    def apply_payment(
+        self, *, request_id: str, account_id: str, amount: int, currency: str, at_s: int
+    ) -> WriteoffOutcome | Result:
+        """Pay ``account_id``'s open invoices oldest first (excess to credit). Returns
+        ``Result.UNKNOWN_ACCOUNT`` / ``CURRENCY_MISMATCH`` when it cannot apply."""
+        work = Work(self)
+        state = work.state(account_id)
+        if state is None:
+            return Result.UNKNOWN_ACCOUNT
+        existing = work.mark(request_id)
+        if existing is None and currency != state.account.currency:
+            return Result.CURRENCY_MISMATCH
+        out = apply_payment(
+            request_id=request_id, account_id=account_id, amount=amount, currency=currency,
+            at_s=at_s, invoices=work.invoices_of(account_id), existing=existing,
+        )  # fmt: skip
+        work.apply_writeoff(out, account_id)
+        work.commit()
+        return out
+
+    def reverse_payment(
+        self, *, request_id: str, account_id: str, payment_id: str, at_s: int
+    ) -> WriteoffOutcome | Result:
+        """Undo payment ``payment_id`` exactly (idempotent by ``request_id``)."""
+        work = Work(self)
+        state = work.state(account_id)
+        if state is None:
+            return Result.UNKNOWN_ACCOUNT
+        payment_mark = work.mark(payment_id)
+        if payment_mark is not None and not isinstance(payment_mark.result, Payment):
+            payment_mark = None  # the id names another kind of operation
+        out = reverse_payment(
+            request_id=request_id, account_id=account_id, payment_id=payment_id, at_s=at_s,
+            payment_mark=payment_mark, invoices=work.invoices_of(account_id),
+            credit_balance=state.credit, existing=work.mark(request_id),
+        )  # fmt: skip
+        work.apply_writeoff(out, account_id)
+        work.commit()
+        return out
+
+    def age_invoices(self, at_s: int) -> int:
+        """Mark open invoices due by ``at_s`` overdue (one notice each); returns how many."""
+        changed_total = 0
+        end = AGEING_PREFIX + encode_u64(at_s + 1)
+        while True:
+            chunk = list(self.store.scan(AGEING_PREFIX, end, limit=self.chunk_accounts))
+            if not chunk:
+                return changed_total
+            work = Work(self)
+            invoices = []
+            for key, raw in chunk:
+                found = work.invoice(raw.decode(), key[len(AGEING_PREFIX) + 8 :].decode())
+                if found is None:
+                    work.batch.delete(key)  # an index row without its invoice: drop it
+                else:
+                    invoices.append(found[0])
+            changed, notices = age_invoices(invoices, at_s)
+            for invoice in changed:
+                work.put_invoice(invoice)  # OVERDUE: put_invoice drops its index row
+            for note in notices:
+                work.put_notification(note)
+            done = {i.invoice_id for i in changed}
+            for invoice in invoices:
+                if invoice.invoice_id not in done:  # no longer ageing (paid meanwhile)
+                    key = AGEING_PREFIX + encode_u64(invoice.due_at_s) + invoice.invoice_id.encode()
+                    work.batch.delete(key)
+            work.commit()
+            changed_total += len(changed)

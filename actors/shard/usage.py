@@ -1,0 +1,192 @@
+"""Usage on an account shard: batches of rated records, sponsor forwards, direct debits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from actors.shard.base import ShardBase
+from actors.shard.codec import decode_value, encode_value, prefixed
+from actors.shard.outbox import OUTBOX_PREFIX, REFUSED_PREFIX, Forward
+from actors.shard.risk import assess_batch
+from actors.shard.work import AccountView, MarkView, Work, without_rated
+from actors.store.storage import Batch
+from billing.accounts import CHARGED_RESULTS, AccountState, Outcome, Result
+from billing.charging.batch import Charge, charge, charge_batch
+from billing.invariant import invariant
+from billing.rated import RatedRecord
+from billing.sponsor import SponsoredUsage, charge_sponsored, resolve_sponsor
+
+__all__ = ["ChargeBatchAnswer", "ShardUsage"]
+
+
+class ChargeBatchAnswer(list[Charge]):
+    """The answer of :meth:`AccountShard.charge_batch`: a list with one row per record,
+    in order (``row.result`` is the per-record result), and ``forwards``, the sponsor
+    charges for other shards this batch stored in the outbox, for the host to deliver."""
+
+    def __init__(self, rows: Iterable[Charge], forwards: list[Forward]) -> None:
+        super().__init__(rows)
+        self.forwards = forwards
+
+    @property
+    def rows(self) -> list[Charge]:
+        return list(self)
+
+
+def _refusal(rated: RatedRecord, account_id: str, result: Result, at_s: int) -> Charge:
+    record = rated.record
+    return Charge(
+        record.record_id, "usage:" + record.record_id, account_id, result, "",
+        record.service.value, rated.usage_class, rated.units, 0, 0, 0, 0, 0, rated.currency, at_s,
+    )  # fmt: skip
+
+
+class ShardUsage(ShardBase):
+    """Charging usage: the hot path (one synced batch per call)."""
+
+    # -- usage -------------------------------------------------------------------------
+
+    def charge_batch(
+        self, items: Sequence[tuple[str, RatedRecord]], *, at_s: int, offline: bool = True
+    ) -> ChargeBatchAnswer:
+        """Charge rated records to their accounts (``(account_id, rated)`` pairs, the
+        subscriber's account as the partition's directory resolved it): one commit."""
+        rows: list[Charge | None] = [None] * len(items)
+        # Runs of records whose msisdns map to one account each (the core's directory):
+        # a new run starts where an msisdn maps to another account than earlier in the run.
+        segments: list[tuple[list[int], dict[str, str]]] = []
+        indices: list[int] = []
+        directory: dict[str, str] = {}
+        for index, (account_id, rated) in enumerate(items):
+            record = rated.record
+            record_id = record.record_id
+            if not record_id or "\x00" in record_id:
+                rows[index] = _refusal(rated, account_id, Result.INVALID_ARGUMENT, at_s)
+                continue
+            msisdn = record.served_msisdn
+            if directory.setdefault(msisdn, account_id) != account_id:
+                segments.append((indices, directory))
+                indices, directory = [], {msisdn: account_id}
+            indices.append(index)
+        if indices:
+            segments.append((indices, directory))
+        work = Work(self, track_marks=len(segments) > 1)
+        view, marks = AccountView(work), MarkView(work)
+        for indices, directory in segments:
+            out = charge_batch(
+                [items[i][1] for i in indices],
+                accounts=view,
+                directory=directory,
+                marks=marks,
+                tariff=self.tariff,
+                config=self.charging,
+                at_s=at_s,
+                offline=offline,
+            )
+            work.apply(out.effects, None)
+            for i, row in zip(indices, out.receipt or (), strict=True):
+                rows[i] = row if row.rated is None else without_rated(row)
+        assess_batch(self, work, items, rows)  # fraud rules, in the same batch (shard_risk)
+        work.commit()
+        invariant(None not in rows, "one row per record")
+        return ChargeBatchAnswer(rows, work.forwards)  # type: ignore[arg-type]
+
+    def apply_forwards(self, forwards: Sequence[Forward], *, at_s: int) -> list[tuple[str, Result]]:
+        """Apply sponsor charges forwarded by other shards (idempotent by forward id).
+
+        A forward this shard cannot apply (unknown or closed sponsor, currency
+        mismatch) is kept under ``x/`` with its result for revenue assurance
+        (``refused_forwards``), so acknowledging it upstream loses nothing.
+        """
+        work = Work(self, track_marks=True)
+        results = [(f.forward_id, self._apply_forward(work, f, at_s)) for f in forwards]
+        work.commit()
+        return results
+
+    def _apply_forward(self, work: Work, forward: Forward, at_s: int) -> Result:
+        """Stage one sponsor charge; a refusal is kept under ``x/``, a success clears it."""
+        usage = forward.usage
+        state = work.state(usage.sponsor_account_id)
+        if state is None:
+            result = Result.UNKNOWN_ACCOUNT
+        else:
+            out = charge_sponsored(
+                state, usage, marks=MarkView(work), tariff=self.tariff, config=self.charging,
+                at_s=at_s,
+            )  # fmt: skip
+            work.apply(out.effects, usage.sponsor_account_id)
+            result = out.result
+        key = prefixed(REFUSED_PREFIX, forward.forward_id)
+        if result in CHARGED_RESULTS or result is Result.DUPLICATE:
+            if self.store.get(key) is not None:
+                work.batch.delete(key)
+        else:
+            work.batch.put(key, encode_value((usage, result)))
+        return result
+
+    def retry_refused_forwards(
+        self, record_ids: Sequence[str] | None, *, at_s: int
+    ) -> list[tuple[str, Result]]:
+        """Apply refused sponsor charges again (say, once the sponsor's account exists):
+        those named by the subscriber's ``record_ids``, or all (None). One commit; a
+        charged one leaves the ``x/`` store. Returns ``(record_id, result)`` per retry."""
+        wanted = None if record_ids is None else set(record_ids)
+        todo = [
+            Forward.of(usage)
+            for usage, _ in self.refused_forwards(limit=100_000)
+            if wanted is None or usage.rated.record.record_id in wanted
+        ]
+        if not todo:
+            return []
+        work = Work(self, track_marks=True)
+        results = [
+            (f.usage.rated.record.record_id, self._apply_forward(work, f, at_s)) for f in todo
+        ]
+        work.commit()
+        return results
+
+    def pending_forwards(self, limit: int = 1000) -> list[Forward]:
+        """Forwards stored in the outbox and not yet acknowledged, oldest id first."""
+        return [
+            Forward.of(decode_value(raw))
+            for _, raw in self.store.scan_prefix(OUTBOX_PREFIX, limit=limit)
+        ]
+
+    def ack_forwards(self, forward_ids: Iterable[str]) -> int:
+        """Delete delivered forwards from the outbox (one commit); returns how many."""
+        batch = Batch()
+        count = 0
+        for forward_id in forward_ids:
+            key = prefixed(OUTBOX_PREFIX, forward_id)
+            if self.store.get(key) is not None:
+                batch.delete(key)
+                count += 1
+        if count:
+            self.store.commit(batch)
+        return count
+
+    def refused_forwards(self, limit: int = 1000) -> list[tuple[SponsoredUsage, Result]]:
+        """Forwards received here that could not be charged, with their result."""
+        out: list[tuple[SponsoredUsage, Result]] = []
+        for _, raw in self.store.scan_prefix(REFUSED_PREFIX, limit=limit):
+            usage, result = decode_value(raw)
+            out.append((usage, Result(result)))
+        return out
+
+    def direct_debit(self, *, account_id: str, rated: RatedRecord, at_s: int) -> Outcome[Charge]:
+        """An immediate online event (content purchase, one-shot): never below the
+        balance or over the limit; idempotent by ``record_id``."""
+
+        def run(work: Work, state: AccountState) -> Outcome[Charge]:
+            others: dict[str, AccountState] = {}
+            sponsorship = resolve_sponsor(state.account, rated, self.tariff)
+            if sponsorship is not None:
+                sponsor = work.state(sponsorship.sponsor_account_id)
+                if sponsor is not None:
+                    others[sponsorship.sponsor_account_id] = sponsor
+            return charge(
+                state, rated, marks=MarkView(work), tariff=self.tariff, config=self.charging,
+                at_s=at_s, offline=False, others=others,
+            )  # fmt: skip
+
+        return self._single(account_id, run)

@@ -1,0 +1,123 @@
+"""Online backups of a unit's database: RocksDB checkpoints, and opening one to restore.
+
+A checkpoint (RocksDB's ``Checkpoint``, exposed by rocksdict) is a new database
+folder made of hard links to the live database's immutable SST files plus a
+copy of its manifest and WAL tail, so it costs little space and time on the
+same filesystem (a full copy on another). The host takes it under the unit's
+lock, between two write calls: every committed batch is in it and no batch
+is half in it.
+
+Layout of one backup (``root``)::
+
+    root/units/<unit_id>/        the checkpoint: a complete raw-mode RocksDB
+    root/units/<unit_id>.json    what it holds: unit, epoch, sequence, time
+
+To restore a unit, copy its checkpoint folder to ``<data_dir>/units/<unit_id>/``
+(nothing else may own it then) and start the cluster: the new owner opens it
+at an epoch above the one recorded, as after any takeover. Units are each
+consistent at their own batch boundary, not frozen together: a sponsor
+forward still in a shard's outbox is redelivered after the restore, and the
+shards' idempotency marks make anything resubmitted after it a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rocksdict import AccessType, Checkpoint, Options, Rdict
+
+from actors.store.codec import EPOCH_KEY, decode_u64
+from actors.store.storage import ShardStore
+
+__all__ = [
+    "BackupExists",
+    "UnitBackup",
+    "checkpoint_epoch",
+    "checkpoint_unit",
+    "open_checkpoint",
+    "read_backup",
+]
+
+
+class BackupExists(FileExistsError):
+    """Raised by :func:`checkpoint_unit` when the unit's target folder already holds
+    something other than this request's backup (a backup is never overwritten)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitBackup:
+    """What one unit's checkpoint holds."""
+
+    unit_id: str
+    request_id: str
+    epoch: int
+    sequence: int
+    taken_at_s: float
+    path: str
+
+
+def _db(store: ShardStore) -> Rdict:
+    # ShardStore offers no public handle on its database (actors/store/storage.py is not ours
+    # to change here); _live() is the accessor that refuses a closed store.
+    return store._live()
+
+
+def checkpoint_unit(
+    store: ShardStore, root: Path, unit_id: str, *, request_id: str = ""
+) -> UnitBackup:
+    """Write a checkpoint of ``store`` to ``root/units/<unit_id>`` and its description
+    beside it; the caller holds the unit's lock, so no write is in flight.
+
+    Idempotent by ``request_id``: when this request's backup of the unit is
+    already there, its description is returned. Raises :class:`BackupExists`
+    when the folder holds anything else.
+    """
+    db = _db(store)
+    units = Path(root) / "units"
+    target = units / unit_id
+    meta = units / f"{unit_id}.json"
+    if target.exists() or meta.exists():
+        if request_id and meta.exists():
+            done = UnitBackup(**json.loads(meta.read_text()))
+            if done.request_id == request_id:
+                return done
+        raise BackupExists(f"{target}: the folder already holds a backup of {unit_id}")
+    units.mkdir(parents=True, exist_ok=True)
+    sequence = int(db.latest_sequence_number())
+    Checkpoint(db).create_checkpoint(str(target))
+    info = UnitBackup(
+        unit_id=unit_id,
+        request_id=request_id,
+        epoch=store.epoch,
+        sequence=sequence,
+        taken_at_s=time.time(),
+        path=str(target),
+    )
+    tmp = meta.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=1))
+    tmp.replace(meta)
+    return info
+
+
+def read_backup(root: Path) -> dict[str, UnitBackup]:
+    """The units of the backup in ``root``, by unit id (those whose description was written)."""
+    units = Path(root) / "units"
+    found: dict[str, UnitBackup] = {}
+    for meta in sorted(units.glob("*.json")):
+        info = UnitBackup(**json.loads(meta.read_text()))
+        found[info.unit_id] = info
+    return found
+
+
+def open_checkpoint(path: Path) -> Rdict:
+    """Open a checkpoint read-only (raw mode), e.g. to verify or inspect a backup."""
+    return Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+
+
+def checkpoint_epoch(db: Rdict) -> int:
+    """The ownership epoch recorded in a database (0 if none)."""
+    raw = db.get(EPOCH_KEY)
+    return 0 if raw is None else decode_u64(raw)

@@ -1,0 +1,279 @@
+"""Operator commands: ``petribill up``, ``down``, ``status`` and ``net``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config import ClusterConfig, load_config
+from cluster.config import ConfigError as ClusterConfigError
+
+__all__ = ["register"]
+
+DEFAULT_DATA = Path("data")
+
+
+def _config(conf_dir: Path) -> ClusterConfig:
+    try:
+        return load_config(conf_dir / "cluster.toml", missing_ok=True)
+    except ClusterConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def conf_option(func: Any) -> Any:
+    return click.option(
+        "--conf",
+        "conf_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("conf"),
+        show_default=True,
+        help="Folder with cluster.toml and tariffs/.",
+    )(func)
+
+
+def data_option(func: Any) -> Any:
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="Data folder (one RocksDB per unit, the control state, runtime.json).",
+    )(func)
+
+
+@click.command()
+@click.option("--nodes", default=1, show_default=True, help="Simulated Ray nodes on this machine.")
+@click.option("--port", type=int, default=None, help="Gateway port of the first node [50051].")
+@click.option("--address", default=None, help="Join a Ray cluster started with `ray start`.")
+@click.option("--detach", is_flag=True, help="Return once the gateways answer health checks.")
+@data_option
+@conf_option
+def up(
+    nodes: int, port: int | None, address: str | None, detach: bool, data_dir: Path, conf_dir: Path
+) -> None:
+    """Start a cluster: local Ray (or --address), coordinator, hosts, gateways."""
+    from billing.rating import TariffError, load_catalogue
+    from cluster.deploy.runtime import Runtime, StartError, read_info
+
+    if read_info(data_dir) is not None:
+        raise click.ClickException(
+            f"{data_dir}/runtime.json exists: a cluster may run on this data folder "
+            f"(`petribill down --data {data_dir}` first)"
+        )
+    try:  # checked here, before any process starts: a broken catalogue is one clear line
+        load_catalogue(str(conf_dir / "tariffs"))
+    except TariffError as exc:
+        raise click.ClickException(str(exc)) from exc
+    runtime = Runtime(
+        _config(conf_dir),
+        data_dir=data_dir,
+        tariffs_dir=conf_dir / "tariffs",
+        nodes=nodes,
+        address=address,
+        port=port,
+    )
+    try:
+        info = runtime.start()
+    except StartError as exc:
+        runtime.stop()
+        raise click.ClickException(str(exc)) from exc
+    except BaseException:
+        runtime.stop()
+        raise
+    click.echo(f"petribill is up: ray {info.address}, gateways {', '.join(info.gateways)}")
+    if detach:
+        click.echo(f"stop it with: petribill down --data {data_dir}")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        click.echo("Ctrl-C stops the cluster.")
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop()
+
+
+@click.command()
+@data_option
+@conf_option
+def down(data_dir: Path, conf_dir: Path) -> None:
+    """Stop the cluster started on a data folder (by `up --detach`)."""
+    from cluster.deploy.runtime import stop_detached
+
+    if not stop_detached(data_dir, _config(conf_dir)):
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    click.echo("petribill is down")
+
+
+def fetch_status(data_dir: Path) -> dict[str, Any]:
+    """Ask the running cluster's coordinator for nodes, units and the marking."""
+    import ray
+
+    from actors.metrics import metrics_urls
+    from actors.remote import COORDINATOR_NAME, NAMESPACE
+    from cluster.deploy.runtime import connect, read_info
+
+    info = read_info(data_dir)
+    if info is None:
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    connect(info)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        status: Any = ray.get(coordinator.status.remote(), timeout=30)
+        urls = metrics_urls()
+    finally:
+        ray.shutdown()
+    status["gateways"] = info.gateways
+    for node in status["nodes"]:
+        node["metrics_url"] = urls.get(node.get("ray_node_id", ""), "")
+    return status
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@data_option
+def status(as_json: bool, data_dir: Path) -> None:
+    """Nodes, units with their owners and epochs, and a summary of the Petri-net marking."""
+    found = fetch_status(data_dir)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    console = Console()
+    nodes = Table(title="nodes")
+    for column in ("node", "status", "units", "ray node id", "metrics"):
+        nodes.add_column(column)
+    for node in found["nodes"]:
+        nodes.add_row(
+            node["node"],
+            node["status"],
+            str(node["units"]),
+            node["ray_node_id"][:16],
+            node["metrics_url"],
+        )
+    units = Table(title="units")
+    for column in ("unit", "state", "owner", "epoch"):
+        units.add_column(column)
+    for unit in found["units"]:
+        units.add_row(unit["unit"], unit["state"], unit["node"], str(unit["epoch"]))
+    console.print(nodes)
+    console.print(units)
+    states = [u["state"] for u in found["units"]]
+    console.print(
+        f"marking: {states.count('owned')} owned, {states.count('recovering')} recovering, "
+        f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
+        f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
+    )
+
+
+@click.command(name="metrics")
+@click.option("--grep", "pattern", default="", help="Only lines containing this text.")
+@data_option
+def metrics_cmd(pattern: str, data_dir: Path) -> None:
+    """Print petribill's Prometheus series (ray_petribill_*) from every node's metrics agent.
+
+    Ray's agents publish what processes record every few seconds; a series
+    appears after its first recording.
+    """
+    import urllib.request
+
+    from actors.metrics import petribill_series
+
+    found = fetch_status(data_dir)
+    for node in found["nodes"]:
+        url = node["metrics_url"]
+        if not url:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=10) as page:
+                text = page.read().decode()
+        except OSError as exc:
+            click.echo(f"# {node['node']}: {url} did not answer: {exc}", err=True)
+            continue
+        for line in petribill_series(text):
+            if pattern in line:
+                click.echo(f"{line}" if line.startswith("#") else f"{line}  # {node['node']}")
+
+
+@click.command()
+@click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), help="Write an SVG here.")
+@data_option
+def net(svg: Path | None, data_dir: Path) -> None:
+    """Draw the control-plane Petri net with the current marking (DOT, or SVG with --svg).
+
+    Reads the coordinator's persisted state, so it works with the cluster up or down.
+    """
+    from cluster.control.coordinator import unit_specs
+    from cluster.control.state import load_state
+    from petri import NetConfig, PetriModel, marking_from_json, render_dot, render_svg
+
+    state = load_state(data_dir)
+    if not state.nodes or state.marking_json is None:
+        raise click.ClickException(f"no control state in {data_dir}/control/ (never started?)")
+    marking = marking_from_json(state.marking_json)
+    units = [t if isinstance(t, str) else str(t[0]) for t in marking.tokens("shard_epoch")]
+    shards = sum(1 for u in units if u.startswith("acct-"))
+    config = NetConfig(
+        nodes=tuple(state.nodes),
+        shards=unit_specs(shards, len(units) - shards),
+        initial_nodes=frozenset(),
+    )
+    dot = render_dot(PetriModel(config), marking)
+    if svg is None:
+        click.echo(dot)
+        return
+    result = render_svg(dot, svg)
+    click.echo(result.message)
+
+
+@click.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True, help="Put a draining node back in service.")
+@click.option("--wait", "wait_s", default=60.0, show_default=True, help="Seconds to wait.")
+@data_option
+def drain(node: str, undo: bool, wait_s: float, data_dir: Path) -> None:
+    """Move every unit off NODE (maintenance) without refusing work."""
+    import time
+
+    import ray
+
+    from actors.remote import COORDINATOR_NAME, NAMESPACE
+    from cluster.deploy.runtime import connect, read_info
+
+    info = read_info(data_dir)
+    if info is None:
+        raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
+    connect(info)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        method: Any = coordinator.undrain if undo else coordinator.drain
+        if not ray.get(method.remote(node), timeout=30):
+            raise click.ClickException(f"refused by the control net: {node} cannot change so")
+        deadline = time.monotonic() + wait_s
+        while not undo and time.monotonic() < deadline:
+            found: Any = ray.get(coordinator.status.remote(), timeout=30)
+            left = [u["unit"] for u in found["units"] if u["node"] == node]
+            if not left:
+                click.echo(f"{node} is drained: it serves no unit")
+                return
+            time.sleep(0.2)
+        if not undo:
+            raise click.ClickException(f"{node} still serves units after {wait_s:.0f} s")
+        click.echo(f"{node} is back in service")
+    finally:
+        ray.shutdown()
+
+
+def register(group: click.Group) -> None:
+    for command in (up, down, status, metrics_cmd, net, drain):
+        group.add_command(command)

@@ -1,0 +1,385 @@
+"""The coordinator: a reconciliation loop over the Petri net of the control plane.
+
+Each round it observes (which Ray nodes are alive, which hosts answer), compares
+with the marking, and fires the enabled transitions that move the marking
+towards the wanted state: every node Ray knows has joined, every unit is owned
+by an alive node, dead owners are fenced and their units taken over by the
+least-loaded alive node. Every step is, in this order:
+
+1. fired on the net (``PetriModel.fire``): a step the net does not allow is a
+   refused action, logged as ``refused``, never a crash;
+2. persisted with the new marking (``control_state.save_state``, fsynced);
+3. journaled (``control/transitions.jsonl``) and logged as a structlog event
+   named after the transition, with its binding, so a run can be replayed
+   through the net (``petri.trace.check_trace``);
+4. acted on (a host opens the unit at the new epoch, fencing the old owner).
+
+Recovery contract: the marking on disk is never older than anything acted
+upon. After a restart the coordinator reloads it and ``converge`` re-issues
+the idempotent ``open_unit(unit, epoch)`` of every owned unit, so an action
+lost between steps 2 and 4 is completed. Hosts refuse epochs older than the
+one stored with a unit, so a replayed open can never roll ownership back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from actors.routing import partition_id, shard_id
+from cluster.control.state import (
+    ControlState,
+    append_journal,
+    load_state,
+    repair_journal,
+    save_state,
+)
+from petri import (
+    Marking,
+    NetConfig,
+    PetriModel,
+    ShardKind,
+    ShardSpec,
+    TransitionRefused,
+    initial_marking,
+    marking_from_json,
+    marking_to_json,
+)
+from petri.marking import owner_of
+
+__all__ = ["ClusterOps", "Coordinator", "Route", "UnitOpenError"]
+
+log = structlog.get_logger("petribill.coordinator")
+
+
+class UnitOpenError(RuntimeError):
+    """Raised by :meth:`ClusterOps.open_unit` when a host could not open a unit
+    (host unreachable, store locked by a process that is not the fenced owner).
+
+    ``stale``: the store's epoch is already the one asked for (or above): a host
+    opened it at that epoch before and is gone — the node restarted (a whole
+    cluster restart, a new host process). Only a takeover at a new epoch can
+    serve it again.
+    """
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+class ClusterOps(Protocol):
+    """What the coordinator needs from the cluster; Ray in production (control/ray_ops.py)."""
+
+    def alive_nodes(self) -> Mapping[str, str]:
+        """Petribill node name -> Ray node id, for every node Ray reports alive."""
+        ...
+
+    def host_ok(self, node: str) -> bool:
+        """Whether the node's host process answers (False once it died)."""
+        ...
+
+    def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
+        """Make the node's host serve ``unit_id`` at ``epoch``; idempotent."""
+        ...
+
+    def close_unit(self, node: str, unit_id: str) -> None:
+        """Make the node's host stop serving ``unit_id``; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a unit is served: the owning node and the epoch callers must present."""
+
+    node: str
+    epoch: int
+
+
+def unit_specs(shards: int, partitions: int) -> tuple[ShardSpec, ...]:
+    """Every unit of a cluster, account shards first."""
+    return tuple(ShardSpec(shard_id=shard_id(i), kind=ShardKind.ACCOUNT) for i in range(shards)) + (
+        tuple(ShardSpec(shard_id=partition_id(i), kind=ShardKind.RATING) for i in range(partitions))
+    )
+
+
+class Coordinator:
+    """Owns the marking; the only writer of unit ownership."""
+
+    def __init__(self, *, data_dir: Path, shards: int, partitions: int, ops: ClusterOps) -> None:
+        self._data_dir = data_dir
+        self._ops = ops
+        self._units = unit_specs(shards, partitions)
+        self._state: ControlState = load_state(data_dir)
+        repair_journal(data_dir, self._state)
+        # The net's universe of nodes grows as Ray nodes appear; until the
+        # first one does there is nothing to own units, and no model.
+        self._model: PetriModel | None = None
+        self._marking: Marking | None = None
+        if self._state.nodes:
+            self._model = self._build_model(tuple(self._state.nodes))
+            assert self._state.marking_json is not None
+            self._marking = marking_from_json(self._state.marking_json)
+        self.failover_started: dict[str, float] = {}
+        self._lock_since: dict[str, float] = {}
+        self.lock_lease_s = 600.0
+
+    # -- the net -----------------------------------------------------------
+
+    def _build_model(self, nodes: tuple[str, ...]) -> PetriModel:
+        config = NetConfig(nodes=nodes, shards=self._units, initial_nodes=frozenset())
+        return PetriModel(config)
+
+    def _grow(self, node: str, ray_node_id: str) -> None:
+        """Add a node the net has never seen; it starts ``absent`` and must ``join``."""
+        self._state.nodes[node] = ray_node_id
+        self._model = self._build_model(tuple(self._state.nodes))
+        if self._marking is None:
+            self._marking = initial_marking(self._model.config)
+        else:
+            tokens = [*self._marking.tokens("node"), (node, "absent")]
+            self._marking = self._marking.replace({"node": tokens})
+
+    def _fire(self, transition: str, **binding: str | int) -> bool:
+        """Fire, persist, log — in that order. Returns False for a refused step."""
+        assert self._model is not None and self._marking is not None
+        try:
+            marking = self._model.fire(self._marking, transition, binding)
+        except TransitionRefused as refused:
+            log.warning(
+                "refused",
+                transition=transition,
+                reason=refused.reason,
+                detail=refused.detail,
+                **binding,
+            )
+            return False
+        self._marking = marking
+        if "epoch" not in binding and "shard" in binding:
+            owner = owner_of(marking, str(binding["shard"]))
+            if owner is not None:
+                binding["epoch"] = owner[1]
+        event: dict[str, object] = {
+            "event": transition,
+            **binding,
+            "generation": self._state.generation + 1,
+        }
+        self._state.marking_json = marking_to_json(marking)
+        self._state.last_event = event
+        save_state(self._data_dir, self._state)
+        append_journal(self._data_dir, event)
+        log.info(transition, **binding)
+        return True
+
+    # -- observation -------------------------------------------------------
+
+    @property
+    def marking(self) -> Marking:
+        if self._marking is None:
+            raise RuntimeError("no node has joined yet")
+        return self._marking
+
+    @property
+    def model(self) -> PetriModel:
+        if self._model is None:
+            raise RuntimeError("no node has joined yet")
+        return self._model
+
+    def _owned(self) -> tuple[tuple[str, str, int], ...]:
+        return () if self._marking is None else self._marking.owned()
+
+    def _nodes(self) -> tuple[tuple[str, str], ...]:
+        return () if self._marking is None else self._marking.nodes()
+
+    def routes(self) -> dict[str, Route]:
+        """The owner and epoch of every owned unit: what gateways route by."""
+        return {unit: Route(node, epoch) for unit, node, epoch in self._owned()}
+
+    def node_ids(self) -> dict[str, str]:
+        return dict(self._state.nodes)
+
+    def _status(self, node: str) -> str:
+        for name, status in self._nodes():
+            if name == node:
+                return status
+        return "unknown"
+
+    def _load(self) -> dict[str, int]:
+        load = {n: 0 for n, s in self._nodes() if s == "alive"}
+        for _unit, node, _epoch in self._owned():
+            if node in load:
+                load[node] += 1
+        return load
+
+    def _least_loaded(self) -> str | None:
+        load = self._load()
+        if not load:
+            return None
+        return min(sorted(load), key=lambda n: load[n])
+
+    # -- the loop ----------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """One round: observe, fire what is enabled towards the wanted state, act.
+
+        Returns the number of transitions fired.
+        """
+        fired = 0
+        alive = dict(self._ops.alive_nodes())
+        for node, ray_id in sorted(alive.items()):
+            if node not in self._state.nodes:
+                self._grow(node, ray_id)
+        if self._marking is None:
+            return 0
+        for node, status in list(self._marking.nodes()):
+            up = node in alive and self._ops.host_ok(node)
+            if status in ("alive", "draining") and not up:
+                self.failover_started.setdefault(node, time.monotonic())
+                fired += self._fire("node_fail", node=node)
+            elif status == "absent" and node in alive:
+                fired += self._fire("join", node=node)
+        for unit, node, _epoch in list(self._marking.owned()):
+            if self._status(node) == "dead":
+                fired += self._fire("fence", shard=unit, node=node)
+        for node, status in list(self._marking.nodes()):
+            owns = any(n == node for _u, n, _e in self._marking.owned())
+            if status == "dead" and node in alive and self._ops.host_ok(node) and not owns:
+                fired += self._fire("node_recover", node=node)
+        for unit, _fenced, _epoch in list(self._marking.recovering()):
+            target = self._least_loaded()
+            if target is not None:
+                fired += self._fire("takeover", shard=unit, node=target)
+        for unit in list(self._marking.free_shards()):
+            target = self._least_loaded()
+            if target is not None:
+                fired += self._fire("assign", shard=unit, node=target)
+        fired += self._expire_locks()
+        fired += self._drain_step()
+        fired += self._rebalance_step()
+        self.converge()
+        return fired
+
+    # -- moving units: drain and rebalance ---------------------------------
+
+    def _lock_free(self, unit: str) -> bool:
+        return self._marking is not None and unit in self._marking.free_locks()
+
+    def _move(self, unit: str, from_node: str, transition: str) -> int:
+        """Move ``unit`` off ``from_node`` under the migration lock; 0 if not now.
+
+        The old host closes the unit before the new one opens it at the new
+        epoch, so a live migration never needs to fence a live process.
+        """
+        if not self._lock_free(unit):
+            return 0  # a bill run holds the shard: the migration waits
+        target = self._least_loaded()
+        if target is None or target == from_node:
+            return 0
+        if not self._fire("migration_lock", shard=unit):
+            return 0
+        moved = self._fire(transition, shard=unit, from_node=from_node, node=target)
+        if moved:
+            try:
+                self._ops.close_unit(from_node, unit)
+            except Exception as exc:  # the next open fences a verified owner
+                log.warning("close_failed", shard=unit, node=from_node, error=str(exc))
+        self._fire("migration_unlock", shard=unit)
+        return 3 if moved else 2
+
+    def _drain_step(self) -> int:
+        fired = 0
+        for unit, node, _epoch in list(self._owned()):
+            if self._status(node) == "draining":
+                fired += self._move(unit, node, "migrate")
+        return fired
+
+    def _rebalance_step(self) -> int:
+        """Even out units over alive nodes (after a join), one unit at a time."""
+        fired = 0
+        for _ in range(len(self._units)):
+            load = self._load()
+            if len(load) < 2:
+                break
+            busiest = max(sorted(load), key=lambda n: load[n])
+            if load[busiest] - min(load.values()) < 2:
+                break
+            unit = next(
+                (u for u, n, _e in self._owned() if n == busiest and self._lock_free(u)), None
+            )
+            if unit is None:
+                break
+            moved = self._move(unit, busiest, "rebalance")
+            if moved < 3:
+                break
+            fired += moved
+        return fired
+
+    # -- operator and bill-run requests --------------------------------------
+
+    def drain(self, node: str) -> bool:
+        """Start moving every unit off ``node``; the loop migrates them. False if refused."""
+        return self._marking is not None and self._fire("drain", node=node)
+
+    def undrain(self, node: str) -> bool:
+        return self._marking is not None and self._fire("undrain", node=node)
+
+    def lock(self, unit: str, kind: str) -> bool:
+        """Take ``unit``'s lock for a bill run; False while a migration holds it."""
+        taken = self._marking is not None and self._fire(f"{kind}_lock", shard=unit)
+        if taken:
+            self._lock_since[unit] = time.monotonic()
+        return taken
+
+    def unlock(self, unit: str, kind: str) -> bool:
+        self._lock_since.pop(unit, None)
+        return self._marking is not None and self._fire(f"{kind}_unlock", shard=unit)
+
+    def _expire_locks(self) -> int:
+        """Release bill-run locks held past their lease (a gateway died mid bill run).
+
+        The lease starts when the lock was taken, or, for a lock found in the
+        persisted marking after a restart, when this coordinator first saw it.
+        """
+        fired = 0
+        now = time.monotonic()
+        for unit, kind in list(self._marking.locks_held() if self._marking else ()):
+            if kind != "bill_run":
+                continue
+            since = self._lock_since.setdefault(unit, now)
+            if now - since > self.lock_lease_s:
+                log.warning("lock_lease_expired", shard=unit, held_s=round(now - since, 1))
+                fired += self.unlock(unit, kind)
+        return fired
+
+    def converge(self) -> list[str]:
+        """Make every alive owner serve its units at their epochs; returns failures.
+
+        A node whose host finds a unit's epoch already taken (a restarted node
+        or cluster: the host that opened it at that epoch is gone) is failed,
+        so that its units are fenced and taken over at new epochs.
+        """
+        failures = []
+        restarted: set[str] = set()
+        for unit, node, epoch in self._owned():
+            if self._status(node) != "alive" and self._status(node) != "draining":
+                continue
+            try:
+                self._ops.open_unit(node, unit, epoch)
+            except UnitOpenError as exc:
+                failures.append(unit)
+                log.warning("open_failed", shard=unit, node=node, epoch=epoch, error=str(exc))
+                if exc.stale:
+                    restarted.add(node)
+        for node in sorted(restarted):
+            self.failover_started.setdefault(node, time.monotonic())
+            self._fire("node_fail", node=node)
+        return failures
+
+    def healthy(self) -> bool:
+        """Every unit owned by an alive node."""
+        owned = {u for u, n, _e in self._owned() if self._status(n) == "alive"}
+        return owned == {spec.shard_id for spec in self._units}

@@ -1,0 +1,121 @@
+"""ClusterOps over Ray: how the coordinator observes nodes and drives hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+import structlog
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from actors.remote import NAMESPACE, host_name, spawn_host
+from actors.store.fencing import StaleEpoch
+from cluster.control.coordinator import UnitOpenError
+
+__all__ = ["RayOps", "node_name"]
+
+log = structlog.get_logger("petribill.ray_ops")
+
+_PING_TIMEOUT_S = 1.0
+# A host whose process is gone is failed at once (its ping raises); one that does not
+# answer in time is failed after this many rounds in a row: on two saturated cores a
+# live host can miss one 1-second ping, and a takeover is no cure for a busy machine.
+_PING_MISSES_MAX = 2
+_OPEN_TIMEOUT_S = 30.0
+_NODE_RESOURCE_PREFIX = "petribill_node_"
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    """A petribill node's name: its simulated-node resource, else its Ray id prefix."""
+    for resource in node.get("Resources", {}):
+        if resource.startswith(_NODE_RESOURCE_PREFIX):
+            return str(resource[len(_NODE_RESOURCE_PREFIX) :])
+    return "node-" + str(node["NodeID"])[:10]
+
+
+class RayOps:
+    """Starts one host per alive node and answers the coordinator's questions."""
+
+    def __init__(self, *, data_dir: str, settings: dict[str, Any]) -> None:
+        self._data_dir = data_dir
+        self._settings = settings
+        self._hosts: dict[str, Any] = {}
+        self._ok: dict[str, bool] = {}
+        self._misses: dict[str, int] = {}  # node -> pings unanswered in a row
+        # (node, unit) -> epoch a live host confirmed serving. The coordinator
+        # converges every round; only opens not yet confirmed go out, so a hung
+        # host cannot stall the loop with calls it will never answer.
+        self._opened: dict[tuple[str, str], int] = {}
+
+    def alive_nodes(self) -> Mapping[str, str]:
+        alive = {node_name(n): n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+        self._probe(alive)
+        return alive
+
+    def _probe(self, alive: Mapping[str, str]) -> None:
+        """Ping every alive node's host at once; start hosts that are missing."""
+        pings = {}
+        for node, ray_id in alive.items():
+            handle = self._hosts.get(node) or self._lookup(node)
+            if handle is None:
+                handle = spawn_host(node, ray_id, data_dir=self._data_dir, settings=self._settings)
+                self._forget(node)
+                log.info("host_started", node=node)
+            self._hosts[node] = handle
+            pings[node] = handle.ping.remote()
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=_PING_TIMEOUT_S)
+        done = set(ready)
+        self._ok = {}
+        for node, ref in pings.items():
+            if ref not in done:
+                misses = self._misses[node] = self._misses.get(node, 0) + 1
+                self._ok[node] = misses < _PING_MISSES_MAX
+                if misses == _PING_MISSES_MAX:
+                    log.warning("host_unanswering", node=node, pings_missed=misses)
+                continue
+            self._misses.pop(node, None)
+            try:
+                ray.get(ref)
+                self._ok[node] = True
+            except RayActorError:
+                self._ok[node] = False
+                self._hosts.pop(node, None)
+                self._forget(node)
+
+    def _forget(self, node: str) -> None:
+        for key in [k for k in self._opened if k[0] == node]:
+            del self._opened[key]
+
+    def _lookup(self, node: str) -> Any:
+        try:
+            return ray.get_actor(host_name(node), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+    def host_ok(self, node: str) -> bool:
+        return self._ok.get(node, False)
+
+    def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
+        if self._opened.get((node, unit_id)) == epoch:
+            return
+        handle = self._hosts.get(node)
+        if handle is None or not self._ok.get(node, False) or self._misses.get(node):
+            raise UnitOpenError(f"{node}: no answering host")
+        try:
+            ray.get(handle.open_unit.remote(unit_id, epoch), timeout=_OPEN_TIMEOUT_S)
+            self._opened[(node, unit_id)] = epoch
+        except (RayActorError, GetTimeoutError) as exc:
+            raise UnitOpenError(f"{node}: {exc}") from exc
+        except Exception as exc:  # the store refused: locked, stale epoch, disk
+            stale = isinstance(getattr(exc, "cause", exc), StaleEpoch)
+            raise UnitOpenError(f"{node}: {type(exc).__name__}: {exc}", stale=stale) from exc
+
+    def close_unit(self, node: str, unit_id: str) -> None:
+        self._opened.pop((node, unit_id), None)
+        handle = self._hosts.get(node)
+        if handle is not None:
+            ray.get(handle.close_unit.remote(unit_id), timeout=_OPEN_TIMEOUT_S)
+
+    def host(self, node: str) -> Any:
+        return self._hosts.get(node)

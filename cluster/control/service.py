@@ -1,0 +1,183 @@
+"""The coordinator as a long-running service: a loop thread around :class:`Coordinator`.
+
+Runs inside a detached, named, restartable Ray actor (``actors/remote.py``).
+Its durable state is the coordinator's (control/state.json); a restarted
+service reloads it and carries on, so killing the coordinator loses nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import structlog
+
+from actors import metrics
+from actors.remote import COORDINATOR_NAME, NAMESPACE
+from cluster.control.coordinator import Coordinator
+from cluster.control.ray_ops import RayOps
+from cluster.gateway.names import gateway_handles
+
+__all__ = ["CoordinatorService", "spawn_coordinator"]
+
+log = structlog.get_logger("petribill.coordinator")
+
+#: How often the loop wakes gateways that Ray restarted (and looks for them).
+GATEWAY_CHECK_S = 1.0
+
+
+class CoordinatorService:
+    """Reconciles every ``interval_s``; answers routes and status meanwhile."""
+
+    def __init__(self, *, data_dir: str, settings: dict[str, Any], interval_s: float = 0.2) -> None:
+        self._ops = RayOps(data_dir=data_dir, settings=settings)
+        self._coordinator = Coordinator(
+            data_dir=Path(data_dir),
+            shards=int(settings["shards"]),
+            partitions=int(settings["partitions"]),
+            ops=self._ops,
+        )
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._rounds = 0
+        self._gateways_checked = 0.0
+        self._takeovers: list[float] = []
+        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    self._coordinator.reconcile()
+                    self._rounds += 1
+                    self._note_recoveries()
+                self._wake_gateways()
+            except Exception:
+                log.exception("reconcile_failed")
+            self._stop.wait(self._interval_s)
+
+    def _wake_gateways(self) -> None:
+        """Every ``GATEWAY_CHECK_S``, ask each gateway its address without waiting.
+
+        Ray restarts a dead gateway's process (``max_restarts=-1``) but a new
+        process does not serve until asked: ``address()`` starts it. A gateway that
+        serves answers at once; the answers are not awaited. The gateway of a node
+        Ray declared dead can never come back (it is pinned there): it is ended, so
+        that no call queues up for it.
+        """
+        now = time.monotonic()
+        if now < self._gateways_checked + GATEWAY_CHECK_S:
+            return
+        self._gateways_checked = now
+        alive = {n["NodeID"][:12] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+        for node, handle in gateway_handles().items():
+            if node in alive:
+                handle.address.remote()
+            else:
+                ray.kill(handle, no_restart=True)
+                log.info("gateway_ended", node=node, reason="node dead")
+
+    def _note_recoveries(self) -> None:
+        """Record how long each node failure took to be fully taken over."""
+        if self._coordinator.failover_started and self._coordinator.healthy():
+            now = time.monotonic()
+            for node, started in self._coordinator.failover_started.items():
+                self._takeovers.append(now - started)
+                metrics.takeover(now - started)
+                log.info("takeover_complete", node=node, takeover_s=round(now - started, 3))
+            self._coordinator.failover_started.clear()
+
+    def ping(self) -> int:
+        return self._rounds
+
+    def routes(self) -> dict[str, tuple[str, int]]:
+        with self._lock:
+            return {u: (r.node, r.epoch) for u, r in self._coordinator.routes().items()}
+
+    def healthy(self) -> bool:
+        with self._lock:
+            return self._coordinator.healthy()
+
+    def takeover_times(self) -> list[float]:
+        with self._lock:
+            return list(self._takeovers)
+
+    def status(self) -> dict[str, Any]:
+        """Nodes, units with owners and epochs, and the marking."""
+        with self._lock:
+            try:
+                marking = self._coordinator.marking
+            except RuntimeError:
+                return {"nodes": [], "units": [], "marking": None, "healthy": False}
+            from petri import marking_to_json
+
+            owned = {u: (n, e) for u, n, e in marking.owned()}
+            recovering = {u: (n, e) for u, n, e in marking.recovering()}
+            epochs = dict(marking.epochs())
+            units = []
+            for unit in sorted(epochs):
+                if unit in owned:
+                    state, (node, epoch) = "owned", owned[unit]
+                elif unit in recovering:
+                    state, (node, epoch) = "recovering", recovering[unit]
+                else:
+                    state, node, epoch = "free", "", epochs[unit]
+                units.append({"unit": unit, "state": state, "node": node, "epoch": epoch})
+            ray_ids = self._coordinator.node_ids()
+            nodes = [
+                {
+                    "node": name,
+                    "status": status,
+                    "ray_node_id": ray_ids.get(name, ""),
+                    "units": sum(1 for n, _e in owned.values() if n == name),
+                }
+                for name, status in marking.nodes()
+            ]
+            return {
+                "nodes": nodes,
+                "units": units,
+                "marking": marking_to_json(marking),
+                "healthy": self._coordinator.healthy(),
+                "locks_held": [list(x) for x in marking.locks_held()],
+            }
+
+    def drain(self, node: str) -> bool:
+        """Start draining ``node``; the loop migrates its units off without refusing work."""
+        with self._lock:
+            return self._coordinator.drain(node)
+
+    def undrain(self, node: str) -> bool:
+        with self._lock:
+            return self._coordinator.undrain(node)
+
+    def lock(self, unit: str, kind: str) -> bool:
+        """Take a unit's lock (``bill_run``); False while a migration holds it."""
+        with self._lock:
+            return self._coordinator.lock(unit, kind)
+
+    def unlock(self, unit: str, kind: str) -> bool:
+        with self._lock:
+            return self._coordinator.unlock(unit, kind)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: float) -> Any:
+    """Start (or find) the detached coordinator; Ray restarts it if its process dies."""
+    cls = ray.remote(CoordinatorService)
+    return cls.options(
+        name=COORDINATOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_concurrency=8,
+        num_cpus=0,
+    ).remote(data_dir=data_dir, settings=settings, interval_s=interval_s)

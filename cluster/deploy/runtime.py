@@ -1,0 +1,282 @@
+"""Starting and stopping a petribill cluster: the embedded default, or joining a Ray cluster.
+
+``Runtime.start`` brings up (or joins) Ray, starts the coordinator (which
+starts a host per node and places the units), waits until every unit is
+served, then starts one gateway per node. ``runtime.json`` in the data folder
+records what ``petribill down`` needs to stop a detached cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import structlog
+from ray.exceptions import RayActorError
+
+from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
+from cluster.config import ClusterConfig
+from cluster.control.service import spawn_coordinator
+from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay
+from cluster.gateway.names import gateway_handles
+
+__all__ = ["Runtime", "RuntimeInfo", "StartError", "read_info"]
+
+log = structlog.get_logger("petribill.runtime")
+
+RUNTIME_FILE = "runtime.json"
+
+
+class StartError(RuntimeError):
+    """Raised when the cluster does not become healthy in time; says what is missing."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RuntimeInfo:
+    """What a later ``petribill down`` or client needs to find this cluster."""
+
+    address: str
+    data_dir: str
+    gateways: list[str] = field(default_factory=list)
+    local_temp_dir: str | None = None
+    started_at_s: float = 0.0
+
+
+def connect(info: RuntimeInfo) -> None:
+    """Connect this process to the recorded cluster as a driver."""
+    if info.local_temp_dir is not None:
+        os.environ.update(LOCAL_AUTH_ENV)
+    ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
+
+
+def read_info(data_dir: Path) -> RuntimeInfo | None:
+    path = data_dir / RUNTIME_FILE
+    if not path.exists():
+        return None
+    return RuntimeInfo(**json.loads(path.read_text()))
+
+
+def settings_of(config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path) -> dict[str, Any]:
+    """The plain settings every actor is built from (they cross process boundaries)."""
+    return {
+        "shards": config.sharding.shards,
+        "partitions": config.sharding.partitions,
+        "data_dir": str(data_dir),
+        "tariffs_dir": str(tariffs_dir),
+        "cache_entries_max": config.storage.read_cache_entries_max,
+        "batch_records_max": config.batch.records_max,
+        "fence_timeout_s": config.storage.takeover_fence_timeout_ms / 1000,
+        # The [fraud] rules as a plain table (None: off); actors.engines builds the FraudConfig.
+        "fraud": None if config.fraud is None else config.fraud.mapping(),
+    }
+
+
+class Runtime:
+    """One running cluster, from this process's point of view."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        data_dir: Path,
+        tariffs_dir: Path,
+        nodes: int = 1,
+        address: str | None = None,
+        port: int | None = None,
+        gateways: bool = True,
+    ) -> None:
+        self.config = config
+        self.data_dir = data_dir.resolve()
+        self.tariffs_dir = tariffs_dir.resolve()
+        self._nodes = nodes
+        self._address = address
+        self._port = config.gateway.port if port is None else port
+        self._with_gateways = gateways
+        self.local: LocalRay | None = None
+        self.coordinator: Any = None
+        self.gateways: dict[str, Any] = {}
+        self.info: RuntimeInfo | None = None
+        self.attached = False  # attach(): a cluster this object did not start
+
+    @classmethod
+    def attach(cls, config: ClusterConfig, data_dir: Path) -> Runtime:
+        """The running cluster recorded in ``data_dir`` (``petribill up --detach``), as a
+        driver: gateways, coordinator and, for a local cluster, its nodes' processes.
+        :meth:`stop` only disconnects; the cluster goes on."""
+        info = read_info(data_dir)
+        if info is None:
+            raise StartError(f"no cluster recorded in {data_dir}/{RUNTIME_FILE}")
+        self = cls(config, data_dir=data_dir, tariffs_dir=data_dir, address=info.address)
+        connect(info)
+        self.attached = True
+        self.info = info
+        if info.local_temp_dir is not None:
+            self.local = LocalRay.reattach(
+                temp_dir=Path(info.local_temp_dir), address=info.address, config=config
+            )
+        self.coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        by_prefix = {n["NodeID"][:12]: n["NodeID"] for n in ray.nodes()}  # type: ignore[no-untyped-call]
+        for prefix, handle in gateway_handles().items():
+            if prefix in by_prefix:
+                self.gateways[by_prefix[prefix]] = handle
+        return self
+
+    def start(self, *, timeout_s: float = 120.0) -> RuntimeInfo:
+        """Start (or join) Ray and petribill's actors. If a start of a local Ray fails,
+        that Ray is stopped again, so a failed start leaves no processes behind (a
+        joined cluster is left as it is)."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            if self.local is not None:
+                if ray.is_initialized():
+                    with contextlib.suppress(Exception):
+                        stop_cluster_actors()
+                ray.shutdown()
+                self.local.shutdown()
+            raise
+
+    def _start(self, timeout_s: float) -> RuntimeInfo:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._address is None:
+            self.local = LocalRay(self._nodes, config=self.config).start()
+            address = self.local.address
+            os.environ.update(LOCAL_AUTH_ENV)
+        else:
+            address = self._address
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        settings = settings_of(self.config, data_dir=self.data_dir, tariffs_dir=self.tariffs_dir)
+        self.coordinator = spawn_coordinator(
+            data_dir=str(self.data_dir), settings=settings, interval_s=0.2
+        )
+        self.wait_healthy(timeout_s)
+        if self._with_gateways:
+            self._start_gateways(settings, timeout_s)
+        self.info = RuntimeInfo(
+            address=address,
+            data_dir=str(self.data_dir),
+            gateways=sorted(self.gateway_addresses()),
+            local_temp_dir=None if self.local is None else str(self.local.temp_dir),
+            started_at_s=time.time(),
+        )
+        (self.data_dir / RUNTIME_FILE).write_text(json.dumps(asdict(self.info), indent=1))
+        log.info("cluster_up", address=address, gateways=self.info.gateways)
+        return self.info
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._coordinator_call("healthy", timeout_s):
+                return
+            time.sleep(0.1)
+        status = self.status()
+        missing = [u["unit"] for u in status["units"] if u["state"] != "owned"]
+        raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
+
+    def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
+        from cluster.gateway.actor import spawn_gateway
+        from cluster.gateway.limits import GatewayLimits
+
+        head = ray.get_runtime_context().get_node_id()
+        alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+        alive.sort(key=lambda n: n["NodeID"] != head)  # the head's gateway takes the port
+        for index, node in enumerate(alive):
+            port = self._port if index == 0 else 0
+            self.gateways[node["NodeID"]] = spawn_gateway(
+                node_id=node["NodeID"],
+                host=self.config.gateway.host,
+                port=port,
+                settings=settings,
+                limits=GatewayLimits.from_config(self.config),
+            )
+        ready = [g.start.remote() for g in self.gateways.values()]
+        ray.get(ready, timeout=timeout_s)
+
+    def gateway_addresses(self) -> list[str]:
+        if not self.gateways:
+            return []
+        return list(ray.get([g.address.remote() for g in self.gateways.values()], timeout=30))
+
+    def status(self, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The coordinator's status, waiting out a coordinator restart."""
+        return dict(self._coordinator_call("status", timeout_s))
+
+    def _coordinator_call(self, method: str, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(getattr(self.coordinator, method).remote(), timeout=30)
+            except RayActorError:  # restarting (ActorUnavailableError) or gone
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop gateways, coordinator and hosts (closing every store), then Ray; an
+        attached cluster is only disconnected from."""
+        if self.attached:
+            ray.shutdown()
+            return
+        stop_cluster_actors()
+        ray.shutdown()
+        if self.local is not None:
+            self.local.shutdown()
+        (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        log.info("cluster_down", data_dir=str(self.data_dir))
+
+
+def stop_cluster_actors() -> None:
+    """Gracefully end petribill's detached actors in the connected Ray cluster."""
+    for gateway in _named(prefix="petribill-gateway-"):
+        _quiet(lambda g=gateway: ray.get(g.stop.remote(), timeout=10))
+        ray.kill(gateway)
+    try:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        _quiet(lambda: ray.get(coordinator.stop.remote(), timeout=10))
+        ray.kill(coordinator, no_restart=True)
+    except ValueError:
+        pass
+    for host in _named(prefix=host_name("")):
+        _quiet(lambda h=host: ray.get(h.close_all.remote(), timeout=30))
+        ray.kill(host)
+
+
+def _named(*, prefix: str) -> list[Any]:
+    handles = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix):
+            handles.append(ray.get_actor(actor["name"], namespace=NAMESPACE))
+    return handles
+
+
+def _quiet(step: Any) -> None:
+    try:
+        step()
+    except Exception as exc:  # stopping must go on past a dead actor
+        log.warning("stop_step_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def stop_detached(data_dir: Path, config: ClusterConfig) -> bool:
+    """``petribill down``: stop the cluster recorded in ``data_dir``; False if none."""
+    info = read_info(data_dir)
+    if info is None:
+        return False
+    try:
+        connect(info)
+        stop_cluster_actors()
+    except Exception as exc:
+        log.warning("cluster_unreachable", address=info.address, error=str(exc))
+    finally:
+        ray.shutdown()
+    if info.local_temp_dir is not None:
+        LocalRay.reattach(
+            temp_dir=Path(info.local_temp_dir), address=info.address, config=config
+        ).shutdown()
+    (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+    return True
