@@ -47,6 +47,13 @@ def rate_jsonl(*extra: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     return rows, last["summary"]
 
 
+def rate_jsonl_of(*files: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    result = invoke("rate", "--tariffs", TARIFFS, *files)
+    assert result.exit_code == 0, result.output
+    *rows, last = [json.loads(line) for line in result.stdout.splitlines()]
+    return rows, last["summary"]
+
+
 def data_lines(path: Path) -> int:
     """Non-blank lines that carry data: all of them in JSON Lines, all but the header in CSV."""
     count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -190,3 +197,29 @@ def test_duplicates_are_found_across_files(tmp_path: Path) -> None:
     malformed = summary["by_service"]["unreadable"]["rejected"]
     # Malformed lines are rejected in both copies; every good record repeats once.
     assert summary["duplicates"] == lines - malformed // 2
+
+
+MAX_COST_CALLS = """record_id,service,served_msisdn,record_opening_time,called_number,duration_s
+mc:premium,voice,4915100000001,2026-11-03T10:00:00+01:00,0900 1234567,3600
+mc:france,voice,4915100000001,2026-11-03T10:00:00+01:00,+33141838292,10000
+mc:short,voice,4915100000001,2026-11-03T10:00:00+01:00,+33141838292,60
+"""
+
+
+def test_max_cost_flags_are_written(tmp_path: Path) -> None:
+    """Past a rate's max_cost, `disconnect` rates the call in full and says so, `cap` charges
+    max_cost and says `capped` (docs/tariffs.md); a call under it carries neither flag."""
+    calls = tmp_path / "calls.csv"
+    calls.write_text(MAX_COST_CALLS)
+    rows, _ = rate_jsonl_of(calls)
+    by_id = {row["record_id"]: row for row in rows}
+    premium, france, short = by_id["mc:premium"], by_id["mc:france"], by_id["mc:short"]
+    # V_PREMIUM: 0.50 + 60 min x 1.99 = 119.90, past its max_cost 30.00 (disconnect).
+    assert premium["amount"] == "119.9000" and premium["disconnect"] is True
+    assert "capped" not in premium
+    # V_INT_Z1: 10 000 s x 0.19/min = 31.67, capped at 20.00.
+    assert france["amount"] == "20.0000" and france["capped"] is True
+    assert "disconnect" not in france
+    assert "capped" not in short and "disconnect" not in short
+    table = invoke("rate", "--tariffs", TARIFFS, "--format", "table", calls).stdout
+    assert "over max_cost: disconnect" in table and "capped at max_cost" in table

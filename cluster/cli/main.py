@@ -213,8 +213,11 @@ def outcome_json(outcome: Outcome, catalogue: Catalogue) -> dict[str, Any]:
         "time_band": outcome.time_band,
         "usage_class": outcome.usage_class,
     }
+    # The max-cost flags of docs/tariffs.md: charged max_cost, or charged in full past it.
     if outcome.capped:
         result["capped"] = True
+    if outcome.disconnect:
+        result["disconnect"] = True
     sponsor = catalogue.sponsor_for(outcome.usage_class)
     if sponsor is not None:
         result["sponsor"] = sponsor.sponsor_id

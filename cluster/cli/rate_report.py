@@ -83,6 +83,10 @@ def _what(row: dict[str, Any]) -> str:
         parts = [row.get("destination") or row["usage_class"], row.get("time_band")]
         if row.get("sponsor"):
             parts.append(f"sponsor {row['sponsor']}")
+        if row.get("capped"):
+            parts.append("capped at max_cost")
+        if row.get("disconnect"):
+            parts.append("over max_cost: disconnect")
         return " · ".join(p for p in parts if p)
     if row["outcome"] == "duplicate":
         first = row["duplicate_of"]
