@@ -223,3 +223,36 @@ def test_max_cost_flags_are_written(tmp_path: Path) -> None:
     assert "capped" not in short and "disconnect" not in short
     table = invoke("rate", "--tariffs", TARIFFS, "--format", "table", calls).stdout
     assert "over max_cost: disconnect" in table and "capped at max_cost" in table
+
+
+@pytest.mark.parametrize("terminal", ["0", "1"])
+def test_table_prints_every_value_whole_whatever_the_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: str
+) -> None:
+    """--format table in 40 columns, to a pipe or a terminal, with a long path, long ids and
+    a '[' in a raw value: every id, file:line, amount and reject message is on one line."""
+    folder = tmp_path.joinpath(*["a-rather-long-folder-name-for-cdrs"] * 6)
+    folder.mkdir(parents=True)
+    cdrs = folder / "night-of-the-third-of-november-from-the-backup-switch.csv"
+    long_id = "msc01:" + "7" * 100
+    cdrs.write_text(
+        MAX_COST_CALLS
+        + f"{long_id},voice,4915100000001,2026-11-03T10:00:00+01:00,030 2123456,65\n"
+        + "mc:bad,voice,4915100000001,2026-11-03T10:00:00+01:00,030 2123456,[five]\n"
+    )
+    rows, summary = rate_jsonl_of(cdrs)
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.setenv("TTY_COMPATIBLE", terminal)
+    result = invoke("rate", "--tariffs", TARIFFS, "--format", "table", cdrs)
+    assert result.exit_code == 0, result.output
+    table = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    assert "…" not in table
+    for row in rows:
+        assert row["record_id"] in table
+        assert f"{cdrs.name}:{row['line']}" in table
+        if row["outcome"] == "rated":
+            assert f"{row['amount']} {row['currency']}" in table
+        else:
+            assert row["error"]["message"] in table, row
+    assert "got '[five]'" in table
+    assert f"{summary['amount']['EUR']} EUR" in table

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from cluster.cli.console import make_console
 from cluster.config import ClusterConfig, load_config
 from cluster.config import ConfigError as ClusterConfigError
 
@@ -149,7 +149,7 @@ def status(as_json: bool, data_dir: Path) -> None:
     if as_json:
         click.echo(json.dumps(found))
         return
-    console = Console()
+    console = make_console()
     nodes = Table(title="nodes")
     for column in ("node", "status", "units", "ray node id", "metrics"):
         nodes.add_column(column)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TextIO
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -19,6 +18,7 @@ from billing.money import format_amount
 from billing.preprocess import Conflict, Duplicate, Reconciliation
 from billing.rated import RatedRecord, RatingFailure
 from billing.readers import Reject
+from cluster.cli.console import make_console
 
 __all__ = ["UNREADABLE", "Tally", "render_table"]
 
@@ -96,8 +96,12 @@ def _what(row: dict[str, Any]) -> str:
 
 
 def render_table(rows: list[dict[str, Any]], summary: dict[str, Any], out: TextIO) -> None:
-    """Print the outcomes and the summary as rich tables for a person."""
-    console = Console(file=out, width=max(Console(file=out).width, 140))
+    """Print the outcomes and the summary as rich tables for a person.
+
+    Every cell is whole (see :mod:`cluster.cli.console`) and plain text: a ``[``
+    in a reject's raw value is printed, not read as markup.
+    """
+    console = make_console(file=out)
     table = Table(title="Rated usage", show_lines=False, header_style="bold")
     for name, justify in [
         ("record", "left"),
@@ -109,10 +113,10 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, Any], out: TextI
         ("amount", "right"),
         ("rate / reason", "left"),
     ]:
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         rated = row["outcome"] == "rated"
-        table.add_row(
+        cells = (
             row.get("record_id") or "—",
             f"{Path(row['file'] or '?').name}:{row['line']}",
             row.get("service", "—"),
@@ -121,8 +125,8 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, Any], out: TextI
             str(row["billed_units"]) if rated else "",
             f"{row['amount']} {row['currency']}" if rated else "",
             _what(row),
-            style=_STYLE[row["outcome"]],
         )
+        table.add_row(*map(Text, cells), style=_STYLE[row["outcome"]])
     console.print(table)
 
     totals = Table(title="Summary", header_style="bold")
@@ -134,9 +138,9 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, Any], out: TextI
 
     for service, entry in summary["by_service"].items():
         totals.add_row(
-            service,
-            *(str(entry[k]) for k in ("received", "rated", "rejected", "duplicates")),
-            amount(entry["amount"]),
+            Text(service),
+            *(Text(str(entry[k])) for k in ("received", "rated", "rejected", "duplicates")),
+            Text(amount(entry["amount"])),
         )
     totals.add_row(
         Text("total", style="bold"),

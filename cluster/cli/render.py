@@ -2,8 +2,9 @@
 
 Amounts are shown in currency units with the system's four decimals (never
 rounded away), usage in the units a bill uses (minutes, SMS, MB), times in
-UTC. Tables go through rich; when output is not a terminal the console is
-120 columns wide so tables stay readable in logs and CI.
+UTC. Tables go through rich, on a :class:`cluster.cli.console.WholeConsole`: no
+value is wrapped or cut, whatever the terminal's width. Values from the cluster
+are escaped, so a ``[`` in a detail or an id is printed, not read as markup.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 from petribill.v1 import accounts_pb2, admin_pb2, billing_pb2, common_pb2, notifications_pb2
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from billing.money import format_amount
+from cluster.cli.console import make_console
 from cluster.cli.ingest import AccountSpec, FileReport
 from cluster.client import PetribillError
 
@@ -40,15 +43,8 @@ __all__ = [
     "when_text",
 ]
 
-_WIDTH_NOT_A_TERMINAL = 120
 _MODES = {0: "-", 1: "prepaid", 2: "postpaid", 3: "hybrid"}
 _SERVICES = {0: "-", 1: "voice", 2: "sms", 3: "data", 4: "content"}
-
-
-def make_console(*, stderr: bool = False) -> Console:
-    """A console that is wide enough for the tables when output goes to a file or pipe."""
-    probe = Console(stderr=stderr)
-    return Console(stderr=stderr, width=None if probe.is_terminal else _WIDTH_NOT_A_TERMINAL)
 
 
 def parse_when(text: str) -> int:
@@ -110,8 +106,8 @@ def show_balances(
     for index, balance in enumerate(balances):
         mode = [modes[index]] if modes else []
         table.add_row(
-            balance.account_id,
-            *mode,
+            escape(balance.account_id),
+            *map(escape, mode),
             *(format_amount(getattr(balance, name).micros) for name in _BALANCE_COLUMNS),
         )
     c.print(table)
@@ -124,9 +120,9 @@ def show_bundles(c: Console, balance: accounts_pb2.Balance) -> None:
     for b in balance.bundles:
         service = b.usage_class.split(".")[0]
         table.add_row(
-            b.bundle_id,
-            b.usage_class,
-            b.cycle_id,
+            escape(b.bundle_id),
+            escape(b.usage_class),
+            escape(b.cycle_id),
             units_text(service, b.used_units),
             units_text(service, b.granted_units),
         )
@@ -136,11 +132,13 @@ def show_bundles(c: Console, balance: accounts_pb2.Balance) -> None:
 
 def show_account(c: Console, account: accounts_pb2.Account) -> None:
     limit = money_text(account.credit_limit) if account.HasField("credit_limit") else "none"
+    status = accounts_pb2.AccountStatus.Name(account.status).removeprefix("ACCOUNT_STATUS_")
     c.print(
-        f"[bold]{account.account_id}[/]: {_MODES.get(account.payment_mode, '?')}, plan "
-        f"{account.plan_id}, {account.currency}, "
-        f"{accounts_pb2.AccountStatus.Name(account.status).removeprefix('ACCOUNT_STATUS_').lower()}"
-        f", credit limit {limit}; MSISDNs {', '.join(account.msisdns) or '-'}"
+        f"[bold]{escape(account.account_id)}[/]: {_MODES.get(account.payment_mode, '?')}, plan "
+        + escape(
+            f"{account.plan_id}, {account.currency}, {status.lower()}, credit limit {limit}; "
+            f"MSISDNs {', '.join(account.msisdns) or '-'}"
+        )
     )
     show_balances(c, [account.balance])
     show_bundles(c, account.balance)
@@ -153,20 +151,22 @@ def show_loaded_accounts(
     for spec, result in results:
         if isinstance(result, PetribillError):
             table.add_row(
-                spec.account_id,
+                escape(spec.account_id),
                 "-",
-                spec.plan_id,
+                escape(spec.plan_id),
                 str(len(spec.msisdns)),
-                f"[red]{result.code.name}: {result.details}[/]",
+                f"[red]{escape(f'{result.code.name}: {result.details}')}[/]",
             )
         else:
             table.add_row(
-                result.account_id,
+                escape(result.account_id),
                 _MODES.get(result.payment_mode, "?"),
-                result.plan_id,
-                f"{len(result.msisdns)} ({result.msisdns[0]}…)"
-                if len(result.msisdns) > 1
-                else ", ".join(result.msisdns),
+                escape(result.plan_id),
+                escape(
+                    f"{len(result.msisdns)} ({result.msisdns[0]}…)"
+                    if len(result.msisdns) > 1
+                    else ", ".join(result.msisdns)
+                ),
                 "ok",
             )
     c.print(table)
@@ -174,7 +174,7 @@ def show_loaded_accounts(
 
 def show_usage(c: Console, account_id: str, lines: Sequence[accounts_pb2.UsageLine]) -> None:
     table = _table(
-        f"Usage of {account_id} (newest first)",
+        f"Usage of {escape(account_id)} (newest first)",
         "record",
         "charged at",
         "service",
@@ -188,14 +188,14 @@ def show_usage(c: Console, account_id: str, lines: Sequence[accounts_pb2.UsageLi
     for line in lines:
         service = _SERVICES.get(line.service, "?")
         table.add_row(
-            line.record_id,
+            escape(line.record_id),
             when_text(line.at_s),
             service,
-            line.usage_class,
+            escape(line.usage_class),
             units_text(service, line.units),
             units_text(service, line.bundle_units) if line.bundle_units else "",
             money_text(line.amount),
-            line.sponsored_by,
+            escape(line.sponsored_by),
         )
     c.print(table)
 
@@ -206,20 +206,21 @@ def show_payment(
     """A payment's allocations (``amount`` given), or what a reversal took back."""
     currency = answer.credit.currency
     if amount is not None:
-        c.print(f"{account_id}: payment {answer.request_id} of {amount} {currency}".rstrip())
+        paid = f"{account_id}: payment {answer.request_id} of {amount} {currency}".rstrip()
+        c.print(escape(paid))
     else:
-        c.print(f"{account_id}: reversal {answer.request_id}")
+        c.print(escape(f"{account_id}: reversal {answer.request_id}"))
     column = "allocated" if amount is not None else "taken back"
     table = _table("", "invoice", column, right=(column,))
     for allocation in answer.allocations:
-        table.add_row(allocation.invoice_id, money_text(allocation.amount))
+        table.add_row(escape(allocation.invoice_id), money_text(allocation.amount))
     table.add_row("[italic]account credit[/]", money_text(answer.credit))
     c.print(table)
 
 
 def show_bill_run(c: Console, final: billing_pb2.BillRunProgress) -> None:
     c.print(
-        f"bill run {final.cycle_id}: {final.accounts_done} accounts, "
+        f"bill run {escape(final.cycle_id)}: {final.accounts_done} accounts, "
         f"{final.invoices_issued} invoices issued, {money_text(final.invoiced_total)} invoiced"
         + ("" if final.finished else " [red](not finished)[/]")
     )
@@ -229,12 +230,13 @@ def show_invoices(
     c: Console, account_id: str, found: Sequence[billing_pb2.Invoice], *, lines: bool = True
 ) -> None:
     if not found:
-        c.print(f"{account_id}: no invoices")
+        c.print(escape(f"{account_id}: no invoices"))
     for invoice in found:
         status = billing_pb2.InvoiceStatus.Name(invoice.status).removeprefix("INVOICE_STATUS_")
         c.print(
-            f"[bold]{invoice.invoice_id}[/] ({invoice.account_id}, cycle {invoice.cycle_id}): "
-            f"{status.lower().replace('_', ' ')}, issued {when_text(invoice.issued_at_s)}, "
+            f"[bold]{escape(invoice.invoice_id)}[/] "
+            + escape(f"({invoice.account_id}, cycle {invoice.cycle_id}): ")
+            + f"{status.lower().replace('_', ' ')}, issued {when_text(invoice.issued_at_s)}, "
             f"due {when_text(invoice.due_at_s)}"
         )
         table = _table("", "kind", "description", "usage", "amount", right=("usage", "amount"))
@@ -243,7 +245,9 @@ def show_invoices(
                 usage = units_text(line.service, line.units) if line.service else ""
                 if line.count:
                     usage = f"{line.count} records, {usage}" if usage else str(line.count)
-                table.add_row(line.kind, line.description, usage, money_text(line.amount))
+                table.add_row(
+                    escape(line.kind), escape(line.description), usage, money_text(line.amount)
+                )
             table.add_section()
         table.add_row("", "[bold]total[/]", "", f"[bold]{money_text(invoice.total)}[/]")
         table.add_row("", "paid", "", money_text(invoice.paid))
@@ -271,12 +275,12 @@ def show_notifications(c: Console, found: Sequence[notifications_pb2.Notificatio
     for note in found:
         kind = notifications_pb2.NotificationKind.Name(note.kind)
         table.add_row(
-            note.account_id,
+            escape(note.account_id),
             when_text(note.at_s),
             kind.removeprefix("NOTIFICATION_KIND_").lower(),
-            note.cycle_id,
-            note.subject,
-            _note_data(note.data),
+            escape(note.cycle_id),
+            escape(note.subject),
+            escape(_note_data(note.data)),
         )
     c.print(table)
 
@@ -285,7 +289,7 @@ def show_rejects(c: Console, found: Sequence[admin_pb2.Reject]) -> None:
     table = _table("Reject store (newest first)", "record", "reason", "detail", "source")
     for reject in found:
         source = f"{reject.source_file}:{reject.source_line}" if reject.source_file else ""
-        table.add_row(reject.record_id, reject.reason, reject.detail, source)
+        table.add_row(*map(escape, (reject.record_id, reject.reason, reject.detail, source)))
     c.print(table)
     c.print(f"{len(found)} rejects")
 
@@ -297,7 +301,7 @@ def show_reconciliation(c: Console, answer: admin_pb2.ReconcileResponse) -> None
         f"records received {answer.received} = rated {answer.rated} + rejected "
         f"{answer.rejected} + duplicates {answer.duplicates} ({counted}); ledger total "
         f"{money_text(answer.ledger_total)}: {ok}"
-        + ("" if answer.detail in ("", "balanced") else f" ({answer.detail})")
+        + ("" if answer.detail in ("", "balanced") else escape(f" ({answer.detail})"))
     )
 
 
@@ -329,7 +333,7 @@ def show_ingest_reports(
         if index == len(reports):
             table.add_section()
         table.add_row(
-            Path(report.file).name,
+            escape(Path(report.file).name),
             str(report.lines),
             str(report.rated),
             str(report.charged_as_debt),
@@ -337,7 +341,7 @@ def show_ingest_reports(
             str(report.rejected),
             str(report.duplicates),
             str(report.conflicts),
-            report.amounts_text(),
+            escape(report.amounts_text()),
             "[green]ok[/]" if report.balanced else "[red]MISMATCH[/]",
         )
     c.print(table)
@@ -355,12 +359,9 @@ def show_ingest_reports(
         )
         for line in lines[:rejects_shown]:
             rejected.add_row(
-                Path(line.file).name,
+                escape(Path(line.file).name),
                 str(line.line or ""),
-                line.record_id or "",
-                line.stage,
-                line.reason,
-                line.detail,
+                *map(escape, (line.record_id or "", line.stage, line.reason, line.detail)),
             )
         c.print(rejected)
         if len(lines) > rejects_shown:
