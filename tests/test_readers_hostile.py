@@ -187,3 +187,65 @@ def test_large_files_stream_in_bounded_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert count == lines
     assert peak < 1_000_000, f"peak {peak} bytes for a {path.stat().st_size}-byte file"
+
+
+# One line per service, each carrying the integer fields its service allows.
+_BY_FIELD = {
+    "duration_s": GOOD,
+    "record_opening_time": GOOD,
+    "sms_count": {**GOOD, "service": "sms", "duration_s": None, "sms_count": 2},
+    **{
+        name: {
+            **GOOD,
+            "service": "data",
+            "called_number": None,
+            "duration_s": None,
+            "uplink_bytes": 1,
+            "downlink_bytes": 2,
+            "rating_group": 10,
+        }
+        for name in ("uplink_bytes", "downlink_bytes", "rating_group")
+    },
+}
+
+
+def _in_three_forms(
+    fields: dict[str, object], name: str, digits: str
+) -> list[Reject | UsageRecord]:
+    """``fields`` with ``name`` = ``digits``: a CSV cell, a JSON integer, a JSON string."""
+    given = {key: value for key, value in fields.items() if value is not None}
+    given[name] = "@@"
+    header = ",".join(given)
+    cells = ",".join(str(value) for value in given.values()).replace("@@", digits)
+    csv_items = list(
+        parse_csv(read_lines(io.BytesIO(f"{header}\n{cells}\n".encode())), source="h.csv")
+    )
+    as_json = json.dumps(given)
+    lines = [as_json.replace('"@@"', digits), as_json.replace("@@", digits)]
+    data = "\n".join(lines).encode()
+    return csv_items + jsonl(data, max_line_bytes=200_000)
+
+
+@pytest.mark.parametrize("name", sorted(_BY_FIELD))
+@pytest.mark.parametrize(
+    "digits", ["1" + "0" * 30, "9" * 21, "9" * 5_000], ids=["10^30", "21 nines", "5000 digits"]
+)
+def test_huge_numbers_are_out_of_range_in_both_formats(name: str, digits: str) -> None:
+    """10^30 (and 5 000 digits) in an integer field is out_of_range naming the field, alike
+    as a CSV cell, a JSON integer and a JSON string of digits (docs/cdr-format.md)."""
+    items = _in_three_forms(_BY_FIELD[name], name, digits)
+    assert len(items) == 3
+    for item in items:
+        assert isinstance(item, Reject), item
+        assert (item.code, item.field) == (RejectCode.OUT_OF_RANGE, name), item
+        assert len(item.message) < 200
+
+
+@pytest.mark.parametrize("name", sorted(set(_BY_FIELD) - {"record_opening_time"}))
+def test_leading_zeros_do_not_make_a_number_huge(name: str) -> None:
+    """Digits with 30 leading zeros are the number they write, in CSV and as a JSON string."""
+    items = _in_three_forms(_BY_FIELD[name], name, "0" * 30 + "7")
+    csv_item, _json_integer, json_string = items  # 00…07 is not a JSON integer
+    for item in (csv_item, json_string):
+        assert isinstance(item, UsageRecord), item
+        assert getattr(item, name) == 7

@@ -13,7 +13,14 @@ from decimal import Decimal
 
 from billing.readers.lines import RawLine, Reject, decode, make_reject
 from billing.readers.schema import COMMON_REQUIRED, FIELDS, Options, build_record, make_options
-from billing.readers.values import FieldError, OverlongInteger, RejectCode, parse_record_id, show
+from billing.readers.values import (
+    SIGNIFICANT_DIGITS_MAX,
+    FieldError,
+    OverlongInteger,
+    RejectCode,
+    parse_record_id,
+    show,
+)
 from billing.records import UsageRecord
 
 __all__ = ["parse_csv", "parse_jsonl"]
@@ -111,9 +118,9 @@ def _refuse_constant(name: str) -> object:
 
 
 def _parse_int(text: str) -> int | OverlongInteger:
-    # Huge integers would cost quadratic time to convert, and Python refuses
-    # beyond 4300 digits: keep their digits so the field check rejects them.
-    return int(text) if len(text) <= 20 else OverlongInteger(text)
+    # Huge integers are never converted (see SIGNIFICANT_DIGITS_MAX): keep their
+    # digits so the field check rejects them as out of range.
+    return int(text) if len(text) <= SIGNIFICANT_DIGITS_MAX else OverlongInteger(text)
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

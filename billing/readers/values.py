@@ -39,6 +39,10 @@ OPENING_TIME_MIN_S: Final = 946_684_800
 OPENING_TIME_MAX_S: Final = 4_102_444_800 - 1
 
 DIGITS = re.compile(r"[0-9]+", re.ASCII)
+# More significant digits than any bound has (2**64 has 20). Longer runs of digits are
+# out of range without being converted: that costs quadratic time, and Python refuses
+# beyond 4300 digits.
+SIGNIFICANT_DIGITS_MAX: Final = 20
 _ID = re.compile(r"[\x21-\x7e]{1,128}", re.ASCII)
 _NUMBER_SEPARATORS = str.maketrans("", "", " -/")
 _TRUE = frozenset({"true", "1", "yes"})
@@ -131,7 +135,8 @@ def parse_opening_time(value: str | int, *, naive_zone: ZoneInfo | None = None) 
     if isinstance(value, int):
         seconds = value
     elif DIGITS.fullmatch(value):
-        seconds = int(value) if len(value) <= 16 else OPENING_TIME_MAX_S * 10**6
+        found = digits_value(value)
+        seconds = OPENING_TIME_MAX_S * 10**6 if found is None else found
     else:
         text = value.strip()
         if len(text) > 64 or not any(sep in text for sep in "Tt "):
@@ -177,6 +182,12 @@ def _localise(moment: datetime, zone: ZoneInfo | None, value: str) -> datetime:
     return early
 
 
+def digits_value(digits: str) -> int | None:
+    """The value of a string of ASCII digits; ``None`` past :data:`SIGNIFICANT_DIGITS_MAX`."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= SIGNIFICANT_DIGITS_MAX else None
+
+
 def absent(value: object) -> bool:
     return value is None or value == ""
 
@@ -189,12 +200,14 @@ def parse_text(name: str, value: object) -> str:
 
 def parse_integer(name: str, value: object) -> int:
     low, high = INT_BOUNDS[name]
-    if isinstance(value, str) and DIGITS.fullmatch(value) and len(value) <= 20:
-        number = int(value)
+    if isinstance(value, OverlongInteger):
+        number = high + 1
+    elif isinstance(value, str) and DIGITS.fullmatch(value):
+        # A CSV cell or a JSON string of digits: as out of range as the JSON integer.
+        found = digits_value(value)
+        number = high + 1 if found is None else found
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, OverlongInteger):
-        number = high + 1
     else:
         raise FieldError(
             RejectCode.BAD_VALUE, f"must be a non-negative integer, got {show(value)}", name
