@@ -256,3 +256,31 @@ def test_table_prints_every_value_whole_whatever_the_width(
             assert row["error"]["message"] in table, row
     assert "got '[five]'" in table
     assert f"{summary['amount']['EUR']} EUR" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragment"),
+    [
+        (("rate", "--tariffs", TARIFFS, "/nope.csv"), 2, "File '/nope.csv' does not exist"),
+        (("rate", SAMPLE_FILES[0]), 2, "Missing option '--tariffs'"),
+        (("rate", "--tarifs", TARIFFS, SAMPLE_FILES[0]), 2, "Did you mean '--tariffs'?"),
+        (("rate", "--tariffs", TARIFFS, "--format", "xml", SAMPLE_FILES[0]), 2, "'xml'"),
+        (("frobnicate",), 2, "No such command 'frobnicate'"),
+        (("--log-level", "chatty", "demo"), 2, "unknown log level"),
+        (("accounts", "show"), 2, "See 'petribill accounts show --help'"),
+        (("status", "--bogus"), 2, "No such option '--bogus'"),
+        (("up", "--nodes", "x"), 2, "'x' is not a valid integer"),
+        (("down", "--data", "{tmp}"), 1, "no cluster recorded in"),
+    ],
+)
+def test_every_command_error_is_one_line(
+    args: tuple[str | Path, ...], exit_code: int, fragment: str, tmp_path: Path
+) -> None:
+    """A usage error of any command (a missing file or option, an unknown command or
+    option, a bad value) is one line `petribill: error: ...` on stderr with exit code 2;
+    a command's own failure is one line too, with its exit code."""
+    result = invoke(*(str(a).replace("{tmp}", str(tmp_path)) for a in args))
+    assert result.exit_code == exit_code, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("petribill: error: ") and fragment in line, line
+    assert result.stdout == ""

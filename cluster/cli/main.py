@@ -5,6 +5,10 @@ a bounded window, records rated in batches, and one JSON object printed per
 input line as soon as its batch is rated, then a summary. Exit codes: 0 when
 the files were processed (rejects are data, not failure), 2 for a usage or
 configuration error, with a one-line message and no traceback.
+
+Every command of the group, its own and those registered by other packages,
+ends an error the same way: one line ``petribill: error: ...`` on stderr (see
+:class:`PetribillGroup`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from itertools import chain
 from pathlib import Path
@@ -42,8 +47,8 @@ Outcome = Reject | Duplicate | Conflict | RatedRecord | RatingFailure
 log = structlog.get_logger()
 
 
-class ConfigError(click.ClickException):
-    """A bad option, tariff folder or subscriber file: exit code 2, message only."""
+class CommandError(click.ClickException):
+    """A usage or configuration error: one line ``petribill: error: ...``, exit code 2."""
 
     exit_code = 2
 
@@ -51,7 +56,67 @@ class ConfigError(click.ClickException):
         click.echo(f"petribill: error: {self.format_message()}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandFailed(CommandError):
+    """A command that could not do its work (no cluster recorded, say): exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(CommandError):
+    """A bad option, tariff folder or subscriber file: exit code 2, message only."""
+
+
+def _command_path(ctx: click.Context | None) -> str:
+    """``petribill rate``: the command a context belongs to, as a user types it."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["petribill", *reversed(names)])
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # `petribill` alone, or a group alone (`petribill accounts`): its help
+    except click.UsageError as exc:
+        message = f"{exc.format_message()} See '{_command_path(exc.ctx)} --help'."
+        raise CommandError(" ".join(message.split())) from None
+    except click.ClickException as exc:
+        if type(exc).show is not click.ClickException.show:
+            raise  # it prints itself (ConfigError, the client commands' errors)
+        kind = CommandError if exc.exit_code == CommandError.exit_code else CommandFailed
+        raise kind(" ".join(exc.format_message().split())) from None
+
+
+class PetribillGroup(click.Group):
+    """The ``petribill`` group: a usage error of any command is one line, exit code 2.
+
+    Click prints a usage error as three lines (usage, a hint, the error) and a
+    plain ``ClickException`` as ``Error: ...``. Parsing the group's options,
+    finding the command, parsing its options and running it all happen below
+    :meth:`make_context` and :meth:`invoke`, so every command, whoever
+    registered it, ends with ``petribill: error: <message>`` on stderr instead.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_errors():
+            return super().invoke(ctx)
+
+
+@click.group(cls=PetribillGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
     default="WARNING",
