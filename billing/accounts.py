@@ -32,6 +32,7 @@ from billing.history import UsageHistory
 from billing.idempotency import Mark, mark
 from billing.invariant import invariant
 from billing.ledger import Book, Entry, account_key, is_valid_account_id
+from billing.money import is_currency_code
 from billing.outcome import (
     CHARGED_RESULTS,
     NO_EFFECTS,
@@ -121,7 +122,7 @@ class Account:
 
     def __post_init__(self) -> None:
         invariant(is_valid_account_id(self.account_id), f"bad account id {self.account_id!r}")
-        invariant(len(self.currency) == 3 and self.currency.isupper(), "currency: ISO 4217 code")
+        invariant(is_currency_code(self.currency), "currency: ISO 4217 code")
         invariant(self.credit_limit is None or self.credit_limit >= 0, "credit limit >= 0")
 
     def plan_at(self, t_s: int) -> str | None:

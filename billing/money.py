@@ -26,6 +26,7 @@ __all__ = [
     "MoneyParseError",
     "RoundingMode",
     "format_amount",
+    "is_currency_code",
     "parse_amount",
     "round_scaled",
 ]
@@ -41,6 +42,15 @@ class RoundingMode(enum.StrEnum):
     DOWN = "down"
     HALF_UP = "half_up"
     HALF_EVEN = "half_even"
+
+
+def is_currency_code(text: str) -> bool:
+    """Whether ``text`` has the form of an ISO 4217 currency code: three ASCII capitals (EUR).
+
+    The one currency check of petribill. ``str.isupper`` alone would pass
+    ``"A1B"`` and ``"ÄÖÜ"``; the code list itself changes, so it is not checked.
+    """
+    return len(text) == 3 and text.isascii() and text.isalpha() and text.isupper()
 
 
 class MoneyParseError(ValueError):
@@ -129,7 +139,7 @@ class Money:
     def __post_init__(self) -> None:
         invariant(isinstance(self.micros, int), f"Money needs an int, got {self.micros!r}")
         invariant(
-            len(self.currency) == 3 and self.currency.isupper(),
+            is_currency_code(self.currency),
             f"currency must be an ISO 4217 code, got {self.currency!r}",
         )
 

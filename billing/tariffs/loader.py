@@ -12,7 +12,7 @@ import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 
-from billing.money import RoundingMode
+from billing.money import RoundingMode, is_currency_code
 from billing.tariffs.errors import Loc, TariffError
 from billing.tariffs.fields import (
     as_table,
@@ -67,7 +67,7 @@ def _settings(entry: Entry) -> Settings:
     table, loc = entry.table, entry.loc
     check_keys(table, loc, ("name", "currency", "timezone", "default_plan", "rounding", "decimals"))
     currency = get_str(table, "currency", loc)
-    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+    if not is_currency_code(currency):
         raise loc.key("currency").error(f"expected an ISO 4217 code such as EUR, got {currency!r}")
     timezone = get_str(table, "timezone", loc)
     load_zone(timezone, loc.key("timezone"))
