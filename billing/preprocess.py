@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Final, TypeVar
 
 from billing.invariant import invariant
-from billing.records import UsageRecord
+from billing.records import CONTENT_FIELDS, UsageRecord
 
 __all__ = [
     "CONTENT_FIELDS",
@@ -31,26 +31,12 @@ __all__ = [
     "Duplicate",
     "DuplicateWindow",
     "Reconciliation",
+    "differing_fields",
     "remove_duplicates",
 ]
 
 # About 300 to 400 bytes per remembered record: 100 000 ids cost some 40 MB.
 DEFAULT_WINDOW_RECORDS: Final = 100_000
-
-# The names of the values in UsageRecord.content_key(), in its order.
-CONTENT_FIELDS: Final = (
-    "service",
-    "served_msisdn",
-    "record_opening_time_s",
-    "called_number",
-    "duration_s",
-    "sms_count",
-    "uplink_bytes",
-    "downlink_bytes",
-    "rating_group",
-    "content_item_id",
-    "roaming",
-)
 
 
 def _where(record: UsageRecord) -> str:
@@ -91,7 +77,8 @@ class Conflict:
         )
 
 
-def _differing(record: UsageRecord, first: UsageRecord) -> tuple[str, ...]:
+def differing_fields(record: UsageRecord, first: UsageRecord) -> tuple[str, ...]:
+    """The names of the content fields in which ``record`` and ``first`` differ."""
     names = tuple(name for name in CONTENT_FIELDS if getattr(record, name) != getattr(first, name))
     # content_key() may grow a field before CONTENT_FIELDS learns its name.
     return names or ("content",)
@@ -125,7 +112,7 @@ class DuplicateWindow:
         if first is not None:
             if first.content_key() == record.content_key():
                 return Duplicate(record=record, first=first)
-            return Conflict(record=record, first=first, fields=_differing(record, first))
+            return Conflict(record=record, first=first, fields=differing_fields(record, first))
         self._seen[record.record_id] = record
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

@@ -13,6 +13,7 @@ import pytest
 
 from billing.rated import RejectReason
 from billing.readers import (
+    FIELDS,
     FieldError,
     Reject,
     RejectCode,
@@ -129,6 +130,15 @@ def test_every_service_reads_in_both_formats_identically() -> None:
     from_json = only_records(jsonl_items(*json_lines))
     assert [unplaced(r) for r in from_csv] == [unplaced(r) for r in from_json]
     assert [r.units for r in from_csv] == [65, 2, 1048576 + 20971520, 1]
+
+
+def test_a_file_carries_every_field_of_a_record_but_its_provenance() -> None:
+    """The columns (JSON keys) are the record's id and content fields, under the record's
+    names but for the opening time, which a file writes without a unit."""
+    record_fields = [f.name for f in dataclasses.fields(UsageRecord)]
+    assert [c.replace("record_opening_time", "record_opening_time_s") for c in FIELDS] == [
+        name for name in record_fields if name not in ("source_file", "source_line")
+    ]
 
 
 def test_json_values_may_be_written_as_their_csv_text() -> None:

@@ -24,24 +24,14 @@ from billing.readers.values import (
     parse_text,
     show,
 )
-from billing.records import Service, UsageRecord
+from billing.records import CONTENT_FIELDS, Service, UsageRecord
 
 __all__ = ["FIELDS", "Options", "build_record", "make_options"]
 
-FIELDS: Final = (
-    "record_id",
-    "service",
-    "served_msisdn",
-    "record_opening_time",
-    "called_number",
-    "duration_s",
-    "sms_count",
-    "uplink_bytes",
-    "downlink_bytes",
-    "rating_group",
-    "content_item_id",
-    "roaming",
-)
+# A file names the record's fields as UsageRecord does, but for the opening time: it is
+# ISO 8601 or epoch seconds there, so its column carries no unit.
+_COLUMN_OF: Final = {"record_opening_time_s": "record_opening_time"}
+FIELDS: Final = ("record_id", *(_COLUMN_OF.get(name, name) for name in CONTENT_FIELDS))
 COMMON_REQUIRED: Final = ("record_id", "service", "served_msisdn", "record_opening_time")
 # Per service: (required, optional) fields beyond the common ones and ``roaming``.
 SERVICE_FIELDS: Final[dict[Service, tuple[tuple[str, ...], tuple[str, ...]]]] = {
