@@ -107,8 +107,6 @@ __all__ = [
     "top_up",
 ]
 
-_Batch = ChargeBatch  # the general path's former name, kept for callers of the first version
-
 # What the inline path needs to know of a (plan, plan version, usage class) in one cycle:
 # the usage-totals key ``(cycle_id, usage_class)``; the bundles in consumption order as
 # ``((cycle_id, bundle_id), bundle_id, allowance, bundle reminder keys)``; and whether the
