@@ -34,6 +34,7 @@ from billing.readers.values import FieldError, RejectCode, normalise_number, par
 from billing.records import UsageRecord
 
 __all__ = [
+    "CDR_SUFFIXES",
     "DEFAULT_MAX_LINE_BYTES",
     "FIELDS",
     "RAW_KEPT_CHARS_MAX",
@@ -117,6 +118,8 @@ _SUFFIXES: Final[dict[str, _Parser]] = {
     ".jsonl": parse_jsonl,
     ".ndjson": parse_jsonl,
 }
+# The file name endings read_records knows, in lower case.
+CDR_SUFFIXES: Final = tuple(_SUFFIXES)
 
 
 def read_records(

@@ -31,7 +31,7 @@ from billing.money import format_amount
 from billing.preprocess import DEFAULT_WINDOW_RECORDS, Conflict, Duplicate, remove_duplicates
 from billing.rated import RatedRecord, RatingFailure
 from billing.rating import Catalogue, TariffError, load_catalogue, rate_batch
-from billing.readers import FieldError, Reject, normalise_number, read_records
+from billing.readers import CDR_SUFFIXES, FieldError, Reject, normalise_number, read_records
 from billing.records import UsageRecord
 from cluster.cli.rate_report import Tally, render_table
 from cluster.logging import configure_logging
@@ -39,7 +39,6 @@ from cluster.logging import configure_logging
 __all__ = ["main"]
 
 BATCH_RECORDS: Final = 1000
-CDR_SUFFIXES: Final = (".csv", ".jsonl", ".ndjson")
 
 Item = Reject | UsageRecord | Duplicate | Conflict
 Outcome = Reject | Duplicate | Conflict | RatedRecord | RatingFailure
@@ -193,10 +192,7 @@ def _plan_chooser(
 def _items(
     files: Sequence[Path], country_code: str, naive_time_zone: str | None, window: int
 ) -> Iterator[Item]:
-    for path in files:
-        if path.suffix.lower() not in CDR_SUFFIXES:
-            raise ConfigError(f"{path}: unknown CDR format, expected .csv, .jsonl or .ndjson")
-    try:
+    try:  # every file's format and the options are checked here, before any output
         streams = [
             read_records(p, default_country_code=country_code, naive_time_zone=naive_time_zone)
             for p in files
@@ -441,7 +437,7 @@ def demo(conf_dir: Path | None, nodes: int, keep: bool, offline: bool) -> None:
             raise CallError(f"the demo does not reconcile: {exc}") from None
         return
     samples = conf / "samples"
-    files = sorted(p for p in samples.iterdir() if p.suffix in CDR_SUFFIXES)
+    files = sorted(p for p in samples.iterdir() if p.suffix.lower() in CDR_SUFFIXES)
     click.echo(f"Rating {len(files)} sample files from {samples} with {conf / 'tariffs'}\n")
     subscribers = samples / "subscribers.toml"
     run_rating(
