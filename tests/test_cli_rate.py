@@ -284,3 +284,20 @@ def test_every_command_error_is_one_line(
     (line,) = result.stderr.splitlines()
     assert line.startswith("petribill: error: ") and fragment in line, line
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("columns", ["40", "200"])
+def test_help_shows_every_command_with_its_whole_summary(
+    monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    """`petribill --help` lists each command with the first sentence of its help, uncut,
+    however wide the terminal is."""
+    monkeypatch.setenv("COLUMNS", columns)
+    result = invoke("--help")
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands:")[1]
+    assert "..." not in commands
+    text = " ".join(commands.split())
+    for name, command in main.commands.items():
+        summary = command.get_short_help_str(limit=1000)
+        assert f"{name} {' '.join(summary.split())}" in text

@@ -39,6 +39,8 @@ from cluster.logging import configure_logging
 __all__ = ["main"]
 
 BATCH_RECORDS: Final = 1000
+# Longer than any command's first sentence: `petribill --help` shows each whole.
+_SUMMARY_CHARS_MAX: Final = 1000
 
 Item = Reject | UsageRecord | Duplicate | Conflict
 Outcome = Reject | Duplicate | Conflict | RatedRecord | RatingFailure
@@ -114,6 +116,20 @@ class PetribillGroup(click.Group):
         with _one_line_errors():
             return super().invoke(ctx)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands with the whole first sentence of their help.
+
+        Click cuts it to what fits the terminal's width and ends it with "...".
+        """
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=_SUMMARY_CHARS_MAX)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=PetribillGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -123,7 +139,13 @@ class PetribillGroup(click.Group):
     help="Log level; logs go to stderr (JSON when not a terminal, or PETRIBILL_LOG=json).",
 )
 def main(log_level: str) -> None:
-    """petribill: a fault-tolerant telecom billing cluster."""
+    """petribill: a fault-tolerant telecom billing cluster.
+
+    Without a cluster, `petribill rate` rates CDR files against a tariff
+    catalogue, and `petribill demo --offline` rates the samples in conf/.
+    `petribill demo` bills a sample month on a local cluster; `petribill up`
+    starts one for the client commands. Each command explains itself with -h.
+    """
     try:
         configure_logging(log_level)
     except ValueError as exc:
@@ -359,8 +381,15 @@ def run_rating(
     type=click.Choice(["jsonl", "table"]),
     default="jsonl",
     show_default=True,
+    help="jsonl: one JSON object per line, as it is rated; table: for a person, printed at "
+    "the end (it holds every row until then).",
 )
-@click.option("--country-code", default="49", show_default=True, help="For national numbers.")
+@click.option(
+    "--country-code",
+    default="49",
+    show_default=True,
+    help="Country code of national numbers: 030 2123456 is read as 49302123456.",
+)
 @click.option(
     "--naive-time-zone",
     metavar="ZONE",
