@@ -301,3 +301,14 @@ def test_help_shows_every_command_with_its_whole_summary(
     for name, command in main.commands.items():
         summary = command.get_short_help_str(limit=1000)
         assert f"{name} {' '.join(summary.split())}" in text
+
+
+def test_reader_rejects_count_as_unreadable_whatever_their_service(tmp_path: Path) -> None:
+    """A voice line with a bad duration counts under `unreadable`, not `voice` (README)."""
+    calls = tmp_path / "calls.csv"
+    calls.write_text(MAX_COST_CALLS + "mc:bad,voice,4915100000001,1793696400,030 2123456,-5\n")
+    _, summary = rate_jsonl_of(calls)
+    assert summary["by_service"]["voice"]["received"] == 3
+    assert summary["by_service"]["unreadable"] == {
+        "received": 1, "rated": 0, "rejected": 1, "duplicates": 0, "amount": {}
+    }  # fmt: skip
