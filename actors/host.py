@@ -2,8 +2,10 @@
 
 One host per node keeps the process count low (a Ray worker is ~87 MiB and a
 call ~2 ms, see docs/operations-notes.md): a partition charges a shard on the
-same host by a plain method call, and a shard elsewhere by one Ray call per
-batch. The class is plain Python; ``actors/remote.py`` applies ``ray.remote``.
+same host by a plain method call, and a shard elsewhere through the router
+(:mod:`actors.router`, one call per batch). Every call into a unit is an
+operation (:mod:`actors.op`): ``run(unit, epoch, op)``. The class is plain
+Python; ``actors/remote.py`` applies ``ray.remote``.
 
 Recovery contract
     Durable: everything a unit committed (see the engines). Nothing in the host
@@ -21,12 +23,12 @@ Thread model
     hosts, which may call back); each unit has its own lock, always taken in
     the order partition before shard, so calls never deadlock.
 
-    Queries an engine lists in its ``concurrent_reads`` (an account shard's
-    balance, account, usage, invoice and notification reads) go through
-    :meth:`UnitHost.read` and do not take the unit's lock, so they never wait
-    behind a write batch. Such a query reads only committed state (the engine
-    promises it; see ``actors.shard.queries``). A unit's engine is closed only
-    once the queries running on it have ended (:class:`_ReadGate`).
+    Operations marked ``read`` (an account shard's account, usage, invoice and
+    notification queries) go through :meth:`UnitHost.read` and do not take the
+    unit's lock, so they never wait behind a write batch. Such a query reads
+    only committed state (the engine promises it; see ``actors.shard.queries``).
+    A unit's engine is closed only once the queries running on it have ended
+    (:class:`_ReadGate`).
 """
 
 from __future__ import annotations
@@ -39,17 +41,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from actors import metrics
+from actors.op import Op
+from actors.partition.ops import Reprocess, Submit
 from actors.routing import shard_of, unit_kind
+from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
+from actors.shard.outbox import Forward
 from actors.store.backup import UnitBackup, checkpoint_unit
 from actors.store.fencing import StaleEpoch, StoreClosed
 from actors.store.storage import StorageFailed
 
+if TYPE_CHECKING:
+    from actors.router import UnitRouter
+
 __all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
+
+R = TypeVar("R")
 
 log = structlog.get_logger("petribill.host")
 
@@ -90,9 +101,8 @@ class EngineFactory(Protocol):
     ) -> Engine: ...
 
 
-Router = Callable[[str, str, Sequence[Any], int], list[Any]]
-"""Runs a host method (``charge_rows`` / ``apply_forwards``) for a shard served elsewhere:
-(shard_id, method, items, at_s) -> results."""
+# How long a call to a unit on another host may take, retries across takeovers included.
+_REMOTE_TIMEOUT_S = 30.0
 
 
 class _ReadGate:
@@ -150,7 +160,7 @@ class UnitHost:
         data_dir: str,
         shards: int,
         factory: EngineFactory,
-        router: Router | None = None,
+        router: UnitRouter | None = None,
     ) -> None:
         self.node = node
         self._shards = shards
@@ -256,30 +266,24 @@ class UnitHost:
         log.info("unit_resumed", shard=unit_id, node=self.node, epoch=epoch)
         return unit
 
-    def call(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one engine method on a unit under its lock.
+    def run(self, unit_id: str, epoch: int, op: Op[R]) -> R:
+        """Run one operation on a unit under its lock.
 
-        Only public engine methods are callable; a usage submission on a
-        partition gets a charge function that reaches shards here or elsewhere.
+        An operation of a partition that charges shards reaches them through this
+        host (:meth:`charge`); the sponsor charges a shard's batch leaves in its
+        outbox are delivered once the batch is committed.
         """
-        if method.startswith("_"):
-            raise AttributeError(f"not a public engine method: {method}")
         began = time.monotonic()
         unit = self._unit(unit_id, epoch)
         kind = unit_kind(unit_id)
-        charging = kind == "partition" and method in _PARTITION_CHARGING
-        if charging:
-            kwargs["charge"] = self._charge_fn(int(kwargs.get("at_s", 0)))
+        if op.kind != kind:
+            raise TypeError(f"{op.name} is an operation of a {op.kind} unit, not of {unit_id}")
         with unit.lock:
             # Re-check under the lock: a takeover may have closed the unit.
             if self._units.get(unit_id) is not unit:
                 raise StaleRoute(unit_id, epoch, None)
             try:
-                answer = getattr(unit.engine, method)(*args, **kwargs)
-                if charging:
-                    metrics.partition_counters(unit_id, unit.engine)
-                metrics.unit_call(kind, method, time.monotonic() - began)
-                return answer
+                answer = op.apply(unit.engine, self)
             except (StaleEpoch, StoreClosed) as exc:
                 # The store was taken over under us: this host no longer owns the
                 # unit. Stop serving it and tell the caller to follow the new route.
@@ -294,21 +298,28 @@ class UnitHost:
                 with self._guard:
                     self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
                 raise StaleRoute(unit_id, epoch, None) from exc
+            if isinstance(op, Submit | Reprocess):
+                metrics.partition_counters(unit_id, unit.engine)
+        metrics.unit_call(kind, op.name, time.monotonic() - began)
+        forwards: list[Forward] = getattr(answer, "forwards", None) or []
+        if forwards:
+            self._deliver(unit_id, epoch, forwards, getattr(op, "at_s", 0))
+        return answer
 
-    def read(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one engine query without waiting for the unit's lock.
+    def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:
+        """Run a query of committed state without waiting for the unit's lock.
 
-        Only methods the engine lists in ``concurrent_reads`` run so; any other
-        method is run by :meth:`call`, under the lock. A write batch in flight
-        does not delay the query, which sees the state committed before it.
+        Only operations marked ``read`` run so; any other is run by :meth:`run`,
+        under the lock. A write batch in flight does not delay the query, which
+        sees the state committed before it.
         """
+        if not op.read:
+            return self.run(unit_id, epoch, op)
         unit = self._unit(unit_id, epoch)
-        if method not in getattr(unit.engine, "concurrent_reads", ()):
-            return self.call(unit_id, epoch, method, *args, **kwargs)
         if not unit.gate.enter():
             raise StaleRoute(unit_id, epoch, None)  # closing: a takeover or a drain
         try:
-            return getattr(unit.engine, method)(*args, **kwargs)
+            return op.apply(unit.engine, self)
         except (StaleEpoch, StoreClosed) as exc:
             raise StaleRoute(unit_id, epoch, None) from exc
         finally:
@@ -350,42 +361,41 @@ class UnitHost:
         unit = self._units.get(unit_id)
         return None if unit is None else unit.epoch
 
-    def charge_rows(self, shard_id: str, epoch: int, items: Sequence[Any], at_s: int) -> list[Any]:
-        """Charge rated items on a shard served here; deliver its sponsor forwards.
+    # -- what operations reach through the host (``actors.op.Env``) ---------------------
 
-        Returns the shard's per-record rows. Forwards (the sponsor's half of a
-        sponsored record, committed in the shard's outbox with the batch) are
-        delivered to their shards and acknowledged; one that cannot be
-        delivered now stays pending and is redelivered by
-        :meth:`deliver_pending`.
-        """
-        answer = self.call(shard_id, epoch, "charge_batch", list(items), at_s=at_s)
-        forwards = list(getattr(answer, "forwards", ()))
-        if forwards:
-            self._deliver(shard_id, epoch, forwards, at_s)
-        return list(answer)
+    def charge(self, shard_id: str, items: list[Any], at_s: int) -> Sequence[Any]:
+        """Charge rated ``(account_id, rated)`` items on ``shard_id``, here or elsewhere."""
+        return self._on_shard(shard_id, ChargeBatch(items=items, at_s=at_s))
 
-    def apply_forwards(
-        self, shard_id: str, epoch: int, forwards: Sequence[Any], at_s: int
-    ) -> list[Any]:
-        """Apply sponsor halves on the sponsor's shard (idempotent by record id)."""
-        return list(self.call(shard_id, epoch, "apply_forwards", list(forwards), at_s=at_s))
+    def _on_shard(self, shard_id: str, op: Op[R]) -> R:
+        """``op`` on a shard served here (a plain call), or through the router."""
+        epoch = self._local_epoch(shard_id)
+        if epoch is not None:
+            try:
+                return self.run(shard_id, epoch, op)
+            except StaleRoute:
+                pass  # taken over meanwhile: follow the router
+        if self._router is None:
+            raise StaleRoute(shard_id, -1, None)
+        return self._router.run_blocking(shard_id, op, timeout_s=_REMOTE_TIMEOUT_S)
 
-    def _deliver(self, origin: str, epoch: int, forwards: list[Any], at_s: int) -> None:
-        by_target: dict[str, list[Any]] = {}
+    def _deliver(self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int) -> None:
+        """Apply sponsor halves on their sponsors' shards, then clear them from the outbox
+        of ``origin``; one that cannot be delivered now stays for :meth:`deliver_pending`."""
+        by_target: dict[str, list[Forward]] = {}
         for forward in forwards:
             target = shard_of(forward.target_account_id, self._shards)
             by_target.setdefault(target, []).append(forward)
         delivered: list[str] = []
         for target, group in by_target.items():
             try:
-                self._on_shard(target, "apply_forwards", group, at_s)
+                self._on_shard(target, ApplyForwards(forwards=group, at_s=at_s))
             except Exception as exc:  # stays in the outbox; redelivered later
                 log.warning("forward_pending", shard=target, error=f"{type(exc).__name__}: {exc}")
                 continue
             delivered.extend(f.forward_id for f in group)
         if delivered:
-            self.call(origin, epoch, "ack_forwards", delivered)
+            self.run(origin, epoch, AckForwards(forward_ids=delivered))
 
     def deliver_pending(self, at_s: int) -> int:
         """Redeliver every shard's pending forwards (after a crash or an outage)."""
@@ -393,31 +403,8 @@ class UnitHost:
         for unit_id, epoch in self.units().items():
             if unit_kind(unit_id) != "account":
                 continue
-            pending = list(self.call(unit_id, epoch, "pending_forwards"))
+            pending = self.run(unit_id, epoch, PendingForwards())
             if pending:
                 self._deliver(unit_id, epoch, pending, at_s)
                 count += len(pending)
         return count
-
-    def _on_shard(self, shard_id: str, method: str, items: Sequence[Any], at_s: int) -> list[Any]:
-        """``charge_rows`` / ``apply_forwards`` on a shard here, or through the router."""
-        epoch = self._local_epoch(shard_id)
-        if epoch is not None:
-            try:
-                result: list[Any] = getattr(self, method)(shard_id, epoch, items, at_s)
-                return result
-            except StaleRoute:
-                pass  # taken over meanwhile: follow the router
-        if self._router is None:
-            raise StaleRoute(shard_id, -1, None)
-        return self._router(shard_id, method, items, at_s)
-
-    def _charge_fn(self, at_s: int) -> Callable[[str, list[Any]], list[Any]]:
-        def charge(shard_id: str, items: list[Any]) -> list[Any]:
-            return self._on_shard(shard_id, "charge_rows", items, at_s)
-
-        return charge
-
-
-# Partition methods that charge shards and so get a charge function injected.
-_PARTITION_CHARGING = frozenset({"submit", "reprocess"})

@@ -1,29 +1,31 @@
 """The one place where petribill classes become Ray actors.
 
 The classes stay plain Python (unit-tested without a cluster); this module
-adds what only a running cluster has: names, placement on a node, routing to
-peer hosts through the coordinator's map, and retries on stale routes.
+adds what only a running cluster has: names, placement on a node, and the
+router's way to peer hosts and the coordinator (:class:`RayTransport`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.host import Engine, StaleRoute, UnitHost
+from actors.host import Engine, UnitHost
+from actors.op import Op
+from actors.router import HostUnreachable, UnitRouter
 from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
     "COORDINATOR_NAME",
     "NAMESPACE",
     "READS_GROUP",
+    "RayTransport",
     "RoutedHost",
     "host_name",
     "spawn_host",
@@ -31,8 +33,6 @@ __all__ = [
 
 NAMESPACE = "petribill"
 COORDINATOR_NAME = "petribill-coordinator"
-_ROUTE_RETRIES = 20
-_ROUTE_BACKOFF_S = 0.05
 # Queries (UnitHost.read) run on threads of their own, so that they start even
 # when every thread of the default group is busy with a write batch.
 READS_GROUP = "reads"
@@ -43,31 +43,80 @@ _READ_THREADS = 4
 # queries under ingestion, p99 0.74 ms at 5 ms and 0.28 ms at 0.5 ms.
 _SWITCH_INTERVAL_S = 0.0005
 
+R = TypeVar("R")
+
 
 def host_name(node: str) -> str:
     """The Ray actor name of a node's host."""
     return f"petribill-host-{node}"
 
 
+class RayTransport:
+    """How a router reaches hosts and the coordinator in a Ray cluster (by actor name).
+
+    Handles are cached: a named-actor lookup is a GCS round trip, not a per-call
+    cost. A host that fails is looked up again on the next call.
+    """
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, Any] = {}
+        self._coordinator: Any = None
+
+    async def _await(self, ref: Any, timeout_s: float) -> Any:
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+
+    async def _host(self, node: str) -> Any:
+        handle = self._hosts.get(node)
+        if handle is None:
+            handle = await asyncio.to_thread(ray.get_actor, host_name(node), namespace=NAMESPACE)
+            self._hosts[node] = handle
+        return handle
+
+    async def host_call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
+        try:
+            handle = await self._host(node)
+            return await self._await(getattr(handle, method).remote(*args), timeout_s)
+        except (RayActorError, GetTimeoutError, ValueError) as exc:
+            # ValueError: no actor of that name (ray.get_actor); the others: it died.
+            self._hosts.pop(node, None)
+            raise HostUnreachable(f"host of {node}: {type(exc).__name__}: {exc}") from exc
+
+    async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
+        try:
+            if self._coordinator is None:
+                self._coordinator = await asyncio.to_thread(
+                    ray.get_actor, COORDINATOR_NAME, namespace=NAMESPACE
+                )
+            return await self._await(getattr(self._coordinator, method).remote(*args), timeout_s)
+        except (RayActorError, GetTimeoutError, ValueError, TimeoutError) as exc:
+            self._coordinator = None
+            raise HostUnreachable(f"coordinator ({method}): {type(exc).__name__}: {exc}") from exc
+
+    async def routes(self, timeout_s: float) -> dict[str, tuple[str, int]]:
+        routes: dict[str, tuple[str, int]] = await self.coordinator_call(
+            "routes", timeout_s=timeout_s
+        )
+        return routes
+
+
 class RoutedHost(UnitHost):
-    """A UnitHost that reaches shards on other nodes through Ray."""
+    """A UnitHost that reaches units on other nodes through the router over Ray."""
 
     def __init__(self, *, node: str, data_dir: str, settings: dict[str, Any]) -> None:
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self._settings = settings
         self._tariffs_dir = ""
         self._inner: Any = None
+        shards = int(settings["shards"])
         super().__init__(
             node=node,
             data_dir=data_dir,
-            shards=int(settings["shards"]),
+            shards=shards,
             factory=self._open_engine,
-            router=self._remote,
+            router=UnitRouter(
+                RayTransport(), shards=shards, partitions=int(settings["partitions"])
+            ),
         )
-        self._routes: dict[str, tuple[str, int]] = {}
-        # Peer hosts by node: a named-actor lookup is a GCS round trip, not a
-        # per-batch cost. A peer that failed is looked up again next time.
-        self._peers: dict[str, Any] = {}
 
     def _open_engine(
         self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False
@@ -86,59 +135,15 @@ class RoutedHost(UnitHost):
     def load_catalogue(self, tariffs_dir: str, kind: str) -> list[str]:
         """Rate (partitions) or charge (account shards) with the catalogue in
         ``tariffs_dir`` from each unit's next call on; returns the units switched."""
-        from billing.bundles import CatalogueTariff
         from billing.rating import load_catalogue
 
         catalogue = load_catalogue(tariffs_dir)
-        if kind == "partition":
-            return self.update_engines(kind, lambda engine: engine.set_catalogue(catalogue))
-        tariff = CatalogueTariff(catalogue)
-
-        def switch(engine: Any) -> None:
-            # AccountShard reads both on every call; it has no setter of its own yet.
-            engine.tariff = tariff
-            engine.catalogue = catalogue
-
-        return self.update_engines(kind, switch)
+        return self.update_engines(kind, lambda engine: engine.set_catalogue(catalogue))
 
     @ray.method(concurrency_group=READS_GROUP)
-    def read(self, unit_id: str, epoch: int, method: str, *args: Any, **kwargs: Any) -> Any:
+    def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:  # type: ignore[override]
         """:meth:`UnitHost.read` on the host's own query threads."""
-        return super().read(unit_id, epoch, method, *args, **kwargs)
-
-    def _peer(self, node: str) -> Any:
-        peer = self._peers.get(node)
-        if peer is None:
-            peer = self._peers[node] = ray.get_actor(host_name(node), namespace=NAMESPACE)
-        return peer
-
-    def _refresh(self) -> None:
-        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-        routes: Any = ray.get(coordinator.routes.remote(), timeout=10)
-        self._routes = dict(routes)
-
-    def _remote(self, shard_id: str, method: str, items: Sequence[Any], at_s: int) -> list[Any]:
-        """Run host ``method`` for ``shard_id`` on the host that owns it, following takeovers."""
-        last: Exception | None = None
-        for attempt in range(_ROUTE_RETRIES):
-            if attempt or shard_id not in self._routes:
-                self._refresh()
-            route = self._routes.get(shard_id)
-            if route is None:
-                time.sleep(_ROUTE_BACKOFF_S)
-                continue
-            node, epoch = route
-            try:
-                if node == self.node:
-                    local: list[Any] = getattr(self, method)(shard_id, epoch, list(items), at_s)
-                    return local
-                ref = getattr(self._peer(node), method).remote(shard_id, epoch, list(items), at_s)
-                return list(ray.get(ref, timeout=30))
-            except (StaleRoute, RayActorError, GetTimeoutError, ValueError) as exc:
-                last = exc
-                self._peers.pop(node, None)
-                time.sleep(_ROUTE_BACKOFF_S * (attempt + 1))
-        raise StaleRoute(shard_id, -1, None) from last
+        return super().read(unit_id, epoch, op)
 
 
 def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str, Any]) -> Any:

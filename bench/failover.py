@@ -118,7 +118,7 @@ def main() -> None:
             load.join(timeout=120)
             seen: dict[str, int] = {}
             for i in range(ACCOUNTS):
-                for line in client.list_usage(f"fo-{i}", limit=1_000_000):
+                for line in client.iter_usage(f"fo-{i}"):
                     seen[line.record_id] = seen.get(line.record_id, 0) + 1
             lost = sum(1 for r in load.acked if r not in seen)
             duplicated = sum(1 for count in seen.values() if count > 1)

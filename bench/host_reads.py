@@ -5,7 +5,7 @@ call overhead, the gateway and the client, which ``bench/ingest.py`` includes:
 two threads submit ``--records`` records in batches of ``--batch`` through the
 host's partitions (each batch charges its shards under their locks), while one
 thread asks ``get_account`` of random accounts every 5 ms, either through
-``call`` (under the unit's lock, as every query did before) or ``read`` (the
+``run`` (under the unit's lock, as every query did before) or ``read`` (the
 lock-free path for committed state). Each mode runs with Python's default GIL
 switch interval (5 ms) and with the hosts' 0.5 ms.
 
@@ -36,7 +36,9 @@ from ingest import account_of, batches_of, msisdn_of, plan_of, workload  # noqa:
 
 from actors.engines import engine_factory  # noqa: E402
 from actors.host import UnitHost  # noqa: E402
+from actors.partition.ops import PutSubscriber, Submit  # noqa: E402
 from actors.routing import partition_of, shard_of  # noqa: E402
+from actors.shard import ops  # noqa: E402
 from billing.accounts import Account, Subscription  # noqa: E402
 
 SHARDS, PARTITIONS = 4, 2
@@ -59,10 +61,11 @@ def _host(data_dir: str, accounts: int) -> UnitHost:
             account_id=account_id, currency="EUR", payment_mode=mode,
             subscriptions=tuple(subscriptions),
         )  # fmt: skip
-        host.call(shard_of(account_id, SHARDS), 1, "create_account", request_id=f"c{index}",
-                  account=account)  # fmt: skip
-        host.call(partition_of(msisdn, PARTITIONS), 1, "put_subscriber", f"d{index}", msisdn,
-                  account_id, subscriptions)  # fmt: skip
+        host.run(shard_of(account_id, SHARDS), 1,
+                 ops.CreateAccount(request_id=f"c{index}", account=account))  # fmt: skip
+        host.run(partition_of(msisdn, PARTITIONS), 1,
+                 PutSubscriber(request_id=f"d{index}", msisdn=msisdn, account_id=account_id,
+                               subscriptions=subscriptions))  # fmt: skip
     return host
 
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace, mode: str, switch_s: float) -> dict[str, Any]:
                     unit = partition_of(record.served_msisdn, PARTITIONS)
                     by_partition.setdefault(unit, []).append(record)
                 for unit, items in by_partition.items():
-                    host.call(unit, 1, "submit", items, at_s=int(time.time()))
+                    host.run(unit, 1, Submit(items=items, at_s=int(time.time())))
 
         def query() -> None:
             rng = random.Random(1)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace, mode: str, switch_s: float) -> dict[str, Any]:
             while not done.is_set():
                 account_id = account_of(rng.randrange(args.accounts))
                 t0 = time.perf_counter()
-                ask(shard_of(account_id, SHARDS), 1, "get_account", account_id)
+                ask(shard_of(account_id, SHARDS), 1, ops.GetAccount(account_id=account_id))
                 latencies_ms.append((time.perf_counter() - t0) * 1000)
                 done.wait(0.005)
 
@@ -122,7 +125,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     summary = {}
-    for mode in ("call", "read"):
+    for mode in ("run", "read"):
         for switch_s in (0.005, 0.0005):
             key = f"{mode}_switch_{switch_s * 1000:g}ms"
             summary[key] = run(args, mode, switch_s)

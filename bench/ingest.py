@@ -45,6 +45,8 @@ from petribill.v1 import usage_pb2  # noqa: E402
 from rating import generate  # noqa: E402
 
 from actors.partition.engine import PartitionConfig, RatingPartition  # noqa: E402
+from actors.partition.ops import PutSubscriber, Submit  # noqa: E402
+from actors.shard import ops  # noqa: E402
 from actors.shard.engine import AccountShard  # noqa: E402
 from billing.accounts import Account, PaymentMode, Subscription  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
@@ -207,25 +209,25 @@ def run_baseline(args: argparse.Namespace, records: list[UsageRecord]) -> dict[s
                     account_id=account_of(index), currency="EUR", payment_mode=mode,
                     subscriptions=(Subscription(plan_id=plan, start_s=0),),
                 )  # fmt: skip
-                shard.create_account(request_id=f"c{index}", account=account)
+                shard.run(ops.CreateAccount(request_id=f"c{index}", account=account))
                 if mode is PaymentMode.PREPAID:
-                    shard.top_up(
+                    shard.run(ops.TopUp(
                         request_id=f"t{index}", account_id=account_of(index),
                         amount=50_000_000, currency="EUR", at_s=0,
-                    )  # fmt: skip
-                partition.put_subscriber(
-                    f"d{index}", msisdn_of(index), account_of(index),
-                    [Subscription(plan_id=plan, start_s=0)],
-                )  # fmt: skip
+                    ))  # fmt: skip
+                partition.put_subscriber(PutSubscriber(
+                    request_id=f"d{index}", msisdn=msisdn_of(index), account_id=account_of(index),
+                    subscriptions=[Subscription(plan_id=plan, start_s=0)],
+                ))  # fmt: skip
 
             def charge(shard_id: str, items: list[Any]) -> list[Any]:
-                return list(shard.charge_batch(items, at_s=int(time.time())))
+                return list(shard.run(ops.ChargeBatch(items=items, at_s=int(time.time()))))
 
             started = time.perf_counter()
             for raw in requests:
                 request = usage_pb2.SubmitUsageRequest.FromString(raw)
-                batch = [record_from_proto(p) for p in request.records]
-                partition.submit(batch, at_s=int(time.time()), charge=charge)
+                batch = [record_from_proto(p, index=i) for i, p in enumerate(request.records)]
+                partition.submit(Submit(items=batch, at_s=int(time.time())), charge)
             elapsed = time.perf_counter() - started
         finally:
             partition.close()

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.shard.engine import AccountShard  # noqa: E402
+from actors.shard.ops import ChargeBatch  # noqa: E402
 from actors.shard.work import Work  # noqa: E402
 from billing.accounts import Account, PaymentMode, create_account  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
@@ -74,7 +75,7 @@ def _generator() -> tuple[Any, int]:
 def seed(shard: AccountShard, accounts: int) -> None:
     """Create the accounts in commits of 5,000 (the shard's own work unit; setup only)."""
     for start in range(0, accounts, 5000):
-        work = Work(shard)
+        work = Work(shard.core)
         for n in range(start, min(start + 5000, accounts)):
             aid = f"acct{n:06d}"
             prepaid = n % 5 != 0
@@ -90,7 +91,7 @@ def seed(shard: AccountShard, accounts: int) -> None:
                 assert state is not None
                 up = top_up(
                     request_id=f"t:{aid}", state=state, amount=20 * EUR, currency="EUR",
-                    at_s=SEED_AT_S, existing=None, config=shard.charging,
+                    at_s=SEED_AT_S, existing=None, config=shard.core.charging,
                 )  # fmt: skip
                 work.apply(up.effects, aid)
         work.commit()
@@ -115,7 +116,7 @@ def run(shard: AccountShard, items: list[tuple[str, RatedRecord]], size: int) ->
     batches = 0
     charged = 0
     for i in range(0, len(items), size):
-        answer = shard.charge_batch(items[i : i + size], at_s=at_s)
+        answer = shard.run(ChargeBatch(items=items[i : i + size], at_s=at_s))
         charged += sum(1 for row in answer if row.result.value.startswith(("charged", "spons")))
         batches += 1
     elapsed = time.perf_counter() - started

@@ -177,7 +177,7 @@ class Auditor:
 
     def check_rejects(self) -> None:
         """Every malformed record is in the reject store, and every reject has a reason."""
-        rejects = self.client.list_rejects(limit=1_000_000)
+        rejects = self.client.list_rejects(limit=1_000_000).rejects
         reasons = {r.record_id: r.reason for r in rejects}
         for reject in rejects:
             if not reject.reason:
@@ -196,16 +196,19 @@ class Auditor:
     def check_bill_run(self, seed: int) -> None:
         """Bill the cycle: each postpaid invoice totals its charges; paying it leaves
         nothing owed."""
-        self.client.bill_run(CYCLE, at_s=BILL_AT_S, request_id=f"chaos{seed}-billrun")
+        for _ in self.client.run_billing(CYCLE, at_s=BILL_AT_S, request_id=f"chaos{seed}-billrun"):
+            pass  # progress, until the bill run has finished
         for account_id, expected in self.expected.items():
             if expected.prepaid:
                 continue
-            invoices = [i for i in self.client.list_invoices(account_id) if i.cycle_id == CYCLE]
+            invoices = [
+                i for i in self.client.list_invoices(account_id).invoices if i.cycle_id == CYCLE
+            ]
             total = sum(i.total.micros for i in invoices)
             self._compare(account_id, "invoiced", total, expected.charged)
             for invoice in invoices:
                 if invoice.open.micros > 0:
-                    self.client.pay(
+                    self.client.apply_payment(
                         account_id,
                         Money(invoice.open.micros, "EUR"),
                         at_s=BILL_AT_S + 86_400,

@@ -4,26 +4,42 @@ One place, so the rules are the same for the gateway's backend and for the
 client SDK: money crosses the wire as integer micros (never a float) with the
 decimal string filled in for display; enums map by name; a usage record given
 as a ``dict`` uses the field names of :class:`billing.records.UsageRecord`
-(which are those of the proto message).
+(which are those of the proto message), and a record coming in is validated
+with the CDR readers' own field rules. The backend's answers built from engine
+values (accounts, invoices...) are in :mod:`cluster.backend.convert`.
 """
 
 from __future__ import annotations
 
 import decimal
+import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, Final
 
+from google.protobuf.json_format import MessageToDict
 from petribill.v1 import common_pb2, usage_pb2
 
 from billing.invariant import invariant
-from billing.money import DECIMALS, SCALE, Money, MoneyParseError, format_amount, parse_amount
-from billing.readers import Reject, RejectCode
+from billing.money import (
+    DECIMALS,
+    SCALE,
+    Money,
+    MoneyParseError,
+    format_amount,
+    is_currency_code,
+    parse_amount,
+)
+from billing.readers import FieldError, Reject, RejectCode
+from billing.readers.schema import build_record, make_options
 from billing.records import Service, UsageRecord
 from billing.tariffs.model import PaymentMode
 
 __all__ = [
     "WireError",
     "decimal_from_proto",
+    "malformed",
+    "money",
     "money_from_proto",
     "money_to_proto",
     "payment_mode_from_proto",
@@ -52,11 +68,23 @@ _MODE_FROM_PROTO = {number: mode for mode, number in _MODE_TO_PROTO.items()}
 # common.proto fixes the wire's scale at micros; the system's scale must be the same.
 invariant(SCALE == 1_000_000, f"billing.money.SCALE {SCALE} is not the wire's micros")
 _RECORD_FIELDS = frozenset(common_pb2.UsageRecord.DESCRIPTOR.fields_by_name)
+_OPTIONS: Final = make_options("49", None)
+# Fields that are meaningful for a service even when zero (proto3 cannot tell
+# an explicit 0 from an absent value): other services' zeros are "absent".
+_ZERO_MEANINGFUL: Final = {
+    Service.VOICE: {"duration_s"},
+    Service.DATA: {"uplink_bytes", "downlink_bytes"},
+}
 _INT64_MAX = 2**63 - 1
 
 
 class WireError(ValueError):
     """Raised when a value cannot become a wire message (or back); the message names the field."""
+
+
+def money(micros: int, currency: str) -> common_pb2.Money:
+    """A wire Money of ``micros``: ``micros`` authoritative, ``decimal`` for display."""
+    return common_pb2.Money(micros=micros, currency=currency, decimal=format_amount(micros))
 
 
 def money_to_proto(
@@ -77,13 +105,13 @@ def money_to_proto(
             raise WireError(f"amount: {exc}") from None
     if not -_INT64_MAX <= micros <= _INT64_MAX:
         raise WireError(f"amount: {micros} micros does not fit the wire's int64")
-    return common_pb2.Money(micros=micros, currency=currency, decimal=format_amount(micros))
+    return money(micros, currency)
 
 
 def money_from_proto(message: common_pb2.Money, default_currency: str = "") -> Money:
     """The :class:`Money` of a wire Money (``micros`` is authoritative; ``decimal`` is ignored)."""
     currency = message.currency or default_currency
-    if len(currency) != 3 or not currency.isupper():
+    if not is_currency_code(currency):
         raise WireError(f"Money.currency must be an ISO 4217 code, got {currency!r}")
     return Money(message.micros, currency)
 
@@ -151,27 +179,75 @@ def record_to_proto(record: UsageRecord | Mapping[str, Any]) -> common_pb2.Usage
         raise WireError(f"usage record {fields.get('record_id', '?')!r}: {exc}") from None
 
 
-def record_from_proto(message: common_pb2.UsageRecord) -> UsageRecord:
-    """The :class:`UsageRecord` of a wire record, as received (normalising is preprocessing's).
+def _fields(message: common_pb2.UsageRecord) -> tuple[dict[str, object], Service | None]:
+    """The record as the readers' field mapping (``None``: absent)."""
+    service = _SERVICE_FROM_PROTO.get(message.service)
+    meaningful = _ZERO_MEANINGFUL.get(service, set()) if service else set()
 
-    Raises :class:`WireError` for a record without id or service; the backend
-    answers such a record REJECTED (``malformed``) rather than failing a batch.
+    def number(name: str) -> int | None:
+        value = int(getattr(message, name))
+        return value if value or name in meaningful else None
+
+    fields: dict[str, object] = {
+        "record_id": message.record_id or None,
+        "service": None
+        if message.service == 0
+        else (service.value if service else str(message.service)),
+        "served_msisdn": message.served_msisdn or None,
+        "record_opening_time": message.record_opening_time_s or None,
+        "called_number": message.called_number or None,
+        "content_item_id": message.content_item_id or None,
+        "rating_group": message.rating_group if message.HasField("rating_group") else None,
+        "roaming": message.roaming or None,
+    }
+    for name in ("duration_s", "sms_count", "uplink_bytes", "downlink_bytes"):
+        fields[name] = number(name)
+    return fields, service
+
+
+def record_from_proto(message: common_pb2.UsageRecord, *, index: int = 0) -> UsageRecord | Reject:
+    """A validated, normalised record, or the reject of a malformed one (naming the field).
+
+    A record is held to the same schema whether it arrived in a file or over
+    gRPC: the fields go through the CDR readers' own rules
+    (``billing.readers.schema.build_record``). Numbers are normalised to E.164
+    digits as the readers do (default country code 49, the sample operator's).
+    A data record without a rating group is rated with the plan's default, as
+    ``common.proto`` says. ``index`` is the record's place in its batch (a
+    reject of a record without an id is keyed by it).
     """
-    if not message.record_id:
-        raise WireError("record_id is required")
-    return UsageRecord(
-        record_id=message.record_id,
-        service=service_from_proto(message.service),
-        served_msisdn=message.served_msisdn,
-        record_opening_time_s=message.record_opening_time_s,
-        called_number=message.called_number or None,
-        duration_s=message.duration_s,
-        sms_count=message.sms_count,
-        uplink_bytes=message.uplink_bytes,
-        downlink_bytes=message.downlink_bytes,
-        rating_group=message.rating_group if message.HasField("rating_group") else None,
-        content_item_id=message.content_item_id or None,
-        roaming=message.roaming,
+    fields, service = _fields(message)
+    default_group = service is Service.DATA and fields["rating_group"] is None
+    if default_group:
+        fields["rating_group"] = 0  # the reader requires one; dropped again below
+    try:
+        record = build_record(fields, _OPTIONS, "grpc", index + 1)
+    except FieldError as exc:
+        where = f"{exc.field}: " if exc.field else ""
+        return malformed(message, index, f"{where}{exc.detail}", code=exc.code, field=exc.field)
+    record = replace(record, source_file=None, source_line=None)
+    return replace(record, rating_group=None) if default_group else record
+
+
+def malformed(
+    message: common_pb2.UsageRecord,
+    index: int,
+    detail: str,
+    *,
+    code: RejectCode = RejectCode.BAD_VALUE,
+    field: str | None = None,
+) -> Reject:
+    """The reject of a record refused before it could be read (keyed by its id, or by
+    its place in the batch when it has none)."""
+    record_id = message.record_id or None
+    return Reject(
+        source_file=f"grpc:{record_id}" if record_id else "grpc:no-id",
+        line=0 if record_id else index + 1,
+        code=code,
+        message=detail,
+        raw=json.dumps(MessageToDict(message), sort_keys=True)[:4096],
+        field=field,
+        record_id=record_id,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
+from actors.shard import ops
 from actors.shard.engine import AccountShard
 from actors.store.codec import encode_u64
 from actors.store.fencing import EPOCH_FILE, write_atomic
@@ -33,13 +34,15 @@ def open_shard(path: Path, epoch: int, **options: Any) -> AccountShard:
 def seed(shard: AccountShard, n: int, *, prepaid: int = 10 * EUR, mode=PaymentMode.PREPAID) -> None:  # type: ignore[no-untyped-def]
     for i in range(n):
         aid = f"A{i}"
-        out = shard.create_account(
-            request_id=f"c-{aid}", account=account(aid, mode, msisdn=f"49{i}")
+        out = shard.run(
+            ops.CreateAccount(request_id=f"c-{aid}", account=account(aid, mode, msisdn=f"49{i}"))
         )
         assert out.result is Result.CREATED
         if prepaid and mode is not PaymentMode.POSTPAID:
-            up = shard.top_up(
-                request_id=f"t-{aid}", account_id=aid, amount=prepaid, currency="EUR", at_s=T0
+            up = shard.run(
+                ops.TopUp(
+                    request_id=f"t-{aid}", account_id=aid, amount=prepaid, currency="EUR", at_s=T0
+                )
             )
             assert up.result is Result.TOPPED_UP
 
@@ -56,26 +59,28 @@ def test_charged_batch_survives_reopen_and_replays_as_duplicates(tmp_path: Path)
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 5)
     items = usage(50, 5)
-    answer = shard.charge_batch(items, at_s=T0 + 7200)
+    answer = shard.run(ops.ChargeBatch(items=items, at_s=T0 + 7200))
     assert [row.result for row in answer] == [Result.CHARGED] * 50
     charged = {f"A{i}": sum(r.amount for r in answer if r.account_id == f"A{i}") for i in range(5)}
     shard.close()
 
     again = open_shard(tmp_path / "s", 2)
     for aid, amount in charged.items():
-        state = again.get_account(aid)
+        state = again.run(ops.GetAccount(account_id=aid))
         assert state is not None and state.prepaid == 10 * EUR - amount
-        entries = again.ledger_entries(aid)
+        entries = again.queries.ledger_entries(aid)
         assert sum(e.amount_for(f"{aid}/{Book.PREPAID}") for e in entries) == state.prepaid
-    replay = again.charge_batch(items, at_s=T0 + 9000)
+    replay = again.run(ops.ChargeBatch(items=items, at_s=T0 + 9000))
     assert {row.result for row in replay} == {Result.DUPLICATE}
     assert [r.amount for r in replay] == [r.amount for r in answer]
-    assert again.get_account("A0").prepaid == 10 * EUR - charged["A0"]  # type: ignore[union-attr]
-    report = again.audit()
+    assert again.run(ops.GetAccount(account_id="A0")).prepaid == 10 * EUR - charged["A0"]  # type: ignore[union-attr]
+    report = again.run(ops.Audit())
     assert report.ok, report.problems
     assert report.usage_lines == 50 and report.marks == 50 + 10  # records + creates + top-ups
-    assert len(again.list_usage("A0", limit=3)) == 3
-    assert again.list_usage("A0", limit=3)[0].record_id == "r45"  # newest first
+    assert len(again.run(ops.UsagePage(account_id="A0", limit=3))[0]) == 3
+    assert (
+        again.run(ops.UsagePage(account_id="A0", limit=3))[0][0].record_id == "r45"
+    )  # newest first
     again.close()
 
 
@@ -84,20 +89,20 @@ def test_usage_pages_cover_the_history_once(tmp_path: Path) -> None:
     skipping the top-up rows between them."""
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 2)
-    shard.charge_batch(usage(41, 2), at_s=T0 + 7200)
-    expected = [line.record_id for line in shard.list_usage("A1", limit=1000)]
+    shard.run(ops.ChargeBatch(items=usage(41, 2), at_s=T0 + 7200))
+    expected = [line.record_id for line in shard.run(ops.UsagePage(account_id="A1", limit=1000))[0]]
     assert len(expected) == 20
     for size in (1, 3, 7, 20, 50):
         paged: list[str] = []
         before = None
         while True:
-            lines, before = shard.usage_page("A1", size, before)
+            lines, before = shard.run(ops.UsagePage(account_id="A1", limit=size, before_seq=before))
             assert len(lines) <= size
             paged.extend(line.record_id for line in lines)
             if not before:
                 break
         assert paged == expected, size
-    assert shard.usage_page("nobody", 5) == ([], 0)
+    assert shard.run(ops.UsagePage(account_id="nobody", limit=5)) == ([], 0)
     shard.close()
 
 
@@ -106,19 +111,21 @@ def test_same_id_other_content_is_a_conflict_after_reopen(tmp_path: Path) -> Non
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 1)
     first = rated("x1", 100, msisdn="490")
-    shard.charge_batch([("A0", first)], at_s=T0)
+    shard.run(ops.ChargeBatch(items=[("A0", first)], at_s=T0))
     shard.close()
     shard = open_shard(tmp_path / "s", 2)
     longer = rated("x1", 120, msisdn="490")
     roaming = replace(first, record=replace(first.record, roaming=True))
-    rows = shard.charge_batch([("A0", longer), ("A0", roaming), ("A0", first)], at_s=T0)
+    rows = shard.run(
+        ops.ChargeBatch(items=[("A0", longer), ("A0", roaming), ("A0", first)], at_s=T0)
+    )
     assert [r.result for r in rows] == [
         Result.EXISTS_WITH_DIFFERENT_AMOUNT,
         Result.EXISTS_WITH_DIFFERENT_CONTENT,
         Result.DUPLICATE,
     ]
-    assert shard.get_account("A0").prepaid == 10 * EUR - 100_000  # type: ignore[union-attr]
-    assert shard.audit().ok
+    assert shard.run(ops.GetAccount(account_id="A0")).prepaid == 10 * EUR - 100_000  # type: ignore[union-attr]
+    assert shard.run(ops.Audit()).ok
     shard.close()
 
 
@@ -134,7 +141,7 @@ def charge_with_disk_full(
     with monkeypatch.context() as patch:
         patch.setattr(shard.store, "commit", disk_full)
         with pytest.raises(OSError):
-            shard.charge_batch(items, at_s=T0)
+            shard.run(ops.ChargeBatch(items=items, at_s=T0))
 
 
 def test_batch_whose_commit_fails_leaves_nothing_in_memory_or_on_disk(
@@ -146,9 +153,9 @@ def test_batch_whose_commit_fails_leaves_nothing_in_memory_or_on_disk(
     seed(shard, 3)
     items = usage(9, 3)
     charge_with_disk_full(shard, items, monkeypatch)
-    assert shard.get_account("A0").prepaid == 10 * EUR  # type: ignore[union-attr]
-    assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
-    assert shard.audit().ok
+    assert shard.run(ops.GetAccount(account_id="A0")).prepaid == 10 * EUR  # type: ignore[union-attr]
+    assert {r.result for r in shard.run(ops.ChargeBatch(items=items, at_s=T0))} == {Result.CHARGED}
+    assert shard.run(ops.Audit()).ok
     shard.close()
 
 
@@ -160,14 +167,16 @@ def test_commit_after_takeover_is_refused_and_writes_nothing(tmp_path: Path) -> 
     seed(shard, 2)
     write_atomic(path / EPOCH_FILE, encode_u64(2))  # what a new owner's open does first
     with pytest.raises(StaleEpoch):
-        shard.charge_batch(usage(4, 2), at_s=T0)
+        shard.run(ops.ChargeBatch(items=usage(4, 2), at_s=T0))
     with pytest.raises(StoreClosed):
-        shard.get_account("A0")
+        shard.run(ops.GetAccount(account_id="A0"))
     shard.close()
     new = open_shard(path, 3)
-    assert new.get_account("A0").prepaid == 10 * EUR  # type: ignore[union-attr]
-    assert {r.result for r in new.charge_batch(usage(4, 2), at_s=T0)} == {Result.CHARGED}
-    assert new.audit().ok
+    assert new.run(ops.GetAccount(account_id="A0")).prepaid == 10 * EUR  # type: ignore[union-attr]
+    assert {r.result for r in new.run(ops.ChargeBatch(items=usage(4, 2), at_s=T0))} == {
+        Result.CHARGED
+    }
+    assert new.run(ops.Audit()).ok
     new.close()
 
 
@@ -175,12 +184,12 @@ def test_cache_stays_bounded_and_cold_accounts_are_read_from_disk(tmp_path: Path
     """With a 10-account cache, 200 accounts are charged correctly and at most 10 stay cached."""
     shard = open_shard(tmp_path / "s", 1, cache_accounts_max=10)
     seed(shard, 200, prepaid=EUR)
-    assert shard.cached_accounts <= 10
+    assert shard.core.cached_accounts <= 10
     for round_ in range(3):
-        rows = shard.charge_batch(usage(400, 200, prefix=f"r{round_}-"), at_s=T0)
+        rows = shard.run(ops.ChargeBatch(items=usage(400, 200, prefix=f"r{round_}-"), at_s=T0))
         assert {r.result for r in rows} == {Result.CHARGED}
-        assert shard.cached_accounts <= 10
-    report = shard.audit()
+        assert shard.core.cached_accounts <= 10
+    report = shard.run(ops.Audit())
     assert report.ok and report.accounts == 200 and report.usage_lines == 1200
     shard.close()
 
@@ -189,15 +198,17 @@ def test_refusals_and_bad_input_write_nothing(tmp_path: Path) -> None:
     """Unknown accounts, bad record ids and closed accounts are refused per record."""
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 2)
-    shard.set_status(request_id="close-A1", account_id="A1", status=AccountStatus.CLOSED)
-    rows = shard.charge_batch(
-        [
-            ("nobody", rated("u1", 10, msisdn="499")),
-            ("A0", rated("bad\x00id", 10, msisdn="490")),
-            ("A1", rated("u2", 10, msisdn="491")),
-            ("bad/id", rated("u3", 10, msisdn="492")),
-        ],
-        at_s=T0,
+    shard.run(ops.SetStatus(request_id="close-A1", account_id="A1", status=AccountStatus.CLOSED))
+    rows = shard.run(
+        ops.ChargeBatch(
+            items=[
+                ("nobody", rated("u1", 10, msisdn="499")),
+                ("A0", rated("bad\x00id", 10, msisdn="490")),
+                ("A1", rated("u2", 10, msisdn="491")),
+                ("bad/id", rated("u3", 10, msisdn="492")),
+            ],
+            at_s=T0,
+        )
     )
     assert [r.result for r in rows] == [
         Result.UNKNOWN_ACCOUNT,
@@ -205,7 +216,7 @@ def test_refusals_and_bad_input_write_nothing(tmp_path: Path) -> None:
         Result.ACCOUNT_CLOSED,
         Result.UNKNOWN_ACCOUNT,
     ]
-    assert shard.audit().usage_lines == 0
+    assert shard.run(ops.Audit()).usage_lines == 0
     shard.close()
 
 
@@ -214,17 +225,22 @@ def test_one_msisdn_for_two_accounts_in_one_batch(tmp_path: Path) -> None:
     charged to the account it was routed to, still in one commit."""
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 2)
-    rows = shard.charge_batch(
-        [("A0", rated("m1", 10, msisdn="4900")), ("A1", rated("m2", 20, msisdn="4900")),
-         ("A0", rated("m1", 10, msisdn="4900"))],
-        at_s=T0,
-    )  # fmt: skip
+    rows = shard.run(
+        ops.ChargeBatch(
+            items=[
+                ("A0", rated("m1", 10, msisdn="4900")),
+                ("A1", rated("m2", 20, msisdn="4900")),
+                ("A0", rated("m1", 10, msisdn="4900")),
+            ],
+            at_s=T0,
+        )
+    )
     assert [(r.account_id, r.result) for r in rows] == [
         ("A0", Result.CHARGED),
         ("A1", Result.CHARGED),
         ("A0", Result.DUPLICATE),
     ]
-    assert shard.audit().ok
+    assert shard.run(ops.Audit()).ok
     shard.close()
 
 
@@ -233,18 +249,24 @@ def test_low_balance_notification_is_stored_once_per_crossing(tmp_path: Path) ->
     the notification survives a reopen and the shard sequence continues."""
     shard = open_shard(tmp_path / "s", 1)
     seed(shard, 1, prepaid=1_200_000)  # 1.20 EUR, threshold 1.00 EUR
-    shard.charge_batch([("A0", rated("n1", 300, msisdn="490"))], at_s=T0)  # 0.30 -> 0.90
-    shard.charge_batch([("A0", rated("n2", 100, msisdn="490"))], at_s=T0)  # still below
-    notes = shard.list_notifications("A0")
+    shard.run(
+        ops.ChargeBatch(items=[("A0", rated("n1", 300, msisdn="490"))], at_s=T0)
+    )  # 0.30 -> 0.90
+    shard.run(
+        ops.ChargeBatch(items=[("A0", rated("n2", 100, msisdn="490"))], at_s=T0)
+    )  # still below
+    notes = shard.run(ops.ListNotifications(account_id="A0"))
     assert [n.kind for n in notes] == [NotificationKind.LOW_BALANCE]
-    assert [seq for seq, _ in shard.notifications_since(0)] == [1]
+    assert [seq for seq, _ in shard.run(ops.NotificationsSince(seq=0))] == [1]
     shard.close()
     shard = open_shard(tmp_path / "s", 2)
-    assert len(shard.list_notifications("A0")) == 1
-    shard.top_up(request_id="t2", account_id="A0", amount=EUR, currency="EUR", at_s=T0)
-    shard.charge_batch([("A0", rated("n3", 900, msisdn="490"))], at_s=T0)  # crosses again
-    assert [seq for seq, _ in shard.notifications_since(1)] == [2]
-    assert len(shard.list_notifications("A0")) == 2
+    assert len(shard.run(ops.ListNotifications(account_id="A0"))) == 1
+    shard.run(ops.TopUp(request_id="t2", account_id="A0", amount=EUR, currency="EUR", at_s=T0))
+    shard.run(
+        ops.ChargeBatch(items=[("A0", rated("n3", 900, msisdn="490"))], at_s=T0)
+    )  # crosses again
+    assert [seq for seq, _ in shard.run(ops.NotificationsSince(seq=1))] == [2]
+    assert len(shard.run(ops.ListNotifications(account_id="A0"))) == 2
     shard.close()
 
 
@@ -252,74 +274,113 @@ def test_mixed_account_operations_keep_the_audit(tmp_path: Path) -> None:
     """Top-ups, usage into debt, sessions, expiry, refund, limit and mode switches: the audit
     holds before and after a reopen."""
     shard = open_shard(tmp_path / "s", 1)
-    shard.create_account(request_id="c1", account=account("P", PaymentMode.PREPAID, msisdn="1"))
-    shard.create_account(
-        request_id="c2", account=account("Q", PaymentMode.POSTPAID, limit=5 * EUR, msisdn="2")
+    shard.run(
+        ops.CreateAccount(request_id="c1", account=account("P", PaymentMode.PREPAID, msisdn="1"))
     )
-    shard.create_account(request_id="c3", account=account("H", PaymentMode.HYBRID, msisdn="3"))
+    shard.run(
+        ops.CreateAccount(
+            request_id="c2", account=account("Q", PaymentMode.POSTPAID, limit=5 * EUR, msisdn="2")
+        )
+    )
+    shard.run(
+        ops.CreateAccount(request_id="c3", account=account("H", PaymentMode.HYBRID, msisdn="3"))
+    )
     assert (
-        shard.top_up(
-            request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0
+        shard.run(
+            ops.TopUp(request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0)
         ).result
         is Result.TOPPED_UP
     )
-    dup = shard.top_up(request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0)
+    dup = shard.run(
+        ops.TopUp(request_id="t1", account_id="P", amount=300_000, currency="EUR", at_s=T0)
+    )
     assert dup.result is Result.DUPLICATE
-    rows = shard.charge_batch(
-        [("P", rated("d1", 500, msisdn="1")), ("Q", rated("d2", 200, msisdn="2")),
-         ("H", rated("d3", 50, msisdn="3"))],
-        at_s=T0,
-    )  # fmt: skip
+    rows = shard.run(
+        ops.ChargeBatch(
+            items=[
+                ("P", rated("d1", 500, msisdn="1")),
+                ("Q", rated("d2", 200, msisdn="2")),
+                ("H", rated("d3", 50, msisdn="3")),
+            ],
+            at_s=T0,
+        )
+    )
     assert rows[0].result is Result.CHARGED_TO_DEBT
-    grant = shard.session_initial(
-        request_id="s1:i", account_id="Q", session_id="s1", quote=QUOTE, requested_units=100,
-        validity_s=60, at_s=T0,
-    )  # fmt: skip
+    grant = shard.run(
+        ops.SessionInitial(
+            request_id="s1:i",
+            account_id="Q",
+            session_id="s1",
+            quote=QUOTE,
+            requested_units=100,
+            validity_s=60,
+            at_s=T0,
+        )
+    )
     assert grant.result is Result.GRANTED
-    shard.session_initial(
-        request_id="s2:i", account_id="H", session_id="s2", quote=QUOTE, requested_units=50,
-        validity_s=60, at_s=T0,
-    )  # fmt: skip
-    upd = shard.session_update(
-        request_id="s1:u", account_id="Q", session_id="s1", used_units=40, requested_units=60,
-        at_s=T0 + 30,
-    )  # fmt: skip
+    shard.run(
+        ops.SessionInitial(
+            request_id="s2:i",
+            account_id="H",
+            session_id="s2",
+            quote=QUOTE,
+            requested_units=50,
+            validity_s=60,
+            at_s=T0,
+        )
+    )
+    upd = shard.run(
+        ops.SessionUpdate(
+            request_id="s1:u",
+            account_id="Q",
+            session_id="s1",
+            used_units=40,
+            requested_units=60,
+            at_s=T0 + 30,
+        )
+    )
     assert upd.result is Result.GRANTED
-    assert shard.expire_reservations(T0 + 10_000) == {"H": ("s2",), "Q": ("s1",)}
-    assert shard.expire_reservations(T0 + 10_000) == {}
-    term = shard.session_terminate(
-        request_id="s1:t", account_id="Q", session_id="s1", used_units=10, at_s=T0 + 20_000
+    assert shard.run(ops.ExpireReservations(at_s=T0 + 10_000)) == {"H": ("s2",), "Q": ("s1",)}
+    assert shard.run(ops.ExpireReservations(at_s=T0 + 10_000)) == {}
+    term = shard.run(
+        ops.SessionTerminate(
+            request_id="s1:t", account_id="Q", session_id="s1", used_units=10, at_s=T0 + 20_000
+        )
     )
     assert term.result is Result.TERMINATED
     # The session is one line of Q's usage history: 40 + 10 units, after the direct record.
-    session_line, record_line = shard.list_usage("Q", limit=2)
+    session_line, record_line = shard.run(ops.UsagePage(account_id="Q", limit=2))[0]
     assert (session_line.record_id, session_line.units) == ("s1", 50)
     assert session_line.amount == term.receipt.charged and record_line.record_id == "d2"
-    shard.top_up(request_id="t2", account_id="P", amount=EUR, currency="EUR", at_s=T0)
+    shard.run(ops.TopUp(request_id="t2", account_id="P", amount=EUR, currency="EUR", at_s=T0))
     assert (
-        shard.refund(
-            request_id="f1",
-            account_id="P",
-            amount=10_000,
-            service="voice",
-            reason_ref="d1",
-            at_s=T0,
+        shard.run(
+            ops.Refund(
+                request_id="f1",
+                account_id="P",
+                amount=10_000,
+                service="voice",
+                reason_ref="d1",
+                at_s=T0,
+            )
         ).result
         is Result.REFUNDED
     )
-    shard.set_credit_limit(request_id="l1", account_id="Q", credit_limit=10 * EUR)
-    sw = shard.switch_mode(request_id="w1", account_id="P", to_mode=PaymentMode.POSTPAID, at_s=T0)
+    shard.run(ops.SetCreditLimit(request_id="l1", account_id="Q", credit_limit=10 * EUR))
+    sw = shard.run(
+        ops.SwitchMode(request_id="w1", account_id="P", to_mode=PaymentMode.POSTPAID, at_s=T0)
+    )
     assert sw.result is Result.SWITCHED
-    debit = shard.direct_debit(account_id="H", rated=rated("dd1", 10, msisdn="3"), at_s=T0)
+    debit = shard.run(ops.DirectDebit(account_id="H", rated=rated("dd1", 10, msisdn="3"), at_s=T0))
     assert debit.result is Result.CHARGED  # hybrid, no prepaid left, unlimited credit
-    assert shard.balance("P", at_s=T0) is not None
-    report = shard.audit()
+    assert shard.run(ops.BalanceCheck(account_id="P", at_s=T0)).receipt is not None
+    report = shard.run(ops.Audit())
     assert report.ok, report.problems
     shard.close()
     shard = open_shard(tmp_path / "s", 2)
-    report = shard.audit()
+    report = shard.run(ops.Audit())
     assert report.ok, report.problems
-    state = shard.get_account("P")
+    state = shard.run(ops.GetAccount(account_id="P"))
     assert state is not None and state.account.payment_mode is PaymentMode.POSTPAID
     shard.close()
 
@@ -329,23 +390,32 @@ def test_plan_change_survives_reopen_and_replays(tmp_path: Path) -> None:
     same account, another plan under the id is a conflict, and the audit holds."""
     shard = open_shard(tmp_path / "s", 1)
     subscription = Subscription(plan_id="p", start_s=T0)
-    shard.create_account(
-        request_id="c-A", account=account("A", PaymentMode.POSTPAID, subscriptions=(subscription,))
+    shard.run(
+        ops.CreateAccount(
+            request_id="c-A",
+            account=account("A", PaymentMode.POSTPAID, subscriptions=(subscription,)),
+        )
     )
-    out = shard.change_plan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400)
+    out = shard.run(ops.ChangePlan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400))
     assert out.result is Result.UPDATED
     shard.close()
 
     again = open_shard(tmp_path / "s", 2)
-    state = again.get_account("A")
+    state = again.run(ops.GetAccount(account_id="A"))
     assert state is not None and state.account == out.receipt
     assert state.account.plan_at(T0) == "p" and state.account.plan_at(T0 + 86_400) == "q"
-    retry = again.change_plan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400)
+    retry = again.run(
+        ops.ChangePlan(request_id="pc", account_id="A", plan_id="q", at_s=T0 + 86_400)
+    )
     assert retry.result is Result.DUPLICATE and retry.receipt == out.receipt
-    other = again.change_plan(request_id="pc", account_id="A", plan_id="p", at_s=T0 + 86_400)
+    other = again.run(
+        ops.ChangePlan(request_id="pc", account_id="A", plan_id="p", at_s=T0 + 86_400)
+    )
     assert other.result is Result.EXISTS_WITH_DIFFERENT_PLAN
-    unknown = again.change_plan(request_id="pc2", account_id="B", plan_id="q", at_s=T0 + 86_400)
+    unknown = again.run(
+        ops.ChangePlan(request_id="pc2", account_id="B", plan_id="q", at_s=T0 + 86_400)
+    )
     assert unknown.result is Result.UNKNOWN_ACCOUNT
-    report = again.audit()
+    report = again.run(ops.Audit())
     assert report.ok, report.problems
     again.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 from test_account_shard import open_shard
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
+from actors.shard import ops
 from actors.shard.engine import AccountShard
 from actors.shard.outbox import Forward, group_by_shard
 from billing.accounts import PaymentMode, Result, SponsorRule
@@ -27,7 +28,9 @@ def postpaid_shard(path: Path, n: int, **options: object) -> AccountShard:
     shard = open_shard(path, 1, **options)
     for i in range(n):
         acct = account(f"B{i}", PaymentMode.POSTPAID, msisdn=f"48{i}")
-        assert shard.create_account(request_id=f"c{i}", account=acct).result is Result.CREATED
+        assert (
+            shard.run(ops.CreateAccount(request_id=f"c{i}", account=acct)).result is Result.CREATED
+        )
     return shard
 
 
@@ -36,28 +39,28 @@ def test_bill_run_issues_invoices_equal_to_the_ledger_and_is_idempotent(tmp_path
     a second run, also after a reopen, replays and posts nothing."""
     shard = postpaid_shard(tmp_path / "s", 5, chunk_accounts=2)
     items = [(f"B{i % 5}", rated(f"u{i}", 100 + i, msisdn=f"48{i % 5}")) for i in range(20)]
-    rows = shard.charge_batch(items, at_s=T0 + DAY_S)
+    rows = shard.run(ops.ChargeBatch(items=items, at_s=T0 + DAY_S))
     owed = {f"B{i}": sum(r.amount for r in rows if r.account_id == f"B{i}") for i in range(5)}
-    assert shard.bill_run("2024-06", at_s=T0).refused == "cycle_not_ended"
-    report = shard.bill_run("2024-06", at_s=FINAL)
+    assert shard.run(ops.BillRun(cycle_id="2024-06", at_s=T0)).refused == "cycle_not_ended"
+    report = shard.run(ops.BillRun(cycle_id="2024-06", at_s=FINAL))
     assert report.results == {"issued": 5} and report.commits == 3
     assert report.invoiced == sum(owed.values())
-    invoice = shard.get_invoice(invoice_id_for("B0", "2024-06"))
+    invoice = shard.run(ops.GetInvoice(invoice_id=invoice_id_for("B0", "2024-06")))
     assert invoice is not None and invoice.total == owed["B0"]
     assert invoice.status is InvoiceStatus.OPEN
-    assert shard.get_account("B0").receivable == -owed["B0"]  # type: ignore[union-attr]
-    kinds = [n.kind for n in shard.list_notifications("B0")]
+    assert shard.run(ops.GetAccount(account_id="B0")).receivable == -owed["B0"]  # type: ignore[union-attr]
+    kinds = [n.kind for n in shard.run(ops.ListNotifications(account_id="B0"))]
     assert kinds == [NotificationKind.INVOICE_ISSUED]
-    assert shard.audit().ok
-    again = shard.bill_run("2024-06", at_s=FINAL + 60)
+    assert shard.run(ops.Audit()).ok
+    again = shard.run(ops.BillRun(cycle_id="2024-06", at_s=FINAL + 60))
     assert again.results == {"replayed": 5} and again.entries == 0
     shard.close()
     shard = open_shard(tmp_path / "s", 2)
-    assert shard.bill_run("2024-06", at_s=FINAL + 120).results == {"replayed": 5}
-    assert [i.invoice_id for i in shard.list_invoices("B0", open_only=True)] == [
+    assert shard.run(ops.BillRun(cycle_id="2024-06", at_s=FINAL + 120)).results == {"replayed": 5}
+    assert [i.invoice_id for i in shard.run(ops.ListInvoices(account_id="B0", open_only=True))] == [
         invoice_id_for("B0", "2024-06")
     ]
-    report2 = shard.audit()
+    report2 = shard.run(ops.Audit())
     assert report2.ok, report2.problems
     assert report2.invoices == 5
     shard.close()
@@ -67,43 +70,51 @@ def test_payment_reversal_and_ageing_through_the_shard(tmp_path: Path) -> None:
     """A partial payment, a duplicate, an overpayment to credit, a reversal and ageing:
     invoices, receivable and credit stay equal to the ledger."""
     shard = postpaid_shard(tmp_path / "s", 1)
-    shard.charge_batch([("B0", rated("u1", 1000, msisdn="480"))], at_s=T0)  # 1.00 EUR
-    shard.bill_run("2024-06", at_s=FINAL)
+    shard.run(ops.ChargeBatch(items=[("B0", rated("u1", 1000, msisdn="480"))], at_s=T0))  # 1.00 EUR
+    shard.run(ops.BillRun(cycle_id="2024-06", at_s=FINAL))
     iid = invoice_id_for("B0", "2024-06")
-    first = shard.apply_payment(
-        request_id="p1", account_id="B0", amount=400_000, currency="EUR", at_s=FINAL
+    first = shard.run(
+        ops.ApplyPayment(
+            request_id="p1", account_id="B0", amount=400_000, currency="EUR", at_s=FINAL
+        )
     )
     assert isinstance(first, WriteoffOutcome) and first.result is WriteoffResult.APPLIED
-    dup = shard.apply_payment(
-        request_id="p1", account_id="B0", amount=400_000, currency="EUR", at_s=FINAL
+    dup = shard.run(
+        ops.ApplyPayment(
+            request_id="p1", account_id="B0", amount=400_000, currency="EUR", at_s=FINAL
+        )
     )
     assert isinstance(dup, WriteoffOutcome) and dup.result is WriteoffResult.DUPLICATE
-    wrong = shard.apply_payment(
-        request_id="p9", account_id="B0", amount=1, currency="USD", at_s=FINAL
+    wrong = shard.run(
+        ops.ApplyPayment(request_id="p9", account_id="B0", amount=1, currency="USD", at_s=FINAL)
     )
     assert wrong is Result.CURRENCY_MISMATCH
-    assert shard.get_invoice(iid).status is InvoiceStatus.PARTIALLY_PAID  # type: ignore[union-attr]
-    due = shard.get_invoice(iid).due_at_s  # type: ignore[union-attr]
-    assert shard.age_invoices(due - 1) == 0
-    assert shard.age_invoices(due) == 1
-    assert shard.age_invoices(due + DAY_S) == 0
-    assert shard.get_invoice(iid).status is InvoiceStatus.OVERDUE  # type: ignore[union-attr]
-    over = shard.apply_payment(
-        request_id="p2", account_id="B0", amount=EUR, currency="EUR", at_s=due + 5
+    assert shard.run(ops.GetInvoice(invoice_id=iid)).status is InvoiceStatus.PARTIALLY_PAID  # type: ignore[union-attr]
+    due = shard.run(ops.GetInvoice(invoice_id=iid)).due_at_s  # type: ignore[union-attr]
+    assert shard.run(ops.AgeInvoices(at_s=due - 1)) == 0
+    assert shard.run(ops.AgeInvoices(at_s=due)) == 1
+    assert shard.run(ops.AgeInvoices(at_s=due + DAY_S)) == 0
+    assert shard.run(ops.GetInvoice(invoice_id=iid)).status is InvoiceStatus.OVERDUE  # type: ignore[union-attr]
+    over = shard.run(
+        ops.ApplyPayment(request_id="p2", account_id="B0", amount=EUR, currency="EUR", at_s=due + 5)
     )
     assert isinstance(over, WriteoffOutcome) and over.payment is not None
     assert over.payment.credit == 400_000
-    assert shard.get_account("B0").credit == 400_000  # type: ignore[union-attr]
-    back = shard.reverse_payment(request_id="v1", account_id="B0", payment_id="p2", at_s=due + 9)
+    assert shard.run(ops.GetAccount(account_id="B0")).credit == 400_000  # type: ignore[union-attr]
+    back = shard.run(
+        ops.ReversePayment(request_id="v1", account_id="B0", payment_id="p2", at_s=due + 9)
+    )
     assert isinstance(back, WriteoffOutcome) and back.result is WriteoffResult.REVERSED
-    state = shard.get_account("B0")
+    state = shard.run(ops.GetAccount(account_id="B0"))
     assert state is not None and (state.credit, state.receivable) == (0, -600_000)
-    unknown = shard.reverse_payment(request_id="v2", account_id="B0", payment_id="c0", at_s=due)
+    unknown = shard.run(
+        ops.ReversePayment(request_id="v2", account_id="B0", payment_id="c0", at_s=due)
+    )
     assert isinstance(unknown, WriteoffOutcome)
     assert unknown.result is WriteoffResult.UNKNOWN_PAYMENT
-    kinds = [n.kind for n in shard.list_notifications("B0")]
+    kinds = [n.kind for n in shard.run(ops.ListNotifications(account_id="B0"))]
     assert kinds == [NotificationKind.INVOICE_ISSUED, NotificationKind.PAYMENT_OVERDUE]
-    report = shard.audit()
+    report = shard.run(ops.Audit())
     assert report.ok, report.problems
     shard.close()
 
@@ -112,17 +123,19 @@ def test_switch_to_prepaid_issues_the_interim_invoice_in_the_same_batch(tmp_path
     """Postpaid -> prepaid bills the unbilled usage at once; the audit ties the invoice to the
     switch entry; the cycle's bill run does not bill it again."""
     shard = postpaid_shard(tmp_path / "s", 1)
-    shard.charge_batch([("B0", rated("u1", 700, msisdn="480"))], at_s=T0 + DAY_S)
-    out = shard.switch_mode(
-        request_id="w1", account_id="B0", to_mode=PaymentMode.PREPAID, at_s=T0 + 2 * DAY_S
+    shard.run(ops.ChargeBatch(items=[("B0", rated("u1", 700, msisdn="480"))], at_s=T0 + DAY_S))
+    out = shard.run(
+        ops.SwitchMode(
+            request_id="w1", account_id="B0", to_mode=PaymentMode.PREPAID, at_s=T0 + 2 * DAY_S
+        )
     )
     assert out.result is Result.SWITCHED
-    invoices = shard.list_invoices("B0")
+    invoices = shard.run(ops.ListInvoices(account_id="B0"))
     assert [i.total for i in invoices] == [700_000]
-    assert shard.audit().ok
-    shard.bill_run("2024-06", at_s=FINAL)
-    assert [i.total for i in shard.list_invoices("B0")] == [700_000]
-    report = shard.audit()
+    assert shard.run(ops.Audit()).ok
+    shard.run(ops.BillRun(cycle_id="2024-06", at_s=FINAL))
+    assert [i.total for i in shard.run(ops.ListInvoices(account_id="B0"))] == [700_000]
+    report = shard.run(ops.Audit())
     assert report.ok, report.problems
     shard.close()
 
@@ -131,8 +144,10 @@ def test_content_purchase_posts_the_provider_share_and_settles(tmp_path: Path) -
     """A content purchase moves the provider's share out of revenue in the same batch; the
     settlement report and the ledger agree."""
     shard = open_shard(tmp_path / "s", 1)
-    shard.create_account(request_id="c", account=account("A", PaymentMode.PREPAID, msisdn="1"))
-    shard.top_up(request_id="t", account_id="A", amount=EUR, currency="EUR", at_s=T0)
+    shard.run(
+        ops.CreateAccount(request_id="c", account=account("A", PaymentMode.PREPAID, msisdn="1"))
+    )
+    shard.run(ops.TopUp(request_id="t", account_id="A", amount=EUR, currency="EUR", at_s=T0))
     base = rated("k1", 1, msisdn="1", service=Service.SMS)
     bought = replace(
         base,
@@ -141,15 +156,15 @@ def test_content_purchase_posts_the_provider_share_and_settles(tmp_path: Path) -
         content_provider="acme",
         provider_share=30_000,
     )
-    assert shard.charge_batch([("A", bought)], at_s=T0)[0].result is Result.CHARGED
-    (line,) = shard.settlement_report("2024-06")
+    assert shard.run(ops.ChargeBatch(items=[("A", bought)], at_s=T0))[0].result is Result.CHARGED
+    (line,) = shard.run(ops.SettlementReport(cycle_id="2024-06"))
     assert (line.provider, line.count, line.gross, line.provider_share) == (
         "acme",
         1,
         90_000,
         30_000,
     )
-    report = shard.audit()
+    report = shard.run(ops.Audit())
     assert report.ok and report.op_balances["op/provider/acme"] == 30_000
     assert report.op_balances["op/revenue/content"] == 60_000
     shard.close()
@@ -159,16 +174,20 @@ def test_sponsor_on_the_same_shard_is_charged_in_the_same_batch(tmp_path: Path) 
     """A rule naming a sponsor on this shard charges it directly: no forward."""
     shard = open_shard(tmp_path / "s", 1)
     rule = SponsorRule(sponsor_account_id="E", rating_group=20)
-    shard.create_account(
-        request_id="c1", account=account("A", PaymentMode.PREPAID, sponsor_rules=(rule,))
+    shard.run(
+        ops.CreateAccount(
+            request_id="c1", account=account("A", PaymentMode.PREPAID, sponsor_rules=(rule,))
+        )
     )
-    shard.create_account(request_id="c2", account=account("E", PaymentMode.POSTPAID, msisdn="0"))
+    shard.run(
+        ops.CreateAccount(request_id="c2", account=account("E", PaymentMode.POSTPAID, msisdn="0"))
+    )
     r = rated("s1", 5000, service=Service.DATA, usage_class="data.rg20", rating_group=20)
-    answer = shard.charge_batch([("A", r)], at_s=T0)
+    answer = shard.run(ops.ChargeBatch(items=[("A", r)], at_s=T0))
     assert answer[0].result is Result.SPONSORED and answer.forwards == []
-    assert shard.get_account("E").unbilled == -5000  # type: ignore[union-attr]
-    assert shard.list_usage("A")[0].sponsored_by == "E"
-    assert shard.audit().ok
+    assert shard.run(ops.GetAccount(account_id="E")).unbilled == -5000  # type: ignore[union-attr]
+    assert shard.run(ops.UsagePage(account_id="A"))[0][0].sponsored_by == "E"
+    assert shard.run(ops.Audit()).ok
     shard.close()
 
 
@@ -178,39 +197,57 @@ def test_cross_shard_sponsor_is_stored_delivered_and_applied_once(tmp_path: Path
     tariff = FakeTariff(sponsors={"data.rg10": "S"})
     sub = open_shard(tmp_path / "a", 1, tariff=tariff)
     spo = open_shard(tmp_path / "b", 1, tariff=tariff)
-    sub.create_account(request_id="c1", account=account("A", PaymentMode.PREPAID, msisdn="1"))
-    spo.create_account(request_id="c2", account=account("S", PaymentMode.POSTPAID, msisdn="0"))
+    sub.run(
+        ops.CreateAccount(request_id="c1", account=account("A", PaymentMode.PREPAID, msisdn="1"))
+    )
+    spo.run(
+        ops.CreateAccount(request_id="c2", account=account("S", PaymentMode.POSTPAID, msisdn="0"))
+    )
     r = rated("f1", 100, msisdn="1", service=Service.DATA, usage_class="data.rg10")
-    answer = sub.charge_batch([("A", r)], at_s=T0)
+    answer = sub.run(ops.ChargeBatch(items=[("A", r)], at_s=T0))
     assert answer[0].result is Result.SPONSORED
     assert [f.forward_id for f in answer.forwards] == ["sponsor:f1"]
     sub.close()  # a crash before delivery: the forward is durable
     sub = open_shard(tmp_path / "a", 2, tariff=tariff)
-    pending = sub.pending_forwards()
+    pending = sub.run(ops.PendingForwards())
     assert pending == answer.forwards
     assert list(group_by_shard(pending, 16)) != []
-    assert spo.apply_forwards(pending, at_s=T0) == [("sponsor:f1", Result.CHARGED)]
-    assert spo.apply_forwards(pending, at_s=T0) == [("sponsor:f1", Result.DUPLICATE)]
-    assert spo.get_account("S").unbilled == -200_000  # type: ignore[union-attr]
-    assert sub.ack_forwards([f.forward_id for f in pending]) == 1
-    assert sub.pending_forwards() == [] and sub.ack_forwards(["sponsor:f1"]) == 0
-    assert sub.charge_batch([("A", r)], at_s=T0)[0].result is Result.DUPLICATE
-    orphan = replace(pending[0], target_account_id="Z", usage=replace(pending[0].usage,
-                     sponsor_account_id="Z"))  # fmt: skip
-    assert spo.apply_forwards([orphan], at_s=T0) == [("sponsor:f1", Result.UNKNOWN_ACCOUNT)]
-    assert [res for _, res in spo.refused_forwards()] == [Result.UNKNOWN_ACCOUNT]
+    assert spo.run(ops.ApplyForwards(forwards=pending, at_s=T0)) == [("sponsor:f1", Result.CHARGED)]
+    assert spo.run(ops.ApplyForwards(forwards=pending, at_s=T0)) == [
+        ("sponsor:f1", Result.DUPLICATE)
+    ]
+    assert spo.run(ops.GetAccount(account_id="S")).unbilled == -200_000  # type: ignore[union-attr]
+    assert sub.run(ops.AckForwards(forward_ids=[f.forward_id for f in pending])) == 1
+    assert (
+        sub.run(ops.PendingForwards()) == []
+        and sub.run(ops.AckForwards(forward_ids=["sponsor:f1"])) == 0
+    )
+    assert sub.run(ops.ChargeBatch(items=[("A", r)], at_s=T0))[0].result is Result.DUPLICATE
+    orphan = replace(
+        pending[0], target_account_id="Z", usage=replace(pending[0].usage, sponsor_account_id="Z")
+    )
+    assert spo.run(ops.ApplyForwards(forwards=[orphan], at_s=T0)) == [
+        ("sponsor:f1", Result.UNKNOWN_ACCOUNT)
+    ]
+    assert [res for _, res in spo.run(ops.RefusedForwards())] == [Result.UNKNOWN_ACCOUNT]
     # A sponsor that does not exist yet: refused and kept; once the account exists, the
     # retry charges it once and clears the refusal.
     later = replace(r, record=replace(r.record, record_id="f2"))
     to_z = Forward.of(replace(pending[0].usage, rated=later, sponsor_account_id="Z"))
-    assert spo.apply_forwards([to_z], at_s=T0) == [("sponsor:f2", Result.UNKNOWN_ACCOUNT)]
-    assert spo.retry_refused_forwards(["f2"], at_s=T0) == [("f2", Result.UNKNOWN_ACCOUNT)]
-    spo.create_account(request_id="cz", account=account("Z", PaymentMode.POSTPAID, msisdn="9"))
-    assert spo.retry_refused_forwards(["f2"], at_s=T0) == [("f2", Result.CHARGED)]
-    assert spo.get_account("Z").unbilled == -200_000  # type: ignore[union-attr]
-    assert [u.rated.record.record_id for u, _ in spo.refused_forwards()] == ["f1"]
-    assert spo.retry_refused_forwards(["f2"], at_s=T0) == []
+    assert spo.run(ops.ApplyForwards(forwards=[to_z], at_s=T0)) == [
+        ("sponsor:f2", Result.UNKNOWN_ACCOUNT)
+    ]
+    assert spo.run(ops.RetryRefusedForwards(record_ids=["f2"], at_s=T0)) == [
+        ("f2", Result.UNKNOWN_ACCOUNT)
+    ]
+    spo.run(
+        ops.CreateAccount(request_id="cz", account=account("Z", PaymentMode.POSTPAID, msisdn="9"))
+    )
+    assert spo.run(ops.RetryRefusedForwards(record_ids=["f2"], at_s=T0)) == [("f2", Result.CHARGED)]
+    assert spo.run(ops.GetAccount(account_id="Z")).unbilled == -200_000  # type: ignore[union-attr]
+    assert [u.rated.record.record_id for u, _ in spo.run(ops.RefusedForwards())] == ["f1"]
+    assert spo.run(ops.RetryRefusedForwards(record_ids=["f2"], at_s=T0)) == []
     for shard in (sub, spo):
-        report = shard.audit()
+        report = shard.run(ops.Audit())
         assert report.ok, report.problems
         shard.close()

@@ -1,8 +1,9 @@
-"""The Ray backend against a real local Ray cluster: every service, routed to the owning actors.
+"""The backend against a real local Ray cluster: every service, routed to the owning actors.
 
 One cluster (1 node, 4 shards, 2 partitions) serves the whole module; each
-test uses its own accounts and ids. The backend's coroutines are called
-directly with proto requests, as the gateway calls them.
+test uses its own accounts and ids. The rows of the RPC table are run directly
+with proto requests, as the gateway runs them (:class:`Calls` names them by
+their SDK method names).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import pytest
@@ -25,9 +26,15 @@ from petribill.v1 import (
     usage_pb2,
 )
 
+from actors.remote import RayTransport
+from actors.router import UnitRouter
+from actors.shard import ops
 from billing.cycle import monthly_cycle
-from cluster.api.backend import BackendError
-from cluster.backend.ray_backend import RayBackend
+from cluster.api.errors import BackendError
+from cluster.backend.backend import Backend
+from cluster.backend.context import Cluster
+from cluster.backend.rpcs import RPCS
+from cluster.client.calls import method_name
 from cluster.config import parse_config
 from cluster.deploy.runtime import Runtime
 
@@ -44,16 +51,38 @@ TIMEOUT_S = 20.0
 S = usage_pb2
 
 
+class Calls:
+    """The backend's RPCs by their SDK method names (``get_balance``), run as the gateway
+    runs them: a coroutine per unary RPC, an async iterator per server stream."""
+
+    _RPCS: ClassVar[dict[str, Any]] = {method_name(rpc.method): rpc for rpc in RPCS}
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.cluster = backend.cluster
+
+    def __getattr__(self, name: str) -> Any:
+        rpc = self._RPCS[name]
+        if rpc.server_streaming:
+            return lambda request, *, timeout_s=None: self.backend.stream(rpc, request, timeout_s)
+        return lambda request, *, timeout_s: self.backend.call(rpc, request, timeout_s)
+
+
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayBackend]:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calls]:
     config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
     data_dir = tmp_path_factory.mktemp("backend") / "data"
     rt = Runtime(config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=1, gateways=False)
     rt.start(timeout_s=120)
     try:
-        yield RayBackend(
-            4, 2, tariffs_dir=TARIFFS, clock=lambda: float(T_NOV + 3600), data_dir=data_dir
+        router = UnitRouter(RayTransport(), shards=4, partitions=2)
+        cluster = Cluster(
+            router,
+            tariffs_dir=str(TARIFFS),
+            clock=lambda: float(T_NOV + 3600),
+            data_dir=str(data_dir),
         )
+        yield Calls(Backend(cluster))
     finally:
         rt.stop()
 
@@ -70,7 +99,7 @@ def eur(units: str) -> common_pb2.Money:
 
 
 def create(
-    backend: RayBackend, account_id: str, msisdn: str, mode: int = common_pb2.PAYMENT_MODE_POSTPAID
+    backend: Calls, account_id: str, msisdn: str, mode: int = common_pb2.PAYMENT_MODE_POSTPAID
 ) -> accounts_pb2.Account:
     request = accounts_pb2.CreateAccountRequest(
         request_id=f"create-{account_id}", account_id=account_id, payment_mode=mode,
@@ -86,7 +115,7 @@ def call(msisdn: str, record_id: str, duration_s: int = 60) -> common_pb2.UsageR
     )  # fmt: skip
 
 
-def submit(backend: RayBackend, *records: common_pb2.UsageRecord) -> list[Any]:
+def submit(backend: Calls, *records: common_pb2.UsageRecord) -> list[Any]:
     request = S.SubmitUsageRequest(records=list(records), batch_id="b1")
     answer = run(backend.submit_usage(request, timeout_s=TIMEOUT_S))
     assert answer.batch_id == "b1"
@@ -99,7 +128,7 @@ def status_of(coro: Coroutine[Any, Any, Any]) -> tuple[grpc.StatusCode, str]:
     return caught.value.code, caught.value.message
 
 
-def test_create_account_submit_usage_and_balance(backend: RayBackend) -> None:
+def test_create_account_submit_usage_and_balance(backend: Calls) -> None:
     """An account created with an MSISDN is charged for usage routed by that MSISDN."""
     created = create(backend, "acc-usage", "+49 151 0000001")
     assert created.msisdns == ["491510000001"] and created.plan_id == "smart"
@@ -121,7 +150,7 @@ def test_create_account_submit_usage_and_balance(backend: RayBackend) -> None:
     assert [line.record_id for line in usage.lines] == ["sw1:2", "sw1:1"]  # newest first
 
 
-def test_duplicates_and_same_id_with_other_content(backend: RayBackend) -> None:
+def test_duplicates_and_same_id_with_other_content(backend: Calls) -> None:
     """A resubmitted record is a duplicate; the same id with other content names the field."""
     create(backend, "acc-dup", "491510000002")
     first = submit(backend, call("491510000002", "sw2:1"))
@@ -136,7 +165,7 @@ def test_duplicates_and_same_id_with_other_content(backend: RayBackend) -> None:
     assert later.status == S.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT
 
 
-def test_malformed_record_is_rejected_and_the_batch_proceeds(backend: RayBackend) -> None:
+def test_malformed_record_is_rejected_and_the_batch_proceeds(backend: Calls) -> None:
     """A malformed record is REJECTED 'malformed' naming the field; the others are charged."""
     create(backend, "acc-bad", "491510000003")
     bad_number = call("not-a-number", "sw3:2")
@@ -156,7 +185,7 @@ def test_malformed_record_is_rejected_and_the_batch_proceeds(backend: RayBackend
     assert {"sw3:2", "sw3:3"} <= {r.record_id for r in rejects.rejects}
 
 
-def test_unknown_account_is_not_found(backend: RayBackend) -> None:
+def test_unknown_account_is_not_found(backend: Calls) -> None:
     """Unknown accounts are NOT_FOUND; usage of an unknown MSISDN is rejected, reprocessable."""
     get = backend.get_account(accounts_pb2.GetAccountRequest(account_id="nobody"), timeout_s=5)
     assert status_of(get)[0] is grpc.StatusCode.NOT_FOUND
@@ -173,7 +202,7 @@ def test_unknown_account_is_not_found(backend: RayBackend) -> None:
     assert (answer.reprocessed, answer.charged, answer.still_rejected) == (1, 1, 0)
 
 
-def test_top_up_is_idempotent_and_a_changed_retry_names_the_field(backend: RayBackend) -> None:
+def test_top_up_is_idempotent_and_a_changed_retry_names_the_field(backend: Calls) -> None:
     """A retried top-up credits once; the same request id with another amount is ALREADY_EXISTS."""
     create(backend, "acc-pre", "491510000005", common_pb2.PAYMENT_MODE_PREPAID)
     request = accounts_pb2.TopUpRequest(request_id="top-1", account_id="acc-pre", amount=eur("10"))
@@ -185,7 +214,7 @@ def test_top_up_is_idempotent_and_a_changed_retry_names_the_field(backend: RayBa
     assert code is grpc.StatusCode.ALREADY_EXISTS and "amount" in message
 
 
-def test_online_charging_session(backend: RayBackend) -> None:
+def test_online_charging_session(backend: Calls) -> None:
     """Initial reserves money, update settles used units, terminate releases the rest."""
     create(backend, "acc-ocs", "491510000006", common_pb2.PAYMENT_MODE_PREPAID)
     top = accounts_pb2.TopUpRequest(request_id="top-ocs", account_id="acc-ocs", amount=eur("5"))
@@ -218,7 +247,7 @@ def test_online_charging_session(backend: RayBackend) -> None:
     assert answer.result == charging_pb2.SESSION_RESULT_UNKNOWN_SESSION
 
 
-def test_bill_run_invoices_payment_and_reversal(backend: RayBackend) -> None:
+def test_bill_run_invoices_payment_and_reversal(backend: Calls) -> None:
     """After the cycle the run invoices every shard; a payment is allocated, then reversed."""
     create(backend, "acc-bill", "491510000007")
     submit(backend, call("491510000007", "sw7:1", 300))
@@ -273,7 +302,7 @@ def test_bill_run_invoices_payment_and_reversal(backend: RayBackend) -> None:
     assert notifications_pb2.NOTIFICATION_KIND_INVOICE_ISSUED in kinds
 
 
-def test_subscribe_streams_new_notifications(backend: RayBackend) -> None:
+def test_subscribe_streams_new_notifications(backend: Calls) -> None:
     """A subscription yields notifications stored after it started, of its accounts only."""
     create(backend, "acc-sub", "491510000008")
 
@@ -296,7 +325,7 @@ def test_subscribe_streams_new_notifications(backend: RayBackend) -> None:
     assert note.kind == notifications_pb2.NOTIFICATION_KIND_INVOICE_ISSUED
 
 
-def test_reconcile_adds_up(backend: RayBackend) -> None:
+def test_reconcile_adds_up(backend: Calls) -> None:
     """Every record received is rated, rejected or a duplicate, and the ledger sums to zero."""
     answer = run(backend.reconcile(admin_pb2.ReconcileRequest(), timeout_s=TIMEOUT_S))
     assert answer.received > 0
@@ -304,7 +333,7 @@ def test_reconcile_adds_up(backend: RayBackend) -> None:
     assert answer.ledger_total.micros == 0 and answer.balanced, answer.detail
 
 
-def test_cluster_status_tariffs_and_unimplemented(backend: RayBackend) -> None:
+def test_cluster_status_tariffs_and_unimplemented(backend: Calls) -> None:
     """Status lists every unit with its owner; tariffs answer; the net refuses to drain an
     unknown node; Rebalance reports the spread."""
     status = run(backend.cluster_status(admin_pb2.ClusterStatusRequest(), timeout_s=TIMEOUT_S))
@@ -338,11 +367,11 @@ async def _drain(stream: AsyncIterator[T]) -> list[T]:
 
 
 def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
-    backend: RayBackend,
+    backend: Calls,
 ) -> None:
     """A call routed by an old epoch follows the host's StaleRoute; no owner is UNAVAILABLE."""
     create(backend, "acc-route", "491510000009")
-    router = backend.router
+    router = backend.cluster.router
     unit = router.shard("acc-route")
     node, epoch = router._routes[unit]
     router._routes[unit] = (node, epoch + 7)  # as if a takeover had happened meanwhile
@@ -350,11 +379,12 @@ def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
         backend.get_account(accounts_pb2.GetAccountRequest(account_id="acc-route"), timeout_s=5)
     )
     assert found.account_id == "acc-route" and router._routes[unit] == (node, epoch)
-    code, message = status_of(router.call("acct-99", "get_account", "x", timeout_s=0.5))
+    lost = backend.cluster.run("acct-99", ops.GetAccount(account_id="x"), timeout_s=0.5)
+    code, message = status_of(lost)
     assert code is grpc.StatusCode.UNAVAILABLE and "acct-99" in message
 
 
-def test_backup_checkpoints_every_unit_under_the_data_dir(backend: RayBackend) -> None:
+def test_backup_checkpoints_every_unit_under_the_data_dir(backend: Calls) -> None:
     """Backup has every host checkpoint its units; a retry answers the same backup, a
     relative path is refused, and each checkpoint opens as a database."""
     from actors.store.backup import open_checkpoint, read_backup
@@ -364,8 +394,8 @@ def test_backup_checkpoints_every_unit_under_the_data_dir(backend: RayBackend) -
     answer = run(backend.backup(request, timeout_s=TIMEOUT_S))
     assert answer.done and answer.request_id == "bk-1"
     assert run(backend.backup(request, timeout_s=TIMEOUT_S)).done  # idempotent
-    assert backend.data_dir is not None
-    root = Path(backend.data_dir) / "backups" / "bk-1"
+    assert backend.cluster.data_dir is not None
+    root = Path(backend.cluster.data_dir) / "backups" / "bk-1"
     assert root.as_posix() in answer.detail
     taken = read_backup(root)
     assert sorted(taken) == ["acct-00", "acct-01", "acct-02", "acct-03", "part-0", "part-1"]
@@ -376,15 +406,15 @@ def test_backup_checkpoints_every_unit_under_the_data_dir(backend: RayBackend) -
 
 
 def test_load_tariffs_validates_persists_and_switches_every_unit(
-    backend: RayBackend, tmp_path: Path
+    backend: Calls, tmp_path: Path
 ) -> None:
     """A broken catalogue is INVALID_ARGUMENT naming file and key and changes nothing; a
     valid one is kept under the data dir and rates the next records; loading the first
     catalogue again restores its prices."""
     import shutil
 
-    assert backend.data_dir is not None
-    current = Path(backend.data_dir) / "tariffs" / "CURRENT"
+    assert backend.cluster.data_dir is not None
+    current = Path(backend.cluster.data_dir) / "tariffs" / "CURRENT"
     broken = tmp_path / "broken"
     shutil.copytree(TARIFFS, broken)
     plans = broken / "plans.toml"
@@ -415,7 +445,7 @@ def test_load_tariffs_validates_persists_and_switches_every_unit(
     assert restored.amount.micros == before.amount.micros
 
 
-def test_metrics_reach_the_nodes_prometheus_page(backend: RayBackend) -> None:
+def test_metrics_reach_the_nodes_prometheus_page(backend: Calls) -> None:
     """Usage submitted here shows in the node's Prometheus page: the partitions'
     reconciliation counters and the hosts' call latencies (Ray publishes every 2 s)."""
     import re
@@ -434,7 +464,7 @@ def test_metrics_reach_the_nodes_prometheus_page(backend: RayBackend) -> None:
             text = page.read().decode()
         counts = [float(v) for v in received.findall(text)]
         calls = re.search(
-            r'^ray_petribill_unit_call_seconds_count\{[^}]*method="submit"', text, re.M
+            r'^ray_petribill_unit_call_seconds_count\{[^}]*method="Submit"', text, re.M
         )
         if sum(counts) >= 1 and calls:
             break
@@ -444,7 +474,7 @@ def test_metrics_reach_the_nodes_prometheus_page(backend: RayBackend) -> None:
         time.sleep(1)
 
 
-def test_unreadable_lines_are_stored_by_file_and_line(backend: RayBackend) -> None:
+def test_unreadable_lines_are_stored_by_file_and_line(backend: Calls) -> None:
     """StoreUnreadable puts reader rejects in the reject store with their reason and raw
     text, counted as received and rejected; storing a line again replaces its entry."""
     from billing.readers import Reject, RejectCode
@@ -486,7 +516,7 @@ def test_unreadable_lines_are_stored_by_file_and_line(backend: RayBackend) -> No
     assert "a,b,c" in mine[1][2]
 
 
-def test_refused_sponsor_charges_are_listed_and_reprocessed(backend: RayBackend) -> None:
+def test_refused_sponsor_charges_are_listed_and_reprocessed(backend: Calls) -> None:
     """Zero-rated video (rating group 20) is sponsored by an account that does not exist
     yet: the subscriber's line is sponsored, the sponsor's shard keeps the refusal and
     ListRejects shows it; once the sponsor exists, ReprocessRejects charges it once."""

@@ -12,7 +12,9 @@ from test_host import AT, PARTITIONS, ROOT, SHARDS, TwoHosts, _voice
 from actors.engines import engine_factory
 from actors.host import UnitHost
 from actors.partition.engine import RecordStatus
+from actors.partition.ops import Submit
 from actors.routing import partition_of, shard_of
+from actors.shard import ops
 from actors.store.backup import BackupExists, checkpoint_epoch, open_checkpoint, read_backup
 from actors.store.codec import account_key
 from billing.accounts import PaymentMode
@@ -48,16 +50,17 @@ def test_a_backup_holds_every_unit_as_committed_when_it_was_taken(
     hosts.create("acc-b", PaymentMode.POSTPAID, MSISDN, "business")
     partition = partition_of(MSISDN, PARTITIONS)
     before = [_voice(f"msc:b{i}", MSISDN, 61) for i in range(5)]
-    assert {r.status for r in hosts.on(partition, "submit", before, at_s=AT)} == {
+    assert {r.status for r in hosts.on(partition, Submit(items=before, at_s=AT))} == {
         RecordStatus.CHARGED
     }
     shard = shard_of("acc-b", SHARDS)
-    at_backup = hosts.on(shard, "get_account", "acc-b")
+    at_backup = hosts.on(shard, ops.GetAccount(account_id="acc-b"))
     root = tmp_path / "backup"
     epochs = _backup_all(hosts, root, "b1")
     after = [_voice(f"msc:a{i}", MSISDN, 61) for i in range(3)]
-    hosts.on(partition, "submit", after, at_s=AT)
-    assert len(hosts.on(shard, "list_usage", "acc-b")) == len(before) + len(after)
+    hosts.on(partition, Submit(items=after, at_s=AT))
+    lines, _ = hosts.on(shard, ops.UsagePage(account_id="acc-b"))
+    assert len(lines) == len(before) + len(after)
 
     assert set(read_backup(root)) == set(hosts.routes)
     for unit, epoch in epochs.items():
@@ -76,10 +79,10 @@ def test_a_backup_holds_every_unit_as_committed_when_it_was_taken(
     host = UnitHost(node="r", data_dir=str(restored.parent.parent), shards=SHARDS, factory=FACTORY)
     try:
         host.open_unit(shard, epochs[shard] + 1)
-        state = host.read(shard, epochs[shard] + 1, "get_account", "acc-b")
+        state = host.read(shard, epochs[shard] + 1, ops.GetAccount(account_id="acc-b"))
         assert state.usage == at_backup.usage != {}
         assert state.bundle_used == at_backup.bundle_used
-        usage = host.read(shard, epochs[shard] + 1, "list_usage", "acc-b")
+        usage, _ = host.read(shard, epochs[shard] + 1, ops.UsagePage(account_id="acc-b"))
         assert sorted(line.record_id for line in usage) == sorted(r.record_id for r in before)
     finally:
         host.close_all()

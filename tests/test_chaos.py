@@ -119,8 +119,8 @@ class Books:
             unbilled=_money(self.unbilled.get(account_id, 0)),
         )
 
-    def list_rejects(self, limit: int) -> list[admin_pb2.Reject]:
-        return self.rejects[:limit]
+    def list_rejects(self, limit: int) -> admin_pb2.ListRejectsResponse:
+        return admin_pb2.ListRejectsResponse(rejects=self.rejects[:limit])
 
     def reconcile(self) -> admin_pb2.ReconcileResponse:
         total = self.ledger_total
@@ -128,14 +128,16 @@ class Books:
             balanced=total == 0, ledger_total=_money(total), detail=f"postings sum to {total}"
         )
 
-    def bill_run(self, cycle_id: str, **_: Any) -> None:
+    def run_billing(self, cycle_id: str, **_: Any) -> list[billing_pb2.BillRunProgress]:
         self.invoiced, self.unbilled["post"] = self.unbilled["post"], 0
+        return [billing_pb2.BillRunProgress(cycle_id=cycle_id, finished=True)]
 
-    def list_invoices(self, account_id: str) -> list[billing_pb2.Invoice]:
+    def list_invoices(self, account_id: str) -> billing_pb2.ListInvoicesResponse:
         open_ = _money(self.invoiced)
-        return [billing_pb2.Invoice(cycle_id=CYCLE, total=_money(self.invoiced), open=open_)]
+        invoice = billing_pb2.Invoice(cycle_id=CYCLE, total=_money(self.invoiced), open=open_)
+        return billing_pb2.ListInvoicesResponse(invoices=[invoice])
 
-    def pay(self, account_id: str, amount: Money, **_: Any) -> None:
+    def apply_payment(self, account_id: str, amount: Money, **_: Any) -> None:
         self.invoiced -= amount.micros
 
 

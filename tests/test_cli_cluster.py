@@ -243,7 +243,8 @@ def test_usage_history_pages_past_one_answer(gateway: str) -> None:
             client.submit_usage(records[start : start + 500])
         lines = [line.record_id for line in client.iter_usage("pager", page=1000)]
         assert lines == sent[::-1]  # every line once, newest first
-        assert [line.record_id for line in client.list_usage("pager", limit=3)] == lines[:3]
+        page = client.list_usage("pager", limit=3).lines
+        assert [line.record_id for line in page] == lines[:3]
 
 
 # --- plan change (ChangePlan), backup and load-tariffs ---------------------------------------
@@ -316,9 +317,9 @@ def test_change_plan_mid_cycle_rates_with_the_new_plan_and_prorates_both_fees(
         )
         assert after.bundle_units == 0 and after.amount.micros == smart.price.micros == 190_000
 
-        final = client.bill_run("2026-12", account_ids=["planner"], at_s=DEC_BILL_AT)
+        *_, final = client.run_billing("2026-12", account_ids=["planner"], at_s=DEC_BILL_AT)
         assert final.finished and final.invoices_issued == 1
-        (invoice,) = client.list_invoices("planner")
+        (invoice,) = client.list_invoices("planner").invoices
     fees = [
         (line.description, line.amount.micros) for line in invoice.lines if line.kind == "recurring"
     ]

@@ -8,6 +8,7 @@ import pytest
 from petribill.v1 import common_pb2
 
 from billing.money import Money
+from billing.readers import Reject
 from billing.records import Service, UsageRecord
 from billing.tariffs.model import PaymentMode
 from cluster.wire import (
@@ -79,6 +80,7 @@ def test_a_usage_record_round_trips() -> None:
     wire = record_to_proto(record)
     assert wire.HasField("rating_group") and wire.rating_group == 0
     back = record_from_proto(wire)
+    assert isinstance(back, UsageRecord)
     assert back.content_key() == record.content_key()
     assert back.source_file is None
 
@@ -89,5 +91,6 @@ def test_a_record_dict_with_an_unknown_field_is_refused() -> None:
         record_to_proto({"record_id": "x", "service": "voice", "durattion_s": 60})
     wire = record_to_proto({"record_id": "x", "service": "voice", "rating_group": None})
     assert not wire.HasField("rating_group")
-    with pytest.raises(WireError, match="record_id"):
-        record_from_proto(common_pb2.UsageRecord(service=common_pb2.SERVICE_SMS))
+    # A record without its id is answered as a reject naming the field, not an error.
+    reject = record_from_proto(common_pb2.UsageRecord(service=common_pb2.SERVICE_SMS))
+    assert isinstance(reject, Reject) and reject.field == "record_id"

@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 import ray
 
+from actors.op import Op
+from actors.partition.ops import PutSubscriber, Submit
 from actors.remote import NAMESPACE, host_name
 from actors.routing import partition_of, shard_of
+from actors.shard import ops
 from billing.accounts import Account, PaymentMode, Subscription
 from billing.records import Service, UsageRecord
 from cluster.config import ClusterConfig, parse_config
@@ -49,15 +52,15 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
         rt.stop()
 
 
-def on(rt: Runtime, unit: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a unit's engine through the host that owns it, as the gateway will."""
+def on(rt: Runtime, unit: str, op: Op[Any]) -> Any:
+    """Run an operation on a unit through the host that owns it, as the gateway does."""
     for _ in range(100):
         routes = ray.get(rt.coordinator.routes.remote())
         if unit in routes:
             node, epoch = routes[unit]
             host = ray.get_actor(host_name(node), namespace=NAMESPACE)
             try:
-                return ray.get(host.call.remote(unit, epoch, method, *args, **kwargs), timeout=30)
+                return ray.get(host.run.remote(unit, epoch, op), timeout=30)
             except Exception as exc:  # stale route or host gone during takeover
                 last = exc
         time.sleep(0.1)
@@ -78,9 +81,12 @@ def test_usage_is_charged_exactly_once_across_a_node_kill(runtime: Runtime) -> N
     msisdns = [f"49151000001{i:02d}" for i in range(12)]
     for i, msisdn in enumerate(msisdns):
         account = Account(account_id=f"a{i}", currency="EUR", payment_mode=PaymentMode.POSTPAID)
-        on(runtime, shard_of(f"a{i}", 4), "create_account", request_id=f"c{i}", account=account)
+        on(runtime, shard_of(f"a{i}", 4), ops.CreateAccount(request_id=f"c{i}", account=account))
         subs = [Subscription(plan_id="business", start_s=0)]
-        on(runtime, partition_of(msisdn, 2), "put_subscriber", f"d{i}", msisdn, f"a{i}", subs)
+        put = PutSubscriber(
+            request_id=f"d{i}", msisdn=msisdn, account_id=f"a{i}", subscriptions=subs
+        )
+        on(runtime, partition_of(msisdn, 2), put)
 
     def submit(round_: int) -> list[Any]:
         results = []
@@ -89,7 +95,7 @@ def test_usage_is_charged_exactly_once_across_a_node_kill(runtime: Runtime) -> N
                 record_id=f"r{round_}:{i}", service=Service.VOICE, served_msisdn=msisdn,
                 record_opening_time_s=T_NOV, called_number="4930123456", duration_s=60,
             )  # fmt: skip
-            results += on(runtime, partition_of(msisdn, 2), "submit", [record], at_s=AT)
+            results += on(runtime, partition_of(msisdn, 2), Submit(items=[record], at_s=AT))
         return results
 
     first = submit(1)
@@ -111,7 +117,7 @@ def test_usage_is_charged_exactly_once_across_a_node_kill(runtime: Runtime) -> N
     for i in range(12):
         # Two records per account were acknowledged (rounds 1 and 2): exactly two
         # usage lines, whatever the kill and the resubmission did in between.
-        usage = on(runtime, shard_of(f"a{i}", 4), "list_usage", f"a{i}", 10)
+        usage, _ = on(runtime, shard_of(f"a{i}", 4), ops.UsagePage(account_id=f"a{i}", limit=10))
         assert sorted(line.record_id for line in usage) == [f"r1:{i}", f"r2:{i}"]
     # How long the takeover took is a benchmark figure (bench/failover.py), not a test.
     for took in ray.get(runtime.coordinator.takeover_times.remote()):

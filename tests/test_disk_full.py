@@ -14,7 +14,9 @@ import pytest
 
 from actors.host import RESUME_EVERY_S, StaleRoute
 from actors.partition.engine import RecordStatus
+from actors.partition.ops import Submit
 from actors.routing import partition_of, shard_of
+from actors.shard import ops
 from billing.accounts import PaymentMode
 from chaos.disk import TmpfsDisk, can_mount
 from tests.test_host import AT, SHARDS, TwoHosts, _voice
@@ -44,30 +46,30 @@ def test_a_full_disk_refuses_writes_until_freed_then_the_shard_resumes(
     hosts.create(account, PaymentMode.POSTPAID, msisdn, "business")
     partition = partition_of(msisdn, 2)
     first = [_voice(f"msc:a{i}", msisdn, 61) for i in range(5)]
-    assert {r.status for r in hosts.on(partition, "submit", first, at_s=AT)} == {
+    assert {r.status for r in hosts.on(partition, Submit(items=first, at_s=AT))} == {
         RecordStatus.CHARGED
     }
     disk.fill()
     # Big enough not to fit in the slack of the WAL file's last page.
     second = [_voice(f"msc:b{i}", msisdn, 61) for i in range(60)]
     for _ in range(3):  # refused while full, however often it is tried
-        answer = hosts.on(partition, "submit", second, at_s=AT)
+        answer = hosts.on(partition, Submit(items=second, at_s=AT))
         assert {(r.status, r.reason) for r in answer} == {
             (RecordStatus.UNAVAILABLE, "shard_unavailable")
         }
     with pytest.raises(StaleRoute):  # the shard itself, called directly
-        hosts.on("acct-00", "get_account", account)
+        hosts.on("acct-00", ops.GetAccount(account_id=account))
     node, epoch = hosts.routes["acct-00"]
     assert hosts.hosts[node].units()["acct-00"] == epoch  # still owned: not given up
     disk.free()
     time.sleep(RESUME_EVERY_S + 0.1)
-    answer = hosts.on(partition, "submit", second, at_s=AT)
+    answer = hosts.on(partition, Submit(items=second, at_s=AT))
     # A failed batch may have reached the WAL before the disk filled: then its
     # records come back as duplicates, charged once all the same.
     assert {r.status for r in answer} <= {RecordStatus.CHARGED, RecordStatus.DUPLICATE}
-    again = hosts.on(partition, "submit", first + second, at_s=AT)
+    again = hosts.on(partition, Submit(items=first + second, at_s=AT))
     assert {r.status for r in again} == {RecordStatus.DUPLICATE}
-    lines = hosts.on("acct-00", "list_usage", account, 100)
+    lines, _ = hosts.on("acct-00", ops.UsagePage(account_id=account, limit=100))
     assert sorted(line.record_id for line in lines) == sorted(r.record_id for r in first + second)
-    report = hosts.on("acct-00", "audit")
+    report = hosts.on("acct-00", ops.Audit())
     assert report.ok, report.problems

@@ -115,7 +115,7 @@ def test_a_restarted_cluster_keeps_every_acknowledged_record_and_top_up(
     try:
         with PetribillClient(info.gateways, timeout_s=60) as client:
             assert {a: client.get_balance(a) for a in ACCOUNTS} == balances
-            lines = {line.record_id for a in ACCOUNTS for line in client.list_usage(a, limit=1000)}
+            lines = {line.record_id for a in ACCOUNTS for line in client.iter_usage(a)}
             assert lines == set(acknowledged)
             assert client.reconcile() == reconciled
             again = client.submit_usage(records).results

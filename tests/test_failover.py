@@ -133,7 +133,7 @@ def assert_exactly_once(client: PetribillClient, load: Load) -> None:
     acked = dict(load.acked)  # before reading: records acked later may not be read yet
     seen: dict[str, int] = {}
     for i in range(ACCOUNTS):
-        for line in client.list_usage(f"fo-{i}", limit=100_000):
+        for line in client.iter_usage(f"fo-{i}"):
             seen[line.record_id] = seen.get(line.record_id, 0) + 1
     assert all(count == 1 for count in seen.values()), "a record was charged twice"
     missing = [r for r in acked if r not in seen]

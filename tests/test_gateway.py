@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +25,9 @@ from petribill.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
-from test_gateway_support import MemoryBackend, running_gateways
+from test_gateway_support import T_NOV, HookedBackend, in_process_cluster, running_gateways
 
-from cluster.api.backend import BackendError
+from cluster.api.errors import BackendError
 from cluster.gateway.server import SERVICE_NAMES, Gateway, GatewayError
 from cluster.gateway.servicers import SERVICERS
 
@@ -36,7 +37,7 @@ Code = grpc.StatusCode
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[Any, MemoryBackend, Gateway, grpc.Channel]]:
+def served() -> Iterator[tuple[Any, HookedBackend, Gateway, grpc.Channel]]:
     with (
         running_gateways() as (loop, backend, gateways),
         grpc.insecure_channel(gateways[0].address) as channel,
@@ -73,7 +74,7 @@ def _voice(record_id: str, duration_s: int = 60, msisdn: str = "4915100000001") 
         record_id=record_id,
         service=common_pb2.SERVICE_VOICE,
         served_msisdn=msisdn,
-        record_opening_time_s=1_700_000_000,
+        record_opening_time_s=T_NOV,
         called_number="4930123456",
         duration_s=duration_s,
     )
@@ -267,32 +268,37 @@ def test_subscribe_streams_new_notifications_and_frees_its_slot(served: Any) -> 
     """Subscribe delivers a notification raised by usage; cancelling frees the subscription."""
     _loop, backend, gateway, channel = served
     _account(channel)
-    _top_up(channel, "t1", 1_500_000)
+    _top_up(channel, "t1", 1_100_000)
     stub = notifications_pb2_grpc.NotificationServiceStub(channel)
     stream = stub.Subscribe(notifications_pb2.SubscribeRequest(account_ids=["a1"]))
     received: list[Any] = []
     reader = threading.Thread(target=lambda: received.append(next(stream)), daemon=True)
     reader.start()
-    _wait(lambda: backend.subscribers)
+    # The subscription has found where each shard stands and polled a few rounds since.
+    _wait(lambda: backend.ops_run["NotificationsSince"] >= 20)
     usage = usage_pb2_grpc.UsageServiceStub(channel)
-    usage.SubmitUsage(usage_pb2.SubmitUsageRequest(records=[_voice("n:1", 60)]), timeout=5)
+    call = _voice("n:1", 60)
+    call.called_number = "447700900123"  # to the UK: no bundle, 0.19 a minute
+    # In the current cycle (the top-up's): a late cycle's usage raises no reminder.
+    call.record_opening_time_s = int(time.time()) - 60
+    usage.SubmitUsage(usage_pb2.SubmitUsageRequest(records=[call]), timeout=5)
     reader.join(5)
     assert received and received[0].kind == notifications_pb2.NOTIFICATION_KIND_LOW_BALANCE
     stream.cancel()
-    _wait(lambda: gateway.admission.subscriptions == 0 and not backend.subscribers)
+    _wait(lambda: gateway.admission.subscriptions == 0 and not backend.streams_open)
 
 
 def test_run_billing_streams_progress_to_finished(served: Any) -> None:
-    """RunBilling streams one progress per account; the last is finished."""
+    """RunBilling streams a progress per shard as it finishes; the last is finished."""
     _loop, _backend, _gateway, channel = served
-    _account(channel, "a1", "491")
-    _account(channel, "a2", "492")
+    _account(channel, "a1", "4915100000001")
+    _account(channel, "a2", "4915100000002")
     stub = billing_pb2_grpc.BillingServiceStub(channel)
-    progress = list(
-        stub.RunBilling(billing_pb2.BillRunRequest(request_id="run-1", cycle_id="2024-05"))
-    )
-    assert [p.accounts_done for p in progress] == [1, 2]
-    assert progress[-1].finished and progress[-1].accounts_total == 2
+    request = billing_pb2.BillRunRequest(request_id="run-1", cycle_id="2026-10", at_s=T_NOV)
+    progress = list(stub.RunBilling(request))
+    done = [p.accounts_done for p in progress]
+    assert done == sorted(done) and len(progress) == 4  # one per shard of the cluster
+    assert progress[-1].finished and progress[-1].accounts_done == 2
 
 
 def test_port_zero_picks_a_free_port_and_a_taken_port_is_an_error() -> None:
@@ -305,7 +311,7 @@ def test_port_zero_picks_a_free_port_and_a_taken_port_is_an_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        loop_gateway = Gateway(MemoryBackend(), "127.0.0.1", sock.getsockname()[1])
+        loop_gateway = Gateway(backend, "127.0.0.1", sock.getsockname()[1])
         with pytest.raises(GatewayError):
             asyncio.run(loop_gateway.start())
 
@@ -323,14 +329,15 @@ def test_gateway_actor_is_a_plain_class_usable_without_ray() -> None:
     """GatewayActor starts once however often asked, reports its address, and stops."""
     from cluster.gateway.actor import GatewayActor
 
-    async def scenario() -> tuple[str, str, dict[str, int], dict[str, int]]:
-        actor = GatewayActor(MemoryBackend, host="127.0.0.1", port=0)
+    async def scenario(cluster: Any) -> tuple[str, str, dict[str, int], dict[str, int]]:
+        actor = GatewayActor(cluster.backend, host="127.0.0.1", port=0)
         first, second = await asyncio.gather(actor.start(), actor.start())
         assert first == second == await actor.address()
         stats = await actor.stats()
         await actor.stop(0.1)
         return first, second, stats, await actor.stats()
 
-    address, _same, running, stopped = asyncio.run(scenario())
+    with in_process_cluster() as cluster:
+        address, _same, running, stopped = asyncio.run(scenario(cluster))
     assert address.startswith("127.0.0.1:")
     assert running["requests"] == 0 and stopped == {}

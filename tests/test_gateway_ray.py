@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 def test_gateway_actor_serves_health_and_calls_inside_ray() -> None:
     """A Ray async actor hosts the grpc.aio gateway; health is SERVING, calls work, stop ends it."""
     temp_dir = Path(tempfile.mkdtemp(prefix="pb-gw-", dir="/tmp"))
-    # The in-memory backend lives in a test module the workers cannot import: ship it by value.
+    # The backend's factory lives in a test module the workers cannot import: ship it by value.
     ray.cloudpickle.register_pickle_by_value(test_gateway_support)  # type: ignore[no-untyped-call]
     ray.init(
         num_cpus=1,
@@ -33,7 +34,7 @@ def test_gateway_actor_serves_health_and_calls_inside_ray() -> None:
     )
     try:
         actor = gateway_actor_class().remote(
-            test_gateway_support.MemoryBackend,
+            functools.partial(test_gateway_support.in_process_backend, str(temp_dir / "data")),
             host="127.0.0.1",
             port=0,
             limits=GatewayLimits(requests_inflight_max=8),
@@ -46,8 +47,8 @@ def test_gateway_actor_serves_health_and_calls_inside_ray() -> None:
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         with PetribillClient(address) as client:
-            assert client.create_account("a1", msisdns=["491"]).account_id == "a1"
-            assert client.top_up("a1", "2", currency="EUR").prepaid.micros == 2_000_000
+            assert client.create_account("a1", msisdns=["4915100000001"]).account_id == "a1"
+            assert client.top_up("a1", "2").prepaid.micros == 2_000_000
         assert ray.get(actor.stats.remote(), timeout=10)["requests"] == 0
         ray.get(actor.stop.remote(0.5), timeout=30)
         with PetribillClient(address, retries=0, timeout_s=2) as client:

@@ -1,12 +1,12 @@
 """UnitHosts serving real engines on real RocksDB, wired to each other without Ray.
 
-The router here calls the peer host directly, as the Ray router does through
-actor calls; tests/test_cluster_*.py run the same hosts as real Ray actors.
+The hosts reach each other through the real router (``actors.router``) over the
+in-process transport (``actors.local``), as the Ray transport does through actor
+calls; tests/test_cluster_*.py run the same hosts as real Ray actors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,13 @@ import pytest
 
 from actors.engines import engine_factory
 from actors.host import StaleRoute, UnitHost
+from actors.local import LocalTransport
+from actors.op import Op
 from actors.partition.engine import RecordStatus
+from actors.partition.ops import PutSubscriber, Submit
+from actors.router import UnitRouter
 from actors.routing import partition_of, shard_of
+from actors.shard import ops
 from billing.accounts import Account, PaymentMode, Result, Subscription
 from billing.records import Service, UsageRecord
 
@@ -23,6 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 T_NOV = 1_793_700_000
 AT = T_NOV + 86_400
 SHARDS, PARTITIONS = 4, 2
+
+
+class _Map:
+    """The coordinator as the routers see it: the map of who serves what."""
+
+    def __init__(self, routes: dict[str, tuple[str, int]]) -> None:
+        self._routes = routes
+
+    def routes(self) -> dict[str, tuple[str, int]]:
+        return dict(self._routes)
 
 
 class TwoHosts:
@@ -36,16 +51,13 @@ class TwoHosts:
         }
         factory = engine_factory(settings)
         self.routes: dict[str, tuple[str, int]] = {}
-        self.hosts = {
-            name: UnitHost(
-                node=name,
-                data_dir=str(tmp_path),
-                shards=SHARDS,
-                factory=factory,
-                router=self._router,
+        self.hosts: dict[str, UnitHost] = {}
+        transport = LocalTransport(self.hosts, coordinator=_Map(self.routes))
+        for name in ("n1", "n2"):
+            router = UnitRouter(transport, shards=SHARDS, partitions=PARTITIONS)
+            self.hosts[name] = UnitHost(
+                node=name, data_dir=str(tmp_path), shards=SHARDS, factory=factory, router=router
             )
-            for name in ("n1", "n2")
-        }
         units = [f"acct-{i:02d}" for i in range(SHARDS)] + [f"part-{i}" for i in range(PARTITIONS)]
         for index, unit in enumerate(units):
             self.place(unit, "n1" if index % 2 == 0 else "n2", epoch=1)
@@ -57,26 +69,24 @@ class TwoHosts:
         self.hosts[node].open_unit(unit, epoch)
         self.routes[unit] = (node, epoch)
 
-    def _router(self, shard_id: str, method: str, items: Sequence[Any], at_s: int) -> list[Any]:
-        node, epoch = self.routes[shard_id]
-        result: list[Any] = getattr(self.hosts[node], method)(shard_id, epoch, items, at_s)
-        return result
-
-    def on(self, unit: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def on(self, unit: str, op: Op[Any]) -> Any:
         node, epoch = self.routes[unit]
-        return self.hosts[node].call(unit, epoch, method, *args, **kwargs)
+        return self.hosts[node].run(unit, epoch, op)
 
     def create(self, account_id: str, mode: PaymentMode, msisdn: str | None, plan: str) -> None:
         account = Account(account_id=account_id, currency="EUR", payment_mode=mode)
-        out = self.on(
-            shard_of(account_id, SHARDS), "create_account", request_id="c-" + account_id,
-            account=account,
-        )  # fmt: skip
-        assert out.result is Result.CREATED
+        op = ops.CreateAccount(request_id="c-" + account_id, account=account)
+        assert self.on(shard_of(account_id, SHARDS), op).result is Result.CREATED
         if msisdn is not None:
             subs = [Subscription(plan_id=plan, start_s=0)]
             partition = partition_of(msisdn, PARTITIONS)
-            self.on(partition, "put_subscriber", "d-" + msisdn, msisdn, account_id, subs)
+            self.on(
+                partition,
+                PutSubscriber(
+                    request_id="d-" + msisdn, msisdn=msisdn, account_id=account_id,
+                    subscriptions=subs,
+                ),
+            )  # fmt: skip
 
     def close(self) -> None:
         for host in self.hosts.values():
@@ -109,9 +119,9 @@ def test_usage_submitted_on_one_host_is_charged_on_shards_of_both(hosts: TwoHost
             _voice(f"msc:{i}", msisdn, 61)
         )
     for partition, records in by_partition.items():
-        results = hosts.on(partition, "submit", records, at_s=AT)
+        results = hosts.on(partition, Submit(items=records, at_s=AT))
         assert {r.status for r in results} == {RecordStatus.CHARGED}
-        again = hosts.on(partition, "submit", records, at_s=AT)
+        again = hosts.on(partition, Submit(items=records, at_s=AT))
         assert {r.status for r in again} == {RecordStatus.DUPLICATE}
 
 
@@ -123,10 +133,10 @@ def test_a_call_at_an_old_epoch_is_a_stale_route(hosts: TwoHosts) -> None:
     new_node = "n2" if old_node == "n1" else "n1"
     hosts.place(unit, new_node, epoch=old_epoch + 1)
     with pytest.raises(StaleRoute):
-        hosts.hosts[old_node].call(unit, old_epoch, "get_account", "acc-x")
+        hosts.hosts[old_node].run(unit, old_epoch, ops.GetAccount(account_id="acc-x"))
     with pytest.raises(StaleRoute):
-        hosts.hosts[new_node].call(unit, old_epoch, "get_account", "acc-x")
-    assert hosts.on(unit, "get_account", "acc-x") is not None
+        hosts.hosts[new_node].run(unit, old_epoch, ops.GetAccount(account_id="acc-x"))
+    assert hosts.on(unit, ops.GetAccount(account_id="acc-x")) is not None
 
 
 def test_a_sponsor_on_another_host_is_charged_once_through_the_outbox(hosts: TwoHosts) -> None:
@@ -147,13 +157,13 @@ def test_a_sponsor_on_another_host_is_charged_once_through_the_outbox(hosts: Two
     )  # fmt: skip
     partition = partition_of(msisdn, PARTITIONS)
     for _ in range(2):
-        [result] = hosts.on(partition, "submit", [data], at_s=AT)
+        [result] = hosts.on(partition, Submit(items=[data], at_s=AT))
         assert result.charged_account_id == "sponsor-streamflix"
     sponsor_shard = shard_of("sponsor-streamflix", SHARDS)
-    sponsor = hosts.on(sponsor_shard, "get_account", "sponsor-streamflix")
+    sponsor = hosts.on(sponsor_shard, ops.GetAccount(account_id="sponsor-streamflix"))
     # D_SPONSOR_WHOLESALE: 0.002 per MiB in 1 MiB steps; 3 MiB -> 0.006 EUR, owed once.
     assert sponsor.unbilled == -6_000
-    assert hosts.on(shard_of(subscriber, SHARDS), "pending_forwards") == []
+    assert hosts.on(shard_of(subscriber, SHARDS), ops.PendingForwards()) == []
 
 
 def test_a_store_taken_over_under_the_host_becomes_a_stale_route(hosts: TwoHosts) -> None:
@@ -168,9 +178,9 @@ def test_a_store_taken_over_under_the_host_becomes_a_stale_route(hosts: TwoHosts
     host = hosts.hosts[node]
     write_atomic(host._data_dir / "units" / unit / EPOCH_FILE, encode_u64(epoch + 1))
     with pytest.raises(StaleRoute):
-        host.call(
-            unit, epoch, "top_up", request_id="t-1", account_id="acc-t", amount=1_000_000,
-            currency="EUR", at_s=AT,
+        host.run(
+            unit, epoch, ops.TopUp(request_id="t-1", account_id="acc-t", amount=1_000_000,
+            currency="EUR", at_s=AT),
         )  # fmt: skip
     assert unit not in host.units()
 
@@ -184,13 +194,13 @@ def test_a_query_does_not_wait_for_a_write_in_flight(hosts: TwoHosts) -> None:
     host = hosts.hosts[node]
     lock = host._units[unit].lock
     with lock:  # a write batch in flight on the unit
-        state = host.read(unit, epoch, "get_account", "acc-q")
+        state = host.read(unit, epoch, ops.GetAccount(account_id="acc-q"))
         assert state is not None and state.account.account_id == "acc-q"
-        assert host.read(unit, epoch, "list_usage", "acc-q") == []
-        assert host.read(unit, epoch, "list_invoices", "acc-q") == []
+        assert host.read(unit, epoch, ops.UsagePage(account_id="acc-q")) == ([], 0)
+        assert host.read(unit, epoch, ops.ListInvoices(account_id="acc-q")) == []
         assert not lock.acquire(timeout=0)  # still held: the queries did not need it
     with pytest.raises(StaleRoute):
-        host.read(unit, epoch + 1, "get_account", "acc-q")
+        host.read(unit, epoch + 1, ops.GetAccount(account_id="acc-q"))
 
 
 def test_a_query_sees_committed_state_only(tmp_path: Path) -> None:
@@ -204,16 +214,16 @@ def test_a_query_sees_committed_state_only(tmp_path: Path) -> None:
     shard: Any = factory("acct-00", tmp_path / "acct-00", 1)
     try:
         account = Account(account_id="acc-c", currency="EUR", payment_mode=PaymentMode.PREPAID)
-        shard.create_account(request_id="c", account=account)
-        work = Work(shard)
+        shard.run(ops.CreateAccount(request_id="c", account=account))
+        work = Work(shard.core)
         state = work.state("acc-c")
         assert state is not None
         new = state.copy()
         new.prepaid += 5_000_000
         work.set_state(new)
-        assert shard.get_account("acc-c").prepaid == 0  # staged, not committed
+        assert shard.run(ops.GetAccount(account_id="acc-c")).prepaid == 0  # staged only
         work.commit()
-        assert shard.get_account("acc-c").prepaid == 5_000_000
+        assert shard.run(ops.GetAccount(account_id="acc-c")).prepaid == 5_000_000
     finally:
         shard.close()
 
@@ -236,4 +246,4 @@ def test_closing_a_unit_waits_for_its_queries(hosts: TwoHosts) -> None:
     assert closed.wait(5)
     closer.join()
     with pytest.raises(StaleRoute):
-        host.read(unit, epoch, "get_account", "acc-w")
+        host.read(unit, epoch, ops.GetAccount(account_id="acc-w"))

@@ -72,5 +72,5 @@ def test_a_javascript_client_submits_usage_and_reads_balances_and_invoices(
     assert invoice["cycle_id"] == "2026-11" and int(invoice["total_micros"]) > 0
     with PetribillClient(gateway) as client:  # the Python SDK reads the same
         assert client.get_balance("js-1").unbilled.micros == 0  # invoiced now
-        [same] = client.list_invoices("js-1")
+        [same] = client.list_invoices("js-1").invoices
         assert same.total.micros == int(invoice["total_micros"])

@@ -16,6 +16,13 @@ from actors.partition.engine import (
     RecordStatus,
     SourceProgress,
 )
+from actors.partition.ops import (
+    ChangeSubscriberPlan,
+    GetSubscriber,
+    PutSubscriber,
+    Reprocess,
+    Submit,
+)
 from actors.partition.rejects import RejectKind
 from actors.routing import partition_of, shard_of
 from actors.store.codec import encode_u64
@@ -44,6 +51,10 @@ T_NOV = 1_793_700_000  # 2026-11-03, a Tuesday
 AT = T_NOV + 86_400
 SHARDS = 4
 EUR = 1_000_000
+
+
+def _no_charge(shard: str, items: list[Any]) -> list[Any]:
+    raise AssertionError("unreadable lines are never charged")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +150,12 @@ def voice(record_id: str, msisdn: str, duration_s: int = 65, **extra: Any) -> Us
 def subscribe(part: RatingPartition, shards: MemoryShards, msisdn: str, account_id: str) -> None:
     shards.create(account_id, PaymentMode.PREPAID, prepaid=10 * EUR)
     answer = part.put_subscriber(
-        f"req-{msisdn}", msisdn, account_id, [Subscription(plan_id="smart", start_s=0)]
+        PutSubscriber(
+            request_id=f"req-{msisdn}",
+            msisdn=msisdn,
+            account_id=account_id,
+            subscriptions=[Subscription(plan_id="smart", start_s=0)],
+        )
     )
     assert answer.result is Result.CREATED
 
@@ -182,7 +198,7 @@ def test_mixed_batch_gives_one_result_per_item_and_counters_add_up(
             good,
             voice("msc01:1", "4915100000001", duration_s=66),
         ]
-        results = part.submit(items, at_s=AT, charge=shards.charge)
+        results = part.submit(Submit(items=items, at_s=AT), shards.charge)
         assert statuses(results) == [
             ("charged", ""),
             ("rejected", "malformed"),
@@ -219,16 +235,16 @@ def test_reopen_at_next_epoch_keeps_directory_rejects_counters_offsets(
         subscribe(part, shards, "4915100000001", "acct-0001")
         records = [voice("msc01:1", "4915100000001"), voice("msc01:2", "4915199999999")]
         part.submit(
-            records,
-            at_s=AT,
-            charge=shards.charge,
-            source=SourceProgress(source_id="voice-1.csv", offset=3),
+            Submit(
+                items=records, at_s=AT, source=SourceProgress(source_id="voice-1.csv", offset=3)
+            ),
+            shards.charge,
         )
         before = part.counters(), part.counters("voice-1.csv")
     with open_partition(path, catalogue, epoch=2) as part:
         assert (part.counters(), part.counters("voice-1.csv")) == before
         assert part.file_offset("voice-1.csv") == 3 and part.file_offset("other") == 0
-        entry = part.get_subscriber("4915100000001")
+        entry = part.get_subscriber(GetSubscriber(msisdn="4915100000001"))
         assert entry is not None and entry.account_id == "acct-0001"
         assert [e.record_id for e in part.list_rejects(5)] == ["msc01:2"]
     with pytest.raises(StaleEpoch):
@@ -243,21 +259,21 @@ def test_reprocess_charges_a_reject_once_its_subscriber_exists(
     shards = MemoryShards(catalogue)
     with open_partition(tmp_path / "p", catalogue) as part:
         record = voice("msc01:7", "4915100000002", source_file="v.csv", source_line=8)
-        [first] = part.submit([record], at_s=AT, charge=shards.charge)
+        [first] = part.submit(Submit(items=[record], at_s=AT), shards.charge)
         assert first.status is RecordStatus.REJECTED and first.reason == "unknown_account"
-        again = part.reprocess(["msc01:7", "nope:1"], at_s=AT, charge=shards.charge)
+        again = part.reprocess(Reprocess(record_ids=["msc01:7", "nope:1"], at_s=AT), shards.charge)
         assert statuses(again) == [
             ("rejected", "unknown_account"),
             ("not_found", "not_in_reject_store"),
         ]
         subscribe(part, shards, "4915100000002", "acct-0002")
-        [done] = part.reprocess(["msc01:7"], at_s=AT, charge=shards.charge)
+        [done] = part.reprocess(Reprocess(record_ids=["msc01:7"], at_s=AT), shards.charge)
         assert done.status is RecordStatus.CHARGED and done.charged_account_id == "acct-0002"
         assert part.list_rejects(10) == []
         expected = {"received": 1, "rated": 1, "rejected": 0, "duplicates": 0}
         assert part.counters().as_dict() == expected
         assert part.counters("v.csv").as_dict() == expected
-        [repeat] = part.submit([record], at_s=AT, charge=shards.charge)
+        [repeat] = part.submit(Submit(items=[record], at_s=AT), shards.charge)
         assert repeat.status is RecordStatus.DUPLICATE
         assert shards.charged_ids() == {"msc01:7"}
 
@@ -271,7 +287,7 @@ def test_reject_store_bound_answers_resource_exhausted(
     with open_partition(tmp_path / "p", catalogue, rejects_max=2) as part:
         records = [voice(f"msc01:{i}", "4915199999999") for i in range(3)]
         progress = SourceProgress(source_id="f.csv", offset=3)
-        results = part.submit(records, at_s=AT, charge=shards.charge, source=progress)
+        results = part.submit(Submit(items=records, at_s=AT, source=progress), shards.charge)
         assert [r.status.value for r in results] == ["rejected", "rejected", "resource_exhausted"]
         assert results[2].retryable and results[2].reason == "reject_store_full"
         assert part.counters().as_dict() == {
@@ -281,7 +297,7 @@ def test_reject_store_bound_answers_resource_exhausted(
             "duplicates": 0,
         }
         assert part.file_offset("f.csv") == 0 and len(part.rejects) == 2
-        [replaced] = part.submit(records[:1], at_s=AT + 1, charge=shards.charge)
+        [replaced] = part.submit(Submit(items=records[:1], at_s=AT + 1), shards.charge)
         assert replaced.status is RecordStatus.REJECTED and len(part.rejects) == 2
 
 
@@ -299,7 +315,7 @@ def test_failing_shard_leaves_its_records_retryable_and_uncounted(
         dead = shard_of(accounts[0], SHARDS)
         shards.down.add(dead)
         progress = SourceProgress(source_id="f.csv", offset=8)
-        first = part.submit(records, at_s=AT, charge=shards.charge, source=progress)
+        first = part.submit(Submit(items=records, at_s=AT, source=progress), shards.charge)
         on_dead = [
             r.record_id
             for r, a in zip(records, accounts, strict=True)
@@ -310,7 +326,7 @@ def test_failing_shard_leaves_its_records_retryable_and_uncounted(
         assert part.counters().received == len(records) - len(on_dead)
         assert part.file_offset("f.csv") == 0
         shards.down.clear()
-        retry = part.submit(records, at_s=AT, charge=shards.charge, source=progress)
+        retry = part.submit(Submit(items=records, at_s=AT, source=progress), shards.charge)
         assert all(
             r.status is (RecordStatus.CHARGED if r.record_id in on_dead else RecordStatus.DUPLICATE)
             for r in retry
@@ -328,25 +344,71 @@ def test_directory_writes_are_idempotent_and_plan_changes_apply_by_time(
     plan change rates records by the plan active at their start."""
     with open_partition(tmp_path / "p", catalogue, partitions=1) as part:
         subs = [Subscription(plan_id="smart", start_s=0)]
-        assert part.put_subscriber("r1", "4915100000001", "acct-1", subs).result is Result.CREATED
-        again = part.put_subscriber("r1", "4915100000001", "acct-1", subs)
+        assert (
+            part.put_subscriber(
+                PutSubscriber(
+                    request_id="r1", msisdn="4915100000001", account_id="acct-1", subscriptions=subs
+                )
+            ).result
+            is Result.CREATED
+        )
+        again = part.put_subscriber(
+            PutSubscriber(
+                request_id="r1", msisdn="4915100000001", account_id="acct-1", subscriptions=subs
+            )
+        )
         assert again.result is Result.DUPLICATE and again.entry is not None
-        other = part.put_subscriber("r1", "4915100000001", "acct-2", subs)
+        other = part.put_subscriber(
+            PutSubscriber(
+                request_id="r1", msisdn="4915100000001", account_id="acct-2", subscriptions=subs
+            )
+        )
         assert other.result is Result.EXISTS_WITH_DIFFERENT_ACCOUNT and other.field == "account"
-        moved = part.put_subscriber("r1", "4915100000009", "acct-1", subs)
+        moved = part.put_subscriber(
+            PutSubscriber(
+                request_id="r1", msisdn="4915100000009", account_id="acct-1", subscriptions=subs
+            )
+        )
         assert moved.field == "msisdn"
-        changed = part.change_plan("r2", "4915100000001", "business", T_NOV)
+        changed = part.change_plan(
+            ChangeSubscriberPlan(
+                request_id="r2", msisdn="4915100000001", plan_id="business", start_s=T_NOV
+            )
+        )
         assert changed.result is Result.UPDATED and changed.entry is not None
         assert changed.entry.plan_at(T_NOV - 1) == "smart"
         assert changed.entry.plan_at(T_NOV) == "business"
-        assert part.change_plan("r2", "4915100000001", "business", T_NOV).result is Result.DUPLICATE
-        assert part.change_plan("r3", "4915100000001", "smart", 5).result is Result.INVALID_ARGUMENT
-        assert part.change_plan("r4", "4915100000077", "smart", 5).result is Result.UNKNOWN_ACCOUNT
+        assert (
+            part.change_plan(
+                ChangeSubscriberPlan(
+                    request_id="r2", msisdn="4915100000001", plan_id="business", start_s=T_NOV
+                )
+            ).result
+            is Result.DUPLICATE
+        )
+        assert (
+            part.change_plan(
+                ChangeSubscriberPlan(
+                    request_id="r3", msisdn="4915100000001", plan_id="smart", start_s=5
+                )
+            ).result
+            is Result.INVALID_ARGUMENT
+        )
+        assert (
+            part.change_plan(
+                ChangeSubscriberPlan(
+                    request_id="r4", msisdn="4915100000077", plan_id="smart", start_s=5
+                )
+            ).result
+            is Result.UNKNOWN_ACCOUNT
+        )
     with open_partition(tmp_path / "q", catalogue, partitions=2) as part:
         foreign = next(
             m for m in (f"49151{i:08d}" for i in range(10)) if partition_of(m, 2) != "part-0"
         )
-        answer = part.put_subscriber("r9", foreign, "acct-1", subs)
+        answer = part.put_subscriber(
+            PutSubscriber(request_id="r9", msisdn=foreign, account_id="acct-1", subscriptions=subs)
+        )
         assert answer.result is Result.INVALID_ARGUMENT and "belongs to" in answer.detail
 
 
@@ -357,16 +419,46 @@ def test_an_account_plan_change_leaves_a_number_that_moved_alone(
     given to another account is answered UNKNOWN_ACCOUNT with that entry, unchanged."""
     with open_partition(tmp_path / "p", catalogue, partitions=1) as part:
         subs = [Subscription(plan_id="smart", start_s=0)]
-        part.put_subscriber("c1", "4915100000001", "acct-1", subs)
-        part.put_subscriber("c2", "4915100000001", "acct-2", subs)  # the number moved
-        moved = part.change_plan("p1", "4915100000001", "business", T_NOV, "acct-1")
+        part.put_subscriber(
+            PutSubscriber(
+                request_id="c1", msisdn="4915100000001", account_id="acct-1", subscriptions=subs
+            )
+        )
+        part.put_subscriber(
+            PutSubscriber(
+                request_id="c2", msisdn="4915100000001", account_id="acct-2", subscriptions=subs
+            )
+        )  # the number moved
+        moved = part.change_plan(
+            ChangeSubscriberPlan(
+                request_id="p1",
+                msisdn="4915100000001",
+                plan_id="business",
+                start_s=T_NOV,
+                account_id="acct-1",
+            )
+        )
         assert moved.result is Result.UNKNOWN_ACCOUNT and moved.entry is not None
         assert "acct-2" in moved.detail and moved.entry.plan_at(T_NOV) == "smart"
-        ours = part.change_plan("p2", "4915100000001", "business", T_NOV, "acct-2")
-        assert ours.result is Result.UPDATED
-        assert part.change_plan("p2", "4915100000001", "business", T_NOV, "acct-1").field == (
-            "account"
+        ours = part.change_plan(
+            ChangeSubscriberPlan(
+                request_id="p2",
+                msisdn="4915100000001",
+                plan_id="business",
+                start_s=T_NOV,
+                account_id="acct-2",
+            )
         )
+        assert ours.result is Result.UPDATED
+        assert part.change_plan(
+            ChangeSubscriberPlan(
+                request_id="p2",
+                msisdn="4915100000001",
+                plan_id="business",
+                start_s=T_NOV,
+                account_id="acct-1",
+            )
+        ).field == ("account")
 
 
 def load_subscribers(part: RatingPartition, shards: MemoryShards) -> None:
@@ -377,7 +469,14 @@ def load_subscribers(part: RatingPartition, shards: MemoryShards) -> None:
         if sub["account_id"] not in shards.states.get(shard_of(sub["account_id"], SHARDS), {}):
             shards.create(sub["account_id"], mode, prepaid=0 if business else 20 * EUR)
         subscription = [Subscription(plan_id=sub["plan_id"], start_s=0)]
-        part.put_subscriber("crm:" + sub["msisdn"], sub["msisdn"], sub["account_id"], subscription)
+        part.put_subscriber(
+            PutSubscriber(
+                request_id="crm:" + sub["msisdn"],
+                msisdn=sub["msisdn"],
+                account_id=sub["account_id"],
+                subscriptions=subscription,
+            )
+        )
     shards.create("sponsor-streamflix", PaymentMode.POSTPAID)
 
 
@@ -396,16 +495,17 @@ def ingest(part: RatingPartition, path: Path, charge: Any, chunk_lines: int) -> 
         last = line
         if len(chunk) == chunk_lines:
             results = part.submit(
-                chunk,
-                at_s=AT,
-                charge=charge,
-                source=SourceProgress(source_id=source_id, offset=line),
+                Submit(
+                    items=chunk, at_s=AT, source=SourceProgress(source_id=source_id, offset=line)
+                ),
+                charge,
             )
             assert not any(r.retryable for r in results)
             chunk = []
     if chunk:
         part.submit(
-            chunk, at_s=AT, charge=charge, source=SourceProgress(source_id=source_id, offset=last)
+            Submit(items=chunk, at_s=AT, source=SourceProgress(source_id=source_id, offset=last)),
+            charge,
         )
 
 
@@ -476,13 +576,18 @@ def test_shard_answers_map_to_statuses_and_refusals_are_stored(
     with open_partition(tmp_path / "p", catalogue) as part:
         subscribe(part, shards, "4915100000001", "acct-0001")
         subscribe(part, shards, "4915100000002", "acct-0002")
-        part.submit([voice("msc01:1", "4915100000001")], at_s=AT, charge=shards.charge)
+        part.submit(Submit(items=[voice("msc01:1", "4915100000001")], at_s=AT), shards.charge)
         state = shards.state("acct-0002")
         state.account = replace(state.account, status=AccountStatus.CLOSED)
         results = part.submit(
-            [voice("msc01:1", "4915100000001", duration_s=999), voice("msc01:2", "4915100000002")],
-            at_s=AT,
-            charge=shards.charge,
+            Submit(
+                items=[
+                    voice("msc01:1", "4915100000001", duration_s=999),
+                    voice("msc01:2", "4915100000002"),
+                ],
+                at_s=AT,
+            ),
+            shards.charge,
         )
         assert statuses(results) == [
             ("exists_with_different_content", "amount"),
@@ -493,7 +598,7 @@ def test_shard_answers_map_to_statuses_and_refusals_are_stored(
             "msc01:2", "4915100000002"
         )
         bad = reject_line(tmp_path)
-        [stored] = part.submit_rejects([bad], at_s=AT)
+        [stored] = part.submit(Submit(items=[bad], at_s=AT), _no_charge)
         assert stored.status is RecordStatus.REJECTED and stored.record_id == "msc09:1"
         assert part.counters(bad.source_file).as_dict() == {
             "received": 1,

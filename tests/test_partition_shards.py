@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from actors.partition.engine import PartitionConfig, RatingPartition, RecordStatus
+from actors.partition.ops import (
+    PutSubscriber,
+    Submit,
+)
 from actors.routing import shard_id, shard_of
+from actors.shard import ops
 from billing.accounts import Account, PaymentMode, Result, Subscription
 from billing.bundles import CatalogueTariff
 from billing.charging.batch import ChargingConfig
@@ -42,10 +47,12 @@ class Cluster:
         return self.shards[shard_of(account_id, SHARDS)]
 
     def charge(self, unit_id: str, items: list[tuple[str, RatedRecord]]) -> list[Any]:
-        answer = self.shards[unit_id].charge_batch(items, at_s=AT)
+        answer = self.shards[unit_id].run(ops.ChargeBatch(items=items, at_s=AT))
         for forward in answer.forwards:
-            self.shard(forward.target_account_id).apply_forwards([forward], at_s=AT)
-            self.shards[unit_id].ack_forwards([forward.forward_id])
+            self.shard(forward.target_account_id).run(
+                ops.ApplyForwards(forwards=[forward], at_s=AT)
+            )
+            self.shards[unit_id].run(ops.AckForwards(forward_ids=[forward.forward_id]))
         return list(answer.rows)
 
     def close(self) -> None:
@@ -62,32 +69,50 @@ def test_partition_charges_real_shards_and_names_the_sponsor(tmp_path: Path) -> 
             account = Account(
                 account_id=account_id, currency="EUR", payment_mode=PaymentMode.POSTPAID
             )
-            out = cluster.shard(account_id).create_account(
-                request_id="c-" + account_id, account=account
+            out = cluster.shard(account_id).run(
+                ops.CreateAccount(request_id="c-" + account_id, account=account)
             )
             assert out.result is Result.CREATED
         part = RatingPartition.open(
-            tmp_path / "part-0", epoch=1, unit_id="part-0", catalogue=cluster.catalogue,
+            tmp_path / "part-0",
+            epoch=1,
+            unit_id="part-0",
+            catalogue=cluster.catalogue,
             config=PartitionConfig(shards=SHARDS),
-        )  # fmt: skip
+        )
         with part:
             subs = [Subscription(plan_id="business", start_s=0)]
-            part.put_subscriber("d-1", "4915100000013", "acct-0001", subs)
+            part.put_subscriber(
+                PutSubscriber(
+                    request_id="d-1",
+                    msisdn="4915100000013",
+                    account_id="acct-0001",
+                    subscriptions=subs,
+                )
+            )
             records = [
                 UsageRecord(
-                    record_id="msc01:1", service=Service.VOICE, served_msisdn="4915100000013",
-                    record_opening_time_s=T_NOV, called_number="447700900123", duration_s=90,
+                    record_id="msc01:1",
+                    service=Service.VOICE,
+                    served_msisdn="4915100000013",
+                    record_opening_time_s=T_NOV,
+                    called_number="447700900123",
+                    duration_s=90,
                 ),
                 UsageRecord(
-                    record_id="pgw01:1", service=Service.DATA, served_msisdn="4915100000013",
-                    record_opening_time_s=T_NOV, downlink_bytes=5_000_000, rating_group=20,
+                    record_id="pgw01:1",
+                    service=Service.DATA,
+                    served_msisdn="4915100000013",
+                    record_opening_time_s=T_NOV,
+                    downlink_bytes=5_000_000,
+                    rating_group=20,
                 ),
-            ]  # fmt: skip
-            first = part.submit(records, at_s=AT, charge=cluster.charge)
+            ]
+            first = part.submit(Submit(items=records, at_s=AT), cluster.charge)
             assert [r.status for r in first] == [RecordStatus.CHARGED, RecordStatus.CHARGED]
             assert first[0].charged_account_id == "acct-0001" and first[0].billed_units == 90
             assert first[1].charged_account_id == "sponsor-streamflix"
-            again = part.submit(records, at_s=AT, charge=cluster.charge)
+            again = part.submit(Submit(items=records, at_s=AT), cluster.charge)
             assert [r.status for r in again] == [RecordStatus.DUPLICATE, RecordStatus.DUPLICATE]
             assert again[0].amount == first[0].amount
             counts = part.counters()

@@ -14,6 +14,7 @@ from test_account_shard import charge_with_disk_full, open_shard, seed
 from test_accounts import EUR, T0, rated
 
 from actors.engines import engine_factory
+from actors.shard import ops
 from actors.shard.engine import AccountShard
 from actors.shard.risk import RISK_PREFIX, decode_risk, encode_risk, load_risk
 from actors.store.codec import CodecError
@@ -50,7 +51,11 @@ def call(
 
 
 def fraud_notes(shard: AccountShard, account_id: str = "A0") -> list[Notification]:
-    return [n for n in shard.list_notifications(account_id) if n.subject.startswith("fraud:")]
+    return [
+        n
+        for n in shard.run(ops.ListNotifications(account_id=account_id))
+        if n.subject.startswith("fraud:")
+    ]
 
 
 def fraud_events(logs: list[dict[str, Any]]) -> list[str]:
@@ -67,16 +72,18 @@ def test_velocity_fires_once_and_a_block_is_a_listed_notification(tmp_path: Path
     shard = open_shard(tmp_path / "s", 1, fraud=velocity(Action.BLOCK))
     seed(shard, 1)
     with capture_logs() as logs:
-        rows = shard.charge_batch([call(f"v{i}", T0 + 60 * i) for i in range(5)], at_s=T0 + 600)
+        rows = shard.run(
+            ops.ChargeBatch(items=[call(f"v{i}", T0 + 60 * i) for i in range(5)], at_s=T0 + 600)
+        )
     assert {r.result for r in rows} == {Result.CHARGED}
     assert fraud_events(logs) == ["velocity"]
     [note] = fraud_notes(shard)
     assert note.kind is NotificationKind.ACCOUNT_BLOCKED and note.subject == "fraud:velocity"
     assert note.value("record_id") == "v2"  # the third call completes the window
-    assert shard.get_account("A0").account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
-    state = load_risk(shard, "A0")
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
+    state = load_risk(shard.core, "A0")
     assert state.blocked and state.velocity_fired_s == T0 + 120 and len(state.intl_starts_s) == 3
-    assert shard.audit().ok
+    assert shard.run(ops.Audit()).ok
     shard.close()
 
 
@@ -91,12 +98,16 @@ def test_velocity_alert_notifies_the_risk_desk_and_does_not_block(tmp_path: Path
     ]
     items += [call(f"v{i}", T0 + 10 * i) for i in range(4)]
     with capture_logs() as logs:
-        shard.charge_batch(items, at_s=T0 + 600)
+        shard.run(ops.ChargeBatch(items=items, at_s=T0 + 600))
     assert fraud_events(logs) == ["velocity"]
-    alerts = [n.subject for n in shard.list_notifications("A0") if n.kind.value == "fraud_alert"]
+    alerts = [
+        n.subject
+        for n in shard.run(ops.ListNotifications(account_id="A0"))
+        if n.kind.value == "fraud_alert"
+    ]
     assert alerts == ["velocity:v2"] and fraud_notes(shard) == []  # no block notification
-    assert shard.get_account("A0").account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
-    assert load_risk(shard, "A0").velocity_fired_s == T0 + 20
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
+    assert load_risk(shard.core, "A0").velocity_fired_s == T0 + 20
     shard.close()
 
 
@@ -105,19 +116,21 @@ def test_premium_block_refuses_online_charges_and_still_charges_offline(tmp_path
     and an online batch are refused ACCOUNT_BLOCKED, offline usage is still charged."""
     shard = open_shard(tmp_path / "s", 1, fraud=PREMIUM_BLOCK)
     seed(shard, 1)
-    rows = shard.charge_batch(
-        [call("p0", T0, usage_class="voice.national", number="49900123")], at_s=T0
+    rows = shard.run(
+        ops.ChargeBatch(
+            items=[call("p0", T0, usage_class="voice.national", number="49900123")], at_s=T0
+        )
     )
     assert rows[0].result is Result.CHARGED  # the usage happened: charged, then blocked
-    assert shard.get_account("A0").account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
     assert [n.subject for n in fraud_notes(shard)] == ["fraud:premium"]
     _, online = call("d1", T0 + 60, usage_class="voice.national")
-    assert shard.direct_debit(account_id="A0", rated=online, at_s=T0).result is (
+    assert shard.run(ops.DirectDebit(account_id="A0", rated=online, at_s=T0)).result is (
         Result.ACCOUNT_BLOCKED
     )
-    refused = shard.charge_batch([call("o1", T0 + 120)], at_s=T0, offline=False)
+    refused = shard.run(ops.ChargeBatch(items=[call("o1", T0 + 120)], at_s=T0, offline=False))
     assert refused[0].result is Result.ACCOUNT_BLOCKED
-    offline = shard.charge_batch([call("o2", T0 + 180)], at_s=T0)
+    offline = shard.run(ops.ChargeBatch(items=[call("o2", T0 + 180)], at_s=T0))
     assert offline[0].result is Result.CHARGED
     shard.close()
 
@@ -128,15 +141,15 @@ def test_resubmitted_records_do_not_fire_again(tmp_path: Path) -> None:
     shard = open_shard(tmp_path / "s", 1, fraud=velocity(Action.BLOCK))
     seed(shard, 1)
     first = [call("v0", T0), call("v1", T0 + 10), call("v1", T0 + 10)]
-    shard.charge_batch(first, at_s=T0)
-    assert load_risk(shard, "A0").intl_starts_s == (T0, T0 + 10)  # v1 once, no firing
+    shard.run(ops.ChargeBatch(items=first, at_s=T0))
+    assert load_risk(shard.core, "A0").intl_starts_s == (T0, T0 + 10)  # v1 once, no firing
     items = [*first, call("v2", T0 + 20)]
     with capture_logs() as logs:
-        shard.charge_batch(items, at_s=T0)
+        shard.run(ops.ChargeBatch(items=items, at_s=T0))
     assert fraud_events(logs) == ["velocity"]
     stored = risk_rows(shard)
     with capture_logs() as logs:
-        replay = shard.charge_batch(items, at_s=T0 + 60)
+        replay = shard.run(ops.ChargeBatch(items=items, at_s=T0 + 60))
     assert {r.result for r in replay} == {Result.DUPLICATE}
     assert fraud_events(logs) == []
     assert risk_rows(shard) == stored
@@ -150,18 +163,18 @@ def test_risk_state_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s"
     shard = open_shard(path, 1, fraud=velocity())
     seed(shard, 1)
-    shard.charge_batch([call("v0", T0), call("v1", T0 + 10)], at_s=T0)
+    shard.run(ops.ChargeBatch(items=[call("v0", T0), call("v1", T0 + 10)], at_s=T0))
     shard.close()
     shard = open_shard(path, 2, fraud=velocity())
     with capture_logs() as logs:
-        shard.charge_batch([call("v2", T0 + 20)], at_s=T0)
+        shard.run(ops.ChargeBatch(items=[call("v2", T0 + 20)], at_s=T0))
     assert fraud_events(logs) == ["velocity"]
     shard.close()
     shard = open_shard(path, 3, fraud=velocity())
     with capture_logs() as logs:
-        shard.charge_batch([call("v3", T0 + 30)], at_s=T0)
+        shard.run(ops.ChargeBatch(items=[call("v3", T0 + 30)], at_s=T0))
     assert fraud_events(logs) == []
-    assert load_risk(shard, "A0").velocity_fired_s == T0 + 20
+    assert load_risk(shard.core, "A0").velocity_fired_s == T0 + 20
     shard.close()
 
 
@@ -176,9 +189,11 @@ def test_batch_whose_commit_fails_leaves_no_risk_state(
     charge_with_disk_full(shard, items, monkeypatch)
     assert risk_rows(shard) == []
     with capture_logs() as logs:
-        assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
+        assert {r.result for r in shard.run(ops.ChargeBatch(items=items, at_s=T0))} == {
+            Result.CHARGED
+        }
     assert fraud_events(logs) == []
-    assert load_risk(shard, "A0").intl_starts_s == (T0, T0 + 10)
+    assert load_risk(shard.core, "A0").intl_starts_s == (T0, T0 + 10)
     shard.close()
 
 
@@ -189,18 +204,23 @@ def test_no_fraud_config_writes_no_risk_rows(tmp_path: Path) -> None:
     seed(shard, 2)
     items = [call(f"v{i}", T0 + i, number="49900123") for i in range(5)]
     items.append(("A1", rated("s1", 1, msisdn="491", service=Service.SMS, usage_class="sms.x")))
-    assert {r.result for r in shard.charge_batch(items, at_s=T0)} == {Result.CHARGED}
+    assert {r.result for r in shard.run(ops.ChargeBatch(items=items, at_s=T0))} == {Result.CHARGED}
     assert risk_rows(shard) == []
-    assert shard.get_account("A0").account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
     shard.close()
 
 
 def test_risk_state_encoding_round_trips() -> None:
     """Every field of a risk state survives its row encoding."""
     state = RiskState(
-        intl_starts_s=(1, 5, 9), velocity_fired_s=9, cycle_id="2024-06", cycle_spend=7 * EUR,
-        history=(1, 2, 3), spike_fired=True, blocked=True,
-    )  # fmt: skip
+        intl_starts_s=(1, 5, 9),
+        velocity_fired_s=9,
+        cycle_id="2024-06",
+        cycle_spend=7 * EUR,
+        history=(1, 2, 3),
+        spike_fired=True,
+        blocked=True,
+    )
     assert decode_risk(encode_risk(state)) == state
     assert decode_risk(encode_risk(RiskState())) == RiskState()
 
@@ -227,18 +247,21 @@ def test_fraud_table_reaches_the_account_shards(tmp_path: Path) -> None:
         '[fraud.premium]\npremium_prefixes = ["49900"]\naction = "alert"\n'
     )
     for config, expected in (
-        (load_config(conf), FraudConfig(
-            velocity=VelocityRule(calls=4, international_classes=("voice.international_z1",)),
-            spend_spike=None,
-            premium=PremiumRule(premium_prefixes=("49900",), action=Action.ALERT),
-        )),
+        (
+            load_config(conf),
+            FraudConfig(
+                velocity=VelocityRule(calls=4, international_classes=("voice.international_z1",)),
+                spend_spike=None,
+                premium=PremiumRule(premium_prefixes=("49900",), action=Action.ALERT),
+            ),
+        ),
         (parse_config({}), None),
-    ):  # fmt: skip
+    ):
         settings = settings_of(config, data_dir=tmp_path, tariffs_dir=ROOT / "conf" / "tariffs")
         settings.update(shards=1, partitions=1)
         shard = engine_factory(settings)("acct-00", tmp_path / f"u{expected is None}", 1)
         assert isinstance(shard, AccountShard)
-        assert shard.fraud == expected
+        assert shard.core.fraud == expected
         shard.close()
 
 

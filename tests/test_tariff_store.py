@@ -25,7 +25,8 @@ def _dearer(tmp_path: Path) -> Path:
 
 
 def _z1_price(engine: Any) -> int:
-    price: int = engine.catalogue.rates["V_INT_Z1"].tiers[0].price
+    catalogue = engine.core.catalogue if hasattr(engine, "core") else engine.catalogue
+    price: int = catalogue.rates["V_INT_Z1"].tiers[0].price
     return price
 
 
@@ -68,6 +69,7 @@ def test_hosts_open_units_with_the_catalogue_in_force_and_switch_running_ones(
         assert host.load_catalogue(str(kept), "account") == ["acct-00", "acct-01"]
         assert host.load_catalogue(str(kept), "partition") == ["part-0"]
         assert {_z1_price(e) for e in engines.values()} == {2 * base}
-        assert engines["acct-00"].tariff.catalogue is engines["acct-00"].catalogue
+        core = engines["acct-00"].core
+        assert core.tariff.catalogue is core.catalogue
     finally:
         host.close_all()

@@ -61,6 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.partition import ops
 from actors.partition.codec import (
     SOURCE_PREFIX,
     TOTALS_KEY,
@@ -88,10 +89,9 @@ from actors.partition.results import (
 from actors.partition.settle import settle
 from actors.routing import partition_of
 from actors.store.storage import Batch, ShardStore
-from billing.accounts import Result, SponsorRule, Subscription
+from billing.accounts import Result
 from billing.invariant import invariant
 from billing.preprocess import CONTENT_FIELDS, Reconciliation
-from billing.rated import RatedRecord
 from billing.rating import Catalogue
 from billing.readers import Reject
 from billing.records import UsageRecord
@@ -132,10 +132,6 @@ class PartitionConfig:
     rejects_max: int = 100_000
     directory_cache_entries_max: int = 100_000
     batch_records_max: int = 100_000
-
-
-def _no_charge(shard: str, items: list[tuple[str, RatedRecord]]) -> Sequence[ShardResult]:
-    raise AssertionError("submit_rejects never charges")  # pragma: no cover
 
 
 class RatingPartition:
@@ -191,32 +187,25 @@ class RatingPartition:
 
     # -- directory ---------------------------------------------------------------
 
-    def put_subscriber(
-        self,
-        request_id: str,
-        msisdn: str,
-        account_id: str,
-        subscriptions: Sequence[Subscription],
-        sponsor_rules: Sequence[SponsorRule] = (),
-    ) -> DirectoryAnswer:
+    def put_subscriber(self, op: ops.PutSubscriber) -> DirectoryAnswer:
         """Create or replace ``msisdn``'s directory entry (idempotent by ``request_id``)."""
-        misrouted = self._misrouted(msisdn)
+        misrouted = self._misrouted(op.msisdn)
         if misrouted:
             return DirectoryAnswer(result=Result.INVALID_ARGUMENT, detail=misrouted)
         return self.directory.put_subscriber(
-            request_id, msisdn, account_id, subscriptions, sponsor_rules
+            op.request_id, op.msisdn, op.account_id, op.subscriptions, op.sponsor_rules
         )
 
-    def change_plan(
-        self, request_id: str, msisdn: str, plan_id: str, start_s: int, account_id: str = ""
-    ) -> DirectoryAnswer:
+    def change_plan(self, op: ops.ChangeSubscriberPlan) -> DirectoryAnswer:
         """Append a subscription of ``plan_id`` from ``start_s`` (idempotent by ``request_id``);
         with ``account_id``, only while ``msisdn`` belongs to that account."""
-        return self.directory.change_plan(request_id, msisdn, plan_id, start_s, account_id)
+        return self.directory.change_plan(
+            op.request_id, op.msisdn, op.plan_id, op.start_s, op.account_id
+        )
 
-    def get_subscriber(self, msisdn: str) -> DirectoryEntry | None:
+    def get_subscriber(self, op: ops.GetSubscriber) -> DirectoryEntry | None:
         """The directory entry of ``msisdn``, if this partition has one."""
-        return self.directory.get(msisdn)
+        return self.directory.get(op.msisdn)
 
     def _misrouted(self, msisdn: str) -> str:
         partitions = self.config.partitions
@@ -227,20 +216,14 @@ class RatingPartition:
 
     # -- usage ---------------------------------------------------------------------
 
-    def submit(
-        self,
-        items: Sequence[UsageRecord | Reject],
-        *,
-        at_s: int,
-        charge: ChargeFn,
-        source: SourceProgress | None = None,
-    ) -> list[RecordResult]:
+    def submit(self, op: ops.Submit, charge: ChargeFn) -> list[RecordResult]:
         """Settle a batch: one result per item, in order; one synced commit.
 
         ``items`` are usage records and, from file readers, ``Reject`` values
         (stored as ``malformed``). See the module docstring for what is counted
         and what a caller does with retryable results.
         """
+        items, at_s, source = op.items, op.at_s, op.source
         if len(items) > self.config.batch_records_max:
             raise BatchTooLarge(f"{len(items)} items > {self.config.batch_records_max}")
         results: list[RecordResult | None] = [None] * len(items)
@@ -312,17 +295,10 @@ class RatingPartition:
         self._commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
 
-    def submit_rejects(
-        self, rejects: Sequence[Reject], *, at_s: int, source: SourceProgress | None = None
-    ) -> list[RecordResult]:
-        """Store reader rejects (unreadable lines) with their reasons and count them."""
-        return self.submit(rejects, at_s=at_s, charge=_no_charge, source=source)
-
-    def reprocess(
-        self, record_ids: Sequence[str], *, at_s: int, charge: ChargeFn
-    ) -> list[RecordResult]:
+    def reprocess(self, op: ops.Reprocess, charge: ChargeFn) -> list[RecordResult]:
         """Rate and charge stored rejected records again (e.g. after their account was
         created); those now charged leave the store. One result per id, in order."""
+        record_ids, at_s = op.record_ids, op.at_s
         entries: dict[str, RejectEntry] = {}
         for record_id in record_ids:
             entry = self.rejects.get(RejectKind.RECORD, record_id) if record_id else None

@@ -1,15 +1,16 @@
 """Account operations on a shard: lifecycle, plan changes, top-ups, mode switches, online
-sessions, refunds."""
+sessions, refunds. Each takes its operation (``actors.shard.ops``) and is one synced batch."""
 
 from __future__ import annotations
 
-from actors.shard.base import ShardBase
+from actors.shard import ops
 from actors.shard.codec import key_after
+from actors.shard.core import ShardCore
+from actors.shard.ops import Applied
 from actors.shard.work import RESERVATION_PREFIX, Work, prefix_end
 from actors.store.codec import decode_u64
 from billing.accounts import (
     Account,
-    AccountStatus,
     Outcome,
     Result,
     create_account,
@@ -22,7 +23,6 @@ from billing.cycle import cycle_containing
 from billing.ocs.session import (
     BalanceView,
     Grant,
-    Quote,
     Refund,
     balance_check,
     expire,
@@ -32,102 +32,90 @@ from billing.ocs.session import (
     session_update,
 )
 from billing.plan_change import change_plan
-from billing.switching import KEEP_LIMIT, Switch, switch_mode
-from billing.tariffs.model import PaymentMode
+from billing.switching import Switch, switch_mode
 
 __all__ = ["ShardAccounts"]
 
 
-class ShardAccounts(ShardBase):
+class ShardAccounts:
     """Single-account operations, each one synced batch."""
+
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
 
     # -- accounts ----------------------------------------------------------------------
 
-    def create_account(self, *, request_id: str, account: Account) -> Outcome[Account]:
-        """Create ``account`` (idempotent by ``request_id``; the account id must be new)."""
-        work = Work(self)
+    def create_account(self, op: ops.CreateAccount) -> Applied[Account]:
+        """Create ``op.account`` (idempotent by ``request_id``; the account id must be new)."""
+        work = Work(self.core)
+        account_id = op.account.account_id
         out = create_account(
-            request_id=request_id,
-            account=account,
-            current=work.state(account.account_id),
-            existing=work.mark(request_id),
+            request_id=op.request_id,
+            account=op.account,
+            current=work.state(account_id),
+            existing=work.mark(op.request_id),
         )
-        work.apply(out.effects, account.account_id)
+        work.apply(out.effects, account_id)
         work.commit()
-        return out
+        return Applied(out, work.state(account_id))
 
-    def set_credit_limit(
-        self, *, request_id: str, account_id: str, credit_limit: int | None
-    ) -> Outcome[Account]:
-        return self._single(
-            account_id,
+    def set_credit_limit(self, op: ops.SetCreditLimit) -> Applied[Account]:
+        return self.core.single(
+            op.account_id,
             lambda work, state: set_credit_limit(
-                request_id=request_id,
+                request_id=op.request_id,
                 state=state,
-                credit_limit=credit_limit,
-                existing=work.mark(request_id),
+                credit_limit=op.credit_limit,
+                existing=work.mark(op.request_id),
             ),
         )
 
-    def set_status(
-        self, *, request_id: str, account_id: str, status: AccountStatus
-    ) -> Outcome[Account]:
-        return self._single(
-            account_id,
+    def set_status(self, op: ops.SetStatus) -> Applied[Account]:
+        return self.core.single(
+            op.account_id,
             lambda work, state: set_status(
-                request_id=request_id, state=state, status=status, existing=work.mark(request_id)
+                request_id=op.request_id,
+                state=state,
+                status=op.status,
+                existing=work.mark(op.request_id),
             ),
         )
 
-    def change_plan(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        plan_id: str,
-        at_s: int,
-        at_from_clock: bool = False,
-    ) -> Outcome[Account]:
+    def change_plan(self, op: ops.ChangePlan) -> Applied[Account]:
         """Move the account to ``plan_id`` from ``at_s`` on (``billing.plan_change``), the
         plan checked against this shard's catalogue; idempotent by ``request_id``."""
-        return self._single(
-            account_id,
+        return self.core.single(
+            op.account_id,
             lambda work, state: change_plan(
-                request_id=request_id, state=state, plan_id=plan_id, at_s=at_s,
-                existing=work.mark(request_id), catalogue=self.catalogue,
-                at_from_clock=at_from_clock,
+                request_id=op.request_id, state=state, plan_id=op.plan_id, at_s=op.at_s,
+                existing=work.mark(op.request_id), catalogue=self.core.catalogue,
+                at_from_clock=op.at_from_clock,
             ),
         )  # fmt: skip
 
-    def top_up(
-        self, *, request_id: str, account_id: str, amount: int, currency: str, at_s: int
-    ) -> Outcome[TopUp]:
-        return self._single(
-            account_id,
+    def top_up(self, op: ops.TopUp) -> Applied[TopUp]:
+        """Top up ``amount`` in ``currency`` (empty: the account's own)."""
+        return self.core.single(
+            op.account_id,
             lambda work, state: top_up(
-                request_id=request_id, state=state, amount=amount, currency=currency,
-                at_s=at_s, existing=work.mark(request_id), config=self.charging,
+                request_id=op.request_id, state=state, amount=op.amount,
+                currency=op.currency or state.account.currency, at_s=op.at_s,
+                existing=work.mark(op.request_id), config=self.core.charging,
             ),
         )  # fmt: skip
 
-    def switch_mode(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        to_mode: PaymentMode,
-        at_s: int,
-        credit_limit: int | None = KEEP_LIMIT,
-    ) -> Outcome[Switch]:
+    def switch_mode(self, op: ops.SwitchMode) -> Applied[Switch]:
         """Switch the payment mode; a switch to prepaid issues its interim invoice in
         the same batch (``billing.billrun.run.interim_invoice``)."""
-        work = Work(self)
+        core = self.core
+        work = Work(core)
+        account_id, at_s = op.account_id, op.at_s
         state = work.state(account_id)
         if state is None:
-            return Outcome(result=Result.UNKNOWN_ACCOUNT)
+            return Applied(Outcome(result=Result.UNKNOWN_ACCOUNT), None)
         out = switch_mode(
-            request_id=request_id, state=state, to_mode=to_mode, at_s=at_s,
-            existing=work.mark(request_id), config=self.charging, credit_limit=credit_limit,
+            request_id=op.request_id, state=state, to_mode=op.to_mode, at_s=at_s,
+            existing=work.mark(op.request_id), config=core.charging, credit_limit=op.credit_limit,
         )  # fmt: skip
         work.apply(out.effects, account_id)
         switch = out.receipt
@@ -135,73 +123,70 @@ class ShardAccounts(ShardBase):
             new = work.state(account_id)
             assert new is not None  # set just above
             view = billing_account(
-                new, cycle=cycle_containing(at_s, self.billing.tz), catalogue=self.catalogue
+                new, cycle=cycle_containing(at_s, core.bill_config.tz), catalogue=core.catalogue
             )
             bill = interim_invoice(
-                switch.interim, view, work.billing_state(account_id), config=self.billing
+                switch.interim, view, work.billing_state(account_id), config=core.bill_config
             )
             for invoice in bill.invoices:
-                work.put_invoice(invoice, (f"switch:{request_id}",))
+                work.put_invoice(invoice, (f"switch:{op.request_id}",))
             if bill.state is not None:
                 work.put_billing_state(account_id, bill.state)
             work.post(bill.entries, account_id)
             for note in bill.notifications:
                 work.put_notification(note)
         work.commit()
-        return out
+        return Applied(out, work.state(account_id))
 
     # -- online charging ----------------------------------------------------------------
 
-    def session_initial(
-        self, *, request_id: str, account_id: str, session_id: str, quote: Quote,
-        requested_units: int, validity_s: int, at_s: int,
-    ) -> Outcome[Grant]:  # fmt: skip
-        return self._single(
-            account_id,
+    def session_initial(self, op: ops.SessionInitial) -> Applied[Grant]:
+        core = self.core
+        return core.single(
+            op.account_id,
             lambda work, state: session_initial(
-                request_id=request_id, state=state, session_id=session_id, quote=quote,
-                requested_units=requested_units, validity_s=validity_s, at_s=at_s,
-                existing=work.mark(request_id), tariff=self.tariff, config=self.charging,
+                request_id=op.request_id, state=state, session_id=op.session_id,
+                quote=op.quote, requested_units=op.requested_units, validity_s=op.validity_s,
+                at_s=op.at_s, existing=work.mark(op.request_id), tariff=core.tariff,
+                config=core.charging,
             ),
         )  # fmt: skip
 
-    def session_update(
-        self, *, request_id: str, account_id: str, session_id: str, used_units: int,
-        requested_units: int, at_s: int,
-    ) -> Outcome[Grant]:  # fmt: skip
-        return self._single(
-            account_id,
+    def session_update(self, op: ops.SessionUpdate) -> Applied[Grant]:
+        core = self.core
+        return core.single(
+            op.account_id,
             lambda work, state: session_update(
-                request_id=request_id, state=state, session_id=session_id,
-                used_units=used_units, requested_units=requested_units, at_s=at_s,
-                existing=work.mark(request_id), tariff=self.tariff, config=self.charging,
+                request_id=op.request_id, state=state, session_id=op.session_id,
+                used_units=op.used_units, requested_units=op.requested_units, at_s=op.at_s,
+                existing=work.mark(op.request_id), tariff=core.tariff, config=core.charging,
             ),
         )  # fmt: skip
 
-    def session_terminate(
-        self, *, request_id: str, account_id: str, session_id: str, used_units: int, at_s: int
-    ) -> Outcome[Grant]:
-        return self._single(
-            account_id,
+    def session_terminate(self, op: ops.SessionTerminate) -> Applied[Grant]:
+        core = self.core
+        return core.single(
+            op.account_id,
             lambda work, state: session_terminate(
-                request_id=request_id, state=state, session_id=session_id,
-                used_units=used_units, at_s=at_s, existing=work.mark(request_id),
-                tariff=self.tariff, config=self.charging,
+                request_id=op.request_id, state=state, session_id=op.session_id,
+                used_units=op.used_units, at_s=op.at_s, existing=work.mark(op.request_id),
+                tariff=core.tariff, config=core.charging,
             ),
         )  # fmt: skip
 
-    def expire_reservations(self, at_s: int) -> dict[str, tuple[str, ...]]:
+    def expire_reservations(self, op: ops.ExpireReservations) -> dict[str, tuple[str, ...]]:
         """Release every reservation whose validity ended by ``at_s``, exactly once
         (one commit per chunk of accounts); returns the sessions expired per account."""
+        core, at_s = self.core, op.at_s
         expired: dict[str, tuple[str, ...]] = {}
         start = RESERVATION_PREFIX
         end = prefix_end(RESERVATION_PREFIX)
         while True:
-            chunk = list(self.store.scan(start, end, limit=self.chunk_accounts))
+            chunk = list(core.store.scan(start, end, limit=core.chunk_accounts))
             if not chunk:
                 return expired
             start = key_after(chunk[-1][0])
-            work = Work(self)
+            work = Work(core)
             for key, raw in chunk:
                 if decode_u64(raw) > at_s:
                     continue
@@ -215,29 +200,23 @@ class ShardAccounts(ShardBase):
                     expired[account_id] = out.receipt
             work.commit()
 
-    def refund(
-        self, *, request_id: str, account_id: str, amount: int, service: str, reason_ref: str,
-        at_s: int,
-    ) -> Outcome[Refund]:  # fmt: skip
-        return self._single(
-            account_id,
+    def refund(self, op: ops.Refund) -> Applied[Refund]:
+        core = self.core
+        return core.single(
+            op.account_id,
             lambda work, state: refund(
-                request_id=request_id, state=state, amount=amount, service=service,
-                reason_ref=reason_ref, at_s=at_s, existing=work.mark(request_id),
-                config=self.charging,
+                request_id=op.request_id, state=state, amount=op.amount, service=op.service,
+                reason_ref=op.reason_ref, at_s=op.at_s, existing=work.mark(op.request_id),
+                config=core.charging,
             ),
         )  # fmt: skip
 
-    def balance_check(
-        self, account_id: str, *, at_s: int, quote: Quote | None = None
-    ) -> Outcome[BalanceView]:
+    def balance_check(self, op: ops.BalanceCheck) -> Outcome[BalanceView]:
         """Read-only: balances by book, what can be spent, bundles left for ``quote``."""
-        row = self._load(account_id)
+        core = self.core
+        row = core.load(op.account_id)
         if row is None:
             return Outcome(result=Result.UNKNOWN_ACCOUNT)
         return balance_check(
-            row.state, at_s=at_s, tariff=self.tariff, config=self.charging, quote=quote
+            row.state, at_s=op.at_s, tariff=core.tariff, config=core.charging, quote=op.quote
         )
-
-    def balance(self, account_id: str, *, at_s: int) -> BalanceView | None:
-        return self.balance_check(account_id, at_s=at_s).receipt

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from actors.shard.base import ShardBase
+from actors.shard import ops
 from actors.shard.codec import decode_account, decode_ledger_row, decode_value
+from actors.shard.core import ShardCore
 from actors.shard.outbox import OUTBOX_PREFIX, REFUSED_PREFIX
 from actors.shard.work import INVOICE_PREFIX
 from actors.store.codec import ACCOUNT_PREFIX, IDEMPOTENCY_PREFIX, ledger_prefix, split_ledger_key
@@ -46,12 +47,15 @@ class AuditReport:
     op_balances: Mapping[str, int]
 
 
-class ShardAudit(ShardBase):
+class ShardAudit:
     """The shard's self-audit."""
+
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
 
     # -- audit -------------------------------------------------------------------------
 
-    def audit(self) -> AuditReport:
+    def audit(self, _op: ops.Audit) -> AuditReport:
         """Replay every account's stored ledger and check it against the stored state."""
         problems: list[str] = []
 
@@ -62,7 +66,7 @@ class ShardAudit(ShardBase):
         op: dict[str, int] = {}
         foreign: dict[str, int] = {}
         total = accounts = ledger_rows = entries = usage_lines = invoices = 0
-        for _, raw in self.store.scan_prefix(ACCOUNT_PREFIX):
+        for _, raw in self.core.store.scan_prefix(ACCOUNT_PREFIX):
             row = decode_account(raw)
             aid = row.state.account_id
             accounts += 1
@@ -70,7 +74,7 @@ class ShardAudit(ShardBase):
             books: dict[str, int] = {}
             billing: list[Entry] = []
             expected = 0
-            for key, lraw in self.store.scan_prefix(ledger_prefix(aid)):
+            for key, lraw in self.core.store.scan_prefix(ledger_prefix(aid)):
                 _, seq = split_ledger_key(key)
                 if seq != expected:
                     problem(f"{aid}: ledger seq {seq}, expected {expected}")
@@ -103,7 +107,7 @@ class ShardAudit(ShardBase):
             if view != replayed:
                 problem(f"{aid}: books {view} != ledger replay {replayed}")
             owed = 0
-            for invoice_row in self.store.scan_prefix(INVOICE_PREFIX + aid.encode() + b"\x00"):
+            for invoice_row in self.core.store.scan_prefix(INVOICE_PREFIX + aid.encode() + b"\x00"):
                 invoice, refs = decode_value(invoice_row[1])
                 invoices += 1
                 if invoice.status is InvoiceStatus.DRAFT:
@@ -126,11 +130,11 @@ class ShardAudit(ShardBase):
             ledger_rows=ledger_rows,
             entries=entries,
             usage_lines=usage_lines,
-            marks=sum(1 for _ in self.store.scan_prefix(IDEMPOTENCY_PREFIX)),
+            marks=sum(1 for _ in self.core.store.scan_prefix(IDEMPOTENCY_PREFIX)),
             invoices=invoices,
-            notifications=self._notification_seq,
-            forwards_pending=sum(1 for _ in self.store.scan_prefix(OUTBOX_PREFIX)),
-            forwards_refused=sum(1 for _ in self.store.scan_prefix(REFUSED_PREFIX)),
+            notifications=self.core.notification_seq,
+            forwards_pending=sum(1 for _ in self.core.store.scan_prefix(OUTBOX_PREFIX)),
+            forwards_refused=sum(1 for _ in self.core.store.scan_prefix(REFUSED_PREFIX)),
             postings_total=total,
             op_balances=dict(sorted(op.items())),
         )

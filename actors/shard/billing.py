@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from actors.shard.base import ShardBase
+from actors.shard import ops
 from actors.shard.codec import key_after
+from actors.shard.core import ShardCore
 from actors.shard.work import AGEING_PREFIX, Work, prefix_end
 from actors.store.codec import ACCOUNT_PREFIX, encode_u64
 from billing.accounts import Result
-from billing.billrun.run import BillResult, ExtraCharge, bill_run, billing_account, invoice_id_for
+from billing.billrun.run import BillResult, bill_run, billing_account, invoice_id_for
 from billing.cycle import monthly_cycle
 from billing.writeoff import Payment, WriteoffOutcome, age_invoices, apply_payment, reverse_payment
 
@@ -19,7 +20,7 @@ __all__ = ["BillRunReport", "ShardBilling"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BillRunReport:
-    """What one :meth:`AccountShard.bill_run` call did. ``refused`` is set (and nothing
+    """What one :class:`~actors.shard.ops.BillRun` did. ``refused`` is set (and nothing
     was done) when the cycle has not ended at ``at_s``."""
 
     cycle_id: str
@@ -31,43 +32,40 @@ class BillRunReport:
     refused: str | None = None
 
 
-class ShardBilling(ShardBase):
+class ShardBilling:
     """The bill run and the payment side of receivables."""
+
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
 
     # -- billing -----------------------------------------------------------------------
 
     def _account_chunks(self, account_ids: Sequence[str] | None) -> Iterator[list[str]]:
-        size = self.chunk_accounts
+        size = self.core.chunk_accounts
         if account_ids is not None:
             for i in range(0, len(account_ids), size):
                 yield list(account_ids[i : i + size])
             return
         start, end = ACCOUNT_PREFIX, prefix_end(ACCOUNT_PREFIX)
         while True:
-            keys = [key for key, _ in self.store.scan(start, end, limit=size)]
+            keys = [key for key, _ in self.core.store.scan(start, end, limit=size)]
             if not keys:
                 return
             start = key_after(keys[-1])
             yield [key[len(ACCOUNT_PREFIX) :].decode() for key in keys]
 
-    def bill_run(
-        self,
-        cycle_id: str,
-        *,
-        at_s: int,
-        account_ids: Sequence[str] | None = None,
-        extras: Mapping[str, Sequence[ExtraCharge]] | None = None,
-    ) -> BillRunReport:
+    def bill_run(self, op: ops.BillRun) -> BillRunReport:
         """Bill ``cycle_id`` for the given accounts (default: all of the shard, read by
         key prefix in chunks, one commit per chunk). Idempotent per (account, cycle)."""
+        cycle_id, at_s, account_ids, extras = op.cycle_id, op.at_s, op.account_ids, op.extras
         year, month = (int(part) for part in cycle_id.split("-"))
-        cycle = monthly_cycle(year, month, self.billing.tz)
+        cycle = monthly_cycle(year, month, self.core.bill_config.tz)
         if at_s < cycle.end_s:
             return BillRunReport(cycle_id=cycle_id, refused="cycle_not_ended")
         results: dict[str, int] = {}
         accounts = invoiced = entries = commits = 0
         for chunk in self._account_chunks(account_ids):
-            work = Work(self)
+            work = Work(self.core)
             items = []
             for account_id in chunk:
                 state = work.state(account_id)
@@ -77,14 +75,14 @@ class ShardBilling(ShardBase):
                 view = billing_account(
                     state,
                     cycle=cycle,
-                    catalogue=self.catalogue,
+                    catalogue=self.core.catalogue,
                     extras=tuple((extras or {}).get(account_id, ())),
                 )
                 stored = work.invoice(account_id, invoice_id_for(account_id, cycle_id))
                 items.append(
                     (view, work.billing_state(account_id), None if stored is None else stored[0])
                 )
-            outcomes, summary = bill_run(items, cycle, at_s=at_s, config=self.billing)
+            outcomes, summary = bill_run(items, cycle, at_s=at_s, config=self.core.bill_config)
             for out in outcomes:
                 if out.result is BillResult.REPLAYED:
                     continue
@@ -111,31 +109,37 @@ class ShardBilling(ShardBase):
             commits=commits,
         )
 
-    def apply_payment(
-        self, *, request_id: str, account_id: str, amount: int, currency: str, at_s: int
-    ) -> WriteoffOutcome | Result:
-        """Pay ``account_id``'s open invoices oldest first (excess to credit). Returns
+    def apply_payment(self, op: ops.ApplyPayment) -> WriteoffOutcome | Result:
+        """Pay ``account_id``'s open invoices oldest first (excess to credit), in ``currency``
+        (empty: the account's own). Returns
         ``Result.UNKNOWN_ACCOUNT`` / ``CURRENCY_MISMATCH`` when it cannot apply."""
-        work = Work(self)
+        account_id = op.account_id
+        work = Work(self.core)
         state = work.state(account_id)
         if state is None:
             return Result.UNKNOWN_ACCOUNT
-        existing = work.mark(request_id)
+        existing = work.mark(op.request_id)
+        currency = op.currency or state.account.currency
         if existing is None and currency != state.account.currency:
             return Result.CURRENCY_MISMATCH
         out = apply_payment(
-            request_id=request_id, account_id=account_id, amount=amount, currency=currency,
-            at_s=at_s, invoices=work.invoices_of(account_id), existing=existing,
+            request_id=op.request_id, account_id=account_id, amount=op.amount,
+            currency=currency, at_s=op.at_s, invoices=work.invoices_of(account_id),
+            existing=existing,
         )  # fmt: skip
         work.apply_writeoff(out, account_id)
         work.commit()
         return out
 
-    def reverse_payment(
-        self, *, request_id: str, account_id: str, payment_id: str, at_s: int
-    ) -> WriteoffOutcome | Result:
+    def reverse_payment(self, op: ops.ReversePayment) -> WriteoffOutcome | Result:
         """Undo payment ``payment_id`` exactly (idempotent by ``request_id``)."""
-        work = Work(self)
+        request_id, account_id, payment_id, at_s = (
+            op.request_id,
+            op.account_id,
+            op.payment_id,
+            op.at_s,
+        )
+        work = Work(self.core)
         state = work.state(account_id)
         if state is None:
             return Result.UNKNOWN_ACCOUNT
@@ -151,15 +155,16 @@ class ShardBilling(ShardBase):
         work.commit()
         return out
 
-    def age_invoices(self, at_s: int) -> int:
+    def age_invoices(self, op: ops.AgeInvoices) -> int:
         """Mark open invoices due by ``at_s`` overdue (one notice each); returns how many."""
+        at_s = op.at_s
         changed_total = 0
         end = AGEING_PREFIX + encode_u64(at_s + 1)
         while True:
-            chunk = list(self.store.scan(AGEING_PREFIX, end, limit=self.chunk_accounts))
+            chunk = list(self.core.store.scan(AGEING_PREFIX, end, limit=self.core.chunk_accounts))
             if not chunk:
                 return changed_total
-            work = Work(self)
+            work = Work(self.core)
             invoices = []
             for key, raw in chunk:
                 found = work.invoice(raw.decode(), key[len(AGEING_PREFIX) + 8 :].decode())

@@ -42,23 +42,33 @@ Recovery contract
 
 Not thread-safe: the host serialises calls into one unit.
 
-Layout: this module assembles the shard from its parts, each a mixin over
-:class:`~actors.shard.base.ShardBase` (the store, the cache, the loaders):
-:mod:`actors.shard.usage` (charge batches, forwards), :mod:`actors.shard.accounts`
-(lifecycle, top-ups, sessions), :mod:`actors.shard.billing` (bill run,
-payments, ageing), :mod:`actors.shard.queries` (reads) and
-:mod:`actors.shard.audit`. Every call's writes go through one
-:class:`~actors.shard.work.Work`.
+Layout: an :class:`AccountShard` holds a :class:`~actors.shard.core.ShardCore`
+(the store, the row cache, the configuration, the loaders) and five parts
+given that core: ``usage`` (charge batches, forwards, direct debits,
+:mod:`actors.shard.usage`), ``accounts`` (lifecycle, top-ups, sessions,
+:mod:`actors.shard.accounts`), ``billing`` (bill run, payments, ageing,
+:mod:`actors.shard.billing`), ``queries`` (reads, :mod:`actors.shard.queries`)
+and ``audit`` (:mod:`actors.shard.audit`). Callers ask for an operation of
+:mod:`actors.shard.ops` (``shard.run(op)``); each names the part's method that
+runs it. Every call's writes go through one :class:`~actors.shard.work.Work`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from actors.op import Env
 from actors.shard.accounts import ShardAccounts
 from actors.shard.audit import AuditReport, ShardAudit
 from actors.shard.billing import BillRunReport, ShardBilling
+from actors.shard.core import ShardCore
+from actors.shard.ops import ShardOp
 from actors.shard.queries import ShardQueries
 from actors.shard.usage import ChargeBatchAnswer, ShardUsage
-from actors.shard.work import Work as _Work  # noqa: F401  (re-exported for bench/shard.py)
+from actors.store.storage import ShardStore
+from billing.bundles import CatalogueTariff, Tariff
+from billing.tariffs.model import Catalogue
 
 __all__ = [
     "AccountShard",
@@ -67,10 +77,72 @@ __all__ = [
     "ChargeBatchAnswer",
 ]
 
+R = TypeVar("R")
 
-class AccountShard(ShardUsage, ShardAccounts, ShardBilling, ShardQueries, ShardAudit):
+
+class _NoEnv:
+    """The environment of a shard run outside a host: a shard needs none."""
+
+    def charge(self, shard_id: str, items: list[Any], at_s: int) -> list[Any]:
+        raise AssertionError("an account shard never charges another unit")
+
+
+_NO_ENV = _NoEnv()
+
+
+class AccountShard:
     """One account shard (e.g. ``acct-07``): the pure core over one ShardStore.
 
-    Open with :meth:`open` (as the unit's owner at an epoch); see the module
-    docstring for the recovery contract.
+    Open with :meth:`open` (as the unit's owner at an epoch) and ask with
+    :meth:`run`; see the module docstring for the recovery contract.
     """
+
+    def __init__(self, store: ShardStore, *, tariff: Tariff, **options: Any) -> None:
+        self.core = ShardCore(store, tariff=tariff, **options)
+        self.usage = ShardUsage(self.core)
+        self.accounts = ShardAccounts(self.core)
+        self.billing = ShardBilling(self.core)
+        self.queries = ShardQueries(self.core)
+        self.audit = ShardAudit(self.core)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        epoch: int,
+        tariff: Tariff,
+        fence: bool = True,
+        resume: bool = False,
+        **options: Any,
+    ) -> Self:
+        """Open the unit's database as owner at ``epoch`` (see ``ShardStore.open``).
+
+        The store's byte cache is off: the shard caches decoded rows instead.
+        """
+        store = ShardStore.open(path, epoch=epoch, fence=fence, cache_entries_max=0, resume=resume)
+        try:
+            return cls(store, tariff=tariff, **options)
+        except BaseException:
+            store.close()
+            raise
+
+    def run(self, op: ShardOp[R], env: Env = _NO_ENV) -> R:
+        """Run one operation (the caller serialises calls into one shard)."""
+        return op.apply(self, env)
+
+    @property
+    def store(self) -> ShardStore:
+        return self.core.store
+
+    @property
+    def epoch(self) -> int:
+        return self.core.epoch
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        """Charge with ``catalogue`` from the next call on (a tariff reload)."""
+        self.core.catalogue = catalogue
+        self.core.tariff = CatalogueTariff(catalogue)
+
+    def close(self) -> None:
+        self.core.close()

@@ -1,7 +1,8 @@
 """Read-only queries of an account shard: accounts, ledger, usage, invoices, notifications.
 
-The queries named in :data:`CONCURRENT_READS` may run while a write call of the
-same shard is in flight (the host runs them without the unit's lock). They
+The queries whose operations are marked ``read`` (``actors.shard.ops``) may run
+while a write call of the same shard is in flight (the host runs them without
+the unit's lock). They
 read only committed state, straight from RocksDB: a ``WriteBatch`` is applied
 atomically, so a query sees a batch whole or not at all, never half of it.
 They neither read nor fill the shard's decoded-row cache: a row decoded by a
@@ -11,9 +12,8 @@ query just before a commit must never be cached over the committed one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
 
-from actors.shard.base import ShardBase
+from actors.shard import ops
 from actors.shard.codec import (
     AccountRow,
     decode_account,
@@ -23,6 +23,7 @@ from actors.shard.codec import (
     prefixed,
     prefixed_seq,
 )
+from actors.shard.core import ShardCore
 from actors.shard.work import (
     ACCOUNT_NOTIFICATION_PREFIX,
     INVOICE_INDEX_PREFIX,
@@ -45,46 +46,34 @@ from billing.notifications import Notification
 from billing.settlement import ProviderSettlement, build_report, provider_key
 from billing.writeoff import PAYABLE
 
-__all__ = ["CONCURRENT_READS", "ShardQueries"]
-
-CONCURRENT_READS: Final = frozenset(
-    {
-        "get_account",
-        "list_usage",
-        "usage_page",
-        "list_invoices",
-        "get_invoice",
-        "list_notifications",
-        "notifications_since",
-    }
-)
-"""Queries safe to run concurrently with a write call of the same shard (module docstring)."""
+__all__ = ["ShardQueries"]
 
 
-class ShardQueries(ShardBase):
+class ShardQueries:
     """Reads only: nothing here writes or changes the cache contents."""
 
-    concurrent_reads: Final = CONCURRENT_READS
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
 
     def _committed(self, account_id: str) -> AccountRow | None:
         """The account's committed row, read from the store (not through the row cache)."""
         if not is_valid_account_id(account_id):
             return None
-        raw = self.store.get_data(account_key(account_id))
+        raw = self.core.store.get_data(account_key(account_id))
         return None if raw is None else decode_account(raw)
 
     # -- queries -----------------------------------------------------------------------
 
-    def get_account(self, account_id: str) -> AccountState | None:
-        """The account's committed state (its ``history`` is empty: see ``list_usage``)."""
-        row = self._committed(account_id)
+    def get_account(self, op: ops.GetAccount) -> AccountState | None:
+        """The account's committed state (its ``history`` is empty: see ``usage_page``)."""
+        row = self._committed(op.account_id)
         return None if row is None else row.state
 
     def ledger_rows(self, account_id: str) -> Iterator[Charge | Entry]:
         """The account's ledger stream in order: charge rows (usage lines) and entries."""
         if not is_valid_account_id(account_id):
             return
-        for _, raw in self.store.scan_prefix(ledger_prefix(account_id)):
+        for _, raw in self.core.store.scan_prefix(ledger_prefix(account_id)):
             yield decode_ledger_row(raw)
 
     def ledger_entries(self, account_id: str) -> list[Entry]:
@@ -96,11 +85,10 @@ class ShardQueries(ShardBase):
                 out.append(entry)
         return out
 
-    def usage_page(
-        self, account_id: str, limit: int, before_seq: int | None = None
-    ) -> tuple[list[Charge], int]:
+    def usage_page(self, op: ops.UsagePage) -> tuple[list[Charge], int]:
         """Up to ``limit`` usage lines stored before ledger row ``before_seq`` (None: the
         newest), newest first, and the row to continue before (0: none older)."""
+        account_id, limit, before_seq = op.account_id, op.limit, op.before_seq
         row = self._committed(account_id)
         if row is None or limit <= 0:
             return [], 0
@@ -110,7 +98,9 @@ class ShardQueries(ShardBase):
         while end > 0:
             start = max(end - window, 0)
             rows = list(
-                self.store.scan(ledger_seq_key(account_id, start), ledger_seq_key(account_id, end))
+                self.core.store.scan(
+                    ledger_seq_key(account_id, start), ledger_seq_key(account_id, end)
+                )
             )
             for key, raw in reversed(rows):
                 item = decode_ledger_row(raw)
@@ -121,56 +111,57 @@ class ShardQueries(ShardBase):
             end, window = start, window * 2
         return found, 0
 
-    def list_usage(self, account_id: str, limit: int = 50) -> list[Charge]:
-        """The newest ``limit`` usage lines of the account, newest first."""
-        return self.usage_page(account_id, limit)[0]
-
-    def list_invoices(self, account_id: str, open_only: bool = False) -> list[Invoice]:
+    def list_invoices(self, op: ops.ListInvoices) -> list[Invoice]:
         """The account's invoices (drafts included unless ``open_only``), oldest first."""
         invoices = sorted(
-            self._stored_invoices(account_id), key=lambda i: (i.cycle_id, i.issued_at_s)
+            self.core.stored_invoices(op.account_id), key=lambda i: (i.cycle_id, i.issued_at_s)
         )
-        if open_only:
+        if op.open_only:
             return [i for i in invoices if i.status in PAYABLE and i.open_amount > 0]
         return invoices
 
-    def get_invoice(self, invoice_id: str) -> Invoice | None:
+    def get_invoice(self, op: ops.GetInvoice) -> Invoice | None:
+        invoice_id = op.invoice_id
         if not invoice_id or "\x00" in invoice_id:
             return None
-        owner = self.store.get_data(prefixed(INVOICE_INDEX_PREFIX, invoice_id))
+        owner = self.core.store.get_data(prefixed(INVOICE_INDEX_PREFIX, invoice_id))
         if owner is None:
             return None
-        raw = self.store.get_data(prefixed(INVOICE_PREFIX, owner.decode(), invoice_id))
+        raw = self.core.store.get_data(prefixed(INVOICE_PREFIX, owner.decode(), invoice_id))
         return None if raw is None else decode_value(raw)[0]
 
-    def list_notifications(self, account_id: str, limit: int = 50) -> list[Notification]:
+    def list_notifications(self, op: ops.ListNotifications) -> list[Notification]:
         """The account's newest ``limit`` notifications, oldest of them first."""
+        account_id, limit = op.account_id, op.limit
         if not is_valid_account_id(account_id) or limit <= 0:
             return []
         head = ACCOUNT_NOTIFICATION_PREFIX + account_id.encode() + b"\x00"
-        seqs = [decode_u64(key[-8:]) for key, _ in self.store.scan_prefix(head)][-limit:]
+        seqs = [decode_u64(key[-8:]) for key, _ in self.core.store.scan_prefix(head)][-limit:]
         out = []
         for seq in seqs:
-            raw = self.store.get_data(prefixed_seq(NOTIFICATION_PREFIX, None, seq))
+            raw = self.core.store.get_data(prefixed_seq(NOTIFICATION_PREFIX, None, seq))
             if raw is not None:
                 out.append(decode_value(raw))
         return out
 
-    def notifications_since(self, seq: int, limit: int = 1000) -> list[tuple[int, Notification]]:
+    def notifications_since(self, op: ops.NotificationsSince) -> list[tuple[int, Notification]]:
         """Notifications stored after shard sequence ``seq`` (for the server stream)."""
-        start = prefixed_seq(NOTIFICATION_PREFIX, None, seq + 1)
+        start = prefixed_seq(NOTIFICATION_PREFIX, None, op.seq + 1)
         return [
             (decode_u64(key[len(NOTIFICATION_PREFIX) :]), decode_value(raw))
-            for key, raw in self.store.scan(start, prefix_end(NOTIFICATION_PREFIX), limit=limit)
+            for key, raw in self.core.store.scan(
+                start, prefix_end(NOTIFICATION_PREFIX), limit=op.limit
+            )
         ]
 
-    def settlement_report(self, cycle_id: str) -> tuple[ProviderSettlement, ...]:
+    def settlement_report(self, op: ops.SettlementReport) -> tuple[ProviderSettlement, ...]:
         """Content sold in ``cycle_id`` per (provider, currency), from the stored
         ``content_share`` entries and the charge rows of the same purchases."""
+        cycle_id = op.cycle_id
         lines: dict[tuple[str, str], dict[str, list[int]]] = {}
         start, end = LEDGER_PREFIX, prefix_end(LEDGER_PREFIX)
         gross: dict[str, int] = {}
-        for _, raw in self.store.scan(start, end):
+        for _, raw in self.core.store.scan(start, end):
             item = decode_ledger_row(raw)
             if isinstance(item, Charge):
                 if item.service == "content" and item.cycle_id == cycle_id:

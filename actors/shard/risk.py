@@ -15,7 +15,7 @@ and their marks:
   ``account_blocked`` (subject ``fraud:<rule>``) and the account's status set
   to ``blocked`` if it was active.
 
-A shard without a fraud configuration (``ShardBase.fraud`` is ``None``, the
+A shard without a fraud configuration (``ShardCore.fraud`` is ``None``, the
 default) evaluates nothing and writes no ``k/`` key.
 
 The decoded risk state rides on the account's row (``AccountRow.risk``), so
@@ -58,7 +58,7 @@ from billing.invariant import InvariantViolation, invariant
 from billing.rated import RatedRecord
 
 if TYPE_CHECKING:
-    from actors.shard.base import ShardBase
+    from actors.shard.core import ShardCore
     from actors.shard.work import Work
 
 __all__ = ["RISK_PREFIX", "assess_batch", "decode_risk", "encode_risk", "load_risk", "risk_key"]
@@ -117,14 +117,14 @@ def decode_risk(data: bytes) -> RiskState:
     return state
 
 
-def load_risk(shard: ShardBase, account_id: str) -> RiskState:
+def load_risk(shard: ShardCore, account_id: str) -> RiskState:
     """The committed risk state of ``account_id`` (a fresh one if none is stored)."""
     raw = shard.store.get_data(risk_key(account_id))
     return RiskState() if raw is None else decode_risk(raw)
 
 
 def assess_batch(
-    shard: ShardBase,
+    shard: ShardCore,
     work: Work,
     items: Sequence[tuple[str, RatedRecord]],
     rows: Sequence[Charge | None],

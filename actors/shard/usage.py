@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from actors.shard.base import ShardBase
+from actors.shard import ops
 from actors.shard.codec import decode_value, encode_value, prefixed
+from actors.shard.core import ShardCore
+from actors.shard.ops import Applied
 from actors.shard.outbox import OUTBOX_PREFIX, REFUSED_PREFIX, Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import AccountView, MarkView, Work, without_rated
@@ -20,7 +22,7 @@ __all__ = ["ChargeBatchAnswer", "ShardUsage"]
 
 
 class ChargeBatchAnswer(list[Charge]):
-    """The answer of :meth:`AccountShard.charge_batch`: a list with one row per record,
+    """The answer of :class:`~actors.shard.ops.ChargeBatch`: a list with one row per record,
     in order (``row.result`` is the per-record result), and ``forwards``, the sponsor
     charges for other shards this batch stored in the outbox, for the host to deliver."""
 
@@ -41,16 +43,18 @@ def _refusal(rated: RatedRecord, account_id: str, result: Result, at_s: int) -> 
     )  # fmt: skip
 
 
-class ShardUsage(ShardBase):
+class ShardUsage:
     """Charging usage: the hot path (one synced batch per call)."""
+
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
 
     # -- usage -------------------------------------------------------------------------
 
-    def charge_batch(
-        self, items: Sequence[tuple[str, RatedRecord]], *, at_s: int, offline: bool = True
-    ) -> ChargeBatchAnswer:
+    def charge_batch(self, op: ops.ChargeBatch) -> ChargeBatchAnswer:
         """Charge rated records to their accounts (``(account_id, rated)`` pairs, the
         subscriber's account as the partition's directory resolved it): one commit."""
+        items, at_s, offline = op.items, op.at_s, op.offline
         rows: list[Charge | None] = [None] * len(items)
         # Runs of records whose msisdns map to one account each (the core's directory):
         # a new run starts where an msisdn maps to another account than earlier in the run.
@@ -70,7 +74,7 @@ class ShardUsage(ShardBase):
             indices.append(index)
         if indices:
             segments.append((indices, directory))
-        work = Work(self, track_marks=len(segments) > 1)
+        work = Work(self.core, track_marks=len(segments) > 1)
         view, marks = AccountView(work), MarkView(work)
         for indices, directory in segments:
             out = charge_batch(
@@ -78,28 +82,28 @@ class ShardUsage(ShardBase):
                 accounts=view,
                 directory=directory,
                 marks=marks,
-                tariff=self.tariff,
-                config=self.charging,
+                tariff=self.core.tariff,
+                config=self.core.charging,
                 at_s=at_s,
                 offline=offline,
             )
             work.apply(out.effects, None)
             for i, row in zip(indices, out.receipt or (), strict=True):
                 rows[i] = row if row.rated is None else without_rated(row)
-        assess_batch(self, work, items, rows)  # fraud rules, in the same batch (shard_risk)
+        assess_batch(self.core, work, items, rows)  # fraud rules, in the same batch (shard_risk)
         work.commit()
         invariant(None not in rows, "one row per record")
         return ChargeBatchAnswer(rows, work.forwards)  # type: ignore[arg-type]
 
-    def apply_forwards(self, forwards: Sequence[Forward], *, at_s: int) -> list[tuple[str, Result]]:
+    def apply_forwards(self, op: ops.ApplyForwards) -> list[tuple[str, Result]]:
         """Apply sponsor charges forwarded by other shards (idempotent by forward id).
 
         A forward this shard cannot apply (unknown or closed sponsor, currency
         mismatch) is kept under ``x/`` with its result for revenue assurance
         (``refused_forwards``), so acknowledging it upstream loses nothing.
         """
-        work = Work(self, track_marks=True)
-        results = [(f.forward_id, self._apply_forward(work, f, at_s)) for f in forwards]
+        work = Work(self.core, track_marks=True)
+        results = [(f.forward_id, self._apply_forward(work, f, op.at_s)) for f in op.forwards]
         work.commit()
         return results
 
@@ -111,82 +115,81 @@ class ShardUsage(ShardBase):
             result = Result.UNKNOWN_ACCOUNT
         else:
             out = charge_sponsored(
-                state, usage, marks=MarkView(work), tariff=self.tariff, config=self.charging,
-                at_s=at_s,
+                state, usage, marks=MarkView(work), tariff=self.core.tariff,
+                config=self.core.charging, at_s=at_s,
             )  # fmt: skip
             work.apply(out.effects, usage.sponsor_account_id)
             result = out.result
         key = prefixed(REFUSED_PREFIX, forward.forward_id)
         if result in CHARGED_RESULTS or result is Result.DUPLICATE:
-            if self.store.get(key) is not None:
+            if self.core.store.get(key) is not None:
                 work.batch.delete(key)
         else:
             work.batch.put(key, encode_value((usage, result)))
         return result
 
-    def retry_refused_forwards(
-        self, record_ids: Sequence[str] | None, *, at_s: int
-    ) -> list[tuple[str, Result]]:
+    def retry_refused_forwards(self, op: ops.RetryRefusedForwards) -> list[tuple[str, Result]]:
         """Apply refused sponsor charges again (say, once the sponsor's account exists):
         those named by the subscriber's ``record_ids``, or all (None). One commit; a
         charged one leaves the ``x/`` store. Returns ``(record_id, result)`` per retry."""
-        wanted = None if record_ids is None else set(record_ids)
+        wanted = None if op.record_ids is None else set(op.record_ids)
         todo = [
             Forward.of(usage)
-            for usage, _ in self.refused_forwards(limit=100_000)
+            for usage, _ in self.refused_forwards(ops.RefusedForwards(limit=100_000))
             if wanted is None or usage.rated.record.record_id in wanted
         ]
         if not todo:
             return []
-        work = Work(self, track_marks=True)
+        work = Work(self.core, track_marks=True)
         results = [
-            (f.usage.rated.record.record_id, self._apply_forward(work, f, at_s)) for f in todo
+            (f.usage.rated.record.record_id, self._apply_forward(work, f, op.at_s)) for f in todo
         ]
         work.commit()
         return results
 
-    def pending_forwards(self, limit: int = 1000) -> list[Forward]:
+    def pending_forwards(self, op: ops.PendingForwards) -> list[Forward]:
         """Forwards stored in the outbox and not yet acknowledged, oldest id first."""
         return [
             Forward.of(decode_value(raw))
-            for _, raw in self.store.scan_prefix(OUTBOX_PREFIX, limit=limit)
+            for _, raw in self.core.store.scan_prefix(OUTBOX_PREFIX, limit=op.limit)
         ]
 
-    def ack_forwards(self, forward_ids: Iterable[str]) -> int:
+    def ack_forwards(self, op: ops.AckForwards) -> int:
         """Delete delivered forwards from the outbox (one commit); returns how many."""
         batch = Batch()
         count = 0
-        for forward_id in forward_ids:
+        for forward_id in op.forward_ids:
             key = prefixed(OUTBOX_PREFIX, forward_id)
-            if self.store.get(key) is not None:
+            if self.core.store.get(key) is not None:
                 batch.delete(key)
                 count += 1
         if count:
-            self.store.commit(batch)
+            self.core.store.commit(batch)
         return count
 
-    def refused_forwards(self, limit: int = 1000) -> list[tuple[SponsoredUsage, Result]]:
+    def refused_forwards(self, op: ops.RefusedForwards) -> list[tuple[SponsoredUsage, Result]]:
         """Forwards received here that could not be charged, with their result."""
         out: list[tuple[SponsoredUsage, Result]] = []
-        for _, raw in self.store.scan_prefix(REFUSED_PREFIX, limit=limit):
+        for _, raw in self.core.store.scan_prefix(REFUSED_PREFIX, limit=op.limit):
             usage, result = decode_value(raw)
             out.append((usage, Result(result)))
         return out
 
-    def direct_debit(self, *, account_id: str, rated: RatedRecord, at_s: int) -> Outcome[Charge]:
+    def direct_debit(self, op: ops.DirectDebit) -> Applied[Charge]:
         """An immediate online event (content purchase, one-shot): never below the
         balance or over the limit; idempotent by ``record_id``."""
+        rated, at_s = op.rated, op.at_s
 
         def run(work: Work, state: AccountState) -> Outcome[Charge]:
             others: dict[str, AccountState] = {}
-            sponsorship = resolve_sponsor(state.account, rated, self.tariff)
+            sponsorship = resolve_sponsor(state.account, rated, self.core.tariff)
             if sponsorship is not None:
                 sponsor = work.state(sponsorship.sponsor_account_id)
                 if sponsor is not None:
                     others[sponsorship.sponsor_account_id] = sponsor
             return charge(
-                state, rated, marks=MarkView(work), tariff=self.tariff, config=self.charging,
-                at_s=at_s, offline=False, others=others,
+                state, rated, marks=MarkView(work), tariff=self.core.tariff,
+                config=self.core.charging, at_s=at_s, offline=False, others=others,
             )  # fmt: skip
 
-        return self._single(account_id, run)
+        return self.core.single(op.account_id, run)

@@ -42,7 +42,7 @@ from billing.sponsor import SponsoredUsage
 from billing.writeoff import WriteoffOutcome
 
 if TYPE_CHECKING:
-    from actors.shard.base import ShardBase
+    from actors.shard.core import ShardCore
 
 __all__ = ["AccountView", "MarkView", "Work", "prefix_end", "without_rated"]
 
@@ -81,9 +81,9 @@ class Work:
     """The writes of one call, committed in one synced batch: the account rows it
     read (before-images) and wrote, its marks, invoices and notifications."""
 
-    def __init__(self, shard: ShardBase, *, track_marks: bool = False) -> None:
+    def __init__(self, shard: ShardCore, *, track_marks: bool = False) -> None:
         self.shard = shard
-        self.pack = shard._pack
+        self.pack = shard.pack
         self.batch = Batch()
         self.before: dict[str, AccountRow | None] = {}
         self.rows: dict[str, AccountRow] = {}
@@ -92,7 +92,7 @@ class Work:
         self.invoices: dict[tuple[str, str], tuple[Invoice, tuple[str, ...]]] = {}
         self.billing: dict[str, BillingState] = {}
         self.note_ids: set[str] = set()
-        self.notification_seq = shard._notification_seq
+        self.notification_seq = shard.notification_seq
         self.forwards: list[Forward] = []
 
     # -- reads through the work --------------------------------------------------------
@@ -104,7 +104,7 @@ class Work:
         before = self.before
         if account_id in before:
             return before[account_id]
-        loaded = before[account_id] = self.shard._load(account_id)
+        loaded = before[account_id] = self.shard.load(account_id)
         return loaded
 
     def state(self, account_id: str) -> AccountState | None:
@@ -118,7 +118,7 @@ class Work:
         if not key or "\x00" in key:
             return None
         raw = self.shard.store.get_data(IDEMPOTENCY_PREFIX + key.encode())
-        return None if raw is None else decode_mark(raw, self.shard._charge_row)
+        return None if raw is None else decode_mark(raw, self.shard.charge_row)
 
     def invoice(self, account_id: str, invoice_id: str) -> tuple[Invoice, tuple[str, ...]] | None:
         found = self.invoices.get((account_id, invoice_id))
@@ -131,7 +131,7 @@ class Work:
         return invoice, tuple(refs)
 
     def invoices_of(self, account_id: str) -> list[Invoice]:
-        found = {inv.invoice_id: inv for inv in self.shard._stored_invoices(account_id)}
+        found = {inv.invoice_id: inv for inv in self.shard.stored_invoices(account_id)}
         for (aid, invoice_id), (invoice, _) in self.invoices.items():
             if aid == account_id:
                 found[invoice_id] = invoice
@@ -310,7 +310,7 @@ class Work:
                 before = self.before.get(account_id)
                 if before is not None and before.state.reservations:
                     batch.delete(prefixed(RESERVATION_PREFIX, account_id))
-        if self.notification_seq != shard._notification_seq:
+        if self.notification_seq != shard.notification_seq:
             batch.put(NOTIFICATION_SEQ_KEY, encode_u64(self.notification_seq))
         if batch.records == 0:
             return  # a pure replay or refusal: nothing to make durable
@@ -318,13 +318,13 @@ class Work:
             shard.store.commit(batch)
         except BaseException:
             for account_id in (*self.before, *self.rows):
-                shard._cache.pop(account_id)
+                shard.cache.pop(account_id)
             raise
         rows = self.rows
         for row in rows.values():
             row.state.history = []  # the usage history lives in the ledger stream
-        shard._cache.put_many(rows.items())
-        shard._notification_seq = self.notification_seq
+        shard.cache.put_many(rows.items())
+        shard.notification_seq = self.notification_seq
 
 
 class AccountView(Mapping[str, AccountState]):

@@ -1,4 +1,4 @@
-"""AdminService and TariffService for the Ray backend.
+"""AdminService and TariffService handlers.
 
 Status comes from the coordinator; reconciliation sums every partition's
 counters and every shard's audit; rejects are listed and reprocessed across
@@ -18,30 +18,35 @@ from typing import Any, Final
 import grpc
 import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
-from ray.exceptions import RayActorError, RayTaskError
 
-from actors import metrics
 from actors.partition.engine import RecordStatus
+from actors.partition.ops import Counters, ListRejects, Reprocess
+from actors.router import HostUnreachable, deadline_after
+from actors.router import time_left as _left
 from actors.routing import unit_kind
+from actors.shard import ops
 from actors.store.backup import BackupExists
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
 from billing.outcome import CHARGED_RESULTS, Result
 from billing.preprocess import Reconciliation
 from billing.rating import Catalogue, TariffError, load_catalogue
-from cluster.api.backend import BackendError
-from cluster.backend.convert import (
-    SPONSOR_REFUSED,
-    money,
-    refused_forward_to_proto,
-    reject_to_proto,
-)
-from cluster.backend.core import BackendCore
-from cluster.backend.router import deadline_after
-from cluster.backend.router import time_left as _left
-from cluster.gateway.names import gateway_handles
+from cluster.api.errors import BackendError
+from cluster.backend.context import Cluster
+from cluster.backend.convert import SPONSOR_REFUSED, refused_forward_to_proto, reject_to_proto
+from cluster.wire import money
 
-__all__ = ["AdminOps", "TariffOps"]
+__all__ = [
+    "backup",
+    "cluster_status",
+    "drain",
+    "get_tariffs",
+    "list_rejects",
+    "load_tariffs",
+    "rebalance",
+    "reconcile",
+    "reprocess_rejects",
+]
 
 log = structlog.get_logger("petribill.backend")
 
@@ -61,344 +66,334 @@ _CHARGED: Final = frozenset(
 _SPONSOR_SETTLED: Final = CHARGED_RESULTS | {Result.DUPLICATE}
 
 
-class AdminOps(BackendCore):
-    async def cluster_status(
-        self, request: admin_pb2.ClusterStatusRequest, *, timeout_s: float
-    ) -> admin_pb2.ClusterStatusResponse:
-        deadline = deadline_after(timeout_s)
-        status: dict[str, Any] = await self.router.coordinator_call(
-            "status", timeout_s=_left(deadline)
-        )
-        metrics_urls = await asyncio.to_thread(metrics.metrics_urls)
-        answer = admin_pb2.ClusterStatusResponse(
-            nodes=[
-                admin_pb2.NodeStatus(
-                    node_id=n["node"],
-                    state=n["status"],
-                    address=n.get("ray_node_id", ""),
-                    shards=n["units"],
-                    metrics_url=metrics_urls.get(n.get("ray_node_id", ""), ""),
-                )
-                for n in status["nodes"]
-            ],
-            shards=[
-                admin_pb2.ShardStatus(
-                    shard_id=u["unit"],
-                    kind=unit_kind(u["unit"]),
-                    owner_node=u["node"],
-                    epoch=u["epoch"],
-                    state=u["state"],
-                )
-                for u in status["units"]
-            ],
-            marking_json=status.get("marking") or "",
-            gateways=await self._gateways(_left(deadline) / 2),
-        )
-        states = [u["state"] for u in status["units"]]
-        locks = status.get("locks_held") or []
-        answer.marking_summary = (
-            f"{'healthy' if status.get('healthy') else 'unhealthy'}: "
-            f"{len(status['nodes'])} nodes, {states.count('owned')} units owned, "
-            f"{states.count('recovering')} recovering, {states.count('free')} free, "
-            f"{len(locks)} locks held"
-        )
-        return answer
+async def cluster_status(
+    cluster: Cluster, request: admin_pb2.ClusterStatusRequest, timeout_s: float
+) -> admin_pb2.ClusterStatusResponse:
+    deadline = deadline_after(timeout_s)
+    status: dict[str, Any] = await cluster.coordinator("status", timeout_s=_left(deadline))
+    answer = admin_pb2.ClusterStatusResponse(
+        nodes=[
+            admin_pb2.NodeStatus(
+                node_id=n["node"],
+                state=n["status"],
+                address=n.get("ray_node_id", ""),
+                shards=n["units"],
+                metrics_url=n.get("metrics_url", ""),
+            )
+            for n in status["nodes"]
+        ],
+        shards=[
+            admin_pb2.ShardStatus(
+                shard_id=u["unit"],
+                kind=unit_kind(u["unit"]),
+                owner_node=u["node"],
+                epoch=u["epoch"],
+                state=u["state"],
+            )
+            for u in status["units"]
+        ],
+        marking_json=status.get("marking") or "",
+        gateways=sorted(g["address"] for g in status.get("gateways", ()) if g.get("address")),
+    )
+    states = [u["state"] for u in status["units"]]
+    locks = status.get("locks_held") or []
+    answer.marking_summary = (
+        f"{'healthy' if status.get('healthy') else 'unhealthy'}: "
+        f"{len(status['nodes'])} nodes, {states.count('owned')} units owned, "
+        f"{states.count('recovering')} recovering, {states.count('free')} free, "
+        f"{len(locks)} locks held"
+    )
+    return answer
 
-    async def _gateways(self, timeout_s: float) -> list[str]:
-        """Addresses of the running gateways (best effort: a slow one is left out)."""
-        try:
-            handles = (await asyncio.to_thread(gateway_handles)).values()
-            refs = [asyncio.wrap_future(h.address.remote().future()) for h in handles]
-            done = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True), timeout_s)
-        except Exception:  # status must answer even when gateways do not
-            return []
-        return sorted(str(a) for a in done if isinstance(a, str))
 
-    async def reconcile(
-        self, request: admin_pb2.ReconcileRequest, *, timeout_s: float
-    ) -> admin_pb2.ReconcileResponse:
-        deadline = deadline_after(timeout_s)
-        counters, audits = await asyncio.gather(
-            self.router.call_each(
-                self.router.all_partitions(), "counters", timeout_s=_left(deadline)
-            ),
-            self.router.call_each(self.router.all_shards(), "audit", timeout_s=_left(deadline)),
-        )
-        total = sum(counters.values(), Reconciliation())
-        ledger = sum(a.postings_total for a in audits.values())
-        problems = [f"{u}: {p}" for u, a in sorted(audits.items()) for p in a.problems]
-        pending = sum(a.forwards_pending for a in audits.values())
-        notes = []
-        if not total.is_balanced():
-            notes.append(f"{total.pending} records received but not settled")
-        if ledger:
-            notes.append(f"ledger postings sum to {ledger}, not 0")
-        notes.extend(problems[:_PROBLEMS_SHOWN])
-        if len(problems) > _PROBLEMS_SHOWN:
-            notes.append(f"... {len(problems) - _PROBLEMS_SHOWN} more problems")
-        if pending:
-            notes.append(f"{pending} sponsor forwards pending delivery")
-        return admin_pb2.ReconcileResponse(
-            received=total.received,
-            rated=total.rated,
-            rejected=total.rejected,
-            duplicates=total.duplicates,
-            ledger_total=money(ledger, self.catalogue.currency),
-            balanced=total.is_balanced() and ledger == 0 and not problems,
-            detail="; ".join(notes) or "balanced",
-        )
+async def reconcile(
+    cluster: Cluster, request: admin_pb2.ReconcileRequest, timeout_s: float
+) -> admin_pb2.ReconcileResponse:
+    deadline = deadline_after(timeout_s)
+    counters, audits = await asyncio.gather(
+        cluster.run_each(cluster.router.all_partitions(), Counters(), timeout_s=_left(deadline)),
+        cluster.run_each(cluster.router.all_shards(), ops.Audit(), timeout_s=_left(deadline)),
+    )
+    total = sum(counters.values(), Reconciliation())
+    ledger = sum(a.postings_total for a in audits.values())
+    problems = [f"{u}: {p}" for u, a in sorted(audits.items()) for p in a.problems]
+    pending = sum(a.forwards_pending for a in audits.values())
+    notes = []
+    if not total.is_balanced():
+        notes.append(f"{total.pending} records received but not settled")
+    if ledger:
+        notes.append(f"ledger postings sum to {ledger}, not 0")
+    notes.extend(problems[:_PROBLEMS_SHOWN])
+    if len(problems) > _PROBLEMS_SHOWN:
+        notes.append(f"... {len(problems) - _PROBLEMS_SHOWN} more problems")
+    if pending:
+        notes.append(f"{pending} sponsor forwards pending delivery")
+    return admin_pb2.ReconcileResponse(
+        received=total.received,
+        rated=total.rated,
+        rejected=total.rejected,
+        duplicates=total.duplicates,
+        ledger_total=money(ledger, cluster.catalogue.currency),
+        balanced=total.is_balanced() and ledger == 0 and not problems,
+        detail="; ".join(notes) or "balanced",
+    )
 
-    async def list_rejects(
-        self, request: admin_pb2.ListRejectsRequest, *, timeout_s: float
-    ) -> admin_pb2.ListRejectsResponse:
-        limit = min(request.limit or _REJECTS_LIMIT_DEFAULT, _REJECTS_LIMIT_MAX)
-        deadline = deadline_after(timeout_s)
-        found = await self.router.call_each(
-            self.router.all_partitions(),
-            "list_rejects",
-            limit,
-            reason=request.reason or None,
+
+async def list_rejects(
+    cluster: Cluster, request: admin_pb2.ListRejectsRequest, timeout_s: float
+) -> admin_pb2.ListRejectsResponse:
+    limit = min(request.limit or _REJECTS_LIMIT_DEFAULT, _REJECTS_LIMIT_MAX)
+    deadline = deadline_after(timeout_s)
+    found = await cluster.run_each(
+        cluster.router.all_partitions(),
+        ListRejects(limit=limit, reason=request.reason or None),
+        timeout_s=_left(deadline),
+    )
+    entries = sorted(
+        (e for entries in found.values() for e in entries), key=lambda e: (-e.at_s, e.key)
+    )
+    rejects = [reject_to_proto(e) for e in entries[:limit]]
+    if request.reason in ("", SPONSOR_REFUSED):
+        refused = await cluster.run_each(
+            cluster.router.all_shards(),
+            ops.RefusedForwards(limit=limit),
             timeout_s=_left(deadline),
         )
-        entries = sorted(
-            (e for entries in found.values() for e in entries), key=lambda e: (-e.at_s, e.key)
-        )
-        rejects = [reject_to_proto(e) for e in entries[:limit]]
-        if request.reason in ("", SPONSOR_REFUSED):
-            refused = await self.router.call_each(
-                self.router.all_shards(), "refused_forwards", limit, timeout_s=_left(deadline)
-            )
-            rejects += [
-                refused_forward_to_proto(usage, result)
-                for found_on_shard in refused.values()
-                for usage, result in found_on_shard
-            ]
-        return admin_pb2.ListRejectsResponse(rejects=rejects[:limit])
+        rejects += [
+            refused_forward_to_proto(usage, result)
+            for found_on_shard in refused.values()
+            for usage, result in found_on_shard
+        ]
+    return admin_pb2.ListRejectsResponse(rejects=rejects[:limit])
 
-    async def reprocess_rejects(
-        self, request: admin_pb2.ReprocessRejectsRequest, *, timeout_s: float
-    ) -> admin_pb2.ReprocessRejectsResponse:
-        """Reprocess the named records (each partition answers for the ones it holds), or,
-        with no ids, up to a bounded number of every partition's reprocessable rejects."""
-        deadline = deadline_after(timeout_s)
-        units = self.router.all_partitions()
-        if request.record_ids:
-            ids = {unit: list(dict.fromkeys(request.record_ids)) for unit in units}
-        else:
-            listed = await self.router.call_each(
-                units, "list_rejects", _REJECTS_LIMIT_DEFAULT, timeout_s=_left(deadline)
+
+async def reprocess_rejects(
+    cluster: Cluster, request: admin_pb2.ReprocessRejectsRequest, timeout_s: float
+) -> admin_pb2.ReprocessRejectsResponse:
+    """Reprocess the named records (each partition answers for the ones it holds), or,
+    with no ids, up to a bounded number of every partition's reprocessable rejects."""
+    deadline = deadline_after(timeout_s)
+    units = cluster.router.all_partitions()
+    if request.record_ids:
+        ids = {unit: list(dict.fromkeys(request.record_ids)) for unit in units}
+    else:
+        listed = await cluster.run_each(
+            units, ListRejects(limit=_REJECTS_LIMIT_DEFAULT), timeout_s=_left(deadline)
+        )
+        ids = {
+            unit: [e.record_id for e in entries if e.record is not None and e.record_id]
+            for unit, entries in listed.items()
+        }
+    answers = await asyncio.gather(
+        *(
+            cluster.run(
+                unit,
+                Reprocess(record_ids=ids[unit], at_s=cluster.now_s()),
+                timeout_s=_left(deadline),
             )
-            ids = {
-                unit: [e.record_id for e in entries if e.record is not None and e.record_id]
-                for unit, entries in listed.items()
-            }
-        answers = await asyncio.gather(
+            for unit in units
+            if ids[unit]
+        )
+    )
+    results = [r for answer in answers for r in answer if r.status is not RecordStatus.NOT_FOUND]
+    if any(r.retryable for r in results):
+        raise BackendError(
+            grpc.StatusCode.UNAVAILABLE, "some records could not be charged now; retry"
+        )
+    charged = sum(1 for r in results if r.status in _CHARGED)
+    # Sponsor charges a sponsor's shard refused (say, the sponsor did not exist yet).
+    retried = await cluster.run_each(
+        cluster.router.all_shards(),
+        ops.RetryRefusedForwards(record_ids=list(request.record_ids) or None, at_s=cluster.now_s()),
+        timeout_s=_left(deadline),
+    )
+    sponsor_results = [result for found in retried.values() for _, result in found]
+    sponsor_charged = sum(1 for r in sponsor_results if r in _SPONSOR_SETTLED)
+    total = len(results) + len(sponsor_results)
+    return admin_pb2.ReprocessRejectsResponse(
+        reprocessed=total,
+        charged=charged + sponsor_charged,
+        still_rejected=total - charged - sponsor_charged,
+    )
+
+
+async def drain(
+    cluster: Cluster, request: admin_pb2.DrainRequest, timeout_s: float
+) -> admin_pb2.OperationAnswer:
+    """Fire ``drain`` on the control net; the coordinator then migrates the node's
+    units one by one under the migration lock (clients see at most UNAVAILABLE)."""
+    accepted = await cluster.coordinator("drain", request.node_id, timeout_s=timeout_s)
+    if not accepted:
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the control net refused to drain {request.node_id!r} "
+            "(unknown, dead or already draining)",
+        )
+    return admin_pb2.OperationAnswer(
+        request_id=request.request_id,
+        done=False,
+        detail=f"{request.node_id} is draining; its units move off in the background",
+    )
+
+
+async def rebalance(
+    cluster: Cluster, request: admin_pb2.RebalanceRequest, timeout_s: float
+) -> admin_pb2.OperationAnswer:
+    """Rebalancing is continuous (every reconcile round evens out alive nodes under
+    the migration lock); this reports the current spread."""
+    status: dict[str, Any] = await cluster.coordinator("status", timeout_s=timeout_s)
+    loads = {n["node"]: n["units"] for n in status["nodes"] if n["status"] == "alive"}
+    even = not loads or max(loads.values()) - min(loads.values()) <= 1
+    return admin_pb2.OperationAnswer(
+        request_id=request.request_id,
+        done=even,
+        detail="units per alive node: "
+        + ", ".join(f"{node}={count}" for node, count in sorted(loads.items())),
+    )
+
+
+async def backup(
+    cluster: Cluster, request: admin_pb2.BackupRequest, timeout_s: float
+) -> admin_pb2.OperationAnswer:
+    """A RocksDB checkpoint of every shard and partition, each taken by its host under
+    the unit's lock (a batch boundary), into ``request.path`` (absolute) or
+    ``<data_dir>/backups/<request_id or UTC time>``; see ``actors.store.backup``.
+    Idempotent by ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
+    deadline = deadline_after(timeout_s)
+    if request.path and not request.path.startswith("/"):
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"path: must be absolute (hosts resolve it on their nodes): {request.path!r}",
+        )
+    name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cluster.now_s()))
+    if not _BACKUP_NAME.fullmatch(name):
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request_id: names the backup folder, so only [A-Za-z0-9._-] please: {name!r}",
+        )
+    units = cluster.router.all_shards() + cluster.router.all_partitions()
+    try:
+        taken = await asyncio.gather(
             *(
-                self.router.call(
-                    unit, "reprocess", ids[unit], at_s=self.now_s(), timeout_s=_left(deadline)
+                cluster.on_host(
+                    unit,
+                    "backup_unit",
+                    request.path,
+                    name,
+                    request.request_id,
+                    timeout_s=_left(deadline),
                 )
                 for unit in units
-                if ids[unit]
             )
         )
-        results = [
-            r for answer in answers for r in answer if r.status is not RecordStatus.NOT_FOUND
-        ]
-        if any(r.retryable for r in results):
-            raise BackendError(
-                grpc.StatusCode.UNAVAILABLE, "some records could not be charged now; retry"
+    except BackupExists as exc:  # raised on a host (Ray re-raises it as its own class)
+        raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+    roots = sorted({str(Path(info.path).parent.parent) for info in taken})
+    return admin_pb2.OperationAnswer(
+        request_id=request.request_id,
+        done=True,
+        detail=f"checkpoints of {len(taken)} units in {', '.join(roots)}",
+    )
+
+
+async def get_tariffs(
+    cluster: Cluster, request: tariffs_pb2.GetTariffsRequest, timeout_s: float
+) -> tariffs_pb2.TariffSummary:
+    catalogue = cluster.catalogue
+    return tariffs_pb2.TariffSummary(
+        catalogue_version=f"{catalogue.name} ({catalogue.source})",
+        plans=[
+            tariffs_pb2.PlanSummary(
+                plan_id=plan.plan_id,
+                version=v.version,
+                currency=v.currency,
+                valid_from_s=v.valid_from_s,
+                valid_until_s=v.valid_until_s or 0,
             )
-        charged = sum(1 for r in results if r.status in _CHARGED)
-        # Sponsor charges a sponsor's shard refused (say, the sponsor did not exist yet).
-        retried = await self.router.call_each(
-            self.router.all_shards(),
-            "retry_refused_forwards",
-            list(request.record_ids) or None,
-            at_s=self.now_s(),
-            timeout_s=_left(deadline),
+            for plan in catalogue.plans.values()
+            for v in plan.versions
+        ],
+        prefixes=len(catalogue.prefixes.table),
+        content_items=len(catalogue.items),
+        default_plan=catalogue.default_plan,
+    )
+
+
+async def load_tariffs(
+    cluster: Cluster, request: tariffs_pb2.LoadTariffsRequest, timeout_s: float
+) -> tariffs_pb2.TariffSummary:
+    """Validate the catalogue folder ``request.path``, persist a copy under the data dir
+    and make it the one in force (``actors.store.tariffs``), then switch every running
+    unit to it: account shards first, then partitions, each between two of its calls.
+
+    A catalogue the loader refuses is INVALID_ARGUMENT with the loader's message (it
+    names the file and key) and changes nothing. Once the copy is in force, units
+    opened later (takeover, new node, restart) use it; if a host cannot be reached to
+    switch its running units, the answer is UNAVAILABLE and a retry with the same
+    ``request_id`` finishes the switch.
+    """
+    deadline = deadline_after(timeout_s)
+    if cluster.data_dir is None:
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "this backend has no data dir to keep a loaded catalogue in",
         )
-        sponsor_results = [result for found in retried.values() for _, result in found]
-        sponsor_charged = sum(1 for r in sponsor_results if r in _SPONSOR_SETTLED)
-        total = len(results) + len(sponsor_results)
-        return admin_pb2.ReprocessRejectsResponse(
-            reprocessed=total,
-            charged=charged + sponsor_charged,
-            still_rejected=total - charged - sponsor_charged,
+    name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cluster.now_s()))
+    if not TARIFFS_NAME.fullmatch(name):
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request_id: names the catalogue's folder, so only [A-Za-z0-9._-]: {name!r}",
         )
-
-    async def drain(
-        self, request: admin_pb2.DrainRequest, *, timeout_s: float
-    ) -> admin_pb2.OperationAnswer:
-        """Fire ``drain`` on the control net; the coordinator then migrates the node's
-        units one by one under the migration lock (clients see at most UNAVAILABLE)."""
-        accepted = await self.router.coordinator_call("drain", request.node_id, timeout_s=timeout_s)
-        if not accepted:
-            raise BackendError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the control net refused to drain {request.node_id!r} "
-                "(unknown, dead or already draining)",
-            )
-        return admin_pb2.OperationAnswer(
-            request_id=request.request_id,
-            done=False,
-            detail=f"{request.node_id} is draining; its units move off in the background",
+    catalogue = await _validated(request.path, _left(deadline))
+    current = cluster.catalogue
+    if (catalogue.timezone, catalogue.currency) != (current.timezone, current.currency):
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"path {request.path!r}: time zone and currency must stay "
+            f"{current.timezone}/{current.currency} (billing cycles and balances are in "
+            f"them), got {catalogue.timezone}/{catalogue.currency}",
         )
+    try:
+        persisted = await asyncio.to_thread(persist_tariffs, request.path, cluster.data_dir, name)
+    except TariffsExist as exc:
+        raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+    # What the hosts load is the persisted copy: validate exactly that.
+    catalogue = await _validated(str(persisted), _left(deadline))
+    await asyncio.to_thread(set_current, cluster.data_dir, name)
+    cluster.use_catalogue(catalogue, str(persisted))
+    log.info("tariffs_loaded", path=request.path, persisted=str(persisted))
+    for kind in ("account", "partition"):
+        await _switch_units(cluster, str(persisted), kind, _left(deadline))
+    return await get_tariffs(cluster, tariffs_pb2.GetTariffsRequest(), _left(deadline))
 
-    async def rebalance(
-        self, request: admin_pb2.RebalanceRequest, *, timeout_s: float
-    ) -> admin_pb2.OperationAnswer:
-        """Rebalancing is continuous (every reconcile round evens out alive nodes under
-        the migration lock); this reports the current spread."""
-        status: dict[str, Any] = await self.router.coordinator_call("status", timeout_s=timeout_s)
-        loads = {n["node"]: n["units"] for n in status["nodes"] if n["status"] == "alive"}
-        even = not loads or max(loads.values()) - min(loads.values()) <= 1
-        return admin_pb2.OperationAnswer(
-            request_id=request.request_id,
-            done=even,
-            detail="units per alive node: "
-            + ", ".join(f"{node}={count}" for node, count in sorted(loads.items())),
+
+async def _validated(path: str, timeout_s: float) -> Catalogue:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(load_catalogue, path), timeout_s)
+    except TariffError as exc:
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    except OSError as exc:
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r}: {exc}") from None
+    except TimeoutError:
+        raise BackendError(
+            grpc.StatusCode.UNAVAILABLE, f"path {path!r}: not loaded in time"
+        ) from None
+
+
+async def _switch_units(cluster: Cluster, tariffs_dir: str, kind: str, timeout_s: float) -> None:
+    """Every host that owns units switches its units of ``kind`` to the catalogue."""
+    transport = cluster.router.transport
+    try:
+        nodes = await asyncio.wait_for(cluster.router.owner_nodes(), timeout_s)
+        await asyncio.gather(
+            *(
+                transport.host_call(node, "load_catalogue", tariffs_dir, kind, timeout_s=timeout_s)
+                for node in nodes
+            )
         )
-
-    async def backup(
-        self, request: admin_pb2.BackupRequest, *, timeout_s: float
-    ) -> admin_pb2.OperationAnswer:
-        """A RocksDB checkpoint of every shard and partition, each taken by its host under
-        the unit's lock (a batch boundary), into ``request.path`` (absolute) or
-        ``<data_dir>/backups/<request_id or UTC time>``; see ``actors.store.backup``.
-        Idempotent by ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
-        deadline = deadline_after(timeout_s)
-        if request.path and not request.path.startswith("/"):
-            raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"path: must be absolute (hosts resolve it on their nodes): {request.path!r}",
-            )
-        name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now_s()))
-        if not _BACKUP_NAME.fullmatch(name):
-            raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request_id: names the backup folder, so only [A-Za-z0-9._-] please: {name!r}",
-            )
-        units = self.router.all_shards() + self.router.all_partitions()
-        try:
-            taken = await asyncio.gather(
-                *(
-                    self.router.on_host(
-                        unit,
-                        "backup_unit",
-                        request.path,
-                        name,
-                        request.request_id,
-                        timeout_s=_left(deadline),
-                    )
-                    for unit in units
-                )
-            )
-        except RayTaskError as exc:
-            if isinstance(exc.cause, BackupExists):
-                raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc.cause)) from None
-            raise
-        roots = sorted({str(Path(info.path).parent.parent) for info in taken})
-        return admin_pb2.OperationAnswer(
-            request_id=request.request_id,
-            done=True,
-            detail=f"checkpoints of {len(taken)} units in {', '.join(roots)}",
-        )
-
-
-class TariffOps(BackendCore):
-    async def get_tariffs(
-        self, request: tariffs_pb2.GetTariffsRequest, *, timeout_s: float
-    ) -> tariffs_pb2.TariffSummary:
-        catalogue = self.catalogue
-        return tariffs_pb2.TariffSummary(
-            catalogue_version=f"{catalogue.name} ({catalogue.source})",
-            plans=[
-                tariffs_pb2.PlanSummary(
-                    plan_id=plan.plan_id,
-                    version=v.version,
-                    currency=v.currency,
-                    valid_from_s=v.valid_from_s,
-                    valid_until_s=v.valid_until_s or 0,
-                )
-                for plan in catalogue.plans.values()
-                for v in plan.versions
-            ],
-            prefixes=len(catalogue.prefixes.table),
-            content_items=len(catalogue.items),
-            default_plan=catalogue.default_plan,
-        )
-
-    async def load_tariffs(
-        self, request: tariffs_pb2.LoadTariffsRequest, *, timeout_s: float
-    ) -> tariffs_pb2.TariffSummary:
-        """Validate the catalogue folder ``request.path``, persist a copy under the data dir
-        and make it the one in force (``actors.store.tariffs``), then switch every running
-        unit to it: account shards first, then partitions, each between two of its calls.
-
-        A catalogue the loader refuses is INVALID_ARGUMENT with the loader's message (it
-        names the file and key) and changes nothing. Once the copy is in force, units
-        opened later (takeover, new node, restart) use it; if a host cannot be reached to
-        switch its running units, the answer is UNAVAILABLE and a retry with the same
-        ``request_id`` finishes the switch.
-        """
-        deadline = deadline_after(timeout_s)
-        if self.data_dir is None:
-            raise BackendError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "this backend has no data dir to keep a loaded catalogue in",
-            )
-        name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now_s()))
-        if not TARIFFS_NAME.fullmatch(name):
-            raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request_id: names the catalogue's folder, so only [A-Za-z0-9._-]: {name!r}",
-            )
-        catalogue = await self._validated(request.path, _left(deadline))
-        current = self.catalogue
-        if (catalogue.timezone, catalogue.currency) != (current.timezone, current.currency):
-            raise BackendError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"path {request.path!r}: time zone and currency must stay "
-                f"{current.timezone}/{current.currency} (billing cycles and balances are in "
-                f"them), got {catalogue.timezone}/{catalogue.currency}",
-            )
-        try:
-            persisted = await asyncio.to_thread(persist_tariffs, request.path, self.data_dir, name)
-        except TariffsExist as exc:
-            raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        # What the hosts load is the persisted copy: validate exactly that.
-        catalogue = await self._validated(str(persisted), _left(deadline))
-        await asyncio.to_thread(set_current, self.data_dir, name)
-        self.use_catalogue(catalogue, str(persisted))
-        log.info("tariffs_loaded", path=request.path, persisted=str(persisted))
-        for kind in ("account", "partition"):
-            await self._switch_units(str(persisted), kind, _left(deadline))
-        return await self.get_tariffs(tariffs_pb2.GetTariffsRequest(), timeout_s=_left(deadline))
-
-    async def _validated(self, path: str, timeout_s: float) -> Catalogue:
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(load_catalogue, path), timeout_s)
-        except TariffError as exc:
-            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except OSError as exc:
-            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"path {path!r}: {exc}") from None
-        except TimeoutError:
-            raise BackendError(
-                grpc.StatusCode.UNAVAILABLE, f"path {path!r}: not loaded in time"
-            ) from None
-
-    async def _switch_units(self, tariffs_dir: str, kind: str, timeout_s: float) -> None:
-        """Every host that owns units switches its units of ``kind`` to the catalogue."""
-        try:
-            hosts = await asyncio.wait_for(self.router.owner_hosts(), timeout_s)
-            refs = [
-                asyncio.wrap_future(h.load_catalogue.remote(tariffs_dir, kind).future())
-                for h in hosts.values()
-            ]
-            await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
-        except (TimeoutError, RayActorError, ValueError) as exc:
-            raise BackendError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the catalogue is in force for new units, but running {kind} units were not "
-                f"all switched ({type(exc).__name__}); retry with the same request_id",
-            ) from None
+    except (TimeoutError, HostUnreachable) as exc:
+        raise BackendError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the catalogue is in force for new units, but running {kind} units were not "
+            f"all switched ({type(exc).__name__}); retry with the same request_id",
+        ) from None

@@ -20,15 +20,25 @@ from typing import Any, Final
 import grpc
 from petribill.v1 import billing_pb2, notifications_pb2
 
+from actors.router import deadline_after
+from actors.router import time_left as _left
+from actors.shard import ops
 from billing.writeoff import WriteoffOutcome, WriteoffResult
-from cluster.api.backend import BackendError
-from cluster.backend.convert import invoice_to_proto, money, notification_to_proto
-from cluster.backend.core import BackendCore
-from cluster.backend.router import deadline_after
-from cluster.backend.router import time_left as _left
+from cluster.api.errors import BackendError
+from cluster.backend.context import Cluster
+from cluster.backend.convert import invoice_to_proto, notification_to_proto
 from cluster.backend.status import raise_for
+from cluster.wire import money
 
-__all__ = ["BillingOps", "NotificationOps"]
+__all__ = [
+    "apply_payment",
+    "get_invoice",
+    "list_invoices",
+    "list_notifications",
+    "reverse_payment",
+    "run_billing",
+    "subscribe",
+]
 
 _CYCLE_ID: Final = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 #: A bill run has no deadline of its own when the client set none; this bounds it.
@@ -40,163 +50,164 @@ _NOTIFICATIONS_LIMIT_MAX: Final = 1000
 _UNLOCKING: set[asyncio.Future[Any]] = set()
 
 
-class BillingOps(BackendCore):
-    async def run_billing(
-        self, request: billing_pb2.BillRunRequest, *, timeout_s: float | None
-    ) -> AsyncIterator[billing_pb2.BillRunProgress]:
-        cycle_id = request.cycle_id
-        if not _CYCLE_ID.match(cycle_id):
+async def run_billing(
+    cluster: Cluster, request: billing_pb2.BillRunRequest, timeout_s: float | None
+) -> AsyncIterator[billing_pb2.BillRunProgress]:
+    cycle_id = request.cycle_id
+    if not _CYCLE_ID.match(cycle_id):
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"cycle_id: not YYYY-MM: {cycle_id!r}")
+    deadline = deadline_after(timeout_s or BILL_RUN_TIMEOUT_S)
+    at_s = cluster.now_s(request.at_s)
+    jobs: dict[str, list[str] | None] = {}
+    for account_id in dict.fromkeys(request.account_ids):
+        cluster.check_account_id(account_id)
+        ids = jobs.setdefault(cluster.router.shard(account_id), [])
+        assert ids is not None
+        ids.append(account_id)
+    if not jobs:
+        jobs = {unit: None for unit in cluster.router.all_shards()}
+    total = len(set(request.account_ids))
+    done = issued = invoiced = 0
+    currency = cluster.catalogue.currency
+    tasks = [
+        asyncio.ensure_future(_locked_bill_run(cluster, unit, cycle_id, at_s, ids, deadline))
+        for unit, ids in jobs.items()
+    ]
+    try:
+        for pending, next_done in enumerate(asyncio.as_completed(tasks), start=1):
+            report = await next_done
+            if report.refused:
+                raise_for(report.refused, f"cycle {cycle_id} at {at_s}")
+            done += report.accounts
+            issued += report.results.get("issued", 0)
+            invoiced += report.invoiced
+            yield billing_pb2.BillRunProgress(
+                cycle_id=cycle_id,
+                accounts_done=done,
+                # Unknown until every shard has answered when billing all accounts.
+                accounts_total=total or (done if pending == len(tasks) else 0),
+                invoices_issued=issued,
+                invoiced_total=money(invoiced, currency),
+                finished=pending == len(tasks),
+            )
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _locked_bill_run(
+    cluster: Cluster, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
+) -> Any:
+    """Bill one shard while holding its bill-run lock in the control net, so the
+    coordinator never migrates a shard in the middle of its bill run."""
+    pause_s = 0.05
+    while not await _lock(cluster, unit, deadline):
+        if _left(deadline) <= pause_s:
             raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"cycle_id: not YYYY-MM: {cycle_id!r}"
+                grpc.StatusCode.ABORTED,
+                f"{unit} is locked (a migration or another bill run); retry the bill run",
             )
-        deadline = deadline_after(timeout_s or BILL_RUN_TIMEOUT_S)
-        at_s = self.now_s(request.at_s)
-        jobs: dict[str, list[str] | None] = {}
-        for account_id in dict.fromkeys(request.account_ids):
-            self.check_account_id(account_id)
-            ids = jobs.setdefault(self.router.shard(account_id), [])
-            assert ids is not None
-            ids.append(account_id)
-        if not jobs:
-            jobs = {unit: None for unit in self.router.all_shards()}
-        total = len(set(request.account_ids))
-        done = issued = invoiced = 0
-        currency = self.catalogue.currency
-        tasks = [
-            asyncio.ensure_future(self._locked_bill_run(unit, cycle_id, at_s, ids, deadline))
-            for unit, ids in jobs.items()
-        ]
-        try:
-            for pending, next_done in enumerate(asyncio.as_completed(tasks), start=1):
-                report = await next_done
-                if report.refused:
-                    raise_for(report.refused, f"cycle {cycle_id} at {at_s}")
-                done += report.accounts
-                issued += report.results.get("issued", 0)
-                invoiced += report.invoiced
-                yield billing_pb2.BillRunProgress(
-                    cycle_id=cycle_id,
-                    accounts_done=done,
-                    # Unknown until every shard has answered when billing all accounts.
-                    accounts_total=total or (done if pending == len(tasks) else 0),
-                    invoices_issued=issued,
-                    invoiced_total=money(invoiced, currency),
-                    finished=pending == len(tasks),
-                )
-        finally:
-            for task in tasks:
-                task.cancel()
+        await asyncio.sleep(pause_s)
+        pause_s = min(1.0, pause_s * 2)
+    try:
+        op = ops.BillRun(cycle_id=cycle_id, at_s=at_s, account_ids=ids)
+        return await cluster.run(unit, op, timeout_s=_left(deadline))
+    finally:
+        await cluster.coordinator("unlock", unit, "bill_run", timeout_s=10.0)
 
-    async def _locked_bill_run(
-        self, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
-    ) -> Any:
-        """Bill one shard while holding its bill-run lock in the control net, so the
-        coordinator never migrates a shard in the middle of its bill run."""
-        pause_s = 0.05
-        while not await self._lock(unit, deadline):
-            if _left(deadline) <= pause_s:
-                raise BackendError(
-                    grpc.StatusCode.ABORTED,
-                    f"{unit} is locked (a migration or another bill run); retry the bill run",
-                )
-            await asyncio.sleep(pause_s)
-            pause_s = min(1.0, pause_s * 2)
-        try:
-            return await self.router.call(
-                unit, "bill_run", cycle_id, at_s=at_s, account_ids=ids, timeout_s=_left(deadline)
-            )
-        finally:
-            await self.router.coordinator_call("unlock", unit, "bill_run", timeout_s=10.0)
 
-    async def _lock(self, unit: str, deadline: float) -> bool:
-        """Ask for the bill-run lock of ``unit``. Cancelled meanwhile (a sibling shard's
-        bill run failed), a lock the coordinator grants anyway is released, not leaked
-        until its lease runs out."""
-        call = asyncio.ensure_future(
-            self.router.coordinator_call("lock", unit, "bill_run", timeout_s=_left(deadline))
+async def _lock(cluster: Cluster, unit: str, deadline: float) -> bool:
+    """Ask for the bill-run lock of ``unit``. Cancelled meanwhile (a sibling shard's
+    bill run failed), a lock the coordinator grants anyway is released, not leaked
+    until its lease runs out."""
+    call = asyncio.ensure_future(
+        cluster.coordinator("lock", unit, "bill_run", timeout_s=_left(deadline))
+    )
+    try:
+        return bool(await asyncio.shield(call))
+    except asyncio.CancelledError:
+        call.add_done_callback(lambda done: _unlock_if_granted(cluster, unit, done))
+        raise
+
+
+def _unlock_if_granted(cluster: Cluster, unit: str, done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and done.exception() is None and done.result():
+        unlock = asyncio.ensure_future(
+            cluster.coordinator("unlock", unit, "bill_run", timeout_s=10.0)
         )
-        try:
-            return bool(await asyncio.shield(call))
-        except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._unlock_if_granted(unit, done))
-            raise
+        _UNLOCKING.add(unlock)  # a strong reference until it has run
+        unlock.add_done_callback(_UNLOCKING.discard)
 
-    def _unlock_if_granted(self, unit: str, done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is None and done.result():
-            unlock = asyncio.ensure_future(
-                self.router.coordinator_call("unlock", unit, "bill_run", timeout_s=10.0)
-            )
-            _UNLOCKING.add(unlock)  # a strong reference until it has run
-            unlock.add_done_callback(_UNLOCKING.discard)
 
-    async def list_invoices(
-        self, request: billing_pb2.ListInvoicesRequest, *, timeout_s: float
-    ) -> billing_pb2.ListInvoicesResponse:
-        deadline = deadline_after(timeout_s)
-        self.check_account_id(request.account_id)
-        invoices = await self.on_shard(
-            request.account_id,
-            "list_invoices",
-            request.account_id,
-            request.open_only,
-            timeout_s=_left(deadline),
+async def list_invoices(
+    cluster: Cluster, request: billing_pb2.ListInvoicesRequest, timeout_s: float
+) -> billing_pb2.ListInvoicesResponse:
+    deadline = deadline_after(timeout_s)
+    cluster.check_account_id(request.account_id)
+    invoices = await cluster.on_shard(
+        request.account_id,
+        ops.ListInvoices(account_id=request.account_id, open_only=request.open_only),
+        timeout_s=_left(deadline),
+    )
+    if not invoices:
+        await cluster.state(request.account_id, timeout_s=_left(deadline))
+    return billing_pb2.ListInvoicesResponse(invoices=[invoice_to_proto(i) for i in invoices])
+
+
+async def get_invoice(
+    cluster: Cluster, request: billing_pb2.GetInvoiceRequest, timeout_s: float
+) -> billing_pb2.Invoice:
+    cluster.check_account_id(request.account_id)
+    invoice = await cluster.on_shard(
+        request.account_id, ops.GetInvoice(invoice_id=request.invoice_id), timeout_s=timeout_s
+    )
+    if invoice is None or invoice.account_id != request.account_id:
+        raise BackendError(
+            grpc.StatusCode.NOT_FOUND,
+            f"invoice {request.invoice_id} of account {request.account_id} not found",
         )
-        if not invoices:
-            await self.state(request.account_id, timeout_s=_left(deadline))
-        return billing_pb2.ListInvoicesResponse(invoices=[invoice_to_proto(i) for i in invoices])
+    return invoice_to_proto(invoice)
 
-    async def get_invoice(
-        self, request: billing_pb2.GetInvoiceRequest, *, timeout_s: float
-    ) -> billing_pb2.Invoice:
-        self.check_account_id(request.account_id)
-        invoice = await self.on_shard(
-            request.account_id, "get_invoice", request.invoice_id, timeout_s=timeout_s
-        )
-        if invoice is None or invoice.account_id != request.account_id:
-            raise BackendError(
-                grpc.StatusCode.NOT_FOUND,
-                f"invoice {request.invoice_id} of account {request.account_id} not found",
-            )
-        return invoice_to_proto(invoice)
 
-    async def apply_payment(
-        self, request: billing_pb2.PaymentRequest, *, timeout_s: float
-    ) -> billing_pb2.PaymentAnswer:
-        deadline = deadline_after(timeout_s)
-        account_id, rid = request.account_id, request.request_id
-        self.check_account_id(account_id)
-        currency = await self.currency_of(
-            account_id, request.amount.currency, timeout_s=_left(deadline)
-        )
-        out = await self.on_shard(
-            account_id,
-            "apply_payment",
+async def apply_payment(
+    cluster: Cluster, request: billing_pb2.PaymentRequest, timeout_s: float
+) -> billing_pb2.PaymentAnswer:
+    deadline = deadline_after(timeout_s)
+    account_id, rid = request.account_id, request.request_id
+    cluster.check_account_id(account_id)
+    out = await cluster.on_shard(
+        account_id,
+        ops.ApplyPayment(
             request_id=rid,
             account_id=account_id,
             amount=request.amount.micros,
-            currency=currency,
-            at_s=self.now_s(request.at_s),
-            timeout_s=_left(deadline),
-        )
-        return _payment_answer(out, rid, f"account {account_id}", currency)
+            currency=request.amount.currency,
+            at_s=cluster.now_s(request.at_s),
+        ),
+        timeout_s=_left(deadline),
+    )
+    currency = request.amount.currency or cluster.catalogue.currency
+    return _payment_answer(out, rid, f"account {account_id}", currency)
 
-    async def reverse_payment(
-        self, request: billing_pb2.ReversePaymentRequest, *, timeout_s: float
-    ) -> billing_pb2.PaymentAnswer:
-        deadline = deadline_after(timeout_s)
-        account_id, rid = request.account_id, request.request_id
-        state = await self.state(account_id, timeout_s=_left(deadline))
-        out = await self.on_shard(
-            account_id,
-            "reverse_payment",
+
+async def reverse_payment(
+    cluster: Cluster, request: billing_pb2.ReversePaymentRequest, timeout_s: float
+) -> billing_pb2.PaymentAnswer:
+    deadline = deadline_after(timeout_s)
+    account_id, rid = request.account_id, request.request_id
+    state = await cluster.state(account_id, timeout_s=_left(deadline))
+    out = await cluster.on_shard(
+        account_id,
+        ops.ReversePayment(
             request_id=rid,
             account_id=account_id,
             payment_id=request.payment_request_id,
-            at_s=self.now_s(request.at_s),
-            timeout_s=_left(deadline),
-        )
-        subject = f"payment {request.payment_request_id} of account {account_id}"
-        return _payment_answer(out, rid, subject, state.account.currency)
+            at_s=cluster.now_s(request.at_s),
+        ),
+        timeout_s=_left(deadline),
+    )
+    subject = f"payment {request.payment_request_id} of account {account_id}"
+    return _payment_answer(out, rid, subject, state.account.currency)
 
 
 def _payment_answer(
@@ -223,77 +234,77 @@ def _payment_answer(
     return answer
 
 
-class NotificationOps(BackendCore):
-    async def list_notifications(
-        self, request: notifications_pb2.ListNotificationsRequest, *, timeout_s: float
-    ) -> notifications_pb2.ListNotificationsResponse:
-        deadline = deadline_after(timeout_s)
-        self.check_account_id(request.account_id)
-        limit = min(request.limit or _NOTIFICATIONS_LIMIT_DEFAULT, _NOTIFICATIONS_LIMIT_MAX)
-        notes = await self.on_shard(
-            request.account_id,
-            "list_notifications",
-            request.account_id,
-            limit,
-            timeout_s=_left(deadline),
+async def list_notifications(
+    cluster: Cluster, request: notifications_pb2.ListNotificationsRequest, timeout_s: float
+) -> notifications_pb2.ListNotificationsResponse:
+    deadline = deadline_after(timeout_s)
+    cluster.check_account_id(request.account_id)
+    limit = min(request.limit or _NOTIFICATIONS_LIMIT_DEFAULT, _NOTIFICATIONS_LIMIT_MAX)
+    notes = await cluster.on_shard(
+        request.account_id,
+        ops.ListNotifications(account_id=request.account_id, limit=limit),
+        timeout_s=_left(deadline),
+    )
+    if not notes:
+        await cluster.state(request.account_id, timeout_s=_left(deadline))
+    return notifications_pb2.ListNotificationsResponse(
+        notifications=[notification_to_proto(n) for n in reversed(notes)]  # newest first
+    )
+
+
+async def _head(cluster: Cluster, unit: str) -> int:
+    """The shard's latest notification sequence: an exponential, then binary, search
+    over ``notifications_since(seq, 1)`` (non-empty exactly when seq < head)."""
+
+    async def beyond(seq: int) -> bool:
+        found = await cluster.run(unit, ops.NotificationsSince(seq=seq, limit=1), timeout_s=10.0)
+        return bool(found)
+
+    if not await beyond(0):
+        return 0
+    low, high = 0, 1  # invariant: head > low, and head <= high once the loop ends
+    while await beyond(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await beyond(middle):
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+async def subscribe(
+    cluster: Cluster, request: notifications_pb2.SubscribeRequest, timeout_s: float | None
+) -> AsyncIterator[notifications_pb2.Notification]:
+    """New notifications from now on, until the client goes away (``timeout_s`` unused:
+    a subscription lasts as long as the client keeps it)."""
+    wanted = frozenset(request.account_ids)
+    units = (
+        sorted({cluster.router.shard(a) for a in wanted}) if wanted else cluster.router.all_shards()
+    )
+    heads = await asyncio.gather(*(_head(cluster, unit) for unit in units))
+    seqs = dict(zip(units, heads, strict=True))
+    while True:
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(
+                cluster.run(
+                    unit,
+                    ops.NotificationsSince(seq=seqs[unit], limit=POLL_BATCH_MAX),
+                    timeout_s=max(POLL_INTERVAL_S * 5, 1.0),
+                )
+                for unit in units
+            ),
+            return_exceptions=True,
         )
-        if not notes:
-            await self.state(request.account_id, timeout_s=_left(deadline))
-        return notifications_pb2.ListNotificationsResponse(
-            notifications=[notification_to_proto(n) for n in reversed(notes)]  # newest first
-        )
-
-    async def _head(self, unit: str) -> int:
-        """The shard's latest notification sequence: an exponential, then binary, search
-        over ``notifications_since(seq, 1)`` (non-empty exactly when seq < head)."""
-
-        async def beyond(seq: int) -> bool:
-            return bool(await self.router.call(unit, "notifications_since", seq, 1, timeout_s=10.0))
-
-        if not await beyond(0):
-            return 0
-        low, high = 0, 1  # invariant: head > low, and head <= high once the loop ends
-        while await beyond(high):
-            low, high = high, high * 2
-        while high - low > 1:
-            middle = (low + high) // 2
-            if await beyond(middle):
-                low = middle
-            else:
-                high = middle
-        return high
-
-    async def subscribe(
-        self, request: notifications_pb2.SubscribeRequest
-    ) -> AsyncIterator[notifications_pb2.Notification]:
-        wanted = frozenset(request.account_ids)
-        units = (
-            sorted({self.router.shard(a) for a in wanted}) if wanted else self.router.all_shards()
-        )
-        heads = await asyncio.gather(*(self._head(unit) for unit in units))
-        seqs = dict(zip(units, heads, strict=True))
-        while True:
-            started = time.monotonic()
-            answers = await asyncio.gather(
-                *(
-                    self.router.call(
-                        unit,
-                        "notifications_since",
-                        seqs[unit],
-                        POLL_BATCH_MAX,
-                        timeout_s=max(POLL_INTERVAL_S * 5, 1.0),
-                    )
-                    for unit in units
-                ),
-                return_exceptions=True,
-            )
-            for unit, found in zip(units, answers, strict=True):
-                if isinstance(found, BaseException):
-                    if not isinstance(found, BackendError):
-                        raise found
-                    continue  # the shard is being taken over: pick up from seq next round
-                for seq, note in found:
-                    seqs[unit] = max(seqs[unit], seq)
-                    if not wanted or note.account_id in wanted:
-                        yield notification_to_proto(note)
-            await asyncio.sleep(max(POLL_INTERVAL_S - (time.monotonic() - started), 0.0))
+        for unit, found in zip(units, answers, strict=True):
+            if isinstance(found, BaseException):
+                if not isinstance(found, BackendError):
+                    raise found
+                continue  # the shard is being taken over: pick up from seq next round
+            for seq, note in found:
+                seqs[unit] = max(seqs[unit], seq)
+                if not wanted or note.account_id in wanted:
+                    yield notification_to_proto(note)
+        await asyncio.sleep(max(POLL_INTERVAL_S - (time.monotonic() - started), 0.0))

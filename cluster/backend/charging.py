@@ -17,20 +17,27 @@ import grpc
 from petribill.v1 import charging_pb2, common_pb2
 
 from actors.partition.directory import DirectoryEntry
+from actors.router import deadline_after
+from actors.router import time_left as _left
+from actors.shard import ops
 from billing.accounts import AccountState, Result
-from billing.ocs.session import Quote
+from billing.ocs.session import Grant, Quote
 from billing.rated import RatedRecord, RatingFailure, RejectReason
-from billing.rating import price_enquiry, rate
+from billing.rating import price_enquiry as quote_price
+from billing.rating import rate
 from billing.records import Service, UsageRecord
-from cluster.api.backend import BackendError
-from cluster.backend.convert import money
-from cluster.backend.core import BackendCore
-from cluster.backend.router import deadline_after
-from cluster.backend.router import time_left as _left
+from cluster.api.errors import BackendError
+from cluster.backend.context import Cluster
 from cluster.backend.status import raise_for
-from cluster.wire import WireError, service_from_proto
+from cluster.wire import WireError, money, service_from_proto
 
-__all__ = ["ChargingOps"]
+__all__ = [
+    "balance_check",
+    "charge_session",
+    "direct_debit",
+    "price_enquiry",
+    "refund",
+]
 
 _INT64_MAX: Final = 2**63 - 1
 #: Validity of a grant (Validity-Time), seconds.
@@ -75,254 +82,257 @@ def _rating_error(failure: RatingFailure) -> BackendError:
     return BackendError(code, f"cannot be rated: {failure.reason.value}: {failure.detail}")
 
 
-class ChargingOps(BackendCore):
-    async def _payer(
-        self, account_id: str, msisdn_text: str, deadline: float
-    ) -> tuple[AccountState | None, DirectoryEntry | None, str]:
-        """The paying account (and directory entry when named by MSISDN), or why not found."""
-        entry = None
-        if not account_id:
-            msisdn = self.msisdn(msisdn_text)
-            entry = await self.subscriber(msisdn, timeout_s=_left(deadline))
-            if entry is None:
-                return None, None, f"msisdn {msisdn} is not in the directory"
-            account_id = entry.account_id
-        self.check_account_id(account_id)
-        state = await self.on_shard(
-            account_id, "get_account", account_id, timeout_s=_left(deadline)
-        )
-        if state is None:
-            return None, entry, f"account {account_id} not found"
-        return state, entry, ""
+async def _payer(
+    cluster: Cluster, account_id: str, msisdn_text: str, deadline: float
+) -> tuple[AccountState | None, DirectoryEntry | None, str]:
+    """The paying account (and directory entry when named by MSISDN), or why not found."""
+    entry = None
+    if not account_id:
+        msisdn = cluster.msisdn(msisdn_text)
+        entry = await cluster.subscriber(msisdn, timeout_s=_left(deadline))
+        if entry is None:
+            return None, None, f"msisdn {msisdn} is not in the directory"
+        account_id = entry.account_id
+    cluster.check_account_id(account_id)
+    state = await cluster.on_shard(
+        account_id, ops.GetAccount(account_id=account_id), timeout_s=_left(deadline)
+    )
+    if state is None:
+        return None, entry, f"account {account_id} not found"
+    return state, entry, ""
 
-    def _plan(self, state: AccountState, entry: DirectoryEntry | None, at_s: int) -> str | None:
-        return (entry or state.account).plan_at(at_s)
 
-    def _called(self, text: str) -> str | None:
-        return self.msisdn(text, "called_number") if text else None
+def _plan(state: AccountState, entry: DirectoryEntry | None, at_s: int) -> str | None:
+    return (entry or state.account).plan_at(at_s)
 
-    async def charge_session(
-        self, request: charging_pb2.SessionRequest, *, timeout_s: float
-    ) -> charging_pb2.SessionAnswer:
-        deadline = deadline_after(timeout_s)
-        at_s, rid, sid = self.now_s(request.at_s), request.request_id, request.session_id
-        answer = charging_pb2.SessionAnswer(request_id=rid, session_id=sid)
-        state, entry, why = await self._payer(request.account_id, request.served_msisdn, deadline)
-        if state is None:
-            answer.result, answer.detail = _R.SESSION_RESULT_END_USER_NOT_FOUND, why
-            return answer
-        account_id, currency = state.account_id, state.account.currency
-        before = state.reservations.get(sid)
-        step = request.step
-        common = {"request_id": rid, "account_id": account_id, "session_id": sid, "at_s": at_s}
-        if step == _R.SESSION_STEP_INITIAL:
-            service = _service(request.service)
-            requested = request.requested_units or DEFAULT_UNITS[service]
-            plan_id = self._plan(state, entry, at_s)
-            rated = price_enquiry(
-                self.catalogue,
-                plan_id=plan_id,
-                service=service,
-                units=requested,
-                at_s=at_s,
-                called_number=self._called(request.called_number),
-                rating_group=request.rating_group if request.HasField("rating_group") else None,
-                content_item_id=request.content_item_id or None,
-                roaming=request.roaming,
-            )
-            if isinstance(rated, RatingFailure) or plan_id is None:
-                detail = "no plan" if plan_id is None else f"{rated.reason}: {rated.detail}"  # type: ignore[union-attr]
-                answer.result, answer.detail = _R.SESSION_RESULT_RATING_FAILED, detail
-                return answer
-            quote = Quote(
-                service=service.value,
-                usage_class=rated.usage_class,
-                price_key=rated.price_key,
-                plan_id=rated.plan_id,
-                plan_version=rated.plan_version,
-            )
-            out = await self.on_shard(
-                account_id,
-                "session_initial",
-                quote=quote,
-                requested_units=requested,
-                validity_s=VALIDITY_S,
-                timeout_s=_left(deadline),
-                **common,
-            )
-        elif step == _R.SESSION_STEP_UPDATE:
-            requested = request.requested_units
-            if not requested and before is not None:
-                requested = DEFAULT_UNITS.get(Service(before.quote.service), 1)
-            out = await self.on_shard(
-                account_id,
-                "session_update",
-                used_units=request.used_units,
-                requested_units=requested,
-                timeout_s=_left(deadline),
-                **common,
-            )
-        elif step == _R.SESSION_STEP_TERMINATE:
-            out = await self.on_shard(
-                account_id,
-                "session_terminate",
-                used_units=request.used_units,
-                timeout_s=_left(deadline),
-                **common,
-            )
-        else:
-            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, "step: not set")
-        mapped = _SESSION_RESULT.get(out.result)
-        if mapped is None:
-            raise_for(out.result.value, f"session {sid}", rid)
-            raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"session {sid}: {out.result}")
-        answer.result = mapped
-        grant = out.receipt
-        # What the session holds after the step comes with the grant (a replayed step
-        # answers as the first time): no second read of the account.
-        answer.reserved.CopyFrom(money(grant.money_held if grant is not None else 0, currency))
-        if grant is not None:
-            answer.granted_units = grant.granted_units
-            answer.validity_s = max(grant.expires_at_s - at_s, 0) if grant.granted_units else 0
-            answer.final_unit = grant.final
-            # A replayed step finds the session already past it: nothing more to report.
-            charged = grant.charged - (before.charged if before is not None else 0)
-            answer.charged.CopyFrom(money(max(charged, 0), currency))
-        else:
-            answer.charged.CopyFrom(money(0, currency))
-        if out.result is not Result.GRANTED and out.result is not Result.TERMINATED:
-            answer.detail = out.result.value
+
+def _called(cluster: Cluster, text: str) -> str | None:
+    return cluster.msisdn(text, "called_number") if text else None
+
+
+async def charge_session(
+    cluster: Cluster, request: charging_pb2.SessionRequest, timeout_s: float
+) -> charging_pb2.SessionAnswer:
+    deadline = deadline_after(timeout_s)
+    at_s, rid, sid = cluster.now_s(request.at_s), request.request_id, request.session_id
+    answer = charging_pb2.SessionAnswer(request_id=rid, session_id=sid)
+    state, entry, why = await _payer(cluster, request.account_id, request.served_msisdn, deadline)
+    if state is None:
+        answer.result, answer.detail = _R.SESSION_RESULT_END_USER_NOT_FOUND, why
         return answer
-
-    async def direct_debit(
-        self, request: charging_pb2.DirectDebitRequest, *, timeout_s: float
-    ) -> charging_pb2.DirectDebitAnswer:
-        deadline = deadline_after(timeout_s)
-        at_s, rid = self.now_s(request.at_s), request.request_id
-        state, entry, why = await self._payer(request.account_id, request.served_msisdn, deadline)
-        if state is None:
-            raise BackendError(grpc.StatusCode.NOT_FOUND, why)
+    account_id, currency = state.account_id, state.account.currency
+    before = state.reservations.get(sid)
+    step = request.step
+    if step == _R.SESSION_STEP_INITIAL:
         service = _service(request.service)
-        units = request.units or (1 if service in (Service.SMS, Service.CONTENT) else 0)
-        record = UsageRecord(
-            record_id=rid,
+        requested = request.requested_units or DEFAULT_UNITS[service]
+        plan_id = _plan(state, entry, at_s)
+        rated = quote_price(
+            cluster.catalogue,
+            plan_id=plan_id,
             service=service,
-            served_msisdn=entry.msisdn if entry is not None else "",
-            record_opening_time_s=at_s,
-            called_number=self._called(request.called_number),
-            duration_s=units if service is Service.VOICE else 0,
-            sms_count=units if service is Service.SMS else 0,
-            downlink_bytes=units if service is Service.DATA else 0,
+            units=requested,
+            at_s=at_s,
+            called_number=_called(cluster, request.called_number),
             rating_group=request.rating_group if request.HasField("rating_group") else None,
             content_item_id=request.content_item_id or None,
+            roaming=request.roaming,
         )
-        rated = rate(record, self.catalogue, self._plan(state, entry, at_s))
-        if isinstance(rated, RatingFailure):
-            raise _rating_error(rated)
-        assert isinstance(rated, RatedRecord)
-        out = await self.on_shard(
-            state.account_id,
-            "direct_debit",
-            account_id=state.account_id,
-            rated=rated,
+        if isinstance(rated, RatingFailure) or plan_id is None:
+            detail = "no plan" if plan_id is None else f"{rated.reason}: {rated.detail}"  # type: ignore[union-attr]
+            answer.result, answer.detail = _R.SESSION_RESULT_RATING_FAILED, detail
+            return answer
+        quote = Quote(
+            service=service.value,
+            usage_class=rated.usage_class,
+            price_key=rated.price_key,
+            plan_id=rated.plan_id,
+            plan_version=rated.plan_version,
+        )
+        op: ops.ShardOp[ops.Applied[Grant]] = ops.SessionInitial(
+            request_id=rid,
+            account_id=account_id,
+            session_id=sid,
             at_s=at_s,
-            timeout_s=_left(deadline),
+            quote=quote,
+            requested_units=requested,
+            validity_s=VALIDITY_S,
         )
-        raise_for(out.result.value, f"account {state.account_id}", rid)
-        after = await self.state(state.account_id, timeout_s=_left(deadline))
-        cur = after.account.currency
-        charged = out.receipt.amount if out.receipt is not None else 0
-        return charging_pb2.DirectDebitAnswer(
-            request_id=rid, charged=money(charged, cur), balance_after=money(after.prepaid, cur)
+    elif step == _R.SESSION_STEP_UPDATE:
+        requested = request.requested_units
+        if not requested and before is not None:
+            requested = DEFAULT_UNITS.get(Service(before.quote.service), 1)
+        op = ops.SessionUpdate(
+            request_id=rid,
+            account_id=account_id,
+            session_id=sid,
+            at_s=at_s,
+            used_units=request.used_units,
+            requested_units=requested,
         )
+    elif step == _R.SESSION_STEP_TERMINATE:
+        op = ops.SessionTerminate(
+            request_id=rid,
+            account_id=account_id,
+            session_id=sid,
+            at_s=at_s,
+            used_units=request.used_units,
+        )
+    else:
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, "step: not set")
+    out = await cluster.on_shard(account_id, op, timeout_s=_left(deadline))
+    mapped = _SESSION_RESULT.get(out.result)
+    if mapped is None:
+        raise_for(out.result.value, f"session {sid}", rid)
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"session {sid}: {out.result}")
+    answer.result = mapped
+    grant = out.receipt
+    # What the session holds after the step comes with the grant (a replayed step
+    # answers as the first time): no second read of the account.
+    answer.reserved.CopyFrom(money(grant.money_held if grant is not None else 0, currency))
+    if grant is not None:
+        answer.granted_units = grant.granted_units
+        answer.validity_s = max(grant.expires_at_s - at_s, 0) if grant.granted_units else 0
+        answer.final_unit = grant.final
+        # A replayed step finds the session already past it: nothing more to report.
+        charged = grant.charged - (before.charged if before is not None else 0)
+        answer.charged.CopyFrom(money(max(charged, 0), currency))
+    else:
+        answer.charged.CopyFrom(money(0, currency))
+    if out.result is not Result.GRANTED and out.result is not Result.TERMINATED:
+        answer.detail = out.result.value
+    return answer
 
-    async def refund(
-        self, request: charging_pb2.RefundRequest, *, timeout_s: float
-    ) -> charging_pb2.RefundAnswer:
-        deadline = deadline_after(timeout_s)
-        account_id, rid = request.account_id, request.request_id
-        state = await self.state(account_id, timeout_s=_left(deadline))
-        cur = state.account.currency
-        if request.amount.currency and request.amount.currency != cur:
-            raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"amount.currency {request.amount.currency} is not the account's {cur}",
-            )
-        out = await self.on_shard(
-            account_id,
-            "refund",
+
+async def direct_debit(
+    cluster: Cluster, request: charging_pb2.DirectDebitRequest, timeout_s: float
+) -> charging_pb2.DirectDebitAnswer:
+    deadline = deadline_after(timeout_s)
+    at_s, rid = cluster.now_s(request.at_s), request.request_id
+    state, entry, why = await _payer(cluster, request.account_id, request.served_msisdn, deadline)
+    if state is None:
+        raise BackendError(grpc.StatusCode.NOT_FOUND, why)
+    service = _service(request.service)
+    units = request.units or (1 if service in (Service.SMS, Service.CONTENT) else 0)
+    record = UsageRecord(
+        record_id=rid,
+        service=service,
+        served_msisdn=entry.msisdn if entry is not None else "",
+        record_opening_time_s=at_s,
+        called_number=_called(cluster, request.called_number),
+        duration_s=units if service is Service.VOICE else 0,
+        sms_count=units if service is Service.SMS else 0,
+        downlink_bytes=units if service is Service.DATA else 0,
+        rating_group=request.rating_group if request.HasField("rating_group") else None,
+        content_item_id=request.content_item_id or None,
+    )
+    rated = rate(record, cluster.catalogue, _plan(state, entry, at_s))
+    if isinstance(rated, RatingFailure):
+        raise _rating_error(rated)
+    assert isinstance(rated, RatedRecord)
+    out = await cluster.on_shard(
+        state.account_id,
+        ops.DirectDebit(account_id=state.account_id, rated=rated, at_s=at_s),
+        timeout_s=_left(deadline),
+    )
+    raise_for(out.result.value, f"account {state.account_id}", rid)
+    after = out.state
+    assert after is not None  # charged or replayed: the account exists
+    cur = after.account.currency
+    charged = out.receipt.amount if out.receipt is not None else 0
+    return charging_pb2.DirectDebitAnswer(
+        request_id=rid, charged=money(charged, cur), balance_after=money(after.prepaid, cur)
+    )
+
+
+async def refund(
+    cluster: Cluster, request: charging_pb2.RefundRequest, timeout_s: float
+) -> charging_pb2.RefundAnswer:
+    deadline = deadline_after(timeout_s)
+    account_id, rid = request.account_id, request.request_id
+    state = await cluster.state(account_id, timeout_s=_left(deadline))
+    cur = state.account.currency
+    if request.amount.currency and request.amount.currency != cur:
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"amount.currency {request.amount.currency} is not the account's {cur}",
+        )
+    out = await cluster.on_shard(
+        account_id,
+        ops.Refund(
             request_id=rid,
             account_id=account_id,
             amount=request.amount.micros,
             service=REFUND_SERVICE,
             reason_ref=request.refers_to or request.reason,
-            at_s=self.now_s(request.at_s),
-            timeout_s=_left(deadline),
-        )
-        raise_for(out.result.value, f"account {account_id}", rid)
-        after = await self.state(account_id, timeout_s=_left(deadline))
-        book = (
-            after.credit
-            if out.receipt is not None and out.receipt.book.value == "credit"
-            else (after.prepaid)
-        )
-        return charging_pb2.RefundAnswer(request_id=rid, balance_after=money(book, cur))
+            at_s=cluster.now_s(request.at_s),
+        ),
+        timeout_s=_left(deadline),
+    )
+    raise_for(out.result.value, f"account {account_id}", rid)
+    after = out.state
+    assert after is not None  # refunded or replayed: the account exists
+    book = (
+        after.credit
+        if out.receipt is not None and out.receipt.book.value == "credit"
+        else (after.prepaid)
+    )
+    return charging_pb2.RefundAnswer(request_id=rid, balance_after=money(book, cur))
 
-    async def price_enquiry(
-        self, request: charging_pb2.PriceEnquiryRequest, *, timeout_s: float
-    ) -> charging_pb2.PriceEnquiryAnswer:
-        at_s = self.now_s(request.at_s)
-        plan_id: str | None = request.plan_id
-        if not plan_id:
-            state = await self.state(request.account_id, timeout_s=timeout_s)
-            plan_id = state.account.plan_at(at_s)
-        rated = price_enquiry(
-            self.catalogue,
-            plan_id=plan_id,
-            service=_service(request.service),
-            units=request.units,
-            at_s=at_s,
-            called_number=self._called(request.called_number),
-            rating_group=request.rating_group if request.HasField("rating_group") else None,
-            content_item_id=request.content_item_id or None,
-            roaming=request.roaming,
-        )
-        if isinstance(rated, RatingFailure):
-            raise _rating_error(rated)
-        return charging_pb2.PriceEnquiryAnswer(
-            price=money(rated.amount, rated.currency),
-            billed_units=rated.billed_units,
-            rate_ids=list(rated.rate_ids),
-            destination=rated.destination or "",
-            time_band=rated.time_band or "",
-        )
 
-    async def balance_check(
-        self, request: charging_pb2.BalanceCheckRequest, *, timeout_s: float
-    ) -> charging_pb2.BalanceCheckAnswer:
-        self.check_account_id(request.account_id)
-        out = await self.on_shard(
-            request.account_id,
-            "balance_check",
-            request.account_id,
-            at_s=self.now_s(),
-            timeout_s=timeout_s,
+async def price_enquiry(
+    cluster: Cluster, request: charging_pb2.PriceEnquiryRequest, timeout_s: float
+) -> charging_pb2.PriceEnquiryAnswer:
+    at_s = cluster.now_s(request.at_s)
+    plan_id: str | None = request.plan_id
+    if not plan_id:
+        state = await cluster.state(request.account_id, timeout_s=timeout_s)
+        plan_id = state.account.plan_at(at_s)
+    rated = quote_price(
+        cluster.catalogue,
+        plan_id=plan_id,
+        service=_service(request.service),
+        units=request.units,
+        at_s=at_s,
+        called_number=_called(cluster, request.called_number),
+        rating_group=request.rating_group if request.HasField("rating_group") else None,
+        content_item_id=request.content_item_id or None,
+        roaming=request.roaming,
+    )
+    if isinstance(rated, RatingFailure):
+        raise _rating_error(rated)
+    return charging_pb2.PriceEnquiryAnswer(
+        price=money(rated.amount, rated.currency),
+        billed_units=rated.billed_units,
+        rate_ids=list(rated.rate_ids),
+        destination=rated.destination or "",
+        time_band=rated.time_band or "",
+    )
+
+
+async def balance_check(
+    cluster: Cluster, request: charging_pb2.BalanceCheckRequest, timeout_s: float
+) -> charging_pb2.BalanceCheckAnswer:
+    cluster.check_account_id(request.account_id)
+    out = await cluster.on_shard(
+        request.account_id,
+        ops.BalanceCheck(account_id=request.account_id, at_s=cluster.now_s()),
+        timeout_s=timeout_s,
+    )
+    raise_for(out.result.value, f"account {request.account_id}")
+    view = out.receipt
+    assert view is not None  # a known account always has a view
+    if request.amount.currency and request.amount.currency != view.currency:
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"amount.currency {request.amount.currency} is not the account's {view.currency}",
         )
-        raise_for(out.result.value, f"account {request.account_id}")
-        view = out.receipt
-        if request.amount.currency and request.amount.currency != view.currency:
-            raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"amount.currency {request.amount.currency} is not the account's {view.currency}",
-            )
-        spendable = view.spendable
-        if spendable is None:  # postpaid without a credit limit
-            available = common_pb2.Money(
-                micros=_INT64_MAX, currency=view.currency, decimal="unlimited"
-            )
-        else:
-            available = money(spendable, view.currency)
-        return charging_pb2.BalanceCheckAnswer(
-            sufficient=spendable is None or spendable >= request.amount.micros,
-            available=available,
-        )
+    spendable = view.spendable
+    if spendable is None:  # postpaid without a credit limit
+        available = common_pb2.Money(micros=_INT64_MAX, currency=view.currency, decimal="unlimited")
+    else:
+        available = money(spendable, view.currency)
+    return charging_pb2.BalanceCheckAnswer(
+        sufficient=spendable is None or spendable >= request.amount.micros,
+        available=available,
+    )

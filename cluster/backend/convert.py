@@ -1,26 +1,21 @@
-"""Domain values to ``petribill.v1`` messages and back, for the backend.
+"""The backend's answers: engine values to ``petribill.v1`` messages.
 
-Money goes out as integer micros with ``decimal`` filled for display; the
-core's enums map to proto enums by name (``Result``/``RecordStatus``/
-``NotificationKind``/``InvoiceStatus`` are one to one with the proto by
-design). Usage records coming in are validated with the CDR readers' own
-field rules (``billing.readers``), so a record is held to the same schema
-whether it arrived in a file or over gRPC: a malformed one becomes a reader
-:class:`~billing.readers.Reject` naming the field.
+Money goes out as integer micros with ``decimal`` filled for display
+(:func:`cluster.wire.money`); the core's enums map to proto enums by name
+(``Result``/``RecordStatus``/``NotificationKind``/``InvoiceStatus`` are one to
+one with the proto by design). What clients send in (records, money, enums) is
+read in :mod:`cluster.wire`, shared with the SDK.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, Final
 
-from google.protobuf.json_format import MessageToDict
 from petribill.v1 import (
     accounts_pb2,
     admin_pb2,
     billing_pb2,
-    common_pb2,
     notifications_pb2,
     usage_pb2,
 )
@@ -31,122 +26,27 @@ from actors.partition.rejects import RejectEntry
 from billing.accounts import AccountState, AccountStatus
 from billing.charging.batch import Charge, calendar_for
 from billing.invoice import Invoice
-from billing.money import format_amount
 from billing.notifications import Notification
 from billing.outcome import Result
-from billing.readers import FieldError, Reject, RejectCode
-from billing.readers.schema import build_record, make_options
-from billing.records import Service, UsageRecord
 from billing.sponsor import SponsoredUsage
 from billing.tariffs.model import Catalogue
-from cluster.wire import payment_mode_to_proto, service_to_proto
+from cluster.wire import money, payment_mode_to_proto, service_to_proto
 
 __all__ = [
     "account_to_proto",
     "balance_to_proto",
     "invoice_to_proto",
-    "money",
     "notification_to_proto",
     "record_result_to_proto",
     "reject_to_proto",
-    "usage_from_proto",
     "usage_line_to_proto",
 ]
 
-_OPTIONS: Final = make_options("49", None)
-_SERVICES: Final = {
-    common_pb2.SERVICE_VOICE: Service.VOICE,
-    common_pb2.SERVICE_SMS: Service.SMS,
-    common_pb2.SERVICE_DATA: Service.DATA,
-    common_pb2.SERVICE_CONTENT: Service.CONTENT,
-}
-# Fields that are meaningful for a service even when zero (proto3 cannot tell
-# an explicit 0 from an absent value): other services' zeros are "absent".
-_ZERO_MEANINGFUL: Final = {
-    Service.VOICE: {"duration_s"},
-    Service.DATA: {"uplink_bytes", "downlink_bytes"},
-}
 _STATUS: Final = {
     AccountStatus.ACTIVE: accounts_pb2.ACCOUNT_STATUS_ACTIVE,
     AccountStatus.BLOCKED: accounts_pb2.ACCOUNT_STATUS_BLOCKED,
     AccountStatus.CLOSED: accounts_pb2.ACCOUNT_STATUS_CLOSED,
 }
-
-
-def money(micros: int, currency: str) -> common_pb2.Money:
-    """A wire Money: ``micros`` authoritative, ``decimal`` for display."""
-    return common_pb2.Money(micros=micros, currency=currency, decimal=format_amount(micros))
-
-
-# -- usage in ---------------------------------------------------------------------
-
-
-def _fields(message: common_pb2.UsageRecord) -> tuple[dict[str, object], Service | None]:
-    """The record as the readers' field mapping (``None``: absent)."""
-    service = _SERVICES.get(message.service)
-    meaningful = _ZERO_MEANINGFUL.get(service, set()) if service else set()
-
-    def number(name: str) -> int | None:
-        value = int(getattr(message, name))
-        return value if value or name in meaningful else None
-
-    fields: dict[str, object] = {
-        "record_id": message.record_id or None,
-        "service": None
-        if message.service == 0
-        else (service.value if service else str(message.service)),
-        "served_msisdn": message.served_msisdn or None,
-        "record_opening_time": message.record_opening_time_s or None,
-        "called_number": message.called_number or None,
-        "content_item_id": message.content_item_id or None,
-        "rating_group": message.rating_group if message.HasField("rating_group") else None,
-        "roaming": message.roaming or None,
-    }
-    for name in ("duration_s", "sms_count", "uplink_bytes", "downlink_bytes"):
-        fields[name] = number(name)
-    return fields, service
-
-
-def usage_from_proto(message: common_pb2.UsageRecord, *, index: int) -> UsageRecord | Reject:
-    """A validated, normalised record, or the reject of a malformed one (naming the field).
-
-    Numbers are normalised to E.164 digits as the readers do (default country
-    code 49, the sample operator's). A data record without a rating group is
-    rated with the plan's default, as ``common.proto`` says.
-    """
-    fields, service = _fields(message)
-    default_group = service is Service.DATA and fields["rating_group"] is None
-    if default_group:
-        fields["rating_group"] = 0  # the reader requires one; dropped again below
-    try:
-        record = build_record(fields, _OPTIONS, "grpc", index + 1)
-    except FieldError as exc:
-        record_id = message.record_id or None
-        where = f"{exc.field}: " if exc.field else ""
-        return Reject(
-            source_file=f"grpc:{record_id}" if record_id else "grpc:no-id",
-            line=0 if record_id else index + 1,
-            code=exc.code,
-            message=f"{where}{exc.detail}",
-            raw=json.dumps(MessageToDict(message), sort_keys=True)[:4096],
-            field=exc.field,
-            record_id=record_id,
-        )
-    record = replace(record, source_file=None, source_line=None)
-    return replace(record, rating_group=None) if default_group else record
-
-
-def malformed(message: common_pb2.UsageRecord, index: int, detail: str) -> Reject:
-    """A reject for a record refused before the field checks (e.g. an unroutable one)."""
-    record_id = message.record_id or None
-    return Reject(
-        source_file=f"grpc:{record_id}" if record_id else "grpc:no-id",
-        line=0 if record_id else index + 1,
-        code=RejectCode.BAD_VALUE,
-        message=detail,
-        raw=json.dumps(MessageToDict(message), sort_keys=True)[:4096],
-        record_id=record_id,
-    )
 
 
 # -- usage out --------------------------------------------------------------------

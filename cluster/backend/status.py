@@ -16,7 +16,7 @@ import grpc
 
 from billing.accounts import Result
 from billing.writeoff import WriteoffResult
-from cluster.api.backend import BackendError
+from cluster.api.errors import BackendError
 
 __all__ = ["CONFLICT_PREFIX", "STATUS_OF", "fail", "raise_for"]
 

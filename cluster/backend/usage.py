@@ -19,101 +19,102 @@ import grpc
 from petribill.v1 import usage_pb2
 
 from actors.partition.engine import RecordResult, RecordStatus, SourceProgress
+from actors.partition.ops import Submit
+from actors.router import deadline_after
 from billing.readers import Reject
 from billing.records import UsageRecord
-from cluster.api.backend import BackendError
-from cluster.backend.convert import record_result_to_proto, usage_from_proto
-from cluster.backend.core import BackendCore
-from cluster.backend.router import deadline_after
-from cluster.wire import unreadable_from_proto
+from cluster.api.errors import BackendError
+from cluster.backend.context import Cluster
+from cluster.backend.convert import record_result_to_proto
+from cluster.wire import record_from_proto, unreadable_from_proto
 
-__all__ = ["GRPC_SOURCE", "UsageOps"]
+__all__ = ["GRPC_SOURCE", "store_unreadable", "submit_usage"]
 
 #: The collection source gRPC usage is counted under in the partitions' counters.
 GRPC_SOURCE: Final = SourceProgress(source_id="grpc", offset=0)
 _RETRY_PAUSE_S: Final = 0.1
 
 
-class UsageOps(BackendCore):
-    async def submit_usage(
-        self, request: usage_pb2.SubmitUsageRequest, *, timeout_s: float
-    ) -> usage_pb2.SubmitUsageResponse:
-        # Decoding a batch and encoding its answer are milliseconds of CPU; on a worker
-        # thread they do not hold up the event loop, where queries are answered.
-        items, groups = await asyncio.to_thread(self._decode, request)
-        results = await self._settle(items, groups, timeout_s)
-        return await asyncio.to_thread(self._answer, request.batch_id, results)
+async def submit_usage(
+    cluster: Cluster, request: usage_pb2.SubmitUsageRequest, timeout_s: float
+) -> usage_pb2.SubmitUsageResponse:
+    # Decoding a batch and encoding its answer are milliseconds of CPU; on a worker
+    # thread they do not hold up the event loop, where queries are answered.
+    items, groups = await asyncio.to_thread(_decode, cluster, request)
+    results = await _settle(cluster, items, groups, timeout_s)
+    return await asyncio.to_thread(_answer, cluster, request.batch_id, results)
 
-    async def store_unreadable(
-        self, request: usage_pb2.StoreUnreadableRequest, *, timeout_s: float
-    ) -> usage_pb2.SubmitUsageResponse:
-        """Store lines no reader could read in the partitions' reject stores, counted.
 
-        The gateway checked each line names its file and line number. A line goes
-        to the partition of its file, so a file's bad lines are listed together.
-        """
-        items: list[UsageRecord | Reject] = [unreadable_from_proto(line) for line in request.lines]
-        groups: dict[str, list[int]] = {}
-        for index, line in enumerate(request.lines):
-            groups.setdefault(self.router.partition(line.source_file), []).append(index)
-        results = await self._settle(items, groups, timeout_s)
-        return self._answer(request.batch_id, results)
+async def store_unreadable(
+    cluster: Cluster, request: usage_pb2.StoreUnreadableRequest, timeout_s: float
+) -> usage_pb2.SubmitUsageResponse:
+    """Store lines no reader could read in the partitions' reject stores, counted.
 
-    async def _settle(
-        self, items: list[UsageRecord | Reject], groups: dict[str, list[int]], timeout_s: float
-    ) -> list[RecordResult | None]:
-        """Submit each partition's items to it; resubmit the retryable ones until the deadline."""
-        deadline = deadline_after(timeout_s)
-        at_s = self.now_s()
-        results: list[RecordResult | None] = [None] * len(items)
+    The gateway checked each line names its file and line number. A line goes
+    to the partition of its file, so a file's bad lines are listed together.
+    """
+    items: list[UsageRecord | Reject] = [unreadable_from_proto(line) for line in request.lines]
+    groups: dict[str, list[int]] = {}
+    for index, line in enumerate(request.lines):
+        groups.setdefault(cluster.router.partition(line.source_file), []).append(index)
+    results = await _settle(cluster, items, groups, timeout_s)
+    return _answer(cluster, request.batch_id, results)
 
-        async def settle(unit: str, indexes: list[int]) -> None:
-            pending = indexes
-            while True:
-                left = deadline - time.monotonic()
-                answers = await self.router.call(
-                    unit,
-                    "submit",
-                    [items[i] for i in pending],
-                    at_s=at_s,
-                    source=GRPC_SOURCE,
-                    timeout_s=max(left, 0.001),
-                )
-                retry = []
-                for index, answer in zip(pending, answers, strict=True):
-                    results[index] = answer
-                    if answer.retryable:
-                        retry.append(index)
-                if not retry:
-                    return
-                if deadline - time.monotonic() < 2 * _RETRY_PAUSE_S:
-                    raise _retry_error(unit, [results[i] for i in retry])
-                pending = retry
-                await asyncio.sleep(_RETRY_PAUSE_S)
 
-        await asyncio.gather(*(settle(unit, idx) for unit, idx in groups.items()))
-        return results
+async def _settle(
+    cluster: Cluster,
+    items: list[UsageRecord | Reject],
+    groups: dict[str, list[int]],
+    timeout_s: float,
+) -> list[RecordResult | None]:
+    """Submit each partition's items to it; resubmit the retryable ones until the deadline."""
+    deadline = deadline_after(timeout_s)
+    at_s = cluster.now_s()
+    results: list[RecordResult | None] = [None] * len(items)
 
-    def _decode(
-        self, request: usage_pb2.SubmitUsageRequest
-    ) -> tuple[list[UsageRecord | Reject], dict[str, list[int]]]:
-        """The batch's items (records or rejects) and their indexes by partition."""
-        items = [usage_from_proto(r, index=i) for i, r in enumerate(request.records)]
-        groups: dict[str, list[int]] = {}
-        for index, item in enumerate(items):
-            key = item.served_msisdn if isinstance(item, UsageRecord) else _route_key(item, index)
-            groups.setdefault(self.router.partition(key), []).append(index)
-        return items, groups
+    async def settle(unit: str, indexes: list[int]) -> None:
+        pending = indexes
+        while True:
+            left = deadline - time.monotonic()
+            op = Submit(items=[items[i] for i in pending], at_s=at_s, source=GRPC_SOURCE)
+            answers = await cluster.run(unit, op, timeout_s=max(left, 0.001))
+            retry = []
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = answer
+                if answer.retryable:
+                    retry.append(index)
+            if not retry:
+                return
+            if deadline - time.monotonic() < 2 * _RETRY_PAUSE_S:
+                raise _retry_error(unit, [results[i] for i in retry])
+            pending = retry
+            await asyncio.sleep(_RETRY_PAUSE_S)
 
-    def _answer(
-        self, batch_id: str, results: list[RecordResult | None]
-    ) -> usage_pb2.SubmitUsageResponse:
-        currency = self.catalogue.currency
-        answer = usage_pb2.SubmitUsageResponse(batch_id=batch_id)
-        for result in results:
-            assert result is not None  # every index belongs to one group
-            answer.results.append(record_result_to_proto(result, currency))
-        return answer
+    await asyncio.gather(*(settle(unit, idx) for unit, idx in groups.items()))
+    return results
+
+
+def _decode(
+    cluster: Cluster, request: usage_pb2.SubmitUsageRequest
+) -> tuple[list[UsageRecord | Reject], dict[str, list[int]]]:
+    """The batch's items (records or rejects) and their indexes by partition."""
+    items = [record_from_proto(r, index=i) for i, r in enumerate(request.records)]
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        key = item.served_msisdn if isinstance(item, UsageRecord) else _route_key(item, index)
+        groups.setdefault(cluster.router.partition(key), []).append(index)
+    return items, groups
+
+
+def _answer(
+    cluster: Cluster, batch_id: str, results: list[RecordResult | None]
+) -> usage_pb2.SubmitUsageResponse:
+    currency = cluster.catalogue.currency
+    answer = usage_pb2.SubmitUsageResponse(batch_id=batch_id)
+    for result in results:
+        assert result is not None  # every index belongs to one group
+        answer.results.append(record_result_to_proto(result, currency))
+    return answer
 
 
 def _route_key(reject: Reject, index: int) -> str:

@@ -64,7 +64,7 @@ from cluster.cli.render import (
     when_text,
 )
 from cluster.client import PetribillClient, PetribillError
-from cluster.wire import WireError
+from cluster.wire import WireError, money_to_proto
 
 __all__ = [
     "Session",
@@ -389,7 +389,7 @@ def accounts_show(s: Session, account_id: str) -> None:
 @cluster_command
 def accounts_list_usage(s: Session, account_id: str, limit: int) -> None:
     """The usage lines charged to ACCOUNT_ID, newest first."""
-    lines = s.client.list_usage(account_id, limit=limit)
+    lines = list(s.client.list_usage(account_id, limit=limit).lines)
     s.emit([proto_json(line) for line in lines], lambda c: show_usage(c, account_id, lines))
 
 
@@ -457,7 +457,7 @@ def topup(
 ) -> None:
     """Top up ACCOUNT_ID by AMOUNT (prepaid balance; repays debt first)."""
     balance = s.client.top_up(
-        account_id, amount, currency=currency, at_s=at_s or 0, request_id=request_id
+        account_id, money_to_proto(amount, currency), at_s or 0, request_id=request_id
     )
     s.emit(proto_json(balance), lambda c: show_balances(c, [balance]))
 
@@ -481,10 +481,9 @@ def pay(
 ) -> None:
     """Pay AMOUNT to ACCOUNT_ID's open invoices, oldest first; excess becomes credit."""
     payment_id = request_id or f"pay-{uuid.uuid4().hex[:12]}"
-    answer = s.client.pay(
+    answer = s.client.apply_payment(
         account_id,
-        amount,
-        currency=currency,
+        money_to_proto(amount, currency),
         at_s=at_s or 0,
         reference=reference,
         request_id=payment_id,
@@ -502,7 +501,7 @@ def reverse(
     s: Session, account_id: str, payment_id: str, at_s: int | None, request_id: str | None
 ) -> None:
     """Reverse the payment PAYMENT_ID (its request id) of ACCOUNT_ID, exactly."""
-    answer = s.client.reverse(
+    answer = s.client.reverse_payment(
         account_id,
         payment_id,
         at_s=at_s or 0,
@@ -564,9 +563,13 @@ def run_bill_run(
                 issued=step.invoices_issued,
             )
 
-        return s.client.bill_run(
-            cycle_id, account_ids=account_ids, at_s=at_s, request_id=request_id, on_progress=show
-        )
+        last = None
+        for step in s.client.run_billing(
+            cycle_id, account_ids=account_ids, at_s=at_s, request_id=request_id
+        ):
+            show(step)
+            last = step
+        return last
 
 
 @click.command()
@@ -576,7 +579,7 @@ def run_bill_run(
 @cluster_command
 def invoices(s: Session, account_id: str, open_only: bool, no_lines: bool) -> None:
     """The invoices of ACCOUNT_ID, with their lines."""
-    found = s.client.list_invoices(account_id, open_only=open_only)
+    found = list(s.client.list_invoices(account_id, open_only=open_only).invoices)
     s.emit(
         [proto_json(i) for i in found],
         lambda c: show_invoices(c, account_id, found, lines=not no_lines),
@@ -589,7 +592,7 @@ def invoices(s: Session, account_id: str, open_only: bool, no_lines: bool) -> No
 @cluster_command
 def notifications(s: Session, account_id: str, limit: int) -> None:
     """The reminders and alerts of ACCOUNT_ID, newest first."""
-    found = s.client.list_notifications(account_id, limit=limit)
+    found = list(s.client.list_notifications(account_id, limit=limit).notifications)
     s.emit([proto_json(n) for n in found], lambda c: show_notifications(c, found))
 
 
@@ -607,7 +610,7 @@ def rejects() -> None:
 @cluster_command
 def rejects_list(s: Session, reason: str, limit: int) -> None:
     """Rejected records, newest first, with reason, source file and line."""
-    found = s.client.list_rejects(limit=limit, reason=reason)
+    found = list(s.client.list_rejects(limit=limit, reason=reason).rejects)
     s.emit([proto_json(r) for r in found], lambda c: show_rejects(c, found))
 
 

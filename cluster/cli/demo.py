@@ -19,7 +19,6 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -190,7 +189,7 @@ def _month(s: Session, conf_dir: Path, cycle: Cycle) -> _Tally:
     )
     show_bill_run(c, final)
     for account_id in postpaid:
-        found = client.list_invoices(account_id)
+        found = list(client.list_invoices(account_id).invoices)
         tally.invoices.extend(found)
         show_invoices(c, account_id, found)
 
@@ -201,7 +200,9 @@ def _month(s: Session, conf_dir: Path, cycle: Cycle) -> _Tally:
     balances = [client.get_balance(a.account_id) for a in accounts]
     modes = ["prepaid" if a.payment_mode == 1 else "postpaid" for a in accounts]
     show_balances(c, balances, modes)
-    notes = [n for a in accounts for n in reversed(client.list_notifications(a.account_id))]
+    notes = [
+        n for a in accounts for n in reversed(client.list_notifications(a.account_id).notifications)
+    ]
     tally.notifications = len(notes)
     show_notifications(c, notes)
     return tally
@@ -221,17 +222,18 @@ def _online(c: Console, client: PetribillClient, prepaid: list[str], cycle: Cycl
         f"{money_text(quote.price)} ({quote.destination}, {', '.join(quote.rate_ids)})"
     )
     common = {"account_id": caller, "service": "voice", "called_number": UK_NUMBER}
-    steps: list[tuple[str, int, int, Callable[..., charging_pb2.SessionAnswer]]] = [
-        ("initial", 300, 0, client.session_initial),
-        ("update", 300, 120, client.session_update),
-        ("terminate", 0, 75, client.session_terminate),
+    steps: list[tuple[str, int, int]] = [
+        ("initial", 300, 0),
+        ("update", 300, 120),
+        ("terminate", 0, 75),
     ]
     table = Table(title=f"Session demo-call-1 of {caller}", title_justify="left")
     for column in ("step", "requested", "used", "granted", "charged", "held", "result"):
         table.add_column(column, justify="left" if column in ("step", "result") else "right")
-    for index, (step, requested, used, send) in enumerate(steps):
-        answer = send(
-            "demo-call-1",
+    for index, (step, requested, used) in enumerate(steps):
+        answer = client.charge_session(
+            session_id="demo-call-1",
+            step=step,
             requested_units=requested,
             used_units=used,
             at_s=at_s + index * 120,
@@ -278,7 +280,7 @@ def _payments(c: Console, client: PetribillClient, tally: _Tally, bill_at: int) 
     for label, account_id, micros, day in plan:
         amount = Decimal(micros).scaleb(-6)
         request_id = f"demo-pay-{label}"
-        answer = client.pay(
+        answer = client.apply_payment(
             account_id,
             amount,
             at_s=bill_at + day * DAY_S,
@@ -287,7 +289,7 @@ def _payments(c: Console, client: PetribillClient, tally: _Tally, bill_at: int) 
         )
         tally.paid_micros += micros
         show_payment(c, account_id, format_amount(micros), answer)
-    reversal = client.reverse(
+    reversal = client.reverse_payment(
         second.account_id, "demo-pay-full", at_s=bill_at + 5 * DAY_S, request_id="demo-reverse-1"
     )
     tally.reversed_micros += second.open.micros

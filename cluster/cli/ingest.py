@@ -416,8 +416,7 @@ def create_account(
         request.payment_mode = payment_mode_to_proto(spec.payment_mode)
     if spec.credit_limit is not None:
         request.credit_limit.CopyFrom(money_to_proto(spec.credit_limit, spec.currency))
-    # The SDK's create_account always names a mode; a raw call lets the plan decide it.
-    answer: accounts_pb2.Account = client.call("AccountService", "CreateAccount", request)
+    answer: accounts_pb2.Account = client.create_account(request)
     return answer
 
 

@@ -11,30 +11,44 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from decimal import Decimal
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from petribill.v1 import (
+    accounts_pb2,
     accounts_pb2_grpc,
+    admin_pb2,
     admin_pb2_grpc,
+    billing_pb2,
     billing_pb2_grpc,
+    charging_pb2,
     charging_pb2_grpc,
+    notifications_pb2,
     notifications_pb2_grpc,
+    tariffs_pb2,
     tariffs_pb2_grpc,
+    usage_pb2,
     usage_pb2_grpc,
 )
 
-from billing.money import Money
 from billing.records import UsageRecord
-from cluster.api.backend import RETRYABLE_CODES
+from cluster.api.errors import RETRYABLE_CODES
 
-__all__ = ["Amount", "PetribillError", "RecordLike", "Transport"]
+__all__ = ["PROTO_MODULES", "PetribillError", "RecordLike", "Transport"]
 
 RecordLike = UsageRecord | Mapping[str, Any]
-Amount = Money | Decimal | str | int
 
+#: The proto modules of petribill.v1 and their generated gRPC modules.
+PROTO_MODULES: Final = (
+    usage_pb2,
+    charging_pb2,
+    accounts_pb2,
+    billing_pb2,
+    tariffs_pb2,
+    notifications_pb2,
+    admin_pb2,
+)
 _STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "UsageService": usage_pb2_grpc.UsageServiceStub,
     "ChargingService": charging_pb2_grpc.ChargingServiceStub,
@@ -182,7 +196,7 @@ class Transport:
             except grpc.RpcError as exc:
                 self._retry_or_raise(exc, address, attempt, deadline - time.monotonic())
 
-    def _server_stream(
+    def server_stream(
         self, service: str, method: str, request: Any, *, timeout_s: float | None
     ) -> Iterator[Any]:
         """A server stream, restarted (same request, so same ids) after a retryable failure."""
@@ -201,8 +215,9 @@ class Transport:
             finally:
                 stream.cancel()
 
-    def _id(self, request_id: str | None) -> str:
-        return request_id or self._new_id()
+    def new_request_id(self) -> str:
+        """A fresh idempotency key (random by default; ``new_id`` replaces it)."""
+        return self._new_id()
 
     def health(self, service: str = "") -> dict[str, str]:
         """Each gateway's health of ``service`` ("" for the server): SERVING, NOT_SERVING..."""

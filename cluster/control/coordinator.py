@@ -91,6 +91,15 @@ class ClusterOps(Protocol):
         """Make the node's host stop serving ``unit_id``; idempotent."""
         ...
 
+    def gateways(self) -> list[dict[str, str]]:
+        """Every gateway of an alive node, ``{"node", "address", "state"}`` with state
+        ``serving`` or ``restarting``; restarted ones are asked to serve again."""
+        ...
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Ray node id -> the Prometheus address of its metrics agent (may be empty)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -9,9 +9,11 @@ import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors import metrics
 from actors.remote import NAMESPACE, host_name, spawn_host
 from actors.store.fencing import StaleEpoch
 from cluster.control.coordinator import UnitOpenError
+from cluster.gateway.names import gateway_handles
 
 __all__ = ["RayOps", "node_name"]
 
@@ -24,6 +26,9 @@ _PING_TIMEOUT_S = 1.0
 _PING_MISSES_MAX = 2
 _OPEN_TIMEOUT_S = 30.0
 _NODE_RESOURCE_PREFIX = "petribill_node_"
+# How long the loop waits for gateways to say their address (they answer at once
+# when serving; a restarted one starts serving when asked).
+_GATEWAY_WAIT_S = 0.5
 
 
 def node_name(node: Mapping[str, Any]) -> str:
@@ -43,6 +48,8 @@ class RayOps:
         self._hosts: dict[str, Any] = {}
         self._ok: dict[str, bool] = {}
         self._misses: dict[str, int] = {}  # node -> pings unanswered in a row
+        # Short Ray node id -> the address its gateway last said.
+        self._gateway_addresses: dict[str, str] = {}
         # (node, unit) -> epoch a live host confirmed serving. The coordinator
         # converges every round; only opens not yet confirmed go out, so a hung
         # host cannot stall the loop with calls it will never answer.
@@ -119,3 +126,38 @@ class RayOps:
 
     def host(self, node: str) -> Any:
         return self._hosts.get(node)
+
+    def gateways(self) -> list[dict[str, str]]:
+        """Ask each gateway of an alive node its address, waiting at most
+        ``_GATEWAY_WAIT_S``: an answer is ``serving``; no answer yet is ``restarting``
+        (Ray restarts a dead gateway's process, ``max_restarts=-1``, but a new process
+        does not serve until asked: ``address()`` starts it, on the address it had).
+        The gateway of a node Ray declared dead can never come back (it is pinned
+        there): it is ended, so that no call queues up for it."""
+        nodes = {n["NodeID"][:12]: n for n in ray.nodes()}  # type: ignore[no-untyped-call]
+        asked: dict[str, Any] = {}
+        for prefix, handle in gateway_handles().items():
+            node = nodes.get(prefix)
+            if node is not None and node.get("Alive"):
+                asked[prefix] = handle.address.remote()
+            else:
+                ray.kill(handle, no_restart=True)
+                self._gateway_addresses.pop(prefix, None)
+                log.info("gateway_ended", node=prefix, reason="node dead")
+        ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=_GATEWAY_WAIT_S)
+        done = set(ready)
+        found = []
+        for prefix, ref in sorted(asked.items()):
+            state = "restarting"
+            if ref in done:
+                try:
+                    self._gateway_addresses[prefix] = str(ray.get(ref))
+                    state = "serving"
+                except Exception as exc:  # its process died again: Ray restarts it
+                    log.info("gateway_unanswering", node=prefix, error=type(exc).__name__)
+            address = self._gateway_addresses.get(prefix, "")
+            found.append({"node": node_name(nodes[prefix]), "address": address, "state": state})
+        return found
+
+    def metrics_urls(self) -> dict[str, str]:
+        return metrics.metrics_urls()

@@ -1,6 +1,8 @@
 """The coordinator as a long-running service: a loop thread around :class:`Coordinator`.
 
-Runs inside a detached, named, restartable Ray actor (``actors/remote.py``).
+Runs inside a detached, named, restartable Ray actor (:func:`spawn_coordinator`),
+or in one process with the hosts (``cluster.deploy.inprocess``): what it
+observes and drives is its :class:`~cluster.control.coordinator.ClusterOps`.
 Its durable state is the coordinator's (control/state.json); a restarted
 service reloads it and carries on, so killing the coordinator loses nothing.
 """
@@ -17,9 +19,8 @@ import structlog
 
 from actors import metrics
 from actors.remote import COORDINATOR_NAME, NAMESPACE
-from cluster.control.coordinator import Coordinator
+from cluster.control.coordinator import ClusterOps, Coordinator
 from cluster.control.ray_ops import RayOps
-from cluster.gateway.names import gateway_handles
 
 __all__ = ["CoordinatorService", "spawn_coordinator"]
 
@@ -32,8 +33,15 @@ GATEWAY_CHECK_S = 1.0
 class CoordinatorService:
     """Reconciles every ``interval_s``; answers routes and status meanwhile."""
 
-    def __init__(self, *, data_dir: str, settings: dict[str, Any], interval_s: float = 0.2) -> None:
-        self._ops = RayOps(data_dir=data_dir, settings=settings)
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        settings: dict[str, Any],
+        interval_s: float = 0.2,
+        ops: ClusterOps | None = None,
+    ) -> None:
+        self._ops = ops if ops is not None else RayOps(data_dir=data_dir, settings=settings)
         self._coordinator = Coordinator(
             data_dir=Path(data_dir),
             shards=int(settings["shards"]),
@@ -45,6 +53,7 @@ class CoordinatorService:
         self._stop = threading.Event()
         self._rounds = 0
         self._gateways_checked = 0.0
+        self._gateways: list[dict[str, str]] = []
         self._takeovers: list[float] = []
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
@@ -62,25 +71,15 @@ class CoordinatorService:
             self._stop.wait(self._interval_s)
 
     def _wake_gateways(self) -> None:
-        """Every ``GATEWAY_CHECK_S``, ask each gateway its address without waiting.
-
-        Ray restarts a dead gateway's process (``max_restarts=-1``) but a new
-        process does not serve until asked: ``address()`` starts it. A gateway that
-        serves answers at once; the answers are not awaited. The gateway of a node
-        Ray declared dead can never come back (it is pinned there): it is ended, so
-        that no call queues up for it.
-        """
+        """Every ``GATEWAY_CHECK_S``, have the ops wake restarted gateways and note every
+        gateway of an alive node with its state (``ClusterStatus`` lists them)."""
         now = time.monotonic()
         if now < self._gateways_checked + GATEWAY_CHECK_S:
             return
         self._gateways_checked = now
-        alive = {n["NodeID"][:12] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
-        for node, handle in gateway_handles().items():
-            if node in alive:
-                handle.address.remote()
-            else:
-                ray.kill(handle, no_restart=True)
-                log.info("gateway_ended", node=node, reason="node dead")
+        gateways = self._ops.gateways()
+        with self._lock:
+            self._gateways = gateways
 
     def _note_recoveries(self) -> None:
         """Record how long each node failure took to be fully taken over."""
@@ -129,11 +128,13 @@ class CoordinatorService:
                     state, node, epoch = "free", "", epochs[unit]
                 units.append({"unit": unit, "state": state, "node": node, "epoch": epoch})
             ray_ids = self._coordinator.node_ids()
+            urls = self._ops.metrics_urls()
             nodes = [
                 {
                     "node": name,
                     "status": status,
                     "ray_node_id": ray_ids.get(name, ""),
+                    "metrics_url": urls.get(ray_ids.get(name, ""), ""),
                     "units": sum(1 for n, _e in owned.values() if n == name),
                 }
                 for name, status in marking.nodes()
@@ -144,6 +145,7 @@ class CoordinatorService:
                 "marking": marking_to_json(marking),
                 "healthy": self._coordinator.healthy(),
                 "locks_held": [list(x) for x in marking.locks_held()],
+                "gateways": list(self._gateways),
             }
 
     def drain(self, node: str) -> bool:

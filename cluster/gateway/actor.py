@@ -22,9 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cluster.api.backend import Backend
 from cluster.gateway.limits import GatewayLimits
 from cluster.gateway.server import Gateway, GatewayError
+from cluster.gateway.servicers import Backend
 
 __all__ = ["GatewayActor", "gateway_actor_class", "spawn_gateway"]
 
@@ -163,7 +163,7 @@ def gateway_actor_class(**options: Any) -> Any:
 def spawn_gateway(
     *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
 ) -> Any:
-    """Start the gateway of one Ray node: a grpc.aio server with a RayBackend inside.
+    """Start the gateway of one Ray node: a grpc.aio server with a Backend inside.
 
     Give it a fixed ``port`` (not 0): a restarted gateway binds the same one, so the
     address clients know stays good."""
@@ -172,7 +172,7 @@ def spawn_gateway(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from actors.remote import NAMESPACE
-    from cluster.backend.ray_backend import RayBackend
+    from cluster.backend.backend import Backend
     from cluster.gateway.names import gateway_name
 
     return (
@@ -186,5 +186,5 @@ def spawn_gateway(
             max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
-        .remote(partial(RayBackend.from_settings, settings), host=host, port=port, limits=limits)
+        .remote(partial(Backend.from_settings, settings), host=host, port=port, limits=limits)
     )

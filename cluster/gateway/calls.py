@@ -4,7 +4,7 @@ Every servicer method goes through :class:`Calls`, so the rules hold for all
 RPCs alike: the backend gets the time left (``timeout_s``) and is cancelled
 when it overruns it (DEADLINE_EXCEEDED); a call that does not fit the limits
 is refused at once (RESOURCE_EXHAUSTED, naming the limit); a
-:class:`~cluster.api.backend.BackendError` becomes its own status; anything
+:class:`~cluster.api.errors.BackendError` becomes its own status; anything
 else is logged with an error id and answered INTERNAL with that id. No path
 leaves a call unanswered.
 """
@@ -22,7 +22,7 @@ import structlog
 from google.protobuf.message import Message
 
 from actors import metrics
-from cluster.api.backend import BackendError
+from cluster.api.errors import BackendError
 from cluster.gateway.limits import Admission, GatewayLimits, Overloaded
 
 __all__ = ["Calls", "Failure", "internal_failure"]

@@ -1,7 +1,8 @@
 """The gateway server: grpc.aio with every petribill.v1 service, health checking and reflection.
 
 One gateway runs per node (inside a Ray actor, see :mod:`cluster.gateway.actor`)
-and holds no state of its own: every call goes to the :class:`Backend`. Health
+and holds no state of its own: every call is a row of the RPC table
+(``cluster.backend.rpcs``) served by the backend. Health
 is reported per service (``grpc.health.v1``): NOT_SERVING until the server has
 started, SERVING while it serves, NOT_SERVING from the moment it begins to
 stop, so a load balancer watching it moves traffic before calls are refused.
@@ -16,39 +17,18 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from petribill.v1 import (
-    accounts_pb2,
-    admin_pb2,
-    billing_pb2,
-    charging_pb2,
-    notifications_pb2,
-    tariffs_pb2,
-    usage_pb2,
-)
 
-from cluster.api.backend import Backend
+from cluster.backend.rpcs import PACKAGE, SERVICES
 from cluster.gateway.calls import Calls
 from cluster.gateway.limits import Admission, GatewayLimits
-from cluster.gateway.servicers import add_servicers
+from cluster.gateway.servicers import Backend, add_servicers
 
 __all__ = ["SERVICE_NAMES", "Gateway", "GatewayError"]
 
 log = structlog.get_logger("petribill.gateway")
 
 #: Full names of the petribill.v1 services, as health checks and reflection know them.
-SERVICE_NAMES: tuple[str, ...] = tuple(
-    service.full_name
-    for module in (
-        usage_pb2,
-        charging_pb2,
-        accounts_pb2,
-        billing_pb2,
-        tariffs_pb2,
-        notifications_pb2,
-        admin_pb2,
-    )
-    for service in module.DESCRIPTOR.services_by_name.values()
-)
+SERVICE_NAMES: tuple[str, ...] = tuple(f"{PACKAGE}.{service}" for service in SERVICES)
 _HEALTH_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 

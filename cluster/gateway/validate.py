@@ -9,6 +9,7 @@ message names the field and, for a limit, the limit.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import grpc
 from cluster.gateway.calls import Failure
 from cluster.gateway.limits import GatewayLimits
 
-__all__ = ["UNREADABLE_RAW_CHARS_MAX", "check", "check_unreadable", "check_usage_batch"]
+__all__ = ["UNREADABLE_RAW_CHARS_MAX", "check"]
 
 _CYCLE_ID = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -91,6 +92,10 @@ def _invalid(message: str) -> Failure:
 def check(request: Any, limits: GatewayLimits) -> None:
     """Raise an INVALID_ARGUMENT :class:`Failure` if ``request`` is malformed."""
     kind = request.DESCRIPTOR.name
+    batch_check = _BATCHES.get(kind)
+    if batch_check is not None:
+        batch_check(request, limits)
+        return
     rule = _RULES.get(kind)
     if rule is None:
         return
@@ -127,7 +132,7 @@ def check(request: Any, limits: GatewayLimits) -> None:
         raise _invalid(f"BillRunRequest.cycle_id must be YYYY-MM, got {request.cycle_id!r}")
 
 
-def check_usage_batch(request: Any, limits: GatewayLimits) -> None:
+def _usage_batch(request: Any, limits: GatewayLimits) -> None:
     """A usage batch holds 1..batch_records_max records; each record is judged by the backend."""
     _check_batch_size("SubmitUsageRequest.records", "records", len(request.records), limits)
 
@@ -147,7 +152,7 @@ def _check_batch_size(name: str, what: str, count: int, limits: GatewayLimits) -
 UNREADABLE_RAW_CHARS_MAX = 65_536
 
 
-def check_unreadable(request: Any, limits: GatewayLimits) -> None:
+def _unreadable(request: Any, limits: GatewayLimits) -> None:
     """1..batch_records_max lines, each naming its file and a line number >= 1."""
     _check_batch_size("StoreUnreadableRequest.lines", "lines", len(request.lines), limits)
     for index, line in enumerate(request.lines):
@@ -160,3 +165,10 @@ def check_unreadable(request: Any, limits: GatewayLimits) -> None:
             raise _invalid(
                 f"{where}.raw has {len(line.raw)} characters (at most {UNREADABLE_RAW_CHARS_MAX})"
             )
+
+
+# Batches of records and of unreadable lines: each item is judged by the backend.
+_BATCHES: dict[str, Callable[[Any, GatewayLimits], None]] = {
+    "SubmitUsageRequest": _usage_batch,
+    "StoreUnreadableRequest": _unreadable,
+}

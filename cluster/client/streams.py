@@ -1,48 +1,58 @@
-"""Usage submission: one batch, or a stream of batches resent after a failure."""
+"""The SDK calls that are more than one RPC: usage streams, paging, resubscription."""
 
 from __future__ import annotations
 
 import collections
 import queue
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from petribill.v1 import usage_pb2
+from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
 
-from billing.readers import Reject
-from cluster.client.transport import PetribillError, RecordLike, Transport
-from cluster.wire import record_to_proto, unreadable_to_proto
+from cluster.client.calls import RpcCalls
+from cluster.client.transport import PetribillError, RecordLike
+from cluster.wire import record_to_proto
 
-__all__ = ["UsageCalls"]
+__all__ = ["StreamCalls"]
+
+# Notification ids remembered to skip repeats after a resubscription.
+_SEEN_NOTIFICATIONS_MAX = 10_000
 
 _END = object()  # closes a StreamUsage request queue
 
 
-class UsageCalls(Transport):
-    """Usage submission."""
+class StreamCalls(RpcCalls):
+    """The calls that are more than one RPC: paging, pipelined streams, resubscription."""
 
-    def submit_usage(
-        self, records: Iterable[RecordLike], *, batch_id: str = ""
-    ) -> usage_pb2.SubmitUsageResponse:
-        """Submit one batch; a result per record, in order (retries reuse the record ids)."""
-        request = usage_pb2.SubmitUsageRequest(
-            records=[record_to_proto(r) for r in records], batch_id=batch_id
-        )
-        return self.call("UsageService", "SubmitUsage", request)
+    def iter_usage(self, account_id: str, *, page: int = 1000) -> Iterator[accounts_pb2.UsageLine]:
+        """Every usage line of the account, newest first, a page at a time."""
+        token = ""
+        while True:
+            answer = self.list_usage(account_id, limit=page, page_token=token)
+            yield from answer.lines
+            token = answer.next_page_token
+            if not token:
+                return
 
-    def store_unreadable(
-        self, rejects: Iterable[Reject], *, batch_id: str = ""
-    ) -> usage_pb2.SubmitUsageResponse:
-        """Store lines a reader could not read in the cluster's reject store (one batch).
+    def notifications(
+        self, account_ids: Sequence[str] = ()
+    ) -> Generator[notifications_pb2.Notification, None, None]:
+        """New notifications, forever (close the iterator to stop).
 
-        Keyed by file and line there, so sending a line again replaces it (and counts
-        it again as received and rejected, as a record sent again counts as a duplicate).
+        After a retryable failure it subscribes again (failing over), and skips
+        notifications it has already yielded; notifications raised while no
+        subscription was open are in ``list_notifications``.
         """
-        request = usage_pb2.StoreUnreadableRequest(
-            lines=[unreadable_to_proto(r) for r in rejects], batch_id=batch_id
-        )
-        return self.call("UsageService", "StoreUnreadable", request)
+        request = notifications_pb2.SubscribeRequest(account_ids=account_ids)
+        seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        for item in self.server_stream("NotificationService", "Subscribe", request, timeout_s=None):
+            if item.notification_id in seen:
+                continue
+            seen[item.notification_id] = None
+            if len(seen) > _SEEN_NOTIFICATIONS_MAX:
+                seen.popitem(last=False)
+            yield item
 
     def stream_usage(
         self, batches: Iterable[Iterable[RecordLike]], *, window: int = 4

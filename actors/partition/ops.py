@@ -1,0 +1,127 @@
+"""The operations of a rating partition: the closed set a caller may ask of one.
+
+Each is a frozen value (see :mod:`actors.op`) whose ``apply`` names the engine
+method that runs it. ``Submit`` and ``Reprocess`` charge account shards: the
+host lends them its way to the shards (``Env.charge``), here or on other nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from actors.op import Env, Op, R
+from billing.accounts import SponsorRule, Subscription
+from billing.preprocess import Reconciliation
+from billing.readers import Reject
+from billing.records import UsageRecord
+
+if TYPE_CHECKING:
+    from actors.partition.directory import DirectoryAnswer, DirectoryEntry
+    from actors.partition.engine import RatingPartition, SourceProgress
+    from actors.partition.rejects import RejectEntry
+    from actors.partition.results import RecordResult
+
+__all__ = [
+    "ChangeSubscriberPlan",
+    "Counters",
+    "GetSubscriber",
+    "ListRejects",
+    "PartitionOp",
+    "PutSubscriber",
+    "Reprocess",
+    "Submit",
+]
+
+
+class PartitionOp(Op[R]):
+    """An operation of a rating partition."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "partition"
+
+    def apply(self, engine: RatingPartition, env: Env) -> R:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submit(PartitionOp[list["RecordResult"]]):
+    """Settle a batch of records and reader rejects: one result per item, in order,
+    one synced commit of rejects and counters (and ``source``'s offset, if given)."""
+
+    items: Sequence[UsageRecord | Reject]
+    at_s: int
+    source: SourceProgress | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> list[RecordResult]:
+        return engine.submit(self, lambda shard, items: env.charge(shard, items, self.at_s))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reprocess(PartitionOp[list["RecordResult"]]):
+    """Rate and charge stored rejected records again; one result per id, in order."""
+
+    record_ids: Sequence[str]
+    at_s: int
+
+    def apply(self, engine: RatingPartition, env: Env) -> list[RecordResult]:
+        return engine.reprocess(self, lambda shard, items: env.charge(shard, items, self.at_s))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutSubscriber(PartitionOp["DirectoryAnswer"]):
+    """Create or replace ``msisdn``'s directory entry (idempotent by ``request_id``)."""
+
+    request_id: str
+    msisdn: str
+    account_id: str
+    subscriptions: Sequence[Subscription]
+    sponsor_rules: Sequence[SponsorRule] = ()
+
+    def apply(self, engine: RatingPartition, env: Env) -> DirectoryAnswer:
+        return engine.put_subscriber(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeSubscriberPlan(PartitionOp["DirectoryAnswer"]):
+    """Append a subscription of ``plan_id`` from ``start_s``; with ``account_id``, only
+    while ``msisdn`` belongs to that account (idempotent by ``request_id``)."""
+
+    request_id: str
+    msisdn: str
+    plan_id: str
+    start_s: int
+    account_id: str = ""
+
+    def apply(self, engine: RatingPartition, env: Env) -> DirectoryAnswer:
+        return engine.change_plan(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetSubscriber(PartitionOp["DirectoryEntry | None"]):
+    msisdn: str
+
+    def apply(self, engine: RatingPartition, env: Env) -> DirectoryEntry | None:
+        return engine.get_subscriber(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Counters(PartitionOp[Reconciliation]):
+    """Reconciliation of the whole partition, or of one collection source."""
+
+    source_id: str | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> Reconciliation:
+        return engine.counters(self.source_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListRejects(PartitionOp[list["RejectEntry"]]):
+    """Up to ``limit`` stored rejects, optionally of one ``reason``."""
+
+    limit: int
+    reason: str | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> list[RejectEntry]:
+        return engine.list_rejects(self.limit, reason=self.reason)

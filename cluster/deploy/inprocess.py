@@ -1,0 +1,150 @@
+"""A whole petribill cluster in one process: coordinator, hosts and engines, no Ray.
+
+The same coordinator (with its Petri net), the same hosts and engines on real
+RocksDB, the same router and RPC handlers as a Ray cluster; only the transport
+differs (:class:`actors.local.LocalTransport`: calls are plain method calls on
+worker threads). It starts in well under a second, so the gateway and SDK
+tests, and the request fuzzer, run over the real backend rather than a test
+double. It is not fault tolerant (one process) and is not what ``petribill up``
+starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from actors.engines import engine_factory
+from actors.host import UnitHost
+from actors.local import LocalTransport
+from actors.router import UnitRouter
+from actors.store.fencing import StaleEpoch
+from cluster.backend.backend import Backend
+from cluster.backend.context import Clock, Cluster
+from cluster.control.coordinator import UnitOpenError
+from cluster.control.service import CoordinatorService
+
+__all__ = ["InProcessCluster", "LocalOps"]
+
+
+class LocalOps:
+    """:class:`~cluster.control.coordinator.ClusterOps` over hosts of this process."""
+
+    def __init__(self, hosts: Mapping[str, UnitHost]) -> None:
+        self._hosts = hosts
+        self.gateway_list: list[dict[str, str]] = []
+
+    def alive_nodes(self) -> Mapping[str, str]:
+        return {node: node for node in self._hosts}
+
+    def host_ok(self, node: str) -> bool:
+        return node in self._hosts
+
+    def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
+        try:
+            self._hosts[node].open_unit(unit_id, epoch)
+        except StaleEpoch as exc:
+            raise UnitOpenError(f"{node}: {exc}", stale=True) from exc
+
+    def close_unit(self, node: str, unit_id: str) -> None:
+        self._hosts[node].close_unit(unit_id)
+
+    def gateways(self) -> list[dict[str, str]]:
+        return list(self.gateway_list)
+
+    def metrics_urls(self) -> dict[str, str]:
+        return {}
+
+
+class InProcessCluster:
+    """``nodes`` hosts over ``data_dir`` with ``shards`` account shards and ``partitions``
+    rating partitions, rating with the catalogue in ``tariffs_dir``.
+
+    Use as a context manager, or :meth:`start` / :meth:`close`; :meth:`backend` is what
+    a gateway serves from.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        tariffs_dir: Path,
+        *,
+        shards: int = 4,
+        partitions: int = 2,
+        nodes: tuple[str, ...] = ("n0",),
+        clock: Clock = time.time,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.tariffs_dir = tariffs_dir
+        self.clock = clock
+        self.settings: dict[str, Any] = {
+            "shards": shards,
+            "partitions": partitions,
+            "data_dir": str(data_dir),
+            "tariffs_dir": str(tariffs_dir),
+            **(settings or {}),
+        }
+        self.hosts: dict[str, UnitHost] = {}
+        self.ops = LocalOps(self.hosts)
+        self.coordinator: CoordinatorService | None = None
+        self.transport = LocalTransport(self.hosts, None)
+        self._node_names = nodes
+
+    def router(self) -> UnitRouter:
+        return UnitRouter(
+            self.transport,
+            shards=int(self.settings["shards"]),
+            partitions=int(self.settings["partitions"]),
+        )
+
+    def start(self, timeout_s: float = 30.0) -> InProcessCluster:
+        """Start the hosts and the coordinator; return once every unit is served."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        factory = engine_factory(self.settings)
+        for node in self._node_names:
+            self.hosts[node] = UnitHost(
+                node=node,
+                data_dir=str(self.data_dir),
+                shards=int(self.settings["shards"]),
+                factory=factory,
+                router=self.router(),
+            )
+        self.coordinator = CoordinatorService(
+            data_dir=str(self.data_dir), settings=self.settings, interval_s=0.05, ops=self.ops
+        )
+        self.transport.coordinator = self.coordinator
+        deadline = time.monotonic() + timeout_s
+        while not self.coordinator.healthy():
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"units not served within {timeout_s} s")
+            time.sleep(0.02)
+        return self
+
+    def backend(self) -> Backend:
+        """A backend over this cluster (one per gateway)."""
+        cluster = Cluster(
+            self.router(),
+            tariffs_dir=str(self.tariffs_dir),
+            clock=self.clock,
+            data_dir=str(self.data_dir),
+        )
+        return Backend(cluster)
+
+    def close(self) -> None:
+        """Stop the coordinator and close every unit (their stores and locks)."""
+        if self.coordinator is not None:
+            self.coordinator.stop()
+            self.coordinator = None
+        for host in self.hosts.values():
+            host.close_all()
+        self.hosts.clear()
+
+    def __enter__(self) -> InProcessCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
