@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from actors.store.codec import encode_i64, ledger_key
+from actors.shard.keys import ledger_key
+from actors.store.codec import encode_i64
 from actors.store.storage import Batch, ShardStore
 
 BATCH_SIZES = (1, 100, 1_000, 10_000)

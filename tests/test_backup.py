@@ -15,8 +15,8 @@ from actors.partition.engine import RecordStatus
 from actors.partition.ops import Submit
 from actors.routing import partition_of, shard_of
 from actors.shard import ops
+from actors.shard.keys import account_key
 from actors.store.backup import BackupExists, checkpoint_epoch, open_checkpoint, read_backup
-from actors.store.codec import account_key
 from billing.accounts import PaymentMode
 
 MSISDN = "4915100000042"

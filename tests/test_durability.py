@@ -17,8 +17,8 @@ import ray
 from petribill.v1 import usage_pb2
 
 from actors.routing import shard_of
+from actors.shard.keys import account_key
 from actors.store.backup import open_checkpoint, read_backup
-from actors.store.codec import account_key
 from billing.records import Service, UsageRecord
 from cluster.client import PetribillClient
 from cluster.deploy.runtime import Runtime

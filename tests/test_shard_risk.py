@@ -16,7 +16,8 @@ from test_accounts import EUR, T0, rated
 from actors.engines import engine_factory
 from actors.shard import ops
 from actors.shard.engine import AccountShard
-from actors.shard.risk import RISK_PREFIX, decode_risk, encode_risk, load_risk
+from actors.shard.keys import RISK_PREFIX
+from actors.shard.risk import decode_risk, encode_risk, load_risk
 from actors.store.codec import CodecError
 from billing.accounts import AccountStatus, Result
 from billing.fraud import Action, FraudConfig, PremiumRule, RiskState, VelocityRule

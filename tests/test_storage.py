@@ -6,20 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from actors.shard.keys import (
+    account_key,
+    idempotency_key,
+    ledger_key,
+    ledger_prefix,
+    split_ledger_key,
+)
 from actors.store.codec import (
     EPOCH_KEY,
     CodecError,
-    account_key,
     decode_i64,
     decode_i128,
     decode_u64,
     encode_i64,
     encode_i128,
     encode_u64,
-    idempotency_key,
-    ledger_key,
-    ledger_prefix,
-    split_ledger_key,
 )
 from actors.store.storage import (
     Batch,

@@ -1,6 +1,6 @@
 """The reject store of a rating partition: every record not charged, with its reason.
 
-Nothing is dropped silently (DESIGN.md): a record that cannot be read, rated
+Nothing is dropped silently: a record that cannot be read, rated
 or charged is stored here with a reason a person can act on and, for readable
 records, can be reprocessed once the cause is fixed (the missing account was
 created, the tariff now has the destination, the balance was topped up).

@@ -4,10 +4,10 @@ sessions, refunds. Each takes its operation (``actors.shard.ops``) and is one sy
 from __future__ import annotations
 
 from actors.shard import ops
-from actors.shard.codec import key_after
 from actors.shard.core import ShardCore
+from actors.shard.keys import RESERVATION_PREFIX, key_after, prefix_end
 from actors.shard.ops import Applied
-from actors.shard.work import RESERVATION_PREFIX, Work, prefix_end
+from actors.shard.work import Work
 from actors.store.codec import decode_u64
 from billing.accounts import (
     Account,

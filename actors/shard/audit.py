@@ -9,9 +9,15 @@ from typing import Final
 from actors.shard import ops
 from actors.shard.codec import decode_account, decode_ledger_row, decode_value
 from actors.shard.core import ShardCore
-from actors.shard.outbox import OUTBOX_PREFIX, REFUSED_PREFIX
-from actors.shard.work import INVOICE_PREFIX
-from actors.store.codec import ACCOUNT_PREFIX, IDEMPOTENCY_PREFIX, ledger_prefix, split_ledger_key
+from actors.shard.keys import (
+    ACCOUNT_PREFIX,
+    IDEMPOTENCY_PREFIX,
+    INVOICE_PREFIX,
+    OUTBOX_PREFIX,
+    REFUSED_PREFIX,
+    ledger_prefix,
+    split_ledger_key,
+)
 from billing.billrun.run import ledger_difference
 from billing.charging.batch import Charge
 from billing.invoice import InvoiceStatus

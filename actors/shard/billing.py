@@ -6,10 +6,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from actors.shard import ops
-from actors.shard.codec import key_after
 from actors.shard.core import ShardCore
-from actors.shard.work import AGEING_PREFIX, Work, prefix_end
-from actors.store.codec import ACCOUNT_PREFIX, encode_u64
+from actors.shard.keys import ACCOUNT_PREFIX, AGEING_PREFIX, key_after, prefix_end
+from actors.shard.work import Work
+from actors.store.codec import encode_u64
 from billing.accounts import Result
 from billing.billrun.run import BillResult, bill_run, billing_account, invoice_id_for
 from billing.cycle import monthly_cycle

@@ -52,7 +52,8 @@ from typing import Any, Final
 
 import msgpack
 
-from actors.store.codec import CodecError, account_key, encode_u64, ledger_prefix
+from actors.shard.keys import account_key, ledger_prefix
+from actors.store.codec import CodecError
 from actors.store.value_codec import decode_value, encode_value, pack_value, unpack_value
 from billing.accounts import Account, AccountState, Result
 from billing.charging.batch import Charge
@@ -72,11 +73,7 @@ __all__ = [
     "encode_charge_row",
     "encode_entry",
     "encode_value",
-    "key_after",
-    "ledger_seq_key",
     "new_packer",
-    "prefixed",
-    "prefixed_seq",
 ]
 
 Pack = Callable[[Any], bytes]
@@ -95,33 +92,6 @@ def _packb(value: Any) -> bytes:
 
 
 # -- keys -------------------------------------------------------------------------------
-
-
-def _id(value: str) -> bytes:
-    data = value.encode()
-    if not data or b"\x00" in data:
-        raise CodecError(f"id must be non-empty and contain no NUL: {value!r}")
-    return data
-
-
-def prefixed(prefix: bytes, *parts: str) -> bytes:
-    """``prefix`` + the ids joined by NUL (the last one not NUL-terminated)."""
-    return prefix + b"\x00".join(_id(p) for p in parts)
-
-
-def prefixed_seq(prefix: bytes, owner: str | None, seq: int) -> bytes:
-    """``prefix[<owner>\\0]<seq u64>``: rows in sequence order (per owner)."""
-    head = prefix if owner is None else prefix + _id(owner) + b"\x00"
-    return head + encode_u64(seq)
-
-
-def ledger_seq_key(account_id: str, seq: int) -> bytes:
-    return ledger_prefix(account_id) + encode_u64(seq)
-
-
-def key_after(key: bytes) -> bytes:
-    """The smallest key greater than ``key`` (to resume a scan)."""
-    return key + b"\x00"
 
 
 # -- account rows -------------------------------------------------------------------------

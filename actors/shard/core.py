@@ -15,12 +15,12 @@ from actors.shard.codec import (
     decode_account,
     decode_ledger_row,
     decode_value,
-    ledger_seq_key,
     new_packer,
 )
+from actors.shard.keys import INVOICE_PREFIX, NOTIFICATION_SEQ_KEY, account_key, ledger_key
 from actors.shard.ops import Applied
-from actors.shard.work import INVOICE_PREFIX, NOTIFICATION_SEQ_KEY, Work
-from actors.store.codec import account_key, decode_u64
+from actors.shard.work import Work
+from actors.store.codec import decode_u64
 from actors.store.storage import LruCache, ShardStore
 from billing.accounts import AccountState, Outcome, Result
 from billing.billrun.run import BillRunConfig
@@ -97,7 +97,7 @@ class ShardCore:
         return row
 
     def charge_row(self, account_id: str, seq: int) -> Charge:
-        raw = self.store.get(ledger_seq_key(account_id, seq))
+        raw = self.store.get(ledger_key(account_id, seq))
         invariant(raw is not None, f"mark points at missing ledger row {account_id}#{seq}")
         assert raw is not None  # for mypy; the invariant above always runs
         row = decode_ledger_row(raw)

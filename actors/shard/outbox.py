@@ -25,10 +25,7 @@ from dataclasses import dataclass
 from actors.routing import shard_of
 from billing.sponsor import SponsoredUsage
 
-__all__ = ["OUTBOX_PREFIX", "REFUSED_PREFIX", "Forward", "forward_id", "group_by_shard"]
-
-OUTBOX_PREFIX = b"f/"
-REFUSED_PREFIX = b"x/"
+__all__ = ["Forward", "forward_id", "group_by_shard"]
 
 
 def forward_id(usage: SponsoredUsage) -> str:

@@ -14,30 +14,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from actors.shard import ops
-from actors.shard.codec import (
-    AccountRow,
-    decode_account,
-    decode_ledger_row,
-    decode_value,
-    ledger_seq_key,
-    prefixed,
-    prefixed_seq,
-)
+from actors.shard.codec import AccountRow, decode_account, decode_ledger_row, decode_value
 from actors.shard.core import ShardCore
-from actors.shard.work import (
+from actors.shard.keys import (
     ACCOUNT_NOTIFICATION_PREFIX,
     INVOICE_INDEX_PREFIX,
     INVOICE_PREFIX,
-    NOTIFICATION_PREFIX,
-    prefix_end,
-)
-from actors.store.codec import (
     LEDGER_PREFIX,
+    NOTIFICATION_PREFIX,
     account_key,
-    decode_u64,
+    ledger_key,
     ledger_prefix,
+    prefix_end,
+    prefixed,
+    prefixed_seq,
     split_ledger_key,
 )
+from actors.store.codec import decode_u64
 from billing.accounts import AccountState
 from billing.charging.batch import Charge
 from billing.invoice import Invoice
@@ -98,9 +91,7 @@ class ShardQueries:
         while end > 0:
             start = max(end - window, 0)
             rows = list(
-                self.core.store.scan(
-                    ledger_seq_key(account_id, start), ledger_seq_key(account_id, end)
-                )
+                self.core.store.scan(ledger_key(account_id, start), ledger_key(account_id, end))
             )
             for key, raw in reversed(rows):
                 item = decode_ledger_row(raw)

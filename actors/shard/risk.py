@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 import structlog
 
-from actors.shard.codec import Pack, prefixed
+from actors.shard.codec import Pack
+from actors.shard.keys import RISK_PREFIX, prefixed
 from actors.store.codec import CodecError
 from billing.accounts import CHARGED_RESULTS, AccountStatus, Result
 from billing.charging.batch import Charge
@@ -61,11 +62,10 @@ if TYPE_CHECKING:
     from actors.shard.core import ShardCore
     from actors.shard.work import Work
 
-__all__ = ["RISK_PREFIX", "assess_batch", "decode_risk", "encode_risk", "load_risk", "risk_key"]
+__all__ = ["assess_batch", "decode_risk", "encode_risk", "load_risk", "risk_key"]
 
 log = structlog.get_logger("petribill.risk")
 
-RISK_PREFIX: Final = b"k/"
 # The results of a record that this call charged (a repeat is DUPLICATE).
 NEWLY_CHARGED: Final = CHARGED_RESULTS | {Result.SPONSORED}
 # The stored layout lists RiskState's fields by position (the hot path: one row per

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from actors.shard import ops
-from actors.shard.codec import decode_value, encode_value, prefixed
+from actors.shard.codec import decode_value, encode_value
 from actors.shard.core import ShardCore
+from actors.shard.keys import OUTBOX_PREFIX, REFUSED_PREFIX, prefixed
 from actors.shard.ops import Applied
-from actors.shard.outbox import OUTBOX_PREFIX, REFUSED_PREFIX, Forward
+from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import AccountView, MarkView, Work, without_rated
 from actors.store.storage import Batch

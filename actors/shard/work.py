@@ -22,11 +22,25 @@ from actors.shard.codec import (
     encode_charge_row,
     encode_entry,
     encode_value,
+)
+from actors.shard.keys import (
+    ACCOUNT_NOTIFICATION_PREFIX,
+    AGEING_PREFIX,
+    BILLING_PREFIX,
+    IDEMPOTENCY_PREFIX,
+    INVOICE_INDEX_PREFIX,
+    INVOICE_PREFIX,
+    NOTIFICATION_ID_PREFIX,
+    NOTIFICATION_PREFIX,
+    NOTIFICATION_SEQ_KEY,
+    OUTBOX_PREFIX,
+    RESERVATION_PREFIX,
+    idempotency_key,
     prefixed,
     prefixed_seq,
 )
-from actors.shard.outbox import OUTBOX_PREFIX, Forward
-from actors.store.codec import IDEMPOTENCY_PREFIX, encode_u64, idempotency_key
+from actors.shard.outbox import Forward
+from actors.store.codec import encode_u64
 from actors.store.storage import Batch
 from billing.accounts import CHARGED_RESULTS, AccountState, Effects
 from billing.billrun.run import BillingState
@@ -44,27 +58,14 @@ from billing.writeoff import WriteoffOutcome
 if TYPE_CHECKING:
     from actors.shard.core import ShardCore
 
-__all__ = ["AccountView", "MarkView", "Work", "prefix_end", "without_rated"]
+__all__ = ["AccountView", "MarkView", "Work", "without_rated"]
 
-BILLING_PREFIX: Final = b"b/"
-INVOICE_PREFIX: Final = b"v/"
-INVOICE_INDEX_PREFIX: Final = b"V/"
-AGEING_PREFIX: Final = b"o/"
-NOTIFICATION_PREFIX: Final = b"N/"
-ACCOUNT_NOTIFICATION_PREFIX: Final = b"n/"
-NOTIFICATION_ID_PREFIX: Final = b"d/"
-RESERVATION_PREFIX: Final = b"r/"
-NOTIFICATION_SEQ_KEY: Final = b"c/notifications"
 AGEING: Final = frozenset({InvoiceStatus.OPEN, InvoiceStatus.PARTIALLY_PAID})
 
 
 def without_rated(row: Charge) -> Charge:
     """``row._replace(rated=None)`` at a sixth of the cost (the answer and mark rows)."""
     return tuple.__new__(Charge, (*row[:17], None))
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def _owner_of(entry: Entry, context: str | None) -> str:

@@ -10,18 +10,10 @@ Values
     width, so a value written at one width is never read at another.
 
 Keys
-    Every key starts with a one-letter type and ``/`` so that a prefix scan
-    visits exactly one kind of row and the kinds sort apart::
-
-        a/<account>                  account state
-        l/<account>\\x00<seq u64>     ledger posting, in sequence order per account
-        i/<idempotency key>          idempotency mark (record_id / request_id)
-        m/<name>                     shard metadata, e.g. m/epoch
-
-    Account ids and idempotency keys are UTF-8 without NUL; the NUL after the
-    account in ledger keys ends the id, so ``ab`` sorts before ``abc`` and a scan
-    of ``ab``'s ledger never strays into ``abc``'s. Sequence numbers are unsigned
-    big-endian, so byte order is numeric order.
+    The store's own keys live under ``m/`` (the epoch, the commit count and the
+    write log); a unit's rows are laid out by its engine (an account shard's in
+    :mod:`actors.shard.keys`). Ids in keys are UTF-8 without NUL
+    (:func:`id_bytes`), so NUL can separate key parts.
 """
 
 from __future__ import annotations
@@ -29,15 +21,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "ACCOUNT_PREFIX",
     "COMMITS_KEY",
     "EPOCH_KEY",
-    "IDEMPOTENCY_PREFIX",
-    "LEDGER_PREFIX",
     "META_PREFIX",
     "WRITE_LOG_PREFIX",
     "CodecError",
-    "account_key",
     "decode_i64",
     "decode_i128",
     "decode_u64",
@@ -45,15 +33,8 @@ __all__ = [
     "encode_i128",
     "encode_u64",
     "id_bytes",
-    "idempotency_key",
-    "ledger_key",
-    "ledger_prefix",
-    "split_ledger_key",
 ]
 
-ACCOUNT_PREFIX: Final = b"a/"
-LEDGER_PREFIX: Final = b"l/"
-IDEMPOTENCY_PREFIX: Final = b"i/"
 META_PREFIX: Final = b"m/"
 EPOCH_KEY: Final = b"m/epoch"
 COMMITS_KEY: Final = b"m/commits"  # batches ever committed (u64)
@@ -119,33 +100,3 @@ def id_bytes(kind: str, value: str) -> bytes:
     if not data or b"\x00" in data:
         raise CodecError(f"{kind} must be non-empty and contain no NUL: {value!r}")
     return data
-
-
-def account_key(account_id: str) -> bytes:
-    """Key of an account's state row."""
-    return ACCOUNT_PREFIX + id_bytes("account id", account_id)
-
-
-def ledger_prefix(account_id: str) -> bytes:
-    """Prefix of all ledger postings of one account (for a prefix scan)."""
-    return LEDGER_PREFIX + id_bytes("account id", account_id) + b"\x00"
-
-
-def ledger_key(account_id: str, seq: int) -> bytes:
-    """Key of posting number ``seq`` of an account."""
-    return ledger_prefix(account_id) + encode_u64(seq)
-
-
-def split_ledger_key(key: bytes) -> tuple[str, int]:
-    """``(account_id, seq)`` of a key built by :func:`ledger_key`."""
-    if not key.startswith(LEDGER_PREFIX) or len(key) < len(LEDGER_PREFIX) + 10:
-        raise CodecError(f"not a ledger key: {key!r}")
-    body, seq = key[len(LEDGER_PREFIX) : -8], key[-8:]
-    if not body.endswith(b"\x00"):
-        raise CodecError(f"not a ledger key: {key!r}")
-    return body[:-1].decode("utf-8"), decode_u64(seq)
-
-
-def idempotency_key(key: str) -> bytes:
-    """Key of the idempotency mark of a ``record_id`` or ``request_id``."""
-    return IDEMPOTENCY_PREFIX + id_bytes("idempotency key", key)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from actors.store.codec import decode_u64
+from actors.store.files import write_atomic
 from billing.invariant import invariant
 
 __all__ = [
@@ -141,20 +142,6 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_fence_epoch(path: Path | str) -> int:

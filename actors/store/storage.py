@@ -52,8 +52,8 @@ from typing import Generic, TypeVar
 import structlog
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
+from actors.shard.keys import ACCOUNT_PREFIX
 from actors.store.codec import (
-    ACCOUNT_PREFIX,
     COMMITS_KEY,
     EPOCH_KEY,
     META_PREFIX,

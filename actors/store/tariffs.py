@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Final
 
+from actors.store.files import write_atomic
+
 __all__ = ["NAME", "TariffsExist", "current_tariffs_dir", "persist_tariffs", "set_current"]
 
 NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -86,8 +88,4 @@ def set_current(data_dir: Path | str, name: str) -> None:
     invalid = not NAME.fullmatch(name) or not (root / name).is_dir()
     if invalid:
         raise ValueError(f"no loaded catalogue named {name!r} in {root}")
-    tmp = root / f".{_CURRENT}.{os.getpid()}.tmp"
-    tmp.write_text(name + "\n")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(root / _CURRENT)
+    write_atomic(root / _CURRENT, (name + "\n").encode())

@@ -1,4 +1,4 @@
-"""The one table from the core's business results to gRPC status codes (DESIGN.md, API).
+"""The one table from the core's business results to gRPC status codes (docs/architecture.md).
 
 The billing core answers with values (``billing.accounts.Result``,
 ``billing.writeoff.WriteoffResult``, a bill run's ``refused`` reason); the

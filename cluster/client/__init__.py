@@ -26,6 +26,7 @@ A few calls do more than one RPC's worth and are written here: :meth:`iter_usage
 
 from __future__ import annotations
 
+from cluster.client.calls import install_rpc_methods
 from cluster.client.streams import StreamCalls
 from cluster.client.transport import PetribillError, Transport
 
@@ -38,3 +39,6 @@ class PetribillClient(StreamCalls):
     ``PetribillClient(addresses, timeout_s=10.0, retries=8)``; see :class:`Transport`
     for every option. Its RPC methods are listed by ``help(PetribillClient)``.
     """
+
+
+install_rpc_methods(PetribillClient)

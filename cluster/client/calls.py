@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message_factory import GetMessageClass
@@ -21,7 +21,7 @@ from google.protobuf.message_factory import GetMessageClass
 from cluster.client.requests import build_request, positional_fields
 from cluster.client.transport import PROTO_MODULES, Transport
 
-__all__ = ["RpcCalls", "method_name"]
+__all__ = ["install_rpc_methods", "method_name"]
 
 
 def method_name(rpc: str) -> str:
@@ -68,17 +68,11 @@ def _make(method: MethodDescriptor) -> Callable[..., Any]:
     return call
 
 
-class RpcCalls(Transport):
-    """The transport with a method per RPC (added below, from the descriptors)."""
-
-    if TYPE_CHECKING:  # the methods are made at import time, so any name is a call to mypy
-
-        def __getattr__(self, name: str) -> Callable[..., Any]: ...
-
-
-for _module in PROTO_MODULES:
-    for _service in _module.DESCRIPTOR.services_by_name.values():
-        for _method in _service.methods:
-            if _method.client_streaming or hasattr(RpcCalls, method_name(_method.name)):
-                continue
-            setattr(RpcCalls, method_name(_method.name), _make(_method))
+def install_rpc_methods(cls: type[Transport]) -> None:
+    """Give ``cls`` a method per RPC of petribill.v1 that it does not define itself."""
+    for module in PROTO_MODULES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if method.client_streaming or hasattr(cls, method_name(method.name)):
+                    continue
+                setattr(cls, method_name(method.name), _make(method))

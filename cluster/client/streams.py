@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import collections
 import queue
-from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
 
-from cluster.client.calls import RpcCalls
-from cluster.client.transport import PetribillError, RecordLike
+from cluster.client.transport import PetribillError, RecordLike, Transport
 from cluster.wire import record_to_proto
 
 __all__ = ["StreamCalls"]
@@ -22,8 +21,14 @@ _SEEN_NOTIFICATIONS_MAX = 10_000
 _END = object()  # closes a StreamUsage request queue
 
 
-class StreamCalls(RpcCalls):
-    """The calls that are more than one RPC: paging, pipelined streams, resubscription."""
+class StreamCalls(Transport):
+    """The calls that are more than one RPC: paging, pipelined streams, resubscription.
+
+    ``list_usage`` is the RPC method the client gets from its descriptor."""
+
+    if TYPE_CHECKING:  # the RPC methods are made at import time: any name is a call to mypy
+
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
     def iter_usage(self, account_id: str, *, page: int = 1000) -> Iterator[accounts_pb2.UsageLine]:
         """Every usage line of the account, newest first, a page at a time."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.store.files import write_atomic
+
 __all__ = [
     "ControlState",
     "append_journal",
@@ -72,17 +74,7 @@ def save_state(data_dir: Path, state: ControlState) -> None:
         },
         indent=1,
     )
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, body.encode())
 
 
 def journal_path(data_dir: Path) -> Path:
