@@ -34,7 +34,25 @@ __all__ = ["Binding", "PetriModel", "Step", "TransitionRefused"]
 Binding = Mapping[str, str | int]
 
 #: Net variables that never appear in a public binding.
-_HIDDEN = frozenset({"prev", "status", "owned", "owner", "fenced"})
+_HIDDEN = frozenset(
+    {
+        "prev",
+        "status",
+        "owned",
+        "owner",
+        "fenced",
+        # Of the replicated net: the primary found from the shard, node statuses,
+        # flushed places and a follower's lag.
+        "primary",
+        "pstatus",
+        "fstatus",
+        "nstatus",
+        "followers",
+        "locks",
+        "nodes",
+        "behind",
+    }
+)
 _EPOCH_PLACE = PLACES.index("shard_epoch")
 
 
