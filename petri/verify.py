@@ -3,7 +3,8 @@
 A breadth-first search over :meth:`PetriModel.all_steps` visits every reachable
 marking and checks, on each marking, on each step and on the whole graph:
 
-- ``one_place_per_shard``: each shard is exactly one of free, owned, recovering;
+- ``one_place_per_shard``: each shard is exactly one of free, owned, recovering
+  (or lost, in a replicated net);
 - ``one_status_per_node``: each configured node has exactly one status;
 - ``one_epoch_per_shard``: each shard has exactly one stored epoch;
 - ``lock_plus_holders``: per shard, lock_free + lock_held = 1, and a held
