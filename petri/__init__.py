@@ -4,20 +4,29 @@ Pure: no Ray, no IO (except :func:`render_svg`, which an operator command
 calls). The coordinator builds a :class:`PetriModel` for its configuration,
 fires a transition before it acts (:meth:`PetriModel.fire` raises
 :class:`TransitionRefused` for a step the rules forbid), and persists the
-marking with :func:`marking_to_json`. See docs/petri-net.md.
+marking with :func:`marking_to_json`. With ``NetConfig.replication_factor``
+of 2 or more, shards have followers and failover promotes an in-sync one.
+See docs/petri-net.md.
 """
 
-from petri.config import LockKind, NetConfig, NodeStatus, ShardKind, ShardSpec
+from petri.config import FollowerState, LockKind, NetConfig, NodeStatus, ShardKind, ShardSpec
 from petri.marking import (
     Marking,
     MarkingFormatError,
+    behind_of,
     epoch_of,
+    followers_of,
+    followers_on,
     initial_marking,
+    is_fully_replicated,
     is_healthy,
+    isr_of,
+    lost_shards,
     marking_from_json,
     marking_to_json,
     node_status,
     owner_of,
+    primary_of,
     shards_of,
 )
 from petri.model import Binding, PetriModel, Step, TransitionRefused
@@ -27,6 +36,7 @@ from petri.verify import VerificationReport, Violation, verify
 
 __all__ = [
     "Binding",
+    "FollowerState",
     "LockKind",
     "Marking",
     "MarkingFormatError",
@@ -42,15 +52,22 @@ __all__ = [
     "TransitionRefused",
     "VerificationReport",
     "Violation",
+    "behind_of",
     "check_trace",
     "epoch_of",
     "events_from_jsonl",
+    "followers_of",
+    "followers_on",
     "initial_marking",
+    "is_fully_replicated",
     "is_healthy",
+    "isr_of",
+    "lost_shards",
     "marking_from_json",
     "marking_to_json",
     "node_status",
     "owner_of",
+    "primary_of",
     "render_dot",
     "render_svg",
     "shards_of",

@@ -1,10 +1,15 @@
-"""The configuration a control-plane net is built for: node ids, shards and lock kinds.
+"""The configuration a control-plane net is built for: node ids, shards, lock kinds, copies.
 
 The net is finite by construction: every node the cluster may ever contain is
 named up front (a node that has not joined yet sits in status ``absent``), and
 so is every shard. Account shards and rating partitions are both *shards*; the
 kind only decides which locks a shard can take (a bill run closes accounts, so
 rating partitions never hold a bill-run lock).
+
+The replication factor picks the failover rules. With one copy (the ``local``
+and ``shared`` storage modes) a dead owner's shard is fenced and taken over by
+any alive node. With two or more (``replicated``) every shard has a primary and
+followers on other nodes, and only an in-sync follower may become primary.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    "FollowerState",
     "LockKind",
     "NetConfig",
     "NodeStatus",
@@ -44,6 +50,15 @@ class NodeStatus(StrEnum):
     DEAD = "dead"
 
 
+class FollowerState(StrEnum):
+    """Where a follower of a replicated shard stands."""
+
+    #: Copying the primary's checkpoint and the batches since; not in the in-sync set.
+    CATCHING_UP = "catching_up"
+    #: In the in-sync set (ISR): the primary acknowledges a batch only once this copy has it.
+    IN_SYNC = "in_sync"
+
+
 #: Which lock kinds each shard kind may take.
 LOCKS_BY_KIND: dict[ShardKind, frozenset[LockKind]] = {
     ShardKind.ACCOUNT: frozenset({LockKind.BILL_RUN, LockKind.MIGRATION}),
@@ -66,6 +81,8 @@ class NetConfig:
     ``initial_nodes`` are alive in the initial marking; the other nodes are
     ``absent`` until they join. ``lock_kinds`` restricts the lock transitions
     built (verification of big configurations may leave one kind out).
+    ``replication_factor`` is the number of copies of each shard (primary plus
+    followers); 1 builds the net of the ``local``/``shared`` modes unchanged.
     """
 
     nodes: tuple[str, ...]
@@ -74,6 +91,7 @@ class NetConfig:
     lock_kinds: frozenset[LockKind] = field(
         default_factory=lambda: frozenset({LockKind.BILL_RUN, LockKind.MIGRATION})
     )
+    replication_factor: int = 1
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -86,6 +104,8 @@ class NetConfig:
         if self.initial_nodes is not None and not self.initial_nodes <= set(self.nodes):
             unknown = sorted(self.initial_nodes - set(self.nodes))
             raise ValueError(f"initial nodes not in nodes: {unknown}")
+        if self.replication_factor < 1:
+            raise ValueError(f"replication factor must be at least 1: {self.replication_factor}")
 
     @classmethod
     def small(
@@ -96,6 +116,7 @@ class NetConfig:
         rating_shards: int = 0,
         initially_alive: int | None = None,
         lock_kinds: frozenset[LockKind] | None = None,
+        replication_factor: int = 1,
     ) -> NetConfig:
         """Build a configuration with generated ids ``n1..``, ``acct-0..``, ``rate-0..``."""
         node_ids = tuple(f"n{i + 1}" for i in range(nodes))
@@ -110,7 +131,13 @@ class NetConfig:
             shards=shards,
             initial_nodes=frozenset(alive),
             lock_kinds=lock_kinds if lock_kinds is not None else frozenset(LockKind),
+            replication_factor=replication_factor,
         )
+
+    @property
+    def replicated(self) -> bool:
+        """Whether shards have followers (and failover promotes one instead of a takeover)."""
+        return self.replication_factor > 1
 
     @property
     def shard_ids(self) -> tuple[str, ...]:

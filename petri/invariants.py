@@ -9,6 +9,7 @@ from __future__ import annotations
 from petri.config import LOCKS_BY_KIND, LockKind, NetConfig, NodeStatus
 from petri.marking import PLACES, Marking
 from petri.model import PetriModel, Step
+from petri.replica_invariants import check_replica_marking
 
 __all__ = ["SHARD_PLACES", "check_marking", "check_step", "check_writers", "touches"]
 
@@ -22,6 +23,8 @@ def _shard_states(marking: Marking) -> dict[str, list[tuple[str, str, int]]]:
     states: dict[str, list[tuple[str, str, int]]] = {}
     for shard in marking.free_shards():
         states.setdefault(shard, []).append(("shard_free", "", -1))
+    for shard in marking.lost():
+        states.setdefault(shard, []).append(("shard_lost", "", -1))
     for place, tokens in (
         ("shard_owned", marking.owned()),
         ("shard_recovering", marking.recovering()),
@@ -32,7 +35,11 @@ def _shard_states(marking: Marking) -> dict[str, list[tuple[str, str, int]]]:
 
 
 def check_marking(config: NetConfig, marking: Marking) -> list[tuple[str, str]]:
-    """The marking invariants broken by ``marking``, as ``(invariant, detail)``."""
+    """The marking invariants broken by ``marking``, as ``(invariant, detail)``.
+
+    A replicated configuration's markings are also checked for the follower
+    invariants of :func:`petri.replica_invariants.check_replica_marking`.
+    """
     broken: list[tuple[str, str]] = []
     statuses: dict[str, list[str]] = {}
     for node, status in marking.nodes():
@@ -71,6 +78,8 @@ def check_marking(config: NetConfig, marking: Marking) -> list[tuple[str, str]]:
                     broken.append(("owner_in_cluster", f"{shard}: {state} node {node_states}"))
             if state[0] == "shard_recovering" and state[2] >= current:
                 broken.append(("fenced_is_behind", f"{shard}: {state} vs stored {current}"))
+    if config.replicated:
+        broken += check_replica_marking(config, marking)
     return broken
 
 

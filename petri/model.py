@@ -2,9 +2,10 @@
 
 SNAKES computes the semantics (modes, guards, token flows); this module turns
 them into plain values and caches them. A transition's modes and flows depend
-only on the tokens of its input places (test and flush arcs included), so they
-are cached per ``(transition, tokens of its input places)``; the cache makes
-reachability checking fast and is bounded.
+only on the tokens of its input places (test and flush arcs included) that its
+arcs' patterns can match (:mod:`petri.prefilter`), so they are cached per
+``(transition, those tokens)``; the cache makes reachability checking fast and
+is bounded.
 
 Bindings are what the coordinator logs: ``{"shard": "acct-3", "node": "n2",
 "epoch": 5}``. Internal variables of the net (the previous epoch, the node's
@@ -26,13 +27,32 @@ import snakes.nets as sn
 from petri.config import NetConfig
 from petri.marking import PLACES, Marking, Token, token_sort_key
 from petri.net import OBSERVATIONS, build_net
+from petri.prefilter import ArcFilter, arc_filter
 
 __all__ = ["Binding", "PetriModel", "Step", "TransitionRefused"]
 
 Binding = Mapping[str, str | int]
 
 #: Net variables that never appear in a public binding.
-_HIDDEN = frozenset({"prev", "status", "owned", "owner", "fenced"})
+_HIDDEN = frozenset(
+    {
+        "prev",
+        "status",
+        "owned",
+        "owner",
+        "fenced",
+        # Of the replicated net: the primary found from the shard, node statuses,
+        # flushed places and a follower's lag.
+        "primary",
+        "pstatus",
+        "fstatus",
+        "nstatus",
+        "followers",
+        "locks",
+        "nodes",
+        "behind",
+    }
+)
 _EPOCH_PLACE = PLACES.index("shard_epoch")
 
 
@@ -105,12 +125,19 @@ class PetriModel:
         self.config = config
         self._net = build_net(config) if net is None else net
         self._cache_entries_max = cache_entries_max
+        # Steps by the whole input places, then by the tokens the arcs can bind.
         self._cache: dict[tuple[str, tuple[tuple[Token, ...], ...]], tuple[Step, ...]] = {}
+        self._modes: dict[tuple[str, tuple[tuple[Token, ...], ...]], tuple[Step, ...]] = {}
         self._inputs: dict[str, tuple[int, ...]] = {}
+        self._filters: dict[str, tuple[tuple[int, ArcFilter], ...]] = {}
         self._variables: dict[str, frozenset[str]] = {}
         for transition in self._net.transition():
-            places = sorted({PLACES.index(p.name) for p, _ in transition.input()})
-            self._inputs[transition.name] = tuple(places)
+            arcs = sorted(
+                ((PLACES.index(p.name), arc_filter(label)) for p, label in transition.input()),
+                key=lambda arc: arc[0],
+            )
+            self._inputs[transition.name] = tuple(index for index, _ in arcs)
+            self._filters[transition.name] = tuple(arcs)
             public = set(transition.vars()) - _HIDDEN
             if any(p.name == "shard_epoch" for p, _ in transition.output()):
                 public.add("epoch")
@@ -128,14 +155,34 @@ class PetriModel:
 
     def steps(self, marking: Marking, transition: str) -> tuple[Step, ...]:
         """Every enabled mode of ``transition`` in ``marking``."""
-        local = tuple(marking.places[i] for i in self._inputs[transition])
-        key = (transition, local)
+        key = (transition, tuple(marking.places[i] for i in self._inputs[transition]))
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._compute(marking, transition)
+            cached = self._filtered_steps(key[1], transition)
             if len(self._cache) >= self._cache_entries_max:
                 self._cache.clear()
             self._cache[key] = cached
+        return cached
+
+    def _filtered_steps(
+        self, inputs: tuple[tuple[Token, ...], ...], transition: str
+    ) -> tuple[Step, ...]:
+        # Only the tokens an input arc can bind matter (petri.prefilter): markings that
+        # differ elsewhere share one SNAKES computation, and with fewer tokens than an
+        # arc needs the transition is disabled without asking SNAKES at all.
+        local = []
+        for (_, kept), tokens in zip(self._filters[transition], inputs, strict=True):
+            matching = kept.keep(tokens)
+            if len(matching) < kept.needed:
+                return ()
+            local.append(matching)
+        key = (transition, tuple(local))
+        cached = self._modes.get(key)
+        if cached is None:
+            cached = self._compute(key[1], transition)
+            if len(self._modes) >= self._cache_entries_max:
+                self._modes.clear()
+            self._modes[key] = cached
         return cached
 
     def all_steps(self, marking: Marking, *, observations: bool = False) -> list[Step]:
@@ -225,8 +272,9 @@ class PetriModel:
         for i in self._inputs[transition]:
             self._net.place(PLACES[i]).tokens = sn.MultiSet(marking.places[i])
 
-    def _compute(self, marking: Marking, transition: str) -> tuple[Step, ...]:
-        self._load(marking, transition)
+    def _compute(self, local: tuple[tuple[Token, ...], ...], transition: str) -> tuple[Step, ...]:
+        for (index, _), tokens in zip(self._filters[transition], local, strict=True):
+            self._net.place(PLACES[index]).tokens = sn.MultiSet(tokens)
         snakes_transition = self._net.transition(transition)
         public_vars = self._variables[transition]
         steps = []

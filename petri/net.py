@@ -26,6 +26,12 @@ This module is the one place that talks to SNAKES (which has no type hints);
   two fewer shards, under the migration lock; epoch bumped.
 - ``write``: an observation, not a step: the storage accepts a batch from
   ``(shard, node, epoch)`` iff that is the owner token and the stored epoch.
+
+With a replication factor of 2 or more the owner is the shard's *primary* and
+:mod:`petri.replication` adds the followers' rules; ``release`` and
+``takeover`` are then not built (a replicated shard's data lives only on its
+copies, so it is never handed to an arbitrary node), and ``migrate`` and
+``rebalance`` hand the primary to an in-sync follower.
 """
 
 from __future__ import annotations
@@ -35,13 +41,50 @@ from typing import Any
 
 import snakes.nets as sn
 
-from petri.config import LockKind, NetConfig, NodeStatus
-from petri.marking import PLACES
+from petri.arcs import Builder, add_transition, c, node_arc, t, v, x
+from petri.config import FollowerState, LockKind, NetConfig, NodeStatus
+from petri.marking import PLACES, REPLICA_PLACES
+from petri.replication import REPLICA_GLOBALS, REPLICA_TRANSITIONS, add_replica_transitions
 
-__all__ = ["OBSERVATIONS", "add_transition", "build_net", "net_load", "net_moved"]
+__all__ = [
+    "DATA_PLANE",
+    "OBSERVATIONS",
+    "TRANSITION_NAMES",
+    "add_transition",
+    "build_net",
+    "net_load",
+    "net_moved",
+]
 
 #: Transitions that observe the marking without changing it (not progress).
 OBSERVATIONS: frozenset[str] = frozenset({"write"})
+
+#: Transitions of the data plane: modelled for the checker, never fired by the coordinator.
+DATA_PLANE: frozenset[str] = OBSERVATIONS | {"ack"}
+
+#: Every transition name a net of either mode has (with every lock kind).
+TRANSITION_NAMES: frozenset[str] = frozenset(
+    {
+        "join",
+        "drain",
+        "undrain",
+        "leave",
+        "node_fail",
+        "node_recover",
+        "assign",
+        "release",
+        "fence",
+        "takeover",
+        "write",
+        "bill_run_lock",
+        "bill_run_unlock",
+        "migration_lock",
+        "migration_unlock",
+        "migrate",
+        "rebalance",
+    }
+    | REPLICA_TRANSITIONS
+)
 
 _ALIVE = NodeStatus.ALIVE.value
 _DRAINING = NodeStatus.DRAINING.value
@@ -49,6 +92,7 @@ _DEAD = NodeStatus.DEAD.value
 _ABSENT = NodeStatus.ABSENT.value
 _MIGRATION = LockKind.MIGRATION.value
 _BILL_RUN = LockKind.BILL_RUN.value
+_IN_SYNC = FollowerState.IN_SYNC.value
 
 
 def net_load(owned: Iterable[tuple[str, str, int]], node: str) -> int:
@@ -63,200 +107,183 @@ def net_moved(
     return [(s, node, epoch) if s == shard else (s, n, e) for s, n, e in owned]
 
 
-def _v(name: str) -> Any:
-    return sn.Variable(name)
-
-
-def _c(value: str) -> Any:
-    return sn.Value(value)
-
-
-def _x(expr: str) -> Any:
-    return sn.Expression(expr)
-
-
-def _t(*parts: Any) -> Any:
-    return sn.Tuple(list(parts))
-
-
-def _node(name: str, status: str) -> Any:
-    return _t(_v(name), _c(status))
-
-
-def add_transition(
-    net: Any,
-    name: str,
-    *,
-    guard: str = "True",
-    inputs: Iterable[tuple[str, Any]] = (),
-    outputs: Iterable[tuple[str, Any]] = (),
-) -> None:
-    """Add transition ``name`` to a SNAKES ``net`` with its guard and arcs."""
-    net.add_transition(sn.Transition(name, sn.Expression(guard)))
-    for place, label in inputs:
-        net.add_input(place, name, label)
-    for place, label in outputs:
-        net.add_output(place, name, label)
-
-
-class _Builder:
-    """Adds transitions to one SNAKES net."""
-
-    def __init__(self, net: Any) -> None:
-        self.net = net
-
-    def add(
-        self,
-        name: str,
-        *,
-        guard: str = "True",
-        inputs: Iterable[tuple[str, Any]] = (),
-        outputs: Iterable[tuple[str, Any]] = (),
-    ) -> None:
-        add_transition(self.net, name, guard=guard, inputs=inputs, outputs=outputs)
-
-
 def build_net(config: NetConfig, name: str = "petribill") -> Any:
     """A fresh SNAKES ``PetriNet`` for ``config`` (places empty; markings are set later)."""
     net = sn.PetriNet(name)
     for place in PLACES:
-        net.add_place(sn.Place(place))
+        # Without replicas the net is the one of the local and shared modes, place for place.
+        if config.replicated or place not in REPLICA_PLACES:
+            net.add_place(sn.Place(place))
     net.globals["load"] = net_load
     net.globals["moved"] = net_moved
     net.globals["billable"] = config.lockable(LockKind.BILL_RUN)
-    b = _Builder(net)
-    _add_node_transitions(b)
-    _add_ownership_transitions(b)
+    b = Builder(net)
+    _add_node_transitions(b, replicated=config.replicated)
+    _add_ownership_transitions(b, replicated=config.replicated)
     if LockKind.BILL_RUN in config.lock_kinds:
         _add_bill_run_transitions(b)
     if LockKind.MIGRATION in config.lock_kinds:
-        _add_migration_transitions(b)
+        _add_migration_transitions(b, replicated=config.replicated)
+    if config.replicated:
+        for name, helper in REPLICA_GLOBALS.items():
+            net.globals[name] = helper
+        net.globals["rf"] = config.replication_factor
+        add_replica_transitions(b)
     return net
 
 
-def _add_node_transitions(b: _Builder) -> None:
+def _add_node_transitions(b: Builder, *, replicated: bool) -> None:
     for name, src, dst in (
         ("join", _ABSENT, _ALIVE),
         ("drain", _ALIVE, _DRAINING),
         ("undrain", _DRAINING, _ALIVE),
     ):
-        b.add(name, inputs=[("node", _node("node", src))], outputs=[("node", _node("node", dst))])
+        b.add(
+            name,
+            inputs=[("node", node_arc("node", src))],
+            outputs=[("node", node_arc("node", dst))],
+        )
     b.add(
         "node_fail",
         guard=f"status in ({_ALIVE!r}, {_DRAINING!r})",
-        inputs=[("node", _t(_v("node"), _v("status")))],
-        outputs=[("node", _node("node", _DEAD))],
+        inputs=[("node", t(v("node"), v("status")))],
+        outputs=[("node", node_arc("node", _DEAD))],
     )
-    for name, src, dst in (("leave", _DRAINING, _ABSENT), ("node_recover", _DEAD, _ALIVE)):
+    # A replicated node leaves only once its follower copies were moved off too. A dead
+    # node recovers with its followers: their data is on its disk, and no batch was
+    # acknowledged without an in-sync one while it was down (``ack`` waits for them).
+    leave_inputs = [("shard_follower", sn.Test(sn.Flush("followers")))] if replicated else []
+    for name, src, dst, guard, extra in (
+        (
+            "leave",
+            _DRAINING,
+            _ABSENT,
+            "load(owned, node) == 0" + (" and not hosts(followers, node)" if replicated else ""),
+            leave_inputs,
+        ),
+        ("node_recover", _DEAD, _ALIVE, "load(owned, node) == 0", []),
+    ):
         b.add(
             name,
-            guard="load(owned, node) == 0",
-            inputs=[("node", _node("node", src)), ("shard_owned", sn.Test(sn.Flush("owned")))],
-            outputs=[("node", _node("node", dst))],
+            guard=guard,
+            inputs=[
+                ("node", node_arc("node", src)),
+                ("shard_owned", sn.Test(sn.Flush("owned"))),
+                *extra,
+            ],
+            outputs=[("node", node_arc("node", dst))],
         )
 
 
-def _add_ownership_transitions(b: _Builder) -> None:
-    bumped = _t(_v("shard"), _x("prev + 1"))
+def _add_ownership_transitions(b: Builder, *, replicated: bool) -> None:
+    bumped = t(v("shard"), x("prev + 1"))
     b.add(
         "assign",
         inputs=[
-            ("shard_free", _v("shard")),
-            ("shard_epoch", _t(_v("shard"), _v("prev"))),
-            ("node", sn.Test(_node("node", _ALIVE))),
+            ("shard_free", v("shard")),
+            ("shard_epoch", t(v("shard"), v("prev"))),
+            ("node", sn.Test(node_arc("node", _ALIVE))),
         ],
         outputs=[
-            ("shard_owned", _t(_v("shard"), _v("node"), _x("prev + 1"))),
+            ("shard_owned", t(v("shard"), v("node"), x("prev + 1"))),
             ("shard_epoch", bumped),
         ],
     )
-    b.add(
-        "release",
-        inputs=[
-            ("shard_owned", _t(_v("shard"), _v("node"), _v("epoch"))),
-            ("node", sn.Test(_node("node", _ALIVE))),
-            ("lock_free", sn.Test(_v("shard"))),
-        ],
-        outputs=[("shard_free", _v("shard"))],
-    )
+    if not replicated:
+        b.add(
+            "release",
+            inputs=[
+                ("shard_owned", t(v("shard"), v("node"), v("epoch"))),
+                ("node", sn.Test(node_arc("node", _ALIVE))),
+                ("lock_free", sn.Test(v("shard"))),
+            ],
+            outputs=[("shard_free", v("shard"))],
+        )
     b.add(
         "fence",
         inputs=[
-            ("shard_owned", _t(_v("shard"), _v("node"), _v("prev"))),
-            ("shard_epoch", _t(_v("shard"), _v("prev"))),
-            ("node", sn.Test(_node("node", _DEAD))),
+            ("shard_owned", t(v("shard"), v("node"), v("prev"))),
+            ("shard_epoch", t(v("shard"), v("prev"))),
+            ("node", sn.Test(node_arc("node", _DEAD))),
         ],
         outputs=[
-            ("shard_recovering", _t(_v("shard"), _v("node"), _v("prev"))),
+            ("shard_recovering", t(v("shard"), v("node"), v("prev"))),
             ("shard_epoch", bumped),
         ],
     )
-    b.add(
-        "takeover",
-        inputs=[
-            ("shard_recovering", _t(_v("shard"), _v("from_node"), _v("fenced"))),
-            ("shard_epoch", _t(_v("shard"), _v("prev"))),
-            ("node", sn.Test(_node("node", _ALIVE))),
-        ],
-        outputs=[
-            ("shard_owned", _t(_v("shard"), _v("node"), _x("prev + 1"))),
-            ("shard_epoch", bumped),
-        ],
-    )
+    if not replicated:
+        b.add(
+            "takeover",
+            inputs=[
+                ("shard_recovering", t(v("shard"), v("from_node"), v("fenced"))),
+                ("shard_epoch", t(v("shard"), v("prev"))),
+                ("node", sn.Test(node_arc("node", _ALIVE))),
+            ],
+            outputs=[
+                ("shard_owned", t(v("shard"), v("node"), x("prev + 1"))),
+                ("shard_epoch", bumped),
+            ],
+        )
     b.add(
         "write",
         inputs=[
-            ("shard_owned", sn.Test(_t(_v("shard"), _v("node"), _v("epoch")))),
-            ("shard_epoch", sn.Test(_t(_v("shard"), _v("epoch")))),
+            ("shard_owned", sn.Test(t(v("shard"), v("node"), v("epoch")))),
+            ("shard_epoch", sn.Test(t(v("shard"), v("epoch")))),
         ],
     )
 
 
-def _add_bill_run_transitions(b: _Builder) -> None:
+def _add_bill_run_transitions(b: Builder) -> None:
     b.add(
         "bill_run_lock",
         guard="shard in billable",
-        inputs=[("lock_free", _v("shard"))],
-        outputs=[("lock_held", _t(_v("shard"), _c(_BILL_RUN)))],
+        inputs=[("lock_free", v("shard"))],
+        outputs=[("lock_held", t(v("shard"), c(_BILL_RUN)))],
     )
     b.add(
         "bill_run_unlock",
-        inputs=[("lock_held", _t(_v("shard"), _c(_BILL_RUN)))],
-        outputs=[("lock_free", _v("shard"))],
+        inputs=[("lock_held", t(v("shard"), c(_BILL_RUN)))],
+        outputs=[("lock_free", v("shard"))],
     )
 
 
-def _add_migration_transitions(b: _Builder) -> None:
-    held = ("lock_held", sn.Test(_t(_v("shard"), _c(_MIGRATION))))
+def _add_migration_transitions(b: Builder, *, replicated: bool) -> None:
+    held = ("lock_held", sn.Test(t(v("shard"), c(_MIGRATION))))
     b.add(
         "migration_lock",
         inputs=[
-            ("lock_free", _v("shard")),
-            ("shard_owned", sn.Test(_t(_v("shard"), _v("owner"), _v("epoch")))),
+            ("lock_free", v("shard")),
+            ("shard_owned", sn.Test(t(v("shard"), v("owner"), v("epoch")))),
         ],
-        outputs=[("lock_held", _t(_v("shard"), _c(_MIGRATION)))],
+        outputs=[("lock_held", t(v("shard"), c(_MIGRATION)))],
     )
     b.add(
         "migration_unlock",
-        inputs=[("lock_held", _t(_v("shard"), _c(_MIGRATION)))],
-        outputs=[("lock_free", _v("shard"))],
+        inputs=[("lock_held", t(v("shard"), c(_MIGRATION)))],
+        outputs=[("lock_free", v("shard"))],
     )
+    # Replicated: the new primary is an in-sync follower. A drained node's copy is
+    # closed (the node is leaving); a rebalanced primary stays as an in-sync follower,
+    # since it has every acknowledged batch.
+    taken = [("shard_follower", t(v("shard"), v("node"), c(_IN_SYNC), v("behind")))]
     b.add(
         "migrate",
         inputs=[
-            ("shard_owned", _t(_v("shard"), _v("from_node"), _v("prev"))),
-            ("shard_epoch", _t(_v("shard"), _v("prev"))),
+            ("shard_owned", t(v("shard"), v("from_node"), v("prev"))),
+            ("shard_epoch", t(v("shard"), v("prev"))),
             held,
             (
                 "node",
-                sn.Test(sn.MultiArc([_node("from_node", _DRAINING), _node("node", _ALIVE)])),
+                sn.Test(sn.MultiArc([node_arc("from_node", _DRAINING), node_arc("node", _ALIVE)])),
             ),
+            *(taken if replicated else []),
         ],
         outputs=[
-            ("shard_owned", _t(_v("shard"), _v("node"), _x("prev + 1"))),
-            ("shard_epoch", _t(_v("shard"), _x("prev + 1"))),
+            ("shard_owned", t(v("shard"), v("node"), x("prev + 1"))),
+            ("shard_epoch", t(v("shard"), x("prev + 1"))),
         ],
     )
+    demoted = [("shard_follower", t(v("shard"), v("from_node"), c(_IN_SYNC), c(0)))]
     b.add(
         "rebalance",
         guard=(
@@ -264,12 +291,17 @@ def _add_migration_transitions(b: _Builder) -> None:
         ),
         inputs=[
             ("shard_owned", sn.Flush("owned")),
-            ("shard_epoch", _t(_v("shard"), _v("prev"))),
+            ("shard_epoch", t(v("shard"), v("prev"))),
             held,
-            ("node", sn.Test(sn.MultiArc([_node("from_node", _ALIVE), _node("node", _ALIVE)]))),
+            (
+                "node",
+                sn.Test(sn.MultiArc([node_arc("from_node", _ALIVE), node_arc("node", _ALIVE)])),
+            ),
+            *(taken if replicated else []),
         ],
         outputs=[
             ("shard_owned", sn.Flush("moved(owned, shard, node, prev + 1)")),
-            ("shard_epoch", _t(_v("shard"), _x("prev + 1"))),
+            ("shard_epoch", t(v("shard"), x("prev + 1"))),
+            *(demoted if replicated else []),
         ],
     )

@@ -1,8 +1,9 @@
 """Graphviz pictures of the net and its current marking, for operators.
 
 :func:`render_dot` draws two panels: the cluster at a glance (one box per
-node, coloured by status, listing the shards it owns with their epochs; the
-shards being recovered and the locks held), and the net itself (places with
+node, coloured by status, listing the shards it owns with their epochs and,
+when replicated, the follower copies it holds; the shards being recovered or
+lost, each replicated shard's in-sync set and the locks held), and the net itself (places with
 their tokens, transitions with their arcs; enabled transitions highlighted,
 test arcs dashed, flush arcs bold). :func:`render_svg` runs ``dot`` when it is
 installed and otherwise writes the DOT text.
@@ -18,8 +19,8 @@ from typing import Any
 
 import snakes.nets as sn
 
-from petri.config import NodeStatus
-from petri.marking import Marking, Token
+from petri.config import FollowerState, NodeStatus
+from petri.marking import REPLICA_PLACES, Marking, Token
 from petri.model import PetriModel
 
 __all__ = ["RenderResult", "render_dot", "render_svg"]
@@ -37,6 +38,7 @@ _PLACE_GROUPS = (
     ("Nodes", ("node",)),
     ("Shards", ("shard_free", "shard_owned", "shard_recovering", "shard_epoch")),
     ("Locks", ("lock_free", "lock_held")),
+    ("Replicas", ("shard_follower", "shard_lost")),
 )
 
 
@@ -67,13 +69,21 @@ def _place_label(place: str, tokens: tuple[Token, ...]) -> str:
     return "\n".join(lines)
 
 
-def _overview(marking: Marking) -> list[str]:
+def _follower_line(shard: str, state: str, behind: int) -> str:
+    text = "in sync" if state == FollowerState.IN_SYNC else "catching up"
+    return f"{shard} follower, {text}" + (" (behind)" if behind else "")
+
+
+def _overview(marking: Marking, *, replicated: bool) -> list[str]:
     lines = ["  subgraph cluster_overview {", '    label="cluster at a glance"; style=rounded;']
-    owned: dict[str, list[str]] = {}
+    held: dict[str, list[str]] = {}
     for shard, node, epoch in marking.owned():
-        owned.setdefault(node, []).append(f"{shard} (epoch {epoch})")
+        suffix = ", primary" if replicated else ""
+        held.setdefault(node, []).append(f"{shard} (epoch {epoch}{suffix})")
+    for shard, node, state, behind in marking.followers():
+        held.setdefault(node, []).append(_follower_line(shard, state, behind))
     for node, status in marking.nodes():
-        label = "\n".join([f"{node}: {status}", *owned.get(node, [])])
+        label = "\n".join([f"{node}: {status}", *held.get(node, [])])
         colour = _STATUS_COLOUR.get(status, "white")
         lines.append(
             f"    {_quote('view:' + node)} [shape=box, style=filled, "
@@ -82,9 +92,13 @@ def _overview(marking: Marking) -> list[str]:
     recovering = [f"{s} fenced from {n} at {e}" for s, n, e in marking.recovering()]
     free = list(marking.free_shards())
     locks = [f"{s}: {k}" for s, k in marking.locks_held()]
+    lost = [f"{s}: restore from a backup" for s in marking.lost()]
+    isr = _in_sync_sets(marking) if replicated else []
     for title, items, colour in (
         ("recovering", recovering, "gold"),
+        ("lost", lost, "tomato"),
         ("unassigned", free, "lightblue"),
+        ("in-sync sets", isr, "palegreen"),
         ("locks held", locks, "plum"),
     ):
         if items:
@@ -95,6 +109,18 @@ def _overview(marking: Marking) -> list[str]:
             )
     lines.append("  }")
     return lines
+
+
+def _in_sync_sets(marking: Marking) -> list[str]:
+    """One line per owned shard: its primary and in-sync followers (the copies an ack waits for)."""
+    isr: dict[str, list[str]] = {}
+    for shard, node, state, _ in marking.followers():
+        if state == FollowerState.IN_SYNC:
+            isr.setdefault(shard, []).append(node)
+    return [
+        f"{shard}: {node} + {{{', '.join(sorted(isr.get(shard, [])))}}}"
+        for shard, node, _ in marking.owned()
+    ]
 
 
 def _arc_style(label: Any) -> str:
@@ -113,8 +139,11 @@ def render_dot(model: PetriModel, marking: Marking) -> str:
         "  rankdir=LR; compound=true;",
         '  node [fontname="Helvetica", fontsize=10]; edge [fontname="Helvetica", fontsize=8];',
     ]
-    lines += _overview(marking)
+    replicated = model.config.replicated
+    lines += _overview(marking, replicated=replicated)
     for title, places in _PLACE_GROUPS:
+        if not replicated and set(places) <= REPLICA_PLACES:
+            continue
         lines.append(f"  subgraph cluster_{title.lower()} {{")
         lines.append(f"    label={_quote(title)}; style=dotted;")
         for place in places:

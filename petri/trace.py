@@ -10,7 +10,8 @@ the first one the model does not allow. Fields that are not variables of the
 transition (timestamps, log level, ...) are ignored; the variables given must
 agree with the one enabled mode they select. Events that are not transition
 names (``coordinator_started``, ``transition_refused``, ...) are skipped unless
-``strict`` is set.
+``strict`` is set; a transition of the other storage mode (a ``takeover`` in a
+replicated run, a ``promote`` in an unreplicated one) is always rejected.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from petri.marking import Marking, initial_marking
 from petri.model import PetriModel, TransitionRefused
+from petri.net import TRANSITION_NAMES
 
 __all__ = ["TraceRejection", "TraceResult", "check_trace", "events_from_jsonl"]
 
@@ -81,12 +83,13 @@ def check_trace(
     for index, event in enumerate(events):
         name = event.get(event_key)
         if not isinstance(name, str) or name not in model.transitions:
-            if strict:
+            if strict or name in TRANSITION_NAMES:
+                rf = model.config.replication_factor
                 rejection = TraceRejection(
                     index=index,
                     event=event,
                     reason="unknown_transition",
-                    detail=f"{name!r} is not a transition of the net",
+                    detail=f"{name!r} is not a transition of the net (replication factor {rf})",
                 )
                 return TraceResult(
                     steps_accepted=accepted,

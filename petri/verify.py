@@ -3,7 +3,8 @@
 A breadth-first search over :meth:`PetriModel.all_steps` visits every reachable
 marking and checks, on each marking, on each step and on the whole graph:
 
-- ``one_place_per_shard``: each shard is exactly one of free, owned, recovering;
+- ``one_place_per_shard``: each shard is exactly one of free, owned, recovering
+  (or lost, in a replicated net);
 - ``one_status_per_node``: each configured node has exactly one status;
 - ``one_epoch_per_shard``: each shard has exactly one stored epoch;
 - ``lock_plus_holders``: per shard, lock_free + lock_held = 1, and a held
@@ -19,21 +20,29 @@ marking and checks, on each marking, on each step and on the whole graph:
 - ``handover_rule`` (per step): an owner that is not dead loses a shard only
   by releasing it or under the shard's migration lock; a dead owner only by
   being fenced (never straight to a new owner);
-- ``no_dead_marking``: every marking enables some step (``write`` excluded);
+- ``no_dead_marking``: every marking enables some step other than the data
+  plane's (``write``, ``ack``);
 - ``healthy_reachable``: a healthy marking (every shard owned by an alive
   node, no lock held) is reachable from every reachable marking.
 
-Two abstractions keep the graph finite and small, both exact for this net:
+A replicated configuration (replication factor 2+) is also checked for the
+follower invariants of :mod:`petri.replica_invariants` (``follower_token``,
+``replicas_distinct``, ``follower_has_primary``, ``follower_in_cluster``,
+``acked_on_isr``; ``single_acker``, ``ack_waits_for_shrink``,
+``isr_unblockable``; per step ``promote_from_isr``, ``no_acked_loss``,
+``no_needless_loss``) and, on the whole graph:
 
-- **Epochs** grow forever, but guards only compare epochs for equality and
-  new epochs are ``stored + 1`` (above every epoch of the shard). Each
-  marking's epochs are therefore renumbered per shard by dense rank (the
-  lowest epoch of a shard becomes 0), which preserves every guard's outcome.
-  Per-step checks run on the concrete successor, before renumbering.
-- **Symmetry** (optional): guards compare node ids only for equality, and shard
-  ids only for equality and kind, so markings equal up to renaming nodes, or
-  shards of the same kind, have isomorphic futures. One representative per
-  orbit is explored; every representative is a real reachable marking.
+- ``rf_restorable``: a fully replicated marking (healthy, and every shard has
+  RF−1 in-sync followers on alive nodes) is reachable from every reachable
+  marking;
+- ``rf_self_healing``: from every reachable marking with at least RF alive
+  nodes, a fully replicated marking is reachable without any node changing
+  status (no node needs to come back or join).
+
+Epochs are renumbered and symmetric markings merged (:mod:`petri.reduction`);
+per-step checks run on the concrete successor, before renumbering. One
+representative per orbit is explored; every representative is a real
+reachable marking.
 """
 
 from __future__ import annotations
@@ -44,10 +53,17 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
-from petri.config import NetConfig, ShardKind
+from petri.config import NodeStatus
 from petri.invariants import SHARD_PLACES, check_marking, check_step, check_writers, touches
-from petri.marking import Marking, Token, initial_marking, is_healthy
+from petri.marking import PLACES, Marking, initial_marking, is_fully_replicated, is_healthy
 from petri.model import Binding, PetriModel, Step
+from petri.net import DATA_PLANE
+from petri.reduction import normalize_epochs, symmetry_key
+from petri.replica_invariants import (
+    REPLICA_SHARD_PLACES,
+    check_replica_enabling,
+    check_replica_step,
+)
 
 __all__ = [
     "VerificationReport",
@@ -76,7 +92,11 @@ class Violation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerificationReport:
-    """What :func:`verify` explored and found."""
+    """What :func:`verify` explored and found.
+
+    ``replicated_states`` counts the fully replicated markings (0 for an
+    unreplicated net, where it is not checked).
+    """
 
     states: int
     edges: int
@@ -85,6 +105,7 @@ class VerificationReport:
     symmetry: bool
     complete: bool
     violations: tuple[Violation, ...] = field(default=())
+    replicated_states: int = 0
 
     @property
     def ok(self) -> bool:
@@ -96,80 +117,7 @@ class VerificationReport:
         return frozenset(v.invariant for v in self.violations)
 
 
-def normalize_epochs(marking: Marking) -> Marking:
-    """``marking`` with each shard's epochs renumbered by dense rank from 0."""
-    per_shard: dict[str, set[int]] = {}
-    for shard, _, epoch in marking.owned() + marking.recovering():
-        per_shard.setdefault(shard, set()).add(epoch)
-    for shard, epoch in marking.epochs():
-        per_shard.setdefault(shard, set()).add(epoch)
-    rank = {s: {e: i for i, e in enumerate(sorted(es))} for s, es in per_shard.items()}
-    if all(r == {i: i for i in range(len(r))} for r in rank.values()):
-        return marking
-
-    def renumber(tokens: tuple[tuple[str, str, int], ...]) -> list[Token]:
-        return [(shard, node, rank[shard][epoch]) for shard, node, epoch in tokens]
-
-    return marking.replace(
-        {
-            "shard_owned": renumber(marking.owned()),
-            "shard_recovering": renumber(marking.recovering()),
-            "shard_epoch": [(s, rank[s][e]) for s, e in marking.epochs()],
-        }
-    )
-
-
-def _symmetry_key(config: NetConfig) -> Callable[[Marking], Hashable]:
-    nodes = config.nodes
-    orders = [dict(zip(p, range(len(nodes)), strict=True)) for p in itertools.permutations(nodes)]
-    kinds = {s.shard_id: s.kind for s in config.shards}
-    groups = [[s for s in config.shard_ids if kinds[s] == kind] for kind in ShardKind]
-    shard_count = len(config.shard_ids)
-
-    def key(marking: Marking) -> Hashable:
-        epoch = dict(marking.epochs())
-        locks = dict(marking.locks_held())
-        place: dict[str, tuple[str, str, int]] = {
-            s: ("free", "", -1) for s in marking.free_shards()
-        }
-        for name, tokens in (("owned", marking.owned()), ("recovering", marking.recovering())):
-            for shard, node, number in tokens:
-                place[shard] = (name, node, number)
-        lock_shards = {shard for shard, _ in marking.locks_held()} | set(marking.free_locks())
-        well_formed = (
-            len(place)
-            == len(marking.free_shards()) + len(marking.owned()) + len(marking.recovering())
-            and len(place) == shard_count
-            and len(epoch) == len(marking.epochs()) == shard_count
-            and len(lock_shards) == len(marking.locks_held()) + len(marking.free_locks())
-            and len(lock_shards) == shard_count
-        )
-        if not well_formed:
-            # The key below assumes one token per shard per place group; a marking
-            # breaking that is kept as it is, so it never merges with a sane one.
-            return marking
-        status = marking.nodes()
-        base = [
-            [
-                (place[s][0], place[s][1], place[s][2], epoch.get(s, -1), locks.get(s, ""))
-                for s in group
-            ]
-            for group in groups
-        ]
-        best: tuple[object, ...] | None = None
-        for order in orders:
-            candidate = (
-                tuple(sorted((order[n], s) for n, s in status)),
-                tuple(
-                    tuple(sorted((p, order.get(n, -1), e, st, lk) for p, n, e, st, lk in group))
-                    for group in base
-                ),
-            )
-            if best is None or candidate < best:
-                best = candidate
-        return best
-
-    return key
+_NODE_PLACE = frozenset({PLACES.index("node")})
 
 
 def verify(
@@ -188,7 +136,9 @@ def verify(
     """
     started = time.perf_counter()
     config = model.config
-    key_of: Callable[[Marking], Hashable] = _symmetry_key(config) if symmetry else (lambda m: m)
+    replicated = config.replicated
+    step_places = REPLICA_SHARD_PLACES if replicated else SHARD_PLACES
+    key_of: Callable[[Marking], Hashable] = symmetry_key(config) if symmetry else (lambda m: m)
     start = normalize_epochs(initial if initial is not None else initial_marking(config))
     ids: dict[Hashable, int] = {key_of(start): 0}
     # Successors often repeat exactly; looking them up first skips the symmetry key.
@@ -196,6 +146,8 @@ def verify(
     reps: list[Marking] = [start]
     parent: list[tuple[int, str, Binding] | None] = [None]
     successors: list[list[int]] = []
+    # The edges that change no node's status (replicated nets: for rf_self_healing).
+    static_successors: list[list[int]] = []
     violations: list[Violation] = []
     counts: dict[str, int] = {}
 
@@ -224,7 +176,11 @@ def verify(
                     )
                 )
 
-    report(0, start, check_marking(config, start) + check_writers(model, start), None)
+    def check_state(marking: Marking) -> list[tuple[str, str]]:
+        found = check_marking(config, marking) + check_writers(model, marking)
+        return found + check_replica_enabling(model, marking) if replicated else found
+
+    report(0, start, check_state(start), None)
     queue: deque[int] = deque([0])
     edges = 0
     complete = True
@@ -233,44 +189,70 @@ def verify(
         marking = reps[index]
         steps = model.all_steps(marking)
         targets: list[int] = []
-        if not steps:
+        static: list[int] = []
+        if all(step.transition in DATA_PLANE for step in steps):
             report(index, marking, [("no_dead_marking", "no step is enabled")], None)
         for step in steps:
             after = step.apply(marking)
-            if touches(step, SHARD_PLACES):
-                report(index, after, check_step(marking, step, after), step)
+            if touches(step, step_places):
+                found = check_step(marking, step, after)
+                if replicated:
+                    found += check_replica_step(marking, step, after)
+                report(index, after, found, step)
             after = normalize_epochs(after)
             target = exact.get(after)
-            if target is not None:
-                targets.append(target)
-                continue
-            key = key_of(after)
-            target = ids.get(key)
             if target is None:
-                if len(reps) >= states_max:
-                    complete = False
-                    continue
-                target = len(reps)
-                ids[key] = target
-                reps.append(after)
-                parent.append((index, step.transition, step.binding))
-                report(
-                    target, after, check_marking(config, after) + check_writers(model, after), None
-                )
-                queue.append(target)
-            exact[after] = target
+                key = key_of(after)
+                target = ids.get(key)
+                if target is None:
+                    if len(reps) >= states_max:
+                        complete = False
+                        continue
+                    target = len(reps)
+                    ids[key] = target
+                    reps.append(after)
+                    parent.append((index, step.transition, step.binding))
+                    report(target, after, check_state(after), None)
+                    queue.append(target)
+                exact[after] = target
             targets.append(target)
+            if replicated and not touches(step, _NODE_PLACE):
+                static.append(target)
         edges += len(targets)
         successors.extend([] for _ in range(index + 1 - len(successors)))
         successors[index] = targets
+        if replicated:
+            static_successors.extend([] for _ in range(index + 1 - len(static_successors)))
+            static_successors[index] = static
     complete = complete and not queue
     healthy = [i for i, m in enumerate(reps) if is_healthy(m)]
+    restored = (
+        [i for i in healthy if is_fully_replicated(reps[i], config.replication_factor)]
+        if replicated
+        else []
+    )
     if complete:
-        stuck = _cannot_reach(successors, healthy, len(reps))
-        for index in itertools.islice(stuck, violations_per_invariant):
-            report(
-                index, reps[index], [("healthy_reachable", "no healthy marking is reachable")], None
+        # (invariant, what is missing, graph, goals, fewest alive nodes a source needs)
+        whole_graph: list[tuple[str, str, list[list[int]], list[int], int]] = [
+            ("healthy_reachable", "no healthy marking", successors, healthy, 0)
+        ]
+        if replicated:
+            whole_graph += [
+                ("rf_restorable", "no fully replicated marking", successors, restored, 0),
+                (
+                    "rf_self_healing",
+                    "no fully replicated marking with the alive nodes at hand",
+                    static_successors,
+                    restored,
+                    config.replication_factor,
+                ),
+            ]
+        for invariant, detail, graph, goals, alive_min in whole_graph:
+            stuck = (
+                i for i in _cannot_reach(graph, goals, len(reps)) if _alive(reps[i]) >= alive_min
             )
+            for index in itertools.islice(stuck, violations_per_invariant):
+                report(index, reps[index], [(invariant, detail + " is reachable")], None)
     return VerificationReport(
         states=len(reps),
         edges=edges,
@@ -279,7 +261,12 @@ def verify(
         symmetry=symmetry,
         complete=complete,
         violations=tuple(violations),
+        replicated_states=len(restored),
     )
+
+
+def _alive(marking: Marking) -> int:
+    return sum(1 for _, status in marking.nodes() if status == NodeStatus.ALIVE)
 
 
 def _cannot_reach(successors: list[list[int]], goals: list[int], size: int) -> Iterator[int]:
