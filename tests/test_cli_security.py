@@ -1,4 +1,4 @@
-"""``petribill token create|revoke|list`` through click's CliRunner."""
+"""``petribill token create|revoke|list`` and ``petribill certs`` through click's CliRunner."""
 
 from __future__ import annotations
 
@@ -124,3 +124,19 @@ def test_list_of_an_invalid_file_is_one_line(tmp_path: Path) -> None:
     tokens.write_text("[]\n")
     line = _one_line_error(_run("token", "list", "--tokens", str(tokens)))
     assert f"{tokens}: line 1: must be a JSON object" in line
+
+
+def test_certs_writes_the_five_files_once(tmp_path: Path) -> None:
+    """``certs DIR`` writes the CA, server and client files (keys 0600); a second run into
+    the same folder is a one-line error and changes nothing."""
+    folder = tmp_path / "certs"
+    result = _run("certs", str(folder), "--host", "gw1.example.net")
+    assert result.exit_code == 0, result.output
+    assert "localhost, 127.0.0.1, gw1.example.net" in result.stdout
+    names = {"ca.pem", "server.pem", "server.key", "client.pem", "client.key"}
+    assert {p.name for p in folder.iterdir()} == names
+    assert stat.S_IMODE((folder / "client.key").stat().st_mode) == 0o600
+    ca = (folder / "ca.pem").read_bytes()
+    line = _one_line_error(_run("certs", str(folder)))
+    assert "already holds ca.pem" in line
+    assert (folder / "ca.pem").read_bytes() == ca

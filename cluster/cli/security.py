@@ -1,6 +1,6 @@
-"""Operator commands for security: ``petribill token create|revoke|list``.
+"""Operator commands for security: ``petribill token create|revoke|list`` and ``petribill certs``.
 
-They work on files only (the tokens file), never
+They work on files only (the tokens file, a certificate folder), never
 through a gateway: a gateway follows its tokens file by itself, so a revoked
 token is refused within a second without a restart. ``token create`` prints
 the new bearer token as the last line of its stdout (for ``| tail -1``) and
@@ -132,6 +132,44 @@ def list_tokens(tokens_file: Path, as_json: bool) -> None:
         click.echo("  ".join([*cells, row[-1]]).rstrip())
 
 
+@click.command()
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another name or IP address of the gateways for the server certificate "
+    "(repeatable; localhost and 127.0.0.1 are always in it).",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
+def certs(folder: Path, hosts: tuple[str, ...], days: int) -> None:
+    """Write a development CA and certificates into DIR, for trials and tests.
+
+    DIR/ca.pem, DIR/server.pem + server.key (for localhost and 127.0.0.1),
+    DIR/client.pem + client.key (for mutual TLS); keys are mode 0600. The
+    CA's key is not kept. Use a real CA in production (docs/security.md).
+    """
+    from cluster.security.certs import DEFAULT_HOSTS, CertsExist, write_dev_certs
+
+    names = list(dict.fromkeys((*DEFAULT_HOSTS, *hosts)))
+    try:
+        written = write_dev_certs(folder, hosts=names, valid_days=days)
+    except CertsExist as exc:
+        raise SecurityUsageError(str(exc)) from None
+    except OSError as exc:
+        raise SecurityUsageError(f"{exc.filename or folder}: {exc.strerror}") from None
+    click.echo(f"development CA and certificates for {', '.join(names)}, valid {days} days:")
+    for path in (
+        written.ca,
+        written.server_cert,
+        written.server_key,
+        written.client_cert,
+        written.client_key,
+    ):
+        click.echo(f"  {path}")
+
+
 def _when(when: Any) -> str:
     return "-" if when is None else when.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -144,5 +182,6 @@ def _public(record: TokenRecord) -> dict[str, Any]:
 
 
 def register(group: click.Group) -> None:
-    """Add ``token`` (create, revoke, list) to the ``petribill`` group."""
+    """Add ``token`` (create, revoke, list) and ``certs`` to the ``petribill`` group."""
     group.add_command(token)
+    group.add_command(certs)
