@@ -15,3 +15,30 @@ One module per concept, none importing the rest of ``cluster/``:
 The TLS and certificate modules import ``cryptography``; they are not
 imported here, so a process that only checks tokens does not load it.
 """
+
+from cluster.security.auth import (
+    AuthError,
+    PermissionDenied,
+    Principal,
+    Unauthenticated,
+    authenticate,
+    check_account,
+    check_role,
+)
+from cluster.security.paths import PathRefused, resolve_under
+from cluster.security.roles import Role
+from cluster.security.tokens import TokenStore
+
+__all__ = [
+    "AuthError",
+    "PathRefused",
+    "PermissionDenied",
+    "Principal",
+    "Role",
+    "TokenStore",
+    "Unauthenticated",
+    "authenticate",
+    "check_account",
+    "check_role",
+    "resolve_under",
+]
