@@ -148,6 +148,24 @@ def test_an_edit_in_place_is_seen_too(tmp_path: Path) -> None:
         store.verify(issued.bearer)
 
 
+def test_a_file_swapped_for_one_of_equal_size_and_time_is_seen(tmp_path: Path) -> None:
+    """A tokens file renamed over the old one with the same size and modification time (a
+    deployment tool restoring a copy) is still re-read: its inode differs."""
+    path, other = tmp_path / "tokens.jsonl", tmp_path / "other.jsonl"
+    old = create_token(path, role=Role.CRM, name="a", now=WHEN)
+    new = create_token(other, role=Role.CRM, name="b", now=WHEN)
+    assert path.stat().st_size == other.stat().st_size
+    mtime_ns = path.stat().st_mtime_ns
+    store = TokenStore(path, check_interval_ms=0)
+    assert store.verify(old.bearer) == old.record
+    os.utime(other, ns=(mtime_ns, mtime_ns))
+    os.replace(other, path)
+    assert path.stat().st_mtime_ns == mtime_ns
+    assert store.verify(new.bearer) == new.record
+    with pytest.raises(InvalidToken, match="unknown"):
+        store.verify(old.bearer)
+
+
 def test_a_broken_or_missing_file_fails_closed_until_fixed(tmp_path: Path) -> None:
     """Every token is refused while the file is invalid or gone, and valid again once fixed."""
     path = tmp_path / "tokens.jsonl"
