@@ -32,6 +32,7 @@ from cluster.security.auth import (
     authenticate,
     bearer_metadata,
     check_account,
+    check_accounts,
     check_role,
 )
 from cluster.security.roles import Role
@@ -240,3 +241,15 @@ def test_check_role_and_check_account_raise_permission_denied() -> None:
     check_account(billing, "a-2")
     with pytest.raises(PermissionDenied, match="bound to"):
         check_account(selfcare, "a-2")
+
+
+def test_check_accounts_binds_selfcare_to_exactly_its_account() -> None:
+    """For a request naming several accounts, selfcare may name its own only, and not none
+    (Subscribe to no account ids means every account)."""
+    selfcare = Principal(token_id="1" * 12, role=Role.SELFCARE, account_id="a-1")
+    check_accounts(selfcare, ["a-1"])
+    check_accounts(selfcare, ["a-1", "a-1"])
+    for names in ([], ["a-1", "a-2"], ["a-2"]):
+        with pytest.raises(PermissionDenied):
+            check_accounts(selfcare, names)
+    check_accounts(Principal(token_id="2" * 12, role=Role.CRM), [])

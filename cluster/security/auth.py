@@ -41,6 +41,7 @@ __all__ = [
     "authenticate",
     "bearer_metadata",
     "check_account",
+    "check_accounts",
     "check_role",
     "current_principal",
 ]
@@ -152,6 +153,14 @@ def check_account(principal: Principal, account_id: str) -> None:
     ``account_id`` is another account too: a selfcare call must name its own.
     """
     if principal.role is Role.SELFCARE and account_id != principal.account_id:
+        raise PermissionDenied("a selfcare token may only read the account it is bound to")
+
+
+def check_accounts(principal: Principal, account_ids: Collection[str]) -> None:
+    """:func:`check_account` for a request naming several accounts (Subscribe's
+    ``account_ids``): a selfcare principal must name its own account only, and
+    naming none (which means *all* to Subscribe) is refused too."""
+    if principal.role is Role.SELFCARE and set(account_ids) != {principal.account_id}:
         raise PermissionDenied("a selfcare token may only read the account it is bound to")
 
 
