@@ -23,6 +23,7 @@ from cluster.security.auth import (
     Unauthenticated,
     authenticate,
     check_account,
+    check_accounts,
     check_role,
 )
 from cluster.security.paths import PathRefused, resolve_under
@@ -39,6 +40,7 @@ __all__ = [
     "Unauthenticated",
     "authenticate",
     "check_account",
+    "check_accounts",
     "check_role",
     "resolve_under",
 ]
