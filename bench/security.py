@@ -47,7 +47,7 @@ def _serve(loop: asyncio.AbstractEventLoop, interceptors: list[Any], creds: Any)
         )
         server.add_generic_rpc_handlers((handler,))
         address = "127.0.0.1:0"
-        port = (
+        port: int = (
             server.add_insecure_port(address)
             if creds is None
             else server.add_secure_port(address, creds)
@@ -60,6 +60,10 @@ def _serve(loop: asyncio.AbstractEventLoop, interceptors: list[Any], creds: Any)
 
 
 _servers: list[Any] = []
+
+
+def _caller(stub: Any, metadata: Any) -> Callable[[], Any]:
+    return lambda: stub(b"x" * 64, metadata=metadata, timeout=5)
 
 
 def _per_call_us(call: Callable[[], Any], calls: int) -> float:
@@ -106,8 +110,7 @@ def main() -> None:
     calls: dict[str, Callable[[], Any]] = {}
     for name, channel in channels.items():
         stub = channel.unary_unary(METHOD)
-        extra = None if name == "plaintext" else metadata
-        calls[name] = lambda stub=stub, extra=extra: stub(b"x" * 64, metadata=extra, timeout=5)
+        calls[name] = _caller(stub, None if name == "plaintext" else metadata)
         for _ in range(50):  # connect, handshake, warm up
             calls[name]()
 
