@@ -49,11 +49,11 @@ from actors.shard import ops
 from actors.shard.ops import Applied
 from billing.accounts import AccountState
 from cluster.api.errors import BackendError
-from cluster.api.roles import ALL_ROLES, Role
 from cluster.backend import accounts, admin, billing, charging, usage
 from cluster.backend.context import Cluster
 from cluster.backend.convert import account_to_proto, balance_to_proto
 from cluster.backend.status import raise_for
+from cluster.security.roles import Role
 from cluster.wire import WireError, payment_mode_from_proto
 
 __all__ = ["PACKAGE", "RPCS", "SERVICES", "Rpc", "rpc_named"]
@@ -327,7 +327,7 @@ RPCS: Final[tuple[Rpc, ...]] = (
     ),
     # --- TariffService -----------------------------------------------------------------------
     Rpc(name="TariffService.LoadTariffs", roles=_OPERATOR, handler=admin.load_tariffs),
-    Rpc(name="TariffService.GetTariffs", roles=ALL_ROLES, handler=admin.get_tariffs),
+    Rpc(name="TariffService.GetTariffs", roles=frozenset(Role), handler=admin.get_tariffs),
     Rpc(
         name="TariffService.PriceEnquiry",
         roles=_CHARGING | _ACCOUNT_READERS,

@@ -1,4 +1,4 @@
-"""The roles a token can carry; each RPC admits a set of them (issue 14).
+"""The roles a token can carry; each RPC admits a set of them .
 
 A role names a kind of client, not a person: a mediation system submits usage,
 a CRM manages accounts, a self-care app reads one subscriber's account. The
