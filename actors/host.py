@@ -38,7 +38,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -267,12 +267,15 @@ class UnitHost:
         return unit
 
     def run(self, unit_id: str, epoch: int, op: Op[R]) -> R:
-        """Run one operation on a unit under its lock.
+        """Run one operation on a unit under its lock (or, for one the engine serialises
+        itself, without it: see ``Op.serialised``).
 
         An operation of a partition that charges shards reaches them through this
-        host (:meth:`charge`); the sponsor charges a shard's batch leaves in its
-        outbox are delivered once the batch is committed.
+        host (:meth:`charge`, :meth:`fan_out`); the sponsor charges a shard's batch
+        leaves in its outbox are delivered once the batch is committed.
         """
+        if op.read or not op.serialised:
+            return self._unlocked(unit_id, epoch, op)
         began = time.monotonic()
         unit = self._unit(unit_id, epoch)
         kind = unit_kind(unit_id)
@@ -282,22 +285,7 @@ class UnitHost:
             # Re-check under the lock: a takeover may have closed the unit.
             if self._units.get(unit_id) is not unit:
                 raise StaleRoute(unit_id, epoch, None)
-            try:
-                answer = op.apply(unit.engine, self)
-            except (StaleEpoch, StoreClosed) as exc:
-                # The store was taken over under us: this host no longer owns the
-                # unit. Stop serving it and tell the caller to follow the new route.
-                self._drop(unit_id, unit)
-                raise StaleRoute(unit_id, epoch, None) from exc
-            except StorageFailed as exc:
-                # A write failed (disk full): nothing of the call is acknowledged.
-                # The engine's memory may be ahead of the disk, so it is dropped;
-                # the unit is reopened from disk once writes work again, and the
-                # caller retries (with the same ids) until then.
-                self._drop(unit_id, unit)
-                with self._guard:
-                    self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
-                raise StaleRoute(unit_id, epoch, None) from exc
+            answer = self._apply(unit_id, epoch, unit, op)
             if isinstance(op, Submit | Reprocess):
                 metrics.partition_counters(unit_id, unit.engine)
         metrics.unit_call(kind, op.name, time.monotonic() - began)
@@ -309,21 +297,43 @@ class UnitHost:
     def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """Run a query of committed state without waiting for the unit's lock.
 
-        Only operations marked ``read`` run so; any other is run by :meth:`run`,
-        under the lock. A write batch in flight does not delay the query, which
-        sees the state committed before it.
+        Only operations marked ``read`` (or not ``serialised``) run so; any other is
+        run by :meth:`run`, under the lock. A write batch in flight does not delay
+        the query, which sees the state committed before it.
         """
-        if not op.read:
+        if not op.read and op.serialised:
             return self.run(unit_id, epoch, op)
+        return self._unlocked(unit_id, epoch, op)
+
+    def _unlocked(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         unit = self._unit(unit_id, epoch)
+        if op.kind != unit_kind(unit_id):
+            raise TypeError(f"{op.name} is an operation of a {op.kind} unit, not of {unit_id}")
         if not unit.gate.enter():
             raise StaleRoute(unit_id, epoch, None)  # closing: a takeover or a drain
         try:
-            return op.apply(unit.engine, self)
-        except (StaleEpoch, StoreClosed) as exc:
-            raise StaleRoute(unit_id, epoch, None) from exc
+            return self._apply(unit_id, epoch, unit, op)
         finally:
             unit.gate.leave()
+
+    def _apply(self, unit_id: str, epoch: int, unit: _Unit, op: Op[R]) -> R:
+        """``op`` on the unit's engine; a store lost or failed under it becomes StaleRoute."""
+        try:
+            return op.apply(unit.engine, self)
+        except (StaleEpoch, StoreClosed) as exc:
+            # The store was taken over under us: this host no longer owns the
+            # unit. Stop serving it and tell the caller to follow the new route.
+            self._drop(unit_id, unit)
+            raise StaleRoute(unit_id, epoch, None) from exc
+        except StorageFailed as exc:
+            # A write failed (disk full): nothing of the call is acknowledged.
+            # The engine's memory may be ahead of the disk, so it is dropped;
+            # the unit is reopened from disk once writes work again, and the
+            # caller retries (with the same ids) until then.
+            self._drop(unit_id, unit)
+            with self._guard:
+                self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
+            raise StaleRoute(unit_id, epoch, None) from exc
 
     def backup_unit(
         self, unit_id: str, epoch: int, root: str, name: str, request_id: str = ""
@@ -368,7 +378,7 @@ class UnitHost:
         return self._on_shard(shard_id, ChargeBatch(items=items, at_s=at_s))
 
     def _on_shard(self, shard_id: str, op: Op[R]) -> R:
-        """``op`` on a shard served here (a plain call), or through the router."""
+        """``op`` on a unit served here (a plain call), or through the router."""
         epoch = self._local_epoch(shard_id)
         if epoch is not None:
             try:
@@ -378,6 +388,29 @@ class UnitHost:
         if self._router is None:
             raise StaleRoute(shard_id, -1, None)
         return self._router.run_blocking(shard_id, op, timeout_s=_REMOTE_TIMEOUT_S)
+
+    def fan_out(self, calls: Mapping[str, Op[Any]]) -> dict[str, Any]:
+        """One operation on each of several units: those served here in turn, the others
+        concurrently through the router; per unit its answer, or the exception raised."""
+        answers: dict[str, Any] = {}
+        remote: dict[str, Op[Any]] = {}
+        for unit_id, op in calls.items():
+            epoch = self._local_epoch(unit_id)
+            if epoch is None:
+                remote[unit_id] = op
+                continue
+            try:
+                answers[unit_id] = self.run(unit_id, epoch, op)
+            except StaleRoute:
+                remote[unit_id] = op  # taken over meanwhile: follow the router
+            except Exception as exc:
+                answers[unit_id] = exc
+        if remote:
+            if self._router is None:
+                answers.update({u: StaleRoute(u, -1, None) for u in remote})
+            else:
+                answers.update(self._router.run_all_blocking(remote, timeout_s=_REMOTE_TIMEOUT_S))
+        return answers
 
     def _deliver(self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int) -> None:
         """Apply sponsor halves on their sponsors' shards, then clear them from the outbox

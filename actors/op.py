@@ -15,7 +15,7 @@ they hold plain values only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 __all__ = ["ChargeFn", "Env", "Op", "R"]
@@ -33,6 +33,11 @@ class Env(Protocol):
         """Charge rated ``(account_id, rated)`` items on ``shard_id`` (here or elsewhere)."""
         ...
 
+    def fan_out(self, calls: Mapping[str, Op[Any]]) -> dict[str, Any]:
+        """Run one operation on each of several units (here or elsewhere), concurrently
+        where they are elsewhere: ``{unit_id: answer}``, or the exception a unit raised."""
+        ...
+
 
 class Op(Generic[R]):
     """One operation on one unit; subclasses are frozen dataclasses.
@@ -40,13 +45,17 @@ class Op(Generic[R]):
     ``kind`` is the unit kind it runs on (``account`` or ``partition``);
     ``read`` marks a query of committed state that may run beside a write of
     the same unit, without the unit's lock (the engine promises it reads only
-    what a commit published).
+    what a commit published); ``serialised`` is False for an operation the
+    engine serialises itself (with a lock of its own) and that must never wait
+    for the unit's lock (a record-id claim, which other units make while this
+    one may be busy claiming on them).
     """
 
     __slots__ = ()
 
     kind: ClassVar[str]
     read: ClassVar[bool] = False
+    serialised: ClassVar[bool] = True
 
     def apply(self, engine: Any, env: Env) -> R:
         """Run the operation on ``engine`` (the host holds the unit's lock unless ``read``)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import structlog
@@ -205,10 +205,27 @@ class UnitRouter:
             pause = min(self._backoff_s * 2 ** min(attempt - 1, 8), self._backoff_max_s)
             await asyncio.sleep(max(min(pause, deadline - time.monotonic()), 0))
 
+    def run_all_blocking(self, calls: Mapping[str, Op[Any]], *, timeout_s: float) -> dict[str, Any]:
+        """Several units' operations at once from a host's worker thread (as
+        :meth:`run_blocking`): per unit its answer, or the exception it raised."""
+
+        async def all_of() -> dict[str, Any]:
+            units = list(calls)
+            found = await asyncio.gather(
+                *(self.run(u, calls[u], timeout_s=timeout_s) for u in units),
+                return_exceptions=True,
+            )
+            return dict(zip(units, found, strict=True))
+
+        return self._loop().run_until_complete(all_of())
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
+        if loop is None:
+            loop = self._loops.loop = asyncio.new_event_loop()
+        return loop
+
     def run_blocking(self, unit_id: str, op: Op[R], *, timeout_s: float) -> R:
         """:meth:`run` from a thread that has no running event loop (a host's worker
         thread): each thread drives its own loop, kept for its later calls."""
-        loop = getattr(self._loops, "loop", None)
-        if loop is None:
-            loop = self._loops.loop = asyncio.new_event_loop()
-        return loop.run_until_complete(self.run(unit_id, op, timeout_s=timeout_s))
+        return self._loop().run_until_complete(self.run(unit_id, op, timeout_s=timeout_s))

@@ -11,6 +11,7 @@ import zlib
 __all__ = [
     "partition_id",
     "partition_of",
+    "partition_of_record",
     "shard_id",
     "shard_of",
     "unit_kind",
@@ -35,6 +36,12 @@ def shard_of(account_id: str, shards: int) -> str:
 def partition_of(msisdn: str, partitions: int) -> str:
     """The rating partition that owns subscriber ``msisdn`` (E.164 digits)."""
     return partition_id(zlib.crc32(msisdn.encode()) % partitions)
+
+
+def partition_of_record(record_id: str, partitions: int) -> str:
+    """The rating partition that owns the claim of ``record_id`` (``actors.partition.claims``):
+    the id's own hash decides, whichever subscriber the record names."""
+    return partition_id(zlib.crc32(record_id.encode()) % partitions)
 
 
 def unit_kind(unit_id: str) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "Subscription",
     "conflict_result",
     "create_account",
+    "move_number",
     "set_credit_limit",
     "set_status",
 ]
@@ -333,6 +334,24 @@ def set_credit_limit(
     return _update(
         request_id, state, fields, existing, replace(state.account, credit_limit=credit_limit)
     )
+
+
+def move_number(
+    *,
+    request_id: str,
+    state: AccountState,
+    msisdn: str,
+    gained: bool,
+    existing: Mark[Account] | None,
+) -> Outcome[Account]:
+    """Add ``msisdn`` to the account's numbers (``gained``) or take it off, for a number
+    moved between accounts (idempotent by ``request_id``; the subscriber directory is the
+    authority on who holds a number: this keeps the account's own list in step)."""
+    fields = {"account": state.account_id, "content": ("+" if gained else "-") + msisdn}
+    numbers = tuple(m for m in state.account.msisdns if m != msisdn)
+    if gained:
+        numbers = (*numbers, msisdn)
+    return _update(request_id, state, fields, existing, replace(state.account, msisdns=numbers))
 
 
 def set_status(

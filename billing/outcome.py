@@ -77,6 +77,8 @@ class Result(enum.StrEnum):
     EXISTS_WITH_DIFFERENT_PLAN = "exists_with_different_plan"
     EXISTS_WITH_DIFFERENT_TIME = "exists_with_different_time"
     ACCOUNT_EXISTS = "account_exists"
+    MSISDN_IN_USE = "msisdn_in_use"  # the number is held by another active account
+    NOT_HOLDER = "not_holder"  # a number move from an account that does not hold it
     INSUFFICIENT_BALANCE = "insufficient_balance"
     CREDIT_LIMIT_EXCEEDED = "credit_limit_exceeded"  # online request beyond the credit limit
     ACCOUNT_BLOCKED = "account_blocked"

@@ -151,14 +151,16 @@ def test_create_account_submit_usage_and_balance(backend: Calls) -> None:
 
 
 def test_duplicates_and_same_id_with_other_content(backend: Calls) -> None:
-    """A resubmitted record is a duplicate; the same id with other content names the field."""
+    """A resubmitted record answers its first result flagged as a replay; the same id with
+    other content names the field."""
     create(backend, "acc-dup", "491510000002")
     first = submit(backend, call("491510000002", "sw2:1"))
     assert first[0].status == S.RECORD_STATUS_CHARGED
     again, changed = submit(
         backend, call("491510000002", "sw2:1"), call("491510000002", "sw2:1", 61)
     )
-    assert again.status == S.RECORD_STATUS_DUPLICATE
+    assert (again.status, again.replay) == (S.RECORD_STATUS_CHARGED, True)
+    assert again.amount == first[0].amount and not first[0].replay
     assert changed.status == S.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT
     assert changed.reason == "duration_s"
     later = submit(backend, call("491510000002", "sw2:1", 90))[0]

@@ -149,7 +149,7 @@ def _acked() -> dict[str, Acked]:
             account_id=account.account_id,
             service="voice" if n % 3 else "sms",
             units=30 + 17 * n if n % 3 else 1 + n % 3,
-            status=usage_pb2.RECORD_STATUS_CHARGED if n != 5 else usage_pb2.RECORD_STATUS_DUPLICATE,
+            status=usage_pb2.RECORD_STATUS_CHARGED,
             reason="",
             malformed=False,
         )

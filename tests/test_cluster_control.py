@@ -111,7 +111,7 @@ def test_usage_is_charged_exactly_once_across_a_node_kill(runtime: Runtime) -> N
     else:
         raise AssertionError(f"no takeover: {runtime.status()}")
     again = submit(1)
-    assert {r.status.value for r in again} == {"duplicate"}
+    assert {(r.status.value, r.replay) for r in again} == {("charged", True)}
     second = submit(2)
     assert {r.status.value for r in second} == {"charged"}
     for i in range(12):

@@ -241,7 +241,8 @@ def test_stream_usage_answers_each_batch_in_order(served: Any) -> None:
     assert [a.batch_id for a in answers] == [f"b{n}" for n in range(6)]
     assert all(r.status == usage_pb2.RECORD_STATUS_CHARGED for a in answers for r in a.results)
     again = list(usage.StreamUsage(iter(batches[:2]), timeout=10))
-    assert {r.status for a in again for r in a.results} == {usage_pb2.RECORD_STATUS_DUPLICATE}
+    resent = [r for a in again for r in a.results]
+    assert {(r.status, r.replay) for r in resent} == {(usage_pb2.RECORD_STATUS_CHARGED, True)}
 
 
 def test_stream_usage_ends_with_the_status_of_the_first_bad_batch(served: Any) -> None:

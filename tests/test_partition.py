@@ -204,9 +204,10 @@ def test_mixed_batch_gives_one_result_per_item_and_counters_add_up(
             ("rejected", "malformed"),
             ("rejected", "unknown_account"),
             ("rejected", "unknown_item"),
-            ("duplicate", ""),
+            ("charged", ""),  # item 0 again: its result, flagged as a replay
             ("exists_with_different_content", "duration_s"),
         ]
+        assert [r.replay for r in results] == [False] * 4 + [True, False]
         assert results[0].amount == results[4].amount
         assert results[0].charged_account_id == "acct-0001"
         assert (results[0].billed_units, results[0].bundle_units) == (120, 65)  # 60/60 increments
@@ -274,7 +275,7 @@ def test_reprocess_charges_a_reject_once_its_subscriber_exists(
         assert part.counters().as_dict() == expected
         assert part.counters("v.csv").as_dict() == expected
         [repeat] = part.submit(Submit(items=[record], at_s=AT), shards.charge)
-        assert repeat.status is RecordStatus.DUPLICATE
+        assert repeat.status is RecordStatus.CHARGED and repeat.replay
         assert shards.charged_ids() == {"msc01:7"}
 
 
@@ -327,10 +328,8 @@ def test_failing_shard_leaves_its_records_retryable_and_uncounted(
         assert part.file_offset("f.csv") == 0
         shards.down.clear()
         retry = part.submit(Submit(items=records, at_s=AT, source=progress), shards.charge)
-        assert all(
-            r.status is (RecordStatus.CHARGED if r.record_id in on_dead else RecordStatus.DUPLICATE)
-            for r in retry
-        )
+        assert all(r.status is RecordStatus.CHARGED for r in retry)
+        assert all(r.replay is (r.record_id not in on_dead) for r in retry)
         assert shards.charged_ids() == {r.record_id for r in records}
         counts = part.counters()
         assert counts.rated == len(records) and counts.duplicates == len(records) - len(on_dead)
@@ -424,11 +423,10 @@ def test_an_account_plan_change_leaves_a_number_that_moved_alone(
                 request_id="c1", msisdn="4915100000001", account_id="acct-1", subscriptions=subs
             )
         )
-        part.put_subscriber(
-            PutSubscriber(
-                request_id="c2", msisdn="4915100000001", account_id="acct-2", subscriptions=subs
-            )
-        )  # the number moved
+        moved_to = part.directory.move_number(
+            "c2", "4915100000001", "acct-1", "acct-2", subs, (), T_NOV - 86_400, False
+        )
+        assert moved_to.result is Result.UPDATED  # the number moved
         moved = part.change_plan(
             ChangeSubscriberPlan(
                 request_id="p1",
@@ -590,7 +588,7 @@ def test_shard_answers_map_to_statuses_and_refusals_are_stored(
             shards.charge,
         )
         assert statuses(results) == [
-            ("exists_with_different_content", "amount"),
+            ("exists_with_different_content", "duration_s"),  # the record id's claim says
             ("rejected", "account_closed"),
         ]
         [closed] = part.list_rejects(10, reason="account_closed")

@@ -14,9 +14,16 @@ fields answers ``exists_with_different_<field>`` and :attr:`DirectoryAnswer.fiel
 names the field (``account``, ``msisdn``, ``subscriptions``, ``sponsor_rules``,
 ``plan``, ``start``, or ``op`` when the id was used for another operation).
 
-A ``put_subscriber`` with a new id for a known MSISDN replaces the entry
-(``UPDATED``): a number can move to another account. A plan change closes the
-open subscription at the new plan's start and appends the new one.
+**A number belongs to one account at a time.** A ``put_subscriber`` for an
+MSISDN another account holds is refused (``MSISDN_IN_USE``, naming the
+holder); for one the same account holds it replaces the plans and sponsor
+rules (``UPDATED``). A number changes hands only by ``move_number``, with an
+effective time: the entry keeps the earlier holders (``DirectoryEntry.earlier``),
+so usage from before the move is charged to the old holder and usage from
+then on to the new one (``DirectoryEntry.at``). ``release_number`` undoes a
+``put_subscriber`` that created an entry, for a CreateAccount the account
+shard then refused. A plan change closes the open subscription at the new
+plan's start and appends the new one.
 
 Sponsor rules are kept for the record (operators, price enquiries), but the
 paying account is decided in one place only: the subscriber's account shard
@@ -38,19 +45,52 @@ from billing.accounts import Result, SponsorRule, Subscription, conflict_result
 from billing.idempotency import Conflict, Mark, Replay, check
 from billing.ledger import is_valid_account_id
 
-__all__ = ["Directory", "DirectoryAnswer", "DirectoryEntry"]
+__all__ = ["Directory", "DirectoryAnswer", "DirectoryEntry", "Holding"]
 
 _MISSING: Final = object()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Holding:
+    """An earlier holder of a number: its account, plans and sponsor rules, until a move."""
+
+    account_id: str
+    subscriptions: tuple[Subscription, ...]
+    sponsor_rules: tuple[SponsorRule, ...]
+    until_s: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "subscriptions": [asdict(s) for s in self.subscriptions],
+            "sponsor_rules": [asdict(r) for r in self.sponsor_rules],
+            "until_s": self.until_s,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DirectoryEntry:
-    """Who pays for an MSISDN's usage and on which plans (subscriptions in start order)."""
+    """Who pays for an MSISDN's usage and on which plans (subscriptions in start order):
+    the holder since ``since_s``, and the ``earlier`` holders (oldest first)."""
 
     msisdn: str
     account_id: str
     subscriptions: tuple[Subscription, ...] = ()
     sponsor_rules: tuple[SponsorRule, ...] = ()
+    since_s: int = 0
+    earlier: tuple[Holding, ...] = ()
+
+    def at(self, t_s: int) -> DirectoryEntry:
+        """The entry as it stood for usage at ``t_s``: the holder then, with its plans."""
+        for holding in self.earlier:
+            if t_s < holding.until_s:
+                return DirectoryEntry(
+                    msisdn=self.msisdn,
+                    account_id=holding.account_id,
+                    subscriptions=holding.subscriptions,
+                    sponsor_rules=holding.sponsor_rules,
+                )
+        return self
 
     def plan_at(self, t_s: int) -> str | None:
         """The plan of the latest subscription active at ``t_s`` (as ``Account.plan_at``)."""
@@ -61,26 +101,48 @@ class DirectoryEntry:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "msisdn": self.msisdn,
             "account_id": self.account_id,
             "subscriptions": [asdict(s) for s in self.subscriptions],
             "sponsor_rules": [asdict(r) for r in self.sponsor_rules],
         }
+        if self.since_s or self.earlier:  # entries without a move keep their old shape
+            out["since_s"] = self.since_s
+            out["earlier"] = [h.to_json() for h in self.earlier]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DirectoryEntry:
-        rules = []
-        for rule in data["sponsor_rules"]:
-            values = dict(rule)
-            values["usage_classes"] = tuple(values["usage_classes"])
-            rules.append(SponsorRule(**values))
         return cls(
             msisdn=data["msisdn"],
             account_id=data["account_id"],
-            subscriptions=tuple(Subscription(**s) for s in data["subscriptions"]),
-            sponsor_rules=tuple(rules),
+            subscriptions=_subscriptions(data["subscriptions"]),
+            sponsor_rules=_rules(data["sponsor_rules"]),
+            since_s=data.get("since_s", 0),
+            earlier=tuple(
+                Holding(
+                    account_id=h["account_id"],
+                    subscriptions=_subscriptions(h["subscriptions"]),
+                    sponsor_rules=_rules(h["sponsor_rules"]),
+                    until_s=h["until_s"],
+                )
+                for h in data.get("earlier", ())
+            ),
         )
+
+
+def _subscriptions(data: list[dict[str, Any]]) -> tuple[Subscription, ...]:
+    return tuple(Subscription(**s) for s in data)
+
+
+def _rules(data: list[dict[str, Any]]) -> tuple[SponsorRule, ...]:
+    rules = []
+    for rule in data:
+        values = dict(rule)
+        values["usage_classes"] = tuple(values["usage_classes"])
+        rules.append(SponsorRule(**values))
+    return tuple(rules)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,14 +214,104 @@ class Directory:
         problem = _check_subscriptions(subscriptions)
         if problem is not None:
             return _invalid(problem)
+        current = self.get(msisdn)
+        if current is not None and current.account_id != account_id:
+            return DirectoryAnswer(
+                result=Result.MSISDN_IN_USE,
+                entry=current,
+                detail=f"msisdn {msisdn} belongs to account {current.account_id}",
+            )
         entry = DirectoryEntry(
             msisdn=msisdn,
             account_id=account_id,
             subscriptions=tuple(sorted(subscriptions, key=lambda s: s.start_s)),
             sponsor_rules=tuple(sponsor_rules),
+            since_s=0 if current is None else current.since_s,
+            earlier=() if current is None else current.earlier,
         )
-        result = Result.CREATED if self.get(msisdn) is None else Result.UPDATED
+        result = Result.CREATED if current is None else Result.UPDATED
         return self._write(request_id, fields, entry, result)
+
+    def move_number(
+        self,
+        request_id: str,
+        msisdn: str,
+        from_account: str,
+        to_account: str,
+        subscriptions: Sequence[Subscription],
+        sponsor_rules: Sequence[SponsorRule],
+        at_s: int,
+        at_from_clock: bool = False,
+    ) -> DirectoryAnswer:
+        """Hand ``msisdn`` from ``from_account`` to ``to_account`` from ``at_s`` on, with the new
+        holder's plans and sponsor rules (idempotent by ``request_id``; with
+        ``at_from_clock`` the time was the service's now, and a retry at another now is the
+        same request). Usage before ``at_s`` stays the old holder's. Refused
+        (``NOT_HOLDER``) when ``from_account`` does not hold the number,
+        ``INVALID_ARGUMENT`` when ``at_s`` is not after the current holding's start."""
+        fields = {
+            "op": "move_number",
+            "msisdn": msisdn,
+            "account": to_account,
+            "from": from_account,
+            "start": "now" if at_from_clock else at_s,
+        }
+        replayed = self._replay(request_id, fields)
+        if replayed is not None:
+            return replayed
+        current = self.get(msisdn)
+        if current is None or current.account_id != from_account:
+            holder = "nobody" if current is None else current.account_id
+            return DirectoryAnswer(
+                result=Result.NOT_HOLDER,
+                entry=current,
+                detail=f"msisdn {msisdn} is held by {holder}, not {from_account}",
+            )
+        if not is_valid_account_id(to_account) or to_account == from_account:
+            return _invalid(f"cannot move msisdn {msisdn} to {to_account!r}")
+        if at_s <= current.since_s:
+            return _invalid(
+                f"at_s {at_s} is not after {current.since_s}, when {from_account} got it"
+            )
+        problem = _check_subscriptions(subscriptions)
+        if problem is not None:
+            return _invalid(problem)
+        held = Holding(
+            account_id=current.account_id,
+            subscriptions=current.subscriptions,
+            sponsor_rules=current.sponsor_rules,
+            until_s=at_s,
+        )
+        entry = DirectoryEntry(
+            msisdn=msisdn,
+            account_id=to_account,
+            subscriptions=tuple(sorted(subscriptions, key=lambda s: s.start_s)),
+            sponsor_rules=tuple(sponsor_rules),
+            since_s=at_s,
+            earlier=(*current.earlier, held),
+        )
+        return self._write(request_id, fields, entry, Result.UPDATED)
+
+    def release_number(self, put_request_id: str, msisdn: str, account_id: str) -> DirectoryAnswer:
+        """Undo the ``put_subscriber`` ``put_request_id`` if it created ``msisdn``'s entry for
+        ``account_id`` and nothing changed it since (idempotent: a released or changed entry
+        is left alone). For a CreateAccount whose account the shard refused."""
+        raw = self._store.get(request_key(put_request_id))
+        current = self.get(msisdn)
+        if raw is None or current is None:
+            return DirectoryAnswer(result=Result.DUPLICATE)
+        stored = json.loads(raw)
+        created = DirectoryEntry.from_json(stored["entry"])
+        if stored["fields"].get("op") != "put_subscriber" or current != created:
+            return DirectoryAnswer(result=Result.DUPLICATE, entry=current)
+        if current.account_id != account_id or current.earlier:
+            return DirectoryAnswer(result=Result.DUPLICATE, entry=current)
+        batch = Batch()
+        batch.delete(directory_key(msisdn))
+        batch.delete(request_key(put_request_id))
+        self._store.commit(batch)
+        self._cache.put(msisdn, _MISSING)
+        return DirectoryAnswer(result=Result.UPDATED)
 
     def change_plan(
         self, request_id: str, msisdn: str, plan_id: str, start_s: int, account_id: str = ""
@@ -207,6 +359,8 @@ class Directory:
             account_id=current.account_id,
             subscriptions=(*closed, new_sub),
             sponsor_rules=current.sponsor_rules,
+            since_s=current.since_s,
+            earlier=current.earlier,
         )
         return self._write(request_id, fields, entry, Result.UPDATED)
 

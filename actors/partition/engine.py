@@ -60,8 +60,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from actors.partition import ops
+from actors.partition.claims import Claim, ClaimStore
 from actors.partition.codec import (
     SOURCE_PREFIX,
     TOTALS_KEY,
@@ -77,6 +79,8 @@ from actors.partition.results import (
     REJECTED,
     RETRYABLE,
     ChargeFn,
+    ChargeOnly,
+    Reach,
     RecordResult,
     RecordStatus,
     Settled,
@@ -87,11 +91,12 @@ from actors.partition.results import (
     reject_entry,
 )
 from actors.partition.settle import settle
-from actors.routing import partition_of
+from actors.routing import partition_of, partition_of_record
 from actors.store.storage import Batch, ShardStore
 from billing.accounts import Result
 from billing.invariant import invariant
 from billing.preprocess import CONTENT_FIELDS, Reconciliation
+from billing.rated import RatedRecord
 from billing.rating import Catalogue
 from billing.readers import Reject
 from billing.records import UsageRecord
@@ -144,6 +149,7 @@ class RatingPartition:
         self.store, self.unit_id, self.catalogue, self.config = store, unit_id, catalogue, config
         self.directory = Directory(store, cache_entries_max=config.directory_cache_entries_max)
         self.rejects = RejectStore(store, entries_max=config.rejects_max)
+        self.claims = ClaimStore(store)
         raw = store.get(TOTALS_KEY)
         self._totals = decode_counts(raw)[0] if raw is not None else Reconciliation()
         self._sources: dict[str, tuple[Reconciliation, int]] = {
@@ -216,7 +222,7 @@ class RatingPartition:
 
     # -- usage ---------------------------------------------------------------------
 
-    def submit(self, op: ops.Submit, charge: ChargeFn) -> list[RecordResult]:
+    def submit(self, op: ops.Submit, reach: Reach | ChargeFn) -> list[RecordResult]:
         """Settle a batch: one result per item, in order; one synced commit.
 
         ``items`` are usage records and, from file readers, ``Reject`` values
@@ -252,7 +258,7 @@ class RatingPartition:
                 )
                 settled[i] = (result, REJECTED, RejectKind.CONFLICT, field)
         records: list[UsageRecord] = [items[i] for i in todo]  # type: ignore[misc]
-        for i, outcome in zip(todo, self._settle(records, at_s, charge), strict=True):
+        for i, outcome in zip(todo, self._settle(records, at_s, reach), strict=True):
             settled[i] = outcome
         for i, j in repeats:
             first_outcome = settled[j]
@@ -261,9 +267,10 @@ class RatingPartition:
             if first_result.retryable:
                 settled[i] = (first_result, None, None, None)
             else:
+                # The first item's result, as decided, flagged as a replay of it.
                 detail = f"repeats item {j} of this batch"
                 settled[i] = (
-                    first_result._replace(status=RecordStatus.DUPLICATE, reason="", detail=detail),
+                    first_result._replace(replay=True, detail=detail),
                     DUPLICATES,
                     None,
                     None,
@@ -295,7 +302,7 @@ class RatingPartition:
         self._commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
 
-    def reprocess(self, op: ops.Reprocess, charge: ChargeFn) -> list[RecordResult]:
+    def reprocess(self, op: ops.Reprocess, reach: Reach | ChargeFn) -> list[RecordResult]:
         """Rate and charge stored rejected records again (e.g. after their account was
         created); those now charged leave the store. One result per id, in order."""
         record_ids, at_s = op.record_ids, op.at_s
@@ -305,7 +312,7 @@ class RatingPartition:
             if entry is not None and entry.record is not None:
                 entries[record_id] = entry
         records = [e.record for e in entries.values() if e.record is not None]
-        by_id = dict(zip(entries, self._settle(records, at_s, charge), strict=True))
+        by_id = dict(zip(entries, self._settle(records, at_s, reach), strict=True))
         staging, tally = self.rejects.stage(), Tally()
         answers: dict[str, RecordResult] = {}
         for record_id, outcome in by_id.items():
@@ -325,11 +332,15 @@ class RatingPartition:
 
     # -- the pipeline ----------------------------------------------------------------
 
-    def _settle(self, records: Sequence[UsageRecord], at_s: int, charge: ChargeFn) -> list[Settled]:
-        """Directory, rating and charging of distinct records (:func:`settle`)."""
+    def _settle(
+        self, records: Sequence[UsageRecord], at_s: int, reach: Reach | ChargeFn
+    ) -> list[Settled]:
+        """Directory, rating, claims and charging of distinct records (:func:`settle`)."""
+        reached: Reach = reach if not callable(reach) else ChargeOnly(reach)
         return settle(
             records,
-            charge=charge,
+            reach=_ClaimsHere(reached, self.claims, self.unit_id),
+            claim_owner=self.claim_owner,
             directory=self.directory,
             catalogue=self.catalogue,
             shards=self.config.shards,
@@ -387,6 +398,11 @@ class RatingPartition:
         self._sources.update(sources)
         self.rejects.applied(staging)
 
+    def claim_owner(self, record_id: str) -> str:
+        """The partition that owns ``record_id``'s claim (this one with no partition count)."""
+        partitions = self.config.partitions
+        return self.unit_id if partitions is None else partition_of_record(record_id, partitions)
+
     def _source(self, source_id: str) -> tuple[Reconciliation, int]:
         return self._sources.get(source_id) or (Reconciliation(), 0)
 
@@ -406,3 +422,23 @@ class RatingPartition:
     def list_rejects(self, limit: int, reason: str | None = None) -> list[RejectEntry]:
         """Up to ``limit`` stored rejects, optionally of one ``reason``."""
         return self.rejects.list(limit, reason=reason)
+
+
+class _ClaimsHere:
+    """A :class:`Reach` that makes the claims this partition owns itself (in its own store,
+    under the claim store's lock) and sends the others on."""
+
+    __slots__ = ("_claims", "_reach", "_unit_id")
+
+    def __init__(self, reach: Reach, claims: ClaimStore, unit_id: str) -> None:
+        self._reach, self._claims, self._unit_id = reach, claims, unit_id
+
+    def charge(self, shard: str, items: list[tuple[str, RatedRecord]]) -> Sequence[ShardResult]:
+        return self._reach.charge(shard, items)
+
+    def claim(self, groups: dict[str, list[Claim]]) -> dict[str, Any]:
+        local = groups.pop(self._unit_id, None)
+        answers = self._reach.claim(groups) if groups else {}
+        if local is not None:
+            answers[self._unit_id] = self._claims.claim(local)
+        return answers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from actors.op import Env, Op, R
 from billing.accounts import SponsorRule, Subscription
@@ -18,6 +18,7 @@ from billing.readers import Reject
 from billing.records import UsageRecord
 
 if TYPE_CHECKING:
+    from actors.partition.claims import Claim, Claimed
     from actors.partition.directory import DirectoryAnswer, DirectoryEntry
     from actors.partition.engine import RatingPartition, SourceProgress
     from actors.partition.rejects import RejectEntry
@@ -25,14 +26,34 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChangeSubscriberPlan",
+    "ClaimIds",
     "Counters",
     "GetSubscriber",
     "ListRejects",
+    "MoveNumber",
     "PartitionOp",
     "PutSubscriber",
+    "ReleaseNumber",
     "Reprocess",
     "Submit",
 ]
+
+
+class Reach:
+    """How a partition's batch reaches other units: the account shards it charges and the
+    partitions that own its record ids' claims (through the host's :class:`Env`)."""
+
+    __slots__ = ("_at_s", "_env")
+
+    def __init__(self, env: Env, at_s: int) -> None:
+        self._env, self._at_s = env, at_s
+
+    def charge(self, shard: str, items: list[Any]) -> Sequence[Any]:
+        return self._env.charge(shard, items, self._at_s)
+
+    def claim(self, claims: dict[str, list[Claim]]) -> dict[str, Any]:
+        """``ClaimIds`` on each owner partition: its answers, or the exception it raised."""
+        return self._env.fan_out({unit: ClaimIds(claims=c) for unit, c in claims.items()})
 
 
 class PartitionOp(Op[R]):
@@ -55,7 +76,7 @@ class Submit(PartitionOp[list["RecordResult"]]):
     source: SourceProgress | None = None
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RecordResult]:
-        return engine.submit(self, lambda shard, items: env.charge(shard, items, self.at_s))
+        return engine.submit(self, Reach(env, self.at_s))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +87,19 @@ class Reprocess(PartitionOp[list["RecordResult"]]):
     at_s: int
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RecordResult]:
-        return engine.reprocess(self, lambda shard, items: env.charge(shard, items, self.at_s))
+        return engine.reprocess(self, Reach(env, self.at_s))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimIds(PartitionOp[list["Claimed"]]):
+    """Claim record ids this partition owns, for the partitions about to charge them
+    (``actors.partition.claims``); never waits for the unit's lock."""
+
+    claims: Sequence[Claim]
+    serialised: ClassVar[bool] = False
+
+    def apply(self, engine: RatingPartition, env: Env) -> list[Claimed]:
+        return engine.claims.claim(self.claims)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +129,40 @@ class ChangeSubscriberPlan(PartitionOp["DirectoryAnswer"]):
 
     def apply(self, engine: RatingPartition, env: Env) -> DirectoryAnswer:
         return engine.change_plan(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveNumber(PartitionOp["DirectoryAnswer"]):
+    """Hand ``msisdn`` from ``from_account`` to ``to_account`` from ``at_s`` on, with the new
+    holder's plans and sponsor rules (idempotent by ``request_id``)."""
+
+    request_id: str
+    msisdn: str
+    from_account: str
+    to_account: str
+    subscriptions: Sequence[Subscription]
+    sponsor_rules: Sequence[SponsorRule] = ()
+    at_s: int
+    at_from_clock: bool = False
+
+    def apply(self, engine: RatingPartition, env: Env) -> DirectoryAnswer:
+        return engine.directory.move_number(
+            self.request_id, self.msisdn, self.from_account, self.to_account,
+            self.subscriptions, self.sponsor_rules, self.at_s, self.at_from_clock,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseNumber(PartitionOp["DirectoryAnswer"]):
+    """Undo the entry the ``PutSubscriber`` ``put_request_id`` created for ``account_id``
+    (a CreateAccount the account shard refused); idempotent."""
+
+    put_request_id: str
+    msisdn: str
+    account_id: str
+
+    def apply(self, engine: RatingPartition, env: Env) -> DirectoryAnswer:
+        return engine.directory.release_number(self.put_request_id, self.msisdn, self.account_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
+from actors.partition.claims import Claim
 from actors.partition.rejects import RejectEntry, RejectKind
 from billing.accounts import Result
 from billing.invariant import invariant
@@ -30,12 +31,15 @@ __all__ = [
     "REJECTED",
     "RETRYABLE",
     "ChargeFn",
+    "ChargeOnly",
+    "Reach",
     "RecordResult",
     "RecordStatus",
     "Settled",
     "ShardResult",
     "Tally",
     "apply_row",
+    "conflict",
     "from_shard",
     "reader_reject",
     "reject_entry",
@@ -74,7 +78,9 @@ class RecordResult(NamedTuple):
 
     ``amount`` is micro-units charged to ``charged_account_id`` (0 when a
     bundle covered it, and for the subscriber's line of sponsored usage);
-    ``billed_units`` are the rated units after increments.
+    ``billed_units`` are the rated units after increments. ``replay``: this is
+    a repeat of a record charged before, answered with its stored result
+    (status and amount as first decided); nothing was charged again.
     """
 
     record_id: str
@@ -85,6 +91,7 @@ class RecordResult(NamedTuple):
     charged_account_id: str = ""
     billed_units: int = 0
     bundle_units: int = 0
+    replay: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -109,6 +116,32 @@ class ShardResult(Protocol):
 ChargeFn = Callable[[str, list[tuple[str, RatedRecord]]], Sequence[ShardResult]]
 """``charge(shard_unit_id, [(account_id, rated), ...])`` -> one answer per item, in order,
 returned only after the shard's synced commit; raises if the shard cannot answer."""
+
+
+class Reach(Protocol):
+    """How a partition's batch reaches other units (``actors.partition.ops.Reach``)."""
+
+    def charge(self, shard: str, items: list[tuple[str, RatedRecord]]) -> Sequence[ShardResult]:
+        """See :data:`ChargeFn`."""
+        ...
+
+    def claim(self, claims: dict[str, list[Claim]]) -> dict[str, Any]:
+        """Claim record ids on the partitions that own them: per partition, its answers
+        (``list[Claimed]``) or the exception it raised."""
+        ...
+
+
+class ChargeOnly:
+    """A :class:`Reach` from a charge function alone, for a partition that owns the claims of
+    every id it sees (one partition, as in tests); a claim elsewhere is a bug."""
+
+    __slots__ = ("charge",)
+
+    def __init__(self, charge: ChargeFn) -> None:
+        self.charge = charge
+
+    def claim(self, claims: dict[str, list[Claim]]) -> dict[str, Any]:
+        raise AssertionError(f"claims on other partitions without a host: {sorted(claims)}")
 
 
 # What a settled record counts as (None: retryable, not counted).
@@ -148,37 +181,47 @@ def rejected(record: UsageRecord, reason: RejectReason, detail: str) -> Settled:
     return result, REJECTED, RejectKind.RECORD, None
 
 
+def conflict(rated: RatedRecord, field: str, account_id: str) -> Settled:
+    """A record whose id was used before with other content (``field`` differs)."""
+    detail = f"record_id already used with a different {field}"
+    result = RecordResult(
+        rated.record.record_id,
+        RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT,
+        field,
+        detail,
+        0,
+        account_id,
+        rated.billed_units,
+    )
+    return result, REJECTED, RejectKind.CONFLICT, field
+
+
 def from_shard(rated: RatedRecord, answer: ShardResult) -> Settled:
     record_id = rated.record.record_id
     invariant(answer.record_id == record_id, f"shard answered {answer.record_id} for {record_id}")
     code = answer.result
     status = _CHARGED.get(code)
-    if status is not None or code is Result.DUPLICATE:
+    replay = code is Result.DUPLICATE
+    if replay:
+        # A repeat answers the stored result, as first decided, flagged as a replay.
+        first = getattr(answer, "replay_of", None)
+        status = _CHARGED.get(first, RecordStatus.DUPLICATE) if first else RecordStatus.DUPLICATE
+    if status is not None:
         sponsor = getattr(answer, "sponsored_by", None)
         result = RecordResult(
             record_id,
-            RecordStatus.DUPLICATE if status is None else status,
+            status,
             "",
             f"sponsored by {sponsor}" if sponsor else "",
             answer.amount,
             sponsor or answer.account_id,
             rated.billed_units,
             answer.bundle_units,
+            replay,
         )
-        return result, DUPLICATES if status is None else RATED, None, None
+        return result, DUPLICATES if replay else RATED, None, None
     if code.value.startswith(_CONFLICT_PREFIX):
-        field = code.value.removeprefix(_CONFLICT_PREFIX)
-        detail = f"record_id already charged with a different {field}"
-        result = RecordResult(
-            record_id,
-            RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT,
-            field,
-            detail,
-            0,
-            answer.account_id,
-            rated.billed_units,
-        )
-        return result, REJECTED, RejectKind.CONFLICT, field
+        return conflict(rated, code.value.removeprefix(_CONFLICT_PREFIX), answer.account_id)
     detail = f"{answer.account_id or 'shard'} refused: {code.value}"
     result = RecordResult(
         record_id,

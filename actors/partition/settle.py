@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from actors.partition.claims import Claim, ClaimOutcome
 from actors.partition.directory import Directory
 from actors.partition.results import (
     RATED,
-    ChargeFn,
+    Reach,
     RecordResult,
     RecordStatus,
     Settled,
+    conflict,
     from_shard,
     rejected,
 )
@@ -36,7 +38,8 @@ __all__ = ["settle"]
 def settle(
     records: Sequence[UsageRecord],
     *,
-    charge: ChargeFn,
+    reach: Reach,
+    claim_owner: Callable[[str], str],
     directory: Directory,
     catalogue: Catalogue,
     shards: int,
@@ -44,11 +47,14 @@ def settle(
     unit_id: str,
     misrouted: Callable[[str], str],
 ) -> list[Settled]:
-    """Directory, rating and charging of distinct records; one outcome per record.
+    """Directory, rating, claims and charging of distinct records; one outcome per record.
 
-    ``shard_memo`` caches ``shard_of(account_id, shards)`` across calls (cleared
-    past a million entries); ``misrouted(msisdn)`` explains an unknown msisdn
-    that belongs to another partition.
+    Every rated record's id is claimed on the partition that owns it
+    (``claim_owner``; :mod:`actors.partition.claims`) before anything is charged;
+    a claimed id charges the account it was first claimed for. ``shard_memo``
+    caches ``shard_of(account_id, shards)`` across calls (cleared past a million
+    entries); ``misrouted(msisdn)`` explains an unknown msisdn that belongs to
+    another partition.
     """
     out: list[Settled | None] = [None] * len(records)
     get_entry = directory.get
@@ -58,6 +64,8 @@ def settle(
     accounts: list[str] = []
     for i, record in enumerate(records):
         entry = get_entry(record.served_msisdn)
+        if entry is not None and entry.earlier:  # the number moved: its holder at the time
+            entry = entry.at(record.record_opening_time_s)
         if entry is None:
             where = misrouted(record.served_msisdn)
             detail = f"msisdn {record.served_msisdn} is not in the directory of {unit_id}"
@@ -75,25 +83,28 @@ def settle(
         rate_index.append(i)
         accounts.append(entry.account_id)
     outcomes = rate_batch(to_rate, catalogue, lambda r: plans[r.record_id])
+    rated_ok: list[tuple[int, str, RatedRecord]] = []
+    for i, account_id, outcome in zip(rate_index, accounts, outcomes, strict=True):
+        if isinstance(outcome, RatingFailure):
+            out[i] = rejected(outcome.record, outcome.reason, outcome.detail)
+        else:
+            rated_ok.append((i, account_id, outcome))
     groups: dict[str, tuple[list[tuple[str, RatedRecord]], list[int]]] = {}
     memo = shard_memo
     if len(memo) > 1_000_000:
         memo.clear()
-    for i, account_id, outcome in zip(rate_index, accounts, outcomes, strict=True):
-        if isinstance(outcome, RatingFailure):
-            out[i] = rejected(outcome.record, outcome.reason, outcome.detail)
-            continue
+    for i, account_id, rated in _claimed(rated_ok, reach, claim_owner, out):
         shard = memo.get(account_id)
         if shard is None:
             shard = memo[account_id] = shard_of(account_id, shards)
         group = groups.get(shard)
         if group is None:
             group = groups[shard] = ([], [])
-        group[0].append((account_id, outcome))
+        group[0].append((account_id, rated))
         group[1].append(i)
     for shard, (items, indices) in groups.items():
         try:
-            answers = charge(shard, items)
+            answers = reach.charge(shard, items)
         except Exception as exc:  # any failure to answer: retryable, nothing acknowledged
             detail = f"{shard}: {type(exc).__name__}: {exc}"
             for i in indices:
@@ -124,9 +135,56 @@ def settle(
                         answer.account_id,
                         rated.billed_units,
                         answer.bundle_units,
+                        False,
                     ),
                 )
                 out[i] = (result, rated_kind, None, None)
             else:
                 out[i] = from_shard(rated, answer)
     return out  # type: ignore[return-value]
+
+
+def _claimed(
+    rated: list[tuple[int, str, RatedRecord]],
+    reach: Reach,
+    claim_owner: Callable[[str], str],
+    out: list[Settled | None],
+) -> list[tuple[int, str, RatedRecord]]:
+    """Claim every record's id on its owner partition; the records to charge, each with
+    the account that holds its id. A conflicting id is refused here (``out``), and the
+    records of an owner that did not answer are left ``unavailable`` (retryable)."""
+    groups: dict[str, list[int]] = {}
+    for n, (_, _, rated_record) in enumerate(rated):
+        groups.setdefault(claim_owner(rated_record.record.record_id), []).append(n)
+    claims = {
+        owner: [
+            Claim(rated[n][2].record.record_id, rated[n][2].record.content_key(), rated[n][1])
+            for n in members
+        ]
+        for owner, members in groups.items()
+    }
+    answers = reach.claim(claims)
+    ready: list[tuple[int, str, RatedRecord]] = []
+    for owner, members in groups.items():
+        found = answers.get(owner)
+        if not isinstance(found, list):
+            detail = f"claims on {owner}: {type(found).__name__}: {found}"
+            for n in members:
+                i, _, rated_record = rated[n]
+                result = RecordResult(
+                    rated_record.record.record_id,
+                    RecordStatus.UNAVAILABLE,
+                    "claim_unavailable",
+                    detail,
+                )
+                out[i] = (result, None, None, None)
+            continue
+        invariant(len(found) == len(members), f"{owner} answered {len(found)} claims")
+        for n, claimed in zip(members, found, strict=True):
+            i, _, rated_record = rated[n]
+            if claimed.outcome is ClaimOutcome.CONFLICT:
+                out[i] = conflict(rated_record, claimed.field, claimed.account_id)
+            else:
+                ready.append((i, claimed.account_id, rated_record))
+    ready.sort(key=lambda item: item[0])
+    return ready

@@ -14,6 +14,7 @@ from billing.accounts import (
     Outcome,
     Result,
     create_account,
+    move_number,
     set_credit_limit,
     set_status,
 )
@@ -66,6 +67,18 @@ class ShardAccounts:
                 request_id=op.request_id,
                 state=state,
                 credit_limit=op.credit_limit,
+                existing=work.mark(op.request_id),
+            ),
+        )
+
+    def move_number(self, op: ops.MoveNumber) -> Applied[Account]:
+        return self.core.single(
+            op.account_id,
+            lambda work, state: move_number(
+                request_id=op.request_id,
+                state=state,
+                msisdn=op.msisdn,
+                gained=op.gained,
                 existing=work.mark(op.request_id),
             ),
         )

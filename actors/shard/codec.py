@@ -206,7 +206,7 @@ _RESULTS: Final = {r.value: r for r in Result}
 _CHARGE_FIELDS: Final = (
     "record_id", "ref", "account_id", "result", "cycle_id", "service", "usage_class", "units",
     "bundle_units", "amount", "prepaid", "unbilled", "debt", "currency", "at_s", "sponsored_by",
-    "sponsor_of", "rated",
+    "sponsor_of", "rated", "replay_of",
 )  # fmt: skip
 if Charge._fields != _CHARGE_FIELDS:  # pragma: no cover - a change of billing.charging.batch.Charge
     raise ImportError(f"billing.charging.batch.Charge fields changed: {Charge._fields}")

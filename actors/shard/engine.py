@@ -55,6 +55,7 @@ runs it. Every call's writes go through one :class:`~actors.shard.work.Work`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -85,6 +86,9 @@ class _NoEnv:
 
     def charge(self, shard_id: str, items: list[Any], at_s: int) -> list[Any]:
         raise AssertionError("an account shard never charges another unit")
+
+    def fan_out(self, calls: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("an account shard never calls other units")
 
 
 _NO_ENV = _NoEnv()

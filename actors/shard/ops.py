@@ -57,6 +57,7 @@ __all__ = [
     "GetInvoice",
     "ListInvoices",
     "ListNotifications",
+    "MoveNumber",
     "NotificationsSince",
     "PendingForwards",
     "Refund",
@@ -254,6 +255,20 @@ class SetStatus(ShardOp[Applied[Account]]):
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Account]:
         return engine.accounts.set_status(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveNumber(ShardOp[Applied[Account]]):
+    """Keep the account's own list of numbers in step with a number move: ``gained``
+    adds ``msisdn``, else takes it off (the directory is the authority)."""
+
+    request_id: str
+    account_id: str
+    msisdn: str
+    gained: bool
+
+    def apply(self, engine: AccountShard, env: Env) -> Applied[Account]:
+        return engine.accounts.move_number(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

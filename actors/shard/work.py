@@ -65,7 +65,7 @@ AGEING: Final = frozenset({InvoiceStatus.OPEN, InvoiceStatus.PARTIALLY_PAID})
 
 def without_rated(row: Charge) -> Charge:
     """``row._replace(rated=None)`` at a sixth of the cost (the answer and mark rows)."""
-    return tuple.__new__(Charge, (*row[:17], None))
+    return tuple.__new__(Charge, (*row[:17], None, row[18]))
 
 
 def _owner_of(entry: Entry, context: str | None) -> str:

@@ -317,6 +317,7 @@ def charge_batch(
                 None,
                 None,
                 rated,
+                None,
             ),
         )
         if covered:

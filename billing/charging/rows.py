@@ -60,6 +60,9 @@ class Charge(NamedTuple):
     subscriber's zero-money line of sponsored usage, ``sponsor_of`` (the
     subscriber) on the sponsor's money line. ``rated`` is a transient
     reference used to derive the mark; it is not part of the stored result.
+    ``replay_of`` is set on the answer to a repeat (``result`` ``DUPLICATE``): the
+    result the record had when it was first charged, so the caller can answer
+    the stored result as first decided; it is never stored either.
     """
 
     record_id: str
@@ -80,6 +83,7 @@ class Charge(NamedTuple):
     sponsored_by: str | None = None
     sponsor_of: str | None = None
     rated: RatedRecord | None = None
+    replay_of: Result | None = None
 
     @property
     def is_usage_line(self) -> bool:
@@ -114,13 +118,13 @@ class Charge(NamedTuple):
         if rated is None or not self.is_usage_line:
             return None
         key = self.record_id if self.sponsor_of is None else self.ref
-        # The stored result is this row without its transient ``rated`` (the last field).
-        stored = new_row(Charge, (*self[:-1], None))
+        # The stored result is this row without its transient ``rated`` and ``replay_of``.
+        stored = new_row(Charge, (*self[:17], None, None))
         return key, Mark(charge_fields(self.account_id, rated), stored)
 
 
 new_row = tuple.__new__
-"""``new_row(Charge, (...all 18 fields...))``: a row without the keyword constructor."""
+"""``new_row(Charge, (...all 19 fields...))``: a row without the keyword constructor."""
 
 
 def charge_fields(account_id: str, rated: RatedRecord) -> tuple[tuple[str, object], ...]:

@@ -165,7 +165,7 @@ class ChargeBatch:
         decision = check(existing, dict(charge_fields(account_id, rated)))
         if isinstance(decision, Replay):
             found: Charge = decision.result
-            return found._replace(result=Result.DUPLICATE, rated=None)
+            return found._replace(result=Result.DUPLICATE, rated=None, replay_of=found.result)
         if isinstance(decision, Conflict):
             return conflict_result(decision)
         return None  # pragma: no cover - check returns one of three

@@ -19,11 +19,12 @@ import structlog
 from petribill.v1 import accounts_pb2
 
 from actors.partition.directory import DirectoryAnswer
-from actors.partition.ops import ChangeSubscriberPlan, PutSubscriber
+from actors.partition.ops import ChangeSubscriberPlan, PutSubscriber, ReleaseNumber
+from actors.partition.ops import MoveNumber as MoveNumberInDirectory
 from actors.router import deadline_after
 from actors.router import time_left as _left
 from actors.shard import ops
-from billing.accounts import Account, Result, Subscription
+from billing.accounts import Account, AccountStatus, Result, Subscription
 from billing.invariant import InvariantViolation
 from billing.plan_change import new_subscription
 from billing.tariffs.model import PaymentMode
@@ -38,6 +39,7 @@ __all__ = [
     "create_account",
     "directory_request_id",
     "list_usage",
+    "move_number",
     "plan_request_id",
 ]
 
@@ -91,16 +93,13 @@ def _new_account(cluster: Cluster, request: accounts_pb2.CreateAccountRequest) -
 async def create_account(
     cluster: Cluster, request: accounts_pb2.CreateAccountRequest, timeout_s: float
 ) -> accounts_pb2.Account:
+    """The directory first, the authority on numbers: each MSISDN's entry on its partition,
+    refused if another account holds the number. Then the account on its shard. If the
+    shard refuses, the entries this request created are released again, so a refused
+    create leaves nothing behind; a retry with the same request_id finishes a broken one."""
     deadline = deadline_after(timeout_s)
     account = _new_account(cluster, request)
     rid = request.request_id
-    out = await cluster.on_shard(
-        account.account_id,
-        ops.CreateAccount(request_id=rid, account=account),
-        timeout_s=_left(deadline),
-    )
-    raise_for(out.result.value, f"account {account.account_id}", rid)
-    stored: Account = out.receipt if out.receipt is not None else account
     answers = await asyncio.gather(
         *(
             cluster.run(
@@ -108,18 +107,99 @@ async def create_account(
                 PutSubscriber(
                     request_id=directory_request_id(rid, msisdn),
                     msisdn=msisdn,
-                    account_id=stored.account_id,
-                    subscriptions=list(stored.subscriptions),
-                    sponsor_rules=list(stored.sponsor_rules),
+                    account_id=account.account_id,
+                    subscriptions=list(account.subscriptions),
+                    sponsor_rules=list(account.sponsor_rules),
                 ),
                 timeout_s=_left(deadline),
             )
-            for msisdn in stored.msisdns
+            for msisdn in account.msisdns
         )
     )
-    for msisdn, answer in zip(stored.msisdns, answers, strict=True):
-        _check_directory(answer, msisdn, rid)
+    try:
+        for msisdn, answer in zip(account.msisdns, answers, strict=True):
+            _check_directory(answer, msisdn, rid)
+        out = await cluster.on_shard(
+            account.account_id,
+            ops.CreateAccount(request_id=rid, account=account),
+            timeout_s=_left(deadline),
+        )
+        raise_for(out.result.value, f"account {account.account_id}", rid)
+    except BackendError as refused:
+        if refused.code is not grpc.StatusCode.UNAVAILABLE:  # known refused: undo our entries
+            await _release(cluster, account, rid, deadline)
+        raise
     assert out.state is not None  # created or replayed: the account exists
+    return account_to_proto(out.state, cluster.catalogue, cluster.now_s())
+
+
+async def _release(cluster: Cluster, account: Account, rid: str, deadline: float) -> None:
+    """Undo the directory entries this CreateAccount created (and only those)."""
+    await asyncio.gather(
+        *(
+            cluster.run(
+                cluster.router.partition(msisdn),
+                ReleaseNumber(
+                    put_request_id=directory_request_id(rid, msisdn),
+                    msisdn=msisdn,
+                    account_id=account.account_id,
+                ),
+                timeout_s=_left(deadline),
+            )
+            for msisdn in account.msisdns
+        )
+    )
+
+
+async def move_number(
+    cluster: Cluster, request: accounts_pb2.MoveNumberRequest, timeout_s: float
+) -> accounts_pb2.Account:
+    """The directory first (the authority: who holds the number, from when), then the two
+    accounts' own lists of numbers, each write idempotent by an id derived from the
+    request's, so a retry finishes what a broken call left undone."""
+    deadline = deadline_after(timeout_s)
+    rid = request.request_id
+    msisdn = cluster.msisdn(request.msisdn, "msisdn")
+    to_account = request.account_id
+    target = await cluster.state(to_account, timeout_s=_left(deadline))
+    if target.account.status is AccountStatus.CLOSED:
+        raise BackendError(grpc.StatusCode.FAILED_PRECONDITION, f"account {to_account} is closed")
+    entry = await cluster.subscriber(msisdn, timeout_s=_left(deadline))
+    if entry is None:
+        raise BackendError(grpc.StatusCode.NOT_FOUND, f"msisdn {msisdn} is not in the directory")
+    at_s = cluster.now_s(request.at_s)
+    # The holder just before the move: the current one, or, on a retry after the move,
+    # the one the move took it from.
+    from_account = request.from_account_id or entry.at(at_s - 1).account_id
+    answer = await cluster.run(
+        cluster.router.partition(msisdn),
+        MoveNumberInDirectory(
+            request_id=f"{rid}/move",
+            msisdn=msisdn,
+            from_account=from_account,
+            to_account=to_account,
+            subscriptions=list(target.account.subscriptions),
+            sponsor_rules=list(target.account.sponsor_rules),
+            at_s=at_s,
+            at_from_clock=request.at_s <= 0,
+        ),
+        timeout_s=_left(deadline),
+    )
+    _check_directory(answer, msisdn, rid)
+    await cluster.on_shard(
+        from_account,
+        ops.MoveNumber(
+            request_id=f"{rid}/from", account_id=from_account, msisdn=msisdn, gained=False
+        ),
+        timeout_s=_left(deadline),
+    )
+    out = await cluster.on_shard(
+        to_account,
+        ops.MoveNumber(request_id=f"{rid}/to", account_id=to_account, msisdn=msisdn, gained=True),
+        timeout_s=_left(deadline),
+    )
+    raise_for(out.result.value, f"account {to_account}", rid)
+    assert out.state is not None
     return account_to_proto(out.state, cluster.catalogue, cluster.now_s())
 
 

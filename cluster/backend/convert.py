@@ -62,6 +62,7 @@ def record_result_to_proto(result: RecordResult, currency: str) -> usage_pb2.Rec
         charged_account_id=result.charged_account_id,
         billed_units=result.billed_units,
         bundle_units=result.bundle_units,
+        replay=result.replay,
     )
 
 

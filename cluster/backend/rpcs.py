@@ -289,6 +289,12 @@ RPCS: Final[tuple[Rpc, ...]] = (
         account="account_id",
     ),
     Rpc(
+        name="AccountService.MoveNumber",
+        roles=_CRM,
+        handler=accounts.move_number,
+        account="account_id",
+    ),
+    Rpc(
         name="AccountService.ListUsage",
         roles=_ACCOUNT_READERS,
         handler=accounts.list_usage,

@@ -35,6 +35,8 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     **{r.value: _S.ALREADY_EXISTS for r in Result if r.value.startswith(CONFLICT_PREFIX)},
     **{r.value: _S.ALREADY_EXISTS for r in WriteoffResult if r.value.startswith(CONFLICT_PREFIX)},
     Result.ACCOUNT_EXISTS.value: _S.ALREADY_EXISTS,
+    Result.MSISDN_IN_USE.value: _S.ALREADY_EXISTS,
+    Result.NOT_HOLDER.value: _S.FAILED_PRECONDITION,
     # The state of the account or cycle does not allow it now.
     Result.INSUFFICIENT_BALANCE.value: _S.FAILED_PRECONDITION,
     Result.CREDIT_LIMIT_EXCEEDED.value: _S.FAILED_PRECONDITION,

@@ -160,6 +160,10 @@ class FileReport:
 
     def note_result(self, record: UsageRecord, result: usage_pb2.RecordResult) -> None:
         status = result.status
+        if result.replay or status == _S.RECORD_STATUS_DUPLICATE:
+            # Sent before (this file again, or a retry): its first answer, charged once.
+            self.duplicates += 1
+            return
         if status in _RATED:
             kind = _RATED[status]
             setattr(self, kind, getattr(self, kind) + 1)
@@ -167,9 +171,6 @@ class FileReport:
             self.amount_micros[currency] = (
                 self.amount_micros.get(currency, 0) + result.amount.micros
             )
-            return
-        if status == _S.RECORD_STATUS_DUPLICATE:
-            self.duplicates += 1
             return
         if status == _S.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT:
             self.conflicts += 1
