@@ -341,6 +341,31 @@ def test_change_plan_mid_cycle_rates_with_the_new_plan_and_prorates_both_fees(
     assert "gold" in unknown.stderr and "business, smart" in unknown.stderr
 
 
+def test_move_number_hands_a_number_to_another_account(gateway: str) -> None:
+    """`accounts move-number MSISDN TO --from FROM` moves the number; the receiving account
+    lists it, a repeat with the same request id answers the same, and a move naming a
+    --from that no longer holds it is FAILED_PRECONDITION in one line."""
+    from cluster.client import PetribillClient
+
+    msisdn = "4915122200088"
+    with PetribillClient(gateway, timeout_s=60) as client:
+        client.create_account(
+            "giver", payment_mode="postpaid", plan_id="business", msisdns=[msisdn],
+            request_id="giver-create",
+        )  # fmt: skip
+        client.create_account(
+            "taker", payment_mode="postpaid", plan_id="business", request_id="taker-create"
+        )
+    args = ("accounts", "move-number", msisdn, "taker", "--from", "giver")
+    moved = cli_json(gateway, *args, "--request-id", "give-1")
+    assert moved["account_id"] == "taker" and moved["msisdns"] == [msisdn]
+    assert cli_json(gateway, *args, "--request-id", "give-1") == moved
+    stale = cli(gateway, *args, "--request-id", "give-2")
+    assert stale.exit_code == 1
+    assert stale.stderr.startswith("petribill: error: FAILED_PRECONDITION: ")
+    assert "taker" in stale.stderr
+
+
 def test_backup_writes_a_checkpoint_of_every_unit(gateway: str, tmp_path: Path) -> None:
     """`backup DEST` checkpoints the 4 shards and 2 partitions into DEST; the same request id
     again completes the same backup; a DEST that is a file is refused with exit code 2."""

@@ -393,6 +393,43 @@ def accounts_list_usage(s: Session, account_id: str, limit: int) -> None:
     s.emit([proto_json(line) for line in lines], lambda c: show_usage(c, account_id, lines))
 
 
+@accounts.command("move-number")
+@click.argument("msisdn")
+@click.argument("account_id", metavar="TO_ACCOUNT")
+@click.option(
+    "--from",
+    "from_account_id",
+    default="",
+    help="The account it leaves; refused if another account holds the number now.",
+)
+@_at_option("When the move takes effect; records from then on are charged to TO_ACCOUNT")
+@request_id_option
+@cluster_command
+def accounts_move_number(
+    s: Session,
+    msisdn: str,
+    account_id: str,
+    from_account_id: str,
+    at_s: int | None,
+    request_id: str | None,
+) -> None:
+    """Move MSISDN to TO_ACCOUNT (a port between accounts, a SIM handed over)."""
+    account = s.client.move_number(
+        msisdn=msisdn,
+        account_id=account_id,
+        from_account_id=from_account_id,
+        at_s=at_s or 0,
+        request_id=request_id,
+    )
+    since = when_text(at_s) if at_s else "now"
+
+    def show(c: Console) -> None:
+        c.print(f"{msisdn} belongs to {account_id} from {since}")
+        show_account(c, account)
+
+    s.emit(proto_json(account), show)
+
+
 @accounts.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--start", "start_s", type=WHEN, default=0, help="Plan subscription start.")
