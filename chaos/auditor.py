@@ -119,9 +119,9 @@ class Auditor:
         audit = self.audit
         charged_by: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
         for rid, ack in self.acked.items():
-            if ack.status in CHARGED or ack.status == usage_pb2.RECORD_STATUS_DUPLICATE:
-                # DUPLICATE as a first answer: an earlier attempt was applied and its
-                # answer lost; charged once all the same.
+            if ack.status in CHARGED:
+                # A first answer may be a replay (an earlier attempt was applied and its
+                # answer lost): its stored status, charged once all the same.
                 if ack.malformed:
                     audit.violate("rejects", f"{rid}: malformed but answered {ack.status}")
                     continue

@@ -2,8 +2,11 @@
 
 Each worker thread submits batches of new records (voice and SMS, opening
 times scattered over the cycle, so out of order), a few malformed records that
-must be rejected with a reason, and now and then a batch it already had
-acknowledged again (a client-side duplicate). One worker streams its batches
+must be rejected with a reason, now and then a batch it already had
+acknowledged again (a client-side duplicate: each record must answer its first
+status, flagged as a replay), and now and then acknowledged record ids sent again
+with another subscriber's number (each must be refused as
+EXISTS_WITH_DIFFERENT_CONTENT and charge nobody). One worker streams its batches
 (``StreamUsage``), the others call ``SubmitUsage``. Top-ups go to the prepaid
 accounts with their own request ids.
 
@@ -83,6 +86,8 @@ class LoadFigures:
     refusals: collections.Counter[str] = field(default_factory=collections.Counter)
     last_refusal: str = ""
     duplicate_answers_wrong: int = 0
+    hijacked_batches: int = 0
+    hijack_answers_wrong: int = 0
 
 
 class Load:
@@ -98,6 +103,7 @@ class Load:
         batch: int = 25,
         malformed_rate: float = 0.01,
         duplicate_rate: float = 0.05,
+        hijack_rate: float = 0.02,
         topup_every: int = 20,
         pause_s: float = 0.0,
     ) -> None:
@@ -114,6 +120,7 @@ class Load:
         self._batch = batch
         self._malformed_rate = malformed_rate
         self._duplicate_rate = duplicate_rate
+        self._hijack_rate = hijack_rate
         self._topup_every = topup_every
         self._pause_s = pause_s
         self._lock = threading.Lock()
@@ -214,16 +221,43 @@ class Load:
     def _check_duplicate(
         self, batch: list[dict[str, Any]], response: usage_pb2.SubmitUsageResponse
     ) -> None:
-        """A batch sent again after its acknowledgement must charge nothing."""
+        """A batch sent again after its acknowledgement charges nothing: each record answers
+        its first status again, flagged as a replay (a rejected one is rejected again)."""
         for record, result in zip(batch, response.results, strict=True):
             first = self.acked[record["record_id"]]
-            again_ok = result.status == usage_pb2.RECORD_STATUS_DUPLICATE or (
-                first.status == usage_pb2.RECORD_STATUS_REJECTED
-                and result.status == usage_pb2.RECORD_STATUS_REJECTED
+            rejected = usage_pb2.RECORD_STATUS_REJECTED
+            again_ok = (result.status == first.status and result.replay) or (
+                first.status == rejected and result.status == rejected
             )
             if not again_ok:
                 with self._lock:
                     self.figures.duplicate_answers_wrong += 1
+
+    def _hijacked(self, rng: random.Random, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records of an acknowledged batch with another subscriber's number each."""
+        out = []
+        for record in batch:
+            other = rng.choice([a for a in self.accounts if a.msisdn != record["served_msisdn"]])
+            out.append(record | {"served_msisdn": other.msisdn})
+        return out
+
+    def _check_hijacked(
+        self, batch: list[dict[str, Any]], response: usage_pb2.SubmitUsageResponse
+    ) -> None:
+        """An acknowledged record id sent with another subscriber's number is refused (its
+        first answer was a charge) and charges nobody; a rejected one stays rejected."""
+        for record, result in zip(batch, response.results, strict=True):
+            first = self.acked[record["record_id"]]
+            if first.status in CHARGED:
+                ok = (
+                    result.status == usage_pb2.RECORD_STATUS_EXISTS_WITH_DIFFERENT_CONTENT
+                    and result.reason == "served_msisdn"
+                )
+            else:
+                ok = result.status not in CHARGED
+            if not ok:
+                with self._lock:
+                    self.figures.hijack_answers_wrong += 1
 
     def _refused(self, exc: PetribillError) -> None:
         """Count a refusal, or end the load if retrying cannot help."""
@@ -241,19 +275,25 @@ class Load:
         for n in itertools.count():
             if self._stop.is_set():
                 return
-            duplicate = bool(self._acked_batches) and rng.random() < self._duplicate_rate
+            draw = rng.random() if self._acked_batches else 1.0
+            duplicate = draw < self._duplicate_rate
+            hijack = not duplicate and draw < self._duplicate_rate + self._hijack_rate
             with self._lock:
-                batch = (
-                    rng.choice(self._acked_batches)
-                    if duplicate
-                    else self._new_batch(rng, worker, ids)
-                )
+                if duplicate:
+                    batch = rng.choice(self._acked_batches)
+                elif hijack:
+                    batch = self._hijacked(rng, rng.choice(self._acked_batches))
+                else:
+                    batch = self._new_batch(rng, worker, ids)
                 self.figures.batches += 1
                 self.figures.records_sent += len(batch)
                 self.figures.duplicate_batches += duplicate
+                self.figures.hijacked_batches += hijack
             response = self._submit_until_answered(batch)
             if duplicate:
                 self._check_duplicate(batch, response)
+            elif hijack:
+                self._check_hijacked(batch, response)
             else:
                 self._record_answers(batch, response)
             if worker == 0 and n % self._topup_every == 0:

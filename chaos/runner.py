@@ -277,6 +277,8 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                         "batches": load.figures.batches,
                         "duplicate_batches": load.figures.duplicate_batches,
                         "duplicate_answers_wrong": load.figures.duplicate_answers_wrong,
+                        "hijacked_batches": load.figures.hijacked_batches,
+                        "hijack_answers_wrong": load.figures.hijack_answers_wrong,
                         "refusals": dict(load.figures.refusals),
                         "topups": len(load.topups),
                     }
@@ -286,7 +288,14 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             if load.figures.duplicate_answers_wrong:
                 report.audit.violate(
                     "duplicated",
-                    f"{load.figures.duplicate_answers_wrong} resent records not answered DUPLICATE",
+                    f"{load.figures.duplicate_answers_wrong} resent records not answered "
+                    "their first status as a replay",
+                )
+            if load.figures.hijack_answers_wrong:
+                report.audit.violate(
+                    "duplicated",
+                    f"{load.figures.hijack_answers_wrong} record ids sent again with another "
+                    "subscriber's number not refused",
                 )
             injector.wait_healthy()
             echo(f"load stopped: {load.records_acked} records acknowledged; auditing")
