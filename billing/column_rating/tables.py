@@ -1,0 +1,159 @@
+"""A catalogue prepared for column rating: arrays for the per-row work, memos for the per-key work.
+
+Built once per catalogue (the catalogue is immutable; a reloaded one gets new
+tables) and kept in a weak map, like the scalar fast path's memo tables. Three
+kinds of content:
+
+* arrays the rows index: plan versions by start time, the prefix index, the
+  band tables, the rate table;
+* label registries: append-only string lists whose positions are the codes
+  of the output's dictionary columns, so a code means the same label in
+  every batch rated with this catalogue;
+* the choice memo: what a selection key (plan version, service, destination,
+  rating group, band, roaming; or version and content item) decides, computed
+  by the scalar code once per key and kept.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from billing.column_rating.arithmetic import RateTable
+from billing.column_rating.bands import BandDays
+from billing.column_rating.prefixes import PrefixIndex
+from billing.tariffs.model import Catalogue, PlanVersion, Rate
+
+__all__ = ["CHOICE_FIELDS", "Choice", "ColumnCatalogue", "Labels", "column_catalogue"]
+
+_FAR_FUTURE_S: Final = 2**62
+CHOICES_MAX: Final = 500_000
+
+CHOICE_FIELDS: Final = (
+    "reason", "rate_row", "plan_id", "plan_version", "currency", "rounding", "usage_class",
+    "price_key", "destination", "time_band", "content_provider", "provider_share",
+)  # fmt: skip
+"""The integer fields of a :data:`Choice`, in order: a reject reason code (``-1``: rated),
+the rate table row, label codes (``-1``: null) and the provider share in micro-units."""
+
+Choice = tuple[tuple[int, ...], str | None]
+"""What one selection key decides: :data:`CHOICE_FIELDS` values and the reject detail."""
+
+
+class Labels:
+    """An append-only list of labels; a label's position is its code in every batch."""
+
+    __slots__ = ("_array", "codes", "values")
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.values: list[str] = []
+        self._array: pa.Array | None = None
+
+    def code(self, value: str | None) -> int:
+        """The code of ``value`` (``-1`` for ``None``), registering it if new."""
+        if value is None:
+            return -1
+        found = self.codes.get(value)
+        if found is None:
+            found = self.codes[value] = len(self.values)
+            self.values.append(value)
+            self._array = None
+        return found
+
+    def array(self) -> pa.Array:
+        """The dictionary of the labels so far, built again only after one was added."""
+        if self._array is None:
+            self._array = pa.array(self.values, pa.string())
+        return self._array
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PlanColumns:
+    """One plan's versions as arrays: ``versions[i]`` is valid in ``[starts[i], untils[i])``."""
+
+    starts: NDArray[np.int64]
+    untils: NDArray[np.int64]
+    versions: NDArray[np.int32]
+
+
+class ColumnCatalogue:
+    """Everything column rating keeps per catalogue; see the module docstring."""
+
+    __slots__ = (
+        "band_days",
+        "choices",
+        "labels",
+        "plan_index",
+        "plans",
+        "prefixes",
+        "rate_rows",
+        "rates",
+        "version_bands",
+        "versions",
+    )
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        # The catalogue itself is not kept: it is the weak key these tables live under.
+        self.versions: list[PlanVersion] = []
+        self.plans: list[PlanColumns] = []
+        self.plan_index: dict[str, int] = {}
+        for plan_id, plan in catalogue.plans.items():
+            first = len(self.versions)
+            self.versions.extend(plan.versions)
+            self.plan_index[plan_id] = len(self.plans)
+            self.plans.append(
+                PlanColumns(
+                    starts=np.array([v.valid_from_s for v in plan.versions], np.int64),
+                    untils=np.array(
+                        [
+                            _FAR_FUTURE_S if v.valid_until_s is None else v.valid_until_s
+                            for v in plan.versions
+                        ],
+                        np.int64,
+                    ),
+                    versions=np.arange(first, len(self.versions), dtype=np.int32),
+                )
+            )
+        band_sets: dict[int, int] = {}
+        self.band_days: list[BandDays] = []
+        bands_of: list[int] = []
+        for version in self.versions:
+            position = band_sets.get(id(version.timebands))
+            if position is None:
+                position = band_sets[id(version.timebands)] = len(self.band_days)
+                self.band_days.append(BandDays(version.timebands))
+            bands_of.append(position)
+        # One more entry for "no version" (index -1), pointing at no band set.
+        self.version_bands = np.array([*bands_of, -1], np.int32)
+        self.prefixes = PrefixIndex.build(catalogue.prefixes.table)
+        rates: dict[int, Rate] = {id(rate): rate for rate in catalogue.price_keys.values()}
+        for item in catalogue.items.values():
+            rates[id(item.rate)] = item.rate
+        for version in self.versions:
+            for rule in (*version.voice, *version.sms, *version.data):
+                rates[id(rule.rate)] = rule.rate
+        self.rate_rows = {key: row for row, key in enumerate(rates)}
+        self.rates = RateTable.build(list(rates.values()))
+        self.labels = {name: Labels() for name in CHOICE_FIELDS[2:-1]}
+        self.choices: dict[tuple[object, ...], Choice] = {}
+
+    @property
+    def bands_max(self) -> int:
+        return max((len(days.bands.band_ids) for days in self.band_days), default=1)
+
+
+_TABLES: weakref.WeakKeyDictionary[Catalogue, ColumnCatalogue] = weakref.WeakKeyDictionary()
+
+
+def column_catalogue(catalogue: Catalogue) -> ColumnCatalogue:
+    """The prepared tables of ``catalogue``, built on first use."""
+    tables = _TABLES.get(catalogue)
+    if tables is None:
+        tables = _TABLES[catalogue] = ColumnCatalogue(catalogue)
+    return tables
