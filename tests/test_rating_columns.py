@@ -100,6 +100,17 @@ def check_equal(
     # Without tiers, and with the plan column dictionary-encoded, the other columns are the same.
     lean = rate_columns(batch, catalogue, plan_column.dictionary_encode()).batch
     assert lean.equals(rated.batch.drop_columns([TIERS_FIELD.name]))
+    # A slice of a larger batch (its buffers start part-way in) rates the same as a fresh one.
+    if batch.num_rows > 2:
+        last = batch.num_rows - 1
+        middle = pa.concat_batches([batch, batch]).slice(last, 3)
+        sliced = rate_columns(
+            middle, catalogue, pa.array(plans * 2, pa.string()).slice(last, 3), tiers=True
+        )
+        wanted = [expected[last], *expected[:2]]
+        got = outcomes_from_batch(middle, sliced.batch)
+        for row, (mine, reference) in enumerate(zip(got, wanted, strict=True)):
+            assert mine == reference, f"sliced row {row}: {_differences(mine, reference)}"
     return expected
 
 

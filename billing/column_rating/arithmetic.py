@@ -159,15 +159,23 @@ def _round_up(
 
 
 def price_rows(
-    table: RateTable, rate_row: NDArray[np.intp], units: I64, *, tiers: bool
+    table: RateTable,
+    rate_row: NDArray[np.intp],
+    units: I64,
+    *,
+    tiers: bool,
+    rates_used: NDArray[np.intp] | None = None,
 ) -> PricedColumns:
     """Price ``units[i]`` at rate ``rate_row[i]`` (``0 <= units <= units_max``) for every row.
 
     ``tiers``: also keep each tier's piece (four more arrays per tier).
+    ``rates_used``: the rate rows that occur, if the caller knows them
+    (only their rounding modes are computed).
     """
     count = len(units)
-    used = np.unique(rate_row) if count else np.zeros(0, np.intp)
-    modes = frozenset(table.mode[used].tolist())
+    if rates_used is None:
+        rates_used = np.unique(rate_row)
+    modes = frozenset(table.mode[rates_used].tolist())
     mode = table.mode[rate_row] if len(modes) > 1 else np.full(count, next(iter(modes), 0), np.int8)
     step = table.step[rate_row]
     kept = table.start.shape[0] if tiers else 0

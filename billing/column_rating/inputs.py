@@ -35,8 +35,6 @@ class UsageColumns:
     sms_count: NDArray[np.int64]
     uplink_bytes: NDArray[np.int64]
     downlink_bytes: NDArray[np.int64]
-    rating_group: NDArray[np.int64]
-    has_rating_group: NDArray[np.bool_]
     roaming: NDArray[np.bool_]
     item: NDArray[np.int32]
     item_ids: list[str]
@@ -45,7 +43,9 @@ class UsageColumns:
 
 def _dictionary(column: pa.Array) -> tuple[NDArray[np.int32], list[str]]:
     """Codes (``-1`` for null) and labels of a dictionary column."""
-    codes = pc.fill_null(column.indices, -1).to_numpy().astype(np.int32, copy=False)
+    indices = column.indices
+    filled = pc.fill_null(indices, -1) if indices.null_count else indices
+    codes = filled.to_numpy().astype(np.int32, copy=False)
     return codes, column.dictionary.to_pylist()
 
 
@@ -58,7 +58,6 @@ def usage_columns(batch: pa.RecordBatch) -> UsageColumns:
         service_map = np.array([SERVICES.index(Service(s)) for s in service_labels], np.int8)
     except ValueError as exc:
         raise ColumnLayoutError(f"usage column service: {exc}") from None
-    group = batch.column("rating_group")
     item_codes, item_ids = _dictionary(batch.column("content_item_id"))
     return UsageColumns(
         batch=batch,
@@ -68,12 +67,6 @@ def usage_columns(batch: pa.RecordBatch) -> UsageColumns:
         sms_count=batch.column("sms_count").to_numpy(),
         uplink_bytes=batch.column("uplink_bytes").to_numpy(),
         downlink_bytes=batch.column("downlink_bytes").to_numpy(),
-        rating_group=pc.fill_null(group, 0).to_numpy(),
-        has_rating_group=(
-            np.ones(len(group), np.bool_)
-            if group.null_count == 0
-            else group.is_valid().to_numpy(zero_copy_only=False)
-        ),
         roaming=batch.column("roaming").to_numpy(zero_copy_only=False),
         item=item_codes,
         item_ids=item_ids,
@@ -103,6 +96,8 @@ def plan_column(plans: PlanIds, rows: int, default_plan: str) -> PlanColumn:
     column: Any = plans.combine_chunks() if isinstance(plans, pa.ChunkedArray) else plans
     if len(column) != rows:
         raise ColumnLayoutError(f"{len(column)} plan ids for {rows} rows")
+    if pa.types.is_null(column.type):  # all null: the default plan everywhere
+        return PlanColumn(code=np.zeros(rows, np.int32), names=[default_plan])
     if not pa.types.is_dictionary(column.type):
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             raise ColumnLayoutError(f"plan ids must be strings, got {column.type}")

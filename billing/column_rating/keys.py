@@ -3,23 +3,35 @@
 The scalar rater chooses a rate from a few facts that never include the
 usage amount: plan version, service, destination, rating group, time band,
 roaming (or, for content, plan version and item). Here those facts are packed
-into one int64 per row, the distinct keys of the batch are found with a
-presence table (or a sort when the key space is large), and each distinct key
-is decided by the scalar code: ``billing.tariffs.selection.select`` (whose CEL
-conditions run there, so once per key at most, not per row) or, for content,
-``billing.rating.rate`` on a stand-in record. Decisions are memoised per
-catalogue, so a warm partition only looks keys up.
+into one int64 per row (a :class:`KeySpace` sized for the batch), the batch's
+distinct keys are found with a presence table or a sort, and each distinct
+key is decided by the scalar code: ``billing.tariffs.selection.select``
+(whose CEL conditions run there, so once per key at most, never per row) or,
+for content, ``billing.rating.rate`` on a stand-in record.
+
+Decisions are kept per catalogue in a :class:`ChoiceMemo`: a table with one
+column per decided key, addressed by a *stable* key (the same facts packed
+with radices that do not depend on the batch), so a warm partition spends one
+dict probe per distinct key of a batch and a gather per row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from billing.column_rating.tables import CHOICE_FIELDS, CHOICES_MAX, Choice, ColumnCatalogue
+from billing.column_rating.tables import (
+    CHOICE_FIELDS,
+    GROUPS_MAX,
+    ITEMS_MAX,
+    NOTHING,
+    Choice,
+    ChoiceMemo,
+    ColumnCatalogue,
+)
 from billing.columns import REJECT_REASONS, SERVICES
 from billing.invariant import invariant
 from billing.rated import RatingFailure
@@ -30,13 +42,12 @@ from billing.tariffs.selection import Rejection, select
 
 __all__ = ["KeySpace", "KeyedChoices", "choose"]
 
-_PRESENCE_MAX: Final = 1 << 24
-_NOTHING: Final[Choice] = ((-1, -1, *([-1] * (len(CHOICE_FIELDS) - 3)), 0), None)
+_PRESENCE_ROWS_MAX: Final = 8  # a presence table up to 8 entries a row beats a sort
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeySpace:
-    """The radices of a batch's keys; content keys follow the others, the 'no key' key is last."""
+    """The radices of keys; content keys follow the others, the 'no key' key is last."""
 
     versions: int
     destinations: int
@@ -54,18 +65,19 @@ class KeySpace:
 
     def pack(
         self,
-        version: NDArray[np.int32],
-        service: NDArray[np.int8],
-        destination: NDArray[np.int32],
-        rating_group: NDArray[np.int32],
-        band: NDArray[np.int16],
-        roaming: NDArray[np.bool_],
+        version: NDArray[Any],
+        service: NDArray[Any],
+        destination: NDArray[Any],
+        rating_group: NDArray[Any],
+        band: NDArray[Any],
+        roaming: NDArray[Any],
     ) -> NDArray[np.int64]:
         """The key of a row that selects a rule (``destination`` ``-1`` for data)."""
-        key = version.astype(np.int64) * 3 + service
+        key: NDArray[np.int64] = version.astype(np.int64) * 3 + service
         key = key * (self.destinations + 1) + (destination + 1)
         key = (key * self.rating_groups + rating_group) * self.bands + band
-        return key * 2 + roaming
+        packed: NDArray[np.int64] = key * 2 + roaming
+        return packed
 
     def pack_content(
         self, version: NDArray[np.int32], item: NDArray[np.int32]
@@ -73,24 +85,49 @@ class KeySpace:
         """The key of a content purchase (``item`` ``-1`` for none)."""
         return self.content_base + version.astype(np.int64) * (self.items + 1) + (item + 1)
 
+    def unpack(self, keys: NDArray[np.int64]) -> dict[str, NDArray[np.int64]]:
+        """The facts of rule keys (content and 'no key' keys give nonsense; mask them)."""
+        rest, roaming = np.divmod(keys, 2)
+        rest, band = np.divmod(rest, self.bands)
+        rest, group = np.divmod(rest, self.rating_groups)
+        rest, destination = np.divmod(rest, self.destinations + 1)
+        version, service = np.divmod(rest, 3)
+        return {
+            "version": version,
+            "service": service,
+            "destination": destination - 1,
+            "group": group,
+            "band": band,
+            "roaming": roaming,
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class KeyedChoices:
-    """Each row's code into the table of this batch's distinct keys, and that table."""
+    """Each row's column in the memo's table, and the columns this batch uses."""
 
     code: NDArray[np.intp]
-    table: NDArray[np.int64]  # [distinct key, CHOICE_FIELDS]
-    details: list[str | None]
+    used: NDArray[np.intp]
+    memo: ChoiceMemo
 
-    def field(self, name: str) -> NDArray[np.int64]:
-        """One of :data:`CHOICE_FIELDS` for every row."""
-        column: NDArray[np.int64] = self.table[:, CHOICE_FIELDS.index(name)][self.code]
+    def field(self, name: str, dtype: type[np.signedinteger[Any]] = np.int64) -> NDArray[Any]:
+        """One of :data:`CHOICE_FIELDS` for every row, as ``dtype``."""
+        row = self.memo.table[CHOICE_FIELDS.index(name), : self.memo.size]
+        column: NDArray[Any] = row.astype(dtype, copy=False)[self.code]
         return column
+
+    def used_field(self, name: str) -> NDArray[np.int64]:
+        """One of :data:`CHOICE_FIELDS` for each decision the batch uses."""
+        used: NDArray[np.int64] = self.memo.table[CHOICE_FIELDS.index(name), self.used]
+        return used
+
+    def detail(self, code: int) -> str | None:
+        return self.memo.details[code]
 
 
 def _distinct(keys: NDArray[np.int64], space: int) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
     """The sorted distinct keys and each row's position among them."""
-    if space <= max(_PRESENCE_MAX, 4 * len(keys)) and space < 1 << 31:
+    if space <= _PRESENCE_ROWS_MAX * len(keys) and space < 1 << 31:
         seen = np.zeros(space, np.bool_)
         seen[keys] = True
         distinct = np.flatnonzero(seen)
@@ -116,7 +153,7 @@ def _decide_rule(
     service = SERVICES[service_code]
     chosen = select(version, service, destination, band, roaming, rating_group)
     if isinstance(chosen, Rejection):
-        return ((REJECT_REASONS.index(chosen.reason), *_NOTHING[0][1:]), chosen.detail)
+        return ((REJECT_REASONS.index(chosen.reason), *NOTHING[0][1:]), chosen.detail)
     labels = tables.labels
     row = tables.rate_rows.get(id(chosen.rate))
     invariant(row is not None, f"rate {chosen.rate.rate_id} is not in the column rate table")
@@ -153,7 +190,7 @@ def _decide_content(
     )
     outcome = rate(stand_in, catalogue, version.plan_id)
     if isinstance(outcome, RatingFailure):
-        return ((REJECT_REASONS.index(outcome.reason), *_NOTHING[0][1:]), outcome.detail)
+        return ((REJECT_REASONS.index(outcome.reason), *NOTHING[0][1:]), outcome.detail)
     item = catalogue.items[outcome.price_key.removeprefix("content:")]
     labels = tables.labels
     return (
@@ -184,49 +221,55 @@ def choose(
     item_ids: list[str],
 ) -> KeyedChoices:
     """Decide every distinct key of ``keys``; ``rating_groups[g]`` is the value of group code g."""
-    distinct, code = _distinct(keys, space.nothing + 1)
-    memo = tables.choices
-    if len(memo) >= CHOICES_MAX:
-        memo.clear()
-    decided: list[Choice] = []
-    for key in distinct.tolist():
-        if key == space.nothing:
-            decided.append(_NOTHING)
+    memo = tables.choice_memo
+    if memo.full():
+        memo = tables.choice_memo = ChoiceMemo()
+    distinct, position = _distinct(keys, space.nothing + 1)
+    # The same facts with radices that do not depend on the batch.
+    stable_space = KeySpace(
+        versions=space.versions,
+        destinations=space.destinations,
+        rating_groups=GROUPS_MAX,
+        bands=space.bands,
+        items=ITEMS_MAX,
+    )
+    groups = np.array([memo.groups.setdefault(v, len(memo.groups)) for v in rating_groups])
+    items = np.array([0] + [memo.items.setdefault(i, len(memo.items)) for i in item_ids])
+    content = distinct >= space.content_base
+    facts = space.unpack(np.where(content, 0, distinct))
+    stable = stable_space.pack(
+        facts["version"], facts["service"], facts["destination"],
+        groups[facts["group"]], facts["band"], facts["roaming"],
+    )  # fmt: skip
+    content_version, content_item = np.divmod(distinct - space.content_base, space.items + 1)
+    stable_content = stable_space.content_base + content_version * ITEMS_MAX
+    stable = np.where(content, stable_content + items[np.where(content, content_item, 0)], stable)
+    stable[distinct == space.nothing] = -1
+    known = memo.rows
+    rows = [known.get(key, -1) for key in stable.tolist()]
+    for at, row in enumerate(rows):
+        if row >= 0:
             continue
-        if key >= space.content_base:
-            version_index, item = divmod(key - space.content_base, space.items + 1)
-            item_id = item_ids[item - 1] if item else None
-            memo_key: tuple[object, ...] = ("content", version_index, item_id)
-            choice = memo.get(memo_key)
-            if choice is None:
-                choice = memo[memo_key] = _decide_content(tables, catalogue, version_index, item_id)
-            decided.append(choice)
+        key = int(stable[at])
+        if key == -1:
+            rows[at] = 0
             continue
-        rest, roaming = divmod(key, 2)
-        rest, band = divmod(rest, space.bands)
-        rest, group = divmod(rest, space.rating_groups)
-        rest, destination = divmod(rest, space.destinations + 1)
-        version_index, service_code = divmod(rest, 3)
-        memo_key = (
-            version_index,
-            service_code,
-            destination - 1,
-            rating_groups[group],
-            band,
-            roaming,
-        )
-        choice = memo.get(memo_key)
-        if choice is None:
-            choice = memo[memo_key] = _decide_rule(
+        if content[at]:
+            item = int(content_item[at])
+            choice = _decide_content(
+                tables, catalogue, int(content_version[at]), item_ids[item - 1] if item else None
+            )
+        else:
+            choice = _decide_rule(
                 tables,
                 catalogue,
-                version_index,
-                service_code,
-                destination - 1,
-                rating_groups[group],
-                band,
-                bool(roaming),
+                int(facts["version"][at]),
+                int(facts["service"][at]),
+                int(facts["destination"][at]),
+                rating_groups[int(facts["group"][at])],
+                int(facts["band"][at]),
+                bool(facts["roaming"][at]),
             )
-        decided.append(choice)
-    table = np.array([values for values, _ in decided], np.int64).reshape(-1, len(CHOICE_FIELDS))
-    return KeyedChoices(code=code, table=table, details=[detail for _, detail in decided])
+        rows[at] = known[key] = memo._add(choice)
+    used = np.array(rows, np.intp)
+    return KeyedChoices(code=used[position], used=used, memo=memo)

@@ -13,6 +13,7 @@ opening time, the number).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +43,10 @@ _LABEL_FIELDS = (
     "plan_id", "plan_version", "currency", "rounding", "usage_class", "price_key",
     "destination", "time_band", "content_provider",
 )  # fmt: skip
+_LABELS_MAYBE_NULL = frozenset({"destination", "time_band", "content_provider"})
 _NO_PLAN = REJECT_REASONS.index(RejectReason.NO_PLAN)
 _NO_DESTINATION = REJECT_REASONS.index(RejectReason.NO_DESTINATION)
+_DETAILS_IN_PYTHON_MAX = 64
 _REASONS = pa.array([reason.value for reason in REJECT_REASONS], pa.string())
 
 
@@ -52,7 +55,7 @@ class RatedArrays:
     """Every output field as an array, writable so the scalar-rated rows can be put in."""
 
     reason: NDArray[np.int8]
-    codes: dict[str, I64]
+    codes: dict[str, NDArray[np.int32]]
     amount: I64
     units: I64
     billed_units: I64
@@ -72,17 +75,21 @@ class RatedArrays:
         units: I64,
         priced: PricedColumns,
     ) -> RatedArrays:
-        """The rows' labels from their keys' choices, nulled where the row is not rated."""
+        """The rows' labels from their keys' decisions.
+
+        A row that is not rated points at a decision without labels (a reject,
+        or 'no key'), except the rows the scalar rater then overwrites.
+        """
         return cls(
             reason=reason,
-            codes={name: np.where(rated, choices.field(name), -1) for name in _LABEL_FIELDS},
+            codes={name: choices.field(name, np.int32) for name in _LABEL_FIELDS},
             amount=priced.amount,
             units=units,
             billed_units=priced.billed_units,
             connect_fee=priced.connect_fee,
             capped=priced.capped,
             disconnect=priced.disconnect,
-            provider_share=np.where(rated, choices.field("provider_share"), 0),
+            provider_share=choices.field("provider_share"),
             priced=priced,
         )
 
@@ -151,9 +158,10 @@ def _details(
     heads += [f"{SERVICES[s].value} record without called number" for s in (0, 1)]
     heads.append("no prefix matches ")
     keyed = len(heads)
-    heads += [detail or "" for detail in choices.details]
+    decisions, position = np.unique(choices.code[at], return_inverse=True)
+    heads += [choices.detail(int(code)) or "" for code in decisions]
     reason = arrays.reason[at]
-    head = keyed + choices.code[at]
+    head = keyed + position
     no_destination = reason == _NO_DESTINATION
     head = np.where(no_destination & (found[at] == -1), plans + 2, head)
     head = np.where(no_destination & (found[at] == NO_NUMBER), plans + usage.service[at], head)
@@ -164,6 +172,34 @@ def _details(
         heads += [arrays.scalar_details[row] for row in scalar_rows.tolist()]
     with_time = head < plans
     with_number = head == plans + 2
+    if len(at) <= _DETAILS_IN_PYTHON_MAX:
+        # A few rejects: formatting them here beats starting a dozen Arrow kernels.
+        times = usage.t_s[at].tolist()
+        called = usage.called_number.take(pa.array(at)).to_pylist()
+        texts = pa.array(
+            [
+                heads[h] + (str(times[i]) if with_time[i] else called[i] if with_number[i] else "")
+                for i, h in enumerate(head.tolist())
+            ],
+            pa.string(),
+        )
+    else:
+        texts = _joined(heads, head, with_time, with_number, usage, at)
+    if len(at) == rows:
+        return texts
+    position = (np.cumsum(rejected) - 1).astype(np.int32)
+    return texts.take(pa.array(position, mask=~rejected))
+
+
+def _joined(
+    heads: list[str],
+    head: NDArray[np.int64],
+    with_time: NDArray[np.bool_],
+    with_number: NDArray[np.bool_],
+    usage: UsageColumns,
+    at: NDArray[np.intp],
+) -> pa.Array:
+    """Each rejected row's head joined to its tail (time, number or nothing), in Arrow."""
     tails = pc.if_else(
         pa.array(with_time),
         pc.cast(pa.array(usage.t_s[at]), pa.string()),
@@ -173,13 +209,7 @@ def _details(
             "",
         ),
     )
-    texts = pc.binary_join_element_wise(
-        pa.array(heads, pa.string()).take(pa.array(head)), tails, ""
-    )
-    if len(at) == rows:
-        return texts
-    position = (np.cumsum(rejected) - 1).astype(np.int32)
-    return texts.take(pa.array(position, mask=~rejected))
+    return pc.binary_join_element_wise(pa.array(heads, pa.string()).take(pa.array(head)), tails, "")
 
 
 def _tiers(arrays: RatedArrays) -> pa.Array:
@@ -206,10 +236,23 @@ def _tiers(arrays: RatedArrays) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=TIERS_FIELD.type)
 
 
-def _label(codes: I64, dictionary: pa.Array, index_type: pa.DataType) -> pa.Array:
-    null = codes < 0
-    indices = pa.array(
-        codes.astype(index_type.to_pandas_dtype()), mask=null if null.any() else None
+Validity = tuple[pa.Buffer | None, int]
+
+
+def _validity(null: NDArray[np.bool_]) -> Validity:
+    """An Arrow validity bitmap for ``~null`` and the null count (no bitmap when none is null)."""
+    nulls = int(np.count_nonzero(null))
+    if nulls == 0:
+        return None, 0
+    return pa.py_buffer(np.packbits(~null, bitorder="little")), nulls
+
+
+def _label(codes: NDArray[Any], dictionary: pa.Array, validity: Validity) -> pa.Array:
+    """A dictionary column over ``codes`` (a contiguous int8 or int32 array), no copy."""
+    bitmap, nulls = validity
+    index_type = pa.int8() if codes.dtype == np.int8 else pa.int32()
+    indices = pa.Array.from_buffers(
+        index_type, len(codes), [bitmap, pa.py_buffer(np.ascontiguousarray(codes))], nulls
     )
     return pa.DictionaryArray.from_arrays(indices, dictionary)
 
@@ -227,11 +270,18 @@ def assemble(
 ) -> pa.RecordBatch:
     """The rated batch, :data:`RATED_SCHEMA` (and the tiers column when ``tiers``)."""
     labels = tables.labels
+    rejected = arrays.reason >= 0
+    # A rated row has all of these labels, a rejected one none: one bitmap serves them all.
+    rated_validity = _validity(rejected)
+    validity = {
+        name: _validity(arrays.codes[name] < 0) if name in _LABELS_MAYBE_NULL else rated_validity
+        for name in _LABEL_FIELDS
+    }
     columns = {
-        "reject_reason": _label(arrays.reason.astype(np.int64), _REASONS, pa.int8()),
+        "reject_reason": _label(arrays.reason, _REASONS, _validity(~rejected)),
         "reject_detail": _details(tables, usage, plan, version, found, arrays, choices),
         **{
-            name: _label(arrays.codes[name], labels[name].array(), pa.int32())
+            name: _label(arrays.codes[name], labels[name].array(), validity[name])
             for name in _LABEL_FIELDS
         },
         "amount": pa.array(arrays.amount),

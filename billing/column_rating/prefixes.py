@@ -124,17 +124,21 @@ class PrefixIndex:
         ``-1`` where no prefix matches, :data:`NO_NUMBER` for a null or empty
         number, :data:`NOT_DIGITS` for one that is not all ASCII digits.
         """
-        sizes = pc.fill_null(pc.binary_length(numbers), 0).to_numpy().astype(np.int64)
-        digits = pc.fill_null(pc.ascii_is_decimal(numbers), False).to_numpy(zero_copy_only=False)
-        out = np.where(sizes == 0, NO_NUMBER, NOT_DIGITS).astype(np.int32)
-        usable = digits & (sizes > 0)
+        sizes, bad = _sizes_and_bad_rows(numbers)
+        out = np.where(sizes == 0, NO_NUMBER, -1).astype(np.int32)
+        out[bad] = NOT_DIGITS
+        usable = sizes > 0
+        usable[bad] = False
         if not usable.any() or len(self.destination) == 0:
-            out[usable] = -1
             return out
-        clean = pc.if_else(pa.array(usable), numbers, "0")
+        # Nulls stay null through the cast; empty strings and non-digits would
+        # fail it, so they become "0" (their answer is already set).
+        keep = usable | ~_valid(numbers)
+        clean = numbers if keep.all() else pc.if_else(pa.array(keep), numbers, "0")
         if int(sizes.max()) > _WIDTH:
             clean = pc.utf8_slice_codeunits(clean, 0, _WIDTH)
-        value = pc.cast(clean, pa.int64()).to_numpy()
+        parsed = pc.cast(clean, pa.int64())
+        value = (pc.fill_null(parsed, 0) if parsed.null_count else parsed).to_numpy()
         size = np.minimum(sizes, _WIDTH)
         point = value * _POW10[_WIDTH - size]
         found = self.heads[point // 10 ** (_WIDTH - self.head_digits)]
@@ -149,6 +153,36 @@ class PrefixIndex:
             keep = found[too_long] >= 0
             too_long = too_long[keep]
             too_long = too_long[self.length[found[too_long]] > size[too_long]]
-        destination = np.where(found >= 0, self.destination[found], -1).astype(np.int32)
-        out[usable] = destination[usable]
-        return out
+        return np.where(usable & (found >= 0), self.destination[found], out).astype(np.int32)
+
+
+def _valid(numbers: pa.Array) -> NDArray[np.bool_]:
+    if numbers.null_count == 0:
+        return np.ones(len(numbers), np.bool_)
+    valid: NDArray[np.bool_] = numbers.is_valid().to_numpy(zero_copy_only=False)
+    return valid
+
+
+def _sizes_and_bad_rows(numbers: pa.Array) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
+    """Each number's length (0 when null) and the rows holding a byte that is not a digit.
+
+    Read from the Arrow buffers: lengths are differences of the offsets, and
+    one pass over the character bytes finds the non-digits, whose rows are
+    then found by bisecting the offsets (they are rare; readers normalise).
+    """
+    count = len(numbers)
+    # A slice of a larger array starts part-way into its offsets (np.frombuffer counts bytes).
+    offsets = np.frombuffer(numbers.buffers()[1], np.int32, count + 1, 4 * numbers.offset)
+    sizes = np.diff(offsets).astype(np.int64)
+    if numbers.null_count:
+        # A null slot may still span bytes; it has no number.
+        sizes[~_valid(numbers)] = 0
+    data = numbers.buffers()[2]
+    if data is None or count == 0:
+        return sizes, np.zeros(0, np.intp)
+    chars = np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]]
+    wrong = np.flatnonzero((chars - np.uint8(48)) > 9)
+    if len(wrong) == 0:
+        return sizes, np.zeros(0, np.intp)
+    rows = np.unique(np.searchsorted(offsets, wrong + offsets[0], side="right") - 1)
+    return sizes, rows[sizes[rows] > 0].astype(np.intp)

@@ -26,6 +26,7 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from billing.column_rating.arithmetic import price_rows
@@ -49,6 +50,7 @@ _NO_PLAN: Final = REJECT_REASONS.index(RejectReason.NO_PLAN)
 _NO_DESTINATION: Final = REJECT_REASONS.index(RejectReason.NO_DESTINATION)
 _PLANS_MASKED_MAX: Final = 4
 _BYTES_MAX: Final = 2**62
+_GROUP_SPAN_MAX: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -90,36 +92,42 @@ def _versions(
     return version
 
 
-def _rating_groups(usage: UsageColumns) -> tuple[NDArray[np.int32], list[int | None]]:
+def _rating_groups(column: pa.Array) -> tuple[NDArray[np.int32], list[int | None]]:
     """A small code per row for its rating group (0: none) and the value of each code."""
-    valid = usage.has_rating_group
-    values = usage.rating_group
-    if not valid.any():
-        return np.zeros(len(values), np.int32), [None]
-    low = int(values[valid].min())
-    high = int(values[valid].max())
-    shifted = np.where(valid, values - low, 0) if high - low < 1 << 20 else None
-    if shifted is not None:
+    rows = len(column)
+    if column.null_count == rows:
+        return np.zeros(rows, np.int32), [None]
+    extremes = pc.min_max(column)
+    low, high = extremes["min"].as_py(), extremes["max"].as_py()
+    # Nulls read as the smallest value, which occurs anyway; their code is reset below.
+    values = (pc.fill_null(column, low) if column.null_count else column).to_numpy()
+    if high - low < _GROUP_SPAN_MAX:
+        shifted = values - low
         seen = np.zeros(high - low + 1, np.bool_)
-        seen[shifted[valid]] = True
+        seen[shifted] = True
         distinct = np.flatnonzero(seen)
         lookup = np.zeros(high - low + 1, np.int32)
         lookup[distinct] = np.arange(1, len(distinct) + 1, dtype=np.int32)
-        code = np.where(valid, lookup[shifted], 0).astype(np.int32)
-        return code, [None, *(int(v) + low for v in distinct.tolist())]
-    distinct_values, inverse = np.unique(values[valid], return_inverse=True)
-    code = np.zeros(len(values), np.int32)
-    code[valid] = inverse + 1
-    return code, [None, *distinct_values.tolist()]
+        code = lookup[shifted]
+        group_values: list[int | None] = [None, *(int(v) + low for v in distinct.tolist())]
+    else:
+        distinct_values, inverse = np.unique(values, return_inverse=True)
+        code = (inverse + 1).astype(np.int32)
+        group_values = [None, *distinct_values.tolist()]
+    if column.null_count:
+        code[~column.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return code, group_values
 
 
 def _units(usage: UsageColumns) -> NDArray[np.int64]:
     """``UsageRecord.units`` per row: seconds, messages, bytes, or one item."""
-    service = usage.service
-    units = np.where(service == _VOICE, usage.duration_s, usage.sms_count)
-    data = service == _DATA
-    units[data] = usage.uplink_bytes[data] + usage.downlink_bytes[data]
-    units[service == _CONTENT] = 1
+    by_service = (
+        usage.duration_s,
+        usage.sms_count,
+        usage.uplink_bytes + usage.downlink_bytes,
+        np.ones(len(usage.service), np.int64),
+    )
+    units: NDArray[np.int64] = np.choose(usage.service, by_service)
     return units
 
 
@@ -168,7 +176,7 @@ def rate_columns(
     scalar = not_digits | no_band_table
     selects &= ~no_band_table
     # 4. Keys, decided once each.
-    group_code, group_values = _rating_groups(usage)
+    group_code, group_values = _rating_groups(usage.batch.column("rating_group"))
     space = KeySpace(
         versions=len(tables.versions),
         destinations=len(catalogue.destinations),
@@ -205,7 +213,10 @@ def rate_columns(
     scalar |= out_of_range
     units = np.where(rated, units, 0)
     rate_row = np.where(rated, rate_row, tables.rates.empty_row).astype(np.intp)
-    priced = price_rows(tables.rates, rate_row, units, tiers=tiers)
+    rates_used = np.append(choices.used_field("rate_row"), tables.rates.empty_row)
+    priced = price_rows(
+        tables.rates, rate_row, units, tiers=tiers, rates_used=rates_used[rates_used >= 0]
+    )
     arrays = RatedArrays.gather(choices, reason, rated, units, priced)
     scalar_at = np.flatnonzero(scalar)
     if len(scalar_at):
@@ -218,7 +229,7 @@ def rate_columns(
             "no_band_table": int(no_band_table.sum()),
             "units_out_of_range": int(out_of_range.sum()),
         },
-        keys=len(choices.details),
+        keys=len(choices.used),
     )
 
 

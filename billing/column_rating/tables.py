@@ -29,10 +29,19 @@ from billing.column_rating.bands import BandDays
 from billing.column_rating.prefixes import PrefixIndex
 from billing.tariffs.model import Catalogue, PlanVersion, Rate
 
-__all__ = ["CHOICE_FIELDS", "Choice", "ColumnCatalogue", "Labels", "column_catalogue"]
+__all__ = [
+    "CHOICE_FIELDS",
+    "GROUPS_MAX",
+    "ITEMS_MAX",
+    "NOTHING",
+    "Choice",
+    "ChoiceMemo",
+    "ColumnCatalogue",
+    "Labels",
+    "column_catalogue",
+]
 
 _FAR_FUTURE_S: Final = 2**62
-CHOICES_MAX: Final = 500_000
 
 CHOICE_FIELDS: Final = (
     "reason", "rate_row", "plan_id", "plan_version", "currency", "rounding", "usage_class",
@@ -43,6 +52,14 @@ the rate table row, label codes (``-1``: null) and the provider share in micro-u
 
 Choice = tuple[tuple[int, ...], str | None]
 """What one selection key decides: :data:`CHOICE_FIELDS` values and the reject detail."""
+
+NOTHING: Final[Choice] = ((-1, -1, *([-1] * (len(CHOICE_FIELDS) - 3)), 0), None)
+"""The decision for rows that select nothing (rejected before selection, or scalar)."""
+_FIELDS: Final = len(CHOICE_FIELDS)
+# Stable radices of rating groups and items: the memo starts again when either fills up.
+GROUPS_MAX: Final = 1 << 16
+ITEMS_MAX: Final = 1 << 16
+CHOICES_MAX: Final = 500_000
 
 
 class Labels:
@@ -82,12 +99,46 @@ class PlanColumns:
     versions: NDArray[np.int32]
 
 
+class ChoiceMemo:
+    """The decided keys of one catalogue: ``table[field, row]`` and the stable key of each row.
+
+    Row 0 is the 'no key' decision (labels null, nothing to price). Rating
+    group values and item ids get stable codes here, in order of first sight.
+    """
+
+    __slots__ = ("details", "groups", "items", "rows", "size", "table")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, int] = {}
+        self.groups: dict[int | None, int] = {None: 0}
+        self.items: dict[str | None, int] = {None: 0}
+        self.table = np.zeros((_FIELDS, 1024), np.int64)
+        self.details: list[str | None] = []
+        self.size = 0
+        self._add(NOTHING)
+
+    def _add(self, choice: Choice) -> int:
+        if self.size == self.table.shape[1]:
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)], axis=1)
+        self.table[:, self.size] = choice[0]
+        self.details.append(choice[1])
+        self.size += 1
+        return self.size - 1
+
+    def full(self) -> bool:
+        return (
+            self.size >= CHOICES_MAX
+            or len(self.groups) >= GROUPS_MAX
+            or len(self.items) >= ITEMS_MAX
+        )
+
+
 class ColumnCatalogue:
     """Everything column rating keeps per catalogue; see the module docstring."""
 
     __slots__ = (
         "band_days",
-        "choices",
+        "choice_memo",
         "labels",
         "plan_index",
         "plans",
@@ -141,7 +192,7 @@ class ColumnCatalogue:
         self.rate_rows = {key: row for row, key in enumerate(rates)}
         self.rates = RateTable.build(list(rates.values()))
         self.labels = {name: Labels() for name in CHOICE_FIELDS[2:-1]}
-        self.choices: dict[tuple[object, ...], Choice] = {}
+        self.choice_memo = ChoiceMemo()
 
     @property
     def bands_max(self) -> int:
