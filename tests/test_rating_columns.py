@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.column_rating import rate_columns
+from billing.column_rating import rate_columns, tables
 from billing.column_rating.arithmetic import RateTable, price_rows
 from billing.columns import (
     RATED_SCHEMA,
@@ -345,7 +345,8 @@ def usage(draw: st.DrawFn, catalogue: Catalogue, big: bool) -> tuple[UsageRecord
     service = draw(st.sampled_from(list(Service)))
     units = st.one_of(SMALL_UNITS, BIG_UNITS) if big else SMALL_UNITS
     plans = list(catalogue.plans)
-    plan = draw(st.sampled_from([*plans, *plans, *plans, None, "no-such-plan"]))
+    # More than four plan ids in a batch (unknown ones included) takes the sorted path.
+    plan = draw(st.sampled_from([*plans, *plans, *plans, None, "no-such-plan", "gone", "x"]))
     # Mostly inside the plan's versions, some right at a version's first second or just before.
     versions = catalogue.plans.get(plan or catalogue.default_plan)
     starts = [v.valid_from_s for v in versions.versions] if versions else []
@@ -457,6 +458,21 @@ def test_sample_catalogue_with_the_bench_mix() -> None:
     plans: list[str | None] = [rng.choice(["smart", "business", None]) for _ in records]
     expected = check_equal(records_to_batch(records), plans, SAMPLE)
     assert len({type(o) for o in expected}) == 2  # both rated records and rejects were compared
+
+
+def test_memo_tables_that_start_again_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With memo bounds so small that they reset every few batches, results stay the same."""
+    monkeypatch.setattr(tables, "CHOICES_MAX", 20)
+    monkeypatch.setattr(tables, "LABELS_MAX", 15)
+    bench = _bench_module()
+    records: list[UsageRecord] = bench.generate(3_000, 13)  # type: ignore[attr-defined]
+    catalogue = load_catalogue(ROOT / "conf" / "tariffs")  # its own memo
+    batch = records_to_batch(records)
+    expected = [rate(record, catalogue, "smart") for record in records]
+    for start in range(0, len(records), 250):
+        part = batch.slice(start, 250)
+        rated = rate_columns(part, catalogue, "smart", tiers=True)
+        assert outcomes_from_batch(part, rated.batch) == expected[start : start + 250]
 
 
 def test_sample_catalogue_across_versions_and_dst() -> None:

@@ -22,8 +22,8 @@ __all__ = ["NO_TABLE", "BandDays"]
 
 NO_TABLE: Final = -1
 _MINUTES_PER_DAY: Final = DAY_S // 60
-_DAYS_CACHED_MAX: Final = 20_000
-_DENSE_DAYS_MAX: Final = 4_096
+_DAYS_CACHED_MAX: Final = 2_048  # 6 MB of tables per band set
+_DENSE_DAYS_MAX: Final = 1_024
 
 
 class BandDays:

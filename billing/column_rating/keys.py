@@ -212,6 +212,15 @@ def _decide_content(
     )
 
 
+def _stable_codes(
+    memo: ChoiceMemo, rating_groups: list[int | None], item_ids: list[str]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The memo's codes for the batch's rating group values and item ids (0: none)."""
+    groups = np.array([memo.groups.setdefault(v, len(memo.groups)) for v in rating_groups])
+    items = np.array([0] + [memo.items.setdefault(i, len(memo.items)) for i in item_ids])
+    return groups.astype(np.int64), items.astype(np.int64)
+
+
 def choose(
     tables: ColumnCatalogue,
     catalogue: Catalogue,
@@ -221,9 +230,8 @@ def choose(
     item_ids: list[str],
 ) -> KeyedChoices:
     """Decide every distinct key of ``keys``; ``rating_groups[g]`` is the value of group code g."""
-    memo = tables.choice_memo
-    if memo.full():
-        memo = tables.choice_memo = ChoiceMemo()
+    if tables.memo_full():
+        tables.forget_choices()
     distinct, position = _distinct(keys, space.nothing + 1)
     # The same facts with radices that do not depend on the batch.
     stable_space = KeySpace(
@@ -233,8 +241,13 @@ def choose(
         bands=space.bands,
         items=ITEMS_MAX,
     )
-    groups = np.array([memo.groups.setdefault(v, len(memo.groups)) for v in rating_groups])
-    items = np.array([0] + [memo.items.setdefault(i, len(memo.items)) for i in item_ids])
+    memo = tables.choice_memo
+    groups, items = _stable_codes(memo, rating_groups, item_ids)
+    if not memo.codes_fit():
+        tables.forget_choices()
+        memo = tables.choice_memo
+        groups, items = _stable_codes(memo, rating_groups, item_ids)
+        invariant(memo.codes_fit(), "a batch with over a million rating groups or items")
     content = distinct >= space.content_base
     facts = space.unpack(np.where(content, 0, distinct))
     stable = stable_space.pack(
@@ -270,6 +283,6 @@ def choose(
                 int(facts["band"][at]),
                 bool(facts["roaming"][at]),
             )
-        rows[at] = known[key] = memo._add(choice)
+        rows[at] = known[key] = memo.add(choice)
     used = np.array(rows, np.intp)
     return KeyedChoices(code=used[position], used=used, memo=memo)

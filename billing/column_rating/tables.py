@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from billing.column_rating.arithmetic import RateTable
 from billing.column_rating.bands import BandDays
 from billing.column_rating.prefixes import PrefixIndex
+from billing.invariant import invariant
 from billing.tariffs.model import Catalogue, PlanVersion, Rate
 
 __all__ = [
@@ -56,10 +57,14 @@ Choice = tuple[tuple[int, ...], str | None]
 NOTHING: Final[Choice] = ((-1, -1, *([-1] * (len(CHOICE_FIELDS) - 3)), 0), None)
 """The decision for rows that select nothing (rejected before selection, or scalar)."""
 _FIELDS: Final = len(CHOICE_FIELDS)
-# Stable radices of rating groups and items: the memo starts again when either fills up.
-GROUPS_MAX: Final = 1 << 16
-ITEMS_MAX: Final = 1 << 16
-CHOICES_MAX: Final = 500_000
+# Stable radices of rating groups and items (more than a batch of a million rows can
+# hold), and the bounds on what the memo keeps: when one is reached, the decisions
+# and the label registries start again together (codes are only ever read through
+# the dictionary a batch carries).
+GROUPS_MAX: Final = 1 << 20
+ITEMS_MAX: Final = 1 << 20
+CHOICES_MAX: Final = 200_000
+LABELS_MAX: Final = 200_000
 
 
 class Labels:
@@ -115,9 +120,10 @@ class ChoiceMemo:
         self.table = np.zeros((_FIELDS, 1024), np.int64)
         self.details: list[str | None] = []
         self.size = 0
-        self._add(NOTHING)
+        self.add(NOTHING)
 
-    def _add(self, choice: Choice) -> int:
+    def add(self, choice: Choice) -> int:
+        """Keep a decision; returns its column in :attr:`table`."""
         if self.size == self.table.shape[1]:
             self.table = np.concatenate([self.table, np.zeros_like(self.table)], axis=1)
         self.table[:, self.size] = choice[0]
@@ -131,6 +137,10 @@ class ChoiceMemo:
             or len(self.groups) >= GROUPS_MAX
             or len(self.items) >= ITEMS_MAX
         )
+
+    def codes_fit(self) -> bool:
+        """Whether every rating group and item code fits its radix in the stable keys."""
+        return len(self.groups) <= GROUPS_MAX and len(self.items) <= ITEMS_MAX
 
 
 class ColumnCatalogue:
@@ -193,6 +203,20 @@ class ColumnCatalogue:
         self.rates = RateTable.build(list(rates.values()))
         self.labels = {name: Labels() for name in CHOICE_FIELDS[2:-1]}
         self.choice_memo = ChoiceMemo()
+        # The stable keys of keys.choose: rule keys, then content keys.
+        rules = len(self.versions) * 3 * (len(catalogue.destinations) + 1) * GROUPS_MAX
+        stable_keys = rules * self.bands_max * 2 + len(self.versions) * ITEMS_MAX
+        invariant(stable_keys < 2**62, f"catalogue {catalogue.source}: keys do not fit int64")
+
+    def forget_choices(self) -> None:
+        """Start the decisions and the label registries again (they bound memory)."""
+        self.labels = {name: Labels() for name in CHOICE_FIELDS[2:-1]}
+        self.choice_memo = ChoiceMemo()
+
+    def memo_full(self) -> bool:
+        return self.choice_memo.full() or any(
+            len(labels.values) >= LABELS_MAX for labels in self.labels.values()
+        )
 
     @property
     def bands_max(self) -> int:
