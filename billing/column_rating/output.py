@@ -2,12 +2,12 @@
 
 Labels travel as codes of the catalogue's label registries until the very
 end, where each becomes a dictionary column over the registry's list. Reject
-details are the scalar rater's texts, built for the rejected rows only and
-with Arrow string kernels, so a batch that is all rejects (a partition whose
-directory names a plan the catalogue lacks) costs no Python loop per row:
-each text is a head chosen per distinct cause (``plan 'x': unknown plan at``,
-``no prefix matches``, a selection's detail) joined to a per-row tail (the
-opening time, the number).
+details are the scalar rater's texts, built for the rejected rows only: each
+is a head chosen per distinct cause (``plan 'x': unknown plan at``, ``no
+prefix matches``, a selection's detail) joined to a per-row tail (the opening
+time, the number). A few are joined in Python; many with Arrow string
+kernels, so a batch that is all rejects (a partition whose directory names a
+plan the catalogue lacks) costs no Python loop per row.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ _LABEL_FIELDS = (
     "destination", "time_band", "content_provider",
 )  # fmt: skip
 _LABELS_MAYBE_NULL = frozenset({"destination", "time_band", "content_provider"})
-_NO_PLAN = REJECT_REASONS.index(RejectReason.NO_PLAN)
 _NO_DESTINATION = REJECT_REASONS.index(RejectReason.NO_DESTINATION)
 _DETAILS_IN_PYTHON_MAX = 64
 _REASONS = pa.array([reason.value for reason in REJECT_REASONS], pa.string())
@@ -71,7 +70,6 @@ class RatedArrays:
         cls,
         choices: KeyedChoices,
         reason: NDArray[np.int8],
-        rated: NDArray[np.bool_],
         units: I64,
         priced: PricedColumns,
     ) -> RatedArrays:

@@ -137,13 +137,14 @@ def rate_columns(
     """Rate every row of ``batch`` (``billing.columns.USAGE_SCHEMA``) for the plan id in ``plans``.
 
     ``plans`` is one plan id for all rows, ``None`` (the catalogue's default
-    plan), or a string column with a plan id per row (null: the default);
-    pass it dictionary-encoded when it is at hand so. ``tiers=True`` adds the
+    plan), or a string column with a plan id per row (null: the default); a
+    dictionary-encoded column saves encoding it here. ``tiers=True`` adds the
     ``tiers`` column (``billing.columns.TIERS_FIELD``).
     """
     tables = column_catalogue(catalogue)
     usage = read_usage(batch)
     rows = usage.batch.num_rows
+    # 1. Plan version, by opening time.
     plan = plan_column(plans, rows, catalogue.default_plan)
     version = _versions(tables, plan, usage.t_s)
     service = usage.service
@@ -201,6 +202,7 @@ def rate_columns(
     reason = np.where(reason >= 0, reason, chosen_reason)
     rated = (reason < 0) & ~scalar
     # 5. Price the rated rows; rows outside the int64-safe range go scalar.
+    # 6. (In output.assemble) reject details and the Arrow columns.
     units = _units(usage)
     rate_row = choices.field("rate_row")
     in_range = (units >= 0) & (units <= tables.rates.units_max[np.maximum(rate_row, 0)])
@@ -217,7 +219,7 @@ def rate_columns(
     priced = price_rows(
         tables.rates, rate_row, units, tiers=tiers, rates_used=rates_used[rates_used >= 0]
     )
-    arrays = RatedArrays.gather(choices, reason, rated, units, priced)
+    arrays = RatedArrays.gather(choices, reason, units, priced)
     scalar_at = np.flatnonzero(scalar)
     if len(scalar_at):
         _rate_scalar(tables, catalogue, usage, plan, scalar_at, arrays)
