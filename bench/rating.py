@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from billing.column_rating import RatedColumns, rate_columns  # noqa: E402
-from billing.columns import batch_to_records, outcomes_from_batch, records_to_batch  # noqa: E402
+from billing.column_rating import RatedColumns, RatedRows, rate_columns  # noqa: E402
+from billing.columns import batch_to_records, records_to_batch  # noqa: E402
 from billing.rated import RatedRecord, RatingOutcome  # noqa: E402
 from billing.rating import load_catalogue, rate, rate_batch  # noqa: E402
 from billing.records import Service, UsageRecord  # noqa: E402
@@ -184,7 +184,7 @@ def _check_sample(
     plan_ids = sub_plans.to_pylist()
     expected = [rate(r, catalogue, p) for r, p in zip(records, plan_ids, strict=True)]
     full = rate_columns(sub_batch, catalogue, sub_plans, tiers=True).batch
-    got = outcomes_from_batch(sub_batch, full)
+    got = RatedRows(sub_batch, full, catalogue)
     timed = rated.take(taken)
     amounts = timed.column("amount").to_pylist()
     reasons = timed.column("reject_reason").to_pylist()

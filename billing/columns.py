@@ -20,10 +20,10 @@ dictionary-encoded: a batch carries each distinct label once and an int per
 row, so a consumer can work on the codes and look a label up once per code.
 
 :func:`records_to_batch` / :func:`batch_to_records` convert from and to the
-scalar types; :func:`outcomes_from_batch` turns rated columns back into
-:class:`~billing.rated.RatingOutcome` values. They cost about a microsecond per
-record and field, so they belong at the edges (tests, the per-record API), not
-on the bulk path, which receives Arrow IPC and keeps the columns.
+scalar records (``billing.column_rating.RatedRows`` turns rated columns back
+into :class:`~billing.rated.RatingOutcome` values). They cost about a
+microsecond per record, so they belong at the edges (tests, the per-record
+API), not on the bulk path, which receives Arrow IPC and keeps the columns.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
-from billing.rated import RatedRecord, RatingFailure, RatingOutcome, RejectReason, TierCharge
+from billing.rated import RejectReason
 from billing.records import Service, UsageRecord
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "ColumnLayoutError",
     "ColumnOverflowError",
     "batch_to_records",
-    "outcomes_from_batch",
     "records_to_batch",
     "usage_batch",
 ]
@@ -212,50 +211,3 @@ def batch_to_records(batch: pa.RecordBatch) -> list[UsageRecord]:
         fields["service"] = services[fields["service"]]
         records.append(UsageRecord(**fields))
     return records
-
-
-def outcomes_from_batch(usage: pa.RecordBatch, rated: pa.RecordBatch) -> list[RatingOutcome]:
-    """Rated columns (with :data:`TIERS_FIELD`) as the scalar rater's outcomes, row for row."""
-    if rated.num_rows != usage.num_rows:
-        raise ColumnLayoutError(f"{rated.num_rows} rated rows for {usage.num_rows} usage rows")
-    if TIERS_FIELD.name not in rated.schema.names:
-        raise ColumnLayoutError("rated batch has no tiers column: rate it with tiers=True")
-    records = batch_to_records(usage)
-    names = [*RATED_SCHEMA.names, TIERS_FIELD.name]
-    columns = [rated.column(name).to_pylist() for name in names]
-    out: list[RatingOutcome] = []
-    for record, row in zip(records, zip(*columns, strict=True), strict=True):
-        values = dict(zip(names, row, strict=True))
-        reason = values.pop("reject_reason")
-        if reason is not None:
-            out.append(
-                RatingFailure(
-                    record=record, reason=RejectReason(reason), detail=values["reject_detail"]
-                )
-            )
-            continue
-        price_key = values["price_key"]
-        out.append(
-            RatedRecord(
-                record=record,
-                plan_id=values["plan_id"],
-                plan_version=values["plan_version"],
-                currency=values["currency"],
-                amount=values["amount"],
-                units=values["units"],
-                billed_units=values["billed_units"],
-                connect_fee=values["connect_fee"],
-                tiers=tuple(TierCharge(rate_id=price_key, **tier) for tier in values["tiers"]),
-                rate_ids=(price_key,),
-                rounding=values["rounding"],
-                usage_class=values["usage_class"],
-                price_key=price_key,
-                destination=values["destination"],
-                time_band=values["time_band"],
-                capped=values["capped"],
-                disconnect=values["disconnect"],
-                content_provider=values["content_provider"],
-                provider_share=values["provider_share"],
-            )
-        )
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import string
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.column_rating import rate_columns, tables
+from billing.column_rating import RatedRows, rate_columns, tables
 from billing.column_rating.arithmetic import RateTable, price_rows
 from billing.columns import (
     RATED_SCHEMA,
@@ -23,7 +24,6 @@ from billing.columns import (
     ColumnLayoutError,
     ColumnOverflowError,
     batch_to_records,
-    outcomes_from_batch,
     records_to_batch,
 )
 from billing.invariant import InvariantViolation
@@ -94,12 +94,12 @@ def check_equal(
         expected = [expected[row] for row in keep]
     rated = rate_columns(batch, catalogue, plan_column, tiers=True)
     assert rated.batch.schema == RATED_SCHEMA.append(TIERS_FIELD)
-    got = outcomes_from_batch(batch, rated.batch)
-    for row, (mine, reference) in enumerate(zip(got, expected, strict=True)):
-        assert mine == reference, f"row {row} ({reference.record}): {_differences(mine, reference)}"
-    # Without tiers, and with the plan column dictionary-encoded, the other columns are the same.
+    assert_same(RatedRows(batch, rated.batch, catalogue), expected, "row")
+    # Without tiers, and with the plan column dictionary-encoded, the other columns are the
+    # same, and the outcomes rebuilt from them (tiers recomputed) too.
     lean = rate_columns(batch, catalogue, plan_column.dictionary_encode()).batch
     assert lean.equals(rated.batch.drop_columns([TIERS_FIELD.name]))
+    assert_same(RatedRows(batch, lean, catalogue), expected, "row (tiers recomputed)")
     # A slice of a larger batch (its buffers start part-way in) rates the same as a fresh one.
     if batch.num_rows > 2:
         last = batch.num_rows - 1
@@ -108,10 +108,16 @@ def check_equal(
             middle, catalogue, pa.array(plans * 2, pa.string()).slice(last, 3), tiers=True
         )
         wanted = [expected[last], *expected[:2]]
-        got = outcomes_from_batch(middle, sliced.batch)
-        for row, (mine, reference) in enumerate(zip(got, wanted, strict=True)):
-            assert mine == reference, f"sliced row {row}: {_differences(mine, reference)}"
+        assert_same(RatedRows(middle, sliced.batch, catalogue), wanted, "sliced row")
     return expected
+
+
+def assert_same(got: Sequence[RatingOutcome], expected: list[RatingOutcome], what: str) -> None:
+    """Fail on the first outcome that differs from the scalar one, naming the fields."""
+    for row, (mine, reference) in enumerate(zip(got, expected, strict=True)):
+        assert mine == reference, f"{what} {row} ({reference.record}): " + _differences(
+            mine, reference
+        )
 
 
 def _differences(mine: RatingOutcome, reference: RatingOutcome) -> str:
@@ -472,7 +478,7 @@ def test_memo_tables_that_start_again_change_nothing(monkeypatch: pytest.MonkeyP
     for start in range(0, len(records), 250):
         part = batch.slice(start, 250)
         rated = rate_columns(part, catalogue, "smart", tiers=True)
-        assert outcomes_from_batch(part, rated.batch) == expected[start : start + 250]
+        assert list(RatedRows(part, rated.batch, catalogue)) == expected[start : start + 250]
 
 
 def test_sample_catalogue_across_versions_and_dst() -> None:
@@ -542,7 +548,7 @@ def test_plain_string_columns_from_a_client_are_accepted() -> None:
         ["source_file", "source_line"]
     )
     rated = rate_columns(plain, SAMPLE, "smart", tiers=True)
-    assert outcomes_from_batch(batch, rated.batch) == [rate(record, SAMPLE, "smart")]
+    assert list(RatedRows(batch, rated.batch, SAMPLE)) == [rate(record, SAMPLE, "smart")]
 
 
 def test_a_batch_without_a_required_column_is_refused() -> None:
