@@ -7,8 +7,9 @@ kinds of content:
 * arrays the rows index: plan versions by start time, the prefix index, the
   band tables, the rate table;
 * label registries: append-only string lists whose positions are the codes
-  of the output's dictionary columns, so a code means the same label in
-  every batch rated with this catalogue;
+  of the output's dictionary columns, so a code keeps its label from batch to
+  batch (until the memo outgrows its bounds and starts again; each batch
+  carries its own dictionary, which is what a reader must use);
 * the choice memo: what a selection key (plan version, service, destination,
   rating group, band, roaming; or version and content item) decides, computed
   by the scalar code once per key and kept.
