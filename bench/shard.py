@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.shard.engine import AccountShard  # noqa: E402
-from actors.shard.ops import ChargeBatch  # noqa: E402
+from actors.shard.ops import Audit, ChargeBatch  # noqa: E402
 from actors.shard.work import Work  # noqa: E402
 from billing.accounts import Account, PaymentMode, create_account  # noqa: E402
 from billing.bundles import CatalogueTariff  # noqa: E402
@@ -182,7 +182,7 @@ def main() -> None:
         result["cache_accounts_max"] = args.accounts // 5
         print(json.dumps(result))
         started = time.perf_counter()
-        report = cold.audit()
+        report = cold.run(Audit())
         audit_s = time.perf_counter() - started
         print(f"audit: ok={report.ok} accounts={report.accounts:,} rows={report.ledger_rows:,} "
               f"in {audit_s:.1f} s")  # fmt: skip
