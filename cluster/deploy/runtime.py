@@ -24,6 +24,7 @@ from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from cluster.config import ClusterConfig
 from cluster.control.service import spawn_coordinator
 from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay
+from cluster.deploy.loopback import use_loopback
 from cluster.gateway.names import gateway_handles
 
 __all__ = ["Runtime", "RuntimeInfo", "StartError", "read_info"]
@@ -52,6 +53,7 @@ def connect(info: RuntimeInfo) -> None:
     """Connect this process to the recorded cluster as a driver."""
     if info.local_temp_dir is not None:
         os.environ.update(LOCAL_AUTH_ENV)
+    use_loopback(info.local_temp_dir is not None)
     ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
 
 
@@ -150,6 +152,7 @@ class Runtime:
             os.environ.update(LOCAL_AUTH_ENV)
         else:
             address = self._address
+        use_loopback(self.local is not None)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         settings = settings_of(self.config, data_dir=self.data_dir, tariffs_dir=self.tariffs_dir)
         self.coordinator = spawn_coordinator(
