@@ -4,9 +4,9 @@ Each node is one ``ray start --block`` child process with its own short temp
 dir (``<temp_root>/pbXXXXXX/n<i>``; Ray's unix socket paths must stay under ~107
 bytes) and its own free ports, so two clusters on one machine never collide and
 nothing under ``/tmp/ray`` is touched. Every node, agent and worker listens on
-127.0.0.1 only (:mod:`cluster.deploy.loopback` says how). The head carries the health-check tuning
-of ``conf/cluster.toml`` in ``--system-config``, so a dead node is declared in
-1-3 s instead of ~15 s.
+127.0.0.1 only (:mod:`cluster.deploy.loopback` says how). The head carries the
+health-check tuning of ``conf/cluster.toml`` in ``--system-config``, so a dead
+node is declared in 1-3 s instead of ~15 s.
 
 Why ``ray start`` subprocesses rather than ``ray.cluster_utils.Cluster``: the
 latter builds nodes through the private ``ray._private.node.Node`` inside the
