@@ -76,7 +76,14 @@ def settings_of(config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path) -> 
         "fence_timeout_s": config.storage.takeover_fence_timeout_ms / 1000,
         # The [fraud] rules as a plain table (None: off); actors.engines builds the FraudConfig.
         "fraud": None if config.fraud is None else config.fraud.mapping(),
+        # Where client-named paths may lead (None: DATA/backups, and the conf folder).
+        "backup_root": _text(config.security.backup_root),
+        "tariffs_root": _text(config.security.tariffs_root),
     }
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path.absolute())
 
 
 class Runtime:
@@ -184,8 +191,10 @@ class Runtime:
 
     def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
         from cluster.gateway.actor import spawn_gateway
+        from cluster.gateway.guard import SecuritySettings
         from cluster.gateway.limits import GatewayLimits
 
+        security = SecuritySettings.from_config(self.config.security, data_dir=self.data_dir)
         head = ray.get_runtime_context().get_node_id()
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         alive.sort(key=lambda n: n["NodeID"] != head)  # the head's gateway takes the port
@@ -197,6 +206,7 @@ class Runtime:
                 port=port,
                 settings=settings,
                 limits=GatewayLimits.from_config(self.config),
+                security=security,
             )
         ready = [g.start.remote() for g in self.gateways.values()]
         ray.get(ready, timeout=timeout_s)
