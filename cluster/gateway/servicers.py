@@ -5,9 +5,9 @@ base with one method per row of ``cluster.backend.rpcs.RPCS``: a unary RPC
 checks the request and runs the row through the backend (the rules of a call —
 deadline, limits, status mapping — live in :mod:`cluster.gateway.calls`; who may
 call it, in :mod:`cluster.gateway.guard`); a server stream relays the backend's
-iterator. StreamUsage is the one RPC with
-logic of its own: it pipelines a stream's batches (up to
-``stream_batches_inflight_max`` at once) and answers them in order.
+iterator. StreamUsage is the one RPC with logic of its own: it pipelines a
+stream's batches (up to ``stream_batches_inflight_max`` at once) and answers
+them in order.
 """
 
 from __future__ import annotations
