@@ -51,7 +51,7 @@ from actors.partition.ops import Reprocess, Submit
 from actors.routing import shard_of, unit_kind
 from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
 from actors.shard.outbox import Forward
-from actors.store.backup import UnitBackup, checkpoint_unit
+from actors.store.backup import UnitBackup, backup_target, checkpoint_unit
 from actors.store.fencing import StaleEpoch, StoreClosed
 from actors.store.storage import StorageFailed
 
@@ -161,10 +161,13 @@ class UnitHost:
         shards: int,
         factory: EngineFactory,
         router: UnitRouter | None = None,
+        backup_root: str | None = None,
     ) -> None:
         self.node = node
         self._shards = shards
         self._data_dir = Path(data_dir)
+        # Backups go only below this folder ([security] backup_root; DATA/backups).
+        self._backup_root = Path(backup_root) if backup_root else self._data_dir / "backups"
         self._factory = factory
         self._router = router
         self._units: dict[str, _Unit] = {}
@@ -336,11 +339,12 @@ class UnitHost:
             raise StaleRoute(unit_id, epoch, None) from exc
 
     def backup_unit(
-        self, unit_id: str, epoch: int, root: str, name: str, request_id: str = ""
+        self, unit_id: str, epoch: int, folder: str, request_id: str = ""
     ) -> UnitBackup:
-        """Checkpoint the unit under its lock (a batch boundary) into ``root``, or, when
-        ``root`` is empty, into ``<data_dir>/backups/<name>`` (see ``actors.store.backup``)."""
-        target = Path(root) if root else self._data_dir / "backups" / name
+        """Checkpoint the unit under its lock (a batch boundary) into ``folder``, a path
+        relative to the backup root (see ``actors.store.backup``); :class:`BackupRefused`
+        for one that leads elsewhere."""
+        target = backup_target(self._backup_root, folder)
         unit = self._unit(unit_id, epoch)
         with unit.lock:
             if self._units.get(unit_id) is not unit:

@@ -116,6 +116,7 @@ class RoutedHost(UnitHost):
             router=UnitRouter(
                 RayTransport(), shards=shards, partitions=int(settings["partitions"])
             ),
+            backup_root=settings.get("backup_root"),
         )
 
     def _open_engine(

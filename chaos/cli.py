@@ -11,6 +11,7 @@ import click
 
 from chaos.runner import ChaosOptions, Report, run
 from chaos.scenarios import SCENARIOS
+from cluster.cli.client import client_credentials
 
 __all__ = ["chaos", "register"]
 
@@ -74,6 +75,7 @@ def chaos(
     options = ChaosOptions(
         scenario=scenario, duration_s=duration_s, seed=seed, nodes=nodes, every_s=every_s,
         data_dir=data_dir, attach=data_dir is not None,
+        client=client_credentials(),  # petribill --token --ca --cert --key chaos ...
     )  # fmt: skip
     report = run(options, echo=lambda line: click.echo(line, err=as_json))
     _print_report(report, err=as_json)

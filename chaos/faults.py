@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -95,6 +95,7 @@ class Injector:
         disk: TmpfsDisk | None = None,
         on_gateway: Callable[[str], None] = lambda _address: None,
         clock: Callable[[], float] = time.monotonic,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if runtime.local is None:
             raise ValueError("fault injection needs a local cluster (LocalRay)")
@@ -103,6 +104,8 @@ class Injector:
         self.disk = disk
         self._on_gateway = on_gateway  # a new gateway address, for the load's client
         self._clock = clock
+        # The token and TLS files of a secured cluster, for the health checks here.
+        self._client_options = dict(client_options or {})
         self._dead: set[int] = set()  # node indices killed for good
         self._replacements: list[threading.Thread] = []
         self.replacement_errors: list[str] = []
@@ -211,19 +214,15 @@ class Injector:
     def _wait_serving(self, address: str, started: float, pid: int) -> float:
         """Seconds until ``address`` answers SERVING from a new process (nothing here
         restarts it: Ray and the coordinator do)."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from cluster.client import PetribillClient
 
         while self._clock() - started < HEAL_TIMEOUT_S:
             time.sleep(GATEWAY_POLL_S)
-            with grpc.insecure_channel(address) as channel:
-                check = health_pb2_grpc.HealthStub(channel).Check
-                try:
-                    answer = check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                except grpc.RpcError:
-                    continue
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return self._clock() - started
+            with PetribillClient(
+                address, timeout_s=1.0, retries=0, **self._client_options
+            ) as client:
+                if client.health()[address] == "SERVING":
+                    return self._clock() - started
         raise TimeoutError(f"gateway {address} (pid {pid}) not serving within {HEAL_TIMEOUT_S} s")
 
     def _kill_coordinator(self, fault: Fault, at_s: float) -> FaultResult:
@@ -345,6 +344,7 @@ class Injector:
         import ray
 
         from cluster.gateway.actor import spawn_gateway
+        from cluster.gateway.guard import SecuritySettings
         from cluster.gateway.limits import GatewayLimits
 
         config = self.runtime.config
@@ -354,6 +354,7 @@ class Injector:
             port=port,
             settings=self._settings,
             limits=GatewayLimits.from_config(config),
+            security=SecuritySettings.from_config(config.security, data_dir=self.runtime.data_dir),
         )
         address: str = ray.get(handle.start.remote(), timeout=HEAL_TIMEOUT_S)
         self.runtime.gateways[node_id] = handle

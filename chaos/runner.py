@@ -61,6 +61,8 @@ class ChaosOptions:
     data_dir: Path | None = None
     # Use the running cluster recorded in ``data_dir`` instead of starting one.
     attach: bool = False
+    # PetribillClient's token, ca, cert and key, for a cluster with [security].
+    client: dict[str, Any] = field(default_factory=dict)
 
     def replay_command(self) -> str:
         where = f"--data {self.data_dir}" if self.attach else f"--nodes {self.nodes}"
@@ -129,7 +131,7 @@ def _config(options: ChaosOptions) -> Any:
     with open(options.conf, "rb") as handle:
         data = tomllib.load(handle)
     data["sharding"] = {"shards": options.shards, "partitions": options.partitions}
-    return parse_config(data, source=str(options.conf))
+    return parse_config(data, source=str(options.conf), base=options.conf.parent)
 
 
 def _attach(config: Any, data_dir: Path, options: ChaosOptions) -> Runtime:
@@ -252,12 +254,14 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
         info = runtime.info
         stopped = False
         try:
-            client = PetribillClient(info.gateways, timeout_s=30, retries=30)
+            client = PetribillClient(info.gateways, timeout_s=30, retries=30, **options.client)
             accounts = _accounts(options.accounts, options.seed)
             if options.attach:
                 _prepare_given(client, accounts, options.seed)
             _create_accounts(client, accounts, options.seed)
-            injector = Injector(runtime, disk=disk, on_gateway=client.add_address)
+            injector = Injector(
+                runtime, disk=disk, on_gateway=client.add_address, client_options=options.client
+            )
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
             load_started = time.monotonic()
             try:

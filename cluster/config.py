@@ -27,6 +27,7 @@ __all__ = [
     "HealthConfig",
     "LimitsConfig",
     "RayConfig",
+    "SecurityConfig",
     "ShardingConfig",
     "StorageConfig",
     "load_config",
@@ -120,6 +121,74 @@ class RayConfig(_Section):
     start_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class SecurityConfig(_Section):
+    """``[security]``: tokens, TLS, the roots of server-side paths, the audit log.
+
+    Every key is optional (docs/security.md). Paths are relative to the folder of
+    ``cluster.toml``: :func:`load_config` makes them absolute and checks that they
+    exist. Without ``tokens_file`` the gateways take calls without a token, and
+    without ``tls_cert`` they speak plaintext; ``petribill up`` refuses both on an
+    address beyond loopback unless ``--insecure``.
+    """
+
+    # JSON Lines of token ids, roles and hashes (`petribill token create`).
+    tokens_file: Path | None = None
+    # The gateways' certificate chain and key (PEM): TLS only, no plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # CA of client certificates: with it, mutual TLS (a client without one is refused).
+    client_ca: Path | None = None
+    # Backup writes only below this folder (default: DATA/backups).
+    backup_root: Path | None = None
+    # LoadTariffs reads only below this folder (default: the conf folder).
+    tariffs_root: Path | None = None
+    # Where each gateway appends its audit log (default: DATA/audit).
+    audit_dir: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def tokens(self) -> bool:
+        return self.tokens_file is not None
+
+    def under(self, base: Path) -> SecurityConfig:
+        """These settings with every relative path taken relative to ``base``."""
+        return self.model_copy(
+            update={
+                name: base / value
+                for name in _SECURITY_PATHS
+                if (value := getattr(self, name)) is not None and not value.is_absolute()
+            }
+        )
+
+    def missing(self) -> list[tuple[str, str]]:
+        """``(key, reason)`` for each path that is not there: files, or folders for roots."""
+        found = []
+        for name in _SECURITY_PATHS:
+            value: Path | None = getattr(self, name)
+            if value is None or name == "audit_dir":  # the audit folder is created on use
+                continue
+            folder = name.endswith("_root")
+            if folder and not value.is_dir():
+                found.append((name, f"{value}: not a folder"))
+            elif not folder and not value.is_file():
+                found.append((name, f"{value}: not a file"))
+        return found
+
+
+_SECURITY_PATHS: tuple[str, ...] = (
+    "tokens_file",
+    "tls_cert",
+    "tls_key",
+    "client_ca",
+    "backup_root",
+    "tariffs_root",
+    "audit_dir",
+)
+
+
 Action = Literal["alert", "block"]
 
 
@@ -193,6 +262,7 @@ class ClusterConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     ray: RayConfig = RayConfig()
     fraud: FraudTable | None = None
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="after")
     def _actors_divide_shards(self) -> ClusterConfig:
@@ -208,6 +278,18 @@ class ClusterConfig(_Section):
                 self.fraud.rules()
             except FraudConfigError as exc:
                 raise ValueError(f"fraud.{exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ClusterConfig:
+        """A certificate needs its key and a key its certificate; mutual TLS needs TLS."""
+        security = self.security
+        if security.tls_cert is not None and security.tls_key is None:
+            raise ValueError("security.tls_key: required with security.tls_cert")
+        if security.tls_key is not None and security.tls_cert is None:
+            raise ValueError("security.tls_cert: required with security.tls_key")
+        if security.client_ca is not None and security.tls_cert is None:
+            raise ValueError("security.client_ca: mutual TLS needs tls_cert and tls_key too")
         return self
 
 
@@ -236,16 +318,29 @@ def _describe(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], *, source: str = "<config>") -> ClusterConfig:
-    """Validate an already-parsed TOML mapping; raise :class:`ConfigError` naming ``source``."""
+def parse_config(
+    data: dict[str, Any], *, source: str = "<config>", base: Path | None = None
+) -> ClusterConfig:
+    """Validate an already-parsed TOML mapping; raise :class:`ConfigError` naming ``source``.
+
+    With ``base`` (the folder of the file), the ``[security]`` paths are taken
+    relative to it and must exist.
+    """
     try:
-        return ClusterConfig.model_validate(data)
+        config = ClusterConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(source, exc)) from None
+    if base is None:
+        return config
+    security = config.security.under(base.absolute())
+    problems = [f"{source}: security.{key}: {reason}" for key, reason in security.missing()]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config.model_copy(update={"security": security})
 
 
 def load_config(path: Path | str = DEFAULT_PATH, *, missing_ok: bool = False) -> ClusterConfig:
-    """Read and validate a cluster TOML file.
+    """Read and validate a cluster TOML file; ``[security]`` paths are relative to its folder.
 
     With ``missing_ok`` a missing file yields the defaults; otherwise it is an
     error, since a typo in ``--config`` should not quietly start a default cluster.
@@ -261,4 +356,4 @@ def load_config(path: Path | str = DEFAULT_PATH, *, missing_ok: bool = False) ->
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(path), base=path.parent)

@@ -19,11 +19,20 @@ SAMPLE_TARIFFS = ROOT / "conf" / "tariffs"
 
 
 def small_runtime(
-    data_dir: Path, *, shards: int = 4, partitions: int = 2, **options: Any
+    data_dir: Path,
+    *,
+    shards: int = 4,
+    partitions: int = 2,
+    security: dict[str, str] | None = None,
+    **options: Any,
 ) -> Runtime:
     """A Runtime of ``shards`` account shards and ``partitions`` rating partitions (not
-    started); ``options`` go to :class:`Runtime` (``nodes``, ``port``, ``gateways``)."""
-    config = parse_config({"sharding": {"shards": shards, "partitions": partitions}}, source="test")
+    started), with ``security`` as its [security] table (absolute paths); ``options`` go
+    to :class:`Runtime` (``nodes``, ``port``, ``gateways``)."""
+    table: dict[str, Any] = {"sharding": {"shards": shards, "partitions": partitions}}
+    if security is not None:
+        table["security"] = security
+    config = parse_config(table, source="test")
     return Runtime(config, data_dir=data_dir, tariffs_dir=SAMPLE_TARIFFS, **options)
 
 

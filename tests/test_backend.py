@@ -388,7 +388,7 @@ def test_stale_routes_are_refreshed_and_a_missing_owner_is_unavailable(
 
 def test_backup_checkpoints_every_unit_under_the_data_dir(backend: Calls) -> None:
     """Backup has every host checkpoint its units; a retry answers the same backup, a
-    relative path is refused, and each checkpoint opens as a database."""
+    path outside the backup root is refused, and each checkpoint opens as a database."""
     from actors.store.backup import open_checkpoint, read_backup
 
     create(backend, "acc-backup", "491510000077")
@@ -403,8 +403,10 @@ def test_backup_checkpoints_every_unit_under_the_data_dir(backend: Calls) -> Non
     assert sorted(taken) == ["acct-00", "acct-01", "acct-02", "acct-03", "part-0", "part-1"]
     for info in taken.values():
         open_checkpoint(Path(info.path)).close()
-    relative = admin_pb2.BackupRequest(request_id="bk-2", path="backups/x")
-    assert status_of(backend.backup(relative, timeout_s=5))[0] is grpc.StatusCode.INVALID_ARGUMENT
+    elsewhere = str(Path(backend.cluster.data_dir).parent / "elsewhere")
+    outside = admin_pb2.BackupRequest(request_id="bk-2", path=elsewhere)
+    assert status_of(backend.backup(outside, timeout_s=5))[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert not Path(elsewhere).exists()
 
 
 def test_load_tariffs_validates_persists_and_switches_every_unit(
@@ -417,6 +419,10 @@ def test_load_tariffs_validates_persists_and_switches_every_unit(
 
     assert backend.cluster.data_dir is not None
     current = Path(backend.cluster.data_dir) / "tariffs" / "CURRENT"
+    # LoadTariffs reads only below the tariffs root: this test's folder, for this test.
+    conf_root, backend.cluster.tariffs_root = backend.cluster.tariffs_root, tmp_path
+    original = tmp_path / "original"
+    shutil.copytree(TARIFFS, original)
     broken = tmp_path / "broken"
     shutil.copytree(TARIFFS, broken)
     plans = broken / "plans.toml"
@@ -441,8 +447,9 @@ def test_load_tariffs_validates_persists_and_switches_every_unit(
         [after] = submit(backend, call("491510000078", "tar:2", 60))
         assert after.amount.micros == 2 * before.amount.micros > 0
     finally:
-        back = tariffs_pb2.LoadTariffsRequest(request_id="t-conf", path=str(TARIFFS))
+        back = tariffs_pb2.LoadTariffsRequest(request_id="t-conf", path=str(original))
         run(backend.load_tariffs(back, timeout_s=TIMEOUT_S))
+        backend.cluster.tariffs_root = conf_root
     [restored] = submit(backend, call("491510000078", "tar:3", 60))
     assert restored.amount.micros == before.amount.micros
 

@@ -32,11 +32,12 @@ def hosts(tmp_path: Path) -> TwoHosts:
     pair.close()
 
 
-def _backup_all(hosts: TwoHosts, root: Path, request_id: str) -> dict[str, int]:
-    """Back up every unit on its host; the epochs they were taken at, by unit."""
+def _backup_all(hosts: TwoHosts, folder: str, request_id: str) -> dict[str, int]:
+    """Back up every unit on its host into ``folder`` of the backup root; the epochs they
+    were taken at, by unit."""
     epochs = {}
     for unit, (node, epoch) in hosts.routes.items():
-        info = hosts.hosts[node].backup_unit(unit, epoch, str(root), "", request_id)
+        info = hosts.hosts[node].backup_unit(unit, epoch, folder, request_id)
         assert info.unit_id == unit and info.epoch == epoch
         epochs[unit] = epoch
     return epochs
@@ -55,8 +56,8 @@ def test_a_backup_holds_every_unit_as_committed_when_it_was_taken(
     }
     shard = shard_of("acc-b", SHARDS)
     at_backup = hosts.on(shard, ops.GetAccount(account_id="acc-b"))
-    root = tmp_path / "backup"
-    epochs = _backup_all(hosts, root, "b1")
+    root = tmp_path / "data" / "backups" / "backup"  # below the hosts' default root
+    epochs = _backup_all(hosts, "backup", "b1")
     after = [_voice(f"msc:a{i}", MSISDN, 61) for i in range(3)]
     hosts.on(partition, Submit(items=after, at_s=AT))
     lines, _ = hosts.on(shard, ops.UsagePage(account_id="acc-b"))
@@ -97,9 +98,9 @@ def test_a_backup_is_idempotent_by_request_and_never_overwritten(
     hosts.create("acc-i", PaymentMode.PREPAID, None, "smart")
     node, epoch = hosts.routes[unit]
     host = hosts.hosts[node]
-    first = host.backup_unit(unit, epoch, str(tmp_path / "bk"), "", "r1")
-    assert host.backup_unit(unit, epoch, str(tmp_path / "bk"), "", "r1") == first
+    first = host.backup_unit(unit, epoch, "bk", "r1")
+    assert host.backup_unit(unit, epoch, "bk", "r1") == first
     with pytest.raises(BackupExists):
-        host.backup_unit(unit, epoch, str(tmp_path / "bk"), "", "r2")
-    named = host.backup_unit(unit, epoch, "", "nightly", "r3")
+        host.backup_unit(unit, epoch, "bk", "r2")
+    named = host.backup_unit(unit, epoch, "nightly", "r3")
     assert Path(named.path) == tmp_path / "data" / "backups" / "nightly" / "units" / unit

@@ -366,10 +366,14 @@ def test_move_number_hands_a_number_to_another_account(gateway: str) -> None:
     assert "taker" in stale.stderr
 
 
-def test_backup_writes_a_checkpoint_of_every_unit(gateway: str, tmp_path: Path) -> None:
-    """`backup DEST` checkpoints the 4 shards and 2 partitions into DEST; the same request id
-    again completes the same backup; a DEST that is a file is refused with exit code 2."""
-    dest = tmp_path / "backup-1"
+def test_backup_writes_a_checkpoint_of_every_unit(
+    cluster_data: tuple[str, Path], tmp_path: Path
+) -> None:
+    """`backup DEST` checkpoints the 4 shards and 2 partitions into DEST (below the backup
+    root, DATA/backups); the same request id again completes the same backup; a DEST that
+    is a file is refused with exit code 2, one outside the root by the cluster (exit 1)."""
+    gateway, data_dir = cluster_data
+    dest = data_dir / "backups" / "backup-1"
     answer = cli_json(gateway, "backup", dest, "--request-id", "bk-cli-1")
     assert answer["done"] and answer["request_id"] == "bk-cli-1"
     units = sorted(p.name for p in (dest / "units").iterdir() if p.is_dir())
@@ -384,6 +388,9 @@ def test_backup_writes_a_checkpoint_of_every_unit(gateway: str, tmp_path: Path) 
     refused = cli(gateway, "backup", a_file)
     assert refused.exit_code == 2
     assert refused.stderr == f"petribill: error: {a_file}: exists and is not a folder\n"
+    outside = cli(gateway, "backup", tmp_path / "elsewhere")
+    assert outside.exit_code == 1 and "INVALID_ARGUMENT" in outside.stderr
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_load_tariffs_switches_the_catalogue_and_names_a_broken_key(

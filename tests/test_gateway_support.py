@@ -24,6 +24,7 @@ from cluster.backend.backend import Backend
 from cluster.backend.rpcs import Rpc
 from cluster.client.calls import method_name
 from cluster.deploy.inprocess import InProcessCluster
+from cluster.gateway.guard import SecuritySettings
 from cluster.gateway.limits import GatewayLimits
 from cluster.gateway.server import Gateway
 
@@ -133,14 +134,21 @@ def in_process_cluster(**options: Any) -> Iterator[InProcessCluster]:
 
 @contextmanager
 def running_gateways(
-    count: int = 1, *, limits: GatewayLimits | None = None
+    count: int = 1,
+    *,
+    limits: GatewayLimits | None = None,
+    security: SecuritySettings | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[tuple[LoopThread, HookedBackend, list[Gateway]]]:
     """``count`` gateways on free loopback ports sharing one backend over an in-process
-    cluster; all stopped afterwards."""
+    cluster (with ``settings``, e.g. its backup root), guarded by ``security`` (tokens,
+    TLS, audit); all stopped afterwards."""
     loop = LoopThread()
-    with in_process_cluster() as cluster:
+    with in_process_cluster(settings=settings) as cluster:
         backend = HookedBackend(cluster)
-        gateways = [Gateway(backend, "127.0.0.1", 0, limits) for _ in range(count)]
+        gateways = [
+            Gateway(backend, "127.0.0.1", 0, limits, security=security) for _ in range(count)
+        ]
         try:
             for gateway in gateways:
                 loop.run(gateway.start())

@@ -124,3 +124,16 @@ def test_files_roll_over_and_a_torn_last_line_is_skipped(tmp_path: Path) -> None
     with open(files[-1], "a") as handle:
         handle.write('{"event": "audit", "rpc": "Pa')
     assert [e.request_id for e in read_events(tmp_path)] == [f"p{i}" for i in range(6)]
+
+
+def test_two_writers_of_one_process_started_in_one_second_write_apart(tmp_path: Path) -> None:
+    """A gateway started again in the same process and second (after a failed bind) takes
+    the next file name instead of failing; both logs' events are listed."""
+    first = AuditLog(tmp_path, clock=lambda: 1_800_000_000.0, process="host:1")
+    second = AuditLog(tmp_path, clock=lambda: 1_800_000_000.0, process="host:1")
+    assert first.path != second.path
+    first.record(rpc="AccountService.TopUp", outcome="OK", principal=None, request_id="a")
+    second.record(rpc="AccountService.TopUp", outcome="OK", principal=None, request_id="b")
+    first.close()
+    second.close()
+    assert sorted(e.request_id for e in read_events(tmp_path)) == ["a", "b"]

@@ -34,7 +34,9 @@ from actors.store.storage import ShardStore
 
 __all__ = [
     "BackupExists",
+    "BackupRefused",
     "UnitBackup",
+    "backup_target",
     "checkpoint_epoch",
     "checkpoint_unit",
     "open_checkpoint",
@@ -45,6 +47,33 @@ __all__ = [
 class BackupExists(FileExistsError):
     """Raised by :func:`checkpoint_unit` when the unit's target folder already holds
     something other than this request's backup (a backup is never overwritten)."""
+
+
+class BackupRefused(ValueError):
+    """Raised by :func:`backup_target` for a folder that is not a plain relative path that
+    stays below the backup root once every link is followed. The gateway refuses such a
+    path first (``cluster.security.paths``); this is the host's own check, on its node."""
+
+
+def backup_target(root: Path, folder: str) -> Path:
+    """The folder a backup goes to: ``folder`` (relative, no ``..``) below ``root``.
+
+    ``root`` is created if missing. The message of :class:`BackupRefused` does not
+    say whether anything exists at the path.
+    """
+    relative = Path(folder)
+    refused = BackupRefused(f"backup folder {folder!r}: not below the backup root")
+    if not folder or "\x00" in folder or relative.is_absolute() or ".." in relative.parts:
+        raise refused
+    root.mkdir(parents=True, exist_ok=True)
+    base = root.resolve()
+    try:
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python 3.11)
+        raise refused from None
+    if target == base or not target.is_relative_to(base):
+        raise refused
+    return target
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,9 @@ counters and every shard's audit; rejects are listed and reprocessed across
 the partitions. Drain fires the control net's transition; Rebalance reports
 the spread. Backup has every host checkpoint its units (``actors.store.backup``).
 LoadTariffs validates a catalogue, persists it under the data dir as the one
-in force (``actors.store.tariffs``) and switches the running units to it.
+in force (``actors.store.tariffs``) and switches the running units to it. The
+folders a client names for both stay below their configured roots
+(``cluster.security.paths``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from actors.router import HostUnreachable, deadline_after
 from actors.router import time_left as _left
 from actors.routing import unit_kind
 from actors.shard import ops
-from actors.store.backup import BackupExists
+from actors.store.backup import BackupExists, BackupRefused
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
 from billing.outcome import CHARGED_RESULTS, Result
@@ -34,6 +36,7 @@ from billing.rating import Catalogue, TariffError, load_catalogue
 from cluster.api.errors import BackendError
 from cluster.backend.context import Cluster
 from cluster.backend.convert import SPONSOR_REFUSED, refused_forward_to_proto, reject_to_proto
+from cluster.security.paths import PathRefused, resolve_under
 from cluster.wire import money
 
 __all__ = [
@@ -256,44 +259,60 @@ async def backup(
     cluster: Cluster, request: admin_pb2.BackupRequest, timeout_s: float
 ) -> admin_pb2.OperationAnswer:
     """A RocksDB checkpoint of every shard and partition, each taken by its host under
-    the unit's lock (a batch boundary), into ``request.path`` (absolute) or
-    ``<data_dir>/backups/<request_id or UTC time>``; see ``actors.store.backup``.
-    Idempotent by ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
+    the unit's lock (a batch boundary), into ``request.path`` or, when it is empty,
+    ``<request_id or UTC time>``: a folder below the backup root (``[security]
+    backup_root``; a relative path is taken from the root, an absolute one must lie
+    below it). Any other path is INVALID_ARGUMENT before anything is written, with the
+    same message whether it exists or not. See ``actors.store.backup``. Idempotent by
+    ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
     deadline = deadline_after(timeout_s)
-    if request.path and not request.path.startswith("/"):
+    if cluster.backup_root is None:
         raise BackendError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"path: must be absolute (hosts resolve it on their nodes): {request.path!r}",
+            grpc.StatusCode.FAILED_PRECONDITION, "this backend has no backup root to write to"
         )
     name = request.request_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cluster.now_s()))
-    if not _BACKUP_NAME.fullmatch(name):
+    if not request.path and not _BACKUP_NAME.fullmatch(name):
         raise BackendError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"request_id: names the backup folder, so only [A-Za-z0-9._-] please: {name!r}",
         )
+    folder = await asyncio.to_thread(_backup_folder, cluster.backup_root, request.path or name)
     units = cluster.router.all_shards() + cluster.router.all_partitions()
     try:
         taken = await asyncio.gather(
             *(
                 cluster.on_host(
-                    unit,
-                    "backup_unit",
-                    request.path,
-                    name,
-                    request.request_id,
-                    timeout_s=_left(deadline),
+                    unit, "backup_unit", folder, request.request_id, timeout_s=_left(deadline)
                 )
                 for unit in units
             )
         )
     except BackupExists as exc:  # raised on a host (Ray re-raises it as its own class)
         raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+    except BackupRefused as exc:  # the host's own check, on its node's filesystem
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     roots = sorted({str(Path(info.path).parent.parent) for info in taken})
     return admin_pb2.OperationAnswer(
         request_id=request.request_id,
         done=True,
         detail=f"checkpoints of {len(taken)} units in {', '.join(roots)}",
     )
+
+
+def _backup_folder(root: Path, path: str) -> str:
+    """``path`` as a folder relative to the backup root; INVALID_ARGUMENT if it is not one."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        resolved = resolve_under(root, path, what="backup destination")
+    except PathRefused as exc:
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    relative = resolved.relative_to(root.resolve())
+    if relative == Path():
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "backup destination: name a folder below the backup root, not the root itself",
+        )
+    return str(relative)
 
 
 async def get_tariffs(
@@ -322,7 +341,9 @@ async def get_tariffs(
 async def load_tariffs(
     cluster: Cluster, request: tariffs_pb2.LoadTariffsRequest, timeout_s: float
 ) -> tariffs_pb2.TariffSummary:
-    """Validate the catalogue folder ``request.path``, persist a copy under the data dir
+    """Validate the catalogue folder ``request.path`` (below the tariffs root, ``[security]
+    tariffs_root``: relative to it, or absolute inside it; any other path is
+    INVALID_ARGUMENT before anything is read), persist a copy under the data dir
     and make it the one in force (``actors.store.tariffs``), then switch every running
     unit to it: account shards first, then partitions, each between two of its calls.
 
@@ -344,7 +365,11 @@ async def load_tariffs(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"request_id: names the catalogue's folder, so only [A-Za-z0-9._-]: {name!r}",
         )
-    catalogue = await _validated(request.path, _left(deadline))
+    try:
+        folder = str(resolve_under(cluster.tariffs_root, request.path, what="tariffs folder"))
+    except PathRefused as exc:
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    catalogue = await _validated(folder, _left(deadline))
     current = cluster.catalogue
     if (catalogue.timezone, catalogue.currency) != (current.timezone, current.currency):
         raise BackendError(
@@ -354,7 +379,7 @@ async def load_tariffs(
             f"them), got {catalogue.timezone}/{catalogue.currency}",
         )
     try:
-        persisted = await asyncio.to_thread(persist_tariffs, request.path, cluster.data_dir, name)
+        persisted = await asyncio.to_thread(persist_tariffs, folder, cluster.data_dir, name)
     except TariffsExist as exc:
         raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
     # What the hosts load is the persisted copy: validate exactly that.

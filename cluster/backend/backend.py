@@ -55,5 +55,11 @@ class Backend:
             RayTransport(), shards=int(settings["shards"]), partitions=int(settings["partitions"])
         )
         return cls(
-            Cluster(router, tariffs_dir=settings["tariffs_dir"], data_dir=settings.get("data_dir"))
+            Cluster(
+                router,
+                tariffs_dir=settings["tariffs_dir"],
+                data_dir=settings.get("data_dir"),
+                backup_root=settings.get("backup_root"),
+                tariffs_root=settings.get("tariffs_root"),
+            )
         )

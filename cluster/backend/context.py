@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -47,8 +48,10 @@ class Cluster:
 
     ``tariffs_dir`` is the catalogue the hosts rate with; the handlers load it too,
     for price enquiries, session quotes and GetTariffs. ``data_dir`` (the
-    cluster's) is where LoadTariffs persists a catalogue and backups go; a
-    catalogue loaded there earlier takes the place of ``tariffs_dir``.
+    cluster's) is where LoadTariffs persists a catalogue; a catalogue loaded there
+    earlier takes the place of ``tariffs_dir``. Paths a client names stay below
+    ``backup_root`` (Backup; default ``<data_dir>/backups``) and ``tariffs_root``
+    (LoadTariffs; default the folder holding ``tariffs_dir``, i.e. conf/).
     """
 
     def __init__(
@@ -58,7 +61,15 @@ class Cluster:
         tariffs_dir: str,
         clock: Clock = time.time,
         data_dir: str | None = None,
+        backup_root: str | None = None,
+        tariffs_root: str | None = None,
     ) -> None:
+        self.tariffs_root = Path(tariffs_root or Path(tariffs_dir).absolute().parent)
+        self.backup_root: Path | None = (
+            Path(backup_root)
+            if backup_root
+            else (Path(data_dir) / "backups" if data_dir is not None else None)
+        )
         if data_dir is not None:
             tariffs_dir = current_tariffs_dir(data_dir, tariffs_dir)
         self.router = router

@@ -91,6 +91,15 @@ class Rpc:
             raise ValueError(f"{self.name}: an op row needs its answer and account field")
 
     @property
+    def audited(self) -> bool:
+        """Whether the gateways write this RPC's calls to the audit log: every write (its
+        request carries an idempotency key, ``request_id``: top-ups, payments, charging,
+        plan and mode changes, bill runs, tariffs, drains, backups) and every
+        operator-only RPC. Usage submission is not: each record's own trail is its id."""
+        fields = self.descriptor.input_type.fields_by_name
+        return "request_id" in fields or self.roles <= {Role.OPERATOR}
+
+    @property
     def service(self) -> str:
         return self.name.split(".", 1)[0]
 

@@ -4,7 +4,9 @@ Both go through a gateway like the other client commands (``--gateway``,
 ``--data``, ``--json``; see :mod:`cluster.cli.client`). Their folders are read
 or written by the cluster's processes, not by this command: a relative path is
 made absolute here, and must name the same place on the cluster's (shared)
-filesystem. What this command can see wrong is refused before any call, with
+filesystem, below the root the cluster allows for it (``[security]
+backup_root``, default DATA/backups; ``tariffs_root``, default the conf
+folder). What this command can see wrong is refused before any call, with
 exit code 2: a DEST that is a file, a tariff folder the loader refuses (the
 message names the file and the key).
 """
@@ -30,19 +32,22 @@ __all__ = ["register"]
 
 
 @click.command()
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path), required=False)
 @request_id_option
 @cluster_command
-def backup(s: Session, dest: Path, request_id: str | None) -> None:
+def backup(s: Session, dest: Path | None, request_id: str | None) -> None:
     """Checkpoint every shard and partition into the folder DEST (one holding no backup yet).
 
-    Each unit is copied at a batch boundary, online, without stopping writes
-    (actors/store/backup.py says how to restore). A retry with the same
-    --request-id completes the same backup.
+    DEST must lie below the cluster's backup root ([security] backup_root,
+    default DATA/backups); without DEST the backup goes to a folder of the
+    root named after the request id. Each unit is copied at a batch boundary,
+    online, without stopping writes (actors/store/backup.py says how to
+    restore). A retry with the same --request-id completes the same backup.
     """
-    if dest.exists() and not dest.is_dir():
+    if dest is not None and dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest}: exists and is not a folder")
-    answer = s.client.backup(str(dest.resolve()), request_id=request_id)
+    path = "" if dest is None else str(dest.resolve())
+    answer = s.client.backup(path, request_id=request_id)
     s.emit(proto_json(answer), lambda c: c.print(f"backup {answer.request_id}: {answer.detail}"))
 
 
@@ -53,8 +58,10 @@ def backup(s: Session, dest: Path, request_id: str | None) -> None:
 def load_tariffs(s: Session, folder: Path, request_id: str | None) -> None:
     """Make the tariff catalogue in DIR (e.g. conf/tariffs) the one the cluster rates with.
 
-    DIR is checked here first, then by the cluster, which keeps a copy under
-    its data folder and switches every unit to it between two of its calls.
+    DIR is checked here first, then by the cluster, which reads it only below
+    its tariffs root ([security] tariffs_root, default the conf folder), keeps
+    a copy under its data folder and switches every unit to it between two of
+    its calls.
     """
     try:
         load_catalogue(folder)

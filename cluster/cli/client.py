@@ -69,6 +69,7 @@ from cluster.wire import WireError, money_to_proto
 __all__ = [
     "Session",
     "UsageError",
+    "client_credentials",
     "cluster_command",
     "proto_json",
     "register",
@@ -110,10 +111,20 @@ def cluster_errors() -> Iterator[None]:
         raise UsageError(f"{exc.filename or 'input'}: {exc.strerror}") from None
 
 
+def client_credentials() -> dict[str, Any]:
+    """The global ``--token``, ``--ca``, ``--cert``, ``--key`` of this command line (or
+    ``PETRIBILL_TOKEN``...), as :class:`PetribillClient` keywords; those not given left out."""
+    ctx = click.get_current_context(silent=True)
+    found = (ctx.find_root().obj or {}) if ctx is not None else {}
+    given: dict[str, Any] = found.get("credentials", {})
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def open_client(
     gateways: Sequence[str], data_dir: Path, timeout_s: float = TIMEOUT_S_DEFAULT
 ) -> PetribillClient:
-    """A client of the gateways named, or of the cluster recorded in ``data_dir``."""
+    """A client of the gateways named, or of the cluster recorded in ``data_dir``, with the
+    command line's credentials (:func:`client_credentials`)."""
     from cluster.deploy.runtime import read_info
 
     addresses = list(gateways)
@@ -125,7 +136,7 @@ def open_client(
                 f"`petribill up --detach --data {data_dir}`, or pass --gateway HOST:PORT"
             )
         addresses = info.gateways
-    return PetribillClient(addresses, timeout_s=timeout_s)
+    return PetribillClient(addresses, timeout_s=timeout_s, **client_credentials())
 
 
 @dataclass(slots=True)
@@ -175,8 +186,7 @@ def cluster_command(func: Callable[..., None]) -> Callable[..., None]:
     def wrapper(
         gateways: tuple[str, ...], data_dir: Path, timeout_s: float, as_json: bool, **kwargs: Any
     ) -> None:
-        client = open_client(gateways, data_dir, timeout_s)
-        with client, cluster_errors():
+        with cluster_errors(), open_client(gateways, data_dir, timeout_s) as client:
             func(Session(client, as_json, make_console()), **kwargs)
 
     return wrapper

@@ -47,7 +47,7 @@ from cluster.cli.render import (
     show_reconciliation,
 )
 from cluster.client import PetribillClient
-from cluster.config import load_config
+from cluster.config import ClusterConfig, SecurityConfig, load_config
 
 __all__ = ["DemoFailed", "run_demo"]
 
@@ -89,6 +89,13 @@ def _step(c: Console, number: int, title: str) -> None:
     c.rule(f"[bold][{number}/{STEPS}] {title}[/]", align="left")
 
 
+def _demo_config(config: ClusterConfig) -> ClusterConfig:
+    """The conf's settings for the demo's own throwaway cluster, which listens on 127.0.0.1
+    only and so runs without the conf's [security] (its client has no credentials)."""
+    gateway = config.gateway.model_copy(update={"host": "127.0.0.1"})
+    return config.model_copy(update={"gateway": gateway, "security": SecurityConfig()})
+
+
 def run_demo(
     conf_dir: Path, *, nodes: int = 1, keep: bool = False, console: Console | None = None
 ) -> None:
@@ -97,7 +104,7 @@ def run_demo(
 
     c = console or make_console()
     started = time.monotonic()
-    config = load_config(conf_dir / "cluster.toml", missing_ok=True)
+    config = _demo_config(load_config(conf_dir / "cluster.toml", missing_ok=True))
     catalogue = load_catalogue(conf_dir / "tariffs")
     cycle = monthly_cycle(2026, 11, catalogue.timezone)
     data_dir = Path(tempfile.mkdtemp(prefix="petribill-demo-")) / "data"

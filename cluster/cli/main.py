@@ -131,6 +131,9 @@ class PetribillGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+_PEM = click.Path(dir_okay=False, path_type=Path)
+
+
 @click.group(cls=PetribillGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
@@ -138,18 +141,59 @@ class PetribillGroup(click.Group):
     show_default=True,
     help="Log level; logs go to stderr (JSON when not a terminal, or PETRIBILL_LOG=json).",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--token",
+    envvar="PETRIBILL_TOKEN",
+    metavar="TOKEN",
+    help="Bearer token sent to the gateways (`petribill token create`) [env PETRIBILL_TOKEN; "
+    "prefer it: a command line is visible to other users].",
+)
+@click.option(
+    "--ca",
+    envvar="PETRIBILL_CA",
+    type=_PEM,
+    help="Speak TLS to the gateways, trusting this CA certificate (PEM) [env PETRIBILL_CA].",
+)
+@click.option(
+    "--cert",
+    envvar="PETRIBILL_CERT",
+    type=_PEM,
+    help="Client certificate (PEM) for gateways that want mutual TLS [env PETRIBILL_CERT].",
+)
+@click.option(
+    "--key",
+    envvar="PETRIBILL_KEY",
+    type=_PEM,
+    help="The client certificate's private key (PEM) [env PETRIBILL_KEY].",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    log_level: str,
+    token: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
     """petribill: a fault-tolerant telecom billing cluster.
 
     Without a cluster, `petribill rate` rates CDR files against a tariff
     catalogue, and `petribill demo --offline` rates the samples in conf/.
     `petribill demo` bills a sample month on a local cluster; `petribill up`
     starts one for the client commands. Each command explains itself with -h.
+    A secured cluster needs --token (and --ca, --cert, --key for TLS) before
+    the command, or the PETRIBILL_* variables (docs/security.md).
     """
     try:
         configure_logging(log_level)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    ctx.ensure_object(dict)["credentials"] = {
+        "token": token or None,
+        "ca": ca,
+        "cert": cert,
+        "key": key,
+    }
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -484,9 +528,9 @@ def demo(conf_dir: Path | None, nodes: int, keep: bool, offline: bool) -> None:
 
 # The cluster's operator commands live in their own modules; registered here so
 # `petribill` is one command group.
-from cluster.cli import admin, client, ops  # noqa: E402
+from cluster.cli import admin, client, ops, security  # noqa: E402
 
-for _module in (ops, client, admin):
+for _module in (ops, client, admin, security):
     _module.register(main)
 
 # Commands of packages above cluster/ (chaos) register themselves through the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -54,15 +55,39 @@ def data_option(func: Any) -> Any:
 @click.option("--port", type=int, default=None, help="Gateway port of the first node [50051].")
 @click.option("--address", default=None, help="Join a Ray cluster started with `ray start`.")
 @click.option("--detach", is_flag=True, help="Return once the gateways answer health checks.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve gateways beyond loopback without TLS and tokens, or join a Ray cluster "
+    "beyond loopback without Ray's token authentication (refused otherwise).",
+)
 @data_option
 @conf_option
 def up(
-    nodes: int, port: int | None, address: str | None, detach: bool, data_dir: Path, conf_dir: Path
+    nodes: int,
+    port: int | None,
+    address: str | None,
+    detach: bool,
+    insecure: bool,
+    data_dir: Path,
+    conf_dir: Path,
 ) -> None:
-    """Start a cluster: local Ray (or --address), coordinator, hosts, gateways."""
+    """Start a cluster: local Ray (or --address), coordinator, hosts, gateways.
+
+    The gateways use the [security] table of DIR/cluster.toml (tokens, TLS,
+    mutual TLS; docs/security.md). Beyond loopback they need TLS and tokens,
+    and a Ray cluster joined beyond loopback needs Ray's token authentication,
+    unless --insecure.
+    """
     from billing.rating import TariffError, load_catalogue
+    from cluster.deploy.exposure import exposure_problem
     from cluster.deploy.runtime import Runtime, StartError, read_info
 
+    config = _config(conf_dir)
+    problem = exposure_problem(config, address)
+    if problem is not None and not insecure:
+        raise click.ClickException(problem)
+    _check_security_files(config, data_dir)
     if read_info(data_dir) is not None:
         raise click.ClickException(
             f"{data_dir}/runtime.json exists: a cluster may run on this data folder "
@@ -73,7 +98,7 @@ def up(
     except TariffError as exc:
         raise click.ClickException(str(exc)) from exc
     runtime = Runtime(
-        _config(conf_dir),
+        config,
         data_dir=data_dir,
         tariffs_dir=conf_dir / "tariffs",
         nodes=nodes,
@@ -102,6 +127,20 @@ def up(
         pass
     finally:
         runtime.stop()
+
+
+def _check_security_files(config: ClusterConfig, data_dir: Path) -> None:
+    """Read the tokens file and the TLS files now, as each gateway will: a broken one is
+    one line naming it, before any process starts."""
+    from cluster.gateway.guard import Guard, SecuritySettings
+    from cluster.security.tls import TlsConfigError
+    from cluster.security.tokens import TokenFileError
+
+    settings = SecuritySettings.from_config(config.security, data_dir=data_dir)
+    try:  # without the audit folder: a check must not create one
+        Guard(dataclasses.replace(settings, audit_dir=None)).close()
+    except (TokenFileError, TlsConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()

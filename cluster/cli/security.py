@@ -1,11 +1,12 @@
-"""Operator commands for security: ``petribill token create|revoke|list`` and ``petribill certs``.
+"""Operator commands for security: ``petribill token create|revoke|list``, ``petribill certs``
+and ``petribill audit``.
 
-They work on files only (the tokens file, a certificate folder), never
-through a gateway: a gateway follows its tokens file by itself, so a revoked
-token is refused within a second without a restart. ``token create`` prints
-the new bearer token as the last line of its stdout (for ``| tail -1``) and
-says on stderr that it is shown once. Errors are one line on stderr with
-exit code 2.
+They work on files only (the tokens file, a certificate folder, the audit
+folder), never through a gateway: a gateway follows its tokens file by itself,
+so a revoked token is refused within a second without a restart. ``token
+create`` prints the new bearer token as the last line of its stdout (for ``|
+tail -1``) and says on stderr that it is shown once. Errors are one line on
+stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -170,6 +171,76 @@ def certs(folder: Path, hosts: tuple[str, ...], days: int) -> None:
         click.echo(f"  {path}")
 
 
+@click.command()
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Data folder of the cluster: its gateways write to DATA/audit.",
+)
+@click.option(
+    "--conf",
+    "conf_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("conf"),
+    show_default=True,
+    help="Folder with cluster.toml; its [security] audit_dir, if set, is read instead.",
+)
+@click.option("--account", "account_id", metavar="ID", help="Only calls naming this account.")
+@click.option("--rpc", metavar="NAME", help="Only this RPC, e.g. AccountService.TopUp.")
+@click.option("--since", metavar="TIME", help="Only from this time (Unix seconds or ISO 8601).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+def audit(
+    data_dir: Path,
+    conf_dir: Path,
+    account_id: str | None,
+    rpc: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The audit log: the latest money-moving and operator calls, with token id, role,
+    account, request id and outcome (refused calls too), oldest first."""
+    from datetime import UTC, datetime
+
+    from cluster.cli.render import parse_when
+    from cluster.config import ConfigError, load_config
+    from cluster.security.audit import read_events
+
+    try:
+        security = load_config(conf_dir / "cluster.toml", missing_ok=True).security
+        since_at = None if since is None else datetime.fromtimestamp(parse_when(since), UTC)
+    except (ConfigError, ValueError) as exc:
+        raise SecurityUsageError(str(exc)) from None
+    folder = security.audit_dir or data_dir / "audit"
+    if not folder.is_dir():
+        raise SecurityUsageError(f"{folder}: no audit folder (no gateway has written one yet)")
+    events = read_events(folder, account_id=account_id, rpc=rpc, since=since_at, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"events": [e.to_json() for e in events]}, ensure_ascii=False))
+        return
+    header = ("TIME", "RPC", "OUTCOME", "ROLE", "TOKEN ID", "ACCOUNT", "REQUEST ID")
+    rows = [
+        (
+            e.ts.strftime("%Y-%m-%d %H:%M:%S.%fZ")[:-4] + "Z",
+            e.rpc,
+            e.outcome,
+            e.role or "-",
+            e.token_id or "-",
+            e.account_id or "-",
+            e.request_id or "-",
+        )
+        for e in events
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
 def _when(when: Any) -> str:
     return "-" if when is None else when.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -182,6 +253,7 @@ def _public(record: TokenRecord) -> dict[str, Any]:
 
 
 def register(group: click.Group) -> None:
-    """Add ``token`` (create, revoke, list) and ``certs`` to the ``petribill`` group."""
+    """Add ``token`` (create, revoke, list), ``certs`` and ``audit`` to the ``petribill`` group."""
     group.add_command(token)
     group.add_command(certs)
+    group.add_command(audit)

@@ -6,11 +6,14 @@ group of SDK calls builds on.
 
 from __future__ import annotations
 
+import collections
+import os
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, Self
 
 import grpc
@@ -34,6 +37,7 @@ from petribill.v1 import (
 
 from billing.records import UsageRecord
 from cluster.api.errors import RETRYABLE_CODES
+from cluster.security.auth import bearer_metadata
 
 __all__ = ["PROTO_MODULES", "PetribillError", "RecordLike", "Transport"]
 
@@ -90,6 +94,13 @@ class Transport:
     ``message_bytes_max`` should match the gateways'. ``new_id`` makes request
     ids (default: random UUIDs); ``sleep`` and ``rng`` are injectable for tests.
     A client may be shared by threads; close it (or use ``with``) when done.
+
+    Security (docs/security.md): ``token`` is sent with every call as
+    ``authorization: Bearer <token>``; ``ca`` (a PEM file) makes the client speak
+    TLS and trust that CA, ``cert`` and ``key`` present a client certificate for
+    mutual TLS; ``tls=True`` speaks TLS trusting the system's CAs. The files are
+    read here (:class:`~cluster.security.tls.TlsConfigError`, a ``ValueError``,
+    names a bad one).
     """
 
     def __init__(
@@ -104,6 +115,11 @@ class Transport:
         new_id: Callable[[], str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        tls: bool = False,
     ) -> None:
         given = [addresses] if isinstance(addresses, str) else list(addresses)
         self.addresses = list(dict.fromkeys(given))  # failover walks positions: no repeats
@@ -119,6 +135,8 @@ class Transport:
             ("grpc.max_send_message_length", message_bytes_max),
             ("grpc.max_receive_message_length", message_bytes_max),
         ]
+        self._credentials = _channel_credentials(ca, cert, key, tls=tls)
+        self._interceptors = [] if token is None else [_BearerToken(token)]
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -152,10 +170,19 @@ class Transport:
             if stub is None:
                 channel = self._channels.get(address)
                 if channel is None:
-                    channel = grpc.insecure_channel(address, options=self._options)
+                    channel = self._channel(address)
                     self._channels[address] = channel
                 stub = self._stubs[service, address] = _STUBS[service](channel)
             return stub
+
+    def _channel(self, address: str) -> grpc.Channel:
+        if self._credentials is None:
+            channel = grpc.insecure_channel(address, options=self._options)
+        else:
+            channel = grpc.secure_channel(address, self._credentials, options=self._options)
+        return (
+            grpc.intercept_channel(channel, *self._interceptors) if self._interceptors else channel
+        )
 
     def _retry_or_raise(
         self, exc: grpc.RpcError, address: str, attempt: int, left_s: float
@@ -180,20 +207,23 @@ class Transport:
         """One unary RPC with retries and failover; the answer message."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         attempt = 0
+        last = ""
         while True:
             attempt += 1
             address = self.addresses[self._current]
             left_s = deadline - time.monotonic()
             if left_s <= 0:
+                # The last refusal says why (a TLS handshake that failed, say).
                 raise PetribillError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"{service}.{method}: no answer within the client's timeout",
+                    f"{service}.{method}: no answer within the client's timeout{last}",
                     address=address,
                     attempts=attempt - 1,
                 )
             try:
                 return getattr(self._stub(service, address), method)(request, timeout=left_s)
             except grpc.RpcError as exc:
+                last = f"; last: {exc.code().name}: {exc.details() or ''}"
                 self._retry_or_raise(exc, address, attempt, deadline - time.monotonic())
 
     def server_stream(
@@ -230,3 +260,65 @@ class Transport:
             except grpc.RpcError as exc:
                 answers[address] = exc.code().name
         return answers
+
+
+def _channel_credentials(
+    ca: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+    *,
+    tls: bool,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any of ``ca``, ``cert``, ``key`` is given or ``tls``; else None."""
+    if not (tls or ca or cert or key):
+        return None
+    from cluster.security.tls import channel_credentials  # loads cryptography: TLS only
+
+    def path(given: str | os.PathLike[str] | None) -> Path | None:
+        return Path(given) if given else None
+
+    return channel_credentials(path(ca), path(cert), path(key))
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()  # a token read from a file or a variable often ends in a newline
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("token: must be one word (petribill token create prints it)")
+        self._metadata = bearer_metadata(token)
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), *self._metadata]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    """grpc.ClientCallDetails is abstract: this is the usual concrete form."""

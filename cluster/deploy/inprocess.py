@@ -111,6 +111,7 @@ class InProcessCluster:
                 shards=int(self.settings["shards"]),
                 factory=factory,
                 router=self.router(),
+                backup_root=self.settings.get("backup_root"),
             )
         self.coordinator = CoordinatorService(
             data_dir=str(self.data_dir), settings=self.settings, interval_s=0.05, ops=self.ops
@@ -131,6 +132,8 @@ class InProcessCluster:
             tariffs_dir=str(self.tariffs_dir),
             clock=self.clock,
             data_dir=str(self.data_dir),
+            backup_root=self.settings.get("backup_root"),
+            tariffs_root=self.settings.get("tariffs_root"),
         )
         return Backend(cluster)
 

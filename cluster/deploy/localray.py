@@ -3,9 +3,10 @@
 Each node is one ``ray start --block`` child process with its own short temp
 dir (``<temp_root>/pbXXXXXX/n<i>``; Ray's unix socket paths must stay under ~107
 bytes) and its own free ports, so two clusters on one machine never collide and
-nothing under ``/tmp/ray`` is touched. The head carries the health-check tuning
-of ``conf/cluster.toml`` in ``--system-config``, so a dead node is declared in
-1-3 s instead of ~15 s.
+nothing under ``/tmp/ray`` is touched. Every node, agent and worker listens on
+127.0.0.1 only (:mod:`cluster.deploy.loopback` says how). The head carries the
+health-check tuning of ``conf/cluster.toml`` in ``--system-config``, so a dead
+node is declared in 1-3 s instead of ~15 s.
 
 Why ``ray start`` subprocesses rather than ``ray.cluster_utils.Cluster``: the
 latter builds nodes through the private ``ray._private.node.Node`` inside the
@@ -25,6 +26,7 @@ unique temp dir (orphaned workers), each by PID; then it removes the temp dir.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -32,7 +34,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cluster.config import ClusterConfig
+from cluster.deploy.loopback import LOOPBACK_ENV, ray_start_command, use_loopback
 
 __all__ = [
     "LOCAL_AUTH_ENV",
@@ -94,11 +96,20 @@ class NodeHandle:
     resources: dict[str, float]
 
 
+# Ports handed out lately: the kernel may give a just-closed port again, and Ray
+# refuses two components on one port, so no port is handed out twice in a row.
+_PORTS_GIVEN: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port not handed out lately by this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.append(port)
+            return port
 
 
 def pid_running(pid: int) -> bool:
@@ -280,6 +291,7 @@ class LocalRay:
         import ray
 
         os.environ.update(LOCAL_AUTH_ENV)
+        use_loopback(True)
         ray.init(address=self.address, namespace=namespace, log_to_driver=False)
         self._connected = True
 
@@ -412,7 +424,7 @@ class LocalRay:
         resources = {node_resource(name): 1.0}
         ray_cfg = self.config.ray
         args = [
-            str(Path(sys.executable).with_name("ray")),
+            *ray_start_command(head=head_port is not None),
             "start",
             "--block",
             f"--temp-dir={node_dir}",
@@ -442,7 +454,7 @@ class LocalRay:
             ]
         else:
             args += [f"--address={self.address}", "--include-log-monitor=false"]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_AUTH_ENV}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_AUTH_ENV, **LOOPBACK_ENV}
         env.pop("RAY_ADDRESS", None)
         log = open(node_dir / "ray-start.log", "wb")  # noqa: SIM115 - the child keeps it
         # Its own session: a Ctrl-C meant for the CLI must not kill nodes

@@ -24,6 +24,7 @@ from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from cluster.config import ClusterConfig
 from cluster.control.service import spawn_coordinator
 from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay
+from cluster.deploy.loopback import use_loopback
 from cluster.gateway.names import gateway_handles
 
 __all__ = ["Runtime", "RuntimeInfo", "StartError", "read_info"]
@@ -52,6 +53,7 @@ def connect(info: RuntimeInfo) -> None:
     """Connect this process to the recorded cluster as a driver."""
     if info.local_temp_dir is not None:
         os.environ.update(LOCAL_AUTH_ENV)
+    use_loopback(info.local_temp_dir is not None)
     ray.init(address=info.address, namespace=NAMESPACE, log_to_driver=False)
 
 
@@ -74,7 +76,14 @@ def settings_of(config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path) -> 
         "fence_timeout_s": config.storage.takeover_fence_timeout_ms / 1000,
         # The [fraud] rules as a plain table (None: off); actors.engines builds the FraudConfig.
         "fraud": None if config.fraud is None else config.fraud.mapping(),
+        # Where client-named paths may lead (None: DATA/backups, and the conf folder).
+        "backup_root": _text(config.security.backup_root),
+        "tariffs_root": _text(config.security.tariffs_root),
     }
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path.absolute())
 
 
 class Runtime:
@@ -150,6 +159,7 @@ class Runtime:
             os.environ.update(LOCAL_AUTH_ENV)
         else:
             address = self._address
+        use_loopback(self.local is not None)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         settings = settings_of(self.config, data_dir=self.data_dir, tariffs_dir=self.tariffs_dir)
         self.coordinator = spawn_coordinator(
@@ -181,8 +191,10 @@ class Runtime:
 
     def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
         from cluster.gateway.actor import spawn_gateway
+        from cluster.gateway.guard import SecuritySettings
         from cluster.gateway.limits import GatewayLimits
 
+        security = SecuritySettings.from_config(self.config.security, data_dir=self.data_dir)
         head = ray.get_runtime_context().get_node_id()
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         alive.sort(key=lambda n: n["NodeID"] != head)  # the head's gateway takes the port
@@ -194,6 +206,7 @@ class Runtime:
                 port=port,
                 settings=settings,
                 limits=GatewayLimits.from_config(self.config),
+                security=security,
             )
         ready = [g.start.remote() for g in self.gateways.values()]
         ray.get(ready, timeout=timeout_s)

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cluster.gateway.guard import SecuritySettings
 from cluster.gateway.limits import GatewayLimits
 from cluster.gateway.server import Gateway, GatewayError
 from cluster.gateway.servicers import Backend
@@ -42,6 +43,7 @@ class GatewayActor:
         port: int = 0,
         limits: GatewayLimits | None = None,
         advertise_host: str | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         # The loop answers queries between the CPU work of usage batches (decoding,
         # encoding, Ray's serialisation); a short GIL switch interval keeps a query
@@ -52,6 +54,7 @@ class GatewayActor:
         self._advertise_host = advertise_host
         self._port = port
         self._limits = limits
+        self._security = security
         self._gateway: Gateway | None = None
         self._starting = asyncio.Lock()  # two concurrent start() calls start one server
 
@@ -82,6 +85,7 @@ class GatewayActor:
             port,
             self._limits,
             advertise_host=self._advertise_host or _node_ip(self._host),
+            security=self._security,
         )
         await gateway.start()
         return gateway
@@ -161,7 +165,13 @@ def gateway_actor_class(**options: Any) -> Any:
 
 
 def spawn_gateway(
-    *, node_id: str, host: str, port: int, settings: dict[str, Any], limits: Any = None
+    *,
+    node_id: str,
+    host: str,
+    port: int,
+    settings: dict[str, Any],
+    limits: Any = None,
+    security: SecuritySettings | None = None,
 ) -> Any:
     """Start the gateway of one Ray node: a grpc.aio server with a Backend inside.
 
@@ -186,5 +196,11 @@ def spawn_gateway(
             max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
-        .remote(partial(Backend.from_settings, settings), host=host, port=port, limits=limits)
+        .remote(
+            partial(Backend.from_settings, settings),
+            host=host,
+            port=port,
+            limits=limits,
+            security=security,
+        )
     )

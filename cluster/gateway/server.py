@@ -2,7 +2,8 @@
 
 One gateway runs per node (inside a Ray actor, see :mod:`cluster.gateway.actor`)
 and holds no state of its own: every call is a row of the RPC table
-(``cluster.backend.rpcs``) served by the backend. Health
+(``cluster.backend.rpcs``) served by the backend, once the guard admits it
+(tokens, roles, TLS: :mod:`cluster.gateway.guard`). Health
 is reported per service (``grpc.health.v1``): NOT_SERVING until the server has
 started, SERVING while it serves, NOT_SERVING from the moment it begins to
 stop, so a load balancer watching it moves traffic before calls are refused.
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cluster.backend.rpcs import PACKAGE, SERVICES
 from cluster.gateway.calls import Calls
+from cluster.gateway.guard import Guard, SecuritySettings
 from cluster.gateway.limits import Admission, GatewayLimits
 from cluster.gateway.servicers import Backend, add_servicers
 
@@ -51,8 +53,10 @@ class Gateway:
         limits: GatewayLimits | None = None,
         *,
         advertise_host: str | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         self.backend = backend
+        self.security = security or SecuritySettings()
         self.host = host
         # Where clients reach a gateway bound to a wildcard such as 0.0.0.0.
         self.advertise_host = advertise_host or host
@@ -62,6 +66,7 @@ class Gateway:
         self._port: int | None = None
         self._server: Any = None
         self._health: Any = None
+        self._guard: Guard | None = None
 
     @property
     def port(self) -> int:
@@ -92,8 +97,9 @@ class Gateway:
         """Listen and serve; answer SERVING once up. Returns :attr:`address`."""
         if self._server is not None:
             return self.address
-        server = grpc.aio.server(options=self._options())
-        add_servicers(server, self.backend, Calls(self.limits, self.admission))
+        guard = Guard(self.security)  # reads the tokens file and the TLS files, or raises
+        server = grpc.aio.server(interceptors=guard.interceptors(), options=self._options())
+        add_servicers(server, self.backend, Calls(self.limits, self.admission), guard)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -101,17 +107,31 @@ class Gateway:
         )
         for name in ("", *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        where = f"{self.host}:{self._port_wanted}"
+        credentials = guard.server_credentials()
         try:
-            port = server.add_insecure_port(f"{self.host}:{self._port_wanted}")
+            if credentials is None:
+                port = server.add_insecure_port(where)
+            else:
+                port = server.add_secure_port(where, credentials)
         except RuntimeError as exc:
-            raise GatewayError(f"cannot listen on {self.host}:{self._port_wanted}: {exc}") from exc
+            guard.close()
+            raise GatewayError(f"cannot listen on {where}: {exc}") from exc
         if port == 0:
-            raise GatewayError(f"cannot listen on {self.host}:{self._port_wanted}")
+            guard.close()
+            raise GatewayError(f"cannot listen on {where}")
         await server.start()
-        self._server, self._health, self._port = server, health, port
+        self._server, self._health, self._port, self._guard = server, health, port, guard
         for name in ("", *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gateway_started", address=self.address, limits=_limits_dict(self.limits))
+        log.info(
+            "gateway_started",
+            address=self.address,
+            limits=_limits_dict(self.limits),
+            tls=credentials is not None,
+            mutual_tls=self.security.client_ca is not None,
+            tokens=self.security.tokens_file is not None,
+        )
         return self.address
 
     async def drain(self) -> None:
@@ -126,6 +146,9 @@ class Gateway:
         await self.drain()
         await self._server.stop(grace_s)
         self._server = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         log.info("gateway_stopped", address=self.address, grace_s=grace_s)
 
     async def wait_for_termination(self) -> None:

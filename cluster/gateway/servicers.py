@@ -3,10 +3,11 @@
 For each service of the protos, a class is made from the generated servicer
 base with one method per row of ``cluster.backend.rpcs.RPCS``: a unary RPC
 checks the request and runs the row through the backend (the rules of a call —
-deadline, limits, status mapping — live in :mod:`cluster.gateway.calls`); a
-server stream relays the backend's iterator. StreamUsage is the one RPC with
-logic of its own: it pipelines a stream's batches (up to
-``stream_batches_inflight_max`` at once) and answers them in order.
+deadline, limits, status mapping — live in :mod:`cluster.gateway.calls`; who may
+call it, in :mod:`cluster.gateway.guard`); a server stream relays the backend's
+iterator. StreamUsage is the one RPC with logic of its own: it pipelines a
+stream's batches (up to ``stream_batches_inflight_max`` at once) and answers
+them in order.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from petribill.v1 import usage_pb2
 
 from cluster.backend.rpcs import RPCS, SERVICES, Rpc, rpc_named
 from cluster.gateway.calls import Calls, Failure, internal_failure
+from cluster.gateway.guard import Guard
 from cluster.gateway.limits import Overloaded
 from cluster.gateway.validate import check
 
@@ -40,11 +42,12 @@ class Backend(Protocol):
 
 
 class _Relay:
-    """Holds the backend and the call runner every servicer relays through."""
+    """Holds the backend, the call runner and the guard every servicer relays through."""
 
-    def __init__(self, backend: Backend, calls: Calls) -> None:
+    def __init__(self, backend: Backend, calls: Calls, guard: Guard) -> None:
         self._backend = backend
         self._calls = calls
+        self._guard = guard
 
 
 def _records(rpc: Rpc, request: Any) -> int:
@@ -55,6 +58,7 @@ def _unary(rpc: Rpc) -> Handler:
     """A servicer method that checks the request and runs ``rpc`` through the backend."""
 
     async def handler(self: _Relay, request: Any, context: Any) -> Any:
+        await self._guard.enter(rpc, request, context)
         call = partial(self._backend.call, rpc)
         return await self._calls.unary(
             context, rpc.name, call, request, check=check, records=_records(rpc, request)
@@ -68,6 +72,7 @@ def _server_stream(rpc: Rpc) -> Handler:
     """A servicer method relaying the backend's stream of answers to ``rpc``."""
 
     async def handler(self: _Relay, request: Any, context: Any) -> None:
+        await self._guard.enter(rpc, request, context)
         calls = self._calls
         try:
             check(request, calls.limits)
@@ -96,6 +101,7 @@ async def _stream_usage(
     batches to resend (the failed one and those after it).
     """
     rpc = rpc_named("UsageService.StreamUsage")
+    await self._guard.enter(rpc, None, context)  # the role was checked before: no account
     calls = self._calls
     assert rpc.stream is not None
     try:
@@ -200,10 +206,10 @@ def _servicer_classes() -> list[tuple[type[_Relay], Callable[[Any, Any], None]]]
     return built
 
 
-def add_servicers(server: Any, backend: Backend, calls: Calls) -> None:
+def add_servicers(server: Any, backend: Backend, calls: Calls, guard: Guard) -> None:
     """Register every petribill.v1 servicer on ``server``."""
     for servicer_class, register in SERVICERS:
-        register(servicer_class(backend, calls), server)
+        register(servicer_class(backend, calls, guard), server)
 
 
 SERVICERS = _servicer_classes()

@@ -43,6 +43,7 @@ log = structlog.get_logger("petribill.security")
 
 FILE_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
 _PATTERN: Final = "audit-*.jsonl"
+_NAME_TRIES_MAX: Final = 10_000
 _FIELDS: Final = ("rpc", "outcome", "token_id", "role", "account_id", "request_id", "detail")
 
 
@@ -176,9 +177,18 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._sequence += 1
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags, 0o600)
+        # Another writer of this process that started in the same second (a gateway
+        # started again after a failed bind) has the same stem: take its next number.
+        for _ in range(_NAME_TRIES_MAX):
+            self._sequence += 1
+            try:
+                self._fd = os.open(self.path, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"{self.path}: no free audit file name")
         self._bytes = 0
 
     def _append(self, line: str) -> None:

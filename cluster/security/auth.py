@@ -180,8 +180,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     valid; if ``method_roles`` is given and returns a set of roles for the
     method's full name (``/package.Service/Method``), the role must be in it,
     and ``None`` means any valid token (reflection, for instance). A refused
-    call is answered with the status of the :class:`AuthError`; an admitted
-    one runs with :func:`current_principal` set, so the handler can apply
+    call is answered with the status of the :class:`AuthError`, after
+    ``on_refused(method, principal, error)`` is told (``principal`` is None when
+    the caller was not authenticated); an admitted one runs with
+    :func:`current_principal` set, so the handler can apply
     :func:`check_account` to the account its request names.
     """
 
@@ -191,10 +193,12 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         open_prefixes: tuple[str, ...] = (HEALTH_METHOD_PREFIX,),
         method_roles: Callable[[str], Collection[Role] | None] | None = None,
+        on_refused: Callable[[str, Principal | None, AuthError], None] | None = None,
     ) -> None:
         self.verifier = verifier
         self.open_prefixes = open_prefixes
         self.method_roles = method_roles
+        self.on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -204,6 +208,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if method.startswith(self.open_prefixes):
             return await continuation(handler_call_details)
+        principal: Principal | None = None
         try:
             principal = authenticate(handler_call_details.invocation_metadata, self.verifier)
             roles = self.method_roles(method) if self.method_roles is not None else None
@@ -211,6 +216,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 check_role(principal, roles, method)
         except AuthError as exc:
             log.info("call_refused", method=method, code=exc.code.name, reason=exc.message)
+            if self.on_refused is not None:
+                self.on_refused(method, principal, exc)
             handler = await continuation(handler_call_details)
             # An unknown method stays UNIMPLEMENTED: there is no handler shape to answer with.
             return None if handler is None else _refusing(handler, exc)

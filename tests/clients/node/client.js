@@ -4,7 +4,14 @@
 // the invoices. Prints one JSON object of what the gateway answered.
 //
 //   node client.js HOST:PORT PROTO_ROOT ACCOUNT_ID MSISDN
+//
+// A secured cluster (docs/security.md) takes the variables of the petribill CLI:
+// PETRIBILL_CA (speak TLS, trusting this CA), PETRIBILL_CERT and PETRIBILL_KEY
+// (mutual TLS), PETRIBILL_TOKEN (sent as "authorization: Bearer <token>"). This
+// client does the work of three systems, so PETRIBILL_TOKEN_CRM, _MEDIATION and
+// _BILLING, when set, are used for the calls of those roles instead.
 "use strict";
+const fs = require("fs");
 const grpc = require("@grpc/grpc-js");
 const loader = require("@grpc/proto-loader");
 
@@ -14,22 +21,40 @@ const definition = loader.loadSync(
   { includeDirs: [protoRoot], keepCase: true, longs: String, enums: String, defaults: true },
 );
 const v1 = grpc.loadPackageDefinition(definition).petribill.v1;
-const credentials = grpc.credentials.createInsecure();
+const env = process.env;
+const pem = (name) => (env[name] ? fs.readFileSync(env[name]) : null);
+const credentials =
+  env.PETRIBILL_CA || env.PETRIBILL_CERT
+    ? grpc.credentials.createSsl(pem("PETRIBILL_CA"), pem("PETRIBILL_KEY"), pem("PETRIBILL_CERT"))
+    : grpc.credentials.createInsecure();
+
+function metadataFor(role) {
+  const metadata = new grpc.Metadata();
+  const token = env[`PETRIBILL_TOKEN_${role}`] || env.PETRIBILL_TOKEN;
+  if (token) metadata.set("authorization", `Bearer ${token.trim()}`);
+  return metadata;
+}
+
 const accounts = new v1.AccountService(address, credentials);
 const usage = new v1.UsageService(address, credentials);
 const billing = new v1.BillingService(address, credentials);
+const roles = new Map([[accounts, "CRM"], [usage, "MEDIATION"], [billing, "BILLING"]]);
 
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + 30000);
-    client[method](request, { deadline }, (error, answer) => (error ? reject(error) : resolve(answer)));
+    const metadata = metadataFor(roles.get(client));
+    client[method](request, metadata, { deadline }, (error, answer) =>
+      error ? reject(error) : resolve(answer),
+    );
   });
 }
 
 function serverStream(client, method, request) {
   return new Promise((resolve, reject) => {
     const items = [];
-    const call = client[method](request, { deadline: new Date(Date.now() + 60000) });
+    const metadata = metadataFor(roles.get(client));
+    const call = client[method](request, metadata, { deadline: new Date(Date.now() + 60000) });
     call.on("data", (item) => items.push(item));
     call.on("error", reject);
     call.on("end", () => resolve(items));
