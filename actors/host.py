@@ -18,6 +18,26 @@ Recovery contract
     retries. The store re-checks the epoch on each commit, so even a host that
     still believes it owns a unit cannot write after a takeover.
 
+Where a host keeps its units (``storage.mode``)
+    ``local`` and ``shared``: ``<data_dir>/units/<unit>/`` (one node, or a volume
+    every node mounts). ``replicated``: ``<data_dir>/nodes/<node>/units/<unit>/``,
+    the node's own folder; the host refuses any path outside it (it never opens
+    another node's data), and besides its primaries it keeps *follower copies*
+    (:mod:`actors.store.replica`) that the units' primaries on other nodes write
+    through the ``replica_*`` methods. A primary's commits are shipped to its
+    followers by a :class:`~actors.replication.Replicator`; a call on a replicated
+    unit is answered only once its batches are acknowledged by the unit's in-sync
+    set, and otherwise refused with :class:`NotReplicated` (the caller retries).
+
+Never recreated empty
+    A unit the coordinator has assigned before (``epoch > 1``) is opened only
+    from a folder that holds its database and its ``EPOCH`` file. If either is
+    missing the host does not create a new, empty database: it refuses
+    (:class:`UnitMissing`), logs ``unit_data_missing`` at error level, counts it
+    (``petribill_units_missing_total``), and answers every later call on the unit
+    with :class:`UnitLost`, which the gateway turns into UNAVAILABLE naming the
+    unit as lost.
+
 Thread model
     The Ray actor runs with several threads (partitions call shards on other
     hosts, which may call back); each unit has its own lock, always taken in
@@ -36,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,17 +69,38 @@ import structlog
 from actors import metrics
 from actors.op import Op
 from actors.partition.ops import Reprocess, Submit
+from actors.replication import Peers, ReplicationSettings, Replicator
 from actors.routing import shard_of, unit_kind
 from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
 from actors.shard.outbox import Forward
 from actors.store.backup import UnitBackup, backup_target, checkpoint_unit
-from actors.store.fencing import StaleEpoch, StoreClosed
-from actors.store.storage import StorageFailed
+from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed
+from actors.store.replica import (
+    CopyState,
+    FollowerCopy,
+    ReplicaError,
+    ReplicaFenced,
+    ReplicaNotAttached,
+    stored_epoch,
+)
+from actors.store.storage import ShardStore, StorageFailed
+from billing.invariant import invariant
 
 if TYPE_CHECKING:
     from actors.router import UnitRouter
 
-__all__ = ["EngineFactory", "StaleRoute", "UnitHost"]
+__all__ = [
+    "MODES",
+    "EngineFactory",
+    "NotReplicated",
+    "StaleRoute",
+    "UnitHost",
+    "UnitLost",
+    "UnitMissing",
+]
+
+#: Storage modes (``[storage] mode``): where units live and how many copies they have.
+MODES = ("local", "shared", "replicated")
 
 R = TypeVar("R")
 
@@ -88,7 +130,49 @@ class StaleRoute(Exception):
         return (StaleRoute, (self.unit_id, self.epoch, self.serving))
 
 
+class NotReplicated(StaleRoute):
+    """Raised when a call's batches are committed on the primary but not (yet)
+    acknowledged by the unit's in-sync set (a follower failed and the coordinator
+    has not shrunk the set yet, or the set is below ``min_in_sync``). Nothing of
+    the call is acknowledged; the caller retries with the same ids (a retry is
+    answered as a replay once the batches are acknowledged)."""
+
+    def __init__(self, unit_id: str, epoch: int, reason: str) -> None:
+        Exception.__init__(self, f"{unit_id}: not acknowledged by its in-sync set: {reason}")
+        self.unit_id, self.epoch, self.serving, self.reason = unit_id, epoch, epoch, reason
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int, str]]:  # type: ignore[override]
+        return (NotReplicated, (self.unit_id, self.epoch, self.reason))
+
+
+class UnitMissing(Exception):
+    """Raised by :meth:`UnitHost.open_unit` when a unit that was assigned before has no
+    database or no ``EPOCH`` file in its folder: it is never recreated empty."""
+
+    def __init__(self, unit_id: str, path: str, detail: str) -> None:
+        super().__init__(f"{unit_id}: data missing at {path}: {detail}; not opened empty")
+        self.unit_id, self.path, self.detail = unit_id, path, detail
+
+    def __reduce__(self) -> tuple[type[UnitMissing], tuple[str, str, str]]:
+        return (UnitMissing, (self.unit_id, self.path, self.detail))
+
+
+class UnitLost(Exception):
+    """Raised on a call to a unit whose data is gone (see :class:`UnitMissing`); the
+    gateway answers UNAVAILABLE naming the unit as lost until an operator restores it."""
+
+    def __init__(self, unit_id: str, detail: str) -> None:
+        super().__init__(f"unit {unit_id} is lost: {detail}")
+        self.unit_id, self.detail = unit_id, detail
+
+    def __reduce__(self) -> tuple[type[UnitLost], tuple[str, str]]:
+        return (UnitLost, (self.unit_id, self.detail))
+
+
 class Engine(Protocol):
+    @property
+    def store(self) -> ShardStore: ...
+
     def close(self) -> None: ...
 
 
@@ -143,11 +227,22 @@ class _Unit:
     engine: Any
     lock: threading.Lock
     gate: _ReadGate = field(default_factory=_ReadGate)
+    replicator: Replicator | None = None
 
     def close(self) -> None:
         """Close the engine once no query reads it; the caller holds ``lock``."""
         self.gate.close()
+        if self.replicator is not None:
+            self.replicator.close()
         self.engine.close()
+
+
+@dataclass(slots=True)
+class _Copy:
+    """A follower copy this host keeps, with the lock serialising its writers."""
+
+    copy: FollowerCopy
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class UnitHost:
@@ -162,10 +257,28 @@ class UnitHost:
         factory: EngineFactory,
         router: UnitRouter | None = None,
         backup_root: str | None = None,
+        mode: str = "local",
+        peers: Peers | None = None,
+        replication: ReplicationSettings | None = None,
     ) -> None:
+        invariant(mode in MODES, f"storage mode must be one of {MODES}, got {mode!r}")
+        invariant(mode != "replicated" or peers is not None, "replicated mode needs peers")
         self.node = node
+        self.mode = mode
         self._shards = shards
         self._data_dir = Path(data_dir)
+        # Everything this host writes lives below its root: the node's own folder when
+        # replicated (no node reads another's), the shared data folder otherwise.
+        self._root = (
+            (self._data_dir / "nodes" / node).resolve()
+            if mode == "replicated"
+            else self._data_dir.resolve()
+        )
+        self._peers = peers
+        self._replication = replication or ReplicationSettings()
+        self._copies: dict[str, _Copy] = {}
+        self._copies_guard = threading.Lock()
+        self._missing: dict[str, str] = {}  # unit -> why its data is gone
         # Backups go only below this folder ([security] backup_root; DATA/backups).
         self._backup_root = Path(backup_root) if backup_root else self._data_dir / "backups"
         self._factory = factory
@@ -173,6 +286,8 @@ class UnitHost:
         self._units: dict[str, _Unit] = {}
         # Units whose store failed a write (disk full): unit -> (epoch, next try).
         self._failed: dict[str, tuple[int, float]] = {}
+        # Their replicators (followers, unacknowledged batches), for the reopened store.
+        self._resumed_replicators: dict[str, Replicator] = {}
         self._guard = threading.Lock()
         # Long-lived engines keep large caches; a young-generation threshold
         # sized for batches of thousands of objects keeps the collector from
@@ -188,6 +303,24 @@ class UnitHost:
     def pid(self) -> int:
         """This host's process id (chaos tests pause or kill exactly this process)."""
         return os.getpid()
+
+    @property
+    def root(self) -> Path:
+        """The folder this host keeps everything in (its node folder when replicated)."""
+        return self._root
+
+    def unit_path(self, unit_id: str) -> Path:
+        """Where the unit's database (primary or follower copy) lives on this node."""
+        return self._below_root(self._root / "units" / unit_id)
+
+    def _below_root(self, path: Path) -> Path:
+        # A host never opens another node's folder: every path it uses is checked here.
+        resolved = path.resolve()
+        invariant(
+            resolved.is_relative_to(self._root),
+            f"{self.node}: {resolved} is outside this node's folder {self._root}",
+        )
+        return resolved
 
     def units(self) -> dict[str, int]:
         """Unit id -> epoch of every unit this host serves (or owns while its disk fails)."""
@@ -209,17 +342,59 @@ class UnitHost:
                 with current.lock:
                     current.close()
                 del self._units[unit_id]
-            path = self._data_dir / "units" / unit_id
+            self._close_copy(unit_id)  # a follower promoted: its copy becomes the unit
+            path = self.unit_path(unit_id)
+            self._check_present(unit_id, path, epoch)
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = self._factory(unit_id, path, epoch)
-            self._units[unit_id] = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
+            unit = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
+            if self.mode == "replicated":
+                unit.replicator = self._replicator(unit_id, engine)
+            self._units[unit_id] = unit
+            self._missing.pop(unit_id, None)
         log.info("unit_opened", shard=unit_id, node=self.node, epoch=epoch)
+
+    def _replicator(self, unit_id: str, engine: Any) -> Replicator:
+        assert self._peers is not None
+        return Replicator(
+            unit_id=unit_id,
+            store=engine.store,
+            peers=self._peers,
+            settings=self._replication,
+            checkpoint_dir=self._below_root(self._root / "checkpoints"),
+        )
+
+    def _check_present(self, unit_id: str, path: Path, epoch: int) -> None:
+        """Refuse to open a unit that was assigned before (``epoch > 1``) whose database
+        or epoch file is gone: opening it would create it empty."""
+        if epoch <= 1:
+            return  # the first assignment creates the unit
+        if not (path / "CURRENT").exists():
+            detail = "the unit's database is missing"
+        elif not (path / EPOCH_FILE).exists() and not stored_epoch(path):
+            # A restored backup has no EPOCH file beside it but carries its epoch
+            # inside (m/epoch); a folder with neither was never a unit's.
+            detail = "the unit's EPOCH file is missing"
+        else:
+            return
+        self._missing[unit_id] = detail
+        log.error(
+            "unit_data_missing",
+            shard=unit_id,
+            node=self.node,
+            epoch=epoch,
+            path=str(path),
+            detail=detail,
+        )
+        metrics.unit_missing(unit_id)
+        raise UnitMissing(unit_id, str(path), detail)
 
     def close_unit(self, unit_id: str) -> None:
         """Stop serving ``unit_id`` (drain, migration); idempotent."""
         with self._guard:
             unit = self._units.pop(unit_id, None)
             self._failed.pop(unit_id, None)
+            self._missing.pop(unit_id, None)
         if unit is not None:
             with unit.lock:
                 unit.close()
@@ -236,10 +411,16 @@ class UnitHost:
     def close_all(self) -> None:
         for unit_id in list(self.units()):
             self.close_unit(unit_id)
+        with self._copies_guard:
+            for unit_id in list(self._copies):
+                self._close_copy(unit_id)
 
     # -- data plane --------------------------------------------------------
 
     def _unit(self, unit_id: str, epoch: int) -> _Unit:
+        missing = self._missing.get(unit_id)
+        if missing is not None:
+            raise UnitLost(unit_id, missing)
         unit = self._units.get(unit_id)
         if unit is None and unit_id in self._failed:
             unit = self._resume(unit_id, epoch)
@@ -254,7 +435,7 @@ class UnitHost:
             failed = self._failed.get(unit_id)
             if failed is None or failed[0] != epoch or time.monotonic() < failed[1]:
                 return self._units.get(unit_id)
-            path = self._data_dir / "units" / unit_id
+            path = self.unit_path(unit_id)
             try:
                 engine = self._factory(unit_id, path, epoch, resume=True)
             except StaleEpoch:
@@ -266,6 +447,10 @@ class UnitHost:
                 return None
             del self._failed[unit_id]
             unit = self._units[unit_id] = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
+            replicator = self._resumed_replicators.pop(unit_id, None)
+            if replicator is not None:
+                replicator.attach(engine.store)  # the same followers, batches and marks
+                unit.replicator = replicator
         log.info("unit_resumed", shard=unit_id, node=self.node, epoch=epoch)
         return unit
 
@@ -288,7 +473,9 @@ class UnitHost:
             # Re-check under the lock: a takeover may have closed the unit.
             if self._units.get(unit_id) is not unit:
                 raise StaleRoute(unit_id, epoch, None)
+            self._check_replicated(unit_id, epoch, unit)
             answer = self._apply(unit_id, epoch, unit, op)
+            self._check_replicated(unit_id, epoch, unit)
             if isinstance(op, Submit | Reprocess):
                 metrics.partition_counters(unit_id, unit.engine)
         metrics.unit_call(kind, op.name, time.monotonic() - began)
@@ -315,9 +502,32 @@ class UnitHost:
         if not unit.gate.enter():
             raise StaleRoute(unit_id, epoch, None)  # closing: a takeover or a drain
         try:
-            return self._apply(unit_id, epoch, unit, op)
+            if op.read:
+                # A query reads committed state; on a replicated unit that may include a
+                # batch whose acknowledgement is still under way (docs/architecture.md).
+                return self._apply(unit_id, epoch, unit, op)
+            self._check_replicated(unit_id, epoch, unit)
+            answer = self._apply(unit_id, epoch, unit, op)
+            self._check_replicated(unit_id, epoch, unit)
+            return answer
         finally:
             unit.gate.leave()
+
+    def _check_replicated(self, unit_id: str, epoch: int, unit: _Unit) -> None:
+        """Before a call: refuse at once what could not be acknowledged now. After it:
+        answer only once every batch committed so far is acknowledged by the unit's
+        in-sync set (a replay's answer included: it reads what earlier calls wrote)."""
+        replicator = unit.replicator
+        if replicator is None:
+            return
+        reason = replicator.writable()
+        if reason is None:
+            return
+        if replicator.fenced:
+            # A follower knows a newer primary: this host is an old one (paused, or
+            # cut off) and must stop serving the unit.
+            self._drop(unit_id, unit)
+        raise NotReplicated(unit_id, epoch, reason)
 
     def _apply(self, unit_id: str, epoch: int, unit: _Unit, op: Op[R]) -> R:
         """``op`` on the unit's engine; a store lost or failed under it becomes StaleRoute."""
@@ -333,9 +543,12 @@ class UnitHost:
             # The engine's memory may be ahead of the disk, so it is dropped;
             # the unit is reopened from disk once writes work again, and the
             # caller retries (with the same ids) until then.
+            replicator, unit.replicator = unit.replicator, None
             self._drop(unit_id, unit)
             with self._guard:
                 self._failed[unit_id] = (epoch, time.monotonic() + RESUME_EVERY_S)
+                if replicator is not None:
+                    self._resumed_replicators[unit_id] = replicator
             raise StaleRoute(unit_id, epoch, None) from exc
 
     def backup_unit(
@@ -355,6 +568,147 @@ class UnitHost:
                 raise StaleRoute(unit_id, epoch, None) from exc
         log.info("unit_backed_up", shard=unit_id, node=self.node, path=info.path)
         return info
+
+    # -- replication: the primary's followers (called by the coordinator) ----------------
+
+    def set_replicas(self, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
+        """The followers of a unit served here, ``node -> in_sync | catching_up``, as the
+        coordinator persisted them; idempotent. New ones are caught up in the background."""
+        replicator = self._unit(unit_id, epoch).replicator
+        invariant(replicator is not None, f"{unit_id}: not a replicated unit on {self.node}")
+        assert replicator is not None
+        replicator.set_followers(dict(followers))
+
+    def replica_pin(self, unit_id: str, epoch: int, node: str) -> bool:
+        """Keep ``node`` in the unit's wait set until told otherwise (its ``join_isr`` is
+        about to be persisted); False if it is not caught up now."""
+        replicator = self._unit(unit_id, epoch).replicator
+        return replicator is not None and replicator.pin(node)
+
+    def replica_report(self) -> dict[str, dict[str, Any]]:
+        """Per replicated unit served here: its followers, their lag and failures."""
+        return {
+            unit_id: unit.replicator.report()
+            for unit_id, unit in list(self._units.items())
+            if unit.replicator is not None
+        }
+
+    # -- replication: follower copies (called by primaries on other nodes) --------------
+
+    def _close_copy(self, unit_id: str) -> None:
+        """(The caller holds ``_guard`` or ``_copies_guard``.)"""
+        entry = self._copies.pop(unit_id, None)
+        if entry is not None:
+            with entry.lock:
+                entry.copy.close()
+
+    def _copy(self, unit_id: str, epoch: int, *, create: bool) -> _Copy:
+        serving = self._units.get(unit_id)
+        if serving is not None:
+            # This host is the unit's primary. An older primary is refused as fenced; a
+            # newer one must wait until the coordinator has closed the unit here.
+            if epoch <= serving.epoch:
+                raise ReplicaFenced(unit_id, mine=epoch, fence=serving.epoch)
+            raise ReplicaError(f"{unit_id}: {self.node} still serves it at {serving.epoch}")
+        with self._copies_guard:
+            entry = self._copies.get(unit_id)
+            if entry is None:
+                if not create:
+                    raise ReplicaNotAttached(f"{unit_id}: no copy open on {self.node}")
+                copy = FollowerCopy.open(unit_id, self.unit_path(unit_id))
+                entry = self._copies[unit_id] = _Copy(copy)
+            return entry
+
+    def replica_attach(self, unit_id: str, epoch: int) -> CopyState:
+        """A primary at ``epoch`` attaches this node's copy (created empty if there is
+        none): the copy refuses every older primary from now on, and says where it is."""
+        entry = self._copy(unit_id, epoch, create=True)
+        with entry.lock:
+            state = entry.copy.attach(epoch)
+        log.info(
+            "replica_attached", shard=unit_id, node=self.node, epoch=epoch, applied=state.applied
+        )
+        return state
+
+    def replica_apply(self, unit_id: str, epoch: int, seq: int, payload: bytes) -> int:
+        """Apply the primary's batch ``seq`` durably; the number of the last batch applied."""
+        entry = self._copy(unit_id, epoch, create=False)
+        with entry.lock:
+            return entry.copy.apply(epoch, seq, payload)
+
+    def replica_fence(self, unit_id: str, epoch: int) -> None:
+        """Refuse every primary of ``unit_id`` below ``epoch`` (after the coordinator fenced
+        the old one); only a copy this host has open or on disk."""
+        with self._copies_guard:
+            entry = self._copies.get(unit_id)
+        if entry is None and (self.unit_path(unit_id) / "CURRENT").exists():
+            entry = self._copy(unit_id, epoch, create=True)
+        if entry is not None:
+            with entry.lock:
+                entry.copy.raise_fence(epoch)
+
+    def _staging(self, unit_id: str, token: str) -> Path:
+        invariant("/" not in token and ".." not in token, f"bad token {token!r}")
+        return self._below_root(self._root / "staging" / f"{unit_id}.{token}")
+
+    def replica_stage(
+        self, unit_id: str, epoch: int, token: str, name: str, offset: int, data: bytes
+    ) -> None:
+        """One chunk of a checkpoint the primary at ``epoch`` sends (staged, not used yet)."""
+        entry = self._copy(unit_id, epoch, create=True)
+        if epoch < entry.copy.fence:
+            raise ReplicaFenced(unit_id, mine=epoch, fence=entry.copy.fence)
+        FollowerCopy.stage_chunk(self._staging(unit_id, token), name, offset, data)
+
+    def replica_install(self, unit_id: str, epoch: int, token: str, seq: int) -> CopyState:
+        """Replace this node's copy with the staged checkpoint (``seq`` batches)."""
+        entry = self._copy(unit_id, epoch, create=True)
+        with entry.lock:
+            if epoch < entry.copy.fence:
+                raise ReplicaFenced(unit_id, mine=epoch, fence=entry.copy.fence)
+            entry.copy.close()
+            try:
+                entry.copy = FollowerCopy.install(
+                    unit_id,
+                    self.unit_path(unit_id),
+                    self._staging(unit_id, token),
+                    epoch=epoch,
+                    seq=seq,
+                    trash=self._below_root(self._root / "trash"),
+                )
+            except BaseException:
+                with self._copies_guard:
+                    self._copies.pop(unit_id, None)
+                raise
+            state = entry.copy.state()
+        log.info("replica_installed", shard=unit_id, node=self.node, epoch=epoch, seq=seq)
+        return state
+
+    def replica_drop(self, unit_id: str) -> None:
+        """Close this node's copy of ``unit_id`` and delete it (the coordinator dropped
+        the follower); a unit served here as primary is left alone."""
+        if unit_id in self._units:
+            return
+        with self._copies_guard:
+            self._close_copy(unit_id)
+        path = self.unit_path(unit_id)
+        if path.exists():
+            trash = self._below_root(self._root / "trash")
+            trash.mkdir(parents=True, exist_ok=True)
+            gone = trash / f"{unit_id}.{os.getpid()}.{time.monotonic_ns()}"
+            os.replace(path, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        log.info("replica_dropped", shard=unit_id, node=self.node)
+
+    def replica_copies(self) -> dict[str, CopyState]:
+        """The follower copies open on this host and where each stands."""
+        with self._copies_guard:
+            entries = dict(self._copies)
+        found = {}
+        for unit_id, entry in entries.items():
+            with entry.lock:
+                found[unit_id] = entry.copy.state()
+        return found
 
     def update_engines(self, kind: str, update: Callable[[Any], None]) -> list[str]:
         """Apply ``update`` to the engine of every unit of ``kind`` (``account`` or

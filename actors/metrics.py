@@ -18,6 +18,13 @@ node). Ray prefixes the names with ``ray_``:
 ``petribill_takeovers_total``          counter    node failures taken over by the coordinator
 ``petribill_takeover_seconds``         histogram  from a node's loss until every unit is
                                                   served again
+``petribill_units_missing_total``      counter    opens refused because a unit's data or
+                                                  epoch file was gone, by ``unit`` (an
+                                                  operator alert: never opened empty)
+``petribill_units_lost_total``         counter    units the coordinator declared lost (no
+                                                  in-sync copy left), by ``unit``
+``petribill_replication_seconds``      histogram  a primary's shipping of one batch to its
+                                                  followers, until every answer
 =====================================  =========  ==========================================
 
 Recording is per call or per batch, never per record. In a process that is
@@ -36,9 +43,12 @@ __all__ = [
     "metrics_urls",
     "partition_counters",
     "petribill_series",
+    "replication",
     "rpc",
     "takeover",
     "unit_call",
+    "unit_lost",
+    "unit_missing",
 ]
 
 _LATENCY_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
@@ -99,6 +109,21 @@ class _Registry:
                 description="From a node's loss until every unit is served again.",
                 boundaries=_TAKEOVER_S,
             ),
+            "units_missing_total": metrics.Counter(
+                "petribill_units_missing_total",
+                description="Opens refused because a unit's data or epoch file was gone.",
+                tag_keys=("unit",),
+            ),
+            "units_lost_total": metrics.Counter(
+                "petribill_units_lost_total",
+                description="Units declared lost: no in-sync copy was left to promote.",
+                tag_keys=("unit",),
+            ),
+            "replication_seconds": metrics.Histogram(
+                "petribill_replication_seconds",
+                description="Shipping one batch to a unit's followers, until every answer.",
+                boundaries=_LATENCY_S,
+            ),
         }
 
 
@@ -139,6 +164,27 @@ def takeover(seconds: float) -> None:
         return
     made["takeovers_total"].inc(1)
     made["takeover_seconds"].observe(seconds)
+
+
+def unit_missing(unit_id: str) -> None:
+    """A host refused to open ``unit_id``: its data or epoch file is gone."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["units_missing_total"].inc(1, tags={"unit": unit_id})
+
+
+def unit_lost(unit_id: str) -> None:
+    """The coordinator declared ``unit_id`` lost (no in-sync copy to promote)."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["units_lost_total"].inc(1, tags={"unit": unit_id})
+
+
+def replication(seconds: float) -> None:
+    """One batch shipped to a unit's followers in ``seconds``."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["replication_seconds"].observe(seconds)
 
 
 def metrics_urls() -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +20,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.host import Engine, UnitHost
 from actors.op import Op
+from actors.replication import PeerUnreachable, ReplicationSettings
 from actors.router import HostUnreachable, UnitRouter
+from actors.store.replica import CopyState
 from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
     "COORDINATOR_NAME",
     "NAMESPACE",
     "READS_GROUP",
+    "REPLICAS_GROUP",
+    "RayPeers",
     "RayTransport",
     "RoutedHost",
     "host_name",
@@ -37,6 +43,12 @@ COORDINATOR_NAME = "petribill-coordinator"
 # when every thread of the default group is busy with a write batch.
 READS_GROUP = "reads"
 _READ_THREADS = 4
+# Follower calls (a primary elsewhere shipping a batch) and the coordinator's replica
+# calls run on threads of their own: a primary's call waits for its followers' answers,
+# so if they queued behind the default group, two hosts whose threads all wait on each
+# other's followers would stall until the acknowledgement timeout.
+REPLICAS_GROUP = "replicas"
+_REPLICA_THREADS = 6
 # The host process runs write batches on several threads that hold the GIL for
 # long stretches; a query thread waits for the GIL up to the switch interval at
 # each hand-off (Python's default is 5 ms). bench/host_reads.py: lock-free
@@ -99,6 +111,72 @@ class RayTransport:
         return routes
 
 
+class RayPeers:
+    """How a host reaches other nodes' hosts for replication (``actors.replication.Peers``):
+    Ray actor calls by name, handles cached; a gone or silent host is
+    :class:`~actors.replication.PeerUnreachable`."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _handle(self, node: str) -> Any:
+        with self._lock:
+            handle = self._handles.get(node)
+        if handle is None:
+            try:
+                handle = ray.get_actor(host_name(node), namespace=NAMESPACE)
+            except ValueError as exc:
+                raise PeerUnreachable(f"no host on {node}") from exc
+            with self._lock:
+                self._handles[node] = handle
+        return handle
+
+    def _unreachable(self, node: str, exc: BaseException) -> PeerUnreachable:
+        with self._lock:
+            self._handles.pop(node, None)
+        return PeerUnreachable(f"host of {node}: {type(exc).__name__}: {exc}")
+
+    def call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
+        try:
+            ref = getattr(self._handle(node), method).remote(*args)
+            return ray.get(ref, timeout=timeout_s)
+        except (RayActorError, GetTimeoutError) as exc:
+            raise self._unreachable(node, exc) from exc
+
+    def call_all(
+        self, calls: Sequence[tuple[str, str, tuple[Any, ...]]], *, timeout_s: float
+    ) -> list[Any]:
+        refs: list[Any] = []
+        for node, method, args in calls:
+            try:
+                refs.append(getattr(self._handle(node), method).remote(*args))
+            except PeerUnreachable as exc:
+                refs.append(exc)
+        pending = [r for r in refs if not isinstance(r, BaseException)]
+        ready = (
+            set(ray.wait(pending, num_returns=len(pending), timeout=timeout_s)[0])
+            if pending
+            else set()
+        )
+        answers: list[Any] = []
+        for (node, method, _), ref in zip(calls, refs, strict=True):
+            if isinstance(ref, BaseException):
+                answers.append(ref)
+            elif ref not in ready:
+                answers.append(
+                    self._unreachable(node, TimeoutError(f"{method}: no answer in {timeout_s} s"))
+                )
+            else:
+                try:
+                    answers.append(ray.get(ref))
+                except RayActorError as exc:
+                    answers.append(self._unreachable(node, exc))
+                except Exception as exc:  # the follower's own refusal (fenced, gap)
+                    answers.append(exc)
+        return answers
+
+
 class RoutedHost(UnitHost):
     """A UnitHost that reaches units on other nodes through the router over Ray."""
 
@@ -117,6 +195,9 @@ class RoutedHost(UnitHost):
                 RayTransport(), shards=shards, partitions=int(settings["partitions"])
             ),
             backup_root=settings.get("backup_root"),
+            mode=str(settings.get("storage_mode", "local")),
+            peers=RayPeers(),
+            replication=ReplicationSettings.of(settings),
         )
 
     def _open_engine(
@@ -146,11 +227,56 @@ class RoutedHost(UnitHost):
         """:meth:`UnitHost.read` on the host's own query threads."""
         return super().read(unit_id, epoch, op)
 
+    # -- replication, on the replicas group (see REPLICAS_GROUP) --------------------------
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_attach(self, unit_id: str, epoch: int) -> CopyState:  # type: ignore[override]
+        return super().replica_attach(unit_id, epoch)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_apply(self, unit_id: str, epoch: int, seq: int, payload: bytes) -> int:  # type: ignore[override]
+        return super().replica_apply(unit_id, epoch, seq, payload)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_stage(  # type: ignore[override]
+        self, unit_id: str, epoch: int, token: str, name: str, offset: int, data: bytes
+    ) -> None:
+        super().replica_stage(unit_id, epoch, token, name, offset, data)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_install(self, unit_id: str, epoch: int, token: str, seq: int) -> CopyState:  # type: ignore[override]
+        return super().replica_install(unit_id, epoch, token, seq)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_fence(self, unit_id: str, epoch: int) -> None:  # type: ignore[override]
+        super().replica_fence(unit_id, epoch)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_drop(self, unit_id: str) -> None:  # type: ignore[override]
+        super().replica_drop(unit_id)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_copies(self) -> dict[str, CopyState]:  # type: ignore[override]
+        return super().replica_copies()
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def set_replicas(self, unit_id: str, epoch: int, followers: dict[str, str]) -> None:  # type: ignore[override]
+        super().set_replicas(unit_id, epoch, followers)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_pin(self, unit_id: str, epoch: int, node: str) -> bool:  # type: ignore[override]
+        return super().replica_pin(unit_id, epoch, node)
+
+    @ray.method(concurrency_group=REPLICAS_GROUP)
+    def replica_report(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]
+        return super().replica_report()
+
 
 def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str, Any]) -> Any:
     """Start the detached host actor of ``node``, pinned to that Ray node."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
-    cls = ray.remote(concurrency_groups={READS_GROUP: _READ_THREADS})(RoutedHost)  # type: ignore[call-overload]
+    groups = {READS_GROUP: _READ_THREADS, REPLICAS_GROUP: _REPLICA_THREADS}
+    cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
     return cls.options(
         name=host_name(node),
         namespace=NAMESPACE,

@@ -30,6 +30,18 @@ Fencing (see docs/operations-notes.md for the measurements behind it)
        second writer if the lock were ever lost (a deleted LOCK file, a
        filesystem without working locks).
 
+Replication (``storage.mode = "replicated"``)
+    :meth:`ShardStore.commit` is the one place every write of a unit goes
+    through, whatever its engine (account shard, rating partition, claims). A
+    :class:`Batch` therefore keeps the list of its puts and deletes beside the
+    ``WriteBatch`` (RocksDB's batch cannot be read back), and a store with a
+    :class:`Replicator` hands that list, with the commit number as its sequence
+    number, to the replicator right after the local synced write, under
+    :attr:`ShardStore.commit_lock` so batches reach it in commit order. The
+    replicator (``actors.replication``) ships it to the followers; the host
+    answers a call only once the batches it committed are acknowledged by the
+    unit's in-sync set. The follower side is :mod:`actors.store.replica`.
+
 Write log (for auditors)
     Every commit also counts itself: ``m/commits`` is the number of batches ever
     committed, and ``m/wlog/<epoch>`` holds the first and last commit number of
@@ -43,14 +55,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import structlog
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from actors.shard.keys import ACCOUNT_PREFIX
 from actors.store.codec import (
@@ -82,6 +95,7 @@ __all__ = [
     "Batch",
     "LruCache",
     "OwnerRecord",
+    "Replicator",
     "ShardStore",
     "StaleEpoch",
     "StorageError",
@@ -113,18 +127,28 @@ class StorageFailed(StorageError):
         return (StorageFailed, (self.path, self.detail))
 
 
+#: One write of a batch as it is replicated: ``(key, value)``, or ``(key, None)`` to delete.
+Write = tuple[bytes, bytes | None]
+
+
 @dataclass(slots=True)
 class Batch:
-    """Puts and deletes committed together by :meth:`ShardStore.commit` (single use)."""
+    """Puts and deletes committed together by :meth:`ShardStore.commit` (single use).
+
+    ``writes`` lists them in order as well: a ``WriteBatch`` cannot be read back,
+    and a replicated store ships exactly these to its followers.
+    """
 
     _wb: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
     _cached: dict[bytes, bytes | None] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
     records: int = 0
     committed: bool = False
 
     def put(self, key: bytes, value: bytes) -> None:
         invariant(not key.startswith(META_PREFIX), f"batch may not write metadata {key!r}")
         self._wb.put(key, value)
+        self.writes.append((key, value))
         self.records += 1
         if key.startswith(ACCOUNT_PREFIX):
             self._cached[key] = value
@@ -134,14 +158,26 @@ class Batch:
         mark ``i/`` key: neither metadata nor an account row), without the checks; for
         rows written once per record."""
         self._wb.put(key, value)
+        self.writes.append((key, value))
         self.records += 1
 
     def delete(self, key: bytes) -> None:
         invariant(not key.startswith(META_PREFIX), f"batch may not delete metadata {key!r}")
         self._wb.delete(key)
+        self.writes.append((key, None))
         self.records += 1
         if key.startswith(ACCOUNT_PREFIX):
             self._cached[key] = None
+
+
+class Replicator(Protocol):
+    """Where a replicated store hands each committed batch (``actors.replication``)."""
+
+    def replicate(self, seq: int, epoch: int, writes: list[Write]) -> None:
+        """Ship the batch committed locally as number ``seq`` at ``epoch`` to the
+        followers. Called under :attr:`ShardStore.commit_lock`, in commit order; it
+        never raises for a follower's failure (the host's acknowledgement check does)."""
+        ...
 
 
 K = TypeVar("K")
@@ -209,6 +245,10 @@ class ShardStore:
         self._commits = decode_u64(raw) if raw is not None else 0
         self._wlog_key = WRITE_LOG_PREFIX + encode_u64(epoch)
         self._wlog_first = self._commits + 1
+        # Serialises commits: claims commit beside the unit's own calls (their own lock),
+        # and a replicated unit's batches must be numbered and shipped in one order.
+        self.commit_lock: threading.Lock | threading.RLock = threading.Lock()
+        self.replicator: Replicator | None = None
 
     @classmethod
     def open(
@@ -286,6 +326,15 @@ class ShardStore:
         Raises :class:`StaleEpoch` (and closes the store) if the shard has been
         taken over since this store was opened; nothing of the batch is written.
         """
+        with self.commit_lock:
+            self._commit(batch)
+
+    @property
+    def commits(self) -> int:
+        """Batches ever committed to this unit: the sequence number of the last one."""
+        return self._commits
+
+    def _commit(self, batch: Batch) -> None:
         db = self._live()
         invariant(not batch.committed, "a Batch is consumed by its commit")
         fenced = read_fence_epoch(self.path)
@@ -296,8 +345,10 @@ class ShardStore:
             raise StaleEpoch(self.path, mine=self.epoch, stored=max(fenced, in_db))
         batch.committed = True
         commit = self._commits + 1
-        batch._wb.put(COMMITS_KEY, encode_u64(commit))
-        batch._wb.put(self._wlog_key, encode_u64(self._wlog_first) + encode_u64(commit))
+        count = encode_u64(commit)
+        wlog = encode_u64(self._wlog_first) + encode_u64(commit)
+        batch._wb.put(COMMITS_KEY, count)
+        batch._wb.put(self._wlog_key, wlog)
         try:
             db.write(batch._wb, self._wo)
         except Exception as exc:
@@ -313,6 +364,25 @@ class ShardStore:
                 self.cache.pop(key)
             else:
                 self.cache.put(key, value)
+        if self.replicator is not None:
+            # The commit count and write log travel with the batch: a follower's copy
+            # is then the primary's key for key (all but m/epoch, which is per copy).
+            writes = batch.writes
+            writes.append((COMMITS_KEY, count))
+            writes.append((self._wlog_key, wlog))
+            self.replicator.replicate(commit, self.epoch, writes)
+
+    def checkpoint(self, target: Path) -> int:
+        """A RocksDB checkpoint of the unit in ``target`` (a new folder) at a batch
+        boundary; returns the number of batches it holds. Hard links to the immutable
+        files plus a copy of the manifest, so it is quick on one filesystem."""
+        with self.commit_lock:
+            Checkpoint(self._live()).create_checkpoint(str(target))
+            return self._commits
+
+    def write_log(self) -> dict[int, tuple[int, int]]:
+        """``epoch -> (first, last)`` commit numbers of each epoch that wrote here."""
+        return read_write_log(self._live())
 
     def get(self, key: bytes) -> bytes | None:
         """The stored value of ``key``; account rows are served from the LRU cache."""
