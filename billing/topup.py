@@ -70,7 +70,7 @@ def top_up(
         if part:
             postings.append(Posting(account_key(account_id, book), part))
             new.add(book, part)
-    if over_balance_limit(new.prepaid, new.credit, new.debt):
+    if over_balance_limit(*new.balances().values()):
         return Outcome(result=Result.BALANCE_LIMIT)
     cycle_id = calendar_for(config.tz).cycle_of(at_s).cycle_id
     entry = Entry(

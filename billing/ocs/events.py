@@ -66,7 +66,7 @@ def refund(
     new = state.copy()
     book = Book.CREDIT if new.account.payment_mode is PaymentMode.POSTPAID else Book.PREPAID
     new.add(book, amount)
-    if over_balance_limit(new.balance(book)):
+    if over_balance_limit(*new.balances().values()):
         return Outcome(result=Result.BALANCE_LIMIT)
     cycle_id = calendar_for(config.tz).cycle_of(at_s).cycle_id
     entry = Entry(

@@ -48,7 +48,9 @@ class _Relay:
 
 
 def _records(rpc: Rpc, request: Any) -> int:
-    return len(getattr(request, rpc.records)) if rpc.records else 0
+    if not rpc.records or isinstance(request, Unreadable):
+        return 0  # an unreadable request is refused by its check, before admission
+    return len(getattr(request, rpc.records))
 
 
 def _unary(rpc: Rpc) -> Handler:
