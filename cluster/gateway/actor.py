@@ -42,7 +42,10 @@ class GatewayActor:
         port: int = 0,
         limits: GatewayLimits | None = None,
         advertise_host: str | None = None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        if setup is not None:
+            setup()  # the process's logging (cluster.logging), before anything logs
         # The loop answers queries between the CPU work of usage batches (decoding,
         # encoding, Ray's serialisation); a short GIL switch interval keeps a query
         # from waiting the default 5 ms at each hand-off between threads.
@@ -174,6 +177,7 @@ def spawn_gateway(
     from actors.remote import NAMESPACE
     from cluster.backend.backend import Backend
     from cluster.gateway.names import gateway_name
+    from cluster.logging import process_logging
 
     return (
         gateway_actor_class()
@@ -186,5 +190,11 @@ def spawn_gateway(
             max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
-        .remote(partial(Backend.from_settings, settings), host=host, port=port, limits=limits)
+        .remote(
+            partial(Backend.from_settings, settings),
+            host=host,
+            port=port,
+            limits=limits,
+            setup=process_logging(settings, f"gateway-{node_id[:12]}"),
+        )
     )

@@ -126,8 +126,9 @@ class Calls:
         try:
             return await asyncio.wait_for(call(request, timeout_s=timeout_s), timeout_s)
         except BackendError as exc:
-            log.debug("rpc_backend_error", rpc=name, code=exc.code.name, message=exc.message)
-            raise Failure(exc.code, exc.message) from None
+            failure = Failure(exc.code, exc.message)  # the message cut to its bound
+            log.debug("rpc_backend_error", rpc=name, code=exc.code.name, message=failure.message)
+            raise failure from None
         except TimeoutError:
             log.warning("rpc_deadline_exceeded", rpc=name, timeout_s=round(timeout_s, 3))
             raise Failure(
