@@ -559,6 +559,7 @@ def test_refused_sponsor_charges_are_listed_and_reprocessed(backend: Calls) -> N
     again = admin_pb2.ReprocessRejectsRequest(request_id="rp-vid", record_ids=["vid:1"])
     still = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
     assert (still.reprocessed, still.charged) == (1, 0)
+    assert dict(still.still_rejected_by_reason) == {"sponsor_unknown_account": 1}
     create(backend, "sponsor-streamflix", "491510000082")
     done = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
     assert (done.reprocessed, done.charged, done.still_rejected) == (1, 1, 0)
