@@ -9,6 +9,7 @@ populated data folder for a port in use.)
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import structlog
 from click.testing import CliRunner
 
 from cluster.cli.main import main
@@ -23,6 +25,17 @@ from cluster.cli.ops import _failed_start
 from cluster.deploy.runtime import RUNTIME_FILE, StartError, check_port_free
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
