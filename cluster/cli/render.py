@@ -272,7 +272,7 @@ def _note_data(data: Mapping[str, str]) -> str:
 
 def _note_subject(note: notifications_pb2.Notification) -> str:
     """The subject as a person reads it: a low-balance threshold in currency units."""
-    subject = note.subject
+    subject: str = note.subject
     if note.kind == notifications_pb2.NOTIFICATION_KIND_LOW_BALANCE and subject.isdigit():
         return f"below {format_amount(int(subject))}"
     if note.kind == notifications_pb2.NOTIFICATION_KIND_CREDIT_LIMIT and subject.isdigit():

@@ -188,7 +188,7 @@ def _servicer_classes() -> list[tuple[type[_Relay], Callable[[Any, Any], None]]]
     The generated bases are subclassed so that a method the table does not serve
     would answer UNIMPLEMENTED (the table is checked complete at import).
     """
-    built = []
+    built: list[tuple[type[_Relay], Callable[[Any, Any], None]]] = []
     for service, methods in SERVICES.items():
         proto_file = rpc_named(f"{service}.{methods[0]}").descriptor.containing_service.file
         # petribill/v1/usage.proto -> petribill.v1.usage_pb2_grpc (generated beside _pb2)
