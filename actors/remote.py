@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,7 +103,16 @@ class RayTransport:
 class RoutedHost(UnitHost):
     """A UnitHost that reaches units on other nodes through the router over Ray."""
 
-    def __init__(self, *, node: str, data_dir: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        node: str,
+        data_dir: str,
+        settings: dict[str, Any],
+        setup: Callable[[], None] | None = None,
+    ) -> None:
+        if setup is not None:
+            setup()  # the process's logging, given by the control plane, before anything logs
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self._settings = settings
         self._tariffs_dir = ""
@@ -147,8 +157,16 @@ class RoutedHost(UnitHost):
         return super().read(unit_id, epoch, op)
 
 
-def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str, Any]) -> Any:
-    """Start the detached host actor of ``node``, pinned to that Ray node."""
+def spawn_host(
+    node: str,
+    ray_node_id: str,
+    *,
+    data_dir: str,
+    settings: dict[str, Any],
+    setup: Callable[[], None] | None = None,
+) -> Any:
+    """Start the detached host actor of ``node``, pinned to that Ray node; ``setup`` runs
+    first in its process (the control plane passes the logging set-up)."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
     cls = ray.remote(concurrency_groups={READS_GROUP: _READ_THREADS})(RoutedHost)  # type: ignore[call-overload]
     return cls.options(
@@ -159,4 +177,4 @@ def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str
         max_concurrency=16,
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node_id, soft=False),
-    ).remote(node=node, data_dir=data_dir, settings=settings)
+    ).remote(node=node, data_dir=data_dir, settings=settings, setup=setup)
