@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,7 +180,16 @@ class RayPeers:
 class RoutedHost(UnitHost):
     """A UnitHost that reaches units on other nodes through the router over Ray."""
 
-    def __init__(self, *, node: str, data_dir: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        node: str,
+        data_dir: str,
+        settings: dict[str, Any],
+        setup: Callable[[], None] | None = None,
+    ) -> None:
+        if setup is not None:
+            setup()  # the process's logging, given by the control plane, before anything logs
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         self._settings = settings
         self._tariffs_dir = ""
@@ -272,8 +281,16 @@ class RoutedHost(UnitHost):
         return super().replica_report()
 
 
-def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str, Any]) -> Any:
-    """Start the detached host actor of ``node``, pinned to that Ray node."""
+def spawn_host(
+    node: str,
+    ray_node_id: str,
+    *,
+    data_dir: str,
+    settings: dict[str, Any],
+    setup: Callable[[], None] | None = None,
+) -> Any:
+    """Start the detached host actor of ``node``, pinned to that Ray node; ``setup`` runs
+    first in its process (the control plane passes the logging set-up)."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
     groups = {READS_GROUP: _READ_THREADS, REPLICAS_GROUP: _REPLICA_THREADS}
     cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
@@ -285,4 +302,4 @@ def spawn_host(node: str, ray_node_id: str, *, data_dir: str, settings: dict[str
         max_concurrency=16,
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node_id, soft=False),
-    ).remote(node=node, data_dir=data_dir, settings=settings)
+    ).remote(node=node, data_dir=data_dir, settings=settings, setup=setup)

@@ -88,6 +88,7 @@ class Result(enum.StrEnum):
     SESSION_CLOSED = "session_closed"
     CURRENCY_MISMATCH = "currency_mismatch"
     INVALID_ARGUMENT = "invalid_argument"
+    BALANCE_LIMIT = "balance_limit"  # a book would pass billing.limits.BALANCE_MAX_MICROS
     UNKNOWN_PLAN = "unknown_plan"  # plan change: no version of the plan in the catalogue then
     SAME_PLAN = "same_plan"  # plan change: the account is on that plan already
     BEFORE_PLAN_START = "before_plan_start"  # plan change dated at/before the current plan's start

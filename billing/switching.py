@@ -36,6 +36,7 @@ from billing.accounts import (
 from billing.charging.config import ChargingConfig, calendar_for
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
+from billing.limits import over_balance_limit
 from billing.outcome import applied, replayed
 
 __all__ = ["InterimBill", "Switch", "switch_mode"]
@@ -138,6 +139,8 @@ def switch_mode(
         unbilled_to_receivable=unbilled_to_receivable,
         interim=interim,
     )
+    if over_balance_limit(*new.balances().values()):
+        return Outcome(result=Result.BALANCE_LIMIT)  # a switch merges books: keep them bounded
     entries: tuple[Entry, ...] = ()
     if postings:
         entries = (

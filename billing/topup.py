@@ -15,6 +15,7 @@ from billing.charging.config import ChargingConfig, calendar_for
 from billing.charging.rows import CASH
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
+from billing.limits import AMOUNT_MAX_MICROS, over_balance_limit
 from billing.notifications import Notification
 from billing.outcome import Outcome, Result, applied, replayed
 from billing.reminders import check_credit, check_debt, check_low_balance
@@ -52,7 +53,7 @@ def top_up(
         return early
     if state.account.status is AccountStatus.CLOSED:
         return Outcome(result=Result.ACCOUNT_CLOSED)
-    if amount <= 0:
+    if not 0 < amount <= AMOUNT_MAX_MICROS:
         return Outcome(result=Result.INVALID_ARGUMENT)
     if currency != state.account.currency:
         return Outcome(result=Result.CURRENCY_MISMATCH)
@@ -69,6 +70,8 @@ def top_up(
         if part:
             postings.append(Posting(account_key(account_id, book), part))
             new.add(book, part)
+    if over_balance_limit(*new.balances().values()):
+        return Outcome(result=Result.BALANCE_LIMIT)
     cycle_id = calendar_for(config.tz).cycle_of(at_s).cycle_id
     entry = Entry(
         ref=f"topup:{request_id}",

@@ -47,7 +47,9 @@ from cluster.control.state import journal_path, load_state
 __all__ = ["Audit", "Auditor", "audit_epochs"]
 
 CYCLE: Final = "2026-11"
-BILL_AT_S: Final = 1_796_083_200 + 30 * 86_400  # 2026-12-01 plus 30 days: past any grace
+# 2026-12-01 plus 4 days: past the 3-day grace, and not beyond the clock (a bill run may
+# not be dated in the future).
+BILL_AT_S: Final = 1_796_083_200 + 4 * 86_400
 
 
 @dataclass(slots=True)

@@ -352,6 +352,8 @@ def load_config(path: Path | str = DEFAULT_PATH, *, missing_ok: bool = False) ->
         if missing_ok:
             return ClusterConfig()
         raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:  # unreadable: permissions, a folder, an I/O error
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -12,6 +12,7 @@ values (accounts, invoices...) are in :mod:`cluster.backend.convert`.
 from __future__ import annotations
 
 import decimal
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -36,7 +37,9 @@ from billing.records import Service, UsageRecord
 from billing.tariffs.model import PaymentMode
 
 __all__ = [
+    "RECORD_ID_CHARS_MAX",
     "WireError",
+    "bounded_id",
     "decimal_from_proto",
     "malformed",
     "money",
@@ -76,6 +79,9 @@ _ZERO_MEANINGFUL: Final = {
     Service.DATA: {"uplink_bytes", "downlink_bytes"},
 }
 _INT64_MAX = 2**63 - 1
+#: The longest record id (UsageRecord.record_id's max_len in rules.proto, and the readers').
+RECORD_ID_CHARS_MAX: Final = 128
+_ID_PREFIX_CHARS: Final = 64
 
 
 class WireError(ValueError):
@@ -239,7 +245,7 @@ def malformed(
 ) -> Reject:
     """The reject of a record refused before it could be read (keyed by its id, or by
     its place in the batch when it has none)."""
-    record_id = message.record_id or None
+    record_id = bounded_id(message.record_id) or None
     return Reject(
         source_file=f"grpc:{record_id}" if record_id else "grpc:no-id",
         line=0 if record_id else index + 1,
@@ -249,6 +255,15 @@ def malformed(
         field=field,
         record_id=record_id,
     )
+
+
+def bounded_id(text: str) -> str:
+    """``text`` when it is at most :data:`RECORD_ID_CHARS_MAX` long, else a prefix of it and
+    a hash of the whole: what a result echoes and the reject store keys an overlong id by."""
+    if len(text) <= RECORD_ID_CHARS_MAX:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:_ID_PREFIX_CHARS]}...#{digest}"
 
 
 def unreadable_to_proto(reject: Reject) -> usage_pb2.UnreadableLine:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -46,6 +47,21 @@ TARIFFS = ROOT / "conf" / "tariffs"
 T_NOV = 1_793_700_000  # 2026-11-03 10:00 UTC
 NOV = monthly_cycle(2026, 11, "Europe/Berlin")
 AFTER_GRACE = NOV.end_s + 3 * 86_400 + 60  # the November invoices are final
+#: The backend's clock (a bill run may not be dated beyond it): tests move it forward.
+NOW = [T_NOV + 3600]
+
+
+@contextmanager
+def clock_at(now_s: int) -> Iterator[None]:
+    """Run with the backend's clock at ``now_s``; put it back afterwards."""
+    before = NOW[0]
+    NOW[0] = now_s
+    try:
+        yield
+    finally:
+        NOW[0] = before
+
+
 UK = "442071234567"  # international_z1: no bundle of the smart plan covers it
 TIMEOUT_S = 20.0
 S = usage_pb2
@@ -79,7 +95,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calls]:
         cluster = Cluster(
             router,
             tariffs_dir=str(TARIFFS),
-            clock=lambda: float(T_NOV + 3600),
+            clock=lambda: float(NOW[0]),
             data_dir=str(data_dir),
         )
         yield Calls(Backend(cluster))
@@ -259,7 +275,8 @@ def test_bill_run_invoices_payment_and_reversal(backend: Calls) -> None:
     )
     assert status_of(_drain(early))[0] is grpc.StatusCode.FAILED_PRECONDITION
     request = billing_pb2.BillRunRequest(request_id="bill-1", cycle_id="2026-11", at_s=AFTER_GRACE)
-    progress = run(_drain(backend.run_billing(request, timeout_s=60)))
+    with clock_at(AFTER_GRACE):
+        progress = run(_drain(backend.run_billing(request, timeout_s=60)))
     assert len(progress) == 4 and progress[-1].finished and not progress[0].finished
     assert progress[-1].invoices_issued >= 1 and progress[-1].invoiced_total.micros > 0
     listed = run(
@@ -322,7 +339,8 @@ def test_subscribe_streams_new_notifications(backend: Calls) -> None:
         await stream.aclose()  # type: ignore[attr-defined]
         return note
 
-    note = run(scenario())
+    with clock_at(monthly_cycle(2026, 12, "Europe/Berlin").end_s + 4 * 86_400):
+        note = run(scenario())
     assert note.account_id == "acc-sub"
     assert note.kind == notifications_pb2.NOTIFICATION_KIND_INVOICE_ISSUED
 
@@ -550,6 +568,7 @@ def test_refused_sponsor_charges_are_listed_and_reprocessed(backend: Calls) -> N
     again = admin_pb2.ReprocessRejectsRequest(request_id="rp-vid", record_ids=["vid:1"])
     still = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
     assert (still.reprocessed, still.charged) == (1, 0)
+    assert dict(still.still_rejected_by_reason) == {"sponsor_unknown_account": 1}
     create(backend, "sponsor-streamflix", "491510000082")
     done = run(backend.reprocess_rejects(again, timeout_s=TIMEOUT_S))
     assert (done.reprocessed, done.charged, done.still_rejected) == (1, 1, 0)

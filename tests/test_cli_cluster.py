@@ -86,7 +86,8 @@ def test_demo_runs_a_month_end_to_end() -> None:
     out = done.stdout
     assert "CDR lines read:    338 = 325 rated + 11 rejected" in out
     assert "resent file:       155 lines, 151 duplicates, 0 charged twice" in out
-    assert "2 invoices" in out and "INV-2026-11-acct-biz-01" in out
+    assert "3 invoices" in out and "INV-2026-11-acct-biz-01" in out
+    assert "INV-2026-11-sponsor-streamflix" in out  # the sample sponsor exists and pays
     assert "ledger total:      0.0000 EUR" in out
     assert "reconciliation:    balanced" in out
     assert "cluster stopped" in out and "Traceback" not in done.stderr
@@ -96,7 +97,7 @@ def test_accounts_load_creates_every_account_once(gateway: str) -> None:
     """`accounts load` creates the sample accounts with their MSISDNs and plan's mode; a
     second load changes nothing."""
     first = cli_json(gateway, "accounts", "load", SUBSCRIBERS)
-    assert len(first) == 14
+    assert len(first) == 15  # 14 subscribers, and the sponsor without numbers
     modes = {a["account_id"]: a["payment_mode"] for a in first}
     assert modes["acct-0001"] == "PAYMENT_MODE_PREPAID"
     assert modes["acct-biz-01"] == "PAYMENT_MODE_POSTPAID"
@@ -104,7 +105,7 @@ def test_accounts_load_creates_every_account_once(gateway: str) -> None:
     assert len(biz["msisdns"]) == 4 and biz["plan_id"] == "business"
     again = cli(gateway, "accounts", "load", SUBSCRIBERS)
     assert again.exit_code == 0, again.output
-    assert again.stdout.count(" ok ") == 14
+    assert again.stdout.count(" ok ") == 15
 
 
 def test_ingest_accounts_for_every_line(gateway: str) -> None:

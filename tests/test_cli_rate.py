@@ -271,6 +271,11 @@ def test_table_prints_every_value_whole_whatever_the_width(
         (("status", "--bogus"), 2, "No such option '--bogus'"),
         (("up", "--nodes", "x"), 2, "'x' is not a valid integer"),
         (("down", "--data", "{tmp}"), 1, "no cluster recorded in"),
+        (("status", "--data", "{tmp}"), 1, "no cluster recorded in"),
+        (("topup", "acct-1", "1.00", "--data", "{tmp}"), 1, "no cluster recorded in"),
+        (("rejects", "list", "--data", "{tmp}"), 1, "no cluster recorded in"),
+        (("topup", "acct-1", "1.000000001", "--data", "{tmp}"), 2, "more than 6 decimals"),
+        (("up", "--conf", "{tmp}/none", "--data", "{tmp}/d"), 2, "catalogue folder does not"),
     ],
 )
 def test_every_command_error_is_one_line(

@@ -217,7 +217,7 @@ def test_malformed_requests_are_refused_before_the_backend(served: Any) -> None:
     with pytest.raises(grpc.RpcError) as no_line:
         usage.StoreUnreadable(unreadable, timeout=5)
     assert no_line.value.code() == Code.INVALID_ARGUMENT
-    assert "lines[0].source_line must be >= 1" in no_line.value.details()
+    assert "StoreUnreadableRequest.lines[0].source_line" in no_line.value.details()
     bill = billing_pb2_grpc.BillingServiceStub(channel)
     with pytest.raises(grpc.RpcError) as cycle:
         list(bill.RunBilling(billing_pb2.BillRunRequest(request_id="b", cycle_id="24-1")))

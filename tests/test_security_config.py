@@ -113,12 +113,12 @@ def test_exposure_needs_tls_and_tokens_beyond_loopback_and_ray_token_auth() -> N
 
 
 def test_up_refuses_to_expose_a_plain_gateway_in_one_line(tmp_path: Path) -> None:
-    """`up` with [gateway] host 0.0.0.0 and no [security]: one line naming the fix, exit 1,
+    """`up` with [gateway] host 0.0.0.0 and no [security]: one line naming the fix, exit 2,
     before any process starts; a Ray address beyond loopback without token auth too."""
     conf = _conf(tmp_path / "conf", '[gateway]\nhost = "0.0.0.0"\n')
     data = tmp_path / "data"
     result = CliRunner().invoke(main, ["up", "--conf", str(conf), "--data", str(data)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith("petribill: error: refusing to serve gateways on 0.0.0.0")
     assert "--insecure" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not data.exists()
@@ -128,7 +128,7 @@ def test_up_refuses_to_expose_a_plain_gateway_in_one_line(tmp_path: Path) -> Non
         ["up", "--conf", str(local), "--data", str(data), "--address", "192.0.2.9:6379"],
         env={"RAY_AUTH_MODE": None},
     )
-    assert joined.exit_code == 1 and "Ray's token authentication" in joined.stderr
+    assert joined.exit_code == 2 and "Ray's token authentication" in joined.stderr
     assert not data.exists()
 
 
@@ -138,7 +138,7 @@ def test_up_names_an_unusable_tokens_file_before_starting(tmp_path: Path) -> Non
     (conf / "tokens.jsonl").chmod(0o666)
     data = tmp_path / "data"
     result = CliRunner().invoke(main, ["up", "--conf", str(conf), "--data", str(data)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith(f"petribill: error: {conf / 'tokens.jsonl'}: writable by group")
     assert not data.exists()
 

@@ -13,6 +13,7 @@ from actors.store.codec import encode_u64
 from billing.accounts import Result
 from billing.billrun.run import BillResult, bill_run, billing_account, invoice_id_for
 from billing.cycle import monthly_cycle
+from billing.limits import over_balance_limit
 from billing.writeoff import Payment, WriteoffOutcome, age_invoices, apply_payment, reverse_payment
 
 __all__ = ["BillRunReport", "ShardBilling"]
@@ -122,6 +123,9 @@ class ShardBilling:
         currency = op.currency or state.account.currency
         if existing is None and currency != state.account.currency:
             return Result.CURRENCY_MISMATCH
+        # The excess of a payment becomes credit: the book may not pass the bound.
+        if existing is None and over_balance_limit(state.credit + op.amount):
+            return Result.BALANCE_LIMIT
         out = apply_payment(
             request_id=op.request_id, account_id=account_id, amount=op.amount,
             currency=currency, at_s=op.at_s, invoices=work.invoices_of(account_id),

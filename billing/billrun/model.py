@@ -48,6 +48,7 @@ class BillResult(enum.StrEnum):
     REPLAYED = "replayed"  # the cycle's invoice was already final: returned as it is
     STATEMENT = "statement"  # prepaid: a statement, nothing posted
     CURRENCY_MISMATCH = "currency_mismatch"  # a fee or charge in another currency
+    NOT_STARTED = "not_started"  # the subscription starts after the cycle: no bill for it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +127,8 @@ class BillingAccount:
     unbilled_balance: int | None = None  # Book.UNBILLED (<= 0); None: trust usage totals
     prepaid_balance: int = 0
     topups: int = 0  # top-ups in the cycle (statements only)
+    # When the account's first subscription starts; None: unknown (billed as started).
+    starts_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

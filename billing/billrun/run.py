@@ -188,6 +188,9 @@ def bill_account(
     """Bill ``account`` for ``cycle`` at ``at_s``; ``existing`` is its stored final
     invoice for the cycle, if any (looked up by :func:`invoice_id_for`)."""
     invariant(at_s >= cycle.end_s, f"bill run of {cycle.cycle_id} before its end")
+    if account.starts_s is not None and account.starts_s >= cycle.end_s:
+        # Not a customer yet in this cycle: neither an invoice nor a statement.
+        return BillOutcome(result=BillResult.NOT_STARTED, account_id=account.account_id)
     if account.mode is BillingMode.PREPAID:
         return BillOutcome(
             result=BillResult.STATEMENT,

@@ -104,4 +104,5 @@ def billing_account(
         unbilled_balance=state.unbilled,
         prepaid_balance=state.prepaid,
         topups=topups,
+        starts_s=min((s.start_s for s in account.subscriptions), default=None),
     )

@@ -18,6 +18,7 @@ from billing.charging.config import ChargingConfig, calendar_for
 from billing.charging.rows import revenue_key
 from billing.idempotency import Mark
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
+from billing.limits import AMOUNT_MAX_MICROS, over_balance_limit
 from billing.notifications import Notification
 from billing.ocs.reservations import Quote, available_funds
 from billing.outcome import Outcome, Result, applied, replayed
@@ -60,11 +61,13 @@ def refund(
         return early
     if state.account.status is AccountStatus.CLOSED:
         return Outcome(result=Result.ACCOUNT_CLOSED)
-    if amount <= 0:
+    if not 0 < amount <= AMOUNT_MAX_MICROS:
         return Outcome(result=Result.INVALID_ARGUMENT)
     new = state.copy()
     book = Book.CREDIT if new.account.payment_mode is PaymentMode.POSTPAID else Book.PREPAID
     new.add(book, amount)
+    if over_balance_limit(*new.balances().values()):
+        return Outcome(result=Result.BALANCE_LIMIT)
     cycle_id = calendar_for(config.tz).cycle_of(at_s).cycle_id
     entry = Entry(
         ref=f"refund:{request_id}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
@@ -213,10 +214,16 @@ async def reprocess_rejects(
     sponsor_results = [result for found in retried.values() for _, result in found]
     sponsor_charged = sum(1 for r in sponsor_results if r in _SPONSOR_SETTLED)
     total = len(results) + len(sponsor_results)
+    # Why the rest are still rejected, so an operator knows what to fix first.
+    reasons: Counter[str] = Counter(
+        r.reason or r.status.value for r in results if r.status not in _CHARGED
+    )
+    reasons.update(f"sponsor_{r.value}" for r in sponsor_results if r not in _SPONSOR_SETTLED)
     return admin_pb2.ReprocessRejectsResponse(
         reprocessed=total,
         charged=charged + sponsor_charged,
         still_rejected=total - charged - sponsor_charged,
+        still_rejected_by_reason=dict(reasons),
     )
 
 

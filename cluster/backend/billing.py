@@ -43,6 +43,9 @@ __all__ = [
 _CYCLE_ID: Final = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 #: A bill run has no deadline of its own when the client set none; this bounds it.
 BILL_RUN_TIMEOUT_S: Final = 3600.0
+#: How far beyond the cluster's clock a bill run's ``at_s`` may lie (clocks of
+#: clients and cluster differ by a little; a day ahead is a mistake, not skew).
+BILL_RUN_AHEAD_MAX_S: Final = 300
 POLL_INTERVAL_S: Final = 0.2
 POLL_BATCH_MAX: Final = 1000
 _NOTIFICATIONS_LIMIT_DEFAULT: Final = 50
@@ -57,7 +60,15 @@ async def run_billing(
     if not _CYCLE_ID.match(cycle_id):
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"cycle_id: not YYYY-MM: {cycle_id!r}")
     deadline = deadline_after(timeout_s or BILL_RUN_TIMEOUT_S)
+    now_s = cluster.now_s()
     at_s = cluster.now_s(request.at_s)
+    if at_s > now_s + BILL_RUN_AHEAD_MAX_S:
+        # A run dated in the future would close a cycle whose usage is still coming.
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"at_s: {at_s} lies {at_s - now_s} s beyond the cluster's clock ({now_s}); "
+            f"a bill run may be dated at most {BILL_RUN_AHEAD_MAX_S} s ahead",
+        )
     jobs: dict[str, list[str] | None] = {}
     for account_id in dict.fromkeys(request.account_ids):
         cluster.check_account_id(account_id)
@@ -77,7 +88,11 @@ async def run_billing(
         for pending, next_done in enumerate(asyncio.as_completed(tasks), start=1):
             report = await next_done
             if report.refused:
-                raise_for(report.refused, f"cycle {cycle_id} at {at_s}")
+                raise_for(
+                    report.refused,
+                    f"cycle {cycle_id} at at_s={at_s}",
+                    detail="a bill run is dated at or after the end of its cycle",
+                )
             done += report.accounts
             issued += report.results.get("issued", 0)
             invoiced += report.invoiced

@@ -33,6 +33,7 @@ from billing.rating import load_catalogue
 from billing.readers import FieldError, normalise_number
 from billing.tariffs.model import Catalogue
 from cluster.api.errors import BackendError
+from cluster.api.rules import shown
 
 __all__ = ["Clock", "Cluster"]
 
@@ -145,14 +146,15 @@ class Cluster:
     def check_account_id(account_id: str) -> None:
         if not is_valid_account_id(account_id):
             raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"account_id: not a valid id: {account_id!r}"
+                grpc.StatusCode.INVALID_ARGUMENT, f"account_id: not a valid id: {shown(account_id)}"
             )
 
     @staticmethod
     def check_currency(currency: str, field: str = "currency") -> str:
         if not is_currency_code(currency):
             raise BackendError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"{field}: not an ISO 4217 code: {currency!r}"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{field}: not an ISO 4217 code: {shown(currency)}",
             )
         return currency
 

@@ -46,6 +46,8 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     Result.REJECTED_OFFLINE.value: _S.FAILED_PRECONDITION,
     Result.SAME_PLAN.value: _S.FAILED_PRECONDITION,
     Result.BEFORE_PLAN_START.value: _S.FAILED_PRECONDITION,
+    # billing.limits: a book may not pass BALANCE_MAX_MICROS.
+    Result.BALANCE_LIMIT.value: _S.FAILED_PRECONDITION,
     "cycle_not_ended": _S.FAILED_PRECONDITION,
     # billing.proto: reversing a payment that does not exist is FAILED_PRECONDITION.
     WriteoffResult.UNKNOWN_PAYMENT.value: _S.FAILED_PRECONDITION,

@@ -60,6 +60,7 @@ from cluster.cli.render import (
     show_payment,
     show_reconciliation,
     show_rejects,
+    show_reprocessed,
     show_usage,
     when_text,
 )
@@ -131,7 +132,9 @@ def open_client(
     if not addresses:
         info = read_info(data_dir)
         if info is None or not info.gateways:
-            raise UsageError(
+            # No cluster to work with: a failure of the command (exit 1), as in status
+            # and down, not a usage error (README, "Errors and exit codes").
+            raise CallError(
                 f"no cluster recorded in {data_dir}/runtime.json: start one with "
                 f"`petribill up --detach --data {data_dir}`, or pass --gateway HOST:PORT"
             )
@@ -658,7 +661,7 @@ def rejects() -> None:
 def rejects_list(s: Session, reason: str, limit: int) -> None:
     """Rejected records, newest first, with reason, source file and line."""
     found = list(s.client.list_rejects(limit=limit, reason=reason).rejects)
-    s.emit([proto_json(r) for r in found], lambda c: show_rejects(c, found))
+    s.emit([proto_json(r) for r in found], lambda c: show_rejects(c, found, limit))
 
 
 @rejects.command("reprocess")
@@ -668,13 +671,7 @@ def rejects_list(s: Session, reason: str, limit: int) -> None:
 def rejects_reprocess(s: Session, record_ids: tuple[str, ...], request_id: str | None) -> None:
     """Rate and charge rejected records again (RECORD_IDS, or every reprocessable one)."""
     answer = s.client.reprocess_rejects(record_ids, request_id=request_id)
-    s.emit(
-        proto_json(answer),
-        lambda c: c.print(
-            f"reprocessed {answer.reprocessed}: {answer.charged} charged, "
-            f"{answer.still_rejected} still rejected"
-        ),
-    )
+    s.emit(proto_json(answer), lambda c: show_reprocessed(c, answer))
 
 
 @click.command()

@@ -353,7 +353,8 @@ def account_request_id(account_id: str) -> str:
 
 
 def account_specs(path: Path) -> list[AccountSpec]:
-    """The accounts of a ``[[subscriber]]`` file, in file order; IngestError names a bad key."""
+    """The accounts of a ``[[subscriber]]`` file, in file order, then its ``[[account]]``
+    entries (accounts without numbers, e.g. sponsors); IngestError names a bad key."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -387,6 +388,23 @@ def account_specs(path: Path) -> list[AccountSpec]:
                     f"entries ({account.get(key)!r})"
                 )
         account["msisdns"].append(entry["msisdn"])
+    # Accounts without numbers of their own: sponsors of zero-rated traffic, say.
+    extra = document.get("account", [])
+    if not isinstance(extra, list):
+        raise IngestError(f"{path}: account: must be an array of tables ([[account]])")
+    for index, entry in enumerate(extra):
+        where = f"{path}: account[{index}]"
+        if not isinstance(entry, dict):
+            raise IngestError(f"{where}: must be a table")
+        for key in ("account_id", "plan_id"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise IngestError(f"{where}.{key}: required, a non-empty string")
+        unknown = set(entry) - {"account_id", "plan_id", "payment_mode", "credit_limit", "currency"}
+        if unknown:
+            raise IngestError(f"{where}: unknown keys {sorted(unknown)}")
+        if entry["account_id"] in found:
+            raise IngestError(f"{where}.account_id: {entry['account_id']!r} is listed twice")
+        found[entry["account_id"]] = {"msisdns": [], **entry}
     return [
         AccountSpec(
             account_id=account_id,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -21,11 +23,18 @@ __all__ = ["register"]
 DEFAULT_DATA = Path("data")
 
 
+class SetupError(click.ClickException):
+    """What was given (configuration, data folder, port) does not allow the command: exit 2,
+    one line (``petribill: error: ...``), like any usage error (the README's rule)."""
+
+    exit_code = 2
+
+
 def _config(conf_dir: Path) -> ClusterConfig:
     try:
         return load_config(conf_dir / "cluster.toml", missing_ok=True)
     except ClusterConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise SetupError(str(exc)) from None
 
 
 def conf_option(func: Any) -> Any:
@@ -81,22 +90,32 @@ def up(
     """
     from billing.rating import TariffError, load_catalogue
     from cluster.deploy.exposure import exposure_problem
-    from cluster.deploy.runtime import Runtime, StartError, read_info
+    from cluster.deploy.runtime import Runtime, StartError, check_port_free, read_info
 
+    # Everything that can be wrong with what was given is checked before any process
+    # starts or any file is written: one line, exit 2, nothing left behind.
     config = _config(conf_dir)
     problem = exposure_problem(config, address)
     if problem is not None and not insecure:
-        raise click.ClickException(problem)
+        raise SetupError(problem)
     _check_security_files(config, data_dir)
-    if read_info(data_dir) is not None:
-        raise click.ClickException(
-            f"{data_dir}/runtime.json exists: a cluster may run on this data folder "
-            f"(`petribill down --data {data_dir}` first)"
+    running = read_info(data_dir)
+    if running is not None:
+        raise SetupError(
+            f"{data_dir} is the data folder of a running cluster (gateways "
+            f"{', '.join(running.gateways) or 'none'}; {data_dir}/runtime.json): "
+            f"`petribill down --data {data_dir}` first, or choose another --data"
         )
-    try:  # checked here, before any process starts: a broken catalogue is one clear line
+    try:
         load_catalogue(str(conf_dir / "tariffs"))
     except TariffError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise SetupError(str(exc)) from None
+    try:
+        check_port_free(config.gateway.host, config.gateway.port if port is None else port)
+    except StartError as exc:
+        raise SetupError(str(exc)) from None
+    made_data_dir = not data_dir.exists()
+    _log_to_data_dir(data_dir)
     runtime = Runtime(
         config,
         data_dir=data_dir,
@@ -108,10 +127,10 @@ def up(
     try:
         info = runtime.start()
     except StartError as exc:
-        runtime.stop()
-        raise click.ClickException(str(exc)) from exc
+        _failed_start(runtime, data_dir, made_data_dir)
+        raise click.ClickException(str(exc)) from None
     except BaseException:
-        runtime.stop()
+        _failed_start(runtime, data_dir, made_data_dir)
         raise
     click.echo(f"petribill is up: ray {info.address}, gateways {', '.join(info.gateways)}")
     if detach:
@@ -140,7 +159,25 @@ def _check_security_files(config: ClusterConfig, data_dir: Path) -> None:
     try:  # without the audit folder: a check must not create one
         Guard(dataclasses.replace(settings, audit_dir=None)).close()
     except (TokenFileError, TlsConfigError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise SetupError(str(exc)) from None
+
+
+def _log_to_data_dir(data_dir: Path) -> None:
+    """``up`` logs like every process of the cluster: JSON lines in ``<data>/logs/up.log``."""
+    from cluster.logging import configure_logging, logs_dir
+
+    root = click.get_current_context().find_root()
+    configure_logging(
+        root.params.get("log_level", "WARNING"), log_dir=logs_dir(data_dir), process="up"
+    )
+
+
+def _failed_start(runtime: Any, data_dir: Path, made_data_dir: bool) -> None:
+    """Stop what a failed start began; a data folder this ``up`` made goes too."""
+    with contextlib.suppress(Exception):
+        runtime.stop()
+    if made_data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @click.command()

@@ -270,6 +270,16 @@ def _note_data(data: Mapping[str, str]) -> str:
     return ", ".join(shown)
 
 
+def _note_subject(note: notifications_pb2.Notification) -> str:
+    """The subject as a person reads it: a low-balance threshold in currency units."""
+    subject: str = note.subject
+    if note.kind == notifications_pb2.NOTIFICATION_KIND_LOW_BALANCE and subject.isdigit():
+        return f"below {format_amount(int(subject))}"
+    if note.kind == notifications_pb2.NOTIFICATION_KIND_CREDIT_LIMIT and subject.isdigit():
+        return f"{subject}% of the limit"
+    return subject
+
+
 def show_notifications(c: Console, found: Sequence[notifications_pb2.Notification]) -> None:
     table = _table("Notifications", "account", "time", "kind", "cycle", "about", "data")
     for note in found:
@@ -279,19 +289,35 @@ def show_notifications(c: Console, found: Sequence[notifications_pb2.Notificatio
             when_text(note.at_s),
             kind.removeprefix("NOTIFICATION_KIND_").lower(),
             escape(note.cycle_id),
-            escape(note.subject),
+            escape(_note_subject(note)),
             escape(_note_data(note.data)),
         )
     c.print(table)
 
 
-def show_rejects(c: Console, found: Sequence[admin_pb2.Reject]) -> None:
+def show_rejects(c: Console, found: Sequence[admin_pb2.Reject], limit: int | None = None) -> None:
     table = _table("Reject store (newest first)", "record", "reason", "detail", "source")
     for reject in found:
         source = f"{reject.source_file}:{reject.source_line}" if reject.source_file else ""
         table.add_row(*map(escape, (reject.record_id, reject.reason, reject.detail, source)))
     c.print(table)
-    c.print(f"{len(found)} rejects")
+    if limit is not None and len(found) >= limit:
+        c.print(
+            f"the first {len(found)} rejects (the limit; there may be more): "
+            "raise --limit or narrow with --reason"
+        )
+    else:
+        c.print(f"{len(found)} rejects")
+
+
+def show_reprocessed(c: Console, answer: admin_pb2.ReprocessRejectsResponse) -> None:
+    """What a reprocess did, and why the records still rejected are."""
+    c.print(
+        f"reprocessed {answer.reprocessed}: {answer.charged} charged, "
+        f"{answer.still_rejected} still rejected"
+    )
+    for reason, count in sorted(answer.still_rejected_by_reason.items(), key=lambda r: -r[1]):
+        c.print(f"  {count} {escape(reason)}")
 
 
 def show_reconciliation(c: Console, answer: admin_pb2.ReconcileResponse) -> None:

@@ -14,6 +14,7 @@ from actors.remote import NAMESPACE, host_name, spawn_host
 from actors.store.fencing import StaleEpoch
 from cluster.control.coordinator import UnitOpenError
 from cluster.gateway.names import gateway_handles
+from cluster.logging import process_logging
 
 __all__ = ["RayOps", "node_name"]
 
@@ -66,7 +67,13 @@ class RayOps:
         for node, ray_id in alive.items():
             handle = self._hosts.get(node) or self._lookup(node)
             if handle is None:
-                handle = spawn_host(node, ray_id, data_dir=self._data_dir, settings=self._settings)
+                handle = spawn_host(
+                    node,
+                    ray_id,
+                    data_dir=self._data_dir,
+                    settings=self._settings,
+                    setup=process_logging(self._settings, f"host-{node}"),
+                )
                 self._forget(node)
                 log.info("host_started", node=node)
             self._hosts[node] = handle

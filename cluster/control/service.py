@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from actors import metrics
 from actors.remote import COORDINATOR_NAME, NAMESPACE
 from cluster.control.coordinator import ClusterOps, Coordinator
 from cluster.control.ray_ops import RayOps
+from cluster.logging import process_logging
 
 __all__ = ["CoordinatorService", "spawn_coordinator"]
 
@@ -40,7 +42,10 @@ class CoordinatorService:
         settings: dict[str, Any],
         interval_s: float = 0.2,
         ops: ClusterOps | None = None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        if setup is not None:
+            setup()  # the process's logging (the Ray shell passes it), before anything logs
         self._ops = ops if ops is not None else RayOps(data_dir=data_dir, settings=settings)
         self._coordinator = Coordinator(
             data_dir=Path(data_dir),
@@ -182,4 +187,9 @@ def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: fl
         max_restarts=-1,
         max_concurrency=8,
         num_cpus=0,
-    ).remote(data_dir=data_dir, settings=settings, interval_s=interval_s)
+    ).remote(
+        data_dir=data_dir,
+        settings=settings,
+        interval_s=interval_s,
+        setup=process_logging(settings, "coordinator"),
+    )

@@ -9,8 +9,10 @@ records what ``petribill down`` needs to stop a detached cluster.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +86,25 @@ def settings_of(config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path) -> 
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path.absolute())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`StartError` when ``host:port`` cannot be bound (another process has it,
+    or the host is not this machine's): checked before Ray starts, so ``up`` fails in
+    milliseconds instead of after the cluster came up without its gateway."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise StartError(
+                f"the gateway cannot listen on {host}:{port}: {reason} "
+                "(stop what holds it, or choose another port with --port)"
+            ) from None
 
 
 class Runtime:

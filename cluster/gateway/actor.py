@@ -44,7 +44,10 @@ class GatewayActor:
         limits: GatewayLimits | None = None,
         advertise_host: str | None = None,
         security: SecuritySettings | None = None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        if setup is not None:
+            setup()  # the process's logging (cluster.logging), before anything logs
         # The loop answers queries between the CPU work of usage batches (decoding,
         # encoding, Ray's serialisation); a short GIL switch interval keeps a query
         # from waiting the default 5 ms at each hand-off between threads.
@@ -184,6 +187,7 @@ def spawn_gateway(
     from actors.remote import NAMESPACE
     from cluster.backend.backend import Backend
     from cluster.gateway.names import gateway_name
+    from cluster.logging import process_logging
 
     return (
         gateway_actor_class()
@@ -202,5 +206,6 @@ def spawn_gateway(
             port=port,
             limits=limits,
             security=security,
+            setup=process_logging(settings, f"gateway-{node_id[:12]}"),
         )
     )

@@ -25,9 +25,12 @@ from actors import metrics
 from cluster.api.errors import BackendError
 from cluster.gateway.limits import Admission, GatewayLimits, Overloaded
 
-__all__ = ["Calls", "Failure", "internal_failure"]
+__all__ = ["MESSAGE_CHARS_MAX", "Calls", "Failure", "checked", "internal_failure"]
 
 log = structlog.get_logger("petribill.gateway")
+
+#: The longest status message answered; longer ones are cut.
+MESSAGE_CHARS_MAX = 2000
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -37,6 +40,10 @@ class Failure(Exception):
     """A call's final status, raised inside the gateway and answered by the servicer."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        # The message travels as the grpc-message trailer, which clients cap (16 KiB
+        # of metadata by default): a longer one would turn into RESOURCE_EXHAUSTED.
+        if len(message) > MESSAGE_CHARS_MAX:
+            message = f"{message[:MESSAGE_CHARS_MAX]}... ({len(message)} characters)"
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -119,8 +126,9 @@ class Calls:
         try:
             return await asyncio.wait_for(call(request, timeout_s=timeout_s), timeout_s)
         except BackendError as exc:
-            log.debug("rpc_backend_error", rpc=name, code=exc.code.name, message=exc.message)
-            raise Failure(exc.code, exc.message) from None
+            failure = Failure(exc.code, exc.message)  # the message cut to its bound
+            log.debug("rpc_backend_error", rpc=name, code=exc.code.name, message=failure.message)
+            raise failure from None
         except TimeoutError:
             log.warning("rpc_deadline_exceeded", rpc=name, timeout_s=round(timeout_s, 3))
             raise Failure(
@@ -146,7 +154,7 @@ class Calls:
         """A unary RPC: validate, run, answer (``context.abort`` on failure)."""
         try:
             if check is not None:
-                check(request, self.limits)
+                checked(check, name, request, self.limits)
             timeout_s = self.timeout_s(context)
             return await self.run(name, call, request, timeout_s=timeout_s, records=records)
         except Failure as failure:
@@ -186,6 +194,19 @@ class Calls:
                 await close()
         if failure is not None:
             await context.abort(failure.code, failure.message)
+
+
+def checked(
+    check: Callable[[Any, GatewayLimits], None], name: str, request: Any, limits: GatewayLimits
+) -> None:
+    """Run a request check; a check that fails by a bug answers INTERNAL with an id, not
+    UNKNOWN (grpc.aio's answer to an exception that escapes a servicer)."""
+    try:
+        check(request, limits)
+    except Failure:
+        raise
+    except Exception as exc:
+        raise internal_failure(name, exc) from None
 
 
 def internal_failure(name: str, exc: BaseException) -> Failure:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from cluster.backend.rpcs import PACKAGE, Rpc, rpc_named
 from cluster.security.audit import AuditLog
@@ -135,8 +136,8 @@ class Guard:
         principal = current_principal()
         if self.audit_log is not None and rpc.audited:
             context.add_done_callback(partial(self._ended, rpc, request, principal))
-        if principal is None or rpc.account is None:
-            return
+        if principal is None or rpc.account is None or not isinstance(request, Message):
+            return  # an unreadable request names no account: the check refuses it
         named = getattr(request, rpc.account)
         try:
             if isinstance(named, str):
@@ -184,7 +185,7 @@ class Guard:
 
 def _field(request: Any, name: str) -> str | None:
     """A string field of the request, if it has it and it is set."""
-    if request is None or name not in request.DESCRIPTOR.fields_by_name:
+    if not isinstance(request, Message) or name not in request.DESCRIPTOR.fields_by_name:
         return None
     value = getattr(request, name)
     return value if isinstance(value, str) and value else None

@@ -23,7 +23,11 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayLimits:
-    """What one gateway accepts. ``from_config`` maps ``conf/cluster.toml`` onto it."""
+    """What one gateway accepts. ``from_config`` maps ``conf/cluster.toml`` onto it.
+
+    The rules of each request field (lengths of ids, bounds of amounts and
+    times) are not here: they are in the protos (``proto/petribill/v1/rules.proto``).
+    """
 
     # Largest message in either direction; grpc itself refuses a larger one
     # with RESOURCE_EXHAUSTED before it reaches a servicer.
@@ -44,8 +48,6 @@ class GatewayLimits:
     # is honoured up to request_timeout_max_s.
     request_timeout_default_s: float = 30.0
     request_timeout_max_s: float = 300.0
-    # Longest idempotency key accepted, so ids stay cheap to store and index.
-    request_id_chars_max: int = 256
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -19,14 +19,14 @@ from functools import partial
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from petribill.v1 import usage_pb2
 
-from cluster.backend.rpcs import RPCS, SERVICES, Rpc, rpc_named
-from cluster.gateway.calls import Calls, Failure, internal_failure
+from cluster.backend.rpcs import PACKAGE, RPCS, SERVICES, Rpc, rpc_named
+from cluster.gateway.calls import Calls, Failure, checked, internal_failure
 from cluster.gateway.guard import Guard
 from cluster.gateway.limits import Overloaded
-from cluster.gateway.validate import check
+from cluster.gateway.validate import Unreadable, check
 
 __all__ = ["SERVICERS", "Backend", "add_servicers"]
 
@@ -51,7 +51,9 @@ class _Relay:
 
 
 def _records(rpc: Rpc, request: Any) -> int:
-    return len(getattr(request, rpc.records)) if rpc.records else 0
+    if not rpc.records or isinstance(request, Unreadable):
+        return 0  # an unreadable request is refused by its check, before admission
+    return len(getattr(request, rpc.records))
 
 
 def _unary(rpc: Rpc) -> Handler:
@@ -75,7 +77,7 @@ def _server_stream(rpc: Rpc) -> Handler:
         await self._guard.enter(rpc, request, context)
         calls = self._calls
         try:
-            check(request, calls.limits)
+            checked(check, rpc.name, request, calls.limits)
             timeout_s = calls.stream_timeout_s(context)
         except Failure as exc:
             await context.abort(exc.code, exc.message)
@@ -155,7 +157,7 @@ async def _read_batches(
     try:
         async for request in request_iterator:
             try:
-                check(request, calls.limits)
+                checked(check, rpc.name, request, calls.limits)
                 timeout_s = calls.timeout_s(context)
             except Failure as exc:
                 await fail(exc)
@@ -187,12 +189,12 @@ def _method(rpc: Rpc) -> Handler:
 
 
 def _servicer_classes() -> list[tuple[type[_Relay], Callable[[Any, Any], None]]]:
-    """A servicer class per service, with the generated function that registers it.
+    """A servicer class per service, with the function that registers it on a server.
 
     The generated bases are subclassed so that a method the table does not serve
     would answer UNIMPLEMENTED (the table is checked complete at import).
     """
-    built = []
+    built: list[tuple[type[_Relay], Callable[[Any, Any], None]]] = []
     for service, methods in SERVICES.items():
         proto_file = rpc_named(f"{service}.{methods[0]}").descriptor.containing_service.file
         # petribill/v1/usage.proto -> petribill.v1.usage_pb2_grpc (generated beside _pb2)
@@ -202,8 +204,48 @@ def _servicer_classes() -> list[tuple[type[_Relay], Callable[[Any, Any], None]]]
         base = getattr(grpc_module, f"{service}Servicer")
         members = {m: _method(rpc_named(f"{service}.{m}")) for m in methods}
         cls = type(f"{service}Servicer", (_Relay, base), members)
-        built.append((cls, getattr(grpc_module, f"add_{service}Servicer_to_server")))
+        built.append((cls, partial(_register, service, methods)))
     return built
+
+
+def _register(service: str, methods: tuple[str, ...], servicer: Any, server: Any) -> None:
+    """Register ``servicer``'s methods as the generated ``add_*_to_server`` would, but
+    with deserializers that hand an unreadable request to the servicer (as
+    :class:`~cluster.gateway.validate.Unreadable`) rather than let grpc.aio answer
+    UNKNOWN: the servicer's check answers INVALID_ARGUMENT."""
+    handlers = {}
+    for method in methods:
+        rpc = rpc_named(f"{service}.{method}")
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(rpc.client_streaming, rpc.server_streaming)]
+        handlers[method] = kind(
+            getattr(servicer, method),
+            request_deserializer=_reader(rpc.request_type),
+            response_serializer=rpc.response_type.SerializeToString,
+        )
+    name = f"{PACKAGE}.{service}"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+def _reader(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """``message_type.FromString``, answering :class:`Unreadable` for bytes it cannot parse."""
+    parse = message_type.FromString
+    type_name = message_type.DESCRIPTOR.name
+
+    def read(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Unreadable(type_name, "not a valid protobuf encoding")
+        except RecursionError:
+            return Unreadable(type_name, "nested too deeply")
+
+    return read
 
 
 def add_servicers(server: Any, backend: Backend, calls: Calls, guard: Guard) -> None:
