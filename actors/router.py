@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 
-from actors.host import StaleRoute
+from actors.host import StaleRoute, UnitLost
 from actors.op import Op
 from actors.routing import partition_id, partition_of, shard_id, shard_of
 
@@ -45,6 +45,10 @@ __all__ = [
 log = structlog.get_logger("petribill.router")
 
 R = TypeVar("R")
+
+LOST_DETAIL: Final = (
+    "no copy with every acknowledged batch is left; an operator must restore it from a backup"
+)
 
 # Kept back from the caller's time so an answer arrives before the caller gives up.
 _MARGIN_S: Final = 0.05
@@ -186,12 +190,20 @@ class UnitRouter:
                 if attempt or unit_id not in self._routes:
                     await asyncio.wait_for(self.refresh(), remaining)
                 route = self._routes.get(unit_id)
+                if route is not None and not route[0]:
+                    # The coordinator declared the unit lost (no copy with every
+                    # acknowledged batch): said at once, after a fresh map.
+                    if attempt:
+                        raise NoOwner(unit_id, f"unit {unit_id} is lost: {LOST_DETAIL}")
+                    route = None
                 if route is not None:
                     node, epoch = route
                     return await self.transport.host_call(
                         node, method, unit_id, epoch, *args, timeout_s=time_left(deadline)
                     )
                 last = f"{unit_id} has no owner"
+            except UnitLost as exc:  # its host found its data gone: never opened empty
+                raise NoOwner(unit_id, str(exc)) from None
             except StaleRoute as exc:  # Ray re-raises it as an instance of its own class
                 last = f"stale route: {exc}"
             except HostUnreachable as exc:

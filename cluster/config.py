@@ -32,6 +32,7 @@ __all__ = [
     "StorageConfig",
     "load_config",
     "parse_config",
+    "storage_mode",
 ]
 
 DEFAULT_PATH = Path("conf/cluster.toml")
@@ -56,14 +57,61 @@ class ShardingConfig(_Section):
     shards_per_actor: int = Field(default=1, gt=0, le=64)
 
 
+StorageMode = Literal["local", "shared", "replicated"]
+
+
 class StorageConfig(_Section):
-    """Where shard databases live and how they are written."""
+    """Where shard databases live, how many copies each has, and how they are written.
+
+    ``mode`` unset picks by the cluster: ``replicated`` with 2 or more nodes
+    (``up --nodes N``, ``up --address``), ``local`` for the one-node embedded
+    default (:func:`storage_mode`). ``replicated``: every unit has a primary and
+    ``replication_factor - 1`` followers on other nodes, each node in its own
+    folder ``<data_dir>/nodes/<node>/``; a batch is acknowledged once it is synced
+    on the primary and on every in-sync follower, and only while the in-sync set
+    with the primary numbers at least ``min_in_sync`` (docs/architecture.md,
+    "Replication", says why RF 2 / ``min_in_sync`` 2 loses nothing acknowledged
+    when any one node dies with its disk). ``shared``: one copy in ``<data_dir>/units``
+    that every node reaches (a real shared volume). ``local``: one copy on one node.
+    """
 
     data_dir: Path = Path("data")
-    mode: Literal["shared", "replicated"] = "shared"
+    mode: StorageMode | None = None
+    replication_factor: int = Field(default=2, ge=2, le=5)
+    min_in_sync: int = Field(default=2, ge=1, le=5)
+    # A follower that has not acknowledged a batch within this is counted as failed: the
+    # unit's calls are refused (retryable) until it answers or leaves the in-sync set.
+    replica_ack_timeout_ms: int = Field(default=2_000, gt=0)
+    # The written bound after which the coordinator drops a failing follower from the
+    # in-sync set (Kafka's replica.lag.time.max.ms); a follower on a dead node goes at once.
+    replica_lag_max_ms: int = Field(default=5_000, gt=0)
     sync: bool = True
     read_cache_entries_max: int = Field(default=100_000, ge=0)
     takeover_fence_timeout_ms: int = Field(default=5_000, gt=0)
+
+    @model_validator(mode="after")
+    def _in_sync_fits(self) -> StorageConfig:
+        if self.min_in_sync > self.replication_factor:
+            raise ValueError(
+                "storage.min_in_sync: must be <= storage.replication_factor "
+                f"({self.replication_factor})"
+            )
+        return self
+
+
+def storage_mode(config: ClusterConfig, *, nodes: int, address: str | None) -> str:
+    """The storage mode a cluster of ``nodes`` simulated nodes (or one joined at
+    ``address``) runs in: the configured one, else ``replicated`` for 2+ nodes and
+    ``local`` for one. ``local`` with several nodes is refused: no node may open
+    another's copy, so a dead node's units could never be taken over."""
+    several = nodes >= 2 or address is not None
+    mode = config.storage.mode or ("replicated" if several else "local")
+    if mode == "local" and several:
+        raise ConfigError(
+            "storage.mode = 'local' keeps one copy on one node; a cluster of several "
+            "nodes needs 'replicated' (the default) or 'shared' (a volume every node mounts)"
+        )
+    return mode
 
 
 class GatewayConfig(_Section):

@@ -116,14 +116,17 @@ def up(
         raise SetupError(str(exc)) from None
     made_data_dir = not data_dir.exists()
     _log_to_data_dir(data_dir)
-    runtime = Runtime(
-        config,
-        data_dir=data_dir,
-        tariffs_dir=conf_dir / "tariffs",
-        nodes=nodes,
-        address=address,
-        port=port,
-    )
+    try:
+        runtime = Runtime(
+            config,
+            data_dir=data_dir,
+            tariffs_dir=conf_dir / "tariffs",
+            nodes=nodes,
+            address=address,
+            port=port,
+        )
+    except ClusterConfigError as exc:  # e.g. storage.mode = "local" with several nodes
+        raise click.ClickException(str(exc)) from exc
     try:
         info = runtime.start()
     except StartError as exc:

@@ -14,6 +14,12 @@ least-loaded alive node. Every step is, in this order:
    through the net (``petri.trace.check_trace``);
 4. acted on (a host opens the unit at the new epoch, fencing the old owner).
 
+Replicated units (``storage.mode = "replicated"``, a replication factor of 2+):
+the net is the replicated one, failover promotes an in-sync follower instead of
+taking the unit over anywhere, and followers are added, caught up, joined and
+shrunk by :class:`cluster.control.replicas.ReplicaDriver`, in the same
+fire-persist-act order.
+
 Recovery contract: the marking on disk is never older than anything acted
 upon. After a restart the coordinator reloads it and ``converge`` re-issues
 the idempotent ``open_unit(unit, epoch)`` of every owned unit, so an action
@@ -27,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -51,6 +57,9 @@ from petri import (
     marking_to_json,
 )
 from petri.marking import owner_of
+
+if TYPE_CHECKING:
+    from cluster.control.replicas import ReplicaDriver
 
 __all__ = ["ClusterOps", "Coordinator", "Route", "UnitOpenError"]
 
@@ -119,12 +128,24 @@ def unit_specs(shards: int, partitions: int) -> tuple[ShardSpec, ...]:
 class Coordinator:
     """Owns the marking; the only writer of unit ownership."""
 
-    def __init__(self, *, data_dir: Path, shards: int, partitions: int, ops: ClusterOps) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        shards: int,
+        partitions: int,
+        ops: ClusterOps,
+        replication_factor: int = 1,
+        min_in_sync: int = 1,
+        lag_max_s: float = 5.0,
+    ) -> None:
         self._data_dir = data_dir
         self._ops = ops
         self._units = unit_specs(shards, partitions)
         self._state: ControlState = load_state(data_dir)
         repair_journal(data_dir, self._state)
+        self._rf = replication_factor
+        self._replicas = self._replica_driver(ops, min_in_sync, lag_max_s)
         # The net's universe of nodes grows as Ray nodes appear; until the
         # first one does there is nothing to own units, and no model.
         self._model: PetriModel | None = None
@@ -139,8 +160,37 @@ class Coordinator:
 
     # -- the net -----------------------------------------------------------
 
+    def _replica_driver(self, ops: Any, min_in_sync: int, lag_max_s: float) -> ReplicaDriver | None:
+        """The replicated half of the loop (RF >= 2), after checking that the persisted
+        marking was made for this replication factor."""
+        if self._state.nodes and self._state.replication_factor != self._rf:
+            raise ValueError(
+                f"{self._data_dir}/control was made with replication factor "
+                f"{self._state.replication_factor}, not {self._rf}: a marking is only "
+                "meaningful with the net it was made for (start with the storage mode "
+                "and replication factor it was created with)"
+            )
+        self._state.replication_factor = self._rf
+        if self._rf < 2:
+            return None
+        from cluster.control.replicas import ReplicaDriver
+
+        return ReplicaDriver(
+            replication_factor=self._rf,
+            min_in_sync=min_in_sync,
+            lag_max_s=lag_max_s,
+            ops=ops,
+            fire=self._fire,
+            marking=lambda: self.marking,
+        )
+
     def _build_model(self, nodes: tuple[str, ...]) -> PetriModel:
-        config = NetConfig(nodes=nodes, shards=self._units, initial_nodes=frozenset())
+        config = NetConfig(
+            nodes=nodes,
+            shards=self._units,
+            initial_nodes=frozenset(),
+            replication_factor=self._rf,
+        )
         return PetriModel(config)
 
     def _grow(self, node: str, ray_node_id: str) -> None:
@@ -258,8 +308,10 @@ class Coordinator:
             owns = any(n == node for _u, n, _e in self._marking.owned())
             if status == "dead" and node in alive and self._ops.host_ok(node) and not owns:
                 fired += self._fire("node_recover", node=node)
+        if self._replicas is not None:
+            fired += self._replicas.failover()  # promote an in-sync follower, or lose
         for unit, _fenced, _epoch in list(self._marking.recovering()):
-            target = self._least_loaded()
+            target = self._least_loaded() if self._replicas is None else None
             if target is not None:
                 fired += self._fire("takeover", shard=unit, node=target)
         for unit in list(self._marking.free_shards()):
@@ -270,6 +322,8 @@ class Coordinator:
         fired += self._drain_step()
         fired += self._rebalance_step()
         self.converge()
+        if self._replicas is not None:
+            fired += self._replicas.reconcile()
         return fired
 
     # -- moving units: drain and rebalance ---------------------------------
@@ -285,7 +339,11 @@ class Coordinator:
         """
         if not self._lock_free(unit):
             return 0  # a bill run holds the shard: the migration waits
-        target = self._least_loaded()
+        target = (
+            self._least_loaded()
+            if self._replicas is None  # replicated: only to an in-sync follower
+            else self._replicas.move_target(unit, from_node, rebalance=transition == "rebalance")
+        )
         if target is None or target == from_node:
             return 0
         if not self._fire("migration_lock", shard=unit):
@@ -392,3 +450,28 @@ class Coordinator:
         """Every unit owned by an alive node."""
         owned = {u for u, n, _e in self._owned() if self._status(n) == "alive"}
         return owned == {spec.shard_id for spec in self._units}
+
+    # -- replicated units --------------------------------------------------------------
+
+    @property
+    def replication_factor(self) -> int:
+        return self._rf
+
+    def writable(self) -> bool:
+        """Healthy, and (replicated) every unit's in-sync set can acknowledge a batch."""
+        return self.healthy() and (self._replicas is None or self._replicas.writable())
+
+    def fully_replicated(self) -> bool:
+        """Healthy, and (replicated) every unit has RF−1 in-sync followers on alive nodes."""
+        return self.healthy() and (self._replicas is None or self._replicas.fully_replicated())
+
+    def lost(self) -> tuple[str, ...]:
+        """Units with no copy left that has every acknowledged batch (replicated only)."""
+        return () if self._marking is None else self._marking.lost()
+
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        """Per unit: primary, followers (state, lag), in-sync set, lost; ``{}`` unless
+        replicated (for ``status``, ``node add`` and the operator's tools)."""
+        if self._replicas is None or self._marking is None:
+            return {}
+        return self._replicas.view()

@@ -55,6 +55,7 @@ class RayOps:
         # converges every round; only opens not yet confirmed go out, so a hung
         # host cannot stall the loop with calls it will never answer.
         self._opened: dict[tuple[str, str], int] = {}
+        self._replicas = _ReplicaCalls(self)
 
     def alive_nodes(self) -> Mapping[str, str]:
         alive = {node_name(n): n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
@@ -100,6 +101,7 @@ class RayOps:
     def _forget(self, node: str) -> None:
         for key in [k for k in self._opened if k[0] == node]:
             del self._opened[key]
+        self._replicas.forget(node)
 
     def _lookup(self, node: str) -> Any:
         try:
@@ -168,3 +170,122 @@ class RayOps:
 
     def metrics_urls(self) -> dict[str, str]:
         return metrics.metrics_urls()
+
+    # -- replicated units (cluster.control.replicas.ReplicaOps) ---------------------------
+
+    def replica_reports(self) -> dict[str, dict[str, Any]]:
+        return self._replicas.reports()
+
+    def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
+        self._replicas.set_replicas(node, unit_id, epoch, followers)
+
+    def replica_pin(self, node: str, unit_id: str, epoch: int, follower: str) -> bool:
+        return self._replicas.pin(node, unit_id, epoch, follower)
+
+    def replica_fence(self, node: str, unit_id: str, epoch: int) -> None:
+        handle = self._hosts.get(node)
+        if handle is not None:
+            handle.replica_fence.remote(unit_id, epoch)  # best effort: not waited for
+
+    def replica_drop(self, node: str, unit_id: str) -> None:
+        handle = self._hosts.get(node)
+        if handle is not None:
+            ray.get(handle.replica_drop.remote(unit_id), timeout=_OPEN_TIMEOUT_S)
+
+
+_REPORT_WAIT_S = 0.3
+_PIN_TIMEOUT_S = 5.0
+
+
+class _ReplicaCalls:
+    """The coordinator's replica calls to hosts, never blocking its loop for long.
+
+    ``set_replicas`` is sent without waiting and confirmed on a later round; at most
+    one is in flight per (node, unit), and a pin waits until none is, so a host
+    applies a unit's follower lists in the order the coordinator decided them (a
+    threaded actor may run two calls of one caller in either order). Reports are
+    asked at most once at a time per host.
+    """
+
+    def __init__(self, ops: RayOps) -> None:
+        self._ops = ops
+        Value = tuple[int, tuple[tuple[str, str], ...]]
+        self._confirmed: dict[tuple[str, str], Value] = {}
+        self._pending: dict[tuple[str, str], tuple[Value, Any]] = {}
+        self._report_refs: dict[str, Any] = {}
+        self._reports: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def forget(self, node: str) -> None:
+        for table in (self._confirmed, self._pending):
+            for key in [k for k in table if k[0] == node]:
+                del table[key]
+        self._report_refs.pop(node, None)
+        self._reports.pop(node, None)
+
+    def _settled(self, key: tuple[str, str]) -> bool:
+        """Whether no set_replicas is in flight for ``key`` (recording how it ended)."""
+        pending = self._pending.get(key)
+        if pending is None:
+            return True
+        value, ref = pending
+        if not ray.wait([ref], timeout=0)[0]:
+            return False
+        del self._pending[key]
+        try:
+            ray.get(ref)
+            self._confirmed[key] = value
+        except Exception as exc:  # not served there (yet): sent again next round
+            log.debug("set_replicas_refused", node=key[0], shard=key[1], error=str(exc))
+        return True
+
+    def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
+        key = (node, unit_id)
+        value = (epoch, tuple(sorted(followers.items())))
+        if not self._settled(key) or self._confirmed.get(key) == value:
+            return
+        handle = self._ops.host(node)
+        if handle is None:
+            return
+        self._confirmed.pop(key, None)
+        self._pending[key] = (value, handle.set_replicas.remote(unit_id, epoch, followers))
+
+    def pin(self, node: str, unit_id: str, epoch: int, follower: str) -> bool:
+        key = (node, unit_id)
+        handle = self._ops.host(node)
+        if handle is None or not self._settled(key):
+            return False
+        pinned = bool(
+            ray.get(handle.replica_pin.remote(unit_id, epoch, follower), timeout=_PIN_TIMEOUT_S)
+        )
+        # Whatever comes next (the join, or not), the follower list goes out again.
+        self._confirmed.pop(key, None)
+        return pinned
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """unit -> its primary's report, from the hosts that answered lately."""
+        sent = []
+        for node in list(self._ops._hosts):
+            if not self._ops.host_ok(node) or node in self._report_refs:
+                continue
+            handle = self._ops.host(node)
+            if handle is not None:
+                self._report_refs[node] = ref = handle.replica_report.remote()
+                sent.append(ref)
+        if sent:
+            ray.wait(sent, num_returns=len(sent), timeout=_REPORT_WAIT_S)
+        refs = list(self._report_refs.values())
+        done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        for node, ref in list(self._report_refs.items()):
+            if ref not in done:
+                continue
+            del self._report_refs[node]
+            try:
+                self._reports[node] = ray.get(ref)
+            except Exception as exc:
+                self._reports.pop(node, None)
+                log.debug("replica_report_failed", node=node, error=str(exc))
+        merged: dict[str, dict[str, Any]] = {}
+        for node, found in self._reports.items():
+            if node in self._ops._hosts:
+                merged.update(found)
+        return merged

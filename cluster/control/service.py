@@ -47,11 +47,15 @@ class CoordinatorService:
         if setup is not None:
             setup()  # the process's logging (the Ray shell passes it), before anything logs
         self._ops = ops if ops is not None else RayOps(data_dir=data_dir, settings=settings)
+        replicated = settings.get("storage_mode") == "replicated"
         self._coordinator = Coordinator(
             data_dir=Path(data_dir),
             shards=int(settings["shards"]),
             partitions=int(settings["partitions"]),
             ops=self._ops,
+            replication_factor=int(settings.get("replication_factor", 2)) if replicated else 1,
+            min_in_sync=int(settings.get("min_in_sync", 2)),
+            lag_max_s=float(settings.get("replica_lag_max_s", 5.0)),
         )
         self._interval_s = interval_s
         self._lock = threading.Lock()
@@ -100,12 +104,30 @@ class CoordinatorService:
         return self._rounds
 
     def routes(self) -> dict[str, tuple[str, int]]:
+        """What routers follow: unit -> (node, epoch); a lost unit is ``("", 0)``, so its
+        callers are told it is lost at once instead of waiting for an owner."""
         with self._lock:
-            return {u: (r.node, r.epoch) for u, r in self._coordinator.routes().items()}
+            routes = {u: (r.node, r.epoch) for u, r in self._coordinator.routes().items()}
+            return routes | dict.fromkeys(self._coordinator.lost(), ("", 0))
 
     def healthy(self) -> bool:
         with self._lock:
             return self._coordinator.healthy()
+
+    def writable(self) -> bool:
+        """Healthy, and every unit can acknowledge writes (replicated: enough in sync)."""
+        with self._lock:
+            return self._coordinator.writable()
+
+    def fully_replicated(self) -> bool:
+        """Healthy, and every unit has all its followers in sync (replicated)."""
+        with self._lock:
+            return self._coordinator.fully_replicated()
+
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        """Per unit: primary, followers with state and lag, in-sync set, lost."""
+        with self._lock:
+            return self._coordinator.replicas()
 
     def takeover_times(self) -> list[float]:
         with self._lock:
@@ -144,11 +166,22 @@ class CoordinatorService:
                 }
                 for name, status in marking.nodes()
             ]
+            replicas = self._coordinator.replicas()
+            for entry in units:
+                replica = replicas.get(str(entry["unit"]))
+                if replica is not None:
+                    entry["followers"] = {n: f["state"] for n, f in replica["followers"].items()}
+                    entry["isr"] = replica["isr"]
+                    if replica["lost"]:
+                        entry["state"] = "lost"
             return {
                 "nodes": nodes,
                 "units": units,
                 "marking": marking_to_json(marking),
                 "healthy": self._coordinator.healthy(),
+                "writable": self._coordinator.writable(),
+                "fully_replicated": self._coordinator.fully_replicated(),
+                "replication_factor": self._coordinator.replication_factor,
                 "locks_held": [list(x) for x in marking.locks_held()],
                 "gateways": list(self._gateways),
             }

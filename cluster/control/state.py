@@ -31,12 +31,14 @@ _FORMAT = "petribill.control/1"
 
 @dataclass(slots=True, kw_only=True)
 class ControlState:
-    """``nodes`` maps a petribill node name to its Ray node id, in join order."""
+    """``nodes`` maps a petribill node name to its Ray node id, in join order;
+    ``replication_factor`` is the one the net of the marking was built with."""
 
     marking_json: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     generation: int = 0
     last_event: dict[str, Any] | None = None
+    replication_factor: int = 1
 
 
 def state_path(data_dir: Path) -> Path:
@@ -56,6 +58,7 @@ def load_state(data_dir: Path) -> ControlState:
         nodes=dict(raw["nodes"]),
         generation=int(raw["generation"]),
         last_event=raw.get("last_event"),
+        replication_factor=int(raw.get("replication_factor", 1)),
     )
 
 
@@ -71,6 +74,7 @@ def save_state(data_dir: Path, state: ControlState) -> None:
             "nodes": state.nodes,
             "marking": state.marking_json,
             "last_event": state.last_event,
+            "replication_factor": state.replication_factor,
         },
         indent=1,
     )

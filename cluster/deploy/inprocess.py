@@ -18,7 +18,8 @@ from typing import Any
 
 from actors.engines import engine_factory
 from actors.host import UnitHost
-from actors.local import LocalTransport
+from actors.local import LocalPeers, LocalTransport
+from actors.replication import ReplicationSettings
 from actors.router import UnitRouter
 from actors.store.fencing import StaleEpoch
 from cluster.backend.backend import Backend
@@ -53,6 +54,26 @@ class LocalOps:
 
     def gateways(self) -> list[dict[str, str]]:
         return list(self.gateway_list)
+
+    # -- replicated units (cluster.control.replicas.ReplicaOps) ---------------------------
+
+    def replica_reports(self) -> dict[str, dict[str, Any]]:
+        reports: dict[str, dict[str, Any]] = {}
+        for host in list(self._hosts.values()):
+            reports.update(host.replica_report())
+        return reports
+
+    def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
+        self._hosts[node].set_replicas(unit_id, epoch, followers)
+
+    def replica_pin(self, node: str, unit_id: str, epoch: int, follower: str) -> bool:
+        return self._hosts[node].replica_pin(unit_id, epoch, follower)
+
+    def replica_fence(self, node: str, unit_id: str, epoch: int) -> None:
+        self._hosts[node].replica_fence(unit_id, epoch)
+
+    def replica_drop(self, node: str, unit_id: str) -> None:
+        self._hosts[node].replica_drop(unit_id)
 
     def metrics_urls(self) -> dict[str, str]:
         return {}
@@ -91,7 +112,10 @@ class InProcessCluster:
         self.ops = LocalOps(self.hosts)
         self.coordinator: CoordinatorService | None = None
         self.transport = LocalTransport(self.hosts, None)
+        # Replicated hosts reach each other's follower copies through these.
+        self.peers = LocalPeers(self.hosts)
         self._node_names = nodes
+        self._factory: Any = None
 
     def router(self) -> UnitRouter:
         return UnitRouter(
@@ -103,16 +127,9 @@ class InProcessCluster:
     def start(self, timeout_s: float = 30.0) -> InProcessCluster:
         """Start the hosts and the coordinator; return once every unit is served."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        factory = engine_factory(self.settings)
+        self._factory = engine_factory(self.settings)
         for node in self._node_names:
-            self.hosts[node] = UnitHost(
-                node=node,
-                data_dir=str(self.data_dir),
-                shards=int(self.settings["shards"]),
-                factory=factory,
-                router=self.router(),
-                backup_root=self.settings.get("backup_root"),
-            )
+            self.add_node(node)
         self.coordinator = CoordinatorService(
             data_dir=str(self.data_dir), settings=self.settings, interval_s=0.05, ops=self.ops
         )
@@ -124,6 +141,27 @@ class InProcessCluster:
                 raise TimeoutError(f"units not served within {timeout_s} s")
             time.sleep(0.02)
         return self
+
+    def add_node(self, node: str) -> UnitHost:
+        """Start a host for ``node`` (a new node joins at the coordinator's next round)."""
+        mode = str(self.settings.get("storage_mode", "local"))
+        host = self.hosts[node] = UnitHost(
+            node=node,
+            data_dir=str(self.data_dir),
+            shards=int(self.settings["shards"]),
+            factory=self._factory,
+            router=self.router(),
+            backup_root=self.settings.get("backup_root"),
+            mode=mode,
+            peers=self.peers if mode == "replicated" else None,
+            replication=ReplicationSettings.of(self.settings),
+        )
+        return host
+
+    def remove_node(self, node: str) -> UnitHost:
+        """Take ``node`` away as a dead node: nothing reaches its host any more (the object
+        lives on, like a process that is cut off); returns it."""
+        return self.hosts.pop(node)
 
     def backend(self) -> Backend:
         """A backend over this cluster (one per gateway)."""
@@ -145,6 +183,7 @@ class InProcessCluster:
         for host in self.hosts.values():
             host.close_all()
         self.hosts.clear()
+        self.peers.close()
 
     def __enter__(self) -> InProcessCluster:
         return self.start()

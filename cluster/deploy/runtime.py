@@ -23,7 +23,7 @@ import structlog
 from ray.exceptions import RayActorError
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, storage_mode
 from cluster.control.service import spawn_coordinator
 from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay
 from cluster.deploy.loopback import use_loopback
@@ -66,9 +66,18 @@ def read_info(data_dir: Path) -> RuntimeInfo | None:
     return RuntimeInfo(**json.loads(path.read_text()))
 
 
-def settings_of(config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path) -> dict[str, Any]:
-    """The plain settings every actor is built from (they cross process boundaries)."""
+def settings_of(
+    config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path, mode: str | None = None
+) -> dict[str, Any]:
+    """The plain settings every actor is built from (they cross process boundaries);
+    ``mode`` is the storage mode the cluster runs in (``config.storage.mode`` or local)."""
+    storage = config.storage
     return {
+        "storage_mode": mode or storage.mode or "local",
+        "replication_factor": storage.replication_factor,
+        "min_in_sync": storage.min_in_sync,
+        "replica_ack_timeout_s": storage.replica_ack_timeout_ms / 1000,
+        "replica_lag_max_s": storage.replica_lag_max_ms / 1000,
         "shards": config.sharding.shards,
         "partitions": config.sharding.partitions,
         "data_dir": str(data_dir),
@@ -128,6 +137,8 @@ class Runtime:
         self._address = address
         self._port = config.gateway.port if port is None else port
         self._with_gateways = gateways
+        # Replicated with 2+ nodes, local with one, unless cluster.toml says otherwise.
+        self.storage_mode = storage_mode(config, nodes=nodes, address=address)
         self.local: LocalRay | None = None
         self.coordinator: Any = None
         self.gateways: dict[str, Any] = {}
@@ -182,7 +193,7 @@ class Runtime:
             address = self._address
         use_loopback(self.local is not None)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
-        settings = settings_of(self.config, data_dir=self.data_dir, tariffs_dir=self.tariffs_dir)
+        settings = self.settings()
         self.coordinator = spawn_coordinator(
             data_dir=str(self.data_dir), settings=settings, interval_s=0.2
         )
@@ -200,10 +211,21 @@ class Runtime:
         log.info("cluster_up", address=address, gateways=self.info.gateways)
         return self.info
 
+    def settings(self) -> dict[str, Any]:
+        """The settings of this cluster's actors (:func:`settings_of` in its storage mode)."""
+        return settings_of(
+            self.config,
+            data_dir=self.data_dir,
+            tariffs_dir=self.tariffs_dir,
+            mode=self.storage_mode,
+        )
+
     def wait_healthy(self, timeout_s: float) -> None:
+        """Until every unit is served and can acknowledge writes (replicated: each has
+        enough followers in sync), or :class:`StartError`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._coordinator_call("healthy", timeout_s):
+            if self._coordinator_call("writable", timeout_s):
                 return
             time.sleep(0.1)
         status = self.status()
