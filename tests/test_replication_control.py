@@ -18,13 +18,13 @@ import pytest
 from actors.router import NoOwner
 from actors.shard import ops
 from billing.accounts import Account, PaymentMode
+from cluster.control.coordinator import unit_specs
 from cluster.control.replicas import (
     dead_follower_steps,
     failover_steps,
     lagging_steps,
     repair_steps,
 )
-from cluster.control.coordinator import unit_specs
 from cluster.control.state import read_journal
 from cluster.deploy.inprocess import InProcessCluster
 from petri import NetConfig, PetriModel, ShardSpec, check_trace, initial_marking
