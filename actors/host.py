@@ -634,7 +634,18 @@ class UnitHost:
         """Apply the primary's batch ``seq`` durably; the number of the last batch applied."""
         entry = self._copy(unit_id, epoch, create=False)
         with entry.lock:
-            return entry.copy.apply(epoch, seq, payload)
+            try:
+                return entry.copy.apply(epoch, seq, payload)
+            except ReplicaError:
+                raise
+            except Exception:
+                # A write that failed (disk full): RocksDB refuses every later one until
+                # reopened. Close the copy; the primary attaches again and resends.
+                with self._copies_guard:
+                    if self._copies.get(unit_id) is entry:
+                        del self._copies[unit_id]
+                entry.copy.close()
+                raise
 
     def replica_fence(self, unit_id: str, epoch: int) -> None:
         """Refuse every primary of ``unit_id`` below ``epoch`` (after the coordinator fenced

@@ -30,6 +30,7 @@ __all__ = [
     "NAMESPACE",
     "READS_GROUP",
     "REPLICAS_GROUP",
+    "REPLICA_CONTROL_GROUP",
     "RayPeers",
     "RayTransport",
     "RoutedHost",
@@ -49,6 +50,10 @@ _READ_THREADS = 4
 # other's followers would stall until the acknowledgement timeout.
 REPLICAS_GROUP = "replicas"
 _REPLICA_THREADS = 6
+# The coordinator's calls about replication (a primary's followers, pins, reports) get
+# threads of their own too, so they never queue behind follower calls.
+REPLICA_CONTROL_GROUP = "replica_control"
+_REPLICA_CONTROL_THREADS = 2
 # The host process runs write batches on several threads that hold the GIL for
 # long stretches; a query thread waits for the GIL up to the switch interval at
 # each hand-off (Python's default is 5 ms). bench/host_reads.py: lock-free
@@ -268,15 +273,15 @@ class RoutedHost(UnitHost):
     def replica_copies(self) -> dict[str, CopyState]:  # type: ignore[override]
         return super().replica_copies()
 
-    @ray.method(concurrency_group=REPLICAS_GROUP)
+    @ray.method(concurrency_group=REPLICA_CONTROL_GROUP)
     def set_replicas(self, unit_id: str, epoch: int, followers: dict[str, str]) -> None:  # type: ignore[override]
         super().set_replicas(unit_id, epoch, followers)
 
-    @ray.method(concurrency_group=REPLICAS_GROUP)
+    @ray.method(concurrency_group=REPLICA_CONTROL_GROUP)
     def replica_pin(self, unit_id: str, epoch: int, node: str) -> bool:  # type: ignore[override]
         return super().replica_pin(unit_id, epoch, node)
 
-    @ray.method(concurrency_group=REPLICAS_GROUP)
+    @ray.method(concurrency_group=REPLICA_CONTROL_GROUP)
     def replica_report(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]
         return super().replica_report()
 
@@ -292,7 +297,11 @@ def spawn_host(
     """Start the detached host actor of ``node``, pinned to that Ray node; ``setup`` runs
     first in its process (the control plane passes the logging set-up)."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
-    groups = {READS_GROUP: _READ_THREADS, REPLICAS_GROUP: _REPLICA_THREADS}
+    groups = {
+        READS_GROUP: _READ_THREADS,
+        REPLICAS_GROUP: _REPLICA_THREADS,
+        REPLICA_CONTROL_GROUP: _REPLICA_CONTROL_THREADS,
+    }
     cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
     return cls.options(
         name=host_name(node),

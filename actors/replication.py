@@ -374,7 +374,11 @@ class Replicator:
 
     def set_followers(self, followers: dict[str, str]) -> None:
         """The coordinator's word: ``node -> in_sync | catching_up`` (persisted before)."""
-        with self.commit_lock, self._lock:
+        # Not under the commit lock: the coordinator's call must not wait behind a batch
+        # being shipped. A batch in flight is counted against the followers as they are
+        # when its answers come back (_advance), which is safe either way: a follower
+        # leaves the wait set only after its shrink_isr was persisted.
+        with self._lock:
             for node in [n for n in self._followers if n not in followers]:
                 del self._followers[node]  # its worker sees it gone and ends
             for node, state in followers.items():
@@ -444,16 +448,16 @@ class Replicator:
     # -- catching a follower up -----------------------------------------------------------
 
     def _start_worker(self, follower: _Follower) -> None:
-        """(The caller holds ``_lock``.) A thread catching ``follower`` up, if it needs
-        one and has none."""
-        if self._closed or follower.link == _STREAMING:
+        """(The caller holds ``_lock``.) A thread for ``follower`` if it needs one (it is
+        not streaming, or it failed) and has none."""
+        if self._closed or (follower.link == _STREAMING and follower.failed_at is None):
             return
         if follower.worker is not None and follower.worker.is_alive():
             return
         follower.worker = threading.Thread(
-            target=self._catch_up_loop,
+            target=self._worker_loop,
             args=(follower,),
-            name=f"catch-up-{self.unit_id}-{follower.node}",
+            name=f"replica-{self.unit_id}-{follower.node}",
             daemon=True,
         )
         follower.worker.start()
@@ -462,8 +466,20 @@ class Replicator:
         with self._lock:
             return not self._closed and self._followers.get(follower.node) is follower
 
-    def _catch_up_loop(self, follower: _Follower) -> None:
+    def _worker_loop(self, follower: _Follower) -> None:
+        """Until the follower streams without failing: resend what a failed one lacks
+        (every ``retry_s``, whether or not calls come), or catch it up."""
         while self._current(follower) and self._fenced is None:
+            if follower.link == _STREAMING:
+                if follower.failed_at is None:
+                    return
+                time.sleep(max(follower.next_try - self._clock(), 0.01))
+                with self.commit_lock:
+                    if follower.link == _STREAMING and follower.failed_at is not None:
+                        self._resend(follower, self._store.commits)
+                        with self._lock:
+                            self._advance()
+                continue
             try:
                 if self._catch_up(follower):
                     return
@@ -531,7 +547,7 @@ class Replicator:
                     self.epoch,
                     seq,
                     payload,
-                    timeout_s=_TRANSFER_TIMEOUT_S,
+                    timeout_s=self._settings.ack_timeout_s,
                 )
             )
             with self._lock:

@@ -20,9 +20,12 @@ Checks, each a list of violations (empty means it held):
 - ``reconcile``: the cluster's own revenue assurance (ledger replay equals
   balances on every shard, postings sum to zero, invoices equal the ledger,
   received = rated + rejected + duplicates) not balanced;
-- ``epochs``: a unit whose commits, in order, go back to an older epoch (a
-  write from a fenced owner was accepted), or were made at an epoch the
-  coordinator never granted.
+- ``epochs``: a unit copy whose commits, in order, go back to an older epoch
+  (a write from a fenced owner was accepted), or were made at an epoch the
+  coordinator never granted; checked on every copy (replicated: the primary
+  and each follower copy in every node folder);
+- ``replicas`` (replicated storage): an in-sync follower whose database is not,
+  key for key, its primary's (all but the per-copy ``m/epoch``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any, Final
 from petribill.v1 import usage_pb2
 from rocksdict import AccessType, Options, Rdict
 
+from actors.store.codec import EPOCH_KEY
 from actors.store.storage import read_write_log
 from billing.money import Money
 from chaos.load import CHARGED, Account, Acked
@@ -44,9 +48,10 @@ from chaos.reference import MICROS_PER_MINOR, Expected, price
 from cluster.client import PetribillClient
 from cluster.control.state import journal_path, load_state
 
-__all__ = ["Audit", "Auditor", "audit_epochs"]
+__all__ = ["Audit", "Auditor", "audit_epochs", "audit_replicas", "unit_copies"]
 
 CYCLE: Final = "2026-11"
+_REJECTS_PAGE_MAX: Final = 1000
 # 2026-12-01 plus 4 days: past the 3-day grace, and not beyond the clock (a bill run may
 # not be dated in the future).
 BILL_AT_S: Final = 1_796_083_200 + 4 * 86_400
@@ -179,7 +184,15 @@ class Auditor:
 
     def check_rejects(self) -> None:
         """Every malformed record is in the reject store, and every reject has a reason."""
-        rejects = self.client.list_rejects(limit=1_000_000).rejects
+        # A page holds at most 1000 (the request's bound); beyond that, ask per reason.
+        rejects = list(self.client.list_rejects(limit=_REJECTS_PAGE_MAX).rejects)
+        if len(rejects) >= _REJECTS_PAGE_MAX:
+            seen_reasons = {ack.reason for ack in self.acked.values() if ack.malformed}
+            found = {r.record_id: r for r in rejects}
+            for reason in sorted(r for r in seen_reasons if r):
+                page = self.client.list_rejects(limit=_REJECTS_PAGE_MAX, reason=reason).rejects
+                found.update((r.record_id, r) for r in page)
+            rejects = list(found.values())
         reasons = {r.record_id: r.reason for r in rejects}
         for reject in rejects:
             if not reject.reason:
@@ -244,8 +257,29 @@ def _granted_epochs(data_dir: Path) -> dict[str, set[int]]:
     return granted
 
 
+def unit_copies(data_dir: Path) -> list[tuple[str, Path]]:
+    """``(name, folder)`` of every unit database under ``data_dir``: ``acct-00`` in
+    ``units/`` (local, shared), ``n1/acct-00`` in ``nodes/n1/units/`` (replicated)."""
+    found = [(p.name, p) for p in sorted((data_dir / "units").glob("*"))]
+    for node in sorted((data_dir / "nodes").glob("*")):
+        found += [(f"{node.name}/{p.name}", p) for p in sorted((node / "units").glob("*"))]
+    return [(name, path) for name, path in found if (path / "CURRENT").exists()]
+
+
+def _rows(path: Path) -> dict[bytes, bytes]:
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        rows: dict[bytes, bytes] = {}
+        for key, value in db.items():
+            if key != EPOCH_KEY:
+                rows[key] = value  # type: ignore[index]  # raw mode: bytes
+        return rows
+    finally:
+        db.close()
+
+
 def audit_epochs(data_dir: Path, audit: Audit) -> int:
-    """Check every unit's write log on disk (the cluster must be stopped); units read."""
+    """Check every unit copy's write log on disk (the cluster must be stopped); copies read."""
     state = load_state(data_dir)
     current: dict[str, int] = {}
     if state.marking_json is not None:
@@ -253,8 +287,8 @@ def audit_epochs(data_dir: Path, audit: Audit) -> int:
 
         current = dict(marking_from_json(state.marking_json).epochs())
     granted = _granted_epochs(data_dir)
-    units = sorted(p for p in (data_dir / "units").iterdir() if (p / "CURRENT").exists())
-    for path in units:
+    copies = unit_copies(data_dir)
+    for name, path in copies:
         db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
             log = read_write_log(db)
@@ -267,14 +301,48 @@ def audit_epochs(data_dir: Path, audit: Audit) -> int:
             if first <= last:
                 audit.violate(
                     "epochs",
-                    f"{unit}: epoch {epoch} wrote commits {first}..{final}, "
+                    f"{name}: epoch {epoch} wrote commits {first}..{final}, "
                     f"but an older epoch wrote up to commit {last}",
                 )
             last = max(last, final)
             if granted[unit] and epoch >= min(granted[unit]) and epoch not in granted[unit]:
-                audit.violate("epochs", f"{unit}: commits at epoch {epoch}, never granted")
+                audit.violate("epochs", f"{name}: commits at epoch {epoch}, never granted")
             if unit in current and epoch > current[unit]:
                 audit.violate(
-                    "epochs", f"{unit}: commits at epoch {epoch} > current {current[unit]}"
+                    "epochs", f"{name}: commits at epoch {epoch} > current {current[unit]}"
                 )
-    return len(units)
+    return len(copies)
+
+
+def audit_replicas(data_dir: Path, audit: Audit) -> int:
+    """Compare, key for key, each unit's in-sync followers with its primary, as the final
+    persisted marking names them (the cluster must be stopped); copies compared."""
+    from petri import marking_from_json
+    from petri.marking import isr_of
+
+    state = load_state(data_dir)
+    if state.marking_json is None:
+        return 0
+    marking = marking_from_json(state.marking_json)
+    compared = 0
+    for unit, node, _epoch in marking.owned():
+        primary = data_dir / "nodes" / node / "units" / unit
+        if not (primary / "CURRENT").exists():
+            audit.violate("replicas", f"{unit}: its primary's copy on {node} is missing")
+            continue
+        want = _rows(primary)
+        for follower in sorted(isr_of(marking, unit)):
+            path = data_dir / "nodes" / follower / "units" / unit
+            if not (path / "CURRENT").exists():
+                audit.violate("replicas", f"{unit}: in-sync copy on {follower} is missing")
+                continue
+            got = _rows(path)
+            compared += 1
+            if got != want:
+                differ = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+                audit.violate(
+                    "replicas",
+                    f"{unit}: the in-sync copy on {follower} differs from the primary on "
+                    f"{node} in {len(differ)} keys (first {differ[0]!r})",
+                )
+    return compared

@@ -13,27 +13,41 @@ with its :class:`cluster.deploy.localray.LocalRay`) by PID, never by process nam
 - ``pause-node``: SIGSTOP every process of a worker node for ``hold_s``, then
   SIGCONT (a node paused past failure detection is declared dead, its units
   are taken over, its zombie host is fenced; it is then replaced);
-- ``disk-full``: fill the tmpfs under one shard's folder for ``hold_s``, then free it.
+- ``disk-full``: fill the tmpfs under one shard's folder (replicated: under the
+  head node's folder, which holds primaries and followers) for ``hold_s``, then
+  free it;
+- ``lose-disk`` (replicated storage only): SIGKILL every process of a worker node
+  at once (the machine dies), delete that node's whole data folder
+  (``DATA/nodes/<node>``: its disk is gone), then start a fresh, empty node as an
+  operator would. Every acknowledged batch of its units must survive on their
+  in-sync followers elsewhere.
 
 ``takeover_s`` is the time from the fault until every unit the victim owned
-is owned again, at a higher epoch, and the cluster reports itself healthy.
+is owned again, at a higher epoch, and the cluster reports itself healthy
+(replicated: and *writable*, each unit with enough followers in sync to
+acknowledge). Before the next fault the injector waits until the cluster is
+healthy again (replicated: every unit fully replicated, so that a second fault
+never hits a unit that is down to one copy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
 from chaos.disk import TmpfsDisk
 from cluster.deploy.localray import LocalRay
-from cluster.deploy.runtime import Runtime, settings_of
+from cluster.deploy.runtime import Runtime
 
 __all__ = ["KINDS", "Fault", "FaultResult", "Injector"]
 
@@ -46,6 +60,7 @@ KINDS: Final = (
     "kill-node",
     "pause-node",
     "disk-full",
+    "lose-disk",
 )
 HEAL_TIMEOUT_S: Final = 90.0
 GATEWAY_POLL_S: Final = 0.2
@@ -85,6 +100,15 @@ class FaultResult:
         }
 
 
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
 class Injector:
     """Applies faults to one cluster and waits for it to heal after each."""
 
@@ -109,9 +133,8 @@ class Injector:
         self._dead: set[int] = set()  # node indices killed for good
         self._replacements: list[threading.Thread] = []
         self.replacement_errors: list[str] = []
-        self._settings = settings_of(
-            runtime.config, data_dir=runtime.data_dir, tariffs_dir=runtime.tariffs_dir
-        )
+        self._settings = runtime.settings()
+        self.replicated = runtime.storage_mode == "replicated"
 
     # -- observation -------------------------------------------------------------
 
@@ -127,12 +150,16 @@ class Injector:
         return [n.index for n in list(self.local.nodes) if n.index not in self._dead]
 
     def wait_healthy(self) -> float:
-        """Seconds until the coordinator reports every unit served."""
-        return self._wait_taken_over({}, self._clock())
+        """Seconds until the coordinator reports every unit served (replicated: and every
+        unit fully replicated again)."""
+        return self._wait_taken_over({}, self._clock(), ready="fully_replicated")
 
-    def _wait_taken_over(self, before: dict[str, int], started: float) -> float:
+    def _wait_taken_over(
+        self, before: dict[str, int], started: float, *, ready: str = "writable"
+    ) -> float:
         """Seconds from ``started`` until each unit of ``before`` (unit -> epoch) is owned
-        at a higher epoch and the cluster is healthy."""
+        at a higher epoch and the cluster is healthy and, in replicated mode, ``ready``
+        (``writable`` or ``fully_replicated``, fields of the coordinator's status)."""
         while self._clock() - started < HEAL_TIMEOUT_S:
             try:
                 status = self.runtime.status(timeout_s=10)
@@ -141,9 +168,13 @@ class Injector:
                 time.sleep(0.05)
                 continue
             units = {u["unit"]: u for u in status["units"]}
-            if status["healthy"] and all(
-                units[u]["state"] == "owned" and units[u]["epoch"] > epoch
-                for u, epoch in before.items()
+            if (
+                status["healthy"]
+                and status.get(ready, True)
+                and all(
+                    units[u]["state"] == "owned" and units[u]["epoch"] > epoch
+                    for u, epoch in before.items()
+                )
             ):
                 return self._clock() - started
             time.sleep(0.05)
@@ -277,6 +308,29 @@ class Injector:
         if self._node_gone(index):
             self._dead.add(index)
             detail += f"; declared dead, replaced by {self._replace_node()}"
+        return self._healed(fault, node, at_s, started, detail, took)
+
+    def _lose_disk(self, fault: Fault, at_s: float) -> FaultResult:
+        if not self.replicated:
+            return self._skipped(fault, "-", at_s, "needs replicated storage (a disk per node)")
+        victim = self._worker_victim(fault)
+        if victim is None:
+            return self._skipped(fault, "-", at_s, "no node left to hit")
+        index, node, before = victim
+        started = self._clock()
+        pids = self.local.node_pids(index)
+        for pid in pids:  # the machine dies: every process at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._dead.add(index)
+        folder = self.runtime.data_dir / "nodes" / node
+        size = _folder_bytes(folder)
+        shutil.rmtree(folder)  # and its disk with it
+        took = self._wait_taken_over(before, started) if before else None
+        detail = (
+            f"{len(pids)} processes killed, {folder} deleted ({size // 1024} KiB); "
+            f"replaced by {self._replace_node()}"
+        )
         return self._healed(fault, node, at_s, started, detail, took)
 
     def _disk_full(self, fault: Fault, at_s: float) -> FaultResult:

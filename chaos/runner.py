@@ -26,14 +26,14 @@ import grpc
 import structlog
 
 from billing.money import Money
-from chaos.auditor import Audit, Auditor, audit_epochs
+from chaos.auditor import Audit, Auditor, audit_epochs, audit_replicas
 from chaos.disk import TmpfsDisk, can_mount
 from chaos.faults import Fault, FaultResult, Injector
 from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
 from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
 from chaos.scenarios import SCENARIOS, plan
 from cluster.client import PetribillClient, PetribillError
-from cluster.config import parse_config
+from cluster.config import parse_config, storage_mode
 from cluster.deploy.runtime import Runtime
 
 __all__ = ["ChaosOptions", "Report", "run"]
@@ -44,6 +44,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 TARIFFS: Final = Path(__file__).resolve().parent / "tariffs"
 DISK_UNIT: Final = "acct-00"
 DISK_MB: Final = 64
+DISK_NODE_MB: Final = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,6 +232,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
     with contextlib.ExitStack() as stack:
         data_dir = stack.enter_context(_data_dir(options.data_dir))
         disk = None
+        replicated = storage_mode(config, nodes=options.nodes, address=None) == "replicated"
         if any(f.kind == "disk-full" for f in faults):
             why_not = (
                 "a given cluster's data folder is not on a chaos tmpfs"
@@ -238,7 +240,14 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 else can_mount()
             )
             if why_not is None:
-                disk = stack.enter_context(TmpfsDisk(data_dir / "units" / DISK_UNIT, DISK_MB))
+                # Replicated: the head node's whole folder (primaries and followers of
+                # several units; the head is never killed, so the tmpfs stays its disk).
+                place, size_mb = (
+                    (data_dir / "nodes" / "n0", DISK_NODE_MB)
+                    if replicated
+                    else (data_dir / "units" / DISK_UNIT, DISK_MB)
+                )
+                disk = stack.enter_context(TmpfsDisk(place, size_mb))
             else:
                 echo(f"disk-full faults skipped: {why_not}")
         if options.attach:
@@ -314,7 +323,10 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             runtime.stop()
             stopped = True
             units = audit_epochs(data_dir, report.audit)
-            echo(f"write logs of {units} units checked")
+            echo(f"write logs of {units} unit copies checked")
+            if replicated:
+                copies = audit_replicas(data_dir, report.audit)
+                echo(f"{copies} in-sync copies compared with their primaries, key for key")
         except Exception as exc:
             report.errors.append(f"{type(exc).__name__}: {exc}")
             log.exception("chaos_run_failed")

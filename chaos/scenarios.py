@@ -20,6 +20,7 @@ SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
     "kill-nodes": ("kill-node",),
     "pause-nodes": ("pause-node",),
     "disk-full": ("disk-full",),
+    "lose-disk": ("lose-disk",),
     "mixed": KINDS,
 }
 WARMUP_S: Final = 3.0  # load before the first fault

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import structlog
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from actors.store.codec import (
@@ -75,6 +76,8 @@ __all__ = [
     "stored_epoch",
     "write_log",
 ]
+
+log = structlog.get_logger("petribill.replica")
 
 #: Bytes of a checkpoint file sent in one call while a follower catches up.
 CHUNK_BYTES: Final = 4 * 1024 * 1024
@@ -277,10 +280,13 @@ class FollowerCopy:
 
     def close(self) -> None:
         """Release the copy's database; idempotent."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        db, self._db = self._db, None
+        if db is not None:
             held_paths().discard(self.path)
+            try:
+                db.close()
+            except Exception as exc:  # a memtable flush on a full disk: the WAL has it
+                log.warning("copy_close_failed", path=str(self.path), error=str(exc))
 
     # -- a whole checkpoint, for a follower too far behind or off the primary's history --
 

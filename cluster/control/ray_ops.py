@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -176,6 +177,9 @@ class RayOps:
     def replica_reports(self) -> dict[str, dict[str, Any]]:
         return self._replicas.reports()
 
+    def replica_ready(self, node: str) -> bool:
+        return self.host_ok(node) and self._replicas.answered_lately(node)
+
     def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
         self._replicas.set_replicas(node, unit_id, epoch, followers)
 
@@ -194,6 +198,7 @@ class RayOps:
 
 
 _REPORT_WAIT_S = 0.3
+_ANSWERED_LATELY_S = 3.0
 _PIN_TIMEOUT_S = 5.0
 
 
@@ -214,6 +219,10 @@ class _ReplicaCalls:
         self._pending: dict[tuple[str, str], tuple[Value, Any]] = {}
         self._report_refs: dict[str, Any] = {}
         self._reports: dict[str, dict[str, dict[str, Any]]] = {}
+        self._answered: dict[str, float] = {}  # node -> when its host last answered a report
+
+    def answered_lately(self, node: str) -> bool:
+        return time.monotonic() - self._answered.get(node, -1e9) < _ANSWERED_LATELY_S
 
     def forget(self, node: str) -> None:
         for table in (self._confirmed, self._pending):
@@ -221,6 +230,7 @@ class _ReplicaCalls:
                 del table[key]
         self._report_refs.pop(node, None)
         self._reports.pop(node, None)
+        self._answered.pop(node, None)
 
     def _settled(self, key: tuple[str, str]) -> bool:
         """Whether no set_replicas is in flight for ``key`` (recording how it ended)."""
@@ -281,6 +291,7 @@ class _ReplicaCalls:
             del self._report_refs[node]
             try:
                 self._reports[node] = ray.get(ref)
+                self._answered[node] = time.monotonic()
             except Exception as exc:
                 self._reports.pop(node, None)
                 log.debug("replica_report_failed", node=node, error=str(exc))

@@ -76,6 +76,10 @@ class ReplicaOps(Protocol):
         """unit -> report, from every answering host's primaries."""
         ...
 
+    def replica_ready(self, node: str) -> bool:
+        """Whether ``node``'s host answers (lately): a new follower is only placed there."""
+        ...
+
     def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
         """Tell ``unit_id``'s primary on ``node`` its followers (only when it changed)."""
         ...
@@ -195,11 +199,17 @@ def joinable(marking: Marking, reports: Reports) -> list[tuple[str, str, int, st
     return found
 
 
-def repair_steps(marking: Marking, *, replication_factor: int) -> list[Step]:
-    """``replica_add`` for each unit with fewer than RF−1 followers, on the alive node
-    holding the fewest copies among those without one of the unit."""
+def repair_steps(
+    marking: Marking,
+    *,
+    replication_factor: int,
+    ready: Callable[[str], bool] = lambda _node: True,
+) -> list[Step]:
+    """``replica_add`` for each unit with fewer than RF−1 followers, on the alive (and
+    ``ready``: its host answers) node holding the fewest copies among those without one
+    of the unit."""
     status = _statuses(marking)
-    copies = _copies(marking)
+    copies = {node: n for node, n in _copies(marking).items() if ready(node)}
     steps = []
     for unit, primary, _epoch in marking.owned():
         if status.get(primary) == NodeStatus.DEAD:
@@ -349,7 +359,12 @@ class ReplicaDriver:
                     continue
                 fired += 1
             fired += self._fire("join_isr", shard=unit, node=follower)
-        for step in repair_steps(self._marking(), replication_factor=self.replication_factor):
+        steps = repair_steps(
+            self._marking(),
+            replication_factor=self.replication_factor,
+            ready=self._ops.replica_ready,
+        )
+        for step in steps:
             fired += self._fire(step.transition, **step.binding)
         self.converge()
         return fired

@@ -63,6 +63,9 @@ class LocalOps:
             reports.update(host.replica_report())
         return reports
 
+    def replica_ready(self, node: str) -> bool:
+        return node in self._hosts
+
     def set_replicas(self, node: str, unit_id: str, epoch: int, followers: dict[str, str]) -> None:
         self._hosts[node].set_replicas(unit_id, epoch, followers)
 
