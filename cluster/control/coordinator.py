@@ -8,7 +8,8 @@ least-loaded alive node. Every step is, in this order:
 
 1. fired on the net (``PetriModel.fire``): a step the net does not allow is a
    refused action, logged as ``refused``, never a crash;
-2. persisted with the new marking (``control_state.save_state``, fsynced);
+2. persisted with the new marking (``control_state.commit``, fsynced, fenced by the
+   generation: a coordinator that was replaced while paused is refused);
 3. journaled (``control/transitions.jsonl``) and logged as a structlog event
    named after the transition, with its binding, so a run can be replayed
    through the net (``petri.trace.check_trace``);
@@ -40,10 +41,10 @@ import structlog
 from actors.routing import partition_id, shard_id
 from cluster.control.state import (
     ControlState,
-    append_journal,
+    check_current,
+    commit,
     load_state,
     repair_journal,
-    save_state,
 )
 from petri import (
     Marking,
@@ -229,10 +230,14 @@ class Coordinator:
         }
         self._state.marking_json = marking_to_json(marking)
         self._state.last_event = event
-        save_state(self._data_dir, self._state)
-        append_journal(self._data_dir, event)
+        commit(self._data_dir, self._state, event)
         log.info(transition, **binding)
         return True
+
+    def check_current(self) -> None:
+        """Raise :class:`~cluster.control.state.StaleCoordinator` if another coordinator has
+        written the control folder since this one loaded or last wrote it."""
+        check_current(self._data_dir, self._state)
 
     # -- observation -------------------------------------------------------
 

@@ -9,6 +9,7 @@ service reloads it and carries on, so killing the coordinator loses nothing.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,11 +23,15 @@ from actors import metrics
 from actors.remote import COORDINATOR_NAME, NAMESPACE
 from cluster.control.coordinator import ClusterOps, Coordinator
 from cluster.control.ray_ops import RayOps
+from cluster.control.state import StaleCoordinator
 from cluster.logging import process_logging
 
 __all__ = ["CoordinatorService", "spawn_coordinator"]
 
 log = structlog.get_logger("petribill.coordinator")
+
+#: The resource Ray gives its head node only: asking for a sliver of it pins an actor there.
+HEAD_RESOURCE = "node:__internal_head__"
 
 #: How often the loop wakes gateways that Ray restarted (and looks for them).
 GATEWAY_CHECK_S = 1.0
@@ -46,6 +51,8 @@ class CoordinatorService:
     ) -> None:
         if setup is not None:
             setup()  # the process's logging (the Ray shell passes it), before anything logs
+        # In a Ray actor, a coordinator found stale ends its process (see _loop).
+        self._exit_when_stale = ops is None
         self._ops = ops if ops is not None else RayOps(data_dir=data_dir, settings=settings)
         replicated = settings.get("storage_mode") == "replicated"
         self._coordinator = Coordinator(
@@ -71,13 +78,26 @@ class CoordinatorService:
         while not self._stop.is_set():
             try:
                 with self._lock:
+                    self._coordinator.check_current()
                     self._coordinator.reconcile()
                     self._rounds += 1
                     self._note_recoveries()
                 self._wake_gateways()
+            except StaleCoordinator as stale:
+                self._stale(stale)
+                return
             except Exception:
                 log.exception("reconcile_failed")
             self._stop.wait(self._interval_s)
+
+    def _stale(self, stale: StaleCoordinator) -> None:
+        """Another coordinator took over while this one was paused: it must never act
+        again. In a Ray actor the process ends: if Ray still counts it as the current
+        incarnation it restarts it, and the new process loads the newest state."""
+        log.error("stale_coordinator", reason=str(stale))
+        self._stop.set()
+        if self._exit_when_stale:
+            os._exit(75)  # EX_TEMPFAIL: not a crash of ours, a replaced incarnation
 
     def _wake_gateways(self) -> None:
         """Every ``GATEWAY_CHECK_S``, have the ops wake restarted gateways and note every
@@ -210,7 +230,13 @@ class CoordinatorService:
 
 
 def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: float) -> Any:
-    """Start (or find) the detached coordinator; Ray restarts it if its process dies."""
+    """Start (or find) the detached coordinator; Ray restarts it if its process dies.
+
+    It runs on Ray's head node, beside the GCS, whose loss ends the Ray cluster
+    anyway (without GCS fault tolerance): so the coordinator never outlives the
+    head, its control folder is the head's, and a paused worker node cannot take a
+    coordinator down with it and leave a zombie behind (the generation fence of
+    :mod:`cluster.control.state` refuses one all the same)."""
     cls = ray.remote(CoordinatorService)
     return cls.options(
         name=COORDINATOR_NAME,
@@ -220,6 +246,7 @@ def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: fl
         max_restarts=-1,
         max_concurrency=8,
         num_cpus=0,
+        resources={HEAD_RESOURCE: 0.001},
     ).remote(
         data_dir=data_dir,
         settings=settings,

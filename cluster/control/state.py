@@ -3,12 +3,23 @@
 Written atomically (temp file, fsync, rename, fsync of the folder) before the
 coordinator acts on a decision, so a coordinator that dies at any point
 restarts from a marking that is at least as new as anything it did.
+
+Every write is fenced by the generation: a coordinator writes generation g+1
+only while the folder holds the g it loaded or last wrote, checked and written
+under one lock of the folder. A coordinator that was paused while a
+replacement took over (Ray restarts the actor when its node is declared dead)
+finds a newer generation when it resumes, and its write is refused
+(:class:`StaleCoordinator`): it can neither append to the journal nor save its
+stale marking.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +28,10 @@ from actors.store.files import write_atomic
 
 __all__ = [
     "ControlState",
+    "StaleCoordinator",
     "append_journal",
+    "check_current",
+    "commit",
     "load_state",
     "read_journal",
     "repair_journal",
@@ -62,8 +76,54 @@ def load_state(data_dir: Path) -> ControlState:
     )
 
 
+class StaleCoordinator(RuntimeError):
+    """The control folder holds a newer generation than this coordinator's: another
+    coordinator took over while this one was paused. Nothing was written."""
+
+
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """Hold the control folder's lock (``control/.lock``, flock) for one check-and-write."""
+    folder = state_path(data_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _persisted_generation(data_dir: Path) -> int:
+    path = state_path(data_dir)
+    if not path.exists():
+        return 0
+    return int(json.loads(path.read_text())["generation"])
+
+
+def check_current(data_dir: Path, state: ControlState) -> None:
+    """Raise :class:`StaleCoordinator` if the folder has moved past ``state``."""
+    persisted = _persisted_generation(data_dir)
+    if persisted != state.generation:
+        raise StaleCoordinator(
+            f"{state_path(data_dir)} is at generation {persisted}, this coordinator at "
+            f"{state.generation}: another coordinator took over"
+        )
+
+
+def commit(data_dir: Path, state: ControlState, event: dict[str, Any] | None = None) -> None:
+    """Save ``state`` (generation + 1) and journal ``event``, fenced by the generation:
+    refused with :class:`StaleCoordinator`, writing nothing, if the folder has moved past
+    the generation ``state`` holds."""
+    with _locked(data_dir):
+        check_current(data_dir, state)
+        save_state(data_dir, state)
+        if event is not None:
+            append_journal(data_dir, event)
+
+
 def save_state(data_dir: Path, state: ControlState) -> None:
-    """Persist ``state`` durably and atomically."""
+    """Persist ``state`` durably and atomically (unfenced: :func:`commit` fences)."""
     path = state_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     state.generation += 1
