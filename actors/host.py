@@ -74,7 +74,7 @@ from actors.routing import shard_of, unit_kind
 from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
 from actors.shard.outbox import Forward
 from actors.store.backup import UnitBackup, backup_target, checkpoint_unit
-from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed
+from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed, read_fence_epoch
 from actors.store.replica import (
     CopyState,
     FollowerCopy,
@@ -710,6 +710,15 @@ class UnitHost:
             os.replace(path, gone)
             shutil.rmtree(gone, ignore_errors=True)
         log.info("replica_dropped", shard=unit_id, node=self.node)
+
+    def unit_on_disk(self, unit_id: str) -> int | None:
+        """The fencing epoch of ``unit_id``'s database in this node's folder (its EPOCH
+        file), or None when there is no database there: whether a primary that was
+        fenced (falsely failed, or its node restarted) still has its copy."""
+        path = self.unit_path(unit_id)
+        if not (path / "CURRENT").exists():
+            return None
+        return read_fence_epoch(path)
 
     def replica_copies(self) -> dict[str, CopyState]:
         """The follower copies open on this host and where each stands."""

@@ -274,6 +274,10 @@ class RoutedHost(UnitHost):
         return super().replica_copies()
 
     @ray.method(concurrency_group=REPLICA_CONTROL_GROUP)
+    def unit_on_disk(self, unit_id: str) -> int | None:  # type: ignore[override]
+        return super().unit_on_disk(unit_id)
+
+    @ray.method(concurrency_group=REPLICA_CONTROL_GROUP)
     def set_replicas(self, unit_id: str, epoch: int, followers: dict[str, str]) -> None:  # type: ignore[override]
         super().set_replicas(unit_id, epoch, followers)
 

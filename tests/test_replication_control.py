@@ -186,6 +186,32 @@ def test_a_unit_without_an_in_sync_copy_is_lost_not_reopened_empty(
     assert not status["healthy"]
 
 
+def test_a_lost_unit_comes_back_from_its_fenced_primarys_own_copy(
+    cluster: InProcessCluster,
+) -> None:
+    """Both copies drop out (the primary only seemingly: it is cut off, not dead); the
+    unit is lost. When the primary's node answers again with its database, that copy has
+    every acknowledged batch, and the unit is restored from it, with its data."""
+    assert cluster.coordinator is not None
+    coordinator = cluster.coordinator
+    _create(cluster, "a1")
+    unit = cluster.router().shard("a1")
+    _top_ups(cluster, "a1", 3)
+    view = coordinator.replicas()[unit]
+    primary, (follower,) = view["primary"], view["isr"]
+    cut_off = cluster.remove_node(primary)
+    cluster.remove_node(follower)
+    wait(lambda: coordinator.routes().get(unit) == ("", 0), why=f"{unit} not lost")
+    cluster.hosts[primary] = cut_off  # it answers again, its disk intact
+    wait(lambda: coordinator.routes().get(unit, ("", 0))[0] == primary, why="not restored")
+    events = [e["event"] for e in read_journal(cluster.data_dir) if e.get("shard") == unit]
+    assert events[events.index("lose") :][:2] == ["lose", "restore"]
+    _top_ups(cluster, "a1", 1, start=3)  # acknowledged once a new follower is in sync
+    state = _run(cluster, unit, ops.GetAccount(account_id="a1"))
+    assert state.prepaid == 4_000_000
+    assert len(coordinator.replicas()[unit]["isr"]) == 1
+
+
 # -- the decisions alone, on markings -------------------------------------------------
 
 

@@ -196,6 +196,13 @@ class RayOps:
         if handle is not None:
             ray.get(handle.replica_drop.remote(unit_id), timeout=_OPEN_TIMEOUT_S)
 
+    def unit_on_disk(self, node: str, unit_id: str) -> int | None:
+        handle = self._hosts.get(node)
+        if handle is None:
+            raise UnitOpenError(f"{node}: no host")
+        found: int | None = ray.get(handle.unit_on_disk.remote(unit_id), timeout=_PIN_TIMEOUT_S)
+        return found
+
 
 _REPORT_WAIT_S = 0.3
 _ANSWERED_LATELY_S = 3.0

@@ -16,8 +16,12 @@ One round, in this order (docs/petri-net.md, "How the coordinator drives it"):
    followers are first told the fenced epoch. With no such follower the unit is
    ``lose``-t: an operator alert (``unit_lost`` at error level, the
    ``petribill_units_lost_total`` metric), and every call on it is refused with
-   UNAVAILABLE naming it as lost, until an operator restores a backup. It is
-   never reopened anywhere empty.
+   UNAVAILABLE naming it as lost. It is never reopened anywhere empty. If the
+   node of the fenced primary answers again *with that primary's database*
+   (a false failure, or a node restarted with its disk), that copy has every
+   acknowledged batch (a primary commits before it acknowledges, and no other
+   primary followed it), so the unit is ``restore``-d from it there, as Kafka
+   waits for its last in-sync leader; otherwise an operator restores a backup.
 2. **Followers on dead nodes** leave the in-sync set (``shrink_isr``) and are
    dropped (``replica_drop``): their disk may be gone with them. A node that
    comes back is an empty node for the units it followed; it gets copies again
@@ -94,6 +98,10 @@ class ReplicaOps(Protocol):
 
     def replica_drop(self, node: str, unit_id: str) -> None:
         """Delete the copy on ``node`` (for a drain that moves followers off a node)."""
+        ...
+
+    def unit_on_disk(self, node: str, unit_id: str) -> int | None:
+        """The EPOCH of ``unit_id``'s database on ``node``, None if it has none there."""
         ...
 
 
@@ -294,6 +302,10 @@ class ReplicaDriver:
         self._marking = marking
         self.reports: dict[str, dict[str, Any]] = {}
         self.reports_at = 0.0
+        # unit -> (node, epoch) of the primary fenced when the unit was lost: that copy
+        # has every acknowledged batch if its disk survived (kept in memory only: after
+        # a coordinator restart an operator restores a lost unit).
+        self._lost_from: dict[str, tuple[str, int]] = {}
 
     def _observe(self) -> None:
         try:
@@ -303,8 +315,10 @@ class ReplicaDriver:
             log.warning("replica_reports_failed", error=f"{type(exc).__name__}: {exc}")
 
     def failover(self) -> int:
-        """Step 1: promote or lose every fenced unit."""
-        fired = 0
+        """Step 1: promote or lose every fenced unit; restore a lost one from its fenced
+        primary's own copy once that node answers with it."""
+        fired = self._restore_from_fenced()
+        fenced = {u: (n, e) for u, n, e in self._marking().recovering()}
         for step in failover_steps(self._marking()):
             unit = str(step.binding["shard"])
             if step.transition == "promote":
@@ -312,6 +326,7 @@ class ReplicaDriver:
             if self._fire(step.transition, **step.binding):
                 fired += 1
                 if step.transition == "lose":
+                    self._lost_from[unit] = fenced[unit]
                     log.error(
                         "unit_lost",
                         shard=unit,
@@ -319,6 +334,33 @@ class ReplicaDriver:
                         detail="no in-sync copy on an alive node: restore it from a backup",
                     )
                     metrics.unit_lost(unit)
+        return fired
+
+    def _restore_from_fenced(self) -> int:
+        marking = self._marking()
+        status = _statuses(marking)
+        fired = 0
+        for unit in marking.lost():
+            found = self._lost_from.get(unit)
+            if found is None:
+                continue
+            node, epoch = found
+            if status.get(node) != NodeStatus.ALIVE or not self._ops.replica_ready(node):
+                continue
+            try:
+                on_disk = self._ops.unit_on_disk(node, unit)
+            except Exception as exc:
+                log.warning("unit_on_disk_failed", shard=unit, node=node, error=str(exc))
+                continue
+            if on_disk != epoch:
+                if on_disk is None:
+                    log.error("unit_copy_gone", shard=unit, node=node, epoch=epoch)
+                    del self._lost_from[unit]  # its disk is gone: an operator's restore
+                continue
+            if self._fire("restore", shard=unit, node=node):
+                fired += 1
+                del self._lost_from[unit]
+                log.warning("unit_restored_from_fenced_primary", shard=unit, node=node)
         return fired
 
     def _fence_followers(self, unit: str) -> None:
