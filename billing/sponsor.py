@@ -22,6 +22,10 @@ charging) both halves happen in one outcome; otherwise half 2 is a
 :class:`SponsoredUsage` in ``Effects.forwards``: an outbox entry the shard
 persists with the batch and delivers at least once to the sponsor's shard,
 which applies it with :func:`charge_sponsored` (a repeat is ``DUPLICATE``).
+A sponsor's half refused on the same shard (sponsor closed, another currency,
+a prepaid sponsor short of money under the offline policy ``reject``) becomes
+such a forward too, so every refusal ends in one place: the sponsor's shard
+keeps it as a ``sponsor_refused`` reject until it is reprocessed.
 """
 
 from __future__ import annotations
