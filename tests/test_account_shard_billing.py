@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from test_account_shard import open_shard
+from test_account_shard import open_shard, seed
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
 from actors.shard import ops
@@ -259,8 +259,8 @@ def test_sponsored_answers_carry_the_sponsor_price_also_on_replay(tmp_path: Path
     the subscriber's own lines stay zero-money."""
     tariff = FakeTariff(sponsors={"data.rg10": "S"})
     shard = open_shard(tmp_path / "a", 1, tariff=tariff)
-    near = SponsorRule(sponsor_account_id="E", rating_group=20)
-    gone = SponsorRule(sponsor_account_id="X", rating_group=30)
+    near = SponsorRule(rule_id="near", sponsor_account_id="E", rating_group=20)
+    gone = SponsorRule(rule_id="gone", sponsor_account_id="X", rating_group=30)
     subscriber = account("A", PaymentMode.PREPAID, msisdn="1", sponsor_rules=(near, gone))
     for rid, acct in (
         ("c1", subscriber),
@@ -286,4 +286,31 @@ def test_sponsored_answers_carry_the_sponsor_price_also_on_replay(tmp_path: Path
     assert again.sponsor_amounts == prices
     assert all(line.amount == 0 for line in shard.run(ops.UsagePage(account_id="A"))[0])
     assert shard.run(ops.Audit()).ok
+    shard.close()
+
+
+def test_an_unblock_also_ends_a_fraud_block(tmp_path: Path) -> None:
+    """A premium-call rule blocks the account; the operator's unblock makes it active and
+    clears the risk state's block, in one batch, with the reason in the notice."""
+    from actors.shard.risk import load_risk
+    from billing.fraud import FraudConfig
+
+    fraud = FraudConfig.from_mapping({"premium": {"premium_classes": ["voice.premium"]}})
+    shard = open_shard(tmp_path / "s", 1, fraud=fraud)
+    seed(shard, 1)
+    premium = rated("p1", 10, msisdn="490", usage_class="voice.premium")
+    shard.run(ops.ChargeBatch(items=[("A0", premium)], at_s=T0))
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
+    assert load_risk(shard.core, "A0").blocked
+    out = shard.run(
+        ops.SetStatus(
+            request_id="u1", account_id="A0", status=AccountStatus.ACTIVE, reason="checked",
+            at_s=T0 + 60,
+        )
+    )  # fmt: skip
+    assert out.result is Result.UPDATED and out.state.account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
+    assert not load_risk(shard.core, "A0").blocked
+    notes = shard.run(ops.ListNotifications(account_id="A0"))
+    assert notes[-1].kind is NotificationKind.ACCOUNT_UNBLOCKED
+    assert notes[-1].value("reason") == "checked"
     shard.close()

@@ -1,26 +1,48 @@
 """What the core does, reached through the API alone (issue #18): a client of real gateways
 on loopback over an in-process cluster, with exact amounts.
 
-Sponsored results that carry the sponsor's money.
+Sponsored results that carry the sponsor's money; sponsor rules per account and per
+subscriber number; block, unblock and close; the charging policies of conf/cluster.toml;
+money a reservation releases after a switch to postpaid.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
-from petribill.v1 import usage_pb2
+import structlog
+from click.testing import CliRunner
+from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
 from test_gateway_support import T_NOV, HookedBackend, LoopThread, running_gateways
 
 from actors.routing import shard_of
-from cluster.client import PetribillClient
+from cluster.cli.main import main
+from cluster.client import PetribillClient, PetribillError
 
 pytestmark = pytest.mark.timeout(60)
 
+Code = grpc.StatusCode
 SHARDS = 4  # the in-process cluster's
 CHARGED = usage_pb2.RECORD_STATUS_CHARGED
+REJECTED = usage_pb2.RECORD_STATUS_REJECTED
+UK = "447700900123"  # an SMS abroad: no bundle covers it
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -40,6 +62,17 @@ def ids_on(shard: str, prefix: str, count: int) -> list[str]:
 def ids_off(shard: str, prefix: str, count: int) -> list[str]:
     """``count`` account ids with ``prefix`` owned by a shard other than ``shard``."""
     return [aid for n in range(10_000) if shard_of(aid := f"{prefix}{n}", SHARDS) != shard][:count]
+
+
+def sms(record_id: str, msisdn: str, at_s: int = T_NOV) -> dict[str, Any]:
+    return {
+        "record_id": record_id,
+        "service": "sms",
+        "served_msisdn": msisdn,
+        "record_opening_time_s": at_s,
+        "called_number": UK,
+        "sms_count": 1,
+    }
 
 
 def video(record_id: str, msisdn: str, volume_bytes: int = 10_000_000) -> dict[str, Any]:
@@ -63,6 +96,18 @@ def postpaid(client: PetribillClient, account_id: str, msisdn: str, limit: str |
         account_id, "postpaid", plan_id="business", msisdns=[msisdn], credit_limit=limit,
         request_id=f"c-{account_id}",
     )  # fmt: skip
+
+
+def code_of(call: Any) -> grpc.StatusCode:
+    with pytest.raises(PetribillError) as failed:
+        call()
+    return failed.value.code
+
+
+def cli(address: str, *args: str) -> Any:
+    result = CliRunner().invoke(main, [*args, "--json", "--gateway", address])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 # --- sponsored results -------------------------------------------------------------------
@@ -96,3 +141,185 @@ def test_sponsored_results_carry_the_sponsor_money(served: Any) -> None:
         (line,) = client.list_usage(aid).lines
         assert (line.amount.micros, line.sponsored_by) == (0, sponsor)
         assert client.get_balance(aid).prepaid.micros == 50_000_000
+
+
+# --- sponsor rules --------------------------------------------------------------------------
+
+
+def test_sponsor_rules_per_subscriber_number_from_a_given_time(served: Any) -> None:
+    """A parent pays for one child's SMS from 10:00 on: that number's SMS from then on are
+    the parent's, at the rated price; the other number's and earlier ones stay the family's;
+    ended at 11:00, the child pays again. Retries are idempotent; mistakes are refused."""
+    _loop, _backend, address, client = served
+    kid, adult = "4915400000001", "4915400000002"
+    prepaid(client, "family", [adult, kid])
+    postpaid(client, "parent", "4915400000009")
+    start = T_NOV + 2400  # 10:00 UTC
+    rule = client.add_sponsor_rule(
+        "family", "parent", rule_id="kid-sms", msisdn=f"+{kid}", usage_classes=["sms.*"],
+        start_s=start, request_id="r-kid",
+    )  # fmt: skip
+    assert (rule.rule_id, rule.msisdn, rule.start_s, rule.end_s) == ("kid-sms", kid, start, 0)
+    again = client.add_sponsor_rule(
+        "family", "parent", rule_id="kid-sms", msisdn=f"+{kid}", usage_classes=["sms.*"],
+        start_s=start, request_id="r-kid",
+    )  # fmt: skip
+    assert again == rule
+    price = client.price_enquiry("smart", service="sms", units=1, called_number=UK).price.micros
+    assert price == 190_000
+    results = client.submit_usage(
+        [
+            sms("k:1", kid, start - 60),
+            sms("k:2", kid, start + 60),
+            sms("a:1", adult, start + 60),
+        ]
+    ).results
+    assert [(r.charged_account_id, r.amount.micros) for r in results] == [
+        ("family", price),
+        ("parent", price),
+        ("family", price),
+    ]
+    ended = client.end_sponsor_rule("family", "kid-sms", start + 3600, request_id="e-kid")
+    assert ended.end_s == start + 3600
+    later = client.submit_usage([sms("k:3", kid, start + 3600)]).results
+    assert later[0].charged_account_id == "family"
+    (listed,) = client.list_sponsor_rules("family").rules
+    assert listed == ended
+    assert client.get_balance("parent").unbilled.micros == price
+    assert cli(address, "sponsors", "list", "family")[0]["rule_id"] == "kid-sms"
+
+    add = client.add_sponsor_rule
+    assert code_of(lambda: add("family", "parent", rule_id="kid-sms")) is Code.ALREADY_EXISTS
+    assert code_of(lambda: add("family", "nobody", rule_id="x")) is Code.NOT_FOUND
+    assert code_of(lambda: add("family", "family", rule_id="x")) is Code.INVALID_ARGUMENT
+    assert code_of(lambda: add("family", "parent", msisdn="4999")) is Code.INVALID_ARGUMENT
+    assert code_of(lambda: add("family", "parent", rate_id="NOPE")) is Code.INVALID_ARGUMENT
+    end = client.end_sponsor_rule
+    assert code_of(lambda: end("family", "nope", start)) is Code.NOT_FOUND
+
+
+# --- account status ---------------------------------------------------------------------
+
+
+def test_block_unblock_and_close(served: Any) -> None:
+    """Blocked: online charges refused, offline usage charged; unblocked: online works
+    again; closed: usage is rejected account_closed and kept in the reject store, and the
+    account stays closed. Each change is notified once, with its reason."""
+    _loop, _backend, address, client = served
+    prepaid(client, "st", ["4915500000001"])
+    blocked = client.block_account("st", "chargeback under review", request_id="b1")
+    assert blocked.status == accounts_pb2.ACCOUNT_STATUS_BLOCKED
+    assert client.block_account("st", "again", request_id="b2").status == blocked.status
+    debit = lambda rid: client.direct_debit(  # noqa: E731
+        "st", service="content", content_item_id="news-day-pass", request_id=rid
+    )
+    assert code_of(lambda: debit("d1")) is Code.FAILED_PRECONDITION
+    (offline,) = client.submit_usage([sms("st:1", "4915500000001")]).results
+    assert (offline.status, offline.amount.micros) == (CHARGED, 190_000)
+
+    shown = cli(address, "accounts", "unblock", "st", "--reason", "cleared", "--request-id", "u1")
+    assert shown["status"] == "ACCOUNT_STATUS_ACTIVE"
+    assert debit("d2").charged.micros == 990_000
+
+    closed = client.close_account("st", "customer left", request_id="x1")
+    assert closed.status == accounts_pb2.ACCOUNT_STATUS_CLOSED
+    (refused,) = client.submit_usage([sms("st:2", "4915500000001")]).results
+    assert (refused.status, refused.reason) == (REJECTED, "account_closed")
+    listed = client.list_rejects(reason="account_closed").rejects
+    assert [r.record_id for r in listed] == ["st:2"]
+    assert code_of(lambda: client.unblock_account("st", request_id="u2")) is (
+        Code.FAILED_PRECONDITION
+    )
+    assert client.close_account("st", request_id="x2").status == closed.status
+    assert code_of(lambda: client.close_account("st", "other", request_id="x1")) is (
+        Code.ALREADY_EXISTS
+    )
+    kinds = notifications_pb2.NotificationKind
+    notes = [
+        (kinds.Name(n.kind), n.data["reason"])
+        for n in client.list_notifications("st").notifications
+        if n.subject.startswith("operator:")
+    ]
+    assert notes == [  # newest first
+        ("NOTIFICATION_KIND_ACCOUNT_CLOSED", "customer left"),
+        ("NOTIFICATION_KIND_ACCOUNT_UNBLOCKED", "cleared"),
+        ("NOTIFICATION_KIND_ACCOUNT_BLOCKED", "chargeback under review"),
+    ]
+
+
+# --- charging policies ------------------------------------------------------------------
+
+
+POLICIES = {"charging": {"offline_policy": "reject", "block_over_limit": True}}
+
+
+def test_policies_reject_offline_shortfall_and_block_over_limit() -> None:
+    """With [charging] offline_policy = "reject" and block_over_limit = true: a prepaid SMS
+    the balance cannot cover is rejected rejected_offline and charged once reprocessed after
+    a top-up; a postpaid call beyond the limit is charged over the limit and blocks the
+    account until an operator unblocks it; a prepaid sponsor short of money refuses its half
+    (sponsor_refused) and is charged exactly the answered amount once reprocessed."""
+    with running_gateways(settings=POLICIES) as (_loop, _backend, gateways):
+        client = PetribillClient([gateways[0].address], timeout_s=20)
+        prepaid(client, "short", ["4915600000001"], money="0.10")
+        (rejected,) = client.submit_usage([sms("p:1", "4915600000001")]).results
+        assert (rejected.status, rejected.reason) == (REJECTED, "rejected_offline")
+        client.top_up("short", "1", request_id="t2")
+        done = client.reprocess_rejects(["p:1"], request_id="rp1")
+        assert (done.reprocessed, done.charged) == (1, 1)
+        assert client.get_balance("short").prepaid.micros == 1_100_000 - 190_000
+
+        postpaid(client, "lim", "4915600000002", limit="1")
+        call = {
+            "record_id": "p:2", "service": "voice", "served_msisdn": "4915600000002",
+            "record_opening_time_s": T_NOV, "called_number": "4930123456", "duration_s": 60_000,
+        }  # fmt: skip
+        # The business plan's 1000 bundle minutes first, then 50 minutes at 0.03: 1.50.
+        (first,) = client.submit_usage([call]).results
+        assert first.status == CHARGED and first.amount.micros == 0
+        (over,) = client.submit_usage([{**call, "record_id": "p:2b", "duration_s": 3000}]).results
+        assert over.status == usage_pb2.RECORD_STATUS_CHARGED_OVER_LIMIT
+        assert client.get_account("lim").status == accounts_pb2.ACCOUNT_STATUS_BLOCKED
+        subjects = [n.subject for n in client.list_notifications("lim").notifications]
+        assert "credit_limit" in subjects
+        assert client.unblock_account("lim", "paid", request_id="u1").status == (
+            accounts_pb2.ACCOUNT_STATUS_ACTIVE
+        )
+
+        prepaid(client, "poor-sponsor", ["4915600000003"], money="0.01")
+        prepaid(client, "fan", ["4915600000004"])
+        client.add_sponsor_rule(
+            "fan", "poor-sponsor", usage_classes=["sms.*"], start_s=T_NOV - 3600, request_id="r1"
+        )
+        (sponsored,) = client.submit_usage([sms("p:3", "4915600000004")]).results
+        assert (sponsored.status, sponsored.charged_account_id) == (CHARGED, "poor-sponsor")
+        assert sponsored.amount.micros == 190_000
+        (kept,) = client.list_rejects(reason="sponsor_refused").rejects
+        assert kept.record_id == "p:3" and "rejected_offline" in kept.detail
+        client.top_up("poor-sponsor", "1", request_id="t3")
+        assert client.reprocess_rejects(["p:3"], request_id="rp2").charged == 1
+        assert client.get_balance("poor-sponsor").prepaid.micros == 1_010_000 - 190_000
+        assert client.get_balance("fan").prepaid.micros == 50_000_000
+        client.close()
+
+
+# --- release after a switch ---------------------------------------------------------------
+
+
+def test_money_released_after_a_switch_to_postpaid_is_credit(served: Any) -> None:
+    """A prepaid session holds money; the account switches to postpaid (its balance becomes
+    credit); terminating the session releases the unused hold to credit as well: prepaid
+    and reserved end at 0, and credit is what the account had less what the session cost."""
+    _loop, _backend, _address, client = served
+    prepaid(client, "sw", ["4915700000001"], money="1")
+    grant = client.charge_session(
+        "s1", "initial", account_id="sw", service="voice", called_number=UK, requested_units=600,
+        request_id="i1",
+    )  # fmt: skip
+    assert grant.reserved.micros > 0
+    client.switch_payment_mode("sw", "postpaid", request_id="sw1")
+    end = client.charge_session("s1", "terminate", account_id="sw", used_units=30, request_id="t1")
+    balance = client.get_balance("sw")
+    assert (balance.prepaid.micros, balance.reserved.micros) == (0, 0)
+    assert balance.credit.micros == 1_000_000 - end.charged.micros
+    assert end.charged.micros > 0

@@ -23,7 +23,7 @@ from petribill.v1 import (
 from actors.partition.codec import record_to_json
 from actors.partition.engine import RecordResult
 from actors.partition.rejects import RejectEntry
-from billing.accounts import AccountState, AccountStatus
+from billing.accounts import AccountState, AccountStatus, SponsorRule
 from billing.charging.batch import Charge, calendar_for
 from billing.invoice import Invoice
 from billing.notifications import Notification
@@ -39,6 +39,7 @@ __all__ = [
     "notification_to_proto",
     "record_result_to_proto",
     "reject_to_proto",
+    "sponsor_rule_to_proto",
     "usage_line_to_proto",
 ]
 
@@ -128,6 +129,23 @@ def account_to_proto(state: AccountState, catalogue: Catalogue, at_s: int) -> ac
     )
     if account.credit_limit is not None:
         answer.credit_limit.CopyFrom(money(account.credit_limit, account.currency))
+    return answer
+
+
+def sponsor_rule_to_proto(account_id: str, rule: SponsorRule) -> accounts_pb2.SponsorRule:
+    answer = accounts_pb2.SponsorRule(
+        rule_id=rule.rule_id,
+        account_id=account_id,
+        sponsor_account_id=rule.sponsor_account_id,
+        msisdn=rule.msisdn or "",
+        usage_classes=list(rule.usage_classes),
+        content_provider=rule.content_provider or "",
+        rate_id=rule.price_key or "",
+        start_s=rule.start_s,
+        end_s=rule.end_s or 0,
+    )
+    if rule.rating_group is not None:
+        answer.rating_group = rule.rating_group
     return answer
 
 
