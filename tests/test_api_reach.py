@@ -1,9 +1,10 @@
 """What the core does, reached through the API alone (issue #18): a client of real gateways
 on loopback over an in-process cluster, with exact amounts.
 
-Sponsored results that carry the sponsor's money; sponsor rules per account and per
-subscriber number; block, unblock and close; the charging policies of conf/cluster.toml;
-money a reservation releases after a switch to postpaid.
+Settlement per provider equal to the ledger's accruals; sponsored results that carry the
+sponsor's money; sponsor rules per account and per subscriber number; block, unblock and
+close; the charging policies of conf/cluster.toml; money a reservation releases after a
+switch to postpaid.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,9 +22,10 @@ import pytest
 import structlog
 from click.testing import CliRunner
 from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
-from test_gateway_support import T_NOV, HookedBackend, LoopThread, running_gateways
+from test_gateway_support import T_NOV, TARIFFS, HookedBackend, LoopThread, running_gateways
 
 from actors.routing import shard_of
+from actors.shard import ops
 from cluster.cli.main import main
 from cluster.client import PetribillClient, PetribillError
 
@@ -32,6 +36,7 @@ SHARDS = 4  # the in-process cluster's
 CHARGED = usage_pb2.RECORD_STATUS_CHARGED
 REJECTED = usage_pb2.RECORD_STATUS_REJECTED
 UK = "447700900123"  # an SMS abroad: no bundle covers it
+DEC = T_NOV + 40 * 86_400  # 2026-12-13
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +91,16 @@ def video(record_id: str, msisdn: str, volume_bytes: int = 10_000_000) -> dict[s
     }
 
 
+def content(record_id: str, msisdn: str, item: str, at_s: int = T_NOV) -> dict[str, Any]:
+    return {
+        "record_id": record_id,
+        "service": "content",
+        "served_msisdn": msisdn,
+        "record_opening_time_s": at_s,
+        "content_item_id": item,
+    }
+
+
 def prepaid(client: PetribillClient, account_id: str, msisdns: list[str], money: str = "50"):  # type: ignore[no-untyped-def]
     client.create_account(account_id, "prepaid", msisdns=msisdns, request_id=f"c-{account_id}")
     return client.top_up(account_id, money, request_id=f"t-{account_id}")
@@ -108,6 +123,101 @@ def cli(address: str, *args: str) -> Any:
     result = CliRunner().invoke(main, [*args, "--json", "--gateway", address])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+# --- settlement ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tariffs_with_thirds(tmp_path: Path) -> Path:
+    """The sample catalogue and one provider whose share leaves rounding: 33.3333 % of 0.33."""
+    folder = tmp_path / "tariffs"
+    shutil.copytree(TARIFFS, folder)
+    with (folder / "content.toml").open("a") as out:
+        out.write(
+            '\n[providers.tonewerk]\nname = "Tonewerk"\nshare_ppm = 333333\n'
+            '\n[content.tone-third]\nname = "A third of a tone"\nprovider = "tonewerk"\n'
+            'price = "0.33"\n'
+        )
+    return folder
+
+
+def test_settlement_per_provider_equals_the_ledger(tariffs_with_thirds: Path) -> None:
+    """Content bought on three shards, by usage records and a direct debit, in November and
+    December: GetSettlement answers each provider's purchases, revenue, share owed, operator
+    share and rounding to the micro-unit; the shares equal the op/provider accruals of every
+    shard's ledger, and `petribill settlement` prints the same report."""
+    with running_gateways(tariffs=tariffs_with_thirds) as (loop, backend, gateways):
+        client = PetribillClient([gateways[0].address], timeout_s=20)
+        buyers = [ids_on(f"acct-0{i}", "buyer-", 1)[0] for i in range(3)]
+        for n, aid in enumerate(buyers):
+            prepaid(client, aid, [f"4915200000{n}"])
+        m0, m1 = (f"4915200000{n}" for n in range(2))
+        answer = client.submit_usage(
+            [
+                content("c:1", m0, "tone-third"),
+                content("c:2", m0, "tone-third"),
+                content("c:3", m0, "news-month"),
+                content("c:4", m1, "tone-third"),
+                content("c:5", m1, "game-coins-500"),
+                content("c:6", m1, "tone-third", at_s=DEC),  # December
+            ]
+        )
+        assert {r.status for r in answer.results} == {CHARGED}
+        client.direct_debit(
+            buyers[2], service="content", content_item_id="news-day-pass", at_s=T_NOV
+        )
+
+        report = client.get_settlement("2026-11")
+        got = {
+            p.provider_id: (
+                p.purchases, p.revenue.micros, p.share_owed.micros, p.operator_share.micros,
+                p.rounding.micros,
+            )
+            for p in report.providers
+        }  # fmt: skip
+        assert got == {
+            # 1.99 at 70 %
+            "pixelforge": (1, 1_990_000, 1_393_000, 597_000, 0),
+            # 6.99 at 40 % (the item's own share) and 0.99 at 50 %
+            "tagesblick": (2, 7_980_000, 3_291_000, 4_689_000, 0),
+            # 3 x 0.33 at 33.3333 %: 3 x 0.109999 owed; 0.99 at once would owe 0.329999
+            "tonewerk": (3, 990_000, 329_997, 660_003, 2),
+        }
+        tones = next(p for p in report.providers if p.provider_id == "tonewerk")
+        assert tones.name == "Tonewerk" and tones.revenue.currency == "EUR"
+        assert [(i.item_id, i.purchases, i.rounding.micros) for i in tones.items] == [
+            ("tone-third", 3, 2)
+        ]
+        only = client.get_settlement("2026-11", "tagesblick").providers
+        assert [(p.provider_id, [i.item_id for i in p.items]) for p in only] == [
+            ("tagesblick", ["news-day-pass", "news-month"])
+        ]
+        december = client.get_settlement("2026-12").providers
+        assert [(p.provider_id, p.share_owed.micros) for p in december] == [("tonewerk", 109_999)]
+
+        # The ledger's accruals, summed over every shard by its own audit (an independent
+        # replay of the postings): op/provider/<p> holds exactly the shares reported.
+        audits = loop.run(
+            backend.cluster.run_each(backend.cluster.router.all_shards(), ops.Audit(), timeout_s=10)
+        )
+        accrued: dict[str, int] = {}
+        for audit in audits.values():
+            for name, amount in audit.op_balances.items():
+                accrued[name] = accrued.get(name, 0) + amount
+        for provider, (_, _, share, _, _) in got.items():
+            later = 109_999 if provider == "tonewerk" else 0
+            assert accrued[f"op/provider/{provider}"] == share + later
+
+        printed = cli(gateways[0].address, "settlement", "2026-11")
+        assert [p["provider_id"] for p in printed["providers"]] == sorted(got)
+        assert printed["providers"][2]["rounding"]["micros"] == 2
+        table = CliRunner().invoke(
+            main, ["settlement", "2026-11", "--gateway", gateways[0].address]
+        )
+        assert table.exit_code == 0 and "Tonewerk" in table.stdout
+        assert code_of(lambda: client.get_settlement("2026-13")) is Code.INVALID_ARGUMENT
+        client.close()
 
 
 # --- sponsored results -------------------------------------------------------------------

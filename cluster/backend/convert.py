@@ -28,6 +28,7 @@ from billing.charging.batch import Charge, calendar_for
 from billing.invoice import Invoice
 from billing.notifications import Notification
 from billing.outcome import Result
+from billing.settlement import ProviderSettlement
 from billing.sponsor import SponsoredUsage
 from billing.tariffs.model import Catalogue
 from cluster.wire import money, payment_mode_to_proto, service_to_proto
@@ -39,6 +40,7 @@ __all__ = [
     "notification_to_proto",
     "record_result_to_proto",
     "reject_to_proto",
+    "settlement_to_proto",
     "sponsor_rule_to_proto",
     "usage_line_to_proto",
 ]
@@ -150,6 +152,35 @@ def sponsor_rule_to_proto(account_id: str, rule: SponsorRule) -> accounts_pb2.Sp
 
 
 # -- billing and notifications ------------------------------------------------------
+
+
+def settlement_to_proto(
+    line: ProviderSettlement, catalogue: Catalogue
+) -> billing_pb2.ProviderSettlement:
+    """One provider's settlement; money in the line's currency."""
+    cur = line.currency
+    provider = catalogue.providers.get(line.provider)
+    return billing_pb2.ProviderSettlement(
+        provider_id=line.provider,
+        name=provider.name if provider is not None else "",
+        cycle_id=line.cycle_id,
+        purchases=line.count,
+        revenue=money(line.gross, cur),
+        share_owed=money(line.provider_share, cur),
+        operator_share=money(line.operator_share, cur),
+        rounding=money(line.rounding, cur),
+        items=[
+            billing_pb2.SettlementItem(
+                item_id=item.item_id,
+                purchases=item.count,
+                revenue=money(item.gross, cur),
+                share_owed=money(item.provider_share, cur),
+                operator_share=money(item.operator_share, cur),
+                rounding=money(item.rounding, cur),
+            )
+            for item in line.items
+        ],
+    )
 
 
 def invoice_to_proto(invoice: Invoice) -> billing_pb2.Invoice:

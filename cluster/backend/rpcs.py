@@ -49,7 +49,7 @@ from actors.shard import ops
 from actors.shard.ops import Applied
 from billing.accounts import AccountState, AccountStatus
 from cluster.api.errors import BackendError
-from cluster.backend import accounts, admin, billing, charging, sponsors, usage
+from cluster.backend import accounts, admin, billing, charging, settlement, sponsors, usage
 from cluster.backend.context import Cluster
 from cluster.backend.convert import account_to_proto, balance_to_proto
 from cluster.backend.status import raise_for
@@ -401,6 +401,12 @@ RPCS: Final[tuple[Rpc, ...]] = (
         roles=_BILLING,
         handler=billing.reverse_payment,
         account="account_id",
+    ),
+    # What providers are owed: the billing desk pays them, operators reconcile.
+    Rpc(
+        name="BillingService.GetSettlement",
+        roles=_BILLING | _OPERATOR,
+        handler=settlement.get_settlement,
     ),
     # --- TariffService -----------------------------------------------------------------------
     Rpc(name="TariffService.LoadTariffs", roles=_OPERATOR, handler=admin.load_tariffs),
