@@ -17,7 +17,9 @@ or ``account_closed``, subject ``operator:<request_id>``, data ``reason`` and
 is and no notification; the request is still marked, so its retry replays.
 Closing is final: a closed account refuses new usage (``account_closed``),
 online and offline, and any further status change; its balances, invoices
-and payments stay where they are.
+and payments stay where they are. Closing also ends the account's plan
+subscriptions at ``at_s`` (one that would start later never starts), so bill
+runs prorate the last fee to the close and charge none after it.
 
 Idempotent by ``request_id`` over the fields ``account``, ``content`` (the
 status asked for) and ``reason``: the same id with another status or reason
@@ -29,7 +31,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
-from billing.accounts import Account, AccountState, AccountStatus, Effects, Outcome, Result
+from billing.accounts import (
+    Account,
+    AccountState,
+    AccountStatus,
+    Effects,
+    Outcome,
+    Result,
+    Subscription,
+)
 from billing.charging.config import ChargingConfig, calendar_for
 from billing.idempotency import Mark, mark
 from billing.notifications import NotificationKind, make_notification
@@ -45,6 +55,15 @@ _KIND: Final = {
     AccountStatus.BLOCKED: NotificationKind.ACCOUNT_BLOCKED,
     AccountStatus.CLOSED: NotificationKind.ACCOUNT_CLOSED,
 }
+
+
+def _ended(subscriptions: tuple[Subscription, ...], at_s: int) -> tuple[Subscription, ...]:
+    """The subscriptions ending at ``at_s`` at the latest (an ended one keeps its end; one
+    starting later ends where it starts, so it never runs)."""
+    return tuple(
+        s if s.end_s is not None and s.end_s <= at_s else replace(s, end_s=max(at_s, s.start_s))
+        for s in subscriptions
+    )
 
 
 def change_status(
@@ -72,6 +91,8 @@ def change_status(
             result=Result.UPDATED, receipt=account, effects=Effects(explicit_marks=marks)
         )
     new_account = replace(account, status=status)
+    if status is AccountStatus.CLOSED:
+        new_account = replace(new_account, subscriptions=_ended(account.subscriptions, at_s))
     new = state.copy()
     new.account = new_account
     note = make_notification(

@@ -93,3 +93,36 @@ def test_a_retry_replays_and_another_reason_conflicts() -> None:
         )  # fmt: skip
         assert other.result is Result.EXISTS_WITH_DIFFERENT_CONTENT
     assert dict(stored.fields)["reason"] == "x" * 200
+
+
+def test_closing_ends_the_plan_so_the_last_fee_is_prorated_and_none_follows() -> None:
+    """Smart (9.99 a month) from 1 November, closed on 16 November 2026 (Berlin): the
+    November fee is 15 of 30 days, 5.00; December has none; a plan change scheduled for
+    December never starts."""
+    from pathlib import Path
+
+    from billing.accounts import Subscription
+    from billing.billrun.view import fee_periods
+    from billing.cycle import monthly_cycle
+    from billing.proration import prorate_periods
+    from billing.rating import load_catalogue
+
+    catalogue = load_catalogue(Path(__file__).resolve().parent.parent / "conf" / "tariffs")
+    nov, dec = (monthly_cycle(2026, m, "Europe/Berlin") for m in (11, 12))
+    smart = Subscription(plan_id="smart", start_s=nov.start_s, end_s=dec.start_s + 86_400)
+    later = Subscription(plan_id="business", start_s=dec.start_s + 86_400)
+    state = state_in(A)
+    state.account = replace(state.account, subscriptions=(smart, later))
+    closed_at = nov.start_s + 15 * 86_400
+    out = change_status(
+        request_id="x", state=state, status=C, reason="", at_s=closed_at, existing=None,
+        config=CONFIG,
+    )  # fmt: skip
+    ended = out.effects.accounts[0].account
+    assert [(s.start_s, s.end_s) for s in ended.subscriptions] == [
+        (nov.start_s, closed_at),
+        (later.start_s, later.start_s),
+    ]
+    (fee,) = prorate_periods(nov, fee_periods(ended, catalogue, nov))
+    assert fee.amount == 5_000_000
+    assert fee_periods(ended, catalogue, dec) == ()
