@@ -379,7 +379,9 @@ def test_policies_reject_offline_shortfall_and_block_over_limit() -> None:
         assert (done.reprocessed, done.charged) == (1, 1)
         assert client.get_balance("short").prepaid.micros == 1_100_000 - 190_000
 
-        postpaid(client, "lim", "4915600000002", limit="1")
+        postpaid(client, "lim", "4915600000002")
+        limited = cli(gateways[0].address, "accounts", "credit-limit", "lim", "1.00")
+        assert limited["credit_limit"]["micros"] == 1_000_000
         call = {
             "record_id": "p:2", "service": "voice", "served_msisdn": "4915600000002",
             "record_opening_time_s": T_NOV, "called_number": "4930123456", "duration_s": 60_000,
@@ -420,14 +422,15 @@ def test_money_released_after_a_switch_to_postpaid_is_credit(served: Any) -> Non
     """A prepaid session holds money; the account switches to postpaid (its balance becomes
     credit); terminating the session releases the unused hold to credit as well: prepaid
     and reserved end at 0, and credit is what the account had less what the session cost."""
-    _loop, _backend, _address, client = served
+    _loop, _backend, address, client = served
     prepaid(client, "sw", ["4915700000001"], money="1")
     grant = client.charge_session(
         "s1", "initial", account_id="sw", service="voice", called_number=UK, requested_units=600,
         request_id="i1",
     )  # fmt: skip
     assert grant.reserved.micros > 0
-    client.switch_payment_mode("sw", "postpaid", request_id="sw1")
+    switched = cli(address, "accounts", "switch", "sw", "postpaid", "--request-id", "sw1")
+    assert switched["payment_mode"] == "PAYMENT_MODE_POSTPAID"
     end = client.charge_session("s1", "terminate", account_id="sw", used_units=30, request_id="t1")
     balance = client.get_balance("sw")
     assert (balance.prepaid.micros, balance.reserved.micros) == (0, 0)

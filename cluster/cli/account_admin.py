@@ -1,8 +1,10 @@
-"""Client commands that change who may use an account and who pays for it.
+"""Client commands that change who may use an account, how it pays, and who pays for it.
 
 ``petribill accounts block|unblock|close ACCOUNT`` set the account's status
-(operator calls; docs/billing-rules.md, "Account status"), and ``petribill
-sponsors add|list|end`` manage an account's sponsor rules (backward billing).
+(operator calls; docs/billing-rules.md, "Account status"), ``petribill
+accounts switch ACCOUNT MODE`` and ``credit-limit ACCOUNT AMOUNT`` change how
+it pays (docs/billing-rules.md, "Switching payment mode", "Credit limit"), and
+``petribill sponsors add|list|end`` manage its sponsor rules (backward billing).
 They go through a gateway like every client command (``--gateway``, ``--data``,
 ``--json``; :mod:`cluster.cli.client`), and each write is idempotent by its
 ``--request-id`` (one is made up when none is given).
@@ -20,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cluster.cli.client import (
+    AMOUNT,
     WHEN,
     Session,
     accounts,
@@ -77,6 +80,36 @@ close = _status_command(
     "is closed",
     "Close ACCOUNT for good: new usage and online charges are refused account_closed.",
 )
+
+
+@accounts.command("switch")
+@click.argument("account_id", metavar="ACCOUNT")
+@click.argument("mode", type=click.Choice(["prepaid", "postpaid", "hybrid"]))
+@click.option("--at", "at_s", type=WHEN, default=None, help="When (default: now).")
+@request_id_option
+@cluster_command
+def switch(
+    s: Session, account_id: str, mode: str, at_s: int | None, request_id: str | None
+) -> None:
+    """Switch ACCOUNT to MODE, losing nothing (docs/billing-rules.md, "Switching")."""
+    account = s.client.switch_payment_mode(
+        account_id, mode, at_s or 0, request_id=request_id or f"switch-{uuid.uuid4().hex[:12]}"
+    )
+    s.emit(proto_json(account), lambda c: show_account(c, account))
+
+
+@accounts.command("credit-limit")
+@click.argument("account_id", metavar="ACCOUNT")
+@click.argument("amount", metavar="AMOUNT|none")
+@request_id_option
+@cluster_command
+def credit_limit(s: Session, account_id: str, amount: str, request_id: str | None) -> None:
+    """Set ACCOUNT's credit limit to AMOUNT (currency units), or none for no limit."""
+    limit = None if amount == "none" else AMOUNT.convert(amount, None, None)
+    account = s.client.set_credit_limit(
+        account_id, limit, request_id=request_id or f"limit-{uuid.uuid4().hex[:12]}"
+    )
+    s.emit(proto_json(account), lambda c: show_account(c, account))
 
 
 # --- sponsor rules -------------------------------------------------------------------------
