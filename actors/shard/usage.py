@@ -96,7 +96,7 @@ class ShardUsage:
             segments.append((indices, directory))
         work = Work(self.core, track_marks=len(segments) > 1)
         view, marks = AccountView(work), MarkView(work)
-        priced: dict[str, int] = {}
+        decided: list[Effects] = []
         for indices, directory in segments:
             out = charge_batch(
                 [items[i][1] for i in indices],
@@ -109,26 +109,31 @@ class ShardUsage:
                 offline=offline,
             )
             work.apply(out.effects, None)
-            _sponsor_prices(out.effects, priced)
+            decided.append(out.effects)
             for i, row in zip(indices, out.receipt or (), strict=True):
                 rows[i] = row if row.rated is None else without_rated(row)
         assess_batch(self.core, work, items, rows)  # fraud rules, in the same batch (shard_risk)
-        amounts = self._sponsor_amounts(work, rows, priced)  # type: ignore[arg-type]
+        amounts = self._sponsor_amounts(work, rows, decided)  # type: ignore[arg-type]
         work.commit()
         invariant(None not in rows, "one row per record")
         return ChargeBatchAnswer(rows, work.forwards, amounts)  # type: ignore[arg-type]
 
     def _sponsor_amounts(
-        self, work: Work, rows: list[Charge], priced: dict[str, int]
+        self, work: Work, rows: list[Charge], decided: list[Effects]
     ) -> dict[str, int]:
         """What the sponsor of each sponsored line of ``rows`` is charged: for a line
-        charged now the price this batch decided, staged under ``s/<record_id>`` in the
-        same batch; for a replayed one the price stored then (none for a line stored
-        before prices were kept: it answers 0, as it did then)."""
+        charged now the price this batch decided (``decided``: the batch's outcomes),
+        staged under ``s/<record_id>`` in the same batch; for a replayed one the price
+        stored then (none for a line stored before prices were kept: it answers 0, as it
+        did then)."""
+        sponsored = [row for row in rows if row.sponsored_by is not None]
+        if not sponsored:
+            return {}  # the common batch: one pass over its rows
+        priced: dict[str, int] = {}
+        for effects in decided:
+            _sponsor_prices(effects, priced)
         found: dict[str, int] = {}
-        for row in rows:
-            if row.sponsored_by is None:
-                continue
+        for row in sponsored:
             record_id = row.record_id
             if row.result is Result.SPONSORED:
                 amount = priced.get(record_id)
