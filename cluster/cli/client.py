@@ -343,7 +343,7 @@ def ingest(
 
 @click.group()
 def accounts() -> None:
-    """Create, show and load accounts; their usage."""
+    """Create, show and load accounts; their usage; block, unblock or close them."""
 
 
 @accounts.command("create")
