@@ -237,7 +237,7 @@ async def drain(
         raise BackendError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"the control net refused to drain {request.node_id!r} "
-            "(unknown, dead or already draining)",
+            "(unknown, dead or already draining, or no other alive node to take its units)",
         )
     return admin_pb2.OperationAnswer(
         request_id=request.request_id,
