@@ -179,7 +179,7 @@ class Auditor:
 
     def check_rejects(self) -> None:
         """Every malformed record is in the reject store, and every reject has a reason."""
-        rejects = self.client.list_rejects(limit=1_000_000).rejects
+        rejects = list(self.client.iter_rejects())
         reasons = {r.record_id: r.reason for r in rejects}
         for reject in rejects:
             if not reject.reason:

@@ -51,6 +51,7 @@ __all__ = [
     "BillRun",
     "ChangePlan",
     "ChargeBatch",
+    "CountRefusedForwards",
     "CreateAccount",
     "DirectDebit",
     "EndSponsorRule",
@@ -218,8 +219,22 @@ class PendingForwards(ShardOp[list[Forward]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CountRefusedForwards(ShardOp[int]):
+    """How many refused sponsor charges the shard keeps (a scan of ``x/``)."""
+
+    read: ClassVar[bool] = True
+
+    def apply(self, engine: AccountShard, env: Env) -> int:
+        return engine.usage.count_refused(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RefusedForwards(ShardOp[list[tuple[SponsoredUsage, Result]]]):
+    """Sponsor charges received here and refused, in store order, after the row key
+    ``after`` (:func:`actors.shard.usage.refused_key` of a page's last one)."""
+
     limit: int = 1000
+    after: bytes | None = None
 
     def apply(self, engine: AccountShard, env: Env) -> list[tuple[SponsoredUsage, Result]]:
         return engine.usage.refused_forwards(self)

@@ -20,7 +20,12 @@ from billing.invariant import invariant
 from billing.rated import RatedRecord
 from billing.sponsor import SponsoredUsage, charge_sponsored, resolve_sponsor
 
-__all__ = ["ChargeBatchAnswer", "ShardUsage"]
+__all__ = ["ChargeBatchAnswer", "ShardUsage", "refused_key"]
+
+
+def refused_key(usage: SponsoredUsage) -> bytes:
+    """The row of a refused sponsor charge (``x/<forward id>``): the cursor of a page."""
+    return prefixed(REFUSED_PREFIX, Forward.of(usage).forward_id)
 
 
 class ChargeBatchAnswer(list[Charge]):
@@ -175,7 +180,7 @@ class ShardUsage:
             )  # fmt: skip
             work.apply(out.effects, usage.sponsor_account_id)
             result = out.result
-        key = prefixed(REFUSED_PREFIX, forward.forward_id)
+        key = refused_key(usage)
         if result in CHARGED_RESULTS or result is Result.DUPLICATE:
             if self.core.store.get(key) is not None:
                 work.batch.delete(key)
@@ -222,10 +227,17 @@ class ShardUsage:
             self.core.store.commit(batch)
         return count
 
+    def count_refused(self, op: ops.CountRefusedForwards) -> int:
+        """How many refused sponsor charges this shard keeps."""
+        return sum(1 for _ in self.core.store.scan_prefix(REFUSED_PREFIX))
+
     def refused_forwards(self, op: ops.RefusedForwards) -> list[tuple[SponsoredUsage, Result]]:
         """Forwards received here that could not be charged, with their result."""
+        start = REFUSED_PREFIX if op.after is None else op.after + b"\x00"
         out: list[tuple[SponsoredUsage, Result]] = []
-        for _, raw in self.core.store.scan_prefix(REFUSED_PREFIX, limit=op.limit):
+        for key, raw in self.core.store.scan(start, limit=op.limit):
+            if not key.startswith(REFUSED_PREFIX):
+                break
             usage, result = decode_value(raw)
             out.append((usage, Result(result)))
         return out
