@@ -15,11 +15,23 @@ from actors.partition.engine import PartitionConfig, RatingPartition
 from actors.routing import unit_kind
 from actors.shard.engine import AccountShard
 from billing.bundles import CatalogueTariff
-from billing.charging.batch import ChargingConfig
+from billing.charging.config import ChargingConfig, OfflinePolicy
 from billing.fraud import FraudConfig
 from billing.rating import load_catalogue
 
-__all__ = ["engine_factory"]
+__all__ = ["charging_config", "engine_factory"]
+
+
+def charging_config(settings: dict[str, Any], tz: str) -> ChargingConfig:
+    """The charging policies of the ``[charging]`` table (validated by ``cluster.config``;
+    absent keys keep ``ChargingConfig``'s defaults). Cycles are calendar months in the
+    operator's time zone: the catalogue's, ``tz``."""
+    table = settings.get("charging") or {}
+    return ChargingConfig(
+        tz=tz,
+        offline_policy=OfflinePolicy(table.get("offline_policy", OfflinePolicy.DEBT.value)),
+        block_over_limit=bool(table.get("block_over_limit", False)),
+    )
 
 
 def engine_factory(settings: dict[str, Any]) -> EngineFactory:
@@ -30,8 +42,7 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
         shards=int(settings["shards"]), partitions=int(settings["partitions"])
     )
     cache_max = int(settings.get("cache_entries_max", 50_000))
-    # Cycles are calendar months in the operator's time zone: the catalogue's.
-    charging = ChargingConfig(tz=catalogue.timezone)
+    charging = charging_config(settings, catalogue.timezone)
     # The [fraud] table of the cluster config, validated there; no rule table: no rules run.
     fraud_table = settings.get("fraud")
     fraud = FraudConfig.from_mapping(fraud_table) if fraud_table else None

@@ -64,7 +64,6 @@ __all__ = [
     "create_account",
     "move_number",
     "set_credit_limit",
-    "set_status",
 ]
 
 
@@ -93,9 +92,12 @@ class SponsorRule:
     """A third party pays for part of this account's usage (backward billing).
 
     The rule covers a record when every criterion set matches: ``usage_classes``
-    (patterns like ``"data.*"``), ``rating_group``, ``content_provider``. The
-    sponsor is billed ``price_key``'s price for the units when set, else the
-    record's rated amount. See ``billing.sponsor``.
+    (patterns like ``"data.*"``), ``rating_group``, ``content_provider``, and
+    ``msisdn`` (one subscriber number of the account; ``None``: all of them).
+    It is valid for records that start in ``[start_s, end_s)``. The sponsor is
+    billed ``price_key``'s price for the units when set, else the record's rated
+    amount. ``rule_id`` names the rule within its account (to end it). See
+    ``billing.sponsor`` and ``billing.sponsor_rules``.
     """
 
     sponsor_account_id: str
@@ -105,6 +107,11 @@ class SponsorRule:
     price_key: str | None = None
     start_s: int = 0
     end_s: int | None = None
+    rule_id: str = ""
+    msisdn: str | None = None
+
+    def valid_at(self, t_s: int) -> bool:
+        return self.start_s <= t_s and (self.end_s is None or t_s < self.end_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,11 +359,3 @@ def move_number(
     if gained:
         numbers = (*numbers, msisdn)
     return _update(request_id, state, fields, existing, replace(state.account, msisdns=numbers))
-
-
-def set_status(
-    *, request_id: str, state: AccountState, status: AccountStatus, existing: Mark[Account] | None
-) -> Outcome[Account]:
-    """Block, unblock or close an account (idempotent by ``request_id``)."""
-    fields = {"account": state.account_id, "content": status.value}
-    return _update(request_id, state, fields, existing, replace(state.account, status=status))

@@ -15,7 +15,7 @@ from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.charging.config import ChargingConfig, OfflinePolicy
 from billing.notifications import Notification, NotificationKind, make_notification
 from billing.outcome import Result
-from billing.reminders import check_credit, check_debt, check_low_balance
+from billing.reminders import check_credit, check_debt, check_low_balance, reminder_key
 
 __all__ = ["post_money", "split_money"]
 
@@ -83,6 +83,11 @@ def post_money(
         and state.account.status is AccountStatus.ACTIVE
     ):
         state.account = replace(state.account, status=AccountStatus.BLOCKED)
+        # Each block is a crossing of its own: blocked again after an operator unblocked
+        # the account, it is told again (the next seq, so not the first notice's id).
+        key = reminder_key(cycle_id, NotificationKind.ACCOUNT_BLOCKED, "credit_limit")
+        seq = state.crossings.get(key, 0)
+        state.crossings[key] = seq + 1
         notes.append(
             make_notification(
                 NotificationKind.ACCOUNT_BLOCKED,
@@ -90,6 +95,7 @@ def post_money(
                 at_s=at_s,
                 cycle_id=cycle_id,
                 subject="credit_limit",
+                seq=seq,
                 data={"owed": state.owed()},
             )
         )

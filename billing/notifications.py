@@ -28,11 +28,13 @@ class NotificationKind(enum.StrEnum):
     BUNDLE_USAGE = "bundle_usage"  # a bundle reached a percentage of its allowance
     CREDIT_LIMIT = "credit_limit"  # postpaid exposure reached a percentage of the credit limit
     DEBT_POSTED = "debt_posted"  # offline usage a prepaid balance could not cover went to debt
-    ACCOUNT_BLOCKED = "account_blocked"  # the account was blocked (credit limit policy)
+    ACCOUNT_BLOCKED = "account_blocked"  # blocked: credit limit policy, fraud rule or operator
     FINAL_UNITS = "final_units"  # online session got its final unit indication
     INVOICE_ISSUED = "invoice_issued"  # emitted by the bill run
     PAYMENT_OVERDUE = "payment_overdue"  # emitted by write-off ageing
     FRAUD_ALERT = "fraud_alert"  # a fraud or risk rule with action "alert" fired (billing.fraud)
+    ACCOUNT_UNBLOCKED = "account_unblocked"  # an operator unblocked the account
+    ACCOUNT_CLOSED = "account_closed"  # an operator closed the account
 
 
 def notification_id(

@@ -93,6 +93,9 @@ class Result(enum.StrEnum):
     SAME_PLAN = "same_plan"  # plan change: the account is on that plan already
     BEFORE_PLAN_START = "before_plan_start"  # plan change dated at/before the current plan's start
     REJECTED_OFFLINE = "rejected_offline"  # offline policy "reject": record goes to the queue
+    SPONSOR_RULE_EXISTS = "sponsor_rule_exists"  # a rule id the account has already
+    UNKNOWN_SPONSOR_RULE = "unknown_sponsor_rule"  # ending a rule the account does not have
+    SPONSOR_RULES_FULL = "sponsor_rules_full"  # the account holds SPONSOR_RULES_MAX rules
 
 
 CHARGED_RESULTS = frozenset({Result.CHARGED, Result.CHARGED_TO_DEBT, Result.CHARGED_OVER_LIMIT})

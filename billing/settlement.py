@@ -17,17 +17,24 @@ outside this module.
 :func:`settlement_report` computes, per provider and cycle, the items sold with
 count, gross, provider share and operator share; :func:`reconcile` checks each
 provider's share against the ledger's ``content_share`` entries of the cycle,
-to the minor unit.
+to the minor unit. A cluster's report is the :func:`merge` of its shards'
+reports (each built from the shard's own ledger rows); :func:`with_rounding`
+adds what rounding each purchase's share down kept from the provider:
+``rounding`` = the item's revenue at its share rate, rounded down once, minus
+the share owed (the sum of the per-purchase shares), so ``0 <= rounding <
+purchases`` micro-units, and ``share + rounding`` is what one rounding of the
+whole revenue would owe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from billing.invariant import invariant
 from billing.ledger import Entry, EntryKind, Posting, op_key
 from billing.rated import RatedRecord
+from billing.rating import provider_share
 
 __all__ = [
     "CONTENT_REVENUE",
@@ -35,9 +42,11 @@ __all__ = [
     "ProviderSettlement",
     "build_report",
     "content_share_entry",
+    "merge",
     "provider_key",
     "reconcile",
     "settlement_report",
+    "with_rounding",
 ]
 
 CONTENT_REVENUE = op_key("revenue/content")
@@ -79,6 +88,7 @@ class ItemLine:
     count: int
     gross: int
     provider_share: int
+    rounding: int = 0
 
     @property
     def operator_share(self) -> int:
@@ -96,6 +106,7 @@ class ProviderSettlement:
     count: int
     gross: int
     provider_share: int
+    rounding: int = 0
 
     @property
     def operator_share(self) -> int:
@@ -147,6 +158,41 @@ def build_report(totals: ItemTotals, *, cycle_id: str) -> tuple[ProviderSettleme
             )
         )
     return tuple(report)
+
+
+def merge(reports: Iterable[Iterable[ProviderSettlement]]) -> tuple[ProviderSettlement, ...]:
+    """One report of several (one per shard) of one cycle: the lines of a provider,
+    currency and item added up, sorted as :func:`build_report` sorts."""
+    totals: dict[tuple[str, str], dict[str, list[int]]] = {}
+    cycles: set[str] = set()
+    for report in reports:
+        for line in report:
+            cycles.add(line.cycle_id)
+            items = totals.setdefault((line.provider, line.currency), {})
+            for item in line.items:
+                acc = items.setdefault(item.item_id, [0, 0, 0])
+                acc[0] += item.count
+                acc[1] += item.gross
+                acc[2] += item.provider_share
+    invariant(len(cycles) <= 1, f"merging reports of several cycles: {sorted(cycles)}")
+    return build_report(totals, cycle_id=next(iter(cycles), ""))
+
+
+def with_rounding(
+    report: Iterable[ProviderSettlement], share_ppm: Callable[[str], int | None]
+) -> tuple[ProviderSettlement, ...]:
+    """``report`` with each item's ``rounding`` (module docstring) at the share rate
+    ``share_ppm(item_id)`` gives; an item it does not know keeps rounding 0."""
+    out = []
+    for line in report:
+        items = []
+        for item in line.items:
+            ppm = share_ppm(item.item_id)
+            # One rounding of the whole revenue, by the very rule each purchase used.
+            rounding = 0 if ppm is None else provider_share(item.gross, ppm) - item.provider_share
+            items.append(replace(item, rounding=rounding))
+        out.append(replace(line, items=tuple(items), rounding=sum(i.rounding for i in items)))
+    return tuple(out)
 
 
 def reconcile(

@@ -3,11 +3,14 @@
 **Resolution** (:func:`resolve_sponsor`, pure): the subscriber's own
 ``SponsorRule``s first, in declaration order — a rule covers a record when
 it is valid at the record's start time and each criterion it sets matches
-(usage-class pattern, rating group, content provider) — then the catalogue's
-sponsors by usage class (``Catalogue.sponsor_for``). A rule that names the
-subscriber itself is ignored. The sponsor pays ``price_key``'s price for the
-record's units when the rule names one (a catalogue sponsor always does), else
-the record's rated amount.
+(usage-class pattern, rating group, content provider, the subscriber's
+number) — then the catalogue's sponsors by usage class
+(``Catalogue.sponsor_for``). A rule that names the subscriber itself is
+ignored. The sponsor pays ``price_key``'s price for the record's units when
+the rule names one (a catalogue sponsor always does), else the record's rated
+amount. That price is decided here, on the subscriber's side, once: it is the
+``amount`` of the :class:`SponsoredUsage`, what the record's answer reports as
+charged to the sponsor, and exactly what the sponsor's half posts.
 
 **Charging a sponsored record** is two idempotent halves:
 
@@ -22,6 +25,10 @@ charging) both halves happen in one outcome; otherwise half 2 is a
 :class:`SponsoredUsage` in ``Effects.forwards``: an outbox entry the shard
 persists with the batch and delivers at least once to the sponsor's shard,
 which applies it with :func:`charge_sponsored` (a repeat is ``DUPLICATE``).
+A sponsor's half refused on the same shard (sponsor closed, another currency,
+a prepaid sponsor short of money under the offline policy ``reject``) becomes
+such a forward too, so every refusal ends in one place: the sponsor's shard
+keeps it as a ``sponsor_refused`` reject until it is reprocessed.
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ def resolve_sponsor(account: Account, rated: RatedRecord, tariff: Tariff) -> Spo
     for rule in account.sponsor_rules:
         if rule.sponsor_account_id == account.account_id:
             continue
-        if not (rule.start_s <= t_s and (rule.end_s is None or t_s < rule.end_s)):
+        if not rule.valid_at(t_s):
+            continue
+        if rule.msisdn is not None and rule.msisdn != rated.record.served_msisdn:
             continue
         if rule.usage_classes and not any(
             class_matches(p, rated.usage_class) for p in rule.usage_classes

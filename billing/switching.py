@@ -15,6 +15,10 @@ books, so the sum of its books is unchanged:
 - **postpaid → hybrid**: nothing moves; the prepaid balance (zero until a
   top-up) is used first from now on.
 - Open reservations keep their funds and credit holds and settle under them.
+  Money a reservation releases later (update, terminate, expiry) goes to the
+  book of the mode the account has then: prepaid, or ``Book.CREDIT`` on an
+  account now postpaid, as the switch moved its prepaid balance
+  (``billing.ocs.reservations.release``).
 - A new ``credit_limit`` may come with the switch; switching to the current mode
   is ``SWITCHED`` with nothing moved. Closed accounts refuse.
 

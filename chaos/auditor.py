@@ -51,7 +51,6 @@ from cluster.control.state import journal_path, load_state
 __all__ = ["Audit", "Auditor", "audit_epochs", "audit_replicas", "unit_copies"]
 
 CYCLE: Final = "2026-11"
-_REJECTS_PAGE_MAX: Final = 1000
 # 2026-12-01 plus 4 days: past the 3-day grace, and not beyond the clock (a bill run may
 # not be dated in the future).
 BILL_AT_S: Final = 1_796_083_200 + 4 * 86_400
@@ -184,15 +183,7 @@ class Auditor:
 
     def check_rejects(self) -> None:
         """Every malformed record is in the reject store, and every reject has a reason."""
-        # A page holds at most 1000 (the request's bound); beyond that, ask per reason.
-        rejects = list(self.client.list_rejects(limit=_REJECTS_PAGE_MAX).rejects)
-        if len(rejects) >= _REJECTS_PAGE_MAX:
-            seen_reasons = {ack.reason for ack in self.acked.values() if ack.malformed}
-            found = {r.record_id: r for r in rejects}
-            for reason in sorted(r for r in seen_reasons if r):
-                page = self.client.list_rejects(limit=_REJECTS_PAGE_MAX, reason=reason).rejects
-                found.update((r.record_id, r) for r in page)
-            rejects = list(found.values())
+        rejects = list(self.client.iter_rejects())
         reasons = {r.record_id: r.reason for r in rejects}
         for reject in rejects:
             if not reject.reason:

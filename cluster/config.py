@@ -20,6 +20,7 @@ from billing.fraud import FraudConfig, FraudConfigError
 __all__ = [
     "DEFAULT_PATH",
     "BatchConfig",
+    "ChargingTable",
     "ClusterConfig",
     "ConfigError",
     "FraudTable",
@@ -237,6 +238,25 @@ _SECURITY_PATHS: tuple[str, ...] = (
 )
 
 
+class ChargingTable(_Section):
+    """``[charging]``: the operator's charging policies (``billing.charging.config``).
+
+    ``offline_policy``: what offline prepaid usage that the balance cannot cover
+    does: ``"debt"`` (the default: charged, the rest posted to debt, the usage
+    happened) or ``"reject"`` (refused ``rejected_offline`` and kept in the
+    reject store, to be reprocessed after a top-up). ``block_over_limit``:
+    offline usage beyond a postpaid credit limit is still charged, and with
+    ``true`` also blocks the account until an operator unblocks it.
+    """
+
+    offline_policy: Literal["debt", "reject"] = "debt"
+    block_over_limit: bool = False
+
+    def mapping(self) -> dict[str, Any]:
+        """The policies as plain values, for the settings that cross process boundaries."""
+        return self.model_dump()
+
+
 Action = Literal["alert", "block"]
 
 
@@ -309,6 +329,7 @@ class ClusterConfig(_Section):
     batch: BatchConfig = BatchConfig()
     limits: LimitsConfig = LimitsConfig()
     ray: RayConfig = RayConfig()
+    charging: ChargingTable = ChargingTable()
     fraud: FraudTable | None = None
     security: SecurityConfig = SecurityConfig()
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from test_account_shard import open_shard
+from test_account_shard import open_shard, seed
 from test_accounts import EUR, T0, FakeTariff, account, rated
 
 from actors.shard import ops
 from actors.shard.engine import AccountShard
 from actors.shard.outbox import Forward, group_by_shard
-from billing.accounts import PaymentMode, Result, SponsorRule
+from billing.accounts import AccountStatus, PaymentMode, Result, SponsorRule
 from billing.billrun.run import invoice_id_for
 from billing.cycle import DAY_S
 from billing.invoice import InvoiceStatus
@@ -251,3 +251,66 @@ def test_cross_shard_sponsor_is_stored_delivered_and_applied_once(tmp_path: Path
         report = shard.run(ops.Audit())
         assert report.ok, report.problems
         shard.close()
+
+
+def test_sponsored_answers_carry_the_sponsor_price_also_on_replay(tmp_path: Path) -> None:
+    """Each sponsored line's answer names the sponsor's price: same shard, cross shard, a
+    sponsor refusing on this shard; a resubmission after a reopen answers the same prices;
+    the subscriber's own lines stay zero-money."""
+    tariff = FakeTariff(sponsors={"data.rg10": "S"})
+    shard = open_shard(tmp_path / "a", 1, tariff=tariff)
+    near = SponsorRule(rule_id="near", sponsor_account_id="E", rating_group=20)
+    gone = SponsorRule(rule_id="gone", sponsor_account_id="X", rating_group=30)
+    subscriber = account("A", PaymentMode.PREPAID, msisdn="1", sponsor_rules=(near, gone))
+    for rid, acct in (
+        ("c1", subscriber),
+        ("c2", account("E", PaymentMode.POSTPAID, msisdn="2")),
+        ("c3", account("X", PaymentMode.POSTPAID, msisdn="3", status=AccountStatus.CLOSED)),
+    ):
+        shard.run(ops.CreateAccount(request_id=rid, account=acct))
+    items = [
+        ("A", rated("n1", 5000, msisdn="1", service=Service.DATA, rating_group=20)),
+        ("A", rated("f1", 100, msisdn="1", service=Service.DATA, usage_class="data.rg10")),
+        ("A", rated("x1", 700, msisdn="1", service=Service.DATA, rating_group=30)),
+    ]
+    answer = shard.run(ops.ChargeBatch(items=items, at_s=T0))
+    assert [r.result for r in answer] == [Result.SPONSORED] * 3
+    assert [r.amount for r in answer] == [0, 0, 0]
+    prices = {"n1": 5000, "f1": 200_000, "x1": 700}  # rated amount, sponsor rate, rated amount
+    assert answer.sponsor_amounts == prices
+    assert sorted(f.forward_id for f in answer.forwards) == ["sponsor:f1", "sponsor:x1"]
+    shard.close()
+    shard = open_shard(tmp_path / "a", 2, tariff=tariff)
+    again = shard.run(ops.ChargeBatch(items=items, at_s=T0 + 60))
+    assert [r.result for r in again] == [Result.DUPLICATE] * 3
+    assert again.sponsor_amounts == prices
+    assert all(line.amount == 0 for line in shard.run(ops.UsagePage(account_id="A"))[0])
+    assert shard.run(ops.Audit()).ok
+    shard.close()
+
+
+def test_an_unblock_also_ends_a_fraud_block(tmp_path: Path) -> None:
+    """A premium-call rule blocks the account; the operator's unblock makes it active and
+    clears the risk state's block, in one batch, with the reason in the notice."""
+    from actors.shard.risk import load_risk
+    from billing.fraud import FraudConfig
+
+    fraud = FraudConfig.from_mapping({"premium": {"premium_classes": ["voice.premium"]}})
+    shard = open_shard(tmp_path / "s", 1, fraud=fraud)
+    seed(shard, 1)
+    premium = rated("p1", 10, msisdn="490", usage_class="voice.premium")
+    shard.run(ops.ChargeBatch(items=[("A0", premium)], at_s=T0))
+    assert shard.run(ops.GetAccount(account_id="A0")).account.status is AccountStatus.BLOCKED  # type: ignore[union-attr]
+    assert load_risk(shard.core, "A0").blocked
+    out = shard.run(
+        ops.SetStatus(
+            request_id="u1", account_id="A0", status=AccountStatus.ACTIVE, reason="checked",
+            at_s=T0 + 60,
+        )
+    )  # fmt: skip
+    assert out.result is Result.UPDATED and out.state.account.status is AccountStatus.ACTIVE  # type: ignore[union-attr]
+    assert not load_risk(shard.core, "A0").blocked
+    notes = shard.run(ops.ListNotifications(account_id="A0"))
+    assert notes[-1].kind is NotificationKind.ACCOUNT_UNBLOCKED
+    assert notes[-1].value("reason") == "checked"
+    shard.close()

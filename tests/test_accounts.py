@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from billing.account_status import change_status
 from billing.accounts import (
     Account,
     AccountState,
@@ -14,7 +15,6 @@ from billing.accounts import (
     Result,
     create_account,
     set_credit_limit,
-    set_status,
 )
 from billing.bundles import Bundle, order_bundles
 from billing.charging.batch import ChargingConfig
@@ -207,7 +207,10 @@ def test_profile_changes_do_not_mutate_the_input_state() -> None:
     """Status and credit-limit changes return new states and leave the old one untouched."""
     world = World()
     state = world.add(account("A1", PaymentMode.POSTPAID, limit=10 * EUR))
-    blocked = set_status(request_id="b", state=state, status=AccountStatus.BLOCKED, existing=None)
+    blocked = change_status(
+        request_id="b", state=state, status=AccountStatus.BLOCKED, reason="", at_s=0,
+        existing=None, config=ChargingConfig(),
+    )  # fmt: skip
     assert blocked.result is Result.UPDATED
     assert blocked.effects.accounts[0].account.status is AccountStatus.BLOCKED
     assert state.account.status is AccountStatus.ACTIVE

@@ -119,8 +119,8 @@ class Books:
             unbilled=_money(self.unbilled.get(account_id, 0)),
         )
 
-    def list_rejects(self, limit: int) -> admin_pb2.ListRejectsResponse:
-        return admin_pb2.ListRejectsResponse(rejects=self.rejects[:limit])
+    def iter_rejects(self) -> list[admin_pb2.Reject]:
+        return self.rejects
 
     def reconcile(self) -> admin_pb2.ReconcileResponse:
         total = self.ledger_total

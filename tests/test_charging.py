@@ -130,6 +130,32 @@ def test_postpaid_over_limit_is_posted_flagged_and_can_block() -> None:
     world.check_books()
 
 
+def test_blocked_again_after_an_unblock_is_told_again() -> None:
+    """Unblocked by an operator and over the limit again in the same cycle, the account is
+    blocked again with a second notice (its own id), not silently."""
+    from billing.account_status import change_status
+
+    world = World(config=ChargingConfig(block_over_limit=True))
+    world.add(account("B", PaymentMode.POSTPAID, limit=EUR))
+    first = _charge(world, "B", rated("r1", 1100))
+    world.apply(
+        change_status(
+            request_id="u1", state=world.states["B"], status=AccountStatus.ACTIVE, reason="paid",
+            at_s=T0, existing=None, config=world.config,
+        )
+    )  # fmt: skip
+    assert world.states["B"].account.status is AccountStatus.ACTIVE
+    second = _charge(world, "B", rated("r2", 10))
+    assert world.states["B"].account.status is AccountStatus.BLOCKED
+    blocks = [
+        n.notification_id
+        for out in (first, second)
+        for n in out.effects.notifications
+        if n.kind is NotificationKind.ACCOUNT_BLOCKED
+    ]
+    assert len(blocks) == 2 and len(set(blocks)) == 2
+
+
 def test_hybrid_uses_prepaid_then_credit() -> None:
     """Hybrid with 0.20 prepaid and a 1.00 limit: a 0.50 call takes 0.20 + 0.30 unbilled."""
     world = World()

@@ -184,13 +184,29 @@ def test_pay_allocates_to_the_open_invoice(gateway: str) -> None:
 
 def test_rejects_list_shows_the_conflict(gateway: str) -> None:
     """`rejects list` shows the cluster's reject store, filtered by reason: the conflict,
-    and the lines no reader could read, by file and line."""
+    and the lines no reader could read, by file and line; pages of 2 follow each other
+    with nothing missed or repeated, and say how many there are in all."""
     listed = cli_json(gateway, "rejects", "list")
-    assert "pgw01:000030" in {r["record_id"] for r in listed}
-    malformed = cli_json(gateway, "rejects", "list", "--reason", "malformed")
+    assert "pgw01:000030" in {r["record_id"] for r in listed["rejects"]}
+    assert listed["total"] == len(listed["rejects"]) and not listed["next_page_token"]
+    malformed = cli_json(gateway, "rejects", "list", "--reason", "malformed")["rejects"]
     lines = {(Path(r["source_file"]).name, r["source_line"]) for r in malformed}
     assert {(name, n) for name, ns in READER_REJECTS.items() for n in ns} <= lines
-    assert cli_json(gateway, "rejects", "list", "--reason", "no_such_reason") == []
+    paged, token = [], ""
+    while True:
+        page = cli_json(
+            gateway, "rejects", "list", "--limit", "2", *(["--page", token] if token else [])
+        )
+        assert page["total"] == listed["total"] and len(page["rejects"]) <= 2
+        paged += page["rejects"]
+        token = page["next_page_token"]
+        if not token:
+            break
+    assert paged == listed["rejects"]
+    every = cli_json(gateway, "rejects", "list", "--limit", "3", "--all")
+    assert every["rejects"] == listed["rejects"]
+    nothing = cli_json(gateway, "rejects", "list", "--reason", "no_such_reason")
+    assert nothing == {"rejects": [], "total": 0, "next_page_token": ""}
 
 
 def test_reconcile_is_balanced(gateway: str) -> None:

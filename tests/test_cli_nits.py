@@ -36,11 +36,13 @@ def _printed(show: object, *args: object) -> str:
     return out.getvalue()
 
 
-def test_rejects_list_says_when_it_stopped_at_its_limit() -> None:
-    """A full page is "the first N (the limit; there may be more)", not "N rejects"."""
+def test_rejects_list_says_how_many_there_are_and_where_the_next_page_is() -> None:
+    """A page that is not the last says "N of M" and names the next page; the last says
+    how many there are in all."""
     found = [admin_pb2.Reject(record_id=f"r:{i}", reason="malformed") for i in range(3)]
-    assert "the first 3 rejects (the limit; there may be more)" in _printed(show_rejects, found, 3)
-    assert "3 rejects" in _printed(show_rejects, found, 100)
+    first = _printed(show_rejects, found, 15_033, "part-0/6c2f")
+    assert "3 of 15033 rejects" in first and "--page part-0/6c2f" in first
+    assert "3 rejects shown, 3 in all" in _printed(show_rejects, found, 3, "")
 
 
 def test_notifications_show_thresholds_in_currency_units() -> None:

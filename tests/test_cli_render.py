@@ -166,6 +166,7 @@ RENDERERS: dict[str, tuple[Callable[[render.Console], None], tuple[str, ...]]] =
                     source_line=7,
                 )
             ],
+            1,
         ),
         (RECORD, DETAIL, f"{FOLDER}/{FILE_NAME}:7"),
     ),
@@ -208,5 +209,5 @@ def test_every_value_is_printed_whole_in_40_columns(name: str) -> None:
 def test_what_fits_is_printed_as_narrow_as_before() -> None:
     """A table of short values is no wider than its values need: nothing is padded out."""
     reject = admin_pb2.Reject(record_id="a:1", reason="r", detail="d")
-    out = printed(lambda c: render.show_rejects(c, [reject]))
+    out = printed(lambda c: render.show_rejects(c, [reject], 1))
     assert "a:1" in out and max(map(len, out.splitlines())) <= 40, out

@@ -206,3 +206,16 @@ def test_a_bill_run_lock_left_behind_is_released_after_its_lease(tmp_path: Path)
     coordinator.lock_lease_s = 0.0
     coordinator.reconcile()
     assert not coordinator.marking.locks_held()
+
+
+def test_the_only_alive_node_is_not_drained(tmp_path: Path) -> None:
+    """Draining the one alive node is refused (its units have nowhere to go); with a
+    second node up the same drain is accepted."""
+    nodes = Nodes("n1")
+    coordinator = Coordinator(data_dir=tmp_path, shards=2, partitions=1, ops=nodes)
+    coordinator.reconcile()
+    assert not coordinator.drain("n1")
+    assert dict(coordinator.marking.nodes())["n1"] == "alive"
+    nodes.up["n2"] = "ray-n2"
+    coordinator.reconcile()
+    assert coordinator.drain("n1")

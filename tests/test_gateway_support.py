@@ -122,10 +122,11 @@ def in_process_backend(data_dir: str) -> Backend:
 
 
 @contextmanager
-def in_process_cluster(**options: Any) -> Iterator[InProcessCluster]:
-    """A cluster of real engines on RocksDB in a temp folder, in this process."""
+def in_process_cluster(tariffs: Path = TARIFFS, **options: Any) -> Iterator[InProcessCluster]:
+    """A cluster of real engines on RocksDB in a temp folder, in this process, rating with
+    the catalogue in ``tariffs`` (``options``: those of ``InProcessCluster``)."""
     with tempfile.TemporaryDirectory(prefix="pbgw") as folder:
-        cluster = InProcessCluster(Path(folder) / "data", TARIFFS, **options).start()
+        cluster = InProcessCluster(Path(folder) / "data", tariffs, **options).start()
         try:
             yield cluster
         finally:
@@ -139,12 +140,14 @@ def running_gateways(
     limits: GatewayLimits | None = None,
     security: SecuritySettings | None = None,
     settings: dict[str, Any] | None = None,
+    tariffs: Path = TARIFFS,
 ) -> Iterator[tuple[LoopThread, HookedBackend, list[Gateway]]]:
     """``count`` gateways on free loopback ports sharing one backend over an in-process
-    cluster (with ``settings``, e.g. its backup root), guarded by ``security`` (tokens,
-    TLS, audit); all stopped afterwards."""
+    cluster (with ``settings``, e.g. its backup root or its charging policies, rating
+    with the catalogue in ``tariffs``), guarded by ``security`` (tokens, TLS, audit);
+    all stopped afterwards."""
     loop = LoopThread()
-    with in_process_cluster(settings=settings) as cluster:
+    with in_process_cluster(tariffs, settings=settings) as cluster:
         backend = HookedBackend(cluster)
         gateways = [
             Gateway(backend, "127.0.0.1", 0, limits, security=security) for _ in range(count)

@@ -7,13 +7,16 @@ from hypothesis import strategies as st
 
 from billing.ledger import Ledger, op_key
 from billing.rated import RatedRecord
+from billing.rating import provider_share
 from billing.records import Service, UsageRecord
 from billing.settlement import (
     CONTENT_REVENUE,
     content_share_entry,
+    merge,
     provider_key,
     reconcile,
     settlement_report,
+    with_rounding,
 )
 
 
@@ -123,3 +126,51 @@ def test_report_reconciles_with_ledger(rows: list[tuple[str, str, int, int]]) ->
         assert line.provider_share + line.operator_share == line.gross
     assert sum(line.gross for line in report) == sum(r.amount for r in rated)
     assert ledger.total() == 0
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["p1", "p2"]),
+            st.sampled_from(["i1", "i2"]),
+            st.integers(0, 10**8),
+            st.integers(1, 999_999),
+        ),
+        max_size=40,
+    )
+)
+def test_merged_shard_reports_equal_one_report_of_all(
+    rows: list[tuple[int, str, str, int, int]],
+) -> None:
+    """Reports made per shard and merged equal the report of all purchases at once."""
+    by_shard: dict[int, list[RatedRecord]] = {}
+    every = []
+    for n, (shard, p, item, amount, ppm) in enumerate(rows):
+        bought = purchase(n, item, amount, provider_share(amount, ppm), provider=p)
+        by_shard.setdefault(shard, []).append(bought)
+        every.append(bought)
+    merged = merge(settlement_report(r, cycle_id="c") for r in by_shard.values())
+    assert merged == settlement_report(every, cycle_id="c")
+
+
+@given(st.lists(st.integers(1, 10**7), min_size=1, max_size=30), st.integers(0, 1_000_000))
+def test_rounding_is_what_rounding_each_share_down_kept(prices: list[int], ppm: int) -> None:
+    """Share owed plus rounding is the share of the whole revenue rounded once, and the
+    rounding is below one micro-unit per purchase."""
+    bought = [purchase(n, "i", p, provider_share(p, ppm)) for n, p in enumerate(prices)]
+    (line,) = with_rounding(settlement_report(bought, cycle_id="c"), {"i": ppm}.get)
+    (item,) = line.items
+    assert line.rounding == item.rounding
+    assert item.provider_share + item.rounding == sum(prices) * ppm // 1_000_000
+    assert 0 <= item.rounding < item.count
+
+
+def test_rounding_of_three_thirds() -> None:
+    """Three purchases of 0.33 at 33.3333 %: each owes 0.109999, together 0.329997; one
+    rounding of 0.99 would owe 0.329999, so the rounding is 0.000002."""
+    bought = [purchase(n, "tone", 330_000, provider_share(330_000, 333_333)) for n in range(3)]
+    (line,) = with_rounding(settlement_report(bought, cycle_id="c"), {"tone": 333_333}.get)
+    assert (line.provider_share, line.rounding) == (329_997, 2)
+    (unknown,) = with_rounding(settlement_report(bought, cycle_id="c"), {}.get)
+    assert unknown.rounding == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from test_accounts import EUR, T0, FakeTariff, World, account, rated
 from test_charging import _charge
 
-from billing.accounts import AccountState, PaymentMode, Result, SponsorRule
+from billing.accounts import AccountState, AccountStatus, PaymentMode, Result, SponsorRule
 from billing.charging.batch import charge
 from billing.records import Service
 from billing.sponsor import charge_sponsored
@@ -57,3 +57,20 @@ def test_cross_shard_sponsor_is_forwarded_and_idempotent() -> None:
     assert again.result is Result.DUPLICATE
     assert world.states["S"].unbilled == -200 * 1000  # sponsor price 0.002 per unit
     world.check_books()
+
+
+def test_a_sponsor_refusing_on_the_same_shard_is_forwarded_not_lost() -> None:
+    """A closed sponsor on the subscriber's own shard refuses its half: the half becomes a
+    forward (kept as sponsor_refused where it is applied), at the price decided here."""
+    world = World(tariff=FakeTariff(sponsors={"data.rg10": "S"}))
+    world.add(account("A", PaymentMode.PREPAID), prepaid=EUR)
+    world.add(account("S", PaymentMode.POSTPAID, msisdn="000", status=AccountStatus.CLOSED))
+    r = rated("r1", 100, service=Service.DATA, usage_class="data.rg10")
+    out = charge(
+        world.states["A"], r, marks=world.marks, tariff=world.tariff, config=world.config,
+        at_s=T0, others={"S": world.states["S"]},
+    )  # fmt: skip
+    assert out.result is Result.SPONSORED
+    (usage,) = out.effects.forwards
+    assert (usage.sponsor_account_id, usage.amount) == ("S", 200 * 1000)
+    assert all(row.sponsor_of is None for row in out.effects.charges)  # nothing charged to S

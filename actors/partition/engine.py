@@ -419,9 +419,12 @@ class RatingPartition:
     def sources(self) -> list[str]:
         return sorted(self._sources)
 
-    def list_rejects(self, limit: int, reason: str | None = None) -> list[RejectEntry]:
-        """Up to ``limit`` stored rejects, optionally of one ``reason``."""
-        return self.rejects.list(limit, reason=reason)
+    def list_rejects(
+        self, limit: int, reason: str | None = None, after: bytes | None = None
+    ) -> list[RejectEntry]:
+        """Up to ``limit`` stored rejects in store order, optionally of one ``reason``,
+        after the row key ``after``."""
+        return self.rejects.list(limit, reason=reason, after=after)
 
 
 class _ClaimsHere:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChangeSubscriberPlan",
     "ClaimIds",
+    "CountRejects",
     "Counters",
     "GetSubscriber",
     "ListRejects",
@@ -185,10 +186,23 @@ class Counters(PartitionOp[Reconciliation]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListRejects(PartitionOp[list["RejectEntry"]]):
-    """Up to ``limit`` stored rejects, optionally of one ``reason``."""
+    """Up to ``limit`` stored rejects in store order, optionally of one ``reason``, after
+    the row key ``after`` (a page's last ``RejectEntry.store_key()``)."""
 
     limit: int
     reason: str | None = None
+    after: bytes | None = None
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RejectEntry]:
-        return engine.list_rejects(self.limit, reason=self.reason)
+        return engine.list_rejects(self.limit, reason=self.reason, after=self.after)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CountRejects(PartitionOp[int]):
+    """How many stored rejects there are, optionally of one ``reason`` (a full scan)."""
+
+    reason: str | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> int:
+        counts = engine.rejects.counts_by_reason()
+        return sum(counts.values()) if self.reason is None else counts.get(self.reason, 0)

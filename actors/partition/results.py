@@ -77,10 +77,12 @@ class RecordResult(NamedTuple):
     dataclass because one is built per record on the hot path (~10x cheaper).
 
     ``amount`` is micro-units charged to ``charged_account_id`` (0 when a
-    bundle covered it, and for the subscriber's line of sponsored usage);
-    ``billed_units`` are the rated units after increments. ``replay``: this is
-    a repeat of a record charged before, answered with its stored result
-    (status and amount as first decided); nothing was charged again.
+    bundle covered it); for sponsored usage that account is the sponsor and the
+    amount is the sponsor's price for the record, as the subscriber's shard
+    decided it (the subscriber's own line is zero-money). ``billed_units`` are
+    the rated units after increments. ``replay``: this is a repeat of a record
+    charged before, answered with its stored result (status and amount as first
+    decided); nothing was charged again.
     """
 
     record_id: str
@@ -196,7 +198,9 @@ def conflict(rated: RatedRecord, field: str, account_id: str) -> Settled:
     return result, REJECTED, RejectKind.CONFLICT, field
 
 
-def from_shard(rated: RatedRecord, answer: ShardResult) -> Settled:
+def from_shard(rated: RatedRecord, answer: ShardResult, sponsor_amount: int = 0) -> Settled:
+    """The outcome of ``rated`` from its shard's ``answer``; ``sponsor_amount`` is what the
+    sponsor of a sponsored line is charged (the shard's ``sponsor_amounts``)."""
     record_id = rated.record.record_id
     invariant(answer.record_id == record_id, f"shard answered {answer.record_id} for {record_id}")
     code = answer.result
@@ -213,7 +217,7 @@ def from_shard(rated: RatedRecord, answer: ShardResult) -> Settled:
             status,
             "",
             f"sponsored by {sponsor}" if sponsor else "",
-            answer.amount,
+            sponsor_amount if sponsor else answer.amount,
             sponsor or answer.account_id,
             rated.billed_units,
             answer.bundle_units,

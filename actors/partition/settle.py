@@ -114,6 +114,8 @@ def settle(
                 out[i] = (result, None, None, None)
             continue
         invariant(len(answers) == len(items), f"{shard} answered {len(answers)}/{len(items)}")
+        # What the sponsors of sponsored records are charged (actors.shard.usage).
+        sponsor_amounts: dict[str, int] = getattr(answers, "sponsor_amounts", None) or {}
         charged, rated_kind, status = Result.CHARGED, RATED, RecordStatus.CHARGED
         new_result = tuple.__new__  # RecordResult(...) without its Python-level __new__
         for (_, rated), i, answer in zip(items, indices, answers, strict=True):
@@ -140,7 +142,7 @@ def settle(
                 )
                 out[i] = (result, rated_kind, None, None)
             else:
-                out[i] = from_shard(rated, answer)
+                out[i] = from_shard(rated, answer, sponsor_amounts.get(record_id, 0))
     return out  # type: ignore[return-value]
 
 

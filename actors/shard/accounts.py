@@ -7,20 +7,24 @@ from actors.shard import ops
 from actors.shard.core import ShardCore
 from actors.shard.keys import RESERVATION_PREFIX, key_after, prefix_end
 from actors.shard.ops import Applied
+from actors.shard.risk import encode_risk, load_risk, risk_key
 from actors.shard.work import Work
 from actors.store.codec import decode_u64
+from billing.account_status import change_status
 from billing.accounts import (
     Account,
+    AccountStatus,
     Outcome,
     Result,
+    SponsorRule,
     create_account,
     move_number,
     set_credit_limit,
-    set_status,
 )
 from billing.billrun.run import billing_account, interim_invoice
 from billing.charging.batch import TopUp, top_up
 from billing.cycle import cycle_containing
+from billing.fraud import unblock
 from billing.ocs.session import (
     BalanceView,
     Grant,
@@ -33,6 +37,7 @@ from billing.ocs.session import (
     session_update,
 )
 from billing.plan_change import change_plan
+from billing.sponsor_rules import add_sponsor_rule, end_sponsor_rule
 from billing.switching import Switch, switch_mode
 
 __all__ = ["ShardAccounts"]
@@ -84,15 +89,48 @@ class ShardAccounts:
         )
 
     def set_status(self, op: ops.SetStatus) -> Applied[Account]:
+        """Block, unblock or close (``billing.account_status``); an unblock also clears
+        the fraud rules' block of the account's risk state, in the same batch."""
+        core = self.core
+        work = Work(core)
+        state = work.state(op.account_id)
+        if state is None:
+            return Applied(Outcome(result=Result.UNKNOWN_ACCOUNT), None)
+        out = change_status(
+            request_id=op.request_id, state=state, status=op.status, reason=op.reason,
+            at_s=op.at_s, existing=work.mark(op.request_id), config=core.charging,
+        )  # fmt: skip
+        work.apply(out.effects, op.account_id)
+        if out.effects.accounts and op.status is AccountStatus.ACTIVE:
+            self._clear_fraud_block(work, op.account_id)
+        work.commit()
+        return Applied(out, work.state(op.account_id))
+
+    def _clear_fraud_block(self, work: Work, account_id: str) -> None:
+        """An operator's unblock also ends a fraud rule's block (``billing.fraud.unblock``)."""
+        row = work.rows[account_id]
+        risk = row.risk if row.risk is not None else load_risk(self.core, account_id)
+        if risk.blocked:
+            row.risk = unblock(risk)
+            work.batch.put_data(risk_key(account_id), encode_risk(row.risk, work.pack))
+
+    def add_sponsor_rule(self, op: ops.AddSponsorRule) -> Applied[SponsorRule]:
         return self.core.single(
             op.account_id,
-            lambda work, state: set_status(
-                request_id=op.request_id,
-                state=state,
-                status=op.status,
-                existing=work.mark(op.request_id),
+            lambda work, state: add_sponsor_rule(
+                request_id=op.request_id, state=state, rule=op.rule,
+                existing=work.mark(op.request_id), at_from_clock=op.at_from_clock,
             ),
-        )
+        )  # fmt: skip
+
+    def end_sponsor_rule(self, op: ops.EndSponsorRule) -> Applied[SponsorRule]:
+        return self.core.single(
+            op.account_id,
+            lambda work, state: end_sponsor_rule(
+                request_id=op.request_id, state=state, rule_id=op.rule_id, end_s=op.end_s,
+                existing=work.mark(op.request_id), at_from_clock=op.at_from_clock,
+            ),
+        )  # fmt: skip
 
     def change_plan(self, op: ops.ChangePlan) -> Applied[Account]:
         """Move the account to ``plan_id`` from ``at_s`` on (``billing.plan_change``), the

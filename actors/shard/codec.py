@@ -16,6 +16,8 @@ one kind; ids are UTF-8 without NUL, sequence numbers u64 big-endian)::
     r/<account>                        -> u64 next reservation due time (expiry index)
     f/<forward id>                     outbox: a sponsor charge for another shard
     x/<forward id>                     forwards this shard received and had to refuse
+    s/<record id>                      -> u64 what the sponsor of a sponsored record is
+                                       charged (the record's answered amount)
     k/<account>                        fraud risk state (:mod:`actors.shard.risk`; only
                                        written when the shard has a fraud config)
     c/<name>                           shard counters (u64), e.g. c/notifications

@@ -15,6 +15,7 @@ A prefix scan visits exactly one kind of row, and the kinds sort apart::
     r/<account>                      earliest reservation expiry of the account
     f/<forward id>                   outbox: a sponsor charge for another shard
     x/<forward id>                   a sponsor charge this shard refused
+    s/<record id>                    what a sponsored record's sponsor is charged (u64)
     k/<account>                      fraud risk state
     c/notifications                  notification sequence counter
     m/...                            store metadata (actors.store.codec: epoch, write log)
@@ -46,6 +47,7 @@ __all__ = [
     "REFUSED_PREFIX",
     "RESERVATION_PREFIX",
     "RISK_PREFIX",
+    "SPONSOR_AMOUNT_PREFIX",
     "account_key",
     "idempotency_key",
     "key_after",
@@ -71,6 +73,7 @@ RESERVATION_PREFIX: Final = b"r/"
 OUTBOX_PREFIX: Final = b"f/"
 REFUSED_PREFIX: Final = b"x/"
 RISK_PREFIX: Final = b"k/"
+SPONSOR_AMOUNT_PREFIX: Final = b"s/"
 NOTIFICATION_SEQ_KEY: Final = b"c/notifications"
 
 

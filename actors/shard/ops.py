@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from actors.op import Env, Op, R
 from actors.shard.outbox import Forward
-from billing.accounts import Account, AccountState, AccountStatus, Outcome, Result
+from billing.accounts import Account, AccountState, AccountStatus, Outcome, Result, SponsorRule
 from billing.billrun.run import ExtraCharge
 from billing.charging.batch import Charge
 from billing.invoice import Invoice
@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 __all__ = [
     "AckForwards",
+    "AddSponsorRule",
     "AgeInvoices",
     "Applied",
     "ApplyForwards",
@@ -50,8 +51,10 @@ __all__ = [
     "BillRun",
     "ChangePlan",
     "ChargeBatch",
+    "CountRefusedForwards",
     "CreateAccount",
     "DirectDebit",
+    "EndSponsorRule",
     "ExpireReservations",
     "GetAccount",
     "GetInvoice",
@@ -216,8 +219,22 @@ class PendingForwards(ShardOp[list[Forward]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CountRefusedForwards(ShardOp[int]):
+    """How many refused sponsor charges the shard keeps (a scan of ``x/``)."""
+
+    read: ClassVar[bool] = True
+
+    def apply(self, engine: AccountShard, env: Env) -> int:
+        return engine.usage.count_refused(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RefusedForwards(ShardOp[list[tuple[SponsoredUsage, Result]]]):
+    """Sponsor charges received here and refused, in store order, after the row key
+    ``after`` (:func:`actors.shard.usage.refused_key` of a page's last one)."""
+
     limit: int = 1000
+    after: bytes | None = None
 
     def apply(self, engine: AccountShard, env: Env) -> list[tuple[SponsoredUsage, Result]]:
         return engine.usage.refused_forwards(self)
@@ -249,9 +266,13 @@ class SetCreditLimit(ShardOp[Applied[Account]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetStatus(ShardOp[Applied[Account]]):
+    """Block, unblock or close (``billing.account_status``), with a reason, at ``at_s``."""
+
     request_id: str
     account_id: str
     status: AccountStatus
+    reason: str = ""
+    at_s: int = 0
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Account]:
         return engine.accounts.set_status(self)
@@ -269,6 +290,34 @@ class MoveNumber(ShardOp[Applied[Account]]):
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Account]:
         return engine.accounts.move_number(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddSponsorRule(ShardOp[Applied[SponsorRule]]):
+    """Append ``rule`` to the account's sponsor rules (``billing.sponsor_rules``);
+    ``at_from_clock``: its ``start_s`` is the service's now."""
+
+    request_id: str
+    account_id: str
+    rule: SponsorRule
+    at_from_clock: bool = False
+
+    def apply(self, engine: AccountShard, env: Env) -> Applied[SponsorRule]:
+        return engine.accounts.add_sponsor_rule(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndSponsorRule(ShardOp[Applied[SponsorRule]]):
+    """End the account's rule ``rule_id`` at ``end_s``; ``at_from_clock``: end_s is now."""
+
+    request_id: str
+    account_id: str
+    rule_id: str
+    end_s: int
+    at_from_clock: bool = False
+
+    def apply(self, engine: AccountShard, env: Env) -> Applied[SponsorRule]:
+        return engine.accounts.end_sponsor_rule(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

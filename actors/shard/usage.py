@@ -7,33 +7,57 @@ from collections.abc import Iterable
 from actors.shard import ops
 from actors.shard.codec import decode_value, encode_value
 from actors.shard.core import ShardCore
-from actors.shard.keys import OUTBOX_PREFIX, REFUSED_PREFIX, prefixed
+from actors.shard.keys import OUTBOX_PREFIX, REFUSED_PREFIX, SPONSOR_AMOUNT_PREFIX, prefixed
 from actors.shard.ops import Applied
 from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import AccountView, MarkView, Work, without_rated
+from actors.store.codec import decode_u64, encode_u64
 from actors.store.storage import Batch
-from billing.accounts import CHARGED_RESULTS, AccountState, Outcome, Result
+from billing.accounts import CHARGED_RESULTS, AccountState, Effects, Outcome, Result
 from billing.charging.batch import Charge, charge, charge_batch
 from billing.invariant import invariant
 from billing.rated import RatedRecord
 from billing.sponsor import SponsoredUsage, charge_sponsored, resolve_sponsor
 
-__all__ = ["ChargeBatchAnswer", "ShardUsage"]
+__all__ = ["ChargeBatchAnswer", "ShardUsage", "refused_key"]
+
+
+def refused_key(usage: SponsoredUsage) -> bytes:
+    """The row of a refused sponsor charge (``x/<forward id>``): the cursor of a page."""
+    return prefixed(REFUSED_PREFIX, Forward.of(usage).forward_id)
 
 
 class ChargeBatchAnswer(list[Charge]):
     """The answer of :class:`~actors.shard.ops.ChargeBatch`: a list with one row per record,
-    in order (``row.result`` is the per-record result), and ``forwards``, the sponsor
-    charges for other shards this batch stored in the outbox, for the host to deliver."""
+    in order (``row.result`` is the per-record result), ``forwards``, the sponsor
+    charges for other shards this batch stored in the outbox, for the host to deliver,
+    and ``sponsor_amounts``: per record id of a sponsored line (charged now or replayed),
+    what its sponsor is charged, the money the record's result reports."""
 
-    def __init__(self, rows: Iterable[Charge], forwards: list[Forward]) -> None:
+    def __init__(
+        self,
+        rows: Iterable[Charge],
+        forwards: list[Forward],
+        sponsor_amounts: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(rows)
         self.forwards = forwards
+        self.sponsor_amounts = sponsor_amounts or {}
 
     @property
     def rows(self) -> list[Charge]:
         return list(self)
+
+
+def _sponsor_prices(effects: Effects, into: dict[str, int]) -> None:
+    """The sponsor prices an outcome decided, by record id: its forwards (sponsors on
+    other shards, or refused here) and its sponsor lines charged on this shard."""
+    for usage in effects.forwards:
+        into[usage.rated.record.record_id] = usage.amount
+    for row in effects.charges:
+        if row.sponsor_of is not None:
+            into[row.record_id] = row.amount
 
 
 def _refusal(rated: RatedRecord, account_id: str, result: Result, at_s: int) -> Charge:
@@ -77,6 +101,7 @@ class ShardUsage:
             segments.append((indices, directory))
         work = Work(self.core, track_marks=len(segments) > 1)
         view, marks = AccountView(work), MarkView(work)
+        decided: list[Effects] = []
         for indices, directory in segments:
             out = charge_batch(
                 [items[i][1] for i in indices],
@@ -89,12 +114,46 @@ class ShardUsage:
                 offline=offline,
             )
             work.apply(out.effects, None)
+            decided.append(out.effects)
             for i, row in zip(indices, out.receipt or (), strict=True):
                 rows[i] = row if row.rated is None else without_rated(row)
         assess_batch(self.core, work, items, rows)  # fraud rules, in the same batch (shard_risk)
+        amounts = self._sponsor_amounts(work, rows, decided)  # type: ignore[arg-type]
         work.commit()
         invariant(None not in rows, "one row per record")
-        return ChargeBatchAnswer(rows, work.forwards)  # type: ignore[arg-type]
+        return ChargeBatchAnswer(rows, work.forwards, amounts)  # type: ignore[arg-type]
+
+    def _sponsor_amounts(
+        self, work: Work, rows: list[Charge], decided: list[Effects]
+    ) -> dict[str, int]:
+        """What the sponsor of each sponsored line of ``rows`` is charged: for a line
+        charged now the price this batch decided (``decided``: the batch's outcomes),
+        staged under ``s/<record_id>`` in the same batch; for a replayed one the price
+        stored then (none for a line stored before prices were kept: it answers 0, as it
+        did then)."""
+        sponsored = [row for row in rows if row.sponsored_by is not None]
+        if not sponsored:
+            return {}  # the common batch: one pass over its rows
+        priced: dict[str, int] = {}
+        for effects in decided:
+            _sponsor_prices(effects, priced)
+        found: dict[str, int] = {}
+        for row in sponsored:
+            record_id = row.record_id
+            if row.result is Result.SPONSORED:
+                amount = priced.get(record_id)
+                if amount is None:  # the sponsor's half was found charged on this shard
+                    mark = work.mark("sponsor:" + record_id)
+                    invariant(mark is not None, f"sponsored {record_id} without its price")
+                    assert mark is not None  # for mypy; the invariant above always runs
+                    amount = mark.result.amount
+                work.batch.put_data(prefixed(SPONSOR_AMOUNT_PREFIX, record_id), encode_u64(amount))
+                found[record_id] = amount
+            elif record_id not in found:
+                raw = self.core.store.get_data(prefixed(SPONSOR_AMOUNT_PREFIX, record_id))
+                if raw is not None:
+                    found[record_id] = decode_u64(raw)
+        return found
 
     def apply_forwards(self, op: ops.ApplyForwards) -> list[tuple[str, Result]]:
         """Apply sponsor charges forwarded by other shards (idempotent by forward id).
@@ -121,7 +180,7 @@ class ShardUsage:
             )  # fmt: skip
             work.apply(out.effects, usage.sponsor_account_id)
             result = out.result
-        key = prefixed(REFUSED_PREFIX, forward.forward_id)
+        key = refused_key(usage)
         if result in CHARGED_RESULTS or result is Result.DUPLICATE:
             if self.core.store.get(key) is not None:
                 work.batch.delete(key)
@@ -168,10 +227,17 @@ class ShardUsage:
             self.core.store.commit(batch)
         return count
 
+    def count_refused(self, op: ops.CountRefusedForwards) -> int:
+        """How many refused sponsor charges this shard keeps."""
+        return sum(1 for _ in self.core.store.scan_prefix(REFUSED_PREFIX))
+
     def refused_forwards(self, op: ops.RefusedForwards) -> list[tuple[SponsoredUsage, Result]]:
         """Forwards received here that could not be charged, with their result."""
+        start = REFUSED_PREFIX if op.after is None else op.after + b"\x00"
         out: list[tuple[SponsoredUsage, Result]] = []
-        for _, raw in self.core.store.scan_prefix(REFUSED_PREFIX, limit=op.limit):
+        for key, raw in self.core.store.scan(start, limit=op.limit):
+            if not key.startswith(REFUSED_PREFIX):
+                break
             usage, result = decode_value(raw)
             out.append((usage, Result(result)))
         return out

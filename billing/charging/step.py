@@ -312,6 +312,10 @@ class ChargeBatch:
             sponsor_row = self.charge_sponsor(usage, at_s)
             if sponsor_row.rated is not None:
                 self.rows.append(sponsor_row)
+            elif sponsor_row.result is not Result.DUPLICATE:
+                # Refused here: forwarded like a remote sponsor's half, so the sponsor's
+                # shard keeps the refusal (sponsor_refused) until it is reprocessed.
+                self.forwards.append(usage)
         else:
             self.forwards.append(usage)
         return row

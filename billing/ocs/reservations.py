@@ -137,15 +137,19 @@ def session_entry(
 
 
 def release(new: AccountState, res: Reservation) -> tuple[Reservation, list[Posting]]:
-    """Give back what ``res`` holds: money to prepaid, bundle units, the credit hold."""
+    """Give back what ``res`` holds: bundle units, the credit hold, and its money to the
+    book the account's mode uses *now*: prepaid, or, on an account switched to postpaid
+    since the grant, ``Book.CREDIT`` (where that switch moved the prepaid balance, and
+    which the bill run applies), since a postpaid account spends no prepaid money."""
     aid = new.account.account_id
     postings: list[Posting] = []
     if res.money_held:
+        to = Book.CREDIT if new.account.payment_mode is PaymentMode.POSTPAID else Book.PREPAID
         new.reserved -= res.money_held
-        new.prepaid += res.money_held
+        new.add(to, res.money_held)
         postings = [
             Posting(account_key(aid, Book.RESERVED), -res.money_held),
-            Posting(account_key(aid, Book.PREPAID), res.money_held),
+            Posting(account_key(aid, to), res.money_held),
         ]
     for bundle_id, units in res.bundle_held:
         key = (res.cycle_id, bundle_id)

@@ -23,11 +23,12 @@ import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
 
 from actors.partition.engine import RecordStatus
-from actors.partition.ops import Counters, ListRejects, Reprocess
+from actors.partition.ops import Counters, CountRejects, ListRejects, Reprocess
 from actors.router import HostUnreachable, deadline_after
 from actors.router import time_left as _left
 from actors.routing import unit_kind
 from actors.shard import ops
+from actors.shard.usage import refused_key
 from actors.store.backup import BackupExists, BackupRefused
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
@@ -146,29 +147,75 @@ async def reconcile(
 async def list_rejects(
     cluster: Cluster, request: admin_pb2.ListRejectsRequest, timeout_s: float
 ) -> admin_pb2.ListRejectsResponse:
+    """One page of rejects in store order: each partition's, then the sponsor charges the
+    shards refused. The page token is the unit and row key where the page ended, so a
+    page follows its predecessor exactly, whatever was added meanwhile."""
     limit = min(request.limit or _REJECTS_LIMIT_DEFAULT, _REJECTS_LIMIT_MAX)
     deadline = deadline_after(timeout_s)
-    found = await cluster.run_each(
-        cluster.router.all_partitions(),
-        ListRejects(limit=limit, reason=request.reason or None),
-        timeout_s=_left(deadline),
+    reason = request.reason or None
+    units = list(cluster.router.all_partitions())
+    if reason in (None, SPONSOR_REFUSED):
+        units += cluster.router.all_shards()
+    start, after = _page_start(request.page_token, units)
+    total = await _count_rejects(cluster, units, reason, deadline)
+    rejects: list[admin_pb2.Reject] = []
+    last: tuple[str, bytes] | None = None
+    for unit in units[start:]:
+        want = limit - len(rejects)
+        if unit_kind(unit) == "partition":
+            entries = await cluster.run(
+                unit, ListRejects(limit=want, reason=reason, after=after), timeout_s=_left(deadline)
+            )
+            rejects += [reject_to_proto(e) for e in entries]
+            if entries:
+                last = (unit, entries[-1].store_key())
+        else:
+            refused = await cluster.run(
+                unit, ops.RefusedForwards(limit=want, after=after), timeout_s=_left(deadline)
+            )
+            rejects += [refused_forward_to_proto(usage, result) for usage, result in refused]
+            if refused:
+                last = (unit, refused_key(refused[-1][0]))
+        after = None
+        if len(rejects) >= limit:
+            break
+    full = len(rejects) >= limit and last is not None
+    return admin_pb2.ListRejectsResponse(
+        rejects=rejects,
+        next_page_token=f"{last[0]}/{last[1].hex()}" if full and last is not None else "",
+        total=total,
     )
-    entries = sorted(
-        (e for entries in found.values() for e in entries), key=lambda e: (-e.at_s, e.key)
+
+
+def _page_start(token: str, units: list[str]) -> tuple[int, bytes | None]:
+    """Where a page begins: the index of its unit and the row key to continue after."""
+    if not token:
+        return 0, None
+    unit, _, key = token.partition("/")
+    try:
+        return units.index(unit), bytes.fromhex(key)
+    except ValueError:
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token: not a next_page_token of this listing (same reason, same cluster)",
+        ) from None
+
+
+async def _count_rejects(
+    cluster: Cluster, units: list[str], reason: str | None, deadline: float
+) -> int:
+    partitions = [u for u in units if unit_kind(u) == "partition"]
+    shards = [u for u in units if unit_kind(u) != "partition"]
+    counted = await cluster.run_each(
+        partitions, CountRejects(reason=reason), timeout_s=_left(deadline)
     )
-    rejects = [reject_to_proto(e) for e in entries[:limit]]
-    if request.reason in ("", SPONSOR_REFUSED):
+    total = sum(counted.values())
+    if shards:
         refused = await cluster.run_each(
-            cluster.router.all_shards(),
-            ops.RefusedForwards(limit=limit),
-            timeout_s=_left(deadline),
+            shards, ops.CountRefusedForwards(), timeout_s=_left(deadline)
         )
-        rejects += [
-            refused_forward_to_proto(usage, result)
-            for found_on_shard in refused.values()
-            for usage, result in found_on_shard
-        ]
-    return admin_pb2.ListRejectsResponse(rejects=rejects[:limit])
+        total += sum(refused.values())
+    return total
 
 
 async def reprocess_rejects(
@@ -237,7 +284,7 @@ async def drain(
         raise BackendError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"the control net refused to drain {request.node_id!r} "
-            "(unknown, dead or already draining)",
+            "(unknown, dead or already draining, or no other alive node to take its units)",
         )
     return admin_pb2.OperationAnswer(
         request_id=request.request_id,

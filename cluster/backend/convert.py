@@ -23,11 +23,12 @@ from petribill.v1 import (
 from actors.partition.codec import record_to_json
 from actors.partition.engine import RecordResult
 from actors.partition.rejects import RejectEntry
-from billing.accounts import AccountState, AccountStatus
+from billing.accounts import AccountState, AccountStatus, SponsorRule
 from billing.charging.batch import Charge, calendar_for
 from billing.invoice import Invoice
 from billing.notifications import Notification
 from billing.outcome import Result
+from billing.settlement import ProviderSettlement
 from billing.sponsor import SponsoredUsage
 from billing.tariffs.model import Catalogue
 from cluster.wire import money, payment_mode_to_proto, service_to_proto
@@ -39,6 +40,8 @@ __all__ = [
     "notification_to_proto",
     "record_result_to_proto",
     "reject_to_proto",
+    "settlement_to_proto",
+    "sponsor_rule_to_proto",
     "usage_line_to_proto",
 ]
 
@@ -131,7 +134,53 @@ def account_to_proto(state: AccountState, catalogue: Catalogue, at_s: int) -> ac
     return answer
 
 
+def sponsor_rule_to_proto(account_id: str, rule: SponsorRule) -> accounts_pb2.SponsorRule:
+    answer = accounts_pb2.SponsorRule(
+        rule_id=rule.rule_id,
+        account_id=account_id,
+        sponsor_account_id=rule.sponsor_account_id,
+        msisdn=rule.msisdn or "",
+        usage_classes=list(rule.usage_classes),
+        content_provider=rule.content_provider or "",
+        rate_id=rule.price_key or "",
+        start_s=rule.start_s,
+        end_s=rule.end_s or 0,
+    )
+    if rule.rating_group is not None:
+        answer.rating_group = rule.rating_group
+    return answer
+
+
 # -- billing and notifications ------------------------------------------------------
+
+
+def settlement_to_proto(
+    line: ProviderSettlement, catalogue: Catalogue
+) -> billing_pb2.ProviderSettlement:
+    """One provider's settlement; money in the line's currency."""
+    cur = line.currency
+    provider = catalogue.providers.get(line.provider)
+    return billing_pb2.ProviderSettlement(
+        provider_id=line.provider,
+        name=provider.name if provider is not None else "",
+        cycle_id=line.cycle_id,
+        purchases=line.count,
+        revenue=money(line.gross, cur),
+        share_owed=money(line.provider_share, cur),
+        operator_share=money(line.operator_share, cur),
+        rounding=money(line.rounding, cur),
+        items=[
+            billing_pb2.SettlementItem(
+                item_id=item.item_id,
+                purchases=item.count,
+                revenue=money(item.gross, cur),
+                share_owed=money(item.provider_share, cur),
+                operator_share=money(item.operator_share, cur),
+                rounding=money(item.rounding, cur),
+            )
+            for item in line.items
+        ],
+    )
 
 
 def invoice_to_proto(invoice: Invoice) -> billing_pb2.Invoice:

@@ -47,9 +47,9 @@ from petribill.v1 import (
 from actors.op import Op
 from actors.shard import ops
 from actors.shard.ops import Applied
-from billing.accounts import AccountState
+from billing.accounts import AccountState, AccountStatus
 from cluster.api.errors import BackendError
-from cluster.backend import accounts, admin, billing, charging, usage
+from cluster.backend import accounts, admin, billing, charging, settlement, sponsors, usage
 from cluster.backend.context import Cluster
 from cluster.backend.convert import account_to_proto, balance_to_proto
 from cluster.backend.status import raise_for
@@ -177,6 +177,18 @@ def _account(cluster: Cluster, _request: Any, out: Any) -> Message:
 
 def _balance(cluster: Cluster, _request: Any, out: Any) -> Message:
     return balance_to_proto(_state(out), cluster.catalogue, cluster.now_s())
+
+
+def _set_status(
+    cluster: Cluster, request: accounts_pb2.AccountStatusRequest, status: AccountStatus
+) -> ops.SetStatus:
+    return ops.SetStatus(
+        request_id=request.request_id,
+        account_id=request.account_id,
+        status=status,
+        reason=request.reason,
+        at_s=cluster.now_s(request.at_s),
+    )
 
 
 def _credit_limit(request: accounts_pb2.SetCreditLimitRequest) -> int | None:
@@ -309,6 +321,56 @@ RPCS: Final[tuple[Rpc, ...]] = (
         handler=accounts.list_usage,
         account="account_id",
     ),
+    # Account status is the operator's: the risk desk blocks and unblocks, and closing
+    # is final (billing.account_status); CRM and self-care see the status, not set it.
+    Rpc(
+        name="AccountService.BlockAccount",
+        roles=_OPERATOR,
+        account="account_id",
+        op=lambda c, r: _set_status(c, r, AccountStatus.BLOCKED),
+        answer=_account,
+    ),
+    Rpc(
+        name="AccountService.UnblockAccount",
+        roles=_OPERATOR,
+        account="account_id",
+        op=lambda c, r: _set_status(c, r, AccountStatus.ACTIVE),
+        answer=_account,
+    ),
+    Rpc(
+        name="AccountService.CloseAccount",
+        roles=_OPERATOR,
+        account="account_id",
+        op=lambda c, r: _set_status(c, r, AccountStatus.CLOSED),
+        answer=_account,
+    ),
+    # Sponsor rules are a change of the subscriber's contract: CRM's, like creating it.
+    Rpc(
+        name="AccountService.AddSponsorRule",
+        roles=_CRM,
+        handler=sponsors.add_sponsor_rule,
+        account="account_id",
+    ),
+    Rpc(
+        name="AccountService.ListSponsorRules",
+        roles=_ACCOUNT_READERS,
+        account="account_id",
+        op=lambda c, r: ops.GetAccount(account_id=r.account_id),
+        answer=sponsors.rules_answer,
+    ),
+    Rpc(
+        name="AccountService.EndSponsorRule",
+        roles=_CRM,
+        account="account_id",
+        op=lambda c, r: ops.EndSponsorRule(
+            request_id=r.request_id,
+            account_id=r.account_id,
+            rule_id=r.rule_id,
+            end_s=c.now_s(r.end_s),
+            at_from_clock=r.end_s == 0,
+        ),
+        answer=sponsors.rule_answer,
+    ),
     # --- BillingService ----------------------------------------------------------------------
     Rpc(
         name="BillingService.RunBilling",
@@ -339,6 +401,12 @@ RPCS: Final[tuple[Rpc, ...]] = (
         roles=_BILLING,
         handler=billing.reverse_payment,
         account="account_id",
+    ),
+    # What providers are owed: the billing desk pays them, operators reconcile.
+    Rpc(
+        name="BillingService.GetSettlement",
+        roles=_BILLING | _OPERATOR,
+        handler=settlement.get_settlement,
     ),
     # --- TariffService -----------------------------------------------------------------------
     Rpc(name="TariffService.LoadTariffs", roles=_OPERATOR, handler=admin.load_tariffs),

@@ -37,6 +37,8 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     Result.ACCOUNT_EXISTS.value: _S.ALREADY_EXISTS,
     Result.MSISDN_IN_USE.value: _S.ALREADY_EXISTS,
     Result.NOT_HOLDER.value: _S.FAILED_PRECONDITION,
+    Result.SPONSOR_RULE_EXISTS.value: _S.ALREADY_EXISTS,
+    Result.UNKNOWN_SPONSOR_RULE.value: _S.NOT_FOUND,
     # The state of the account or cycle does not allow it now.
     Result.INSUFFICIENT_BALANCE.value: _S.FAILED_PRECONDITION,
     Result.CREDIT_LIMIT_EXCEEDED.value: _S.FAILED_PRECONDITION,
@@ -48,6 +50,7 @@ STATUS_OF: Final[dict[str, grpc.StatusCode]] = {
     Result.BEFORE_PLAN_START.value: _S.FAILED_PRECONDITION,
     # billing.limits: a book may not pass BALANCE_MAX_MICROS.
     Result.BALANCE_LIMIT.value: _S.FAILED_PRECONDITION,
+    Result.SPONSOR_RULES_FULL.value: _S.FAILED_PRECONDITION,
     "cycle_not_ended": _S.FAILED_PRECONDITION,
     # billing.proto: reversing a payment that does not exist is FAILED_PRECONDITION.
     WriteoffResult.UNKNOWN_PAYMENT.value: _S.FAILED_PRECONDITION,

@@ -343,7 +343,7 @@ def ingest(
 
 @click.group()
 def accounts() -> None:
-    """Create, show and load accounts; their usage."""
+    """Create, show and load accounts; their usage; block, unblock or close them."""
 
 
 @accounts.command("create")
@@ -656,12 +656,28 @@ def rejects() -> None:
 
 @rejects.command("list")
 @click.option("--reason", default="", help="Only this reason, e.g. unknown_account.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Per page."
+)
+@click.option("--page", "page_token", default="", help="The page a previous listing named.")
+@click.option("--all", "every_page", is_flag=True, help="Every page, one after the other.")
 @cluster_command
-def rejects_list(s: Session, reason: str, limit: int) -> None:
-    """Rejected records, newest first, with reason, source file and line."""
-    found = list(s.client.list_rejects(limit=limit, reason=reason).rejects)
-    s.emit([proto_json(r) for r in found], lambda c: show_rejects(c, found, limit))
+def rejects_list(s: Session, reason: str, limit: int, page_token: str, every_page: bool) -> None:
+    """Rejected records with reason, source file and line, a page at a time (store order:
+    partition by partition, then the sponsor charges the shards refused)."""
+    page = s.client.list_rejects(limit=limit, reason=reason, page_token=page_token)
+    found, total = list(page.rejects), page.total
+    while every_page and page.next_page_token:
+        page = s.client.list_rejects(limit=limit, reason=reason, page_token=page.next_page_token)
+        found += page.rejects
+    s.emit(
+        {
+            "rejects": [proto_json(r) for r in found],
+            "total": total,
+            "next_page_token": page.next_page_token,
+        },
+        lambda c: show_rejects(c, found, total, page.next_page_token),
+    )
 
 
 @rejects.command("reprocess")

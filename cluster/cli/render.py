@@ -295,19 +295,21 @@ def show_notifications(c: Console, found: Sequence[notifications_pb2.Notificatio
     c.print(table)
 
 
-def show_rejects(c: Console, found: Sequence[admin_pb2.Reject], limit: int | None = None) -> None:
-    table = _table("Reject store (newest first)", "record", "reason", "detail", "source")
+def show_rejects(
+    c: Console, found: Sequence[admin_pb2.Reject], total: int, next_page: str = ""
+) -> None:
+    table = _table("Reject store", "record", "reason", "detail", "source")
     for reject in found:
         source = f"{reject.source_file}:{reject.source_line}" if reject.source_file else ""
         table.add_row(*map(escape, (reject.record_id, reject.reason, reject.detail, source)))
     c.print(table)
-    if limit is not None and len(found) >= limit:
+    if next_page:
         c.print(
-            f"the first {len(found)} rejects (the limit; there may be more): "
-            "raise --limit or narrow with --reason"
+            f"{len(found)} of {total} rejects; the next page: --page {next_page} "
+            "(or --all for every page)"
         )
     else:
-        c.print(f"{len(found)} rejects")
+        c.print(f"{len(found)} rejects shown, {total} in all")
 
 
 def show_reprocessed(c: Console, answer: admin_pb2.ReprocessRejectsResponse) -> None:

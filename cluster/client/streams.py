@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
+from petribill.v1 import accounts_pb2, admin_pb2, notifications_pb2, usage_pb2
 
 from cluster.client.transport import PetribillError, RecordLike, Transport
 from cluster.wire import record_to_proto
@@ -36,6 +36,16 @@ class StreamCalls(Transport):
         while True:
             answer = self.list_usage(account_id, limit=page, page_token=token)
             yield from answer.lines
+            token = answer.next_page_token
+            if not token:
+                return
+
+    def iter_rejects(self, reason: str = "", *, page: int = 1000) -> Iterator[admin_pb2.Reject]:
+        """Every stored reject (of ``reason``), in store order, a page at a time."""
+        token = ""
+        while True:
+            answer = self.list_rejects(limit=page, reason=reason, page_token=token)
+            yield from answer.rejects
             token = answer.next_page_token
             if not token:
                 return

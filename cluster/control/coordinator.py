@@ -393,8 +393,12 @@ class Coordinator:
     # -- operator and bill-run requests --------------------------------------
 
     def drain(self, node: str) -> bool:
-        """Start moving every unit off ``node``; the loop migrates them. False if refused."""
-        return self._marking is not None and self._fire("drain", node=node)
+        """Start moving every unit off ``node``; the loop migrates them. False if refused,
+        also when no other alive node could take its units (the node would stay draining
+        for ever, serving all the same)."""
+        if self._marking is None or not set(self._load()) - {node}:
+            return False
+        return self._fire("drain", node=node)
 
     def undrain(self, node: str) -> bool:
         return self._marking is not None and self._fire("undrain", node=node)

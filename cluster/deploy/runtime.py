@@ -90,6 +90,8 @@ def settings_of(
         # Where client-named paths may lead (None: DATA/backups, and the conf folder).
         "backup_root": _text(config.security.backup_root),
         "tariffs_root": _text(config.security.tariffs_root),
+        # The [charging] policies; actors.engines builds the ChargingConfig.
+        "charging": config.charging.mapping(),
     }
 
 
