@@ -324,8 +324,8 @@ class Injector:
                 os.kill(pid, signal.SIGKILL)
         self._dead.add(index)
         folder = self.runtime.data_dir / "nodes" / node
-        size = _folder_bytes(folder)
-        shutil.rmtree(folder)  # and its disk with it
+        size = _folder_bytes(folder) if folder.exists() else 0  # none: it held nothing yet
+        shutil.rmtree(folder, ignore_errors=True)  # and its disk with it
         took = self._wait_taken_over(before, started) if before else None
         detail = (
             f"{len(pids)} processes killed, {folder} deleted ({size // 1024} KiB); "
