@@ -406,7 +406,7 @@ class UnitHost:
                 del self._units[unit_id]
         with contextlib.suppress(Exception):
             unit.close()
-        log.warning("unit_lost", shard=unit_id, node=self.node, epoch=unit.epoch)
+        log.warning("unit_dropped", shard=unit_id, node=self.node, epoch=unit.epoch)
 
     def close_all(self) -> None:
         for unit_id in list(self.units()):

@@ -208,13 +208,15 @@ class Replicator:
         with self._lock:
             self._kept[seq] = payload
             self._kept_bytes += len(payload)
-            targets = [f for f in self._followers.values() if f.link == _STREAMING]
-        now = self._clock()
-        fresh = [f for f in targets if f.failed_at is None and f.acked == seq - 1]
+            # Only followers that have every batch before this one and are not failing:
+            # a failing one is resent what it lacks by its own thread (_worker_loop), so
+            # a commit never waits longer than one acknowledgement timeout.
+            fresh = [
+                f
+                for f in self._followers.values()
+                if f.link == _STREAMING and f.failed_at is None and f.acked == seq - 1
+            ]
         self._ship_each(fresh, seq, payload)
-        for follower in targets:
-            if follower not in fresh and now >= follower.next_try:
-                self._resend(follower, seq)
         with self._lock:
             self._advance()
             self._trim()
@@ -322,26 +324,37 @@ class Replicator:
 
     def acknowledged(self, seq: int) -> str | None:
         """``None`` once batch ``seq`` (and every one before) is acknowledged; otherwise
-        why not yet, after one more try to get it acknowledged."""
+        why not. Waits only for a batch being shipped by another call (at most about one
+        acknowledgement timeout); a known failure is answered at once, so a unit whose
+        follower fails refuses its calls quickly instead of holding the host's threads."""
         if self._fenced is None and self._hw >= seq:
             return None
-        if self._fenced is not None:
-            return f"fenced: {self._fenced}"
-        with self.commit_lock:
-            now = self._clock()
-            with self._lock:
-                failed = [
-                    f
-                    for f in self._followers.values()
-                    if f.link == _STREAMING and f.failed_at is not None and now >= f.next_try
-                ]
-            for follower in failed:
-                self._resend(follower, self._store.commits)
-            with self._lock:
-                self._advance()
-                if self._fenced is None and self._hw >= seq:
-                    return None
+        with self._lock:
+            self._advance()
+            if self._fenced is None and self._hw >= seq:
+                return None
+            if self._blocked():
                 return self._why_not()
+        # Nothing is known to fail: the batch is still being shipped. Wait for that
+        # commit to finish (it holds the commit lock while it ships).
+        if self.commit_lock.acquire(timeout=2 * self._settings.ack_timeout_s):
+            self.commit_lock.release()
+        with self._lock:
+            self._advance()
+            if self._fenced is None and self._hw >= seq:
+                return None
+            return self._why_not()
+
+    def _blocked(self) -> bool:
+        """(The caller holds ``_lock``.) Whether acknowledgements wait for something that
+        is known not to come soon: fenced, the ISR too small, a waited-for follower
+        failing or not streaming."""
+        if self._fenced is not None:
+            return True
+        waited = [f for f in self._followers.values() if f.waited_for()]
+        if 1 + sum(1 for f in waited if f.in_isr) < self._settings.min_in_sync:
+            return True
+        return any(f.failed_at is not None or f.link != _STREAMING for f in waited)
 
     def _why_not(self) -> str:
         if self._fenced is not None:
@@ -366,9 +379,8 @@ class Replicator:
     def writable(self) -> str | None:
         """Why a write would not be acknowledged now (``None``: it would be, as far as
         is known): checked before a call does any work, and after it."""
-        if self._fenced is None:
-            isr = sum(1 for f in self._followers.values() if f.in_isr)
-            if 1 + isr < self._settings.min_in_sync:
+        with self._lock:
+            if self._blocked():
                 return self._why_not()
         return self.acknowledged(self._store.commits)
 

@@ -33,7 +33,14 @@ AT = T_NOV + 86_400
 
 
 def small_config() -> ClusterConfig:
-    return parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
+    # Shared storage: a two-node cluster whose takeover reopens the dead node's units
+    # from the data folder both nodes reach. (Replicated, the default for 2+ nodes, keeps
+    # a unit on two nodes; with one of two left its writes wait for a new follower:
+    # tests/test_replication_cluster.py.)
+    return parse_config(
+        {"sharding": {"shards": 4, "partitions": 2}, "storage": {"mode": "shared"}},
+        source="test",
+    )
 
 
 @pytest.fixture

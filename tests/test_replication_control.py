@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from actors.host import StaleRoute
 from actors.router import NoOwner
 from actors.shard import ops
 from billing.accounts import Account, PaymentMode
@@ -210,6 +212,29 @@ def test_a_lost_unit_comes_back_from_its_fenced_primarys_own_copy(
     state = _run(cluster, unit, ops.GetAccount(account_id="a1"))
     assert state.prepaid == 4_000_000
     assert len(coordinator.replicas()[unit]["isr"]) == 1
+
+
+def test_a_cut_off_primary_that_comes_back_is_closed(cluster: InProcessCluster) -> None:
+    """A primary cut off long enough to be failed is promoted away; when it answers again
+    it still serves its units at the old epoch: the coordinator closes them there (its
+    followers would refuse its writes anyway: tests/test_replication.py), and the node
+    then takes follower copies like any other."""
+    assert cluster.coordinator is not None
+    coordinator = cluster.coordinator
+    _create(cluster, "a1")
+    unit = cluster.router().shard("a1")
+    view = coordinator.replicas()[unit]
+    old_node, old_epoch = view["primary"], view["epoch"]
+    old = cluster.remove_node(old_node)
+    wait(lambda: coordinator.routes()[unit][0] not in ("", old_node), why="not promoted")
+    assert old.units()[unit] == old_epoch  # it does not know yet
+    with capture_logs() as logs:
+        cluster.hosts[old_node] = old  # it answers again
+        wait(lambda: unit not in old.units(), why="the stale primary still serves")
+    assert any(e["event"] == "stale_primary_closed" and e["shard"] == unit for e in logs)
+    with pytest.raises(StaleRoute):
+        old.run(unit, old_epoch, ops.GetAccount(account_id="a1"))
+    wait(lambda: coordinator.fully_replicated(), why="not fully replicated again")
 
 
 # -- the decisions alone, on markings -------------------------------------------------

@@ -174,7 +174,7 @@ class RayOps:
 
     # -- replicated units (cluster.control.replicas.ReplicaOps) ---------------------------
 
-    def replica_reports(self) -> dict[str, dict[str, Any]]:
+    def replica_reports(self) -> dict[str, dict[str, dict[str, Any]]]:
         return self._replicas.reports()
 
     def replica_ready(self, node: str) -> bool:
@@ -278,8 +278,8 @@ class _ReplicaCalls:
         self._confirmed.pop(key, None)
         return pinned
 
-    def reports(self) -> dict[str, dict[str, Any]]:
-        """unit -> its primary's report, from the hosts that answered lately."""
+    def reports(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """node -> unit -> report, from the hosts that answered lately."""
         sent = []
         for node in list(self._ops._hosts):
             if not self._ops.host_ok(node) or node in self._report_refs:
@@ -302,8 +302,4 @@ class _ReplicaCalls:
             except Exception as exc:
                 self._reports.pop(node, None)
                 log.debug("replica_report_failed", node=node, error=str(exc))
-        merged: dict[str, dict[str, Any]] = {}
-        for node, found in self._reports.items():
-            if node in self._ops._hosts:
-                merged.update(found)
-        return merged
+        return {node: found for node, found in self._reports.items() if node in self._ops._hosts}

@@ -76,8 +76,13 @@ Reports = Mapping[str, Mapping[str, Any]]
 class ReplicaOps(Protocol):
     """What the driver needs of the cluster besides ``ClusterOps``."""
 
-    def replica_reports(self) -> dict[str, dict[str, Any]]:
-        """unit -> report, from every answering host's primaries."""
+    def replica_reports(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """node -> unit -> report, from every answering host, for each unit it serves as a
+        primary (it may be one that was failed and fenced meanwhile: a stale primary)."""
+        ...
+
+    def close_unit(self, node: str, unit_id: str) -> None:
+        """Make the node's host stop serving ``unit_id``."""
         ...
 
     def replica_ready(self, node: str) -> bool:
@@ -111,6 +116,24 @@ class Step:
 
     transition: str
     binding: dict[str, str | int]
+
+
+def current_reports(
+    marking: Marking, by_node: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> tuple[dict[str, Mapping[str, Any]], list[tuple[str, str]]]:
+    """Split hosts' reports into those of each unit's current primary (unit -> report) and
+    the ``(node, unit)`` of hosts still serving a unit they no longer own: a primary that
+    was failed and fenced while it was only paused or cut off, and came back."""
+    owners = {unit: (node, epoch) for unit, node, epoch in marking.owned()}
+    current: dict[str, Mapping[str, Any]] = {}
+    stale: list[tuple[str, str]] = []
+    for node, reports in by_node.items():
+        for unit, report in reports.items():
+            if owners.get(unit) == (node, report.get("epoch")):
+                current[unit] = report
+            elif owners.get(unit, (None, None))[0] != node or unit in marking.lost():
+                stale.append((node, unit))
+    return current, stale
 
 
 def _statuses(marking: Marking) -> dict[str, str]:
@@ -300,7 +323,7 @@ class ReplicaDriver:
         self._ops = ops
         self._fire = fire
         self._marking = marking
-        self.reports: dict[str, dict[str, Any]] = {}
+        self.reports: dict[str, Mapping[str, Any]] = {}
         self.reports_at = 0.0
         # unit -> (node, epoch) of the primary fenced when the unit was lost: that copy
         # has every acknowledged batch if its disk survived (kept in memory only: after
@@ -309,10 +332,20 @@ class ReplicaDriver:
 
     def _observe(self) -> None:
         try:
-            self.reports = dict(self._ops.replica_reports())
-            self.reports_at = time.monotonic()
+            by_node = self._ops.replica_reports()
         except Exception as exc:  # a round without reports only delays joins and shrinks
             log.warning("replica_reports_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.reports, stale = current_reports(self._marking(), by_node)
+        self.reports_at = time.monotonic()
+        for node, unit in stale:
+            # Its followers refuse it, so it could never get a batch acknowledged; closing
+            # it frees its folder for the copy the new primary will attach there.
+            log.warning("stale_primary_closed", shard=unit, node=node)
+            try:
+                self._ops.close_unit(node, unit)
+            except Exception as exc:
+                log.warning("close_failed", shard=unit, node=node, error=str(exc))
 
     def failover(self) -> int:
         """Step 1: promote or lose every fenced unit; restore a lost one from its fenced

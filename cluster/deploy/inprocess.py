@@ -57,11 +57,8 @@ class LocalOps:
 
     # -- replicated units (cluster.control.replicas.ReplicaOps) ---------------------------
 
-    def replica_reports(self) -> dict[str, dict[str, Any]]:
-        reports: dict[str, dict[str, Any]] = {}
-        for host in list(self._hosts.values()):
-            reports.update(host.replica_report())
-        return reports
+    def replica_reports(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {node: host.replica_report() for node, host in list(self._hosts.items())}
 
     def replica_ready(self, node: str) -> bool:
         return node in self._hosts
