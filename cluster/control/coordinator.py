@@ -320,7 +320,11 @@ class Coordinator:
             if target is not None:
                 fired += self._fire("takeover", shard=unit, node=target)
         for unit in list(self._marking.free_shards()):
-            target = self._least_loaded()
+            target = (
+                self._least_loaded()
+                if self._replicas is None  # replicated: only a node whose host answers
+                else self._replicas.assign_target()
+            )
             if target is not None:
                 fired += self._fire("assign", shard=unit, node=target)
         fired += self._expire_locks()

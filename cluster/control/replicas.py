@@ -457,6 +457,17 @@ class ReplicaDriver:
             except Exception as exc:  # the host is not serving it yet: next round
                 log.debug("set_replicas_failed", shard=unit, node=node, error=str(exc))
 
+    def assign_target(self) -> str | None:
+        """Where a new unit's primary goes: the alive node with the fewest primaries whose
+        host answers (a unit placed on a host still starting has no follower yet, and if
+        that host fails first the unit is lost before it ever held anything)."""
+        load = {
+            node: n
+            for node, n in _primaries(self._marking()).items()
+            if self._ops.replica_ready(node)
+        }
+        return min(sorted(load), key=lambda n: load[n]) if load else None
+
     def move_target(self, unit: str, from_node: str, *, rebalance: bool) -> str | None:
         """Where a primary moves (drain, rebalance): its least loaded in-sync follower on
         an alive node, which then holds every acknowledged batch; for a rebalance only
