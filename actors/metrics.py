@@ -18,6 +18,15 @@ node). Ray prefixes the names with ``ray_``:
 ``petribill_takeovers_total``          counter    node failures taken over by the coordinator
 ``petribill_takeover_seconds``         histogram  from a node's loss until every unit is
                                                   served again
+``petribill_duty_rounds_total``        counter    duty rounds of the hosts (actors.duties)
+``petribill_duty_done_total``          counter    what the duties did, by ``duty``
+                                                  (``sessions_expired``, ``invoices_overdue``)
+``petribill_bill_runs_total``          counter    scheduled bill runs by ``event`` (started,
+                                                  resumed, finished)
+``petribill_inspections_total``        counter    automatic inspections by ``result``
+                                                  (``ok``, ``problems``)
+``petribill_inspection_findings``      gauge      the last inspection's count per ``check``
+                                                  (0: the check held); alert on > 0
 =====================================  =========  ==========================================
 
 Recording is per call or per batch, never per record. In a process that is
@@ -33,6 +42,9 @@ from typing import Any
 import ray
 
 __all__ = [
+    "bill_run_event",
+    "duty_round",
+    "inspection",
     "metrics_urls",
     "partition_counters",
     "petribill_series",
@@ -99,6 +111,30 @@ class _Registry:
                 description="From a node's loss until every unit is served again.",
                 boundaries=_TAKEOVER_S,
             ),
+            "duty_rounds_total": metrics.Counter(
+                "petribill_duty_rounds_total",
+                description="Rounds of the account shards' time-driven duties on a host.",
+            ),
+            "duty_done_total": metrics.Counter(
+                "petribill_duty_done_total",
+                description="Reservations released and invoices aged by the duties.",
+                tag_keys=("duty",),
+            ),
+            "bill_runs_total": metrics.Counter(
+                "petribill_bill_runs_total",
+                description="Scheduled bill runs started, resumed and finished.",
+                tag_keys=("event",),
+            ),
+            "inspections_total": metrics.Counter(
+                "petribill_inspections_total",
+                description="Automatic inspections, by result.",
+                tag_keys=("result",),
+            ),
+            "inspection_findings": metrics.Gauge(
+                "petribill_inspection_findings",
+                description="What the last automatic inspection found, per check (0: held).",
+                tag_keys=("check",),
+            ),
         }
 
 
@@ -139,6 +175,37 @@ def takeover(seconds: float) -> None:
         return
     made["takeovers_total"].inc(1)
     made["takeover_seconds"].observe(seconds)
+
+
+def duty_round(sessions_expired: int, invoices_overdue: int) -> None:
+    """One round of a host's duty runner and what it did."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    made["duty_rounds_total"].inc(1)
+    if sessions_expired:
+        made["duty_done_total"].inc(sessions_expired, tags={"duty": "sessions_expired"})
+    if invoices_overdue:
+        made["duty_done_total"].inc(invoices_overdue, tags={"duty": "invoices_overdue"})
+
+
+def bill_run_event(event: str) -> None:
+    """A scheduled bill run ``started``, ``resumed`` (after a coordinator restart) or
+    ``finished``."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["bill_runs_total"].inc(1, tags={"event": event})
+
+
+def inspection(findings: dict[str, int]) -> None:
+    """One automatic inspection: its count per check (0 where the check held)."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    ok = not any(findings.values())
+    made["inspections_total"].inc(1, tags={"result": "ok" if ok else "problems"})
+    for check, count in findings.items():
+        made["inspection_findings"].set(count, tags={"check": check})
 
 
 def metrics_urls() -> dict[str, str]:

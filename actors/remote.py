@@ -17,6 +17,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.clock import clock_from_settings
+from actors.duties import DutyConfig, DutyRunner
 from actors.host import Engine, UnitHost
 from actors.op import Op
 from actors.router import HostUnreachable, UnitRouter
@@ -128,6 +130,10 @@ class RoutedHost(UnitHost):
             ),
             backup_root=settings.get("backup_root"),
         )
+        # The time-driven duties of the account shards this host owns (actors.duties).
+        self._duties = DutyRunner(
+            self, clock=clock_from_settings(settings), config=DutyConfig.from_settings(settings)
+        ).start()
 
     def _open_engine(
         self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False
