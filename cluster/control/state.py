@@ -45,12 +45,18 @@ _FORMAT = "petribill.control/1"
 
 @dataclass(slots=True, kw_only=True)
 class ControlState:
-    """``nodes`` maps a petribill node name to its Ray node id, in join order."""
+    """``nodes`` maps a petribill node name to its Ray node id, in join order.
+
+    ``schedule`` is what the coordinator's time-driven work must not forget across a
+    restart (``cluster.control.duties``): the scheduled bill runs started and finished,
+    and the last inspection. It is saved with the marking, in the same file.
+    """
 
     marking_json: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     generation: int = 0
     last_event: dict[str, Any] | None = None
+    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 def state_path(data_dir: Path) -> Path:
@@ -70,6 +76,7 @@ def load_state(data_dir: Path) -> ControlState:
         nodes=dict(raw["nodes"]),
         generation=int(raw["generation"]),
         last_event=raw.get("last_event"),
+        schedule=dict(raw.get("schedule") or {}),
     )
 
 
@@ -131,6 +138,7 @@ def save_state(data_dir: Path, state: ControlState) -> None:
             "nodes": state.nodes,
             "marking": state.marking_json,
             "last_event": state.last_event,
+            "schedule": state.schedule,
         },
         indent=1,
     )
