@@ -532,13 +532,14 @@ from cluster.cli import (  # noqa: E402
     account_admin,
     admin,
     client,
+    clock,
     inspect,
     ops,
     security,
     settlement,
 )
 
-for _module in (ops, client, admin, security, account_admin, settlement, inspect):
+for _module in (ops, client, admin, security, account_admin, settlement, inspect, clock):
     _module.register(main)
 
 # Commands of packages above cluster/ (chaos) register themselves through the

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -88,14 +89,18 @@ class OwnRoutes:
         raise HostUnreachable(f"the coordinator does not call itself ({method})")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InspectionSettings:
     """``[inspection]``: ``every_s`` (0: not scheduled), ``late_s``, ``session_age_max_s``."""
 
-    def __init__(self, table: Mapping[str, Any] | None = None) -> None:
-        table = dict(table or {})
-        self.every_s = float(table.get("every_s", 600.0))
-        self.late_s = int(table.get("late_s", 60))
-        self.session_age_max_s = int(table.get("session_age_max_s", 86_400))
+    every_s: float = 600.0
+    late_s: int = 60
+    session_age_max_s: int = 86_400
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> InspectionSettings:
+        """The ``inspection`` table of the plain settings (defaults for what it lacks)."""
+        return cls(**dict(settings.get("inspection") or {}))
 
 
 class CoordinatorDuties:

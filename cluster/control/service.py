@@ -89,7 +89,7 @@ class CoordinatorService:
             router=UnitRouter(own, shards=shards, partitions=partitions),
             data_dir=Path(data_dir),
             schedule=BillSchedule.from_settings(settings, tz=_cycle_tz(data_dir, settings)),
-            inspection=InspectionSettings(settings.get("inspection")),
+            inspection=InspectionSettings.from_settings(settings),
             units=self._units_now,
             clock=clock if clock is not None else clock_from_settings(settings),
             storage_mode=str(settings.get("storage_mode", "shared")),
