@@ -273,8 +273,16 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             if options.attach:
                 _prepare_given(client, accounts, options.seed)
             _create_accounts(client, accounts, options.seed)
+            # The sessions' balance polls give up quickly, so a fault cannot stall them.
+            checker = PetribillClient(info.gateways, timeout_s=2, retries=2, **options.client)
+            stack.callback(checker.close)
+
+            def on_gateway(address: str) -> None:
+                client.add_address(address)
+                checker.add_address(address)
+
             injector = Injector(
-                runtime, disk=disk, on_gateway=client.add_address, client_options=options.client
+                runtime, disk=disk, on_gateway=on_gateway, client_options=options.client
             )
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
             # A given cluster keeps its own Validity-Time: its sessions could outlast the run.
@@ -283,6 +291,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 [] if options.attach else [a for a in accounts if a.prepaid],
                 seed=options.seed,
                 bound_s=RESERVED_BOUND_S,
+                checker=checker,
             ).start()
             load_started = time.monotonic()
             try:

@@ -5,9 +5,12 @@ terminates them: an INITIAL that reserves, half of the time an UPDATE that repor
 used units (sent twice with one request id: the second answer must be the first),
 then nothing, as a switch that lost its subscriber would. The cluster's owner of
 the account's shard must release what the session holds at the end of its
-validity, whatever faults are under way; the thread checks each account's
-reserved money once the session's validity (as the answer gave it) plus
-``bound_s`` has passed, and records by how much each release was late.
+validity, whatever faults are under way. A second thread, with a client of its
+own that gives up quickly (so that a fault does not stall it), polls the
+reserved money of each account whose session's validity (as the answer gave it)
+has ended: released by ``bound_s`` after it is on time, and the report keeps
+the latest release it saw (the first poll that found the money back, at most a
+poll period plus one call late).
 
 What it records for the auditor: the money the updates charged, by account (at
 the reference price, :mod:`chaos.reference`), and its violations:
@@ -74,56 +77,81 @@ class AbandonedSessions:
         *,
         seed: int,
         bound_s: float,
+        checker: PetribillClient | None = None,
         every_s: float = 0.5,
+        poll_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        # Polls balances; a client with short time limits keeps the polls frequent.
+        self.checker = checker if checker is not None else client
         self.accounts = accounts
         self.seed = seed
         self.bound_s = bound_s
         self.figures = SessionFigures()
         self.failure: BaseException | None = None
         self._every_s = every_s
+        self._poll_s = poll_s
         self._clock = clock
         self._rng = random.Random(f"{seed}-sessions")
-        self._pending: dict[str, tuple[str, float]] = {}  # account -> (session, validity end)
+        self._lock = threading.Lock()
+        # account -> (session, validity end); None while its session is being opened.
+        self._pending: dict[str, tuple[str, float] | None] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._guard, name="chaos-sessions", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._open_loop,), daemon=True,
+                             name="chaos-sessions"),
+            threading.Thread(target=self._guard, args=(self._check_loop,), daemon=True,
+                             name="chaos-sessions-check"),
+        ]  # fmt: skip
 
     def start(self) -> AbandonedSessions:
         if self.accounts:
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
         return self
 
     def stop(self, timeout_s: float = 120.0) -> SessionFigures:
         """Open no more sessions; return once every open one was seen released (or late)."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(deadline - time.monotonic(), 0.1))
         if self.failure is not None:
             raise RuntimeError(f"the sessions failed: {self.failure!r}") from self.failure
-        if self._thread.is_alive():
+        if any(thread.is_alive() for thread in self._threads):
             raise RuntimeError(f"sessions still pending after {timeout_s} s: {self._pending}")
         return self.figures
 
-    def _guard(self) -> None:
+    def _guard(self, body: Callable[[], None]) -> None:
         try:
-            self._run()
+            body()
         except BaseException as exc:  # reported by stop()
             self.failure = exc
+            self._stop.set()
 
-    def _run(self) -> None:
+    def _open_loop(self) -> None:
         n = 0
         while not self._stop.is_set():
-            self._check_pending()
-            free = [a for a in self.accounts if a.account_id not in self._pending]
-            if free:
-                self._open(self._rng.choice(free).account_id, n)
+            with self._lock:
+                free = [a for a in self.accounts if a.account_id not in self._pending]
+                account = self._rng.choice(free).account_id if free else None
+                if account is not None:
+                    self._pending[account] = None
+            if account is not None:
+                self._open(account, n)
                 n += 1
             self._stop.wait(self._every_s)
-        while self._pending:
+
+    def _check_loop(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
             self._check_pending()
-            time.sleep(0.25)
+            with self._lock:
+                if stopping and not self._pending and not self._threads[0].is_alive():
+                    return
+            time.sleep(self._poll_s)
 
     # -- one session ---------------------------------------------------------------------
 
@@ -148,6 +176,8 @@ class AbandonedSessions:
         )  # fmt: skip
         if answer.result != _SUCCESS:
             self.figures.violations["sessions"].append(f"{sid}: INITIAL answered {answer.result}")
+            with self._lock:
+                del self._pending[account_id]
             return
         self.figures.opened += 1
         if self._rng.random() < 0.5:
@@ -179,26 +209,31 @@ class AbandonedSessions:
             self.figures.charged[account_id] += first.charged.micros
             if first.result == _SUCCESS:
                 answer = first
-        self._pending[account_id] = (sid, self._clock() + answer.validity_s)
+        with self._lock:
+            self._pending[account_id] = (sid, self._clock() + answer.validity_s)
 
     def _check_pending(self) -> None:
-        now = self._clock()
-        for account_id, (sid, ends) in list(self._pending.items()):
-            if now < ends:
+        with self._lock:
+            due = [(a, p) for a, p in self._pending.items() if p is not None]
+        for account_id, (sid, ends) in due:
+            if self._clock() < ends:
                 continue
             try:
-                reserved = self.client.get_balance(account_id).reserved.micros
+                reserved = self.checker.get_balance(account_id).reserved.micros
             except PetribillError as exc:
                 if exc.code in FATAL_CODES:
                     raise
-                reserved = -1  # not answered now: look again next round
+                reserved = -1  # not answered now: look again at the next poll
+            now = self._clock()
             if reserved == 0:
                 self.figures.released += 1
                 self.figures.late_s_max = max(self.figures.late_s_max, now - ends)
-                del self._pending[account_id]
             elif now > ends + self.bound_s:
                 self.figures.violations["reserved"].append(
                     f"{account_id}: {sid} still holds {reserved} micros "
                     f"{now - ends:.1f} s after its validity ended"
                 )
+            else:
+                continue
+            with self._lock:
                 del self._pending[account_id]
