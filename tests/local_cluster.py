@@ -24,12 +24,15 @@ def small_runtime(
     shards: int = 4,
     partitions: int = 2,
     security: dict[str, str] | None = None,
+    tables: dict[str, dict[str, Any]] | None = None,
     **options: Any,
 ) -> Runtime:
     """A Runtime of ``shards`` account shards and ``partitions`` rating partitions (not
-    started), with ``security`` as its [security] table (absolute paths); ``options`` go
-    to :class:`Runtime` (``nodes``, ``port``, ``gateways``)."""
+    started), with ``security`` as its [security] table (absolute paths) and ``tables``
+    as further cluster.toml tables; ``options`` go to :class:`Runtime` (``nodes``,
+    ``port``, ``gateways``)."""
     table: dict[str, Any] = {"sharding": {"shards": shards, "partitions": partitions}}
+    table.update(tables or {})
     if security is not None:
         table["security"] = security
     config = parse_config(table, source="test")
