@@ -46,6 +46,8 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
     # The [fraud] table of the cluster config, validated there; no rule table: no rules run.
     fraud_table = settings.get("fraud")
     fraud = FraudConfig.from_mapping(fraud_table) if fraud_table else None
+    # [charging] session_validity_s: the Validity-Time the shards grant online quota for.
+    validity_s = int(settings.get("session_validity_s", 300))
 
     def open_unit(unit_id: str, path: Path, epoch: int, *, resume: bool = False) -> Engine:
         if unit_kind(unit_id) == "account":
@@ -59,6 +61,7 @@ def engine_factory(settings: dict[str, Any]) -> EngineFactory:
                 charging=charging,
                 fraud=fraud,
                 cache_accounts_max=cache_max,
+                session_validity_s=validity_s,
             )
         return RatingPartition.open(
             path,

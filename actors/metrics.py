@@ -25,6 +25,15 @@ node). Ray prefixes the names with ``ray_``:
                                                   in-sync copy left), by ``unit``
 ``petribill_replication_seconds``      histogram  a primary's shipping of one batch to its
                                                   followers, until every answer
+``petribill_duty_rounds_total``        counter    duty rounds of the hosts (actors.duties)
+``petribill_duty_done_total``          counter    what the duties did, by ``duty``
+                                                  (``sessions_expired``, ``invoices_overdue``)
+``petribill_bill_runs_total``          counter    scheduled bill runs by ``event`` (started,
+                                                  resumed, finished)
+``petribill_inspections_total``        counter    automatic inspections by ``result``
+                                                  (``ok``, ``problems``)
+``petribill_inspection_findings``      gauge      the last inspection's count per ``check``
+                                                  (0: the check held); alert on > 0
 =====================================  =========  ==========================================
 
 Recording is per call or per batch, never per record. In a process that is
@@ -40,6 +49,9 @@ from typing import Any
 import ray
 
 __all__ = [
+    "bill_run_event",
+    "duty_round",
+    "inspection",
     "metrics_urls",
     "partition_counters",
     "petribill_series",
@@ -124,6 +136,30 @@ class _Registry:
                 description="Shipping one batch to a unit's followers, until every answer.",
                 boundaries=_LATENCY_S,
             ),
+            "duty_rounds_total": metrics.Counter(
+                "petribill_duty_rounds_total",
+                description="Rounds of the account shards' time-driven duties on a host.",
+            ),
+            "duty_done_total": metrics.Counter(
+                "petribill_duty_done_total",
+                description="Reservations released and invoices aged by the duties.",
+                tag_keys=("duty",),
+            ),
+            "bill_runs_total": metrics.Counter(
+                "petribill_bill_runs_total",
+                description="Scheduled bill runs started, resumed and finished.",
+                tag_keys=("event",),
+            ),
+            "inspections_total": metrics.Counter(
+                "petribill_inspections_total",
+                description="Automatic inspections, by result.",
+                tag_keys=("result",),
+            ),
+            "inspection_findings": metrics.Gauge(
+                "petribill_inspection_findings",
+                description="What the last automatic inspection found, per check (0: held).",
+                tag_keys=("check",),
+            ),
         }
 
 
@@ -185,6 +221,37 @@ def replication(seconds: float) -> None:
     made = _REGISTRY.get()
     if made is not None:
         made["replication_seconds"].observe(seconds)
+
+
+def duty_round(sessions_expired: int, invoices_overdue: int) -> None:
+    """One round of a host's duty runner and what it did."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    made["duty_rounds_total"].inc(1)
+    if sessions_expired:
+        made["duty_done_total"].inc(sessions_expired, tags={"duty": "sessions_expired"})
+    if invoices_overdue:
+        made["duty_done_total"].inc(invoices_overdue, tags={"duty": "invoices_overdue"})
+
+
+def bill_run_event(event: str) -> None:
+    """A scheduled bill run ``started``, ``resumed`` (after a coordinator restart) or
+    ``finished``."""
+    made = _REGISTRY.get()
+    if made is not None:
+        made["bill_runs_total"].inc(1, tags={"event": event})
+
+
+def inspection(findings: dict[str, int]) -> None:
+    """One automatic inspection: its count per check (0 where the check held)."""
+    made = _REGISTRY.get()
+    if made is None:
+        return
+    ok = not any(findings.values())
+    made["inspections_total"].inc(1, tags={"result": "ok" if ok else "problems"})
+    for check, count in findings.items():
+        made["inspection_findings"].set(count, tags={"check": check})
 
 
 def metrics_urls() -> dict[str, str]:

@@ -18,6 +18,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.clock import clock_from_settings
+from actors.duties import DutyConfig, DutyRunner
 from actors.host import Engine, UnitHost
 from actors.op import Op
 from actors.replication import PeerUnreachable, ReplicationSettings
@@ -213,6 +215,10 @@ class RoutedHost(UnitHost):
             peers=RayPeers(),
             replication=ReplicationSettings.of(settings),
         )
+        # The time-driven duties of the account shards this host owns (actors.duties).
+        self._duties = DutyRunner(
+            self, clock=clock_from_settings(settings), config=DutyConfig.from_settings(settings)
+        ).start()
 
     def _open_engine(
         self, unit_id: str, path: Path, epoch: int, /, *, resume: bool = False

@@ -25,14 +25,20 @@ Checks, each a list of violations (empty means it held):
   coordinator never granted; checked on every copy (replicated: the primary
   and each follower copy in every node folder);
 - ``replicas`` (replicated storage): an in-sync follower whose database is not,
-  key for key, its primary's (all but the per-copy ``m/epoch``).
+  key for key, its primary's (all but the per-copy ``m/epoch``);
+- ``reserved`` (with ``replayed`` and ``mispriced`` of online steps): found by
+  the abandoned sessions of the load (:mod:`chaos.sessions`), money still
+  reserved a bound after a session's validity; :meth:`Auditor.check_reserved`
+  adds that no account holds reserved money once they are all over;
+- ``inspection``: the cluster's own automatic inspection, run once the faults
+  have healed and the sessions are over, found a problem.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -103,6 +109,7 @@ class Auditor:
         *,
         initial_topup_micros: int,
         audit: Audit | None = None,
+        online: Mapping[str, int] | None = None,
     ) -> None:
         self.client = client
         self.accounts = {a.account_id: a for a in accounts}
@@ -117,6 +124,8 @@ class Auditor:
         }
         for account_id, micros in topups.values():
             self.expected[account_id].topped_up += micros
+        for account_id, micros in (online or {}).items():
+            self.expected[account_id].online += micros
 
     # -- usage -------------------------------------------------------------------
 
@@ -192,6 +201,20 @@ class Auditor:
             if ack.malformed and rid not in reasons:
                 self.audit.violate("rejects", f"{rid}: malformed, not in the reject store")
 
+    def check_reserved(self) -> None:
+        """No account holds reserved money once every session's validity is over."""
+        for account_id in self.expected:
+            reserved = self.client.get_balance(account_id).reserved.micros
+            if reserved:
+                self.audit.violate("reserved", f"{account_id}: {reserved} micros still reserved")
+
+    def check_inspection(self) -> None:
+        """The cluster's own inspection finds nothing wrong (``petribill inspect``)."""
+        report = self.client.inspect()
+        for finding in report.findings:
+            if finding.count:
+                self.audit.violate("inspection", f"{finding.check}: {finding.detail}")
+
     def check_reconcile(self, when: str) -> None:
         report = self.client.reconcile()
         if not report.balanced or report.ledger_total.micros != 0:
@@ -225,6 +248,8 @@ class Auditor:
             self._compare(account_id, "owed after payment", owed, 0)
 
     def run(self, seed: int) -> Audit:
+        self.check_reserved()
+        self.check_inspection()
         self.check_usage()
         self.check_balances()
         self.check_rejects()

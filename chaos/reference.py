@@ -50,6 +50,8 @@ class Expected:
     topped_up: int = 0
     charged: int = 0
     records: set[str] = field(default_factory=set)
+    # Charged by online sessions (chaos.sessions), at the reference price of their units.
+    online: int = 0
 
     def add_charges(self, items: Iterable[tuple[str, str, int]]) -> None:
         """``(record_id, service, units)`` of records charged to this account."""
@@ -60,4 +62,5 @@ class Expected:
     @property
     def balance(self) -> int:
         """Prepaid money left (prepaid), or unbilled charges owed (postpaid)."""
-        return self.topped_up - self.charged if self.prepaid else self.charged
+        spent = self.charged + self.online
+        return self.topped_up - spent if self.prepaid else spent

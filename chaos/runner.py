@@ -3,9 +3,14 @@
 ``run`` starts its own cluster (``nodes`` simulated Ray nodes, data in a temp
 folder, the chaos catalogue of ``chaos/tariffs``), creates the accounts, runs
 the load for ``duration_s`` while the scenario's faults are applied one at a
-time, stops the load (every batch answered), audits through the API, bills
-the cycle and pays it, stops the cluster and audits the write logs on disk.
-The report says what happened and how to replay it.
+time, stops the load (every batch answered) and the abandoned sessions (every
+one seen released), audits through the API, bills the cycle and pays it, stops
+the cluster and audits the write logs on disk. The report says what happened
+and how to replay it.
+
+The cluster runs with a short Validity-Time (:data:`SESSION_VALIDITY_S`) so that
+abandoned sessions expire within the run, and without scheduled bill runs: the
+auditor bills the chaos cycle itself, at a fixed time, whatever the wall clock.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from chaos.faults import Fault, FaultResult, Injector
 from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
 from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
 from chaos.scenarios import SCENARIOS, plan
+from chaos.sessions import AbandonedSessions
 from cluster.client import PetribillClient, PetribillError
 from cluster.config import parse_config, storage_mode
 from cluster.deploy.runtime import Runtime
@@ -45,6 +51,11 @@ TARIFFS: Final = Path(__file__).resolve().parent / "tariffs"
 DISK_UNIT: Final = "acct-00"
 DISK_MB: Final = 64
 DISK_NODE_MB: Final = 256
+#: Validity-Time of the chaos cluster's online grants: abandoned sessions expire in the run.
+SESSION_VALIDITY_S: Final = 5
+#: How long past its validity a session's money may stay reserved: the duties' period,
+#: a takeover of a killed or paused owner, a full disk's hold and its recovery.
+RESERVED_BOUND_S: Final = 20.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +131,7 @@ class Report:
             "takeover_s_max": round(takeovers[-1], 3) if takeovers else None,
             "fault_every_s": self.fault_every_s(),
             "violations": audit["violations"],
+            "sessions": self.load.get("sessions", {}),
             "refusals": self.load.get("refusals", {}),
             "errors": self.errors,
             "notes": self.notes,
@@ -132,6 +144,8 @@ def _config(options: ChaosOptions) -> Any:
     with open(options.conf, "rb") as handle:
         data = tomllib.load(handle)
     data["sharding"] = {"shards": options.shards, "partitions": options.partitions}
+    data["charging"] = {**data.get("charging", {}), "session_validity_s": SESSION_VALIDITY_S}
+    data["bill_runs"] = {**data.get("bill_runs", {}), "scheduled": False}
     return parse_config(data, source=str(options.conf), base=options.conf.parent)
 
 
@@ -268,10 +282,26 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             if options.attach:
                 _prepare_given(client, accounts, options.seed)
             _create_accounts(client, accounts, options.seed)
+            # The sessions' balance polls give up quickly, so a fault cannot stall them.
+            checker = PetribillClient(info.gateways, timeout_s=2, retries=2, **options.client)
+            stack.callback(checker.close)
+
+            def on_gateway(address: str) -> None:
+                client.add_address(address)
+                checker.add_address(address)
+
             injector = Injector(
-                runtime, disk=disk, on_gateway=client.add_address, client_options=options.client
+                runtime, disk=disk, on_gateway=on_gateway, client_options=options.client
             )
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
+            # A given cluster keeps its own Validity-Time: its sessions could outlast the run.
+            sessions = AbandonedSessions(
+                client,
+                [] if options.attach else [a for a in accounts if a.prepaid],
+                seed=options.seed,
+                bound_s=RESERVED_BOUND_S,
+                checker=checker,
+            ).start()
             load_started = time.monotonic()
             try:
                 for fault in faults:
@@ -284,6 +314,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 injector.finish()
                 try:
                     load.stop()
+                    online = sessions.stop(timeout_s=SESSION_VALIDITY_S + RESERVED_BOUND_S + 60)
                 finally:
                     report.load = {
                         "acked": load.records_acked,
@@ -294,7 +325,11 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                         "hijack_answers_wrong": load.figures.hijack_answers_wrong,
                         "refusals": dict(load.figures.refusals),
                         "topups": len(load.topups),
+                        "sessions": sessions.figures.summary(),
                     }
+            for check, texts in online.violations.items():
+                for text in texts:
+                    report.audit.violate(check, text)
             report.notes.extend(
                 f"a replacement node did not start: {e}" for e in injector.replacement_errors
             )
@@ -319,6 +354,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 load.topups,
                 initial_topup_micros=INITIAL_TOP_UP_MICROS,
                 audit=report.audit,
+                online=online.charged,
             ).run(options.seed)
             runtime.stop()
             stopped = True

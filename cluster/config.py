@@ -15,17 +15,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from billing.billrun.run import BillRunConfig
 from billing.fraud import FraudConfig, FraudConfigError
 
 __all__ = [
     "DEFAULT_PATH",
     "BatchConfig",
+    "BillRunsConfig",
     "ChargingTable",
+    "ClockConfig",
     "ClusterConfig",
     "ConfigError",
+    "DutiesConfig",
     "FraudTable",
     "GatewayConfig",
     "HealthConfig",
+    "InspectionConfig",
     "LimitsConfig",
     "RayConfig",
     "SecurityConfig",
@@ -251,10 +256,58 @@ class ChargingTable(_Section):
 
     offline_policy: Literal["debt", "reject"] = "debt"
     block_over_limit: bool = False
+    # The Validity-Time of granted online quota (RFC 4006). At its end the shard's owner
+    # releases what the session holds; a late UPDATE is served within a second validity
+    # (Tcc), not after.
+    session_validity_s: int = Field(default=300, gt=0, le=86_400)
 
     def mapping(self) -> dict[str, Any]:
-        """The policies as plain values, for the settings that cross process boundaries."""
-        return self.model_dump()
+        """The policies as plain values, for the settings that cross process boundaries
+        (the Validity-Time goes to the shards on its own, ``session_validity_s``)."""
+        return self.model_dump(exclude={"session_validity_s"})
+
+
+class DutiesConfig(_Section):
+    """``[duties]``: how each account shard's owner runs its time-driven duties
+    (reservation expiry, invoice ageing; ``actors.duties``)."""
+
+    every_s: float = Field(default=1.0, gt=0, le=3600)
+    accounts_per_step: int = Field(default=200, gt=0, le=100_000)
+    invoices_per_step: int = Field(default=200, gt=0, le=100_000)
+    steps_per_round_max: int = Field(default=1_000, gt=0)
+
+
+class ClockConfig(_Section):
+    """``[clock]``: what the cluster's time-driven work reads (``actors.clock``)."""
+
+    # For tests and chaos runs only: every process adds the offset written to
+    # <data_dir>/control/clock_offset_s (forward only) to the system time.
+    adjustable: bool = False
+
+
+# A bill run before the end of the grace period only makes drafts (billing.billrun).
+_GRACE_S = BillRunConfig().grace_s
+
+
+class BillRunsConfig(_Section):
+    """``[bill_runs]``: the bill runs the coordinator starts by itself, one per cycle."""
+
+    scheduled: bool = True
+    # How long after a cycle's end its bill run starts; at least the grace period, since
+    # a run inside it only makes drafts and the cycle would not be closed.
+    after_end_s: int = Field(default=_GRACE_S, ge=_GRACE_S, le=60 * 86_400)
+    check_every_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class InspectionConfig(_Section):
+    """``[inspection]``: the coordinator's scheduled self-check (``cluster.control.inspection``)."""
+
+    # 0 turns the scheduled inspection off (``petribill inspect`` still runs one).
+    every_s: float = Field(default=600.0, ge=0)
+    # A reservation held, an invoice left open, this long past its time is a finding.
+    late_s: int = Field(default=60, gt=0)
+    # A session open longer than this is a finding ("over-old").
+    session_age_max_s: int = Field(default=86_400, gt=0)
 
 
 Action = Literal["alert", "block"]
@@ -332,11 +385,24 @@ class ClusterConfig(_Section):
     charging: ChargingTable = ChargingTable()
     fraud: FraudTable | None = None
     security: SecurityConfig = SecurityConfig()
+    clock: ClockConfig = ClockConfig()
+    duties: DutiesConfig = DutiesConfig()
+    bill_runs: BillRunsConfig = BillRunsConfig()
+    inspection: InspectionConfig = InspectionConfig()
 
     @model_validator(mode="after")
     def _actors_divide_shards(self) -> ClusterConfig:
         if self.sharding.shards % self.sharding.shards_per_actor != 0:
             raise ValueError("sharding.shards_per_actor: must divide sharding.shards")
+        return self
+
+    @model_validator(mode="after")
+    def _inspection_late_after_duties(self) -> ClusterConfig:
+        if self.inspection.late_s < self.duties.every_s:
+            raise ValueError(
+                "inspection.late_s: must be >= duties.every_s (the duties run that often, "
+                "so anything less is found late by design)"
+            )
         return self
 
     @model_validator(mode="after")

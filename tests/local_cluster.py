@@ -24,18 +24,17 @@ def small_runtime(
     shards: int = 4,
     partitions: int = 2,
     security: dict[str, str] | None = None,
-    storage: dict[str, Any] | None = None,
+    tables: dict[str, dict[str, Any]] | None = None,
     **options: Any,
 ) -> Runtime:
     """A Runtime of ``shards`` account shards and ``partitions`` rating partitions (not
-    started), with ``security`` as its [security] table (absolute paths) and ``storage``
-    as its [storage] table (``{"mode": "shared"}``; unset: replicated with 2+ nodes);
-    ``options`` go to :class:`Runtime` (``nodes``, ``port``, ``gateways``)."""
+    started), with ``security`` as its [security] table (absolute paths) and ``tables``
+    as further cluster.toml tables; ``options`` go to :class:`Runtime` (``nodes``,
+    ``port``, ``gateways``)."""
     table: dict[str, Any] = {"sharding": {"shards": shards, "partitions": partitions}}
+    table.update(tables or {})
     if security is not None:
         table["security"] = security
-    if storage is not None:
-        table["storage"] = storage
     config = parse_config(table, source="test")
     return Runtime(config, data_dir=data_dir, tariffs_dir=SAMPLE_TARIFFS, **options)
 

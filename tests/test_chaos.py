@@ -109,6 +109,8 @@ class Books:
                 self.unbilled["post"] += amount
         self.invoiced = 0
         self.ledger_total = 0
+        self.reserved: dict[str, int] = {}
+        self.findings: dict[str, int] = {}
 
     def iter_usage(self, account_id: str) -> list[accounts_pb2.UsageLine]:
         return self.lines[account_id]
@@ -117,10 +119,18 @@ class Books:
         return accounts_pb2.Balance(
             prepaid=_money(self.prepaid.get(account_id, 0)),
             unbilled=_money(self.unbilled.get(account_id, 0)),
+            reserved=_money(self.reserved.get(account_id, 0)),
         )
 
     def iter_rejects(self) -> list[admin_pb2.Reject]:
         return self.rejects
+
+    def inspect(self) -> admin_pb2.InspectResponse:
+        findings = [
+            admin_pb2.InspectionFinding(check=check, count=count, detail=f"{count} found")
+            for check, count in self.findings.items()
+        ]
+        return admin_pb2.InspectResponse(ok=not any(self.findings.values()), findings=findings)
 
     def reconcile(self) -> admin_pb2.ReconcileResponse:
         total = self.ledger_total
@@ -208,6 +218,14 @@ def _ledger(books: Books) -> None:
     books.ledger_total = 3
 
 
+def _held(books: Books) -> None:
+    books.reserved["pre"] = 40_000  # a session's money never released
+
+
+def _inspected(books: Books) -> None:
+    books.findings["invoices_unaged"] = 1
+
+
 @pytest.mark.parametrize(
     ("damage", "check"),
     [
@@ -218,12 +236,30 @@ def _ledger(books: Books) -> None:
         (_drift, "money"),
         (_unreasoned, "rejects"),
         (_ledger, "reconcile"),
+        (_held, "reserved"),
+        (_inspected, "inspection"),
     ],
 )
 def test_each_check_catches_its_planted_fault(damage: Any, check: str) -> None:
     audit = _audit(damage)
     assert not audit.ok
     assert audit.violations[check], dict(audit.violations)
+
+
+def test_online_charges_count_in_the_expected_balance() -> None:
+    """Money the sessions' updates charged is expected off the prepaid balance: the books
+    agree once they charged it, and disagree by it when they did not."""
+    acked = _acked()
+    topups = {"t:1": ("pre", 1_000_000)}
+    books = Books(acked, topups)
+    books.prepaid["pre"] -= 25_000
+    auditor = Auditor(books, ACCOUNTS, acked, topups, initial_topup_micros=INITIAL,  # type: ignore[arg-type]
+                      online={"pre": 25_000})  # fmt: skip
+    assert auditor.run(seed=1).ok
+    books = Books(acked, topups)
+    unpaid = Auditor(books, ACCOUNTS, acked, topups, initial_topup_micros=INITIAL,  # type: ignore[arg-type]
+                     online={"pre": 25_000})  # fmt: skip
+    assert unpaid.run(seed=1).violations["money"]
 
 
 def test_lost_and_doubled_records_count_and_move_money() -> None:

@@ -123,6 +123,7 @@ def test_every_sdk_call_reaches_its_rpc(tmp_path: Path) -> None:
         assert list(client.list_notifications("a1").notifications) == []
         assert client.cluster_status().nodes[0].node_id == "n0"
         assert client.reconcile().balanced
+        assert client.inspect().ok
         assert list(client.list_rejects().rejects) == []
         assert client.reprocess_rejects(["r1"]).reprocessed == 0
         assert client.backup(request_id="bk1").done

@@ -109,7 +109,7 @@ class Load:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     data_dir = tmp_path_factory.mktemp("failover") / "data"
     runtime = small_runtime(
-        data_dir, shards=6, partitions=3, nodes=3, port=0, storage={"mode": "shared"}
+        data_dir, shards=6, partitions=3, nodes=3, port=0, tables={"storage": {"mode": "shared"}}
     )
     with running(runtime):
         yield runtime

@@ -1,15 +1,14 @@
 """Account operations on a shard: lifecycle, plan changes, top-ups, mode switches, online
-sessions, refunds. Each takes its operation (``actors.shard.ops``) and is one synced batch."""
+sessions, refunds. Each takes its operation (``actors.shard.ops``) and is one synced batch.
+Reservation expiry is a duty of the shard's owner (``actors.shard.duties``)."""
 
 from __future__ import annotations
 
 from actors.shard import ops
 from actors.shard.core import ShardCore
-from actors.shard.keys import RESERVATION_PREFIX, key_after, prefix_end
 from actors.shard.ops import Applied
 from actors.shard.risk import encode_risk, load_risk, risk_key
 from actors.shard.work import Work
-from actors.store.codec import decode_u64
 from billing.account_status import change_status
 from billing.accounts import (
     Account,
@@ -30,7 +29,6 @@ from billing.ocs.session import (
     Grant,
     Refund,
     balance_check,
-    expire,
     refund,
     session_initial,
     session_terminate,
@@ -197,9 +195,10 @@ class ShardAccounts:
             op.account_id,
             lambda work, state: session_initial(
                 request_id=op.request_id, state=state, session_id=op.session_id,
-                quote=op.quote, requested_units=op.requested_units, validity_s=op.validity_s,
-                at_s=op.at_s, existing=work.mark(op.request_id), tariff=core.tariff,
-                config=core.charging,
+                quote=op.quote, requested_units=op.requested_units,
+                validity_s=op.validity_s or core.session_validity_s, at_s=op.at_s,
+                existing=work.mark(op.request_id), tariff=core.tariff, config=core.charging,
+                now_s=op.now_s,
             ),
         )  # fmt: skip
 
@@ -211,6 +210,7 @@ class ShardAccounts:
                 request_id=op.request_id, state=state, session_id=op.session_id,
                 used_units=op.used_units, requested_units=op.requested_units, at_s=op.at_s,
                 existing=work.mark(op.request_id), tariff=core.tariff, config=core.charging,
+                now_s=op.now_s,
             ),
         )  # fmt: skip
 
@@ -221,35 +221,9 @@ class ShardAccounts:
             lambda work, state: session_terminate(
                 request_id=op.request_id, state=state, session_id=op.session_id,
                 used_units=op.used_units, at_s=op.at_s, existing=work.mark(op.request_id),
-                tariff=core.tariff, config=core.charging,
+                tariff=core.tariff, config=core.charging, now_s=op.now_s,
             ),
         )  # fmt: skip
-
-    def expire_reservations(self, op: ops.ExpireReservations) -> dict[str, tuple[str, ...]]:
-        """Release every reservation whose validity ended by ``at_s``, exactly once
-        (one commit per chunk of accounts); returns the sessions expired per account."""
-        core, at_s = self.core, op.at_s
-        expired: dict[str, tuple[str, ...]] = {}
-        start = RESERVATION_PREFIX
-        end = prefix_end(RESERVATION_PREFIX)
-        while True:
-            chunk = list(core.store.scan(start, end, limit=core.chunk_accounts))
-            if not chunk:
-                return expired
-            start = key_after(chunk[-1][0])
-            work = Work(core)
-            for key, raw in chunk:
-                if decode_u64(raw) > at_s:
-                    continue
-                account_id = key[len(RESERVATION_PREFIX) :].decode()
-                state = work.state(account_id)
-                if state is None:
-                    continue
-                out = expire(state, at_s=at_s)
-                work.apply(out.effects, account_id)
-                if out.receipt:
-                    expired[account_id] = out.receipt
-            work.commit()
 
     def refund(self, op: ops.Refund) -> Applied[Refund]:
         core = self.core

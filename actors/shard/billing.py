@@ -1,4 +1,5 @@
-"""Bill runs, payments and invoice ageing on an account shard (one commit per chunk of accounts)."""
+"""Bill runs and payments on an account shard (one commit per chunk of accounts); invoice
+ageing is a duty of the shard's owner (``actors.shard.duties``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from dataclasses import dataclass, field
 
 from actors.shard import ops
 from actors.shard.core import ShardCore
-from actors.shard.keys import ACCOUNT_PREFIX, AGEING_PREFIX, key_after, prefix_end
+from actors.shard.keys import ACCOUNT_PREFIX, key_after, prefix_end
 from actors.shard.work import Work
-from actors.store.codec import encode_u64
 from billing.accounts import Result
 from billing.billrun.run import BillResult, bill_run, billing_account, invoice_id_for
 from billing.cycle import monthly_cycle
 from billing.limits import over_balance_limit
-from billing.writeoff import Payment, WriteoffOutcome, age_invoices, apply_payment, reverse_payment
+from billing.writeoff import Payment, WriteoffOutcome, apply_payment, reverse_payment
 
 __all__ = ["BillRunReport", "ShardBilling"]
 
@@ -158,33 +158,3 @@ class ShardBilling:
         work.apply_writeoff(out, account_id)
         work.commit()
         return out
-
-    def age_invoices(self, op: ops.AgeInvoices) -> int:
-        """Mark open invoices due by ``at_s`` overdue (one notice each); returns how many."""
-        at_s = op.at_s
-        changed_total = 0
-        end = AGEING_PREFIX + encode_u64(at_s + 1)
-        while True:
-            chunk = list(self.core.store.scan(AGEING_PREFIX, end, limit=self.core.chunk_accounts))
-            if not chunk:
-                return changed_total
-            work = Work(self.core)
-            invoices = []
-            for key, raw in chunk:
-                found = work.invoice(raw.decode(), key[len(AGEING_PREFIX) + 8 :].decode())
-                if found is None:
-                    work.batch.delete(key)  # an index row without its invoice: drop it
-                else:
-                    invoices.append(found[0])
-            changed, notices = age_invoices(invoices, at_s)
-            for invoice in changed:
-                work.put_invoice(invoice)  # OVERDUE: put_invoice drops its index row
-            for note in notices:
-                work.put_notification(note)
-            done = {i.invoice_id for i in changed}
-            for invoice in invoices:
-                if invoice.invoice_id not in done:  # no longer ageing (paid meanwhile)
-                    key = AGEING_PREFIX + encode_u64(invoice.due_at_s) + invoice.invoice_id.encode()
-                    work.batch.delete(key)
-            work.commit()
-            changed_total += len(changed)

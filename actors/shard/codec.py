@@ -14,6 +14,7 @@ one kind; ids are UTF-8 without NUL, sequence numbers u64 big-endian)::
     n/<account>\\0<seq>                 per-account index of N/ (empty value)
     d/<notification id>                -> seq (a notification id is stored once)
     r/<account>                        -> u64 next reservation due time (expiry index)
+    e/<record id>                      stored answer of a direct debit: the balance after it
     f/<forward id>                     outbox: a sponsor charge for another shard
     x/<forward id>                     forwards this shard received and had to refuse
     s/<record id>                      -> u64 what the sponsor of a sponsored record is

@@ -53,8 +53,10 @@ class ShardCore:
         fraud: FraudConfig | None = None,
         cache_accounts_max: int = 50_000,
         chunk_accounts: int = 500,
+        session_validity_s: int = 300,
     ) -> None:
         invariant(chunk_accounts > 0, "chunk_accounts must be positive")
+        invariant(session_validity_s > 0, "session_validity_s must be positive")
         self.store = store
         self.unit_id = unit_id
         self.tariff = tariff
@@ -64,6 +66,8 @@ class ShardCore:
         # None: no fraud rules run (no evaluation, no risk rows); see actors.shard.risk.
         self.fraud = fraud
         self.chunk_accounts = chunk_accounts
+        # The Validity-Time of an online grant when the caller names none (RFC 4006).
+        self.session_validity_s = session_validity_s
         self.cache: LruCache[str, AccountRow] = LruCache(cache_accounts_max)
         self.pack = new_packer()  # this shard's own: calls into one unit are serialised
         raw = store.get(NOTIFICATION_SEQ_KEY)

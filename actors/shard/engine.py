@@ -12,9 +12,9 @@ Recovery contract
     *Durable*: everything an answered call changed. A call returns only after
     its single synced commit; a crash before that leaves none of its writes
     (a ``WriteBatch`` is atomic), after it all of them. Multi-chunk calls
-    (``bill_run``, ``age_invoices``, ``expire_reservations``) commit per chunk
-    of accounts; each chunk is whole or absent, and re-running the call
-    finishes the rest (each account's step is idempotent).
+    (``bill_run``, ``age_invoices``, ``expire_reservations``, a ``run_duties``
+    step) commit per chunk of accounts; each chunk is whole or absent, and
+    re-running the call finishes the rest (each account's step is idempotent).
 
     *Idempotent*: usage by ``record_id`` (``charge_batch``, ``direct_debit``),
     sponsor charges by ``sponsor:<record_id>`` (``apply_forwards``), every
@@ -22,7 +22,8 @@ Recovery contract
     plan change, switch, session steps, refund, payment, reversal); a repeat answers
     ``duplicate`` with the stored result, a repeat with other content
     ``exists_with_different_<field>``. ``bill_run`` is idempotent per
-    (account, cycle), ``age_invoices`` and ``expire_reservations`` by state.
+    (account, cycle), the duties (``age_invoices``, ``expire_reservations``,
+    ``run_duties``) by state.
     Refusals (insufficient balance, unknown account...) write nothing.
 
     *After an error*: if a commit raises (``StaleEpoch`` after a takeover,
@@ -43,14 +44,15 @@ Recovery contract
 Not thread-safe: the host serialises calls into one unit.
 
 Layout: an :class:`AccountShard` holds a :class:`~actors.shard.core.ShardCore`
-(the store, the row cache, the configuration, the loaders) and five parts
+(the store, the row cache, the configuration, the loaders) and six parts
 given that core: ``usage`` (charge batches, forwards, direct debits,
 :mod:`actors.shard.usage`), ``accounts`` (lifecycle, top-ups, sessions,
-:mod:`actors.shard.accounts`), ``billing`` (bill run, payments, ageing,
-:mod:`actors.shard.billing`), ``queries`` (reads, :mod:`actors.shard.queries`)
-and ``audit`` (:mod:`actors.shard.audit`). Callers ask for an operation of
-:mod:`actors.shard.ops` (``shard.run(op)``); each names the part's method that
-runs it. Every call's writes go through one :class:`~actors.shard.work.Work`.
+:mod:`actors.shard.accounts`), ``billing`` (bill run, payments,
+:mod:`actors.shard.billing`), ``duties`` (reservation expiry, invoice ageing,
+the self-inspection, :mod:`actors.shard.duties`), ``queries`` (reads,
+:mod:`actors.shard.queries`) and ``audit`` (:mod:`actors.shard.audit`). Callers
+ask for an operation of :mod:`actors.shard.ops` (``shard.run(op)``); each names
+the part's method that runs it. Every call's writes go through one :class:`~actors.shard.work.Work`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from actors.shard.accounts import ShardAccounts
 from actors.shard.audit import AuditReport, ShardAudit
 from actors.shard.billing import BillRunReport, ShardBilling
 from actors.shard.core import ShardCore
+from actors.shard.duties import ShardDuties
 from actors.shard.ops import ShardOp
 from actors.shard.queries import ShardQueries
 from actors.shard.usage import ChargeBatchAnswer, ShardUsage
@@ -106,6 +109,7 @@ class AccountShard:
         self.usage = ShardUsage(self.core)
         self.accounts = ShardAccounts(self.core)
         self.billing = ShardBilling(self.core)
+        self.duties = ShardDuties(self.core)
         self.queries = ShardQueries(self.core)
         self.audit = ShardAudit(self.core)
 

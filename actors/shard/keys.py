@@ -13,6 +13,7 @@ A prefix scan visits exactly one kind of row, and the kinds sort apart::
     n/<account>\\0<seq u64>           the account's notifications (index)
     d/<notification id>              notification already stored (once per crossing)
     r/<account>                      earliest reservation expiry of the account
+    e/<record id>                    the stored answer of a direct debit (balance after)
     f/<forward id>                   outbox: a sponsor charge for another shard
     x/<forward id>                   a sponsor charge this shard refused
     s/<record id>                    what a sponsored record's sponsor is charged (u64)
@@ -35,6 +36,7 @@ __all__ = [
     "ACCOUNT_NOTIFICATION_PREFIX",
     "ACCOUNT_PREFIX",
     "AGEING_PREFIX",
+    "ANSWER_PREFIX",
     "BILLING_PREFIX",
     "IDEMPOTENCY_PREFIX",
     "INVOICE_INDEX_PREFIX",
@@ -49,6 +51,7 @@ __all__ = [
     "RISK_PREFIX",
     "SPONSOR_AMOUNT_PREFIX",
     "account_key",
+    "answer_key",
     "idempotency_key",
     "key_after",
     "ledger_key",
@@ -74,6 +77,7 @@ OUTBOX_PREFIX: Final = b"f/"
 REFUSED_PREFIX: Final = b"x/"
 RISK_PREFIX: Final = b"k/"
 SPONSOR_AMOUNT_PREFIX: Final = b"s/"
+ANSWER_PREFIX: Final = b"e/"
 NOTIFICATION_SEQ_KEY: Final = b"c/notifications"
 
 
@@ -121,6 +125,14 @@ def split_ledger_key(key: bytes) -> tuple[str, int]:
     if not body.endswith(b"\x00"):
         raise CodecError(f"not a ledger key: {key!r}")
     return body[:-1].decode("utf-8"), decode_u64(seq)
+
+
+def answer_key(request_id: str) -> bytes | None:
+    """Key of the stored answer of an online event, or None for an id no key can hold
+    (empty, or with a NUL: such an id was never stored either)."""
+    if not request_id or "\x00" in request_id:
+        return None
+    return ANSWER_PREFIX + request_id.encode()
 
 
 def idempotency_key(key: str) -> bytes:

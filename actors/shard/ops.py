@@ -33,6 +33,7 @@ from billing.writeoff import WriteoffOutcome
 if TYPE_CHECKING:
     from actors.shard.audit import AuditReport
     from actors.shard.billing import BillRunReport
+    from actors.shard.duties import DutyStep, ShardInspection
     from actors.shard.engine import AccountShard
     from actors.shard.usage import ChargeBatchAnswer
     from billing.charging.batch import TopUp as TopUpReceipt
@@ -53,11 +54,13 @@ __all__ = [
     "ChargeBatch",
     "CountRefusedForwards",
     "CreateAccount",
+    "Debit",
     "DirectDebit",
     "EndSponsorRule",
     "ExpireReservations",
     "GetAccount",
     "GetInvoice",
+    "InspectShard",
     "ListInvoices",
     "ListNotifications",
     "MoveNumber",
@@ -67,6 +70,7 @@ __all__ = [
     "RefusedForwards",
     "RetryRefusedForwards",
     "ReversePayment",
+    "RunDuties",
     "SessionInitial",
     "SessionTerminate",
     "SessionUpdate",
@@ -367,13 +371,17 @@ class SwitchMode(ShardOp[Applied[Switch]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionInitial(ShardOp[Applied[Grant]]):
+    """``validity_s`` 0: the shard's configured Validity-Time. ``now_s`` is the service's
+    clock the grant's validity runs on (None: the event time ``at_s``)."""
+
     request_id: str
     account_id: str
     session_id: str
     quote: Quote
     requested_units: int
-    validity_s: int
     at_s: int
+    validity_s: int = 0
+    now_s: int | None = None
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Grant]:
         return engine.accounts.session_initial(self)
@@ -387,6 +395,7 @@ class SessionUpdate(ShardOp[Applied[Grant]]):
     used_units: int
     requested_units: int
     at_s: int
+    now_s: int | None = None
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Grant]:
         return engine.accounts.session_update(self)
@@ -399,6 +408,7 @@ class SessionTerminate(ShardOp[Applied[Grant]]):
     session_id: str
     used_units: int
     at_s: int
+    now_s: int | None = None
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Grant]:
         return engine.accounts.session_terminate(self)
@@ -417,15 +427,24 @@ class Refund(ShardOp[Applied[RefundReceipt]]):
         return engine.accounts.refund(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """A direct debit's answer: the charge row and the prepaid balance right after it,
+    both as first decided (a retry gets them back unchanged)."""
+
+    charge: Charge
+    balance_after: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DirectDebit(ShardOp[Applied[Charge]]):
+class DirectDebit(ShardOp[Applied[Debit]]):
     """An immediate online event, idempotent by the rated record's ``record_id``."""
 
     account_id: str
     rated: RatedRecord
     at_s: int
 
-    def apply(self, engine: AccountShard, env: Env) -> Applied[Charge]:
+    def apply(self, engine: AccountShard, env: Env) -> Applied[Debit]:
         return engine.usage.direct_debit(self)
 
 
@@ -436,7 +455,7 @@ class ExpireReservations(ShardOp[dict[str, tuple[str, ...]]]):
     at_s: int
 
     def apply(self, engine: AccountShard, env: Env) -> dict[str, tuple[str, ...]]:
-        return engine.accounts.expire_reservations(self)
+        return engine.duties.expire_reservations(self)
 
 
 # -- usage ------------------------------------------------------------------------------------
@@ -531,4 +550,35 @@ class AgeInvoices(ShardOp[int]):
     at_s: int
 
     def apply(self, engine: AccountShard, env: Env) -> int:
-        return engine.billing.age_invoices(self)
+        return engine.duties.age_invoices(self)
+
+
+# -- time-driven duties and the inspection (actors.shard.duties) --------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunDuties(ShardOp["DutyStep"]):
+    """One bounded step of the shard's duties at ``now_s`` (its owner's clock): expire the
+    due reservations among the next ``accounts_max`` accounts holding any, age up to
+    ``invoices_max`` invoices due; the answer says whether more is left."""
+
+    now_s: int
+    accounts_max: int = 200
+    invoices_max: int = 200
+
+    def apply(self, engine: AccountShard, env: Env) -> DutyStep:
+        return engine.duties.run_duties(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InspectShard(ShardOp["ShardInspection"]):
+    """What the duties should have done by ``now_s`` and did not (a reservation held
+    ``late_s`` past its validity, an invoice open ``late_s`` past due, an overdue
+    invoice without reminder, a session open over ``session_age_max_s``)."""
+
+    now_s: int
+    late_s: int = 60
+    session_age_max_s: int = 86_400
+
+    def apply(self, engine: AccountShard, env: Env) -> ShardInspection:
+        return engine.duties.inspect(self)

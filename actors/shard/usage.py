@@ -7,7 +7,13 @@ from collections.abc import Iterable
 from actors.shard import ops
 from actors.shard.codec import decode_value, encode_value
 from actors.shard.core import ShardCore
-from actors.shard.keys import OUTBOX_PREFIX, REFUSED_PREFIX, SPONSOR_AMOUNT_PREFIX, prefixed
+from actors.shard.keys import (
+    OUTBOX_PREFIX,
+    REFUSED_PREFIX,
+    SPONSOR_AMOUNT_PREFIX,
+    answer_key,
+    prefixed,
+)
 from actors.shard.ops import Applied
 from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
@@ -242,21 +248,41 @@ class ShardUsage:
             out.append((usage, Result(result)))
         return out
 
-    def direct_debit(self, op: ops.DirectDebit) -> Applied[Charge]:
+    def direct_debit(self, op: ops.DirectDebit) -> Applied[ops.Debit]:
         """An immediate online event (content purchase, one-shot): never below the
-        balance or over the limit; idempotent by ``record_id``."""
-        rated, at_s = op.rated, op.at_s
-
-        def run(work: Work, state: AccountState) -> Outcome[Charge]:
-            others: dict[str, AccountState] = {}
-            sponsorship = resolve_sponsor(state.account, rated, self.core.tariff)
-            if sponsorship is not None:
-                sponsor = work.state(sponsorship.sponsor_account_id)
-                if sponsor is not None:
-                    others[sponsorship.sponsor_account_id] = sponsor
-            return charge(
-                state, rated, marks=MarkView(work), tariff=self.core.tariff,
-                config=self.core.charging, at_s=at_s, offline=False, others=others,
-            )  # fmt: skip
-
-        return self.core.single(op.account_id, run)
+        balance or over the limit; idempotent by ``record_id``. The answer's balance is
+        stored beside the charge (``e/<record_id>``, same batch), so a retry gets the
+        first answer back, not the balance of the moment."""
+        core, rated, at_s = self.core, op.rated, op.at_s
+        work = Work(core)
+        state = work.state(op.account_id)
+        if state is None:
+            return Applied(Outcome(result=Result.UNKNOWN_ACCOUNT), None)
+        others: dict[str, AccountState] = {}
+        sponsorship = resolve_sponsor(state.account, rated, core.tariff)
+        if sponsorship is not None:
+            sponsor = work.state(sponsorship.sponsor_account_id)
+            if sponsor is not None:
+                others[sponsorship.sponsor_account_id] = sponsor
+        out = charge(
+            state, rated, marks=MarkView(work), tariff=core.tariff, config=core.charging,
+            at_s=at_s, offline=False, others=others,
+        )  # fmt: skip
+        work.apply(out.effects, op.account_id)
+        after = work.state(op.account_id)
+        assert after is not None  # it existed above
+        balance = after.prepaid
+        key = answer_key(rated.record.record_id)
+        if key is not None and out.effects.accounts:
+            work.batch.put(key, encode_value(balance))  # charged now: its answer with it
+        elif key is not None and out.result is Result.DUPLICATE:
+            stored = core.store.get(key)
+            if stored is not None:  # absent for a debit stored before answers were kept
+                balance = decode_value(stored)
+        work.commit()
+        row = out.receipt
+        debit = None if row is None else ops.Debit(charge=row, balance_after=balance)
+        return Applied(
+            Outcome(result=out.result, receipt=debit, effects=out.effects),
+            work.state(op.account_id),
+        )

@@ -37,6 +37,8 @@ class Refund:
     service: str
     book: Book
     at_s: int
+    # The balance of ``book`` right after the refund: the answer a retry gets back.
+    balance_after: int = 0
 
 
 def refund(
@@ -88,6 +90,7 @@ def refund(
         service=service,
         book=book,
         at_s=at_s,
+        balance_after=new.balance(book),
     )
     notes: list[Notification] = []
     check_low_balance(new, config.reminders, cycle_id, at_s, notes)

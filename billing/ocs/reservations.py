@@ -32,6 +32,7 @@ __all__ = [
     "available_funds",
     "grant",
     "grant_of",
+    "lapse",
     "release",
     "session_entry",
     "session_line",
@@ -84,15 +85,28 @@ class Reservation:
     paid_prepaid: int = 0
     paid_unbilled: int = 0
     paid_debt: int = 0
+    # When the session was opened, on the service's clock (0: stored before it was kept).
+    opened_at_s: int = 0
 
     @property
     def is_open(self) -> bool:
         return self.status is SessionStatus.OPEN
 
+    @property
+    def supervised_until_s(self) -> int:
+        """The end of the session supervision (RFC 4006 Tcc, two validity times after
+        the last grant): a late UPDATE is served until then, refused after."""
+        return self.expires_at_s + self.validity_s
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Grant:
-    """The answer to a session step: quota granted now and the session's totals so far."""
+    """The answer to a session step: quota granted now and the session's totals so far.
+
+    It is the result stored in the step's idempotency mark, so it holds the whole
+    answer a retry must get back unchanged: what this step charged, the validity
+    of its grant, the money held after it and the step's own result.
+    """
 
     session_id: str
     granted_units: int
@@ -102,6 +116,12 @@ class Grant:
     charged: int
     # Money the session holds after this step (prepaid moved to reserved); 0 once closed.
     money_held: int = 0
+    # Money this step charged for the units it reported (``charged`` is the session's total).
+    charged_now: int = 0
+    # Validity-Time of this grant, seconds (0 when nothing was granted).
+    validity_s: int = 0
+    # The step's result as first decided (a replay answers it again).
+    result: Result = Result.GRANTED
 
 
 def step_fields(
@@ -291,9 +311,10 @@ def available_funds(new: AccountState) -> int | None:
 
 
 def grant(
-    new: AccountState, res: Reservation, requested: int, at_s: int, tariff: Tariff
+    new: AccountState, res: Reservation, requested: int, now_s: int, tariff: Tariff
 ) -> tuple[Reservation, list[Posting]]:
-    """Reserve up to ``requested`` units for ``res`` (which holds nothing)."""
+    """Reserve up to ``requested`` units for ``res`` (which holds nothing), valid from
+    ``now_s`` (the service's clock) for the session's validity."""
     quote = res.quote
     left = requested
     held: list[tuple[str, int]] = []
@@ -338,13 +359,17 @@ def grant(
         bundle_held=tuple(held),
         money_held=from_prepaid,
         credit_hold=hold - from_prepaid,
-        expires_at_s=at_s + res.validity_s,
+        expires_at_s=now_s + res.validity_s,
         final=granted < requested,
     )
     return granted_res, postings
 
 
-def grant_of(res: Reservation) -> Grant:
+def grant_of(
+    res: Reservation, *, now_s: int, charged_now: int = 0, result: Result = Result.GRANTED
+) -> Grant:
+    """The answer of a step that left ``res`` at ``now_s`` and charged ``charged_now``."""
+    validity = max(res.expires_at_s - now_s, 0) if res.is_open and res.granted_units else 0
     return Grant(
         session_id=res.session_id,
         granted_units=res.granted_units,
@@ -353,4 +378,19 @@ def grant_of(res: Reservation) -> Grant:
         used_units=res.used_units,
         charged=res.charged,
         money_held=res.money_held if res.is_open else 0,
+        charged_now=charged_now,
+        validity_s=validity,
+        result=result,
     )
+
+
+def lapse(new: AccountState, res: Reservation) -> tuple[Reservation, Entry | None]:
+    """Expire ``res`` (open, its validity over): give back what it holds and mark it
+    ``EXPIRED``. The release entry is dated at the end of the validity and named by
+    it (``expire:<session>:<expires_at_s>``), so it is the same entry whether the
+    owner's expiry duty or a late step of the session found it first."""
+    released, postings = release(new, res)
+    expired = replace(released, status=SessionStatus.EXPIRED)
+    ref = f"expire:{res.session_id}:{res.expires_at_s}"
+    entry = session_entry(ref, EntryKind.RELEASE, new, res.expires_at_s, res.cycle_id, postings)
+    return expired, entry

@@ -48,6 +48,7 @@ class Backend:
         """The backend of a gateway in a Ray cluster, from the plain settings every actor
         is built from (``deploy.runtime.settings_of``); ``functools.partial(
         Backend.from_settings, settings)`` is a picklable factory."""
+        from actors.clock import clock_from_settings
         from actors.remote import RayTransport
         from actors.router import UnitRouter
 
@@ -61,5 +62,6 @@ class Backend:
                 data_dir=settings.get("data_dir"),
                 backup_root=settings.get("backup_root"),
                 tariffs_root=settings.get("tariffs_root"),
+                clock=clock_from_settings(settings),
             )
         )

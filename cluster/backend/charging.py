@@ -7,6 +7,14 @@ catalogue (``billing.rating.price_enquiry``) into the session's ``Quote``;
 later steps only report units. Outcomes the proto carries (no quota, unknown
 subscriber or session, blocked account, unratable usage) are ``SessionResult``
 values; id conflicts and malformed steps fail the call (``backend_status``).
+
+Every answer is built from what the shard stored with the request id — a
+session step's ``Grant``, a direct debit's charge and balance, a refund's
+receipt — never from the account's state at the time of a retry, so a retry
+answers the first answer's money unchanged (flagged ``duplicate`` in
+``detail`` for a session step). The Validity-Time is the shard's
+(``[charging] session_validity_s``) and runs on the service's clock, whatever
+event time a request carries.
 """
 
 from __future__ import annotations
@@ -40,8 +48,6 @@ __all__ = [
 ]
 
 _INT64_MAX: Final = 2**63 - 1
-#: Validity of a grant (Validity-Time), seconds.
-VALIDITY_S: Final = 300
 #: Units granted when a step asks for none ("0 lets the server choose").
 DEFAULT_UNITS: Final = {
     Service.VOICE: 300,
@@ -115,6 +121,7 @@ async def charge_session(
 ) -> charging_pb2.SessionAnswer:
     deadline = deadline_after(timeout_s)
     at_s, rid, sid = cluster.now_s(request.at_s), request.request_id, request.session_id
+    now_s = cluster.now_s()  # what the grant's validity runs on (RFC 4006), not the event time
     answer = charging_pb2.SessionAnswer(request_id=rid, session_id=sid)
     state, entry, why = await _payer(cluster, request.account_id, request.served_msisdn, deadline)
     if state is None:
@@ -156,7 +163,7 @@ async def charge_session(
             at_s=at_s,
             quote=quote,
             requested_units=requested,
-            validity_s=VALIDITY_S,
+            now_s=now_s,
         )
     elif step == _R.SESSION_STEP_UPDATE:
         requested = request.requested_units
@@ -169,6 +176,7 @@ async def charge_session(
             at_s=at_s,
             used_units=request.used_units,
             requested_units=requested,
+            now_s=now_s,
         )
     elif step == _R.SESSION_STEP_TERMINATE:
         op = ops.SessionTerminate(
@@ -177,28 +185,27 @@ async def charge_session(
             session_id=sid,
             at_s=at_s,
             used_units=request.used_units,
+            now_s=now_s,
         )
     else:
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, "step: not set")
     out = await cluster.on_shard(account_id, op, timeout_s=_left(deadline))
-    mapped = _SESSION_RESULT.get(out.result)
+    grant = out.receipt
+    # A replay answers the stored step's own result, not "duplicate" (flagged in detail).
+    result = grant.result if out.result is Result.DUPLICATE and grant is not None else out.result
+    mapped = _SESSION_RESULT.get(result)
     if mapped is None:
         raise_for(out.result.value, f"session {sid}", rid)
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"session {sid}: {out.result}")
     answer.result = mapped
-    grant = out.receipt
-    # What the session holds after the step comes with the grant (a replayed step
-    # answers as the first time): no second read of the account.
+    # The whole answer is the stored grant: what this step charged, the validity of
+    # its grant and what the session holds after it, as first decided.
     answer.reserved.CopyFrom(money(grant.money_held if grant is not None else 0, currency))
+    answer.charged.CopyFrom(money(grant.charged_now if grant is not None else 0, currency))
     if grant is not None:
         answer.granted_units = grant.granted_units
-        answer.validity_s = max(grant.expires_at_s - at_s, 0) if grant.granted_units else 0
+        answer.validity_s = grant.validity_s
         answer.final_unit = grant.final
-        # A replayed step finds the session already past it: nothing more to report.
-        charged = grant.charged - (before.charged if before is not None else 0)
-        answer.charged.CopyFrom(money(max(charged, 0), currency))
-    else:
-        answer.charged.CopyFrom(money(0, currency))
     if out.result is not Result.GRANTED and out.result is not Result.TERMINATED:
         answer.detail = out.result.value
     return answer
@@ -236,12 +243,13 @@ async def direct_debit(
         timeout_s=_left(deadline),
     )
     raise_for(out.result.value, f"account {state.account_id}", rid)
-    after = out.state
-    assert after is not None  # charged or replayed: the account exists
-    cur = after.account.currency
-    charged = out.receipt.amount if out.receipt is not None else 0
+    debit = out.receipt
+    assert debit is not None  # charged or replayed: the stored charge and balance
+    cur = state.account.currency
     return charging_pb2.DirectDebitAnswer(
-        request_id=rid, charged=money(charged, cur), balance_after=money(after.prepaid, cur)
+        request_id=rid,
+        charged=money(debit.charge.amount, cur),
+        balance_after=money(debit.balance_after, cur),
     )
 
 
@@ -270,14 +278,10 @@ async def refund(
         timeout_s=_left(deadline),
     )
     raise_for(out.result.value, f"account {account_id}", rid)
-    after = out.state
-    assert after is not None  # refunded or replayed: the account exists
-    book = (
-        after.credit
-        if out.receipt is not None and out.receipt.book.value == "credit"
-        else (after.prepaid)
-    )
-    return charging_pb2.RefundAnswer(request_id=rid, balance_after=money(book, cur))
+    receipt = out.receipt
+    assert receipt is not None  # refunded or replayed: the stored refund
+    balance = money(receipt.balance_after, cur)
+    return charging_pb2.RefundAnswer(request_id=rid, balance_after=balance)
 
 
 async def price_enquiry(

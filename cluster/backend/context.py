@@ -14,12 +14,13 @@ request or record id, so a call cut short is safely retried by the client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from actors.clock import SYSTEM_CLOCK, Clock
 from actors.op import Op
 from actors.partition.directory import DirectoryEntry
 from actors.partition.ops import GetSubscriber
@@ -37,7 +38,6 @@ from cluster.api.rules import shown
 
 __all__ = ["Clock", "Cluster"]
 
-Clock = Callable[[], float]
 R = TypeVar("R")
 
 # How often a backend looks whether another gateway loaded a new catalogue.
@@ -60,7 +60,7 @@ class Cluster:
         router: UnitRouter,
         *,
         tariffs_dir: str,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         data_dir: str | None = None,
         backup_root: str | None = None,
         tariffs_root: str | None = None,

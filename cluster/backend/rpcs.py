@@ -49,7 +49,7 @@ from actors.shard import ops
 from actors.shard.ops import Applied
 from billing.accounts import AccountState, AccountStatus
 from cluster.api.errors import BackendError
-from cluster.backend import accounts, admin, billing, charging, settlement, sponsors, usage
+from cluster.backend import accounts, admin, billing, charging, inspect, settlement, sponsors, usage
 from cluster.backend.context import Cluster
 from cluster.backend.convert import account_to_proto, balance_to_proto
 from cluster.backend.status import raise_for
@@ -439,6 +439,7 @@ RPCS: Final[tuple[Rpc, ...]] = (
     Rpc(name="AdminService.ListRejects", roles=_OPERATOR, handler=admin.list_rejects),
     Rpc(name="AdminService.ReprocessRejects", roles=_OPERATOR, handler=admin.reprocess_rejects),
     Rpc(name="AdminService.Backup", roles=_OPERATOR, handler=admin.backup),
+    Rpc(name="AdminService.Inspect", roles=_OPERATOR, handler=inspect.inspect),
 )
 
 _BY_NAME: Final[Mapping[str, Rpc]] = {rpc.name: rpc for rpc in RPCS}

@@ -528,9 +528,18 @@ def demo(conf_dir: Path | None, nodes: int, keep: bool, offline: bool) -> None:
 
 # The cluster's operator commands live in their own modules; registered here so
 # `petribill` is one command group.
-from cluster.cli import account_admin, admin, client, ops, security, settlement  # noqa: E402
+from cluster.cli import (  # noqa: E402
+    account_admin,
+    admin,
+    client,
+    clock,
+    inspect,
+    ops,
+    security,
+    settlement,
+)
 
-for _module in (ops, client, admin, security, account_admin, settlement):
+for _module in (ops, client, admin, security, account_admin, settlement, inspect, clock):
     _module.register(main)
 
 # Commands of packages above cluster/ (chaos) register themselves through the

@@ -253,6 +253,49 @@ def status(as_json: bool, data_dir: Path) -> None:
         f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
         f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
     )
+    for line in schedule_lines(found.get("schedule")):
+        console.print(line)
+
+
+def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:
+    """The coordinator's schedule in words: the next and last bill runs, the last
+    inspection (``status()["schedule"]``, ``cluster.control.duties``)."""
+    from cluster.cli.render import when_text
+
+    if not schedule:
+        return []
+    runs = schedule["bill_runs"]
+    lines = []
+    if not runs["scheduled"]:
+        lines.append("bill runs: not scheduled ([bill_runs] scheduled = false)")
+    else:
+        upcoming = runs["next"]
+        text = f"bill runs: next {upcoming['cycle']} at {when_text(upcoming['at_s'])}"
+        running = runs.get("running")
+        if running:
+            text += (
+                f"; running {running['cycle']} ({len(running['done'])} shards done"
+                + (f", billing {running['holding']}" if running.get("holding") else "")
+                + ")"
+            )
+        last = runs.get("last")
+        if last:
+            text += (
+                f"; last {last['cycle']} finished {when_text(last['finished_s'])} "
+                f"({last.get('accounts', 0)} accounts, {last.get('invoices', 0)} invoices issued)"
+            )
+        else:
+            text += "; none run yet"
+        lines.append(text)
+    inspection = schedule.get("inspection")
+    if inspection is None:
+        lines.append("inspection: none run yet")
+    elif inspection["ok"]:
+        lines.append(f"inspection: every check held at {when_text(inspection['at_s'])}")
+    else:
+        failing = ", ".join(inspection["failing"])
+        lines.append(f"inspection: FAILED at {when_text(inspection['at_s'])}: {failing}")
+    return lines
 
 
 @click.command(name="metrics")

@@ -459,6 +459,19 @@ class Coordinator:
             self._fire("node_fail", node=node)
         return failures
 
+    # -- what the coordinator's duties keep (cluster.control.duties) -------------
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The scheduled work's durable record (``ControlState.schedule``): saved with the
+        marking by every transition fired, and by :meth:`save`."""
+        return self._state.schedule
+
+    def save(self) -> None:
+        """Persist the state now (the schedule changed without a transition), fenced by
+        the generation like every write (a stale coordinator's is refused)."""
+        commit(self._data_dir, self._state)
+
     def healthy(self) -> bool:
         """Every unit owned by an alive node."""
         owned = {u for u, n, _e in self._owned() if self._status(n) == "alive"}

@@ -5,6 +5,10 @@ or in one process with the hosts (``cluster.deploy.inprocess``): what it
 observes and drives is its :class:`~cluster.control.coordinator.ClusterOps`.
 Its durable state is the coordinator's (control/state.json); a restarted
 service reloads it and carries on, so killing the coordinator loses nothing.
+
+Beside the loop, a second thread runs the coordinator's time-driven work
+(scheduled bill runs, the automatic inspection: ``cluster.control.duties``) on
+the service's clock, so neither ever delays a failover.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ import ray
 import structlog
 
 from actors import metrics
-from actors.remote import COORDINATOR_NAME, NAMESPACE
+from actors.clock import Clock, clock_from_settings
+from actors.remote import COORDINATOR_NAME, NAMESPACE, RayTransport
+from actors.router import Transport, UnitRouter
+from actors.store.tariffs import current_tariffs_dir
+from billing.rating import load_catalogue
 from cluster.control.coordinator import ClusterOps, Coordinator
+from cluster.control.duties import CoordinatorDuties, InspectionSettings, OwnRoutes
 from cluster.control.ray_ops import RayOps
+from cluster.control.schedule import BillSchedule
 from cluster.control.state import StaleCoordinator
 from cluster.logging import process_logging
 
@@ -48,6 +58,8 @@ class CoordinatorService:
         interval_s: float = 0.2,
         ops: ClusterOps | None = None,
         setup: Callable[[], None] | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if setup is not None:
             setup()  # the process's logging (the Ray shell passes it), before anything logs
@@ -73,6 +85,19 @@ class CoordinatorService:
         self._takeovers: list[float] = []
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
+        shards, partitions = int(settings["shards"]), int(settings["partitions"])
+        own = OwnRoutes(transport if transport is not None else RayTransport(), self.routes)
+        self.duties = CoordinatorDuties(
+            coordinator=self._coordinator,
+            lock=self._lock,
+            router=UnitRouter(own, shards=shards, partitions=partitions),
+            data_dir=Path(data_dir),
+            schedule=BillSchedule.from_settings(settings, tz=_cycle_tz(data_dir, settings)),
+            inspection=InspectionSettings.from_settings(settings),
+            units=self._units_now,
+            clock=clock if clock is not None else clock_from_settings(settings),
+            storage_mode=str(settings.get("storage_mode", "shared")),
+        ).start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -153,8 +178,33 @@ class CoordinatorService:
         with self._lock:
             return list(self._takeovers)
 
+    def _units(self) -> list[dict[str, Any]]:
+        """Every unit with its state, owner and epoch (the caller holds the lock)."""
+        marking = self._coordinator.marking
+        owned = {u: (n, e) for u, n, e in marking.owned()}
+        recovering = {u: (n, e) for u, n, e in marking.recovering()}
+        epochs = dict(marking.epochs())
+        units = []
+        for unit in sorted(epochs):
+            if unit in owned:
+                state, (node, epoch) = "owned", owned[unit]
+            elif unit in recovering:
+                state, (node, epoch) = "recovering", recovering[unit]
+            else:
+                state, node, epoch = "free", "", epochs[unit]
+            units.append({"unit": unit, "state": state, "node": node, "epoch": epoch})
+        return units
+
+    def _units_now(self) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                return self._units()
+            except RuntimeError:  # no node has joined yet: nothing is owned
+                return []
+
     def status(self) -> dict[str, Any]:
-        """Nodes, units with owners and epochs, and the marking."""
+        """Nodes, units with owners and epochs, the marking, and the schedule (the next
+        and last bill runs, the last inspection)."""
         with self._lock:
             try:
                 marking = self._coordinator.marking
@@ -162,18 +212,8 @@ class CoordinatorService:
                 return {"nodes": [], "units": [], "marking": None, "healthy": False}
             from petri import marking_to_json
 
+            units = self._units()
             owned = {u: (n, e) for u, n, e in marking.owned()}
-            recovering = {u: (n, e) for u, n, e in marking.recovering()}
-            epochs = dict(marking.epochs())
-            units = []
-            for unit in sorted(epochs):
-                if unit in owned:
-                    state, (node, epoch) = "owned", owned[unit]
-                elif unit in recovering:
-                    state, (node, epoch) = "recovering", recovering[unit]
-                else:
-                    state, node, epoch = "free", "", epochs[unit]
-                units.append({"unit": unit, "state": state, "node": node, "epoch": epoch})
             ray_ids = self._coordinator.node_ids()
             urls = self._ops.metrics_urls()
             nodes = [
@@ -204,6 +244,7 @@ class CoordinatorService:
                 "replication_factor": self._coordinator.replication_factor,
                 "locks_held": [list(x) for x in marking.locks_held()],
                 "gateways": list(self._gateways),
+                "schedule": self.duties.status(),
             }
 
     def drain(self, node: str) -> bool:
@@ -224,9 +265,22 @@ class CoordinatorService:
         with self._lock:
             return self._coordinator.unlock(unit, kind)
 
+    def inspect(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Run the automatic inspection now (``petribill inspect``); its report."""
+        return self.duties.inspect_now(timeout_s).to_dict()
+
     def stop(self) -> None:
         self._stop.set()
+        self.duties.stop()
         self._thread.join(timeout=5)
+
+
+def _cycle_tz(data_dir: str, settings: dict[str, Any]) -> str:
+    """The time zone of the billing cycles: the catalogue's (the one in force)."""
+    configured = settings.get("tariffs_dir")
+    if not configured:
+        return "UTC"
+    return load_catalogue(current_tariffs_dir(data_dir, configured)).timezone
 
 
 def spawn_coordinator(*, data_dir: str, settings: dict[str, Any], interval_s: float) -> Any:

@@ -46,13 +46,19 @@ _FORMAT = "petribill.control/1"
 @dataclass(slots=True, kw_only=True)
 class ControlState:
     """``nodes`` maps a petribill node name to its Ray node id, in join order;
-    ``replication_factor`` is the one the net of the marking was built with."""
+    ``replication_factor`` is the one the net of the marking was built with.
+
+    ``schedule`` is what the coordinator's time-driven work must not forget across a
+    restart (``cluster.control.duties``): the scheduled bill runs started and finished,
+    and the last inspection. It is saved with the marking, in the same file.
+    """
 
     marking_json: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     generation: int = 0
     last_event: dict[str, Any] | None = None
     replication_factor: int = 1
+    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 def state_path(data_dir: Path) -> Path:
@@ -73,6 +79,7 @@ def load_state(data_dir: Path) -> ControlState:
         generation=int(raw["generation"]),
         last_event=raw.get("last_event"),
         replication_factor=int(raw.get("replication_factor", 1)),
+        schedule=dict(raw.get("schedule") or {}),
     )
 
 
@@ -135,6 +142,7 @@ def save_state(data_dir: Path, state: ControlState) -> None:
             "marking": state.marking_json,
             "last_event": state.last_event,
             "replication_factor": state.replication_factor,
+            "schedule": state.schedule,
         },
         indent=1,
     )

@@ -7,6 +7,11 @@ worker threads). It starts in well under a second, so the gateway and SDK
 tests, and the request fuzzer, run over the real backend rather than a test
 double. It is not fault tolerant (one process) and is not what ``petribill up``
 starts.
+
+Time-driven work runs here too, on the one ``clock`` the cluster is given (a
+:class:`~actors.clock.ManualClock` in tests, moved by hand): each host's duty
+runner (``actors.duties``), the coordinator's scheduled bill runs and
+inspection, and the handlers' "now".
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from actors.clock import SYSTEM_CLOCK, Clock
+from actors.duties import DutyConfig, DutyRunner
 from actors.engines import engine_factory
 from actors.host import UnitHost
 from actors.local import LocalPeers, LocalTransport
@@ -23,7 +30,7 @@ from actors.replication import ReplicationSettings
 from actors.router import UnitRouter
 from actors.store.fencing import StaleEpoch
 from cluster.backend.backend import Backend
-from cluster.backend.context import Clock, Cluster
+from cluster.backend.context import Cluster
 from cluster.control.coordinator import UnitOpenError
 from cluster.control.service import CoordinatorService
 
@@ -87,7 +94,8 @@ class InProcessCluster:
     rating partitions, rating with the catalogue in ``tariffs_dir``.
 
     Use as a context manager, or :meth:`start` / :meth:`close`; :meth:`backend` is what
-    a gateway serves from.
+    a gateway serves from. ``duties=False`` starts no duty runners (a test then runs
+    rounds itself: ``duty_runners[node].run_round()``).
     """
 
     def __init__(
@@ -98,8 +106,9 @@ class InProcessCluster:
         shards: int = 4,
         partitions: int = 2,
         nodes: tuple[str, ...] = ("n0",),
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         settings: Mapping[str, Any] | None = None,
+        duties: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.tariffs_dir = tariffs_dir
@@ -119,6 +128,8 @@ class InProcessCluster:
         self.peers = LocalPeers(self.hosts)
         self._node_names = nodes
         self._factory: Any = None
+        self._duties = duties
+        self.duty_runners: dict[str, DutyRunner] = {}
 
     def router(self) -> UnitRouter:
         return UnitRouter(
@@ -133,8 +144,16 @@ class InProcessCluster:
         self._factory = engine_factory(self.settings)
         for node in self._node_names:
             self.add_node(node)
+        duty_config = DutyConfig.from_settings(self.settings)
+        for node, host in self.hosts.items():
+            self.duty_runners[node] = DutyRunner(host, clock=self.clock, config=duty_config)
         self.coordinator = CoordinatorService(
-            data_dir=str(self.data_dir), settings=self.settings, interval_s=0.05, ops=self.ops
+            data_dir=str(self.data_dir),
+            settings=self.settings,
+            interval_s=0.05,
+            ops=self.ops,
+            transport=self.transport,
+            clock=self.clock,
         )
         self.transport.coordinator = self.coordinator
         deadline = time.monotonic() + timeout_s
@@ -143,6 +162,9 @@ class InProcessCluster:
                 self.close()
                 raise TimeoutError(f"units not served within {timeout_s} s")
             time.sleep(0.02)
+        if self._duties:
+            for runner in self.duty_runners.values():
+                runner.start()
         return self
 
     def add_node(self, node: str) -> UnitHost:
@@ -179,7 +201,10 @@ class InProcessCluster:
         return Backend(cluster)
 
     def close(self) -> None:
-        """Stop the coordinator and close every unit (their stores and locks)."""
+        """Stop the duties and the coordinator and close every unit (stores and locks)."""
+        for runner in self.duty_runners.values():
+            runner.stop()
+        self.duty_runners.clear()
         if self.coordinator is not None:
             self.coordinator.stop()
             self.coordinator = None

@@ -92,6 +92,13 @@ def settings_of(
         "tariffs_root": _text(config.security.tariffs_root),
         # The [charging] policies; actors.engines builds the ChargingConfig.
         "charging": config.charging.mapping(),
+        # Time-driven work: the shards' duties (actors.duties), the coordinator's bill-run
+        # schedule and inspection (cluster.control.duties).
+        "session_validity_s": config.charging.session_validity_s,
+        "clock_adjustable": config.clock.adjustable,
+        "duties": config.duties.model_dump(),
+        "bill_runs": config.bill_runs.model_dump(),
+        "inspection": config.inspection.model_dump(),
     }
 
 
