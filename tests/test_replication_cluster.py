@@ -203,6 +203,7 @@ def test_a_node_and_its_folder_lost_under_load(cluster: Runtime, client: Petribi
     try:
         time.sleep(3)
         before = replicas()
+        generation = load_state(cluster.data_dir).generation
         victim = next(n.name for n in cluster.local.nodes if not n.is_head)
         index = next(n.index for n in cluster.local.nodes if n.name == victim)
         assert any(v["primary"] == victim for v in before.values()), "victim owns no unit"
@@ -219,9 +220,14 @@ def test_a_node_and_its_folder_lost_under_load(cluster: Runtime, client: Petribi
 
         wait_until(healed, "not healed after the node and its folder were lost")
         after = replicas()
+        promoted = {
+            e["shard"]: e["node"]
+            for e in read_journal(cluster.data_dir)
+            if e["generation"] > generation and e["event"] == "promote"
+        }
         for unit, view in before.items():
             if view["primary"] == victim:
-                assert after[unit]["primary"] in view["isr"], f"{unit} promoted from outside"
+                assert promoted[unit] in view["isr"], f"{unit} promoted from outside its ISR"
                 assert after[unit]["epoch"] > view["epoch"]
         assert all(len(v["isr"]) == 1 for v in after.values()), "RF not restored"
         assert not (cluster.data_dir / "nodes" / victim).exists(), "the lost folder came back"

@@ -186,6 +186,9 @@ class RayOps:
     def replica_pin(self, node: str, unit_id: str, epoch: int, follower: str) -> bool:
         return self._replicas.pin(node, unit_id, epoch, follower)
 
+    def release_unit(self, node: str, unit_id: str) -> None:
+        self._replicas.release(node, unit_id)
+
     def replica_fence(self, node: str, unit_id: str, epoch: int) -> None:
         handle = self._hosts.get(node)
         if handle is not None:
@@ -206,7 +209,7 @@ class RayOps:
 
 _REPORT_WAIT_S = 0.3
 _ANSWERED_LATELY_S = 3.0
-_PIN_TIMEOUT_S = 5.0
+_PIN_TIMEOUT_S = 2.0
 
 
 class _ReplicaCalls:
@@ -227,6 +230,17 @@ class _ReplicaCalls:
         self._report_refs: dict[str, Any] = {}
         self._reports: dict[str, dict[str, dict[str, Any]]] = {}
         self._answered: dict[str, float] = {}  # node -> when its host last answered a report
+        self._releasing: dict[tuple[str, str], Any] = {}
+
+    def release(self, node: str, unit_id: str) -> None:
+        """close_unit on ``node`` without waiting; at most one in flight per unit there."""
+        key = (node, unit_id)
+        ref = self._releasing.get(key)
+        if ref is not None and not ray.wait([ref], timeout=0)[0]:
+            return
+        handle = self._ops.host(node)
+        if handle is not None:
+            self._releasing[key] = handle.close_unit.remote(unit_id)
 
     def answered_lately(self, node: str) -> bool:
         return time.monotonic() - self._answered.get(node, -1e9) < _ANSWERED_LATELY_S
@@ -302,4 +316,9 @@ class _ReplicaCalls:
             except Exception as exc:
                 self._reports.pop(node, None)
                 log.debug("replica_report_failed", node=node, error=str(exc))
-        return {node: found for node, found in self._reports.items() if node in self._ops._hosts}
+        # Only hosts that answered lately: a paused one's last report is history.
+        return {
+            node: found
+            for node, found in self._reports.items()
+            if node in self._ops._hosts and self.answered_lately(node)
+        }

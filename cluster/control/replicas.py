@@ -81,8 +81,8 @@ class ReplicaOps(Protocol):
         primary (it may be one that was failed and fenced meanwhile: a stale primary)."""
         ...
 
-    def close_unit(self, node: str, unit_id: str) -> None:
-        """Make the node's host stop serving ``unit_id``."""
+    def release_unit(self, node: str, unit_id: str) -> None:
+        """Ask the node's host to stop serving ``unit_id``, without waiting for it."""
         ...
 
     def replica_ready(self, node: str) -> bool:
@@ -125,13 +125,14 @@ def current_reports(
     the ``(node, unit)`` of hosts still serving a unit they no longer own: a primary that
     was failed and fenced while it was only paused or cut off, and came back."""
     owners = {unit: (node, epoch) for unit, node, epoch in marking.owned()}
+    status = _statuses(marking)
     current: dict[str, Mapping[str, Any]] = {}
     stale: list[tuple[str, str]] = []
     for node, reports in by_node.items():
         for unit, report in reports.items():
             if owners.get(unit) == (node, report.get("epoch")):
                 current[unit] = report
-            elif owners.get(unit, (None, None))[0] != node or unit in marking.lost():
+            elif status.get(node) == NodeStatus.ALIVE and owners.get(unit, ("", 0))[0] != node:
                 stale.append((node, unit))
     return current, stale
 
@@ -343,7 +344,7 @@ class ReplicaDriver:
             # it frees its folder for the copy the new primary will attach there.
             log.warning("stale_primary_closed", shard=unit, node=node)
             try:
-                self._ops.close_unit(node, unit)
+                self._ops.release_unit(node, unit)
             except Exception as exc:
                 log.warning("close_failed", shard=unit, node=node, error=str(exc))
 

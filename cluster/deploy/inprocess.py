@@ -82,6 +82,9 @@ class LocalOps:
     def replica_drop(self, node: str, unit_id: str) -> None:
         self._hosts[node].replica_drop(unit_id)
 
+    def release_unit(self, node: str, unit_id: str) -> None:
+        self._hosts[node].close_unit(unit_id)
+
     def unit_on_disk(self, node: str, unit_id: str) -> int | None:
         return self._hosts[node].unit_on_disk(unit_id)
 
