@@ -1,0 +1,334 @@
+"""Columnar charging gives what the reference charge_batch gives, record for record and
+account for account: rows, states, entries, postings, marks, usage lines, notifications
+and forwards, over two batches (the second repeating ids of the first)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from test_accounts import T0, FakeTariff, account, rated
+
+from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
+from billing.bundles import Bundle
+from billing.charging.batch import ChargingConfig, OfflinePolicy, charge_batch
+from billing.charging.columnar import ChargeColumns, charge_columns
+from billing.charging.rated_columns import RatedColumns
+from billing.charging.table import AccountTable
+from billing.cycle import DAY_S
+from billing.idempotency import Mark
+from billing.ledger import replay
+from billing.notifications import NotificationKind
+from billing.rated import RatedRecord
+from billing.records import Service
+from billing.reminders import ReminderConfig, reminder_key
+
+CYCLE = "2024-06"  # the cycle of T0 (UTC)
+CLASSES = ["voice.national", "voice.mobile", "sms.national", "data.rg10", "zero", "spon"]
+MODES = list(PaymentMode)
+STATUSES = [AccountStatus.ACTIVE] * 8 + [AccountStatus.BLOCKED, AccountStatus.CLOSED]
+
+
+def bundles(scale: int) -> tuple[Bundle, ...]:
+    return (
+        Bundle(bundle_id="any-voice", usage_classes=("voice.*",), units=300 * scale, unit="s"),
+        Bundle(
+            bundle_id="national", usage_classes=("voice.national",), units=120 * scale, unit="s"
+        ),
+        Bundle(bundle_id="sms", usage_classes=("sms.national",), units=3 * scale, unit="sms"),
+    )
+
+
+# An account: mode, credit limit, prepaid, status, a sponsor rule's class, and a history:
+# 0 none; 1 in debt with the debt reminder set; 2 unbilled near/over the limit with the
+# credit reminders set; 3 low-balance key set; 4 a bundle partly used with its 80 % key
+# set; 5 a reminder state of the previous cycle; 6 a bundle hold (an open session);
+# 7 exposure 60 bytes of data below 90 % of the limit; 8 "any-voice" 60 units below 80 % used.
+accounts_st = st.lists(
+    st.tuples(
+        st.sampled_from(MODES),
+        st.sampled_from([None, 0, 200_000, 2_000_000, 50_000_000]),
+        # Around the low-balance threshold (1 EUR) by 60 bytes of data (60 micro), and far off.
+        st.sampled_from(
+            [0, 50_000, 900_000, 1_000_059, 1_000_060, 1_000_061, 3_000_000, 50_000_000]
+        ),
+        st.sampled_from(STATUSES),
+        st.sampled_from([None] * 22 + ["sms.*", "data.*"]),
+        st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7, 8]),
+    ),
+    min_size=1,
+    max_size=6,
+)
+records_st = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1, 2, 3, 4, 5] * 4 + [6]),  # account (modulo); 6: unknown msisdn
+        st.sampled_from(CLASSES[:4] * 5 + ["zero"] * 2 + ["spon"]),
+        st.one_of(st.sampled_from([0, 1, 59, 60, 61, 120, 240, 300]), st.integers(0, 400)),
+        st.sampled_from([1] * 20 + [2, 3, 29, 31, 40]),  # day: mostly one cycle
+        st.sampled_from([0] * 30 + [1, 2, 3, 4]),  # 1: repeat; 2: conflict; 3/4: earlier batch
+    ),
+    max_size=50,
+)
+config_st = st.builds(
+    ChargingConfig,
+    offline_policy=st.sampled_from(list(OfflinePolicy)),
+    block_over_limit=st.booleans(),
+    history_max=st.sampled_from([2, 50]),
+    reminders=st.builds(
+        ReminderConfig,
+        low_balance_micros=st.sampled_from([0, 100_000, 1_000_000]),
+        bundle_percents=st.sampled_from([(), (80, 100), (50,)]),
+        credit_percents=st.sampled_from([(), (90, 100)]),
+    ),
+)
+
+
+def _state(n: int, spec: tuple[Any, ...], scale: int) -> AccountState:
+    mode, limit, prepaid, status, sponsor_class, history = spec
+    rules: tuple[SponsorRule, ...] = ()
+    if sponsor_class is not None:
+        sponsor = "A0" if n else "OTHER-SHARD"
+        rules = (SponsorRule(sponsor_account_id=sponsor, usage_classes=(sponsor_class,)),)
+    acct = account(
+        f"A{n}",
+        mode,
+        limit=None if mode is PaymentMode.PREPAID else limit,
+        msisdn=f"49{n}",
+        status=status,
+        sponsor_rules=rules,
+    )
+    state = AccountState(acct)
+    state.prepaid = 0 if mode is PaymentMode.POSTPAID else prepaid
+    keys: set[str] = set()
+    if history == 1 and mode is PaymentMode.PREPAID:
+        state.prepaid, state.debt = 0, -400_000
+        keys.add(reminder_key(CYCLE, NotificationKind.DEBT_POSTED, "debt"))
+    elif history == 2 and mode is not PaymentMode.PREPAID and limit:
+        state.unbilled = -limit
+        keys |= {reminder_key(CYCLE, NotificationKind.CREDIT_LIMIT, p) for p in ("90", "100")}
+        if mode is PaymentMode.HYBRID:
+            state.prepaid = 0
+    elif history == 3:
+        keys.add(reminder_key(CYCLE, NotificationKind.LOW_BALANCE, "1000000"))
+    elif history == 4:
+        state.bundle_used[(CYCLE, "any-voice")] = 250 * scale
+        keys.add(reminder_key(CYCLE, NotificationKind.BUNDLE_USAGE, "any-voice@80"))
+    elif history == 5:
+        state.reminder_cycle = "2024-05"
+        state.reminders = {reminder_key("2024-05", NotificationKind.LOW_BALANCE, "1000000")}
+        state.crossings = {next(iter(state.reminders)): 2}
+    elif history == 6:
+        state.bundle_held = {(CYCLE, "national"): 60}
+    elif history == 7 and mode is not PaymentMode.PREPAID and limit:
+        state.unbilled = -(limit * 90 // 100 - 60)
+    elif history == 8:
+        state.bundle_used[(CYCLE, "any-voice")] = 240 * scale - 60
+    if keys:
+        state.reminder_cycle = CYCLE
+        state.reminders = keys
+        state.crossings = dict.fromkeys(keys, 1)
+    return state
+
+
+def _records(
+    recs: list[tuple[Any, ...]], prefix: str, earlier: list[RatedRecord], accounts: int
+) -> list[RatedRecord]:
+    out: list[RatedRecord] = []
+    for i, (who, usage_class, units, day, repeat) in enumerate(recs):
+        msisdn = f"49{who % accounts}" if who < 6 else "49-unknown"
+        service = Service.SMS if usage_class.startswith("sms") else Service.VOICE
+        if usage_class.startswith("data") or usage_class in ("spon", "zero"):
+            service = Service.DATA
+        r = rated(
+            f"{prefix}{i}",
+            units,
+            msisdn=msisdn,
+            service=service,
+            usage_class=usage_class,
+            at_s=T0 + day * DAY_S,
+        )
+        pool = out if repeat in (1, 2) else earlier
+        if repeat and pool:
+            same = pool[i % len(pool)]
+            r = same if repeat in (1, 3) else replace(same, amount=same.amount + 1)
+        out.append(r)
+    return out
+
+
+def _view(state: AccountState) -> tuple[Any, ...]:
+    """Everything of a state but its usage history (the table does not keep it)."""
+    return (
+        state.account,
+        sorted(state.balances().items()),
+        sorted(state.bundle_used.items()),
+        sorted(state.bundle_held.items()),
+        sorted(state.usage.items()),
+        sorted(state.reminders),
+        sorted(state.crossings.items()),
+        state.reminder_cycle,
+        sorted(state.reservations),
+    )
+
+
+def _strip(row: Any) -> Any:
+    return row._replace(rated=None)
+
+
+def _table_views(table: AccountTable) -> dict[str, Any]:
+    return {aid: _view(table.state(row)) for aid, row in table.index.items()}
+
+
+def compare_batch(
+    states: dict[str, AccountState],
+    table: AccountTable,
+    directory: dict[str, str],
+    records: list[RatedRecord],
+    marks: dict[str, Mark[Any]],
+    tariff: FakeTariff,
+    config: ChargingConfig,
+    offline: bool,
+) -> ChargeColumns:
+    """Charge ``records`` both ways, assert every output equal, apply both; the
+    columnar answer."""
+    reference = charge_batch(
+        records,
+        accounts=states,
+        directory=directory,
+        marks=marks,
+        tariff=tariff,
+        config=config,
+        at_s=T0,
+        offline=offline,
+    )
+    effects = reference.effects
+    before = _table_views(table)
+    account_ids = [directory.get(r.record.served_msisdn, "") for r in records]
+    columns = RatedColumns.from_records(records, account_ids, table)
+    out = charge_columns(
+        columns, table, marks=marks, tariff=tariff, config=config, at_s=T0, offline=offline
+    )
+    assert _table_views(table) == before, "charging wrote the table"
+    assert reference.receipt is not None
+    assert [_strip(r) for r in out.rows()] == [_strip(r) for r in reference.receipt]
+    assert out.results() == [r.result for r in reference.receipt]
+    assert [_strip(c) for c in out.charges()] == [_strip(c) for c in effects.charges]
+    assert out.entries() == list(effects.entries)
+    assert out.postings() == {k: v for k, v in replay(effects.entries).items() if v}
+    assert [(k, m.fields, m.result) for k, m in out.marks()] == [
+        (k, m.fields, m.result) for k, m in effects.marks
+    ]
+    assert [_strip(c) for c in out.usage_lines()] == [_strip(c) for c in effects.usage_lines]
+    assert out.notifications == effects.notifications
+    assert out.forwards() == list(effects.forwards)
+    table.apply(out.update)
+    for state in effects.accounts:
+        states[state.account_id] = state
+    marks.update(dict(effects.marks))
+    assert _table_views(table) == {aid: _view(s) for aid, s in states.items()}
+    return out
+
+
+def run_two_batches(
+    specs: list[tuple[Any, ...]],
+    first: list[tuple[Any, ...]],
+    second: list[tuple[Any, ...]],
+    config: ChargingConfig,
+    offline: bool,
+    scale: int,
+) -> Counter[str]:
+    states = {f"A{n}": _state(n, spec, scale) for n, spec in enumerate(specs)}
+    directory = {f"49{n}": f"A{n}" for n in range(len(specs))}
+    table = AccountTable.from_states(states.values())
+    assert _table_views(table) == {aid: _view(s) for aid, s in states.items()}
+    tariff = FakeTariff(bundles(scale), sponsors={"spon": "A0", "zero": "OFF-SHARD"})
+    marks: dict[str, Mark[Any]] = {}
+    paths: Counter[str] = Counter()
+    batch1 = _records(first, "r", [], len(specs))
+    paths.update(
+        compare_batch(states, table, directory, batch1, marks, tariff, config, offline).paths
+    )
+    batch2 = _records(second, "s", batch1, len(specs))
+    paths.update(
+        compare_batch(states, table, directory, batch2, marks, tariff, config, offline).paths
+    )
+    return paths
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    accounts_st,
+    records_st,
+    records_st,
+    config_st,
+    st.booleans(),
+    st.sampled_from([1, 1, 100]),
+)
+def test_columns_equal_reference(
+    specs: list[tuple[Any, ...]],
+    first: list[tuple[Any, ...]],
+    second: list[tuple[Any, ...]],
+    config: ChargingConfig,
+    offline: bool,
+    scale: int,
+) -> None:
+    """charge_columns gives the reference's rows, states, ledger, postings, marks, usage
+    lines, notifications and forwards, batch after batch, and never writes the table."""
+    paths = run_two_batches(specs, first, second, config, offline, scale)
+    total = sum(paths.values())
+    if total:
+        share = paths["vector"] / total
+        event(f"vector share {'0' if not share else '<50%' if share < 0.5 else '>=50%'}")
+
+
+def test_thresholds_one_below_on_and_one_above() -> None:
+    """Balances, exposures, debt and bundle use that a batch takes to one unit below, onto
+    and one unit above each reminder threshold, keys set or not, charge alike both ways."""
+    config = ChargingConfig(reminders=ReminderConfig(bundle_percents=(80, 100)))
+    tariff = FakeTariff(bundles(1), sponsors={"zero": "OFF-SHARD"})
+    low, limit = config.reminders.low_balance_micros, 2_000_000
+    paths: Counter[str] = Counter()
+    for offset in (-1, 0, 1):
+        for keys_set in (False, True):
+            for offline in (True, False):
+                states: dict[str, AccountState] = {}
+                # Low balance: a 60-byte record (60 micro) lands on low + offset.
+                for n, mode in enumerate((PaymentMode.PREPAID, PaymentMode.HYBRID)):
+                    state = AccountState(account(f"L{n}", mode, limit=limit, msisdn=f"1{n}"))
+                    state.prepaid = low + 60 + offset
+                    states[state.account_id] = state
+                # Credit 90 %: exposure lands on 90 % of the limit + offset.
+                for n, mode in enumerate((PaymentMode.POSTPAID, PaymentMode.HYBRID)):
+                    state = AccountState(account(f"C{n}", mode, limit=limit, msisdn=f"2{n}"))
+                    state.unbilled = -(limit * 90 // 100 - 60 + offset)
+                    states[state.account_id] = state
+                # Bundle 80 %: a 60 s call takes "any-voice" to 240 + offset of 300.
+                state = AccountState(account("B0", PaymentMode.PREPAID, msisdn="30"))
+                state.prepaid = 50_000_000
+                state.bundle_used[(CYCLE, "any-voice")] = 180 + offset
+                states[state.account_id] = state
+                # Debt: an empty prepaid account, in debt already or not.
+                state = AccountState(account("D0", PaymentMode.PREPAID, msisdn="40"))
+                state.debt = offset * 100_000 if offset < 0 else 0
+                states[state.account_id] = state
+                if keys_set:
+                    for state in states.values():
+                        state.reminder_cycle = CYCLE
+                        state.reminders = {
+                            reminder_key(CYCLE, NotificationKind.LOW_BALANCE, str(low)),
+                            reminder_key(CYCLE, NotificationKind.CREDIT_LIMIT, "90"),
+                            reminder_key(CYCLE, NotificationKind.BUNDLE_USAGE, "any-voice@80"),
+                            reminder_key(CYCLE, NotificationKind.DEBT_POSTED, "debt"),
+                        }
+                directory = {s.account.msisdns[0]: aid for aid, s in states.items()}
+                data = Service.DATA
+                records = [
+                    rated(f"d{m}", 60, msisdn=m, service=data, usage_class="data.rg10")
+                    for m in ("10", "11", "20", "21", "40")
+                ] + [rated("v30", 60, msisdn="30", usage_class="voice.mobile")]
+                table = AccountTable.from_states(states.values())
+                out = compare_batch(states, table, directory, records, {}, tariff, config, offline)
+                paths.update(out.paths)
+    assert paths["vector"] and paths["reference"]
