@@ -15,6 +15,7 @@ from test_accounts import T0, FakeTariff, account, rated
 from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
 from billing.bundles import Bundle
 from billing.charging.batch import ChargingConfig, OfflinePolicy, charge_batch
+from billing.charging.column_marks import ColumnMarks
 from billing.charging.columnar import ChargeColumns, charge_columns
 from billing.charging.rated_columns import RatedColumns
 from billing.charging.table import AccountTable
@@ -190,9 +191,11 @@ def compare_batch(
     tariff: FakeTariff,
     config: ChargingConfig,
     offline: bool,
+    column_marks: ColumnMarks | None = None,
 ) -> ChargeColumns:
     """Charge ``records`` both ways, assert every output equal, apply both; the
-    columnar answer."""
+    columnar answer. The columnar path reads ``column_marks`` (fed from its own
+    answers) where given, else the reference's marks."""
     reference = charge_batch(
         records,
         accounts=states,
@@ -207,8 +210,9 @@ def compare_batch(
     before = _table_views(table)
     account_ids = [directory.get(r.record.served_msisdn, "") for r in records]
     columns = RatedColumns.from_records(records, account_ids, table)
+    store = marks if column_marks is None else column_marks
     out = charge_columns(
-        columns, table, marks=marks, tariff=tariff, config=config, at_s=T0, offline=offline
+        columns, table, marks=store, tariff=tariff, config=config, at_s=T0, offline=offline
     )
     assert _table_views(table) == before, "charging wrote the table"
     assert reference.receipt is not None
@@ -224,6 +228,8 @@ def compare_batch(
     assert out.notifications == effects.notifications
     assert out.forwards() == list(effects.forwards)
     table.apply(out.update)
+    if column_marks is not None:
+        column_marks.add(out)
     for state in effects.accounts:
         states[state.account_id] = state
     marks.update(dict(effects.marks))
@@ -245,15 +251,15 @@ def run_two_batches(
     assert _table_views(table) == {aid: _view(s) for aid, s in states.items()}
     tariff = FakeTariff(bundles(scale), sponsors={"spon": "A0", "zero": "OFF-SHARD"})
     marks: dict[str, Mark[Any]] = {}
+    column_marks = ColumnMarks()  # the columnar path's own, fed from its answers
     paths: Counter[str] = Counter()
     batch1 = _records(first, "r", [], len(specs))
-    paths.update(
-        compare_batch(states, table, directory, batch1, marks, tariff, config, offline).paths
-    )
     batch2 = _records(second, "s", batch1, len(specs))
-    paths.update(
-        compare_batch(states, table, directory, batch2, marks, tariff, config, offline).paths
-    )
+    for records in (batch1, batch2):
+        out = compare_batch(
+            states, table, directory, records, marks, tariff, config, offline, column_marks
+        )
+        paths.update(out.paths)
     return paths
 
 

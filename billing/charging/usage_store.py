@@ -8,10 +8,13 @@ as one sorted key column and one ``(n, 5)`` value matrix, the key being
 column per (cycle, class) would cost every account 40 bytes for every class
 anyone used; most accounts use a handful.
 
-Charging adds one aggregated chunk per batch (:meth:`UsageTotals.add`, no
-copy of what is stored); chunks are merged into the sorted main columns
-once they hold a quarter of its size, so each total is moved a bounded
-number of times, as in a log-structured merge. Readers see the merged view.
+Charging adds one aggregated, sorted chunk per batch (:meth:`UsageTotals.add`,
+no copy of what is stored) and never reads the totals back; chunks are
+merged into the sorted main columns when a reader wants the whole view (the
+bill run, :meth:`UsageTotals.merged`) or once they hold twice as many totals
+as the main columns, so each total is moved a bounded number of times, as in
+a log-structured merge. One account's totals (:meth:`UsageTotals.of_row`)
+are found by a binary search in the main columns and in each chunk.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ __all__ = ["ROW_SHIFT", "UsageTotals", "usage_key"]
 ROW_SHIFT = 32
 CYCLE_SHIFT = 16
 _LOW = (1 << CYCLE_SHIFT) - 1
-_MERGE_MIN = 1 << 16
+_MERGE_MIN = 1 << 20
 
 
 def usage_key(rows: Ints, cycles: Ints, classes: Ints) -> Ints:
@@ -59,7 +62,7 @@ class UsageTotals:
             keys, values = keys[order], values[order]
         self._chunks.append((keys, values))
         self._pending += len(keys)
-        if self._pending >= max(_MERGE_MIN, len(self.keys) // 4):
+        if self._pending >= max(_MERGE_MIN, 2 * len(self.keys)):
             self.merge()
 
     def merge(self) -> None:
