@@ -188,7 +188,7 @@ class Lines:
 class BillColumns:
     """A columnar bill run's answer (module docstring); ``reference`` holds the outcomes
     of the accounts billed one at a time, ``billing`` the billing states of the accounts
-    billed in columns that had one, ``deltas`` the usage (row, cycle, class, 5 totals)
+    billed in columns that had one, ``deltas`` the usage (row, cycle, class, (5, n) totals)
     the run bills."""
 
     table: AccountTable
@@ -298,7 +298,7 @@ class BillColumns:
         out: dict[str, dict[str, UsageTotal]] = {}
         names, class_names = self.table.cycles.names, self.table.classes.names
         for c, u, v in zip(cycles[lo:hi].tolist(), classes[lo:hi].tolist(),
-                           values[lo:hi].tolist(), strict=True):  # fmt: skip
+                           values[:, lo:hi].T.tolist(), strict=True):  # fmt: skip
             out.setdefault(names[c], {})[class_names[u]] = UsageTotal._make(v)
         return out
 

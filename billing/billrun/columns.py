@@ -78,10 +78,10 @@ def _billed_columns(table: AccountTable, clean: Mapping[int, BillingState]) -> _
                 classes.append(class_code(usage_class))
                 totals.append(tuple(total))
     if not rows:
-        return _Billed(np.zeros(0, dtype=I64), np.zeros((0, 5), dtype=I64))
+        return _Billed(np.zeros(0, dtype=I64), np.zeros((5, 0), dtype=I64))
     keys = usage_key(np.array(rows, I64), np.array(cycles, I64), np.array(classes, I64))
     order = np.argsort(keys, kind="stable")
-    return _Billed(keys[order], np.array(totals, dtype=I64)[order])
+    return _Billed(keys[order], np.ascontiguousarray(np.array(totals, dtype=I64)[order].T))
 
 
 def bill_columns(
@@ -129,26 +129,20 @@ def bill_columns(
     billed = _billed_columns(table, clean)
 
     # Fees: one proration per distinct set of subscriptions; a foreign currency refuses.
-    fee_memo: dict[object, int] = {}
+    distinct, fee_of = np.unique(table.column("fee_set"), return_inverse=True)
+    fee_of = fee_of.reshape(size)
+    first = np.zeros(len(distinct), dtype=I64)
+    first[fee_of[::-1]] = np.arange(size)[::-1]  # a row of each distinct set
     fee_sets: list[FeeLines] = []
-    fee_of = np.zeros(size, dtype=I64)
-    profiles = table.profiles
-    for row in range(size):
-        account = profiles[row]
-        key = (account.subscriptions, account.currency)
-        found = fee_memo.get(key)
-        if found is None:
-            periods = fee_periods(account, catalogue, cycle)
-            found = fee_memo[key] = len(fee_sets)
-            fee_sets.append(
-                FeeLines.of(
-                    prorate_periods(
-                        cycle, periods, decimals=config.fee_decimals, mode=config.fee_mode
-                    ),
-                    ok=all(p.currency in (None, account.currency) for p in periods),
-                )
+    for row in first.tolist():
+        account = table.profiles[row]
+        periods = fee_periods(account, catalogue, cycle)
+        fee_sets.append(
+            FeeLines.of(
+                prorate_periods(cycle, periods, decimals=config.fee_decimals, mode=config.fee_mode),
+                ok=all(p.currency in (None, account.currency) for p in periods),
             )
-        fee_of[row] = found
+        )
     fee_ok = np.array([f.ok for f in fee_sets], dtype=bool)
     fee_total = np.array([f.total for f in fee_sets], dtype=I64)
 
@@ -168,7 +162,7 @@ def bill_columns(
         hit = at < len(billed.keys)
         hit[hit] = billed.keys[at[hit]] == keys[hit]
         minus = np.zeros_like(u_values)
-        minus[hit] = billed.values[at[hit]]
+        minus[:, hit] = billed.values[:, at[hit]]
         deltas = u_values - minus
     else:
         deltas = u_values
@@ -180,7 +174,7 @@ def bill_columns(
     future_unbilled = np.zeros(size, dtype=I64)
     if future.any():
         groups = Groups(u_rows[future])
-        future_unbilled[groups.keys_of] = groups.sum(deltas[future][:, 4])
+        future_unbilled[groups.keys_of] = groups.sum(deltas[4][future])
 
     services: Codes[str] = Codes(sorted({n.partition(".")[0] for n in table.classes.names}))
     service_of = np.array(
@@ -191,18 +185,18 @@ def bill_columns(
     # Statements (prepaid): the cycle's usage by service, money charged.
     statement = ~postpaid_like[u_rows] & (u_cycles == current)
     _usage_lines(lines, u_rows[statement], service_of[u_classes[statement]],
-                 u_values[statement], money=3)  # fmt: skip
+                 u_values[:, statement], money=3)  # fmt: skip
 
     # Invoices: the cycle's deltas, then late lines of the window's earlier cycles.
-    in_window = invoiced & (position[u_cycles] >= 0) & deltas.any(axis=1)
+    in_window = invoiced & (position[u_cycles] >= 0) & deltas.any(axis=0)
     now = in_window & (u_cycles == current)
-    _usage_lines(lines, u_rows[now], service_of[u_classes[now]], deltas[now], money=4)
+    _usage_lines(lines, u_rows[now], service_of[u_classes[now]], deltas[:, now], money=4)
     late = in_window & (u_cycles != current)
     if late.any():
         key = (u_rows[late] << 32) | (position[u_cycles[late]] << 16) | service_of[u_classes[late]]
         groups = Groups(key)
-        sums = np.add.reduceat(deltas[late][groups.order], groups.starts, axis=0)
-        has = sums[:, 4] != 0
+        sums = _sums(deltas[:, late], groups)
+        has = sums[4] != 0
         g_rows = groups.keys_of[has] >> 32
         g_position = (groups.keys_of[has] >> 16) & 0xFFFF
         window_ids = sorted(window)
@@ -214,10 +208,10 @@ def bill_columns(
             section=_LATE_SECTION,
             order=groups.keys_of[has] & 0xFFFFFFFF,
             kind=_KIND[LineKind.LATE_USAGE],
-            amount=sums[has, 4],
+            amount=sums[4, has],
             service=groups.keys_of[has] & 0xFFFF,
-            units=sums[has, 1] - sums[has, 2],
-            count=sums[has, 0],
+            units=sums[1, has] - sums[2, has],
+            count=sums[0, has],
             late_cycle=late_cycle,
         )
     invoice_rows = np.flatnonzero(postpaid_like[:size] & in_columns)
@@ -291,19 +285,25 @@ def bill_columns(
         lines=lines.freeze(),
         topups={table.index[a]: t for a, t in topups.items() if a in table.index},
         billing=clean,
-        deltas=(u_rows[in_window], u_cycles[in_window], u_classes[in_window], deltas[in_window]),
+        deltas=(u_rows[in_window], u_cycles[in_window], u_classes[in_window], deltas[:, in_window]),
         reference=reference,
     )
 
 
+def _sums(values: Ints, groups: Groups) -> Ints:
+    """Per group, each of the ``(5, n)`` totals summed: a ``(5, groups)`` array."""
+    return np.stack([groups.sum(v) for v in values])
+
+
 def _usage_lines(lines: Lines, rows: Ints, service: Ints, values: Ints, *, money: int) -> None:
-    """USAGE and BUNDLE lines per (row, service): ``money`` is the totals' column shown."""
+    """USAGE and BUNDLE lines per (row, service) of ``(5, n)`` totals: ``money`` is the
+    total shown as the amount."""
     if not len(rows):
         return
     groups = Groups(rows << 16 | service)
-    sums = np.add.reduceat(values[groups.order], groups.starts, axis=0)
+    sums = _sums(values, groups)
     g_rows, g_service = groups.keys_of >> 16, groups.keys_of & 0xFFFF
-    amount, charged = sums[:, money], sums[:, 1] - sums[:, 2]
+    amount, charged = sums[money], sums[1] - sums[2]
     usage = (amount != 0) | (charged != 0)
     lines.add(
         rows=g_rows[usage],
@@ -313,9 +313,9 @@ def _usage_lines(lines: Lines, rows: Ints, service: Ints, values: Ints, *, money
         amount=amount[usage],
         service=g_service[usage],
         units=charged[usage],
-        count=sums[usage, 0],
+        count=sums[0, usage],
     )
-    bundle = sums[:, 2] != 0
+    bundle = sums[2] != 0
     lines.add(
         rows=g_rows[bundle],
         section=_USAGE_SECTION,
@@ -323,5 +323,5 @@ def _usage_lines(lines: Lines, rows: Ints, service: Ints, values: Ints, *, money
         kind=_KIND[LineKind.BUNDLE],
         amount=np.zeros(int(bundle.sum()), dtype=I64),
         service=g_service[bundle],
-        units=sums[bundle, 2],
+        units=sums[2, bundle],
     )

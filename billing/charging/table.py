@@ -8,8 +8,9 @@ for every account of a shard, laid out for columnar charging
   the six books, the payment mode, credit limit (``limited`` false: none),
   status, currency code, whether the account has sponsor rules
   (``sponsored``), open reservations or bundle holds (``held``), the
-  reminder cycle code (``-1``: none) and whether any reminder key is set
-  (``reminded``);
+  reminder cycle code (``-1``: none), whether any reminder key is set
+  (``reminded``) and the code of its subscriptions and currency (``fee_set``:
+  the bill run prorates fees once per distinct set);
 - **bundle consumption**, one int64 column per (cycle, bundle) slot that any
   account used, so a batch reads "units left" with one gather per slot;
 - **usage totals** in a :class:`~billing.charging.usage_store.UsageTotals`;
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from billing.accounts import Account, AccountState, AccountStatus, PaymentMode
+from billing.accounts import Account, AccountState, AccountStatus, PaymentMode, Subscription
 from billing.charging.codes import I64, Codes, Ints
 from billing.charging.usage_store import UsageTotals, usage_key
 
@@ -62,7 +63,7 @@ _MODE_CODE = {m: i for i, m in enumerate(MODES)}
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 _NUMERIC = (
     *BOOKS, "mode", "limit", "limited", "status", "currency", "sponsored", "held",
-    "reminder_cycle", "reminded",
+    "reminder_cycle", "reminded", "fee_set",
 )  # fmt: skip
 _DTYPES: dict[str, type[np.generic]] = {
     "mode": np.int8,
@@ -133,6 +134,7 @@ class AccountTable:
         self.held: Bools
         self.reminder_cycle: Ints
         self.reminded: Bools
+        self.fee_set: Ints
         self.reminders: dict[int, frozenset[str]] = {}
         self.crossings: dict[int, dict[str, int]] = {}
         self.holds: dict[int, tuple[dict[tuple[str, str], int], dict[str, Reservation]]] = {}
@@ -141,6 +143,7 @@ class AccountTable:
         self.bundles: Codes[str] = Codes()
         self.currencies: Codes[str] = Codes()
         self.plans: Codes[tuple[str, str]] = Codes()
+        self.fee_sets: Codes[tuple[tuple[Subscription, ...], str]] = Codes()
         self.bundle_slots: Codes[tuple[int, int]] = Codes()  # (cycle code, bundle code)
         self.bundle_used: list[Ints] = []
         self.usage = UsageTotals()
@@ -245,6 +248,7 @@ class AccountTable:
         self.status[row] = _STATUS_CODE[account.status]
         self.currency[row] = self.currencies.code(account.currency)
         self.sponsored[row] = bool(account.sponsor_rules)
+        self.fee_set[row] = self.fee_sets.code((account.subscriptions, account.currency))
 
     def set_reminders(
         self, row: int, cycle: int, keys: frozenset[str], crossings: Mapping[str, int]

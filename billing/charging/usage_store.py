@@ -3,7 +3,9 @@
 The ABM keeps, per account, cycle and usage class, five totals: records,
 units, bundle units, money and its unbilled part (``AccountState.usage``).
 :class:`UsageTotals` keeps them for a whole :class:`~billing.charging.table.AccountTable`
-as one sorted key column and one ``(n, 5)`` value matrix, the key being
+as one sorted key column and five value columns (a ``(5, n)`` array: each
+total contiguous, since gathering rows of an ``(n, 5)`` one costs five times
+more), the key being
 ``row << 32 | cycle << 16 | usage_class`` (codes of the table). A dense
 column per (cycle, class) would cost every account 40 bytes for every class
 anyone used; most accounts use a handful.
@@ -49,7 +51,7 @@ class UsageTotals:
 
     def __init__(self) -> None:
         self.keys: Ints = np.zeros(0, dtype=I64)
-        self.values: npt.NDArray[np.int64] = np.zeros((0, 5), dtype=I64)
+        self.values: npt.NDArray[np.int64] = np.zeros((5, 0), dtype=I64)
         self._chunks: list[tuple[Ints, npt.NDArray[np.int64]]] = []
         self._pending = 0
 
@@ -60,7 +62,7 @@ class UsageTotals:
         if len(keys) > 1 and bool(np.any(keys[1:] < keys[:-1])):
             order = np.argsort(keys, kind="stable")
             keys, values = keys[order], values[order]
-        self._chunks.append((keys, values))
+        self._chunks.append((keys, np.ascontiguousarray(values.T, dtype=I64)))
         self._pending += len(keys)
         if self._pending >= max(_MERGE_MIN, 2 * len(self.keys)):
             self.merge()
@@ -70,11 +72,11 @@ class UsageTotals:
         if not self._chunks:
             return
         keys = np.concatenate([self.keys, *(k for k, _ in self._chunks)])
-        values = np.concatenate([self.values, *(v for _, v in self._chunks)])
+        values = np.concatenate([self.values, *(v for _, v in self._chunks)], axis=1)
         self._chunks.clear()
         self._pending = 0
         groups = Groups(keys)
-        summed = np.add.reduceat(values[groups.order], groups.starts, axis=0)
+        summed = np.stack([np.add.reduceat(v[groups.order], groups.starts) for v in values])
         self.keys, self.values = groups.keys_of, summed
 
     def of_row(self, row: int) -> dict[tuple[int, int], tuple[int, int, int, int, int]]:
@@ -84,7 +86,7 @@ class UsageTotals:
         sums: dict[int, list[int]] = {}
         for keys, values in (self.keys, self.values), *self._chunks:
             lo, hi = np.searchsorted(keys, first), np.searchsorted(keys, last)
-            for key, totals in zip(keys[lo:hi].tolist(), values[lo:hi].tolist(), strict=True):
+            for key, totals in zip(keys[lo:hi].tolist(), values[:, lo:hi].T.tolist(), strict=True):
                 found = sums.get(key)
                 if found is None:
                     sums[key] = totals
@@ -98,7 +100,8 @@ class UsageTotals:
         }
 
     def merged(self) -> tuple[Ints, Ints, Ints, npt.NDArray[np.int64]]:
-        """Everything, merged: ``(rows, cycle codes, class codes, totals)`` sorted by row."""
+        """Everything, merged: ``(rows, cycle codes, class codes, totals)`` sorted by row,
+        the totals as a ``(5, n)`` array."""
         self.merge()
         keys = self.keys
         return keys >> ROW_SHIFT, (keys >> CYCLE_SHIFT) & _LOW, keys & _LOW, self.values
