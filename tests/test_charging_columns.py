@@ -338,3 +338,27 @@ def test_thresholds_one_below_on_and_one_above() -> None:
                 out = compare_batch(states, table, directory, records, {}, tariff, config, offline)
                 paths.update(out.paths)
     assert paths["vector"] and paths["reference"]
+
+
+def test_table_put_and_state_round_trip() -> None:
+    """A state put into a table comes back equal, for new rows past the initial capacity
+    and for a row replaced by a later state (its usage totals replaced, not added)."""
+    table = AccountTable(capacity=4)
+    states = [_state(n, (PaymentMode.HYBRID, 2_000_000, 900_000, AccountStatus.ACTIVE, None,
+                         n % 9), 1) for n in range(40)]  # fmt: skip
+    for n, state in enumerate(states):
+        state.usage = {(CYCLE, "voice.national"): (n + 1, 60, 0, 60_000, 60_000)}
+        state.bundle_used[("2024-05", "sms")] = n + 1  # charging never stores 0 used
+        assert table.put(state) == n
+    assert {aid: _view(table.state(row)) for aid, row in table.index.items()} == {
+        s.account_id: _view(s) for s in states
+    }
+    later = states[7].copy()
+    later.prepaid, later.debt = 5, -7
+    later.usage = {("2024-05", "sms.national"): (1, 1, 1, 0, 0)}
+    later.bundle_used = {}
+    later.reminders, later.crossings, later.reminder_cycle = set(), {}, None
+    later.account = replace(later.account, status=AccountStatus.CLOSED)
+    assert table.put(later) == 7
+    assert _view(table.state(7)) == _view(later)
+    assert _view(table.state(8)) == _view(states[8])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -32,6 +33,15 @@ __all__ = ["SERVICES", "RatedColumns"]
 
 SERVICES: tuple[Service, ...] = tuple(Service)
 _SERVICE_CODE = {s: i for i, s in enumerate(SERVICES)}
+_RECORD, _RECORD_ID, _OPENING = (
+    attrgetter("record"),
+    attrgetter("record_id"),
+    attrgetter("record_opening_time_s"),
+)
+_UNITS, _AMOUNT, _CURRENCY = attrgetter("units"), attrgetter("amount"), attrgetter("currency")
+_CLASS, _PLAN, _SERVICE = (
+    attrgetter("usage_class"), attrgetter("plan_id", "plan_version"), attrgetter("service")
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,18 +90,19 @@ class RatedColumns:
         """Columns of ``records`` charged to ``account_ids`` (one per record), coded
         against ``table`` (new strings are interned in its codes; no row is added)."""
         n = len(records)
-        usage = [r.record for r in records]
+        usage = list(map(_RECORD, records))
         index_get = table.index.get
+        rows = [index_get(a, -1) for a in account_ids]
         return cls(
-            record_ids=[u.record_id for u in usage],
+            record_ids=list(map(_RECORD_ID, usage)),
             account_ids=list(account_ids),
-            account=np.fromiter((index_get(a, -1) for a in account_ids), I64, count=n),
-            time_s=np.fromiter((u.record_opening_time_s for u in usage), I64, count=n),
-            units=np.fromiter((r.units for r in records), I64, count=n),
-            amount=np.fromiter((r.amount for r in records), I64, count=n),
-            currency=table.currencies.codes([r.currency for r in records]),
-            usage_class=table.classes.codes([r.usage_class for r in records]),
-            plan=table.plans.codes([(r.plan_id, r.plan_version) for r in records]),
-            service=np.fromiter(map(_SERVICE_CODE.__getitem__, (u.service for u in usage)), I64, n),
+            account=np.array(rows, dtype=I64),
+            time_s=np.fromiter(map(_OPENING, usage), I64, count=n),
+            units=np.fromiter(map(_UNITS, records), I64, count=n),
+            amount=np.fromiter(map(_AMOUNT, records), I64, count=n),
+            currency=table.currencies.codes(list(map(_CURRENCY, records))),
+            usage_class=table.classes.codes(list(map(_CLASS, records))),
+            plan=table.plans.codes(list(map(_PLAN, records))),
+            service=np.fromiter(map(_SERVICE_CODE.__getitem__, map(_SERVICE, usage)), I64, n),
             source=records,
         )

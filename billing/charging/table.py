@@ -290,7 +290,8 @@ class AccountTable:
 
     def state(self, row: int, *, usage: bool = True) -> AccountState:
         """A new :class:`AccountState` of ``row`` (history empty; ``usage=False``: usage
-        totals empty too, for an operation that only adds to them)."""
+        totals empty too, for an operation that only adds to them). Bundle consumption
+        of zero units is not listed: charging never stores it."""
         state = AccountState(self.profiles[row])
         for book in BOOKS:
             setattr(state, book, int(getattr(self, book)[row]))
