@@ -47,18 +47,19 @@ def bundles(scale: int) -> tuple[Bundle, ...]:
 # 0 none; 1 in debt with the debt reminder set; 2 unbilled near/over the limit with the
 # credit reminders set; 3 low-balance key set; 4 a bundle partly used with its 80 % key
 # set; 5 a reminder state of the previous cycle; 6 a bundle hold (an open session);
-# 7 exposure 60 bytes of data below 90 % of the limit; 8 "any-voice" 60 units below 80 % used.
+# 7 exposure 60 bytes of data below 90 % of the limit; 8 "any-voice" 60 units below 80 % used;
+# 9 a reminder state of the next cycle (the batch's records are late for it).
 accounts_st = st.lists(
     st.tuples(
         st.sampled_from(MODES),
         st.sampled_from([None, 0, 200_000, 2_000_000, 50_000_000]),
         # Around the low-balance threshold (1 EUR) by 60 bytes of data (60 micro), and far off.
         st.sampled_from(
-            [0, 50_000, 900_000, 1_000_059, 1_000_060, 1_000_061, 3_000_000, 50_000_000]
+            [-50_000, 0, 50_000, 900_000, 1_000_059, 1_000_060, 1_000_061, 3_000_000, 50_000_000]
         ),
         st.sampled_from(STATUSES),
         st.sampled_from([None] * 22 + ["sms.*", "data.*"]),
-        st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7, 8]),
+        st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7, 8, 9]),
     ),
     min_size=1,
     max_size=6,
@@ -69,7 +70,8 @@ records_st = st.lists(
         st.sampled_from(CLASSES[:4] * 5 + ["zero"] * 2 + ["spon"]),
         st.one_of(st.sampled_from([0, 1, 59, 60, 61, 120, 240, 300]), st.integers(0, 400)),
         st.sampled_from([1] * 20 + [2, 3, 29, 31, 40]),  # day: mostly one cycle
-        st.sampled_from([0] * 30 + [1, 2, 3, 4]),  # 1: repeat; 2: conflict; 3/4: earlier batch
+        # 1: repeat; 2: conflict; 3/4: the same of a record of the earlier batch; 5: in USD.
+        st.sampled_from([0] * 30 + [1, 2, 3, 4, 5]),
     ),
     max_size=50,
 )
@@ -127,6 +129,10 @@ def _state(n: int, spec: tuple[Any, ...], scale: int) -> AccountState:
         state.unbilled = -(limit * 90 // 100 - 60)
     elif history == 8:
         state.bundle_used[(CYCLE, "any-voice")] = 240 * scale - 60
+    elif history == 9:
+        later = "2024-07"
+        state.reminder_cycle = later
+        state.reminders = {reminder_key(later, NotificationKind.LOW_BALANCE, "1000000")}
     if keys:
         state.reminder_cycle = CYCLE
         state.reminders = keys
@@ -152,7 +158,9 @@ def _records(
             at_s=T0 + day * DAY_S,
         )
         pool = out if repeat in (1, 2) else earlier
-        if repeat and pool:
+        if repeat == 5:
+            r = replace(r, currency="USD")
+        elif repeat and pool:
             same = pool[i % len(pool)]
             r = same if repeat in (1, 3) else replace(same, amount=same.amount + 1)
         out.append(r)
