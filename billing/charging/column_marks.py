@@ -64,6 +64,9 @@ class ColumnMarks:
 
     def get_many(self, keys: Sequence[str]) -> list[Mark[Any] | None]:
         where, built = self._where, self._built
-        if not built:
-            return [None if k not in where else self.get(k) for k in keys]
-        return [self.get(k) if k in where or k in built else None for k in keys]
+        found = list(map(where.__contains__, keys))
+        if built:
+            found = [f or k in built for f, k in zip(found, keys, strict=True)]
+        if not any(found):
+            return [None] * len(keys)  # the common case: fresh ids
+        return [self.get(k) if f else None for f, k in zip(found, keys, strict=True)]
