@@ -14,7 +14,7 @@ from test_accounts import T0, FakeTariff, account, rated
 
 from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
 from billing.bundles import Bundle
-from billing.charging.batch import ChargingConfig, OfflinePolicy, charge_batch
+from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch
 from billing.charging.column_marks import ColumnMarks
 from billing.charging.columnar import ChargeColumns, charge_columns
 from billing.charging.rated_columns import RatedColumns
@@ -370,3 +370,58 @@ def test_table_put_and_state_round_trip() -> None:
     assert table.put(later) == 7
     assert _view(table.state(7)) == _view(later)
     assert _view(table.state(8)) == _view(states[8])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    accounts_st,
+    records_st,
+    st.lists(st.integers(0, 5), max_size=50),
+    config_st,
+    st.booleans(),
+    st.sampled_from([1, 100]),
+)
+def test_columns_equal_one_by_one_when_an_msisdn_names_two_accounts(
+    specs: list[tuple[Any, ...]],
+    recs: list[tuple[Any, ...]],
+    reassigned: list[int],
+    config: ChargingConfig,
+    offline: bool,
+    scale: int,
+) -> None:
+    """Records whose msisdn the caller assigned to different accounts within one batch
+    are charged as the general path charges them one at a time, in order."""
+    states = {f"A{n}": _state(n, spec, scale) for n, spec in enumerate(specs)}
+    records = _records(recs, "r", [], len(specs))
+    account_ids = [
+        f"A{reassigned[i] % len(specs)}" if i < len(reassigned) else f"A{i % len(specs)}"
+        for i in range(len(records))
+    ]
+    tariff = FakeTariff(bundles(scale), sponsors={"spon": "A0", "zero": "OFF-SHARD"})
+    table = AccountTable.from_states(states.values())
+    columns = RatedColumns.from_records(records, account_ids, table)
+    out = charge_columns(
+        columns, table, marks={}, tariff=tariff, config=config, at_s=T0, offline=offline
+    )
+    world = dict(states)
+    marks: dict[str, Mark[Any]] = {}
+    rows, entries, notes, forwards = [], [], [], []
+    for r, account_id in zip(records, account_ids, strict=True):
+        one = charge(
+            world[account_id], r, marks=marks, tariff=tariff, config=config, at_s=T0,
+            offline=offline, others=world,
+        )  # fmt: skip
+        assert one.receipt is not None
+        rows.append(_strip(one.receipt))
+        entries.extend(one.effects.entries)
+        notes.extend(one.effects.notifications)
+        forwards.extend(one.effects.forwards)
+        for state in one.effects.accounts:
+            world[state.account_id] = state
+        marks.update(dict(one.effects.marks))
+    assert [_strip(r) for r in out.rows()] == rows
+    assert out.entries() == entries
+    assert list(out.notifications) == notes
+    assert out.forwards() == forwards
+    table.apply(out.update)
+    assert _table_views(table) == {aid: _view(s) for aid, s in world.items()}

@@ -405,6 +405,7 @@ def charge_columns(
             batch,
             slow_at.tolist(),
             np.flatnonzero(exotic).tolist(),
+            cycle=cycle,
             table=table,
             marks=KnownMarks(marks, set(looked_up), found),
             tariff=tariff,
@@ -414,7 +415,7 @@ def charge_columns(
         )
         reference.update(slow.rows)
         extras = slow.extras
-        notes = [note for _, note in slow.notes]  # batch order already: one pass in order
+        notes = slow.notes  # in batch order: the vectorised path makes none
         for i, usage in slow.forwards:
             reference_forwards[i] = (*reference_forwards.get(i, ()), usage)
         updates.append(slow.update)

@@ -3,8 +3,10 @@
 :func:`charge_reference` materialises the states of a few table rows
 (:meth:`~billing.charging.table.AccountTable.state`, usage totals left empty
 so that what charging adds to them is the delta), charges their records in
-batch order through the general path (:class:`~billing.charging.step.ChargeBatch`,
-the reference implementation), and turns the resulting states back into
+batch order through the reference implementation itself —
+:func:`~billing.charging.batch.charge_batch`, or its general path
+(:class:`~billing.charging.step.ChargeBatch`) record by record when one msisdn
+names two accounts in the batch — and turns the resulting states back into
 table changes. Accounts are independent of each other but for a sponsor
 held in the same table, which the caller routes here together with its
 subscribers, so charging this subset in batch order gives each account what
@@ -25,6 +27,7 @@ import numpy as np
 
 from billing.accounts import AccountState
 from billing.bundles import Tariff
+from billing.charging.batch import charge_batch
 from billing.charging.codes import I64, Ints
 from billing.charging.config import ChargingConfig
 from billing.charging.rated_columns import RatedColumns
@@ -34,6 +37,7 @@ from billing.charging.table import BOOKS, AccountTable, TableUpdate
 from billing.charging.usage_store import usage_key
 from billing.idempotency import Mark
 from billing.notifications import Notification
+from billing.outcome import Result
 from billing.sponsor import SponsoredUsage
 
 __all__ = ["KnownMarks", "ReferenceOutcome", "charge_reference", "replays"]
@@ -60,12 +64,12 @@ class KnownMarks:
 class ReferenceOutcome:
     """The reference path's answer for its records: ``rows[i]`` per batch position,
     ``extras[i]`` the sponsor lines charged before record ``i``'s row, notifications
-    and forwards in charging order with their record's position, and the table
-    changes of its accounts."""
+    in charging order, forwards with their record's position, and the table changes
+    of its accounts."""
 
     rows: dict[int, Charge]
     extras: dict[int, tuple[Charge, ...]]
-    notes: list[tuple[int, Notification]]
+    notes: list[Notification]
     forwards: list[tuple[int, SponsoredUsage]]
     update: TableUpdate
 
@@ -104,6 +108,7 @@ def charge_reference(
     positions: Sequence[int],
     rows: Sequence[int],
     *,
+    cycle: Ints,
     table: AccountTable,
     marks: MarkStore,
     tariff: Tariff,
@@ -112,32 +117,95 @@ def charge_reference(
     offline: bool,
 ) -> ReferenceOutcome:
     """Charge the records at ``positions`` (ascending) through the general path, over
-    the states of table ``rows`` (their accounts and any sponsor among them)."""
-    states = {table.ids[r]: table.state(r, usage=False) for r in rows}
+    the states of table ``rows`` (their accounts and any sponsor among them);
+    ``cycle`` holds every record's cycle code (the states list the bundle use of the
+    cycles of these records only: nothing else is read or written)."""
+    cycles = frozenset(cycle[list(positions)].tolist())
+    states = {table.ids[r]: table.state(r, usage=False, cycles=cycles) for r in rows}
+    source, account_ids = batch.source, batch.account_ids
+    directory: dict[str, str] = {}
+    for i in positions:
+        if directory.setdefault(source[i].record.served_msisdn, account_ids[i]) != account_ids[i]:
+            break  # one msisdn, two accounts: charge_batch's directory cannot say that
+    else:
+        return _through_charge_batch(
+            batch, positions, states, directory, table=table, marks=marks, tariff=tariff,
+            config=config, at_s=at_s, offline=offline,
+        )  # fmt: skip
     batch_state = ChargeBatch(states, marks, tariff, config)
     answers: dict[int, Charge] = {}
     extras: dict[int, tuple[Charge, ...]] = {}
-    notes: list[tuple[int, Notification]] = []
     forwards: list[tuple[int, SponsoredUsage]] = []
     charged = batch_state.rows
     for i in positions:
-        before, notes_before, forwards_before = (
-            len(charged), len(batch_state.notes), len(batch_state.forwards)
-        )  # fmt: skip
-        row = batch_state.charge(batch.source[i], batch.account_ids[i], at_s, offline)
+        before, forwards_before = len(charged), len(batch_state.forwards)
+        row = batch_state.charge(source[i], account_ids[i], at_s, offline)
         if len(charged) > before:
             extras[i] = tuple(charged[before:])
         answers[i] = row
         if row.rated is not None:
             charged.append(row)
-        notes.extend((i, n) for n in batch_state.notes[notes_before:])
         forwards.extend((i, f) for f in batch_state.forwards[forwards_before:])
     return ReferenceOutcome(
         rows=answers,
         extras=extras,
-        notes=notes,
+        notes=list(batch_state.notes),
         forwards=forwards,
         update=_update(table, batch_state.changed),
+    )
+
+
+def _through_charge_batch(
+    batch: RatedColumns,
+    positions: Sequence[int],
+    states: Mapping[str, AccountState],
+    directory: Mapping[str, str],
+    *,
+    table: AccountTable,
+    marks: MarkStore,
+    tariff: Tariff,
+    config: ChargingConfig,
+    at_s: int,
+    offline: bool,
+) -> ReferenceOutcome:
+    """The reference's own :func:`charge_batch` (its inline path included) over the
+    records at ``positions``, its answer sorted back to batch positions."""
+    source = batch.source
+    out = charge_batch(
+        [source[i] for i in positions],
+        accounts=states,
+        directory=directory,
+        marks=marks,
+        tariff=tariff,
+        config=config,
+        at_s=at_s,
+        offline=offline,
+    )
+    effects = out.effects
+    charges = effects.charges
+    answers: dict[int, Charge] = {}
+    extras: dict[int, tuple[Charge, ...]] = {}
+    sponsored_at: dict[str, int] = {}
+    at = 0
+    for i, row in zip(positions, out.receipt or (), strict=True):
+        answers[i] = row
+        if row.rated is None:
+            continue
+        # A fresh line is stored after the sponsor lines its record charged (Effects.charges).
+        start = at
+        while charges[at] is not row:
+            at += 1
+        if at > start:
+            extras[i] = tuple(charges[start:at])
+        at += 1
+        if row.result is Result.SPONSORED:
+            sponsored_at[row.record_id] = i
+    return ReferenceOutcome(
+        rows=answers,
+        extras=extras,
+        notes=list(effects.notifications),
+        forwards=[(sponsored_at[f.rated.record.record_id], f) for f in effects.forwards],
+        update=_update(table, {s.account_id: s for s in effects.accounts}),
     )
 
 

@@ -288,19 +288,25 @@ class AccountTable:
 
     # -- reading -------------------------------------------------------------------------
 
-    def state(self, row: int, *, usage: bool = True) -> AccountState:
+    def state(
+        self, row: int, *, usage: bool = True, cycles: frozenset[int] | None = None
+    ) -> AccountState:
         """A new :class:`AccountState` of ``row`` (history empty; ``usage=False``: usage
         totals empty too, for an operation that only adds to them). Bundle consumption
-        of zero units is not listed: charging never stores it."""
+        of zero units is not listed: charging never stores it. ``cycles`` (codes) limits
+        the bundle consumption listed to those cycles: all that charging records of those
+        cycles reads or writes."""
         state = AccountState(self.profiles[row])
         for book in BOOKS:
             setattr(state, book, int(getattr(self, book)[row]))
-        cycles, bundles = self.cycles.names, self.bundles.names
+        names, bundles, within = self.cycles.names, self.bundles.names, cycles
         for slot, column in enumerate(self.bundle_used):
+            cycle, bundle = self.bundle_slots.names[slot]
+            if within is not None and cycle not in within:
+                continue
             used = int(column[row])
             if used:
-                cycle, bundle = self.bundle_slots.names[slot]
-                state.bundle_used[(cycles[cycle], bundles[bundle])] = used
+                state.bundle_used[(names[cycle], bundles[bundle])] = used
         hold = self.holds.get(row)
         if hold is not None:
             state.bundle_held = dict(hold[0])
@@ -308,10 +314,10 @@ class AccountTable:
         if usage:
             classes = self.classes.names
             state.usage = {
-                (cycles[c], classes[u]): totals for (c, u), totals in self.usage.of_row(row).items()
+                (names[c], classes[u]): totals for (c, u), totals in self.usage.of_row(row).items()
             }
         cycle = int(self.reminder_cycle[row])
-        state.reminder_cycle = None if cycle < 0 else cycles[cycle]
+        state.reminder_cycle = None if cycle < 0 else names[cycle]
         state.reminders = set(self.reminders.get(row, ()))
         state.crossings = dict(self.crossings.get(row, {}))
         return state
@@ -338,10 +344,10 @@ class AccountTable:
         if len(entered):
             self.reminder_cycle[entered] = update.entered_cycles
             self.reminded[entered] = False
-            for row in entered[np.isin(entered, list(self.reminders))].tolist():
-                del self.reminders[row]
-            for row in entered[np.isin(entered, list(self.crossings))].tolist():
-                del self.crossings[row]
+            held_keys, held_counts = self.reminders, self.crossings
+            for row in entered.tolist():
+                held_keys.pop(row, None)
+                held_counts.pop(row, None)
         for row, (cycle, keys, crossings) in update.reminders.items():
             self.set_reminders(row, cycle, keys, crossings)
         for row, account in update.profiles.items():

@@ -151,6 +151,59 @@ class _Declines:
             self.fail |= mask
 
 
+class _KeyMemo:
+    """The reminder keys a batch compares, per cycle code and per (cycle, bundle) code."""
+
+    __slots__ = (
+        "_accounts",
+        "_bundles",
+        "bundle_percents",
+        "credit_percents",
+        "table",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        table: AccountTable,
+        threshold: int,
+        credit_percents: tuple[int, ...],
+        bundle_percents: tuple[int, ...],
+    ) -> None:
+        self.table = table
+        self.threshold = threshold
+        self.credit_percents = credit_percents
+        self.bundle_percents = bundle_percents
+        self._accounts: dict[int, tuple[str, str, tuple[str, ...]]] = {}
+        self._bundles: dict[tuple[int, int], tuple[str, ...]] = {}
+
+    def account(self, cycle: int) -> tuple[str, str, tuple[str, ...]]:
+        """The low-balance, debt and credit-percent keys of ``cycle``."""
+        found = self._accounts.get(cycle)
+        if found is None:
+            cycle_id = self.table.cycles.names[cycle]
+            found = self._accounts[cycle] = (
+                reminder_key(cycle_id, NotificationKind.LOW_BALANCE, str(self.threshold)),
+                reminder_key(cycle_id, NotificationKind.DEBT_POSTED, "debt"),
+                tuple(
+                    reminder_key(cycle_id, NotificationKind.CREDIT_LIMIT, str(p))
+                    for p in self.credit_percents
+                ),
+            )
+        return found
+
+    def bundle(self, cycle: int, bundle: int) -> tuple[str, ...]:
+        """The bundle-percent keys of ``bundle`` in ``cycle``."""
+        found = self._bundles.get((cycle, bundle))
+        if found is None:
+            cycle_id, bundle_id = self.table.cycles.names[cycle], self.table.bundles.names[bundle]
+            found = self._bundles[(cycle, bundle)] = tuple(
+                reminder_key(cycle_id, NotificationKind.BUNDLE_USAGE, f"{bundle_id}@{p}")
+                for p in self.bundle_percents
+            )
+        return found
+
+
 def _past_credit(owed: Ints, limit: Ints, percent: int) -> Bools:
     return (owed > 0) & (owed * 100 >= limit * percent)
 
@@ -306,27 +359,28 @@ def decide(
     crossed_bundle = {p: np.zeros(bgroups.count, dtype=bool) for p in reminders.bundle_percents}
     lookups = np.flatnonzero(checks & same & table.reminded[arow])
     if len(lookups):
-        cycles = table.cycles.names
-        for a in lookups.tolist():
-            keys = table.reminders[int(arow[a])]
-            cycle_id = cycles[int(acct_cycle[a])]
-            crossed_low[a] = (
-                reminder_key(cycle_id, NotificationKind.LOW_BALANCE, str(threshold)) in keys
-            )
-            crossed_debt[a] = reminder_key(cycle_id, NotificationKind.DEBT_POSTED, "debt") in keys
-            for p, flags in crossed_credit.items():
-                flags[a] = reminder_key(cycle_id, NotificationKind.CREDIT_LIMIT, str(p)) in keys
-        names = table.bundles.names
-        for k in np.flatnonzero(g_took & np.isin(g_account, lookups)).tolist():
-            a = int(g_account[k])
-            keys = table.reminders[int(arow[a])]
-            cycle_id, bundle_id = (
-                table.cycles.names[int(acct_cycle[a])],
-                names[int(b_first[head[k]])],
-            )
-            for p, flags in crossed_bundle.items():
-                subject = f"{bundle_id}@{p}"
-                flags[k] = reminder_key(cycle_id, NotificationKind.BUNDLE_USAGE, subject) in keys
+        # The keys depend on the cycle (and bundle) only: built once per batch, then one
+        # set-membership test per account and key.
+        keys_of = _KeyMemo(table, threshold, reminders.credit_percents, reminders.bundle_percents)
+        held = table.reminders
+        sets = [held[r] for r in arow[lookups].tolist()]
+        wanted = [keys_of.account(c) for c in acct_cycle[lookups].tolist()]
+        crossed_low[lookups] = [k[0] in s for k, s in zip(wanted, sets, strict=True)]
+        crossed_debt[lookups] = [k[1] in s for k, s in zip(wanted, sets, strict=True)]
+        for j, flags in enumerate(crossed_credit.values()):
+            flags[lookups] = [k[2][j] in s for k, s in zip(wanted, sets, strict=True)]
+        groups_at = np.flatnonzero(g_took & np.isin(g_account, lookups))
+        if len(groups_at):
+            owner = g_account[groups_at]
+            sets = [held[r] for r in arow[owner].tolist()]
+            wanted_b = [
+                keys_of.bundle(c, b)
+                for c, b in zip(
+                    acct_cycle[owner].tolist(), b_first[head[groups_at]].tolist(), strict=True
+                )
+            ]
+            for j, flags in enumerate(crossed_bundle.values()):
+                flags[groups_at] = [k[j] in s for k, s in zip(wanted_b, sets, strict=True)]
     if max((*reminders.credit_percents, *reminders.bundle_percents), default=0) > _PERCENT_MAX:
         declines.add("value", credit_touched | took)  # products int64 cannot hold
     declines.add(
