@@ -48,7 +48,8 @@ def bundles(scale: int) -> tuple[Bundle, ...]:
 # credit reminders set; 3 low-balance key set; 4 a bundle partly used with its 80 % key
 # set; 5 a reminder state of the previous cycle; 6 a bundle hold (an open session);
 # 7 exposure 60 bytes of data below 90 % of the limit; 8 "any-voice" 60 units below 80 % used;
-# 9 a reminder state of the next cycle (the batch's records are late for it).
+# 9 a reminder state of the next cycle (the batch's records are late for it); 10 a hand-made
+# state: the previous cycle's, holding a low-balance key of this cycle already.
 accounts_st = st.lists(
     st.tuples(
         st.sampled_from(MODES),
@@ -59,7 +60,7 @@ accounts_st = st.lists(
         ),
         st.sampled_from(STATUSES),
         st.sampled_from([None] * 22 + ["sms.*", "data.*"]),
-        st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
     ),
     min_size=1,
     max_size=6,
@@ -133,6 +134,10 @@ def _state(n: int, spec: tuple[Any, ...], scale: int) -> AccountState:
         later = "2024-07"
         state.reminder_cycle = later
         state.reminders = {reminder_key(later, NotificationKind.LOW_BALANCE, "1000000")}
+    elif history == 10:
+        state.reminder_cycle = "2024-05"
+        state.reminders = {reminder_key(CYCLE, NotificationKind.LOW_BALANCE, "1000000")}
+        state.crossings = {next(iter(state.reminders)): 1}
     if keys:
         state.reminder_cycle = CYCLE
         state.reminders = keys

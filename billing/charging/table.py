@@ -9,8 +9,9 @@ for every account of a shard, laid out for columnar charging
   status, currency code, whether the account has sponsor rules
   (``sponsored``), open reservations or bundle holds (``held``), the
   reminder cycle code (``-1``: none), whether any reminder key is set
-  (``reminded``) and the code of its subscriptions and currency (``fee_set``:
-  the bill run prorates fees once per distinct set);
+  (``reminded``) or any crossing counted (``counted``), and the code of its
+  subscriptions and currency (``fee_set``: the bill run prorates fees once
+  per distinct set);
 - **bundle consumption**, one int64 column per (cycle, bundle) slot that any
   account used, so a batch reads "units left" with one gather per slot;
 - **usage totals** in a :class:`~billing.charging.usage_store.UsageTotals`;
@@ -63,7 +64,7 @@ _MODE_CODE = {m: i for i, m in enumerate(MODES)}
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 _NUMERIC = (
     *BOOKS, "mode", "limit", "limited", "status", "currency", "sponsored", "held",
-    "reminder_cycle", "reminded", "fee_set",
+    "reminder_cycle", "reminded", "counted", "fee_set",
 )  # fmt: skip
 _DTYPES: dict[str, type[np.generic]] = {
     "mode": np.int8,
@@ -72,6 +73,7 @@ _DTYPES: dict[str, type[np.generic]] = {
     "sponsored": np.bool_,
     "held": np.bool_,
     "reminded": np.bool_,
+    "counted": np.bool_,
 }
 
 Bools = npt.NDArray[np.bool_]
@@ -134,6 +136,7 @@ class AccountTable:
         self.held: Bools
         self.reminder_cycle: Ints
         self.reminded: Bools
+        self.counted: Bools
         self.fee_set: Ints
         self.reminders: dict[int, frozenset[str]] = {}
         self.crossings: dict[int, dict[str, int]] = {}
@@ -260,6 +263,7 @@ class AccountTable:
             self.reminders[row] = keys
         else:
             self.reminders.pop(row, None)
+        self.counted[row] = bool(crossings)
         if crossings:
             self.crossings[row] = dict(crossings)
         else:
@@ -344,6 +348,7 @@ class AccountTable:
         if len(entered):
             self.reminder_cycle[entered] = update.entered_cycles
             self.reminded[entered] = False
+            self.counted[entered] = False
             held_keys, held_counts = self.reminders, self.crossings
             for row in entered.tolist():
                 held_keys.pop(row, None)

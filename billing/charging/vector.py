@@ -346,6 +346,19 @@ def decide(
     credit_checked = (u_total > 0) & limited & (mode != PREPAID)
     checks = has_cycle & ~late & (took | (p_total > 0) | (d_total > 0) | credit_checked)
     entering = checks & ~same
+    # Entering a cycle keeps the keys and counts already of that cycle (enter_cycle); a
+    # state only holds such keys if it was put together by hand, but then the reference
+    # decides: the vectorised path clears the reminder state of the accounts it enters.
+    holding = np.flatnonzero(entering & (table.reminded[arow] | table.counted[arow]))
+    if len(holding):
+        keys_held, counts_held, names = table.reminders, table.crossings, table.cycles.names
+        ahead = np.zeros(accounts.count, dtype=bool)
+        for a in holding.tolist():
+            row = int(arow[a])
+            prefix = names[int(acct_cycle[a])] + "|"
+            listed = (*keys_held.get(row, ()), *counts_held.get(row, {}))
+            ahead[a] = any(k.startswith(prefix) for k in listed)
+        declines.add("reminder_state", ahead)
     reminders = config.reminders
     threshold = reminders.low_balance_micros
     low_touched = checks & (p_total > 0)
