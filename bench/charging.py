@@ -25,12 +25,15 @@ accounts and times, in batches of ``--batch`` records:
 3. **Bill run** of the month over every account, final (past the grace
    period): the reference (``billing_account`` + ``bill_account`` per account,
    ``reference_bill_run_accounts_per_s``) and the columnar bill run over the
-   table (``bill_columns``, ``bill_run_accounts_per_s``); building the
+   table (``bill_columns``, ``bill_run_accounts_per_s``; it includes merging
+   the month's usage chunks, which charging only appends); building the
    outcome objects of the columnar run is timed apart
    (``bill_run_accounts_per_s_with_objects``), and a sample of them is
    compared with the reference's.
 
-The last line printed is one JSON object.
+Charging and the bill runs are also given per CPU second (``*_per_cpu_s``):
+on a shared machine the wall figures move with other load, the CPU ones much
+less. The last line printed is one JSON object.
 
     .venv/bin/python bench/charging.py [--records 1000000] [--batch 10000] [--runs 3]
 """
@@ -278,6 +281,7 @@ def main() -> None:
         gc.freeze()
         clock, billed, ref_bills = run_bill_reference(states, catalogue, bill_at_s, bill_config)
         note("reference_bill_run_accounts_per_s", len(states) / clock.wall)
+        note("reference_bill_run_accounts_per_cpu_s", len(states) / clock.cpu)
 
         # Columnar charging and bill run over a table of the same fresh accounts.
         fresh = open_accounts(business)
@@ -300,6 +304,7 @@ def main() -> None:
         with objects_clock:
             outcomes = bills.outcomes()
         note("bill_run_accounts_per_s", table.size / bill_clock.wall)
+        note("bill_run_accounts_per_cpu_s", table.size / bill_clock.cpu)
         note(
             "bill_run_accounts_per_s_with_objects",
             table.size / (bill_clock.wall + objects_clock.wall),
