@@ -13,11 +13,12 @@ accounts and times, in batches of ``--batch`` records:
    each batch's new account states the way a shard does
    (``reference_records_per_s``); deriving the effects' ledger entries and
    marks is timed apart (``reference_records_per_s_with_effects``).
-2. **Columnar charging**: the same records as ``RatedColumns`` against an
-   ``AccountTable`` built from the same accounts (untimed): ``charge_columns``
-   plus applying its ``TableUpdate`` (``records_per_s``). Converting the list
-   of ``RatedRecord`` objects into columns (directory lookup included) is the
-   seam a columnar rater replaces and is timed apart
+2. **Columnar charging**: the same records as the bulk path carries them — usage
+   batches of ``--batch`` rows as Arrow, rated by the column rater and with each
+   record's account as a column (all untimed, like the reference's rating) —
+   against an ``AccountTable`` built from the same accounts (untimed):
+   ``charge_columns`` plus applying its ``TableUpdate`` (``records_per_s``).
+   Turning the Arrow batches into ``ChargeInput`` columns is timed apart
    (``conversion_records_per_s``), as are storing the batch's marks and
    summing its postings per ledger account (``records_per_s_with_effects``).
    After the run, every account's state in the table is compared with the
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import pyarrow as pa  # noqa: E402
 from rating import MONTH_START_S, SUBSCRIBERS, generate  # noqa: E402
 
 from billing.accounts import Account, AccountState, PaymentMode, Subscription  # noqa: E402
@@ -68,10 +70,12 @@ from billing.billrun.run import (  # noqa: E402
 )
 from billing.bundles import CatalogueTariff  # noqa: E402
 from billing.charging.batch import ChargingConfig, charge_batch  # noqa: E402
+from billing.charging.charge_input import ChargeInput  # noqa: E402
 from billing.charging.column_marks import ColumnMarks  # noqa: E402
 from billing.charging.columnar import charge_columns  # noqa: E402
-from billing.charging.rated_columns import RatedColumns  # noqa: E402
 from billing.charging.table import AccountTable  # noqa: E402
+from billing.column_rating import rate_columns  # noqa: E402
+from billing.columns import records_to_batch  # noqa: E402
 from billing.cycle import DAY_S, cycle_containing  # noqa: E402
 from billing.idempotency import Mark  # noqa: E402
 from billing.rated import RatedRecord  # noqa: E402
@@ -158,8 +162,8 @@ def run_reference(
 
 
 def run_columns(
-    rated: list[RatedRecord], table: AccountTable, directory: dict[str, str],
-    tariff: CatalogueTariff, config: ChargingConfig, batch: int, at_s: int,
+    batches: list[tuple[pa.RecordBatch, pa.RecordBatch, pa.Array]], table: AccountTable,
+    catalogue: Catalogue, tariff: CatalogueTariff, config: ChargingConfig, at_s: int,
 ) -> dict[str, Any]:  # fmt: skip
     marks = ColumnMarks()
     conversion, charging, effects = Clock(), Clock(), Clock()
@@ -167,12 +171,9 @@ def run_columns(
     paths: Counter[str] = Counter()
     declined: Counter[str] = Counter()
     postings = 0
-    directory_get = directory.get
-    for start in range(0, len(rated), batch):
-        records = rated[start : start + batch]
+    for usage, rated, accounts in batches:
         with conversion:
-            ids = [directory_get(r.record.served_msisdn, "") for r in records]
-            columns = RatedColumns.from_records(records, ids, table)
+            columns = ChargeInput.from_arrow(usage, rated, accounts, table, catalogue)
         with charging:
             out = charge_columns(
                 columns, table, marks=marks, tariff=tariff, config=config, at_s=at_s
@@ -252,6 +253,19 @@ def main() -> None:
         )
         if isinstance(o, RatedRecord)
     ]
+    # The columnar run gets what the bulk path carries: usage batches as Arrow, the
+    # column rater's output for them, and the account of each record as the partition's
+    # directory resolves it (a dictionary-encoded column).
+    directory = {f"49151{n:07d}": f"acct{n}" for n in range(SUBSCRIBERS)}
+    arrow: list[tuple[pa.RecordBatch, pa.RecordBatch, pa.Array]] = []
+    for start in range(0, len(records), args.batch):
+        chunk = records[start : start + args.batch]
+        usage = records_to_batch(chunk)
+        plans = pa.array(["business" if r.served_msisdn in business else "smart" for r in chunk])
+        accounts = pa.array([directory.get(r.served_msisdn, "") for r in chunk])
+        arrow.append(
+            (usage, rate_columns(usage, catalogue, plans).batch, accounts.dictionary_encode())
+        )
     del records
     tariff = CatalogueTariff(catalogue)
     config = ChargingConfig(tz=TZ)
@@ -288,7 +302,7 @@ def main() -> None:
         table = AccountTable.from_states(fresh.values())
         del fresh
         settle_gc()
-        col = run_columns(rated, table, directory, tariff, config, args.batch, at_s)
+        col = run_columns(arrow, table, catalogue, tariff, config, at_s)
         conversion, charging, effects = col["conversion"], col["charging"], col["effects"]
         note("records_per_s", n / charging.wall)
         note("records_per_cpu_s", n / charging.cpu)

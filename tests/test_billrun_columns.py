@@ -45,7 +45,7 @@ accounts_st = st.lists(
         st.lists(
             st.tuples(
                 st.sampled_from(["smart", "business", "gone"]),
-                st.sampled_from([-100, -5, 3, 20]),  # start, days from the cycle start
+                st.sampled_from([-100, -5, 3, 20, 40]),  # start, days from the cycle start
                 st.sampled_from([None, None, 10, 40]),  # end, days from the cycle start
             ),
             max_size=2,

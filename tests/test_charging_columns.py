@@ -4,27 +4,33 @@ and forwards, over two batches (the second repeating ids of the first)."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from test_accounts import T0, FakeTariff, account, rated
 
-from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
-from billing.bundles import Bundle
+from billing.accounts import Account, AccountState, AccountStatus, PaymentMode, SponsorRule
+from billing.bundles import Bundle, CatalogueTariff
 from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch
+from billing.charging.charge_input import ChargeInput
 from billing.charging.column_marks import ColumnMarks
 from billing.charging.columnar import ChargeColumns, charge_columns
-from billing.charging.rated_columns import RatedColumns
 from billing.charging.table import AccountTable
+from billing.column_rating import RatedRows, rate_columns
+from billing.columns import records_to_batch
 from billing.cycle import DAY_S
 from billing.idempotency import Mark
 from billing.ledger import replay
 from billing.notifications import NotificationKind
 from billing.rated import RatedRecord
-from billing.records import Service
+from billing.rating import load_catalogue
+from billing.records import Service, UsageRecord
 from billing.reminders import ReminderConfig, reminder_key
 
 CYCLE = "2024-06"  # the cycle of T0 (UTC)
@@ -222,7 +228,7 @@ def compare_batch(
     effects = reference.effects
     before = _table_views(table)
     account_ids = [directory.get(r.record.served_msisdn, "") for r in records]
-    columns = RatedColumns.from_records(records, account_ids, table)
+    columns = ChargeInput.from_records(records, account_ids, table)
     store = marks if column_marks is None else column_marks
     out = charge_columns(
         columns, table, marks=store, tariff=tariff, config=config, at_s=T0, offline=offline
@@ -404,7 +410,7 @@ def test_columns_equal_one_by_one_when_an_msisdn_names_two_accounts(
     ]
     tariff = FakeTariff(bundles(scale), sponsors={"spon": "A0", "zero": "OFF-SHARD"})
     table = AccountTable.from_states(states.values())
-    columns = RatedColumns.from_records(records, account_ids, table)
+    columns = ChargeInput.from_records(records, account_ids, table)
     out = charge_columns(
         columns, table, marks={}, tariff=tariff, config=config, at_s=T0, offline=offline
     )
@@ -430,3 +436,75 @@ def test_columns_equal_one_by_one_when_an_msisdn_names_two_accounts(
     assert out.forwards() == forwards
     table.apply(out.update)
     assert _table_views(table) == {aid: _view(s) for aid, s in world.items()}
+
+
+def test_arrow_input_equals_records_input() -> None:
+    """The rater's Arrow batches give the columns, source records and charging answer
+    that the same rated records give as a list (rejected rows left out of both)."""
+    catalogue = load_catalogue(Path(__file__).resolve().parent.parent / "conf" / "tariffs")
+    rng = random.Random(5)
+    t0 = 1_767_222_000  # 2026-01-01 00:00 Europe/Berlin
+    usage: list[UsageRecord] = []
+    for n in range(3000):
+        service = rng.choice(list(Service))
+        called = rng.choice(["4915112345678", "4930123456", "3361234567", "99999123", None])
+        usage.append(
+            UsageRecord(
+                record_id=f"arrow:{n}",
+                service=service,
+                served_msisdn=f"4917{rng.randrange(40):04d}",
+                record_opening_time_s=t0 + rng.randrange(31 * DAY_S),
+                called_number=called if service in (Service.VOICE, Service.SMS) else None,
+                duration_s=rng.randrange(1, 900) if service is Service.VOICE else 0,
+                sms_count=1 if service is Service.SMS else 0,
+                downlink_bytes=rng.randrange(10**7) if service is Service.DATA else 0,
+                rating_group=rng.choice([10, 20, None]) if service is Service.DATA else None,
+                content_item_id="news-day-pass" if service is Service.CONTENT else None,
+            )
+        )
+    plans = ["business" if int(r.served_msisdn) % 5 == 0 else "smart" for r in usage]
+    batch = records_to_batch(usage)
+    rated = rate_columns(batch, catalogue, pa.array(plans)).batch
+    accounts = pa.array([f"acct-{r.served_msisdn}" for r in usage]).dictionary_encode()
+    states = [
+        AccountState(
+            Account(
+                account_id=f"acct-4917{n:04d}", currency="EUR",
+                payment_mode=PaymentMode.PREPAID if n % 3 else PaymentMode.POSTPAID,
+                msisdns=(f"4917{n:04d}",),
+            )
+        )
+        for n in range(38)  # two numbers have no account here
+    ]  # fmt: skip
+    for state in states:
+        state.prepaid = 2_000_000
+    outcomes = RatedRows(batch, rated, catalogue)
+    kept = [i for i in range(len(usage)) if isinstance(outcomes[i], RatedRecord)]
+    assert 0 < len(kept) < len(usage)
+    tariff = CatalogueTariff(catalogue)
+    config = ChargingConfig(tz="Europe/Berlin")
+    answers = []
+    for arrow in (True, False):
+        table = AccountTable.from_states(states)
+        if arrow:
+            columns = ChargeInput.from_arrow(batch, rated, accounts, table, catalogue)
+        else:
+            records = [outcomes[i] for i in kept]
+            ids = [f"acct-{usage[i].served_msisdn}" for i in kept]
+            columns = ChargeInput.from_records(records, ids, table)  # type: ignore[arg-type]
+        out = charge_columns(
+            columns, table, marks={}, tariff=tariff, config=config, at_s=t0 + 40 * DAY_S
+        )
+        answers.append((columns, out, table))
+    (a, out_a, table_a), (b, out_b, table_b) = answers
+    assert list(a.record_ids) == list(b.record_ids) and a.account_ids == b.account_ids
+    for name in ("account", "time_s", "units", "amount", "service"):
+        assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
+    names = {"currency": "currencies", "usage_class": "classes", "plan": "plans"}
+    for name, codes in names.items():
+        labels_a = [getattr(table_a, codes).names[c] for c in getattr(a, name).tolist()]
+        labels_b = [getattr(table_b, codes).names[c] for c in getattr(b, name).tolist()]
+        assert labels_a == labels_b, name
+    assert list(a.source) == list(b.source)
+    assert [_strip(r) for r in out_a.rows()] == [_strip(r) for r in out_b.rows()]
+    assert out_a.entries() == out_b.entries()

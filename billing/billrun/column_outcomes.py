@@ -228,7 +228,7 @@ class BillColumns:
         account = table.profiles[row]
         account_id = account.account_id
         result = _RESULTS[int(self.result[row])]
-        if result is BillResult.CURRENCY_MISMATCH:
+        if result in (BillResult.CURRENCY_MISMATCH, BillResult.NOT_STARTED):
             return BillOutcome(result=result, account_id=account_id)
         lines = self.lines.items(row)
         if result is BillResult.STATEMENT:

@@ -10,8 +10,9 @@ over :func:`~billing.billrun.view.billing_account` (the reference), which
 ``BillColumns.outcome`` builds on demand and tests/test_billrun_columns.py
 compares.
 
-**Which account goes where.** Prepaid accounts get their statement in
-columns. A postpaid or hybrid account is billed in columns when its billing
+**Which account goes where.** An account whose first subscription starts
+after the cycle is ``not_started`` (no bill), in columns. Prepaid accounts get
+their statement in columns. A postpaid or hybrid account is billed in columns when its billing
 state is *clean* — no draft, no final invoice for this cycle or a later one —
 and it has no stored invoice and no extra charges for the run; its ``billed``
 snapshot, if any, is subtracted in columns. Every other account is billed by
@@ -134,8 +135,11 @@ def bill_columns(
     first = np.zeros(len(distinct), dtype=I64)
     first[fee_of[::-1]] = np.arange(size)[::-1]  # a row of each distinct set
     fee_sets: list[FeeLines] = []
+    started_sets: list[bool] = []  # not a customer before the cycle's end: no bill at all
     for row in first.tolist():
         account = table.profiles[row]
+        starts_s = min((s.start_s for s in account.subscriptions), default=None)
+        started_sets.append(starts_s is None or starts_s < cycle.end_s)
         periods = fee_periods(account, catalogue, cycle)
         fee_sets.append(
             FeeLines.of(
@@ -144,6 +148,7 @@ def bill_columns(
             )
         )
     fee_ok = np.array([f.ok for f in fee_sets], dtype=bool)
+    started = np.array(started_sets, dtype=bool)[fee_of] if size else np.zeros(0, dtype=bool)
     fee_total = np.array([f.total for f in fee_sets], dtype=I64)
 
     # Usage of the window's cycles, less what clean states billed already.
@@ -169,7 +174,7 @@ def bill_columns(
     postpaid_like = mode != PREPAID
     in_columns = np.ones(size, dtype=bool)
     in_columns[list(reference_rows)] = False
-    invoiced = postpaid_like[u_rows] & in_columns[u_rows]
+    invoiced = postpaid_like[u_rows] & in_columns[u_rows] & started[u_rows]
     future = invoiced & later[u_cycles] if len(later) else invoiced & False
     future_unbilled = np.zeros(size, dtype=I64)
     if future.any():
@@ -183,7 +188,7 @@ def bill_columns(
     lines = Lines(table, services)
 
     # Statements (prepaid): the cycle's usage by service, money charged.
-    statement = ~postpaid_like[u_rows] & (u_cycles == current)
+    statement = ~postpaid_like[u_rows] & started[u_rows] & (u_cycles == current)
     _usage_lines(lines, u_rows[statement], service_of[u_classes[statement]],
                  u_values[:, statement], money=3)  # fmt: skip
 
@@ -214,7 +219,7 @@ def bill_columns(
             count=sums[0, has],
             late_cycle=late_cycle,
         )
-    invoice_rows = np.flatnonzero(postpaid_like[:size] & in_columns)
+    invoice_rows = np.flatnonzero(postpaid_like[:size] & in_columns & started)
     usage_sum = lines.sums(size)
     book_to_bill = -table.column("unbilled") - future_unbilled
     rest = book_to_bill - usage_sum
@@ -248,6 +253,7 @@ def bill_columns(
     result[invoice_rows] = _RESULT[BillResult.ISSUED if final else BillResult.DRAFT]
     mismatch = invoice_rows[~fee_ok[fee_of[invoice_rows]]]
     result[mismatch] = _RESULT[BillResult.CURRENCY_MISMATCH]
+    result[~started] = _RESULT[BillResult.NOT_STARTED]
     status = np.full(size, _STATUS[InvoiceStatus.DRAFT], dtype=I64)
     if final:
         status[invoice_rows] = np.where(

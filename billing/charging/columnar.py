@@ -1,6 +1,6 @@
 """Columnar charging: a batch of rated records as columns against an account table.
 
-:func:`charge_columns` charges a :class:`~billing.charging.rated_columns.RatedColumns`
+:func:`charge_columns` charges a :class:`~billing.charging.charge_input.ChargeInput`
 batch against an :class:`~billing.charging.table.AccountTable` and answers
 with :class:`ChargeColumns`: per-record columns (result, cycle, bundle
 units, amount and its parts by book), the :class:`~billing.charging.table.TableUpdate`
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from billing.bundles import Tariff
+from billing.charging.charge_input import SERVICES, ChargeInput
 from billing.charging.codes import I64, Codes, Groups, Ints
 from billing.charging.config import ChargingConfig, calendar_for
 from billing.charging.fallback import KnownMarks, charge_reference, replays
-from billing.charging.rated_columns import SERVICES, RatedColumns
 from billing.charging.rows import Charge, MarkStore, new_row, revenue_key
 from billing.charging.table import AccountTable, TableUpdate
 from billing.charging.vector import RESULTS, Chains, code_of, decide
@@ -74,7 +74,7 @@ class ChargeColumns:
     the accounts the vectorised path declined, per reason.
     """
 
-    batch: RatedColumns
+    batch: ChargeInput
     table: AccountTable
     at_s: int
     result: Ints
@@ -135,6 +135,7 @@ class ChargeColumns:
                 self.sponsors[sponsor] if sponsor >= 0 and result is Result.SPONSORED else None,
                 None,
                 batch.source[i] if result in _USAGE_LINE else None,
+                None,  # replay_of: only a replay, which the reference answers, has one
             ),
         )
 
@@ -221,7 +222,7 @@ class ChargeColumns:
 _CHARGED_CODES = np.array([code_of(r) for r in CHARGED_RESULTS], dtype=I64)
 
 
-def _cycles(batch: RatedColumns, table: AccountTable, tz: str) -> Ints:
+def _cycles(batch: ChargeInput, table: AccountTable, tz: str) -> Ints:
     """Each record's cycle code: one calendar lookup per distinct cycle of the batch."""
     times = batch.time_s
     if not len(times):
@@ -290,7 +291,7 @@ def merge_updates(parts: Sequence[TableUpdate]) -> TableUpdate:
 
 
 def charge_columns(
-    batch: RatedColumns,
+    batch: ChargeInput,
     table: AccountTable,
     *,
     marks: MarkStore,
@@ -385,6 +386,10 @@ def charge_columns(
             forward_amount[picked] = _price_many(tariff, price_key, batch.units[picked])
 
     # Replays, then the reference path over the remaining accounts, in batch order.
+    slow_at = np.flatnonzero(live & exotic[np.maximum(rows, 0)])
+    prefetch = getattr(batch.source, "prefetch", None)
+    if prefetch is not None and (found or len(slow_at)):
+        prefetch([*np.flatnonzero(marked).tolist(), *slow_at.tolist()])
     reference = replays(
         batch,
         np.flatnonzero(marked).tolist(),
@@ -395,7 +400,6 @@ def charge_columns(
         config=config,
         at_s=at_s,
     )
-    slow_at = np.flatnonzero(live & exotic[np.maximum(rows, 0)])
     updates = [vector.update]
     notes: list[Notification] = []
     extras: dict[int, tuple[Charge, ...]] = {}

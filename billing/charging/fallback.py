@@ -28,9 +28,9 @@ import numpy as np
 from billing.accounts import AccountState
 from billing.bundles import Tariff
 from billing.charging.batch import charge_batch
+from billing.charging.charge_input import ChargeInput
 from billing.charging.codes import I64, Ints
 from billing.charging.config import ChargingConfig
-from billing.charging.rated_columns import RatedColumns
 from billing.charging.rows import Charge, MarkStore
 from billing.charging.step import ChargeBatch
 from billing.charging.table import BOOKS, AccountTable, TableUpdate
@@ -75,7 +75,7 @@ class ReferenceOutcome:
 
 
 def replays(
-    batch: RatedColumns,
+    batch: ChargeInput,
     positions: Sequence[int],
     found: Mapping[str, Mark[Any]],
     *,
@@ -104,7 +104,7 @@ def replays(
 
 
 def charge_reference(
-    batch: RatedColumns,
+    batch: ChargeInput,
     positions: Sequence[int],
     rows: Sequence[int],
     *,
@@ -156,7 +156,7 @@ def charge_reference(
 
 
 def _through_charge_batch(
-    batch: RatedColumns,
+    batch: ChargeInput,
     positions: Sequence[int],
     states: Mapping[str, AccountState],
     directory: Mapping[str, str],

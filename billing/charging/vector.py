@@ -45,9 +45,9 @@ import numpy.typing as npt
 
 from billing.accounts import AccountStatus, PaymentMode
 from billing.bundles import Tariff
+from billing.charging.charge_input import ChargeInput
 from billing.charging.codes import I64, Groups, Ints
 from billing.charging.config import ChargingConfig, OfflinePolicy
-from billing.charging.rated_columns import RatedColumns
 from billing.charging.table import MODES, STATUSES, AccountTable, TableUpdate
 from billing.charging.usage_store import usage_key
 from billing.notifications import NotificationKind
@@ -87,7 +87,7 @@ class Chains:
 
     __slots__ = ("allowance", "first", "later", "later_allowance", "repeated")
 
-    def __init__(self, batch: RatedColumns, table: AccountTable, tariff: Tariff) -> None:
+    def __init__(self, batch: ChargeInput, table: AccountTable, tariff: Tariff) -> None:
         n = len(batch)
         pair = batch.plan << 20 | batch.usage_class
         distinct, inverse = np.unique(pair, return_inverse=True)
@@ -209,7 +209,7 @@ def _past_credit(owed: Ints, limit: Ints, percent: int) -> Bools:
 
 
 def decide(
-    batch: RatedColumns,
+    batch: ChargeInput,
     table: AccountTable,
     candidates: Ints,
     *,
