@@ -241,10 +241,15 @@ def status(as_json: bool, data_dir: Path) -> None:
             node["metrics_url"],
         )
     units = Table(title="units")
-    for column in ("unit", "state", "owner", "epoch"):
+    replicated = any("followers" in unit for unit in found["units"])
+    columns = ("unit", "state", "primary" if replicated else "owner", "epoch")
+    for column in columns + (("followers (state, lag)", "in sync") if replicated else ()):
         units.add_column(column)
     for unit in found["units"]:
-        units.add_row(unit["unit"], unit["state"], unit["node"], str(unit["epoch"]))
+        row = [unit["unit"], unit["state"], unit["node"], str(unit["epoch"])]
+        if replicated:
+            row += [follower_text(unit), ", ".join(unit.get("isr", ())) or "-"]
+        units.add_row(*row)
     console.print(nodes)
     console.print(units)
     states = [u["state"] for u in found["units"]]
@@ -253,8 +258,26 @@ def status(as_json: bool, data_dir: Path) -> None:
         f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
         f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
     )
+    if replicated:
+        console.print(
+            f"replication factor {found.get('replication_factor')}; "
+            f"writable: {found.get('writable')}; "
+            f"fully replicated: {found.get('fully_replicated')}; "
+            f"lost: {states.count('lost')}"
+        )
     for line in schedule_lines(found.get("schedule")):
         console.print(line)
+
+
+def follower_text(unit: dict[str, Any]) -> str:
+    """A replicated unit's followers, each with its state and its lag in batches
+    (``?`` until its primary has reported it)."""
+    lags = unit.get("lag", {})
+    parts = []
+    for node, state in sorted(unit.get("followers", {}).items()):
+        lag = lags.get(node)
+        parts.append(f"{node} ({state}, {'?' if lag is None else lag})")
+    return ", ".join(parts) or "-"
 
 
 def schedule_lines(schedule: dict[str, Any] | None) -> list[str]:

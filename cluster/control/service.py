@@ -231,6 +231,9 @@ class CoordinatorService:
                 replica = replicas.get(str(entry["unit"]))
                 if replica is not None:
                     entry["followers"] = {n: f["state"] for n, f in replica["followers"].items()}
+                    # Batches the primary has committed that the follower has not
+                    # acknowledged (None: the primary has not reported it yet).
+                    entry["lag"] = {n: f["lag"] for n, f in replica["followers"].items()}
                     entry["isr"] = replica["isr"]
                     if replica["lost"]:
                         entry["state"] = "lost"
