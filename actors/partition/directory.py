@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from actors.partition.codec import directory_key, json_bytes, request_key
+from actors.partition.codec import DIRECTORY_PREFIX, directory_key, json_bytes, request_key
 from actors.store.storage import Batch, LruCache, ShardStore
 from billing.accounts import Result, SponsorRule, Subscription, conflict_result
 from billing.idempotency import Conflict, Mark, Replay, check
@@ -187,6 +187,12 @@ class Directory:
         entry = DirectoryEntry.from_json(json.loads(raw)) if raw is not None else None
         self._cache.put(msisdn, _MISSING if entry is None else entry)
         return entry
+
+    def holders(self) -> frozenset[str]:
+        """Every account that holds a number here now (a full scan of the entries)."""
+        return frozenset(
+            json.loads(raw)["account_id"] for _, raw in self._store.scan_prefix(DIRECTORY_PREFIX)
+        )
 
     def put_subscriber(
         self,

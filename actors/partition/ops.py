@@ -29,6 +29,7 @@ __all__ = [
     "ClaimIds",
     "CountRejects",
     "Counters",
+    "DirectoryHolders",
     "GetSubscriber",
     "ListRejects",
     "MoveNumber",
@@ -172,6 +173,17 @@ class GetSubscriber(PartitionOp["DirectoryEntry | None"]):
 
     def apply(self, engine: RatingPartition, env: Env) -> DirectoryEntry | None:
         return engine.get_subscriber(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryHolders(PartitionOp[frozenset[str]]):
+    """The accounts holding a number in this partition's directory (for ``reconcile``:
+    each must exist on its shard, or that shard lost data)."""
+
+    read: ClassVar[bool] = True
+
+    def apply(self, engine: RatingPartition, env: Env) -> frozenset[str]:
+        return engine.directory.holders()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

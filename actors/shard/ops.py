@@ -63,6 +63,7 @@ __all__ = [
     "InspectShard",
     "ListInvoices",
     "ListNotifications",
+    "MissingAccounts",
     "MoveNumber",
     "NotificationsSince",
     "PendingForwards",
@@ -212,6 +213,18 @@ class Audit(ShardOp["AuditReport"]):
 
     def apply(self, engine: AccountShard, env: Env) -> AuditReport:
         return engine.audit.audit(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MissingAccounts(ShardOp[tuple[str, ...]]):
+    """Those of ``account_ids`` this shard has no account for (``reconcile`` asks with
+    the accounts the directories route here: a missing one is data lost or emptied)."""
+
+    account_ids: tuple[str, ...]
+    read: ClassVar[bool] = True
+
+    def apply(self, engine: AccountShard, env: Env) -> tuple[str, ...]:
+        return engine.queries.missing_accounts(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

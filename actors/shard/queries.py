@@ -62,6 +62,10 @@ class ShardQueries:
         row = self._committed(op.account_id)
         return None if row is None else row.state
 
+    def missing_accounts(self, op: ops.MissingAccounts) -> tuple[str, ...]:
+        """Those of the asked accounts that have no committed row here."""
+        return tuple(a for a in op.account_ids if self._committed(a) is None)
+
     def ledger_rows(self, account_id: str) -> Iterator[Charge | Entry]:
         """The account's ledger stream in order: charge rows (usage lines) and entries."""
         if not is_valid_account_id(account_id):

@@ -23,7 +23,13 @@ import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
 
 from actors.partition.engine import RecordStatus
-from actors.partition.ops import Counters, CountRejects, ListRejects, Reprocess
+from actors.partition.ops import (
+    Counters,
+    CountRejects,
+    DirectoryHolders,
+    ListRejects,
+    Reprocess,
+)
 from actors.router import HostUnreachable, deadline_after
 from actors.router import time_left as _left
 from actors.routing import unit_kind
@@ -122,6 +128,7 @@ async def reconcile(
     total = sum(counters.values(), Reconciliation())
     ledger = sum(a.postings_total for a in audits.values())
     problems = [f"{u}: {p}" for u, a in sorted(audits.items()) for p in a.problems]
+    problems += await _accounts_missing(cluster, deadline)
     pending = sum(a.forwards_pending for a in audits.values())
     notes = []
     if not total.is_balanced():
@@ -142,6 +149,32 @@ async def reconcile(
         balanced=total.is_balanced() and ledger == 0 and not problems,
         detail="; ".join(notes) or "balanced",
     )
+
+
+async def _accounts_missing(cluster: Cluster, deadline: float) -> list[str]:
+    """Every account a partition's directory routes usage to must exist on its shard: one
+    that does not means the shard lost data (a unit reopened empty, or restored from an
+    older copy), whose money a count of postings alone (0 over nothing) cannot show."""
+    holders = await cluster.run_each(
+        cluster.router.all_partitions(), DirectoryHolders(), timeout_s=_left(deadline)
+    )
+    by_shard: dict[str, list[str]] = {}
+    for account_id in sorted(set().union(*holders.values())):
+        by_shard.setdefault(cluster.router.shard(account_id), []).append(account_id)
+    shards = sorted(by_shard)
+    missing = await asyncio.gather(
+        *(
+            cluster.run(s, ops.MissingAccounts(account_ids=tuple(by_shard[s])),
+                        timeout_s=_left(deadline))
+            for s in shards
+        )
+    )  # fmt: skip
+    return [
+        f"{shard}: {len(gone)} accounts in the directory have no account on their shard "
+        f"(lost or emptied unit?), e.g. {', '.join(gone[:3])}"
+        for shard, gone in zip(shards, missing, strict=True)
+        if gone
+    ]
 
 
 async def list_rejects(
