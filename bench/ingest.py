@@ -16,10 +16,24 @@ Timed, in one run:
    decode the same protobuf batches, rate and charge them through one
    RatingPartition and one AccountShard, one synced RocksDB batch per batch.
 
+With ``--mode replicated`` a second cluster runs the same records in the same
+run: ``--replica-nodes`` simulated nodes (default 2) in ``storage.mode =
+"replicated"`` (RF 2, ``min_in_sync`` 2: every synced batch also shipped to a
+follower on another node and synced there before it is answered). Its figures
+carry the prefix ``replicated_``, and ``replicated_ratio`` is its throughput over
+the one-node ``local`` cluster's: the cost of the second copy. Where that cost
+goes is read from the nodes' Prometheus pages after the run (``profile``):
+seconds spent shipping batches to followers (``petribill_replication_seconds``,
+inside the unit calls) against the seconds of the unit calls themselves
+(``petribill_unit_call_seconds``), summed over the nodes.
+
 The last line is one JSON object with ``records_per_s``,
-``baseline_records_per_s``, ``ratio``, ``query_p50_ms`` and ``query_p99_ms``.
+``baseline_records_per_s``, ``ratio``, ``query_p50_ms`` and ``query_p99_ms``
+(and, replicated, ``replicated_records_per_s``, ``replicated_ratio``,
+``replicated_profile``).
 
     .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4]
+        [--mode local|replicated] [--replica-nodes 2]
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -106,21 +121,78 @@ def create_accounts(client: PetribillClient, accounts: int) -> None:
         list(pool.map(create, range(accounts)))
 
 
-def run_cluster(args: argparse.Namespace, records: list[UsageRecord]) -> dict[str, Any]:
+def run_cluster(
+    args: argparse.Namespace, records: list[UsageRecord], *, mode: str = "local", nodes: int = 1
+) -> dict[str, Any]:
     config = parse_config(
-        {"sharding": {"shards": args.shards, "partitions": args.partitions}}, source="bench"
+        {
+            "sharding": {"shards": args.shards, "partitions": args.partitions},
+            "storage": {"mode": mode},
+        },
+        source="bench",
     )
     with tempfile.TemporaryDirectory(prefix="pbbench") as data:
-        runtime = Runtime(config, data_dir=Path(data), tariffs_dir=TARIFFS, nodes=1, port=0)
-        info = runtime.start()
+        runtime = Runtime(config, data_dir=Path(data), tariffs_dir=TARIFFS, nodes=nodes, port=0)
+        info = runtime.start(timeout_s=300)
         try:
             client = PetribillClient(info.gateways, timeout_s=120)
             started = time.perf_counter()
             create_accounts(client, args.accounts)
             print(f"created {args.accounts:,} accounts in {time.perf_counter() - started:.1f} s")
+            if mode == "replicated":
+                before = profile()
+                figures = measure_cluster(args, client, records)
+                figures["profile"] = profile(since=before, wait_s=20)
+                return figures
             return measure_cluster(args, client, records)
         finally:
             runtime.stop()
+
+
+_SERIES = re.compile(
+    r"^ray_petribill_(replication_seconds|unit_call_seconds)_(sum|count)\{([^}]*)\} (\S+)$", re.M
+)
+
+
+def profile(since: dict[str, float] | None = None, wait_s: float = 0) -> dict[str, float]:
+    """Seconds and counts of batch shipping to followers and of unit calls, summed over
+    every node's Prometheus page (minus ``since``); waits up to ``wait_s`` for Ray to
+    publish the shipping of the last batches (it does every few seconds)."""
+    import urllib.request
+
+    from actors.metrics import metrics_urls
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found: dict[str, float] = {}
+        for url in metrics_urls().values():
+            try:
+                with urllib.request.urlopen(url, timeout=10) as page:
+                    text = page.read().decode()
+            except OSError:
+                continue
+            for name, part, _tags, value in _SERIES.findall(text):
+                key = f"{name}_{part}"
+                found[key] = found.get(key, 0.0) + float(value)
+        if since is not None:
+            found = {k: v - since.get(k, 0.0) for k, v in found.items()}
+        calls = found.get("unit_call_seconds_count", 0.0)
+        shipped = found.get("replication_seconds_count", 0.0)
+        if since is None or time.monotonic() >= deadline or (calls and shipped):
+            break
+        time.sleep(2)
+    if since is None:
+        return found
+    ship_s = found.get("replication_seconds_sum", 0.0)
+    call_s = found.get("unit_call_seconds_sum", 0.0)
+    return {
+        "batches_shipped": round(shipped),
+        "ship_s": round(ship_s, 2),
+        "ship_ms_mean": round(1000 * ship_s / shipped, 2) if shipped else 0.0,
+        "unit_calls": round(calls),
+        "unit_call_s": round(call_s, 2),
+        "ship_share_of_unit_calls": round(ship_s / call_s, 3) if call_s else 0.0,
+    }
 
 
 def measure_cluster(
@@ -247,6 +319,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--mode", choices=("local", "replicated"), default="local")
+    parser.add_argument("--replica-nodes", type=int, default=2)
     args = parser.parse_args()
 
     records = workload(args.records, args.accounts, args.seed)
@@ -261,6 +335,13 @@ def main() -> None:
         **baseline,
         "ratio": round(cluster["records_per_s"] / baseline["baseline_records_per_s"], 3),
     }
+    if args.mode == "replicated":
+        replicated = run_cluster(args, records, mode="replicated", nodes=args.replica_nodes)
+        print(f"replicated cluster ({args.replica_nodes} nodes, RF 2): {replicated}")
+        summary.update({f"replicated_{k}": v for k, v in replicated.items()})
+        summary["replicated_ratio"] = round(
+            replicated["records_per_s"] / cluster["records_per_s"], 3
+        )
     print(json.dumps(summary))
 
 
