@@ -257,6 +257,14 @@ class RoutedHost(UnitHost):
         catalogue = load_catalogue(tariffs_dir)
         return self.update_engines(kind, lambda engine: engine.set_catalogue(catalogue))
 
+    @ray.method(concurrency_group=READS_GROUP)
+    def ping(self) -> str:  # type: ignore[override]
+        """The coordinator's liveness probe, on the query threads: a host whose default
+        threads are all busy with write batches is slow, not gone, and must still
+        answer (two missed pings fail its node; with replicated units, both nodes of a
+        2-node cluster failed at once leave every unit without an in-sync copy)."""
+        return super().ping()
+
     @ray.method(concurrency_group=INNER_GROUP)
     def run_inner(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """:meth:`UnitHost.run` for a call from another host (see :data:`INNER_GROUP`)."""
