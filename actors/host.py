@@ -75,6 +75,7 @@ from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingFor
 from actors.shard.outbox import Forward
 from actors.store.backup import UnitBackup, backup_target, checkpoint_unit
 from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed, read_fence_epoch
+from actors.store.files import write_atomic
 from actors.store.replica import (
     CopyState,
     FollowerCopy,
@@ -347,6 +348,8 @@ class UnitHost:
             self._check_present(unit_id, path, epoch)
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = self._factory(unit_id, path, epoch)
+            if self.mode != "replicated":
+                self._mark_created(unit_id)
             unit = _Unit(epoch=epoch, engine=engine, lock=threading.Lock())
             if self.mode == "replicated":
                 unit.replicator = self._replicator(unit_id, engine)
@@ -364,12 +367,31 @@ class UnitHost:
             checkpoint_dir=self._below_root(self._root / "checkpoints"),
         )
 
+    def _created_marker(self, unit_id: str) -> Path:
+        return self._below_root(self._root / "created-units" / unit_id)
+
+    def _mark_created(self, unit_id: str) -> None:
+        """Note beside the units' folders (local, shared) that ``unit_id`` exists: a
+        unit folder that goes missing later is then told from one never created."""
+        marker = self._created_marker(unit_id)
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(marker, b"")
+
     def _check_present(self, unit_id: str, path: Path, epoch: int) -> None:
         """Refuse to open a unit that was assigned before (``epoch > 1``) whose database
-        or epoch file is gone: opening it would create it empty."""
+        or epoch file is gone: opening it would create it empty.
+
+        Replicated, a unit above its first epoch is only ever placed where a copy of it
+        is (a promoted follower, a restored primary). Local or shared, a unit assigned
+        at epoch 1 may have been failed over before any node opened it (its node missed
+        pings while starting): with no database and no created-marker it was never
+        created, and this open creates it."""
         if epoch <= 1:
             return  # the first assignment creates the unit
         if not (path / "CURRENT").exists():
+            if self.mode != "replicated" and not self._created_marker(unit_id).exists():
+                return
             detail = "the unit's database is missing"
         elif not (path / EPOCH_FILE).exists() and not stored_epoch(path):
             # A restored backup has no EPOCH file beside it but carries its epoch

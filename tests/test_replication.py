@@ -287,6 +287,31 @@ def test_a_local_unit_assigned_before_is_never_opened_empty(tmp_path: Path) -> N
     host.close_all()
 
 
+def test_a_local_unit_never_created_opens_at_a_later_epoch(tmp_path: Path) -> None:
+    """Local or shared, a unit failed over before any node opened it (no database, no
+    created-marker) is created by its first open, whatever the epoch; once created, its
+    missing folder is refused as before."""
+    from actors.engines import engine_factory
+    from actors.host import UnitHost
+    from tests.replication_support import PARTITIONS, ROOT, SHARDS
+
+    settings = {
+        "shards": SHARDS,
+        "partitions": PARTITIONS,
+        "tariffs_dir": str(ROOT / "conf/tariffs"),
+    }
+    host = UnitHost(
+        node="n0", data_dir=str(tmp_path), shards=SHARDS, factory=engine_factory(settings)
+    )
+    host.open_unit(UNIT, 2)  # assigned at 1 to a node that failed before opening it
+    assert host.run(UNIT, 2, ops.GetAccount(account_id="a1")) is None
+    host.close_unit(UNIT)
+    (tmp_path / "units" / UNIT).rename(tmp_path / "moved")
+    with pytest.raises(UnitMissing):
+        host.open_unit(UNIT, 3)
+    host.close_all()
+
+
 def test_replication_keeps_up_with_concurrent_writers(cluster: ReplicatedHosts) -> None:
     """Threads writing one unit at once (its own calls and claims commit on separate
     locks) leave the follower equal to the primary."""
