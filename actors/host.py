@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from actors import metrics
+from actors.host_many import run_many
 from actors.op import Op
 from actors.partition.ops import Reprocess, Submit
 from actors.routing import shard_of, unit_kind
@@ -296,6 +297,11 @@ class UnitHost:
         if forwards:
             self._deliver(unit_id, epoch, forwards, getattr(op, "at_s", 0))
         return answer
+
+    def run_many(self, calls: Sequence[tuple[str, int, Op[Any]]]) -> list[Any]:
+        """Several calls in one (a gateway's coalesced requests: ``actors.host_many``), each
+        as :meth:`run` would run it; per call its answer or the exception it raised."""
+        return run_many(self.run, calls)
 
     def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """Run a query of committed state without waiting for the unit's lock.
