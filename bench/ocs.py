@@ -94,13 +94,70 @@ def create_accounts(addresses: list[str], accounts: int) -> None:
             list(pool.map(create, range(accounts)))
 
 
+class CpuMeter:
+    """CPU seconds (user + system, from /proc) of the cluster's processes by role, so a
+    round can say what one step cost each process: where the time goes, in CPU."""
+
+    ROLES = (("ray::RoutedHost", "host"), ("ray::GatewayActor", "gateway"),
+             ("ray::CoordinatorService", "coordinator"), ("raylet", "raylet"),
+             ("gcs_server", "gcs"))  # fmt: skip
+
+    def __init__(self, pids: set[int]) -> None:
+        self.roles: dict[int, str] = {}
+        for pid in pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            role = next((r for marker, r in self.ROLES if marker in cmd.split(" ")[0]), "other")
+            self.roles[pid] = role
+        self.tick_s = 1 / os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> dict[str, float]:
+        found: dict[str, float] = {"client": time.process_time()}
+        for pid, role in self.roles.items():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) * self.tick_s
+        return found
+
+    @staticmethod
+    def per_step_us(
+        before: dict[str, float], after: dict[str, float], steps: int
+    ) -> dict[str, int]:
+        return {
+            role: round((after[role] - before.get(role, 0.0)) / steps * 1e6)
+            for role in after
+            if steps and after[role] - before.get(role, 0.0) > 0
+        }
+
+
 class Sessions:
     """Runs concurrent sessions through one gateway and keeps every step's latency."""
 
-    def __init__(self, address: str, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        address: str,
+        args: argparse.Namespace,
+        meter: CpuMeter | None,
+        gateway: Any = None,
+    ) -> None:
         self.address = address
         self.args = args
+        self.meter = meter
+        self.gateway = gateway  # the gateway's Ray actor: its coalescing counters
         self.round = 0
+
+    def _coalesced(self) -> tuple[int, int]:
+        if self.gateway is None:
+            return 0, 0
+        import ray
+
+        stats = ray.get(self.gateway.stats.remote(), timeout=30)
+        return stats.get("coalesced_batches", 0), stats.get("coalesced_calls", 0)
 
     def _request(self, sid: str, n: int, step: int, index: int) -> Any:
         who = (
@@ -147,6 +204,8 @@ class Sessions:
             stub = charging_pb2_grpc.ChargingServiceStub(channel)
             await self._warm(stub)
             cpu0 = time.process_time()
+            cpu_before = self.meter.snapshot() if self.meter is not None else {}
+            batches_before, calls_before = self._coalesced()
             began = time.perf_counter()
             until = began + seconds
             await asyncio.gather(
@@ -154,7 +213,10 @@ class Sessions:
             )
             elapsed = time.perf_counter() - began
             client_cpu = time.process_time() - cpu0
+            cpu_after = self.meter.snapshot() if self.meter is not None else {}
+            batches_after, calls_after = self._coalesced()
         lat = sorted(out["latencies_ms"])
+        batches = batches_after - batches_before
         if out["failed"]:
             raise SystemExit(f"{len(out['failed'])} sessions failed, e.g. {out['failed'][:3]}")
         return {
@@ -165,6 +227,10 @@ class Sessions:
             "step_p99_ms": round(quantile(lat, 0.99), 2),
             "step_max_ms": round(lat[-1], 2),
             "client_cpu_share": round(client_cpu / elapsed, 2),
+            "cpu_us_per_step": CpuMeter.per_step_us(cpu_before, cpu_after, len(lat)),
+            "calls_per_host_call": round((calls_after - calls_before) / batches, 1)
+            if batches
+            else 0,
         }
 
     async def _warm(self, stub: Any) -> None:
@@ -176,8 +242,10 @@ class Sessions:
                 raise SystemExit(f"warm-up step {k} answered {answer.result}: {answer.detail}")
 
 
-def measure(address: str, args: argparse.Namespace) -> dict[str, Any]:
-    sessions = Sessions(address, args)
+def measure(
+    address: str, args: argparse.Namespace, meter: CpuMeter | None, gateway: Any = None
+) -> dict[str, Any]:
+    sessions = Sessions(address, args, meter, gateway)
     rounds = []
     for _ in range(args.runs):
         found = asyncio.run(sessions.run_round(args.concurrency, args.seconds))
@@ -194,6 +262,10 @@ def measure(address: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_p50_ms": round(statistics.median(r["step_p50_ms"] for r in rounds), 2),
         "step_p99_ms": round(statistics.median(r["step_p99_ms"] for r in rounds), 2),
         "client_cpu_share": statistics.median(r["client_cpu_share"] for r in rounds),
+        "cpu_us_per_step": {
+            role: round(statistics.median(r["cpu_us_per_step"].get(role, 0) for r in rounds))
+            for role in rounds[0]["cpu_us_per_step"]
+        },
         "rounds": [r["session_steps_per_s"] for r in rounds],
         "sweep": sweep,
     }
@@ -215,7 +287,9 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
             print(f"created {args.accounts:,} accounts in {time.perf_counter() - started:.1f} s")
             profilers = profile(runtime, args) if args.profile else []
             try:
-                return measure(info.gateways[0], args)
+                meter = CpuMeter(runtime.local.pids()) if runtime.local is not None else None
+                gateway = next(iter(runtime.gateways.values()), None)
+                return measure(info.gateways[0], args, meter, gateway)
             finally:
                 for proc in profilers:
                     proc.wait(timeout=120)
@@ -224,8 +298,9 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def profile(runtime: Any, args: argparse.Namespace) -> list[Any]:
-    """py-spy on the host and the gateway process for the first round (``--profile DIR``):
-    a flame graph (SVG) and the collapsed stacks of each, idle threads left out."""
+    """Profile the host and the gateway process for the first round (``--profile DIR``):
+    py-spy's collapsed stacks (``--native`` with C frames, ``--idle`` with waiting threads),
+    or with ``--perf`` a ``perf record`` of the whole process, kernel and C++ included."""
     import subprocess
 
     from cluster.deploy.localray import _proc_table
@@ -233,19 +308,28 @@ def profile(runtime: Any, args: argparse.Namespace) -> list[Any]:
     table = _proc_table()
     wanted = {"host": "ray::RoutedHost", "gateway": "ray::GatewayActor"}
     procs = []
-    Path(args.profile).mkdir(parents=True, exist_ok=True)
+    folder = Path(args.profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = str(int(args.seconds))
     for pid in sorted(runtime.local.pids()):
         cmd = table.get(pid, ("", "", ""))[2]
         for name, marker in wanted.items():
-            if cmd.startswith(marker):
-                for fmt, ext in (("raw", "txt"),):
-                    out = Path(args.profile) / f"{name}-{pid}.{ext}"
-                    procs.append(subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
-                         "-d", str(int(args.seconds)), "-r", "250", "-f", fmt, "-o", str(out),
-                         "--nonblocking", *(["--idle"] if args.idle else [])],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    ))  # fmt: skip
+            if not cmd.startswith(marker):
+                continue
+            if args.perf:
+                out = str(folder / f"{name}-{pid}.perf")
+                argv = ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", out,
+                        "--", "sleep", seconds]  # fmt: skip
+            else:
+                argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
+                        "-d", seconds, "-r", "100", "-f", "raw",
+                        "-o", str(folder / f"{name}-{pid}.txt")]  # fmt: skip
+                # --native must stop the process to unwind C frames; otherwise do not stop it.
+                argv += ["--native"] if args.native else ["--nonblocking"]
+                argv += ["--idle"] if args.idle else []
+            procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
     return procs
 
 
@@ -359,6 +443,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--profile", help="py-spy the host and gateway into this folder")
     parser.add_argument("--idle", action="store_true", help="profile idle threads too")
+    parser.add_argument("--native", action="store_true", help="profile native frames too")
+    parser.add_argument("--perf", action="store_true", help="perf record instead of py-spy")
     args = parser.parse_args()
     args.sweep = [int(x) for x in args.sweep.split(",") if x]
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -385,7 +471,9 @@ def main() -> None:
     )
     if reference:
         summary["ratio"] = round(cluster["session_steps_per_s"] / reference, 3)
-    summary.update({k: cluster[k] for k in ("client_cpu_share", "rounds", "sweep")})
+    summary.update(
+        {k: cluster[k] for k in ("client_cpu_share", "cpu_us_per_step", "rounds", "sweep")}
+    )
     print(json.dumps(summary))
 
 
