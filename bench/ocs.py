@@ -416,7 +416,8 @@ def run_baseline(args: argparse.Namespace, concurrency: int, grouped: bool) -> d
                         by_shard.setdefault(shard_of(op.account_id, args.shards), []).append(op)
                     for unit, group_ops in by_shard.items():
                         if grouped:
-                            answers = shards[unit].run(sessions.SessionSteps(steps=group_ops))
+                            group = sessions.SessionSteps(steps=tuple(group_ops))
+                            answers = shards[unit].run(group)
                             grants = [a.grant for a in answers]
                         else:
                             grants = [shards[unit].run(op).receipt for op in group_ops]
