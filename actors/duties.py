@@ -1,7 +1,8 @@
 """The duty runner: a host's thread that runs the time-driven duties of its account shards.
 
 Each account shard's duties (reservation expiry, invoice ageing:
-:mod:`actors.shard.duties`) are run by the shard's *owner*, the host that serves
+:mod:`actors.shard.duties`; and the redelivery of sponsor charges its outbox still
+holds, :meth:`UnitHost.deliver_pending`) are run by the shard's *owner*, the host that serves
 it at its current epoch, and by nobody else. So a takeover moves the duties with
 the unit (the next owner's runner finds it among its units), and a zombie owner
 (a paused process that wakes after a takeover) cannot run them: each step is a
@@ -69,11 +70,13 @@ class DutyConfig:
 
 @dataclass(slots=True)
 class RoundReport:
-    """What one round did: sessions expired and invoices aged per unit, steps run,
-    and the units it could not reach (taken over meanwhile, or failing)."""
+    """What one round did: sessions expired, invoices aged and sponsor charges delivered
+    again per unit, steps run, and the units it could not reach (taken over meanwhile, or
+    failing)."""
 
     expired: dict[str, int] = field(default_factory=dict)
     overdue: dict[str, int] = field(default_factory=dict)
+    redelivered: dict[str, int] = field(default_factory=dict)
     steps: int = 0
     skipped: list[str] = field(default_factory=list)
 
@@ -163,9 +166,23 @@ class DutyRunner:
             if not step.more or self._stop.is_set():
                 break
             time.sleep(0)  # hand the unit's lock to a waiting call between two steps
+        self._redeliver(unit_id, epoch, report)
         if expired:
             report.expired[unit_id] = expired
             log.info("reservations_expired", shard=unit_id, epoch=epoch, sessions=expired)
         if overdue:
             report.overdue[unit_id] = overdue
             log.info("invoices_overdue", shard=unit_id, epoch=epoch, invoices=overdue)
+
+    def _redeliver(self, unit_id: str, epoch: int, report: RoundReport) -> None:
+        """Sponsor charges still in the unit's outbox go to their sponsors' shards again."""
+        try:
+            delivered = self.host.deliver_pending(unit_id, epoch, int(self.clock()))
+        except StaleRoute:
+            return  # taken over: the new owner's runner delivers them
+        except Exception as exc:  # a failing disk, a closing store: next round
+            log.warning("redelivery_failed", shard=unit_id, error=f"{type(exc).__name__}: {exc}")
+            return
+        if delivered:
+            report.redelivered[unit_id] = delivered
+            log.info("forwards_redelivered", shard=unit_id, epoch=epoch, forwards=delivered)

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from actors import metrics
+from actors.host_many import run_many
 from actors.op import Op
 from actors.partition.ops import Reprocess, Submit
 from actors.replication import Peers, ReplicationSettings, Replicator
@@ -506,6 +507,11 @@ class UnitHost:
             self._deliver(unit_id, epoch, forwards, getattr(op, "at_s", 0))
         return answer
 
+    def run_many(self, calls: Sequence[tuple[str, int, Op[Any]]]) -> list[Any]:
+        """Several calls in one (a gateway's coalesced requests: ``actors.host_many``), each
+        as :meth:`run` would run it; per call its answer or the exception it raised."""
+        return run_many(self.run, calls)
+
     def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """Run a query of committed state without waiting for the unit's lock.
 
@@ -812,9 +818,10 @@ class UnitHost:
                 answers.update(self._router.run_all_blocking(remote, timeout_s=_REMOTE_TIMEOUT_S))
         return answers
 
-    def _deliver(self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int) -> None:
+    def _deliver(self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int) -> int:
         """Apply sponsor halves on their sponsors' shards, then clear them from the outbox
-        of ``origin``; one that cannot be delivered now stays for :meth:`deliver_pending`."""
+        of ``origin``; one that cannot be delivered now stays for :meth:`deliver_pending`.
+        Returns how many were delivered."""
         by_target: dict[str, list[Forward]] = {}
         for forward in forwards:
             target = shard_of(forward.target_account_id, self._shards)
@@ -829,15 +836,12 @@ class UnitHost:
             delivered.extend(f.forward_id for f in group)
         if delivered:
             self.run(origin, epoch, AckForwards(forward_ids=delivered))
+        return len(delivered)
 
-    def deliver_pending(self, at_s: int) -> int:
-        """Redeliver every shard's pending forwards (after a crash or an outage)."""
-        count = 0
-        for unit_id, epoch in self.units().items():
-            if unit_kind(unit_id) != "account":
-                continue
-            pending = self.run(unit_id, epoch, PendingForwards())
-            if pending:
-                self._deliver(unit_id, epoch, pending, at_s)
-                count += len(pending)
-        return count
+    def deliver_pending(self, unit_id: str, epoch: int, at_s: int) -> int:
+        """Redeliver the forwards the account shard ``unit_id`` still holds in its outbox
+        (its sponsor's shard was unreachable, or the host died between the commit and the
+        delivery); the duty runner calls it every round. Returns how many were delivered.
+        Safe beside a delivery in flight: a sponsor's shard applies a forward once."""
+        pending = self.run(unit_id, epoch, PendingForwards())
+        return self._deliver(unit_id, epoch, pending, at_s) if pending else 0

@@ -136,6 +136,10 @@ class UnitRouter:
         """The map as last fetched."""
         return dict(self._routes)
 
+    def route(self, unit_id: str) -> tuple[str, int] | None:
+        """``(node, epoch)`` of ``unit_id`` in the map as last fetched (None: not there)."""
+        return self._routes.get(unit_id)
+
     # -- the map -----------------------------------------------------------------------
 
     async def _fetch(self) -> None:

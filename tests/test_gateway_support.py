@@ -67,6 +67,7 @@ class HookedBackend(Backend):
 
     def __init__(self, cluster: InProcessCluster) -> None:
         super().__init__(cluster.backend().cluster)
+        self.in_process = cluster  # its hosts and coordinator, for tests that look inside
         self.gate: asyncio.Event | None = None
         self.delay_s = 0.0
         self.failures: dict[str, list[BaseException | None]] = {}

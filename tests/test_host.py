@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from actors.duties import DutyRunner
 from actors.engines import engine_factory
 from actors.host import StaleRoute, UnitHost
 from actors.local import LocalTransport
@@ -19,7 +20,7 @@ from actors.op import Op
 from actors.partition.engine import RecordStatus
 from actors.partition.ops import PutSubscriber, Submit
 from actors.router import UnitRouter
-from actors.routing import partition_of, shard_of
+from actors.routing import partition_of, partition_of_record, shard_of
 from actors.shard import ops
 from billing.accounts import Account, PaymentMode, Result, Subscription
 from billing.records import Service, UsageRecord
@@ -247,3 +248,51 @@ def test_closing_a_unit_waits_for_its_queries(hosts: TwoHosts) -> None:
     closer.join()
     with pytest.raises(StaleRoute):
         host.read(unit, epoch, ops.GetAccount(account_id="acc-w"))
+
+
+def test_a_sponsor_charge_left_in_the_outbox_is_delivered_by_the_next_duty_round(
+    hosts: TwoHosts,
+) -> None:
+    """When the sponsor's shard cannot be reached at charging time, the sponsor's half
+    stays in the subscriber shard's outbox; the owner's duty round delivers it, once."""
+    hosts.create("sponsor-streamflix", PaymentMode.POSTPAID, None, "business")
+    sponsor_shard = shard_of("sponsor-streamflix", SHARDS)
+    sponsor_node = hosts.routes[sponsor_shard][0]
+    # A subscriber whose number's partition and account shard share a host, not the sponsor's.
+    subscriber = next(
+        f"sub-{i}"
+        for i in range(100)
+        if hosts.routes[shard_of(f"sub-{i}", SHARDS)][0] != sponsor_node
+    )
+    msisdn = next(
+        f"49151000001{i:02d}"
+        for i in range(100)
+        if hosts.routes[partition_of(f"49151000001{i:02d}", PARTITIONS)][0] != sponsor_node
+    )
+    hosts.create(subscriber, PaymentMode.PREPAID, msisdn, "smart")
+    subscriber_shard = shard_of(subscriber, SHARDS)
+    host = hosts.hosts[hosts.routes[subscriber_shard][0]]
+    record_id = next(  # its id's claim is kept by a partition on the same host too
+        f"pgw:{i}"
+        for i in range(100)
+        if hosts.routes[partition_of_record(f"pgw:{i}", PARTITIONS)][0] != sponsor_node
+    )
+    data = UsageRecord(
+        record_id=record_id, service=Service.DATA, served_msisdn=msisdn,
+        record_opening_time_s=T_NOV, downlink_bytes=3 * 1_048_576, rating_group=20,
+    )  # fmt: skip
+    router, host._router = host._router, None  # the sponsor's host cannot be reached
+    try:
+        [result] = hosts.on(partition_of(msisdn, PARTITIONS), Submit(items=[data], at_s=AT))
+    finally:
+        host._router = router
+    assert result.charged_account_id == "sponsor-streamflix", result
+    assert len(hosts.on(subscriber_shard, ops.PendingForwards())) == 1
+    sponsor = hosts.on(sponsor_shard, ops.GetAccount(account_id="sponsor-streamflix"))
+    assert sponsor.unbilled == 0
+    runner = DutyRunner(host, clock=lambda: float(AT))
+    assert runner.run_round().redelivered == {subscriber_shard: 1}
+    assert runner.run_round().redelivered == {}  # nothing left, nothing charged again
+    sponsor = hosts.on(sponsor_shard, ops.GetAccount(account_id="sponsor-streamflix"))
+    assert sponsor.unbilled == -6_000  # 3 MiB at 0.002 per MiB, once
+    assert hosts.on(subscriber_shard, ops.PendingForwards()) == []

@@ -21,6 +21,7 @@ from billing.funding import post_money, split_money
 from billing.ledger import Book, Entry, EntryKind, Posting, account_key
 from billing.notifications import Notification
 from billing.outcome import Result
+from billing.rating import UNITS_MAX_DEFAULT
 from billing.reminders import check_bundle
 
 __all__ = [
@@ -333,12 +334,20 @@ def grant(
     if left:
         available = available_funds(new)
         base = tariff.price_units(quote.price_key, res.money_units) if res.money_units else 0
-        if available is None:
+        wanted = res.money_units + left
+        whole = -1  # the price of the whole ask, once known
+        if available is not None and wanted <= UNITS_MAX_DEFAULT:
+            whole = tariff.price_units(quote.price_key, wanted)
+        if available is None or 0 <= whole <= available + base:
+            # Prices never fall as units grow, so when the whole ask fits, the most
+            # units the funds cover (the search below) is at least the ask: skip it.
             money_units = left
         else:
             fits = tariff.units_for_amount(quote.price_key, available + base) - res.money_units
             money_units = max(min(left, fits), 0)
-        if money_units:
+        if money_units == left and whole >= 0:
+            hold = whole - base
+        elif money_units:
             hold = tariff.price_units(quote.price_key, res.money_units + money_units) - base
     from_prepaid = 0
     if new.account.payment_mode is not PaymentMode.POSTPAID:

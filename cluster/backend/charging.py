@@ -2,9 +2,13 @@
 
 A session step names the subscriber by account id or MSISDN; an MSISDN is
 resolved through its partition's directory, whose plan is authoritative (as
-for offline usage). The initial step prices a prototype record with the
-catalogue (``billing.rating.price_enquiry``) into the session's ``Quote``;
-later steps only report units. Outcomes the proto carries (no quota, unknown
+for offline usage). A step is then one call to the account's shard
+(``actors.shard.sessions``): the shard prices an initial step's prototype
+record with its catalogue (``billing.rating.price_enquiry``) into the
+session's ``Quote`` and reads the account itself; later steps only report
+units. Concurrent steps bound for one host travel together and the steps that
+meet on one shard are committed together (``actors.coalesce``; each keeps its
+own request id and stored answer). Outcomes the proto carries (no quota, unknown
 subscriber or session, blocked account, unratable usage) are ``SessionResult``
 values; id conflicts and malformed steps fail the call (``backend_status``).
 
@@ -19,6 +23,7 @@ event time a request carries.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Final
 
 import grpc
@@ -28,8 +33,8 @@ from actors.partition.directory import DirectoryEntry
 from actors.router import deadline_after
 from actors.router import time_left as _left
 from actors.shard import ops
+from actors.shard.sessions import INITIAL, TERMINATE, UPDATE, SessionStep
 from billing.accounts import AccountState, Result
-from billing.ocs.session import Grant, Quote
 from billing.rated import RatedRecord, RatingFailure, RejectReason
 from billing.rating import price_enquiry as quote_price
 from billing.rating import rate
@@ -48,13 +53,6 @@ __all__ = [
 ]
 
 _INT64_MAX: Final = 2**63 - 1
-#: Units granted when a step asks for none ("0 lets the server choose").
-DEFAULT_UNITS: Final = {
-    Service.VOICE: 300,
-    Service.SMS: 1,
-    Service.DATA: 10 * 1024 * 1024,
-    Service.CONTENT: 1,
-}
 #: Revenue book refunds are taken from (the request does not name a service).
 REFUND_SERVICE: Final = "refund"
 _R = charging_pb2
@@ -123,74 +121,28 @@ async def charge_session(
     at_s, rid, sid = cluster.now_s(request.at_s), request.request_id, request.session_id
     now_s = cluster.now_s()  # what the grant's validity runs on (RFC 4006), not the event time
     answer = charging_pb2.SessionAnswer(request_id=rid, session_id=sid)
-    state, entry, why = await _payer(cluster, request.account_id, request.served_msisdn, deadline)
-    if state is None:
-        answer.result, answer.detail = _R.SESSION_RESULT_END_USER_NOT_FOUND, why
-        return answer
-    account_id, currency = state.account_id, state.account.currency
-    before = state.reservations.get(sid)
-    step = request.step
-    if step == _R.SESSION_STEP_INITIAL:
-        service = _service(request.service)
-        requested = request.requested_units or DEFAULT_UNITS[service]
-        plan_id = _plan(state, entry, at_s)
-        rated = quote_price(
-            cluster.catalogue,
-            plan_id=plan_id,
-            service=service,
-            units=requested,
-            at_s=at_s,
-            called_number=_called(cluster, request.called_number),
-            rating_group=request.rating_group if request.HasField("rating_group") else None,
-            content_item_id=request.content_item_id or None,
-            roaming=request.roaming,
-        )
-        if isinstance(rated, RatingFailure) or plan_id is None:
-            detail = "no plan" if plan_id is None else f"{rated.reason}: {rated.detail}"  # type: ignore[union-attr]
-            answer.result, answer.detail = _R.SESSION_RESULT_RATING_FAILED, detail
+    account_id, entry = request.account_id, None
+    if not account_id:
+        msisdn = cluster.msisdn(request.served_msisdn)
+        entry = await cluster.subscriber(msisdn, timeout_s=_left(deadline), coalesced=True)
+        if entry is None:
+            answer.result = _R.SESSION_RESULT_END_USER_NOT_FOUND
+            answer.detail = f"msisdn {msisdn} is not in the directory"
             return answer
-        quote = Quote(
-            service=service.value,
-            usage_class=rated.usage_class,
-            price_key=rated.price_key,
-            plan_id=rated.plan_id,
-            plan_version=rated.plan_version,
-        )
-        op: ops.ShardOp[ops.Applied[Grant]] = ops.SessionInitial(
-            request_id=rid,
-            account_id=account_id,
-            session_id=sid,
-            at_s=at_s,
-            quote=quote,
-            requested_units=requested,
-            now_s=now_s,
-        )
-    elif step == _R.SESSION_STEP_UPDATE:
-        requested = request.requested_units
-        if not requested and before is not None:
-            requested = DEFAULT_UNITS.get(Service(before.quote.service), 1)
-        op = ops.SessionUpdate(
-            request_id=rid,
-            account_id=account_id,
-            session_id=sid,
-            at_s=at_s,
-            used_units=request.used_units,
-            requested_units=requested,
-            now_s=now_s,
-        )
-    elif step == _R.SESSION_STEP_TERMINATE:
-        op = ops.SessionTerminate(
-            request_id=rid,
-            account_id=account_id,
-            session_id=sid,
-            at_s=at_s,
-            used_units=request.used_units,
-            now_s=now_s,
-        )
-    else:
-        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, "step: not set")
-    out = await cluster.on_shard(account_id, op, timeout_s=_left(deadline))
-    grant = out.receipt
+        account_id = entry.account_id
+    cluster.check_account_id(account_id)
+    step = _session_step(cluster, request, account_id, entry, at_s=at_s, now_s=now_s)
+    # One round trip: the shard prices the quote and reads the account itself, and the
+    # step travels with the concurrent steps bound for the same host (group commit).
+    out = await cluster.coalesced(cluster.router.shard(account_id), step, timeout_s=_left(deadline))
+    if out.result is Result.UNKNOWN_ACCOUNT:
+        answer.result = _R.SESSION_RESULT_END_USER_NOT_FOUND
+        answer.detail = f"account {account_id} not found"
+        return answer
+    if out.rating_failed:
+        answer.result, answer.detail = _R.SESSION_RESULT_RATING_FAILED, out.rating_failed
+        return answer
+    grant, currency = out.grant, out.currency
     # A replay answers the stored step's own result, not "duplicate" (flagged in detail).
     result = grant.result if out.result is Result.DUPLICATE and grant is not None else out.result
     mapped = _SESSION_RESULT.get(result)
@@ -209,6 +161,41 @@ async def charge_session(
     if out.result is not Result.GRANTED and out.result is not Result.TERMINATED:
         answer.detail = out.result.value
     return answer
+
+
+def _session_step(
+    cluster: Cluster,
+    request: charging_pb2.SessionRequest,
+    account_id: str,
+    entry: DirectoryEntry | None,
+    *,
+    at_s: int,
+    now_s: int,
+) -> SessionStep:
+    """The request as the shard's step: an INITIAL carries what its quote is priced from
+    (and, for a subscriber named by MSISDN, the directory entry's plan)."""
+    step = partial(
+        SessionStep, request_id=request.request_id, account_id=account_id,
+        session_id=request.session_id, at_s=at_s, now_s=now_s,
+    )  # fmt: skip
+    kind = request.step
+    if kind == _R.SESSION_STEP_INITIAL:
+        return step(
+            step=INITIAL, service=_service(request.service),
+            requested_units=request.requested_units,
+            called_number=_called(cluster, request.called_number),
+            rating_group=request.rating_group if request.HasField("rating_group") else None,
+            content_item_id=request.content_item_id or None, roaming=request.roaming,
+            plan_from_entry=entry is not None,
+            plan_id=entry.plan_at(at_s) if entry is not None else None,
+        )  # fmt: skip
+    if kind == _R.SESSION_STEP_UPDATE:
+        return step(
+            step=UPDATE, used_units=request.used_units, requested_units=request.requested_units
+        )
+    if kind == _R.SESSION_STEP_TERMINATE:
+        return step(step=TERMINATE, used_units=request.used_units)
+    raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, "step: not set")
 
 
 async def direct_debit(

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from actors.clock import SYSTEM_CLOCK, Clock
+from actors.coalesce import Coalescer
 from actors.op import Op
 from actors.partition.directory import DirectoryEntry
 from actors.partition.ops import GetSubscriber
@@ -74,6 +75,9 @@ class Cluster:
         if data_dir is not None:
             tariffs_dir = current_tariffs_dir(data_dir, tariffs_dir)
         self.router = router
+        # Online-charging steps (and their subscriber lookups) go to their hosts in
+        # batches: one host call and one commit per shard for the steps that meet.
+        self.coalescer = Coalescer(router)
         self.tariffs_dir = tariffs_dir
         self.data_dir = data_dir
         self._catalogue = load_catalogue(tariffs_dir)
@@ -116,6 +120,14 @@ class Cluster:
     async def on_shard(self, account_id: str, op: Op[R], *, timeout_s: float) -> R:
         """``op`` on the account shard that owns ``account_id``."""
         return await self.run(self.router.shard(account_id), op, timeout_s=timeout_s)
+
+    async def coalesced(self, unit_id: str, op: Op[R], *, timeout_s: float) -> R:
+        """``op`` on ``unit_id`` in one host call with the concurrent calls bound for the
+        same host (``actors.coalesce``); UNAVAILABLE when no owner answered."""
+        try:
+            return await self.coalescer.run(unit_id, op, timeout_s=timeout_s)
+        except NoOwner as exc:
+            raise BackendError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
     async def run_each(
         self, unit_ids: Sequence[str], op: Op[R], *, timeout_s: float
@@ -176,10 +188,14 @@ class Cluster:
             raise BackendError(grpc.StatusCode.NOT_FOUND, f"account {account_id} not found")
         return found
 
-    async def subscriber(self, msisdn: str, *, timeout_s: float) -> DirectoryEntry | None:
-        """The directory entry of an MSISDN (already normalised), from its partition."""
+    async def subscriber(
+        self, msisdn: str, *, timeout_s: float, coalesced: bool = False
+    ) -> DirectoryEntry | None:
+        """The directory entry of an MSISDN (already normalised), from its partition;
+        ``coalesced``: in a batch with the concurrent calls to its host."""
         op = GetSubscriber(msisdn=msisdn)
-        return await self.run(self.router.partition(msisdn), op, timeout_s=timeout_s)
+        run = self.coalesced if coalesced else self.run
+        return await run(self.router.partition(msisdn), op, timeout_s=timeout_s)
 
     async def currency_of(self, account_id: str, given: str, *, timeout_s: float) -> str:
         """``given`` when set, else the account's own currency."""

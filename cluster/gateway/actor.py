@@ -104,12 +104,16 @@ class GatewayActor:
         if self._gateway is None:
             return {}
         admission = self._gateway.admission
+        # Host calls the backend coalesced (actors.coalesce) and the operations they carried.
+        coalescer = getattr(getattr(self._gateway.backend, "cluster", None), "coalescer", None)
         return {
             "requests": admission.requests,
             "records": admission.records,
             "usage_streams": admission.usage_streams,
             "subscriptions": admission.subscriptions,
             "bill_runs": admission.bill_runs,
+            "coalesced_batches": getattr(coalescer, "batches", 0),
+            "coalesced_calls": getattr(coalescer, "calls", 0),
         }
 
     async def stop(self, grace_s: float = 5.0) -> None:

@@ -20,7 +20,9 @@ class Role(StrEnum):
     CRM = "crm"  # accounts, top-ups, plan changes, payment-mode switches
     BILLING = "billing"  # bill runs, invoices, payments, reversals
     SELFCARE = "selfcare"  # reads of one account only: the token names the account
-    OPERATOR = "operator"  # status, drain, rebalance, backup, tariffs, rejects, reconcile
+    # status, drain, rebalance, backup, tariffs, rejects, reconcile, inspect; account
+    # block, unblock and close
+    OPERATOR = "operator"
 
 
 #: Roles whose tokens are bound to one account id (required for them, refused for others).
