@@ -100,10 +100,16 @@ class CoordinatorService:
             try:
                 with self._lock:
                     self._coordinator.check_current()
+                # Gateways before the reconcile: a status asked for right after a
+                # (re)start lists them, however long the first round takes.
+                try:
+                    self._wake_gateways()
+                except Exception:  # Ray's GCS busy: next round; units come first
+                    log.exception("gateways_check_failed")
+                with self._lock:
                     self._coordinator.reconcile()
                     self._rounds += 1
                     self._note_recoveries()
-                self._wake_gateways()
             except StaleCoordinator as stale:
                 self._stale(stale)
                 return
