@@ -5,7 +5,8 @@ folder made of hard links to the live database's immutable SST files plus a
 copy of its manifest and WAL tail, so it costs little space and time on the
 same filesystem (a full copy on another). The host takes it under the unit's
 lock, between two write calls: every committed batch is in it and no batch
-is half in it.
+is half in it. It first has RocksDB flush the memtable in the background
+(:func:`flush_in_background`, outside the lock), so the checkpoint itself is short.
 
 Layout of one backup (``root``)::
 
@@ -39,9 +40,15 @@ __all__ = [
     "backup_target",
     "checkpoint_epoch",
     "checkpoint_unit",
+    "flush_in_background",
     "open_checkpoint",
     "read_backup",
 ]
+
+# How long a backup waits for RocksDB to flush a unit's memtable before it checkpoints
+# anyway (the checkpoint then flushes the rest itself).
+FLUSH_WAIT_S = 5.0
+_FLUSH_POLL_S = 0.005
 
 
 class BackupExists(FileExistsError):
@@ -92,6 +99,27 @@ def _db(store: ShardStore) -> Rdict:
     # ShardStore offers no public handle on its database (actors/store/storage.py is not ours
     # to change here); _live() is the accessor that refuses a closed store.
     return store._live()
+
+
+def flush_in_background(store: ShardStore, *, timeout_s: float = FLUSH_WAIT_S) -> bool:
+    """Have RocksDB flush the memtable in its own threads, and wait for it while sleeping;
+    False if it still flushes after ``timeout_s``.
+
+    Why: a checkpoint flushes the memtable itself, inside one native call that holds
+    Python's GIL (rocksdict does not release it), so every thread of the host — its
+    liveness thread too — stops for the whole flush (measured: 154 ms for a 30 MB
+    memtable). Flushed beforehand, the checkpoint held the GIL 12 ms.
+    """
+    db = _db(store)
+    db.flush(wait=False)
+    deadline = time.monotonic() + timeout_s
+    while db.property_int_value("rocksdb.num-immutable-mem-table") or db.property_int_value(
+        "rocksdb.mem-table-flush-pending"
+    ):
+        if time.monotonic() >= deadline or db.property_int_value("rocksdb.background-errors"):
+            return False  # a flush that failed (a full disk) is not waited for
+        time.sleep(_FLUSH_POLL_S)
+    return True
 
 
 def checkpoint_unit(
