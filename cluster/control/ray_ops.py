@@ -27,6 +27,10 @@ log = structlog.get_logger("petribill.ray_ops")
 # the coordinator reads the silence (``host_silent_s``) against its own, longer bound.
 _PING_WAIT_S = 0.5
 _OPEN_TIMEOUT_S = 30.0
+# Units are not opened on a host silent for longer than this (a hung host would hold
+# the loop for _OPEN_TIMEOUT_S); a busy one answers opens from its placement threads,
+# and on two loaded cores its ping can take longer than _PING_WAIT_S.
+_OPEN_SILENT_S = 1.0
 _NODE_RESOURCE_PREFIX = "petribill_node_"
 # How long the loop waits for gateways to say their address (they answer at once
 # when serving; a restarted one starts serving when asked).
@@ -103,7 +107,9 @@ class RayOps:
             try:
                 ray.get(ref)
             except ActorUnavailableError:
-                continue  # unreachable, not known dead: silent, pinged again next round
+                # Unreachable, not known dead: still silent, counted from the first ping.
+                self._pings[node] = (self._hosts[node].ping.remote(), sent_at)
+                continue
             except RayActorError:
                 self._gone.add(node)
                 self._hosts.pop(node, None)
@@ -135,7 +141,7 @@ class RayOps:
         if self._opened.get((node, unit_id)) == epoch:
             return
         handle = self._hosts.get(node)
-        if handle is None or not self.host_ok(node) or node in self._pings:
+        if handle is None or not self.host_ok(node) or self.host_silent_s(node) > _OPEN_SILENT_S:
             raise UnitOpenError(f"{node}: no answering host")
         try:
             ray.get(handle.open_unit.remote(unit_id, epoch), timeout=_OPEN_TIMEOUT_S)
