@@ -1,5 +1,6 @@
 """Failure detection in the coordinator: a dead process is failed at once, a slow one only
-after a longer bound, and never only to hand its units back to itself.
+after a longer bound, and never only to hand its units back to itself; a bill-run lock
+left by a dead gateway is released a lease after its last step.
 
 Driven through the coordinator's ClusterOps seam (tests/test_coordinator.py's stand-in);
 tests/test_liveness_cluster.py runs the same rules on a real local Ray cluster.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 from test_coordinator import Nodes
 
-from cluster.control.coordinator import HOST_SILENT_MAX_S, Coordinator
+from cluster.control import coordinator as coordinator_module
+from cluster.control.coordinator import BILL_RUN_LEASE_S, HOST_SILENT_MAX_S, Coordinator
 from cluster.control.state import read_journal
 
 
@@ -125,3 +128,36 @@ def test_a_node_silent_then_answering_again_is_not_recovered_until_it_answers(
     hosts.silent_s["n2"] = 0.0
     coordinator.reconcile()
     assert dict(coordinator.marking.nodes())["n2"] == "alive"
+
+
+class Clock:
+    """The coordinator's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def time(self) -> float:
+        return 1000.0 + self.now_s
+
+
+def test_a_bill_run_lock_is_kept_while_renewed_and_released_a_lease_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bill run renews its shard's lock each step and keeps it however long it runs; a
+    gateway that died mid run leaves a lock released one lease after its last step."""
+    clock = Clock()
+    monkeypatch.setattr(coordinator_module, "time", clock)
+    _hosts, coordinator = started(tmp_path, "n1")
+    assert coordinator.lock("acct-00", "bill_run")
+    for _ in range(5):  # five leases' worth of steps
+        clock.now_s += 0.9 * BILL_RUN_LEASE_S
+        assert coordinator.renew("acct-00", "bill_run")
+        coordinator.reconcile()
+        assert coordinator.marking.locks_held() == (("acct-00", "bill_run"),)
+    clock.now_s += 1.1 * BILL_RUN_LEASE_S  # no step renewed it: its holder is gone
+    coordinator.reconcile()
+    assert coordinator.marking.locks_held() == ()
+    assert not coordinator.renew("acct-00", "bill_run")

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
+import structlog
 from petribill.v1 import billing_pb2, notifications_pb2
 
 from actors.router import deadline_after
@@ -55,6 +56,8 @@ POLL_BATCH_MAX: Final = 1000
 _NOTIFICATIONS_LIMIT_DEFAULT: Final = 50
 _NOTIFICATIONS_LIMIT_MAX: Final = 1000
 _UNLOCKING: set[asyncio.Future[Any]] = set()
+
+log = structlog.get_logger("petribill.backend")
 
 
 async def run_billing(
@@ -163,6 +166,11 @@ async def _bill_in_steps(
         if step.refused or step.resume_after is None:
             return report
         after = step.resume_after
+        # Each step renews the lock's lease, so a lock this gateway leaves behind when it
+        # dies is released within the lease. Lost, the run carries on: its steps resume
+        # by account, across a migration as across a takeover.
+        if not await cluster.coordinator("renew", unit, "bill_run", timeout_s=_left(deadline)):
+            log.warning("bill_run_lock_lost", shard=unit, cycle_id=cycle_id)
 
 
 async def _lock(cluster: Cluster, unit: str, deadline: float) -> bool:

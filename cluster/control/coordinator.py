@@ -61,7 +61,14 @@ from petri import (
 )
 from petri.marking import owner_of
 
-__all__ = ["HOST_SILENT_MAX_S", "ClusterOps", "Coordinator", "Route", "UnitOpenError"]
+__all__ = [
+    "BILL_RUN_LEASE_S",
+    "HOST_SILENT_MAX_S",
+    "ClusterOps",
+    "Coordinator",
+    "Route",
+    "UnitOpenError",
+]
 
 log = structlog.get_logger("petribill.coordinator")
 
@@ -70,6 +77,9 @@ log = structlog.get_logger("petribill.coordinator")
 #: thread of its own (actors/remote.py), so only a hung or starved process gets
 #: here; long calls answer it in milliseconds (bench/liveness.py).
 HOST_SILENT_MAX_S: Final = 15.0
+#: A bill-run lock not renewed for this long is released: its holder (a gateway running
+#: the bill run in steps, each renewing the lease) died mid run.
+BILL_RUN_LEASE_S: Final = 60.0
 
 
 class UnitOpenError(RuntimeError):
@@ -165,7 +175,7 @@ class Coordinator:
             self._marking = marking_from_json(self._state.marking_json)
         self.failover_started: dict[str, float] = {}
         self._lock_since: dict[str, float] = {}
-        self.lock_lease_s = 600.0
+        self.lock_lease_s = BILL_RUN_LEASE_S
         self.host_silent_max_s = HOST_SILENT_MAX_S
         self._kept: set[str] = set()  # silent nodes kept: no other node could take over
 
@@ -433,11 +443,19 @@ class Coordinator:
         self._lock_since.pop(unit, None)
         return self._marking is not None and self._fire(f"{kind}_unlock", shard=unit)
 
+    def renew(self, unit: str, kind: str) -> bool:
+        """Extend the lease of ``unit``'s held lock (a bill run's step); False when it is
+        not held (its lease ran out). Nothing is fired or persisted: a lease is memory."""
+        held = self._marking is not None and (unit, kind) in self._marking.locks_held()
+        if held:
+            self._lock_since[unit] = time.monotonic()
+        return held
+
     def _expire_locks(self) -> int:
         """Release bill-run locks held past their lease (a gateway died mid bill run).
 
-        The lease starts when the lock was taken, or, for a lock found in the
-        persisted marking after a restart, when this coordinator first saw it.
+        The lease starts when the lock was taken or last renewed, or, for a lock found
+        in the persisted marking after a restart, when this coordinator first saw it.
         """
         fired = 0
         now = time.monotonic()

@@ -238,6 +238,11 @@ class CoordinatorService:
         with self._lock:
             return self._coordinator.unlock(unit, kind)
 
+    def renew(self, unit: str, kind: str) -> bool:
+        """Extend the lease of a unit's held lock; False when it is not held any more."""
+        with self._lock:
+            return self._coordinator.renew(unit, kind)
+
     def inspect(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Run the automatic inspection now (``petribill inspect``); its report."""
         return self.duties.inspect_now(timeout_s).to_dict()
