@@ -5,9 +5,11 @@ the bulk creation of accounts that tests and benchmarks fill large shards with."
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
+import pytest
 from test_account_shard import open_shard, seed, usage
 from test_account_shard_billing import FINAL, postpaid_shard
 from test_accounts import EUR, T0, account, rated
@@ -17,10 +19,11 @@ from actors.shard.audit import AuditProgress, AuditReport
 from actors.shard.billing import BillRunReport
 from actors.shard.engine import AccountShard
 from actors.shard.keys import ledger_key
-from actors.store.backup import flush_in_background
+from actors.store.backup import BackupFailed, checkpoint_unit, flush_in_background
 from actors.store.storage import Batch
 from billing.accounts import PaymentMode, Result
 from billing.cycle import DAY_S
+from chaos.disk import TmpfsDisk, can_mount
 
 
 def audit_in_steps(
@@ -214,3 +217,25 @@ def test_accounts_created_in_bulk_are_those_created_one_by_one(tmp_path: Path) -
     assert bulk.run(ops.Audit()) == single.run(ops.Audit())
     bulk.close()
     single.close()
+
+
+@pytest.mark.skipif(can_mount() is not None, reason=f"no tmpfs: {can_mount()}")
+def test_a_checkpoint_rocksdb_cannot_write_fails_as_retryable_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """On a full disk the flush first and then the checkpoint fail; the backup says so as
+    BackupFailed (UNAVAILABLE to a client, not INTERNAL), and no half checkpoint is left to
+    make the retry find its folder taken."""
+    with TmpfsDisk(tmp_path / "unit", size_mb=8) as disk:
+        shard = open_shard(tmp_path / "unit" / "s", 1)
+        try:
+            seed(shard, 50)
+            disk.fill()
+            assert not flush_in_background(shard.store, timeout_s=5)
+            with pytest.raises(BackupFailed, match="No space left"):
+                checkpoint_unit(shard.store, tmp_path / "backup", "acct-00", request_id="b1")
+            assert list((tmp_path / "backup" / "units").iterdir()) == []
+        finally:
+            disk.free()
+            with contextlib.suppress(Exception):  # the flush on a full disk broke the store
+                shard.close()

@@ -24,6 +24,7 @@ shards' idempotency marks make anything resubmitted after it a duplicate.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from actors.store.storage import ShardStore
 
 __all__ = [
     "BackupExists",
+    "BackupFailed",
     "BackupRefused",
     "UnitBackup",
     "backup_target",
@@ -54,6 +56,12 @@ _FLUSH_POLL_S = 0.005
 class BackupExists(FileExistsError):
     """Raised by :func:`checkpoint_unit` when the unit's target folder already holds
     something other than this request's backup (a backup is never overwritten)."""
+
+
+class BackupFailed(OSError):
+    """Raised by :func:`checkpoint_unit` when RocksDB could not write the checkpoint (the
+    unit's disk is full, an IO error): nothing of it is kept, and the same request may be
+    tried again once the cause is gone."""
 
 
 class BackupRefused(ValueError):
@@ -144,7 +152,11 @@ def checkpoint_unit(
         raise BackupExists(f"{target}: the folder already holds a backup of {unit_id}")
     units.mkdir(parents=True, exist_ok=True)
     sequence = int(db.latest_sequence_number())
-    Checkpoint(db).create_checkpoint(str(target))
+    try:
+        Checkpoint(db).create_checkpoint(str(target))
+    except Exception as exc:  # rocksdict raises plain Exception for RocksDB's IO errors
+        shutil.rmtree(target, ignore_errors=True)  # a retry must not find it "taken"
+        raise BackupFailed(f"{target}: the checkpoint of {unit_id} failed: {exc}") from None
     info = UnitBackup(
         unit_id=unit_id,
         request_id=request_id,

@@ -29,7 +29,7 @@ from actors.router import time_left as _left
 from actors.routing import unit_kind
 from actors.shard import ops
 from actors.shard.usage import refused_key
-from actors.store.backup import BackupExists, BackupRefused, UnitBackup
+from actors.store.backup import BackupExists, BackupFailed, BackupRefused, UnitBackup
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
 from billing.outcome import CHARGED_RESULTS, Result
@@ -359,6 +359,10 @@ async def backup(
         raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
     except BackupRefused as exc:  # the host's own check, on its node's filesystem
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    except BackupFailed as exc:  # a unit's disk full, say: retryable once it is freed
+        raise BackendError(
+            grpc.StatusCode.UNAVAILABLE, f"{exc}; retry with the same request_id"
+        ) from None
     roots = sorted({str(Path(info.path).parent.parent) for info in taken})
     return admin_pb2.OperationAnswer(
         request_id=request.request_id,
