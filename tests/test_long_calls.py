@@ -70,7 +70,7 @@ def test_reconcile_audits_every_shard_in_bounded_steps() -> None:
 
 
 def test_a_bill_run_bills_in_steps_of_at_most_a_hundred_accounts() -> None:
-    """Every account is billed once, each shard in calls of at most BILL_STEP_ACCOUNTS."""
+    """Every account is billed once, each shard in calls of at most BILL_RUN_STEP_ACCOUNTS."""
     with served() as (_cluster, backend, client):
         ids = create(client, 480)  # ~120 a shard: more than one step's worth
         final_s = T_NOV + 7 * 86_400  # past the grace period: final invoices

@@ -204,9 +204,11 @@ class ListRejects(PartitionOp[list["RejectEntry"]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CountRejects(PartitionOp[int]):
-    """How many stored rejects there are, optionally of one ``reason`` (a full scan)."""
+    """How many stored rejects there are, optionally of one ``reason`` (a full scan of
+    committed rows: run beside the partition's usage batches, not behind them)."""
 
     reason: str | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> int:
         counts = engine.rejects.counts_by_reason()

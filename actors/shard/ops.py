@@ -223,6 +223,9 @@ class Audit(ShardOp["AuditReport"]):
 # unit's writes wait at most that for it; measured in docs/operations-notes.md).
 AUDIT_STEP_ROWS_MAX = 5_000
 AUDIT_STEP_BUDGET_S = 0.05
+# Accounts one step of a bill run in steps bills (BillRun.accounts_max): one commit,
+# ~15-30 ms here (docs/operations-notes.md).
+BILL_RUN_STEP_ACCOUNTS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

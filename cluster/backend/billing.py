@@ -49,8 +49,6 @@ BILL_RUN_TIMEOUT_S: Final = 3600.0
 #: How far beyond the cluster's clock a bill run's ``at_s`` may lie (clocks of
 #: clients and cluster differ by a little; a day ahead is a mistake, not skew).
 BILL_RUN_AHEAD_MAX_S: Final = 300
-#: Accounts one step of a shard's bill run bills (one commit): ~15-30 ms here.
-BILL_STEP_ACCOUNTS: Final = 100
 POLL_INTERVAL_S: Final = 0.2
 POLL_BATCH_MAX: Final = 1000
 _NOTIFICATIONS_LIMIT_DEFAULT: Final = 50
@@ -148,7 +146,7 @@ async def _locked_bill_run(
 async def _bill_in_steps(
     cluster: Cluster, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
 ) -> BillRunReport:
-    """One shard's bill run as calls of at most ``BILL_STEP_ACCOUNTS`` accounts each (one
+    """One shard's bill run as calls of at most ``BILL_RUN_STEP_ACCOUNTS`` accounts each (one
     commit each), each resuming after the last account the one before billed: the shard's
     lock and a host thread are held for one step at a time, and usage goes on between."""
     report: BillRunReport | None = None
@@ -159,7 +157,7 @@ async def _bill_in_steps(
             at_s=at_s,
             account_ids=ids,
             after=after,
-            accounts_max=BILL_STEP_ACCOUNTS,
+            accounts_max=ops.BILL_RUN_STEP_ACCOUNTS,
         )
         step: BillRunReport = await cluster.run(unit, op, timeout_s=_left(deadline))
         report = step if report is None else report.plus(step)
