@@ -96,17 +96,14 @@ class CoordinatorService:
         ).start()
 
     def _loop(self) -> None:
+        # Gateways once before the first reconcile: a status asked for right after a
+        # (re)start lists them, however long that first round takes. Later checks come
+        # after each round, so they never delay a takeover.
+        self._check_gateways()
         while not self._stop.is_set():
             try:
                 with self._lock:
                     self._coordinator.check_current()
-                # Gateways before the reconcile: a status asked for right after a
-                # (re)start lists them, however long the first round takes.
-                try:
-                    self._wake_gateways()
-                except Exception:  # Ray's GCS busy: next round; units come first
-                    log.exception("gateways_check_failed")
-                with self._lock:
                     self._coordinator.reconcile()
                     self._rounds += 1
                     self._note_recoveries()
@@ -115,7 +112,14 @@ class CoordinatorService:
                 return
             except Exception:
                 log.exception("reconcile_failed")
+            self._check_gateways()
             self._stop.wait(self._interval_s)
+
+    def _check_gateways(self) -> None:
+        try:
+            self._wake_gateways()
+        except Exception:  # Ray's GCS busy: the next round tries again
+            log.exception("gateways_check_failed")
 
     def _stale(self, stale: StaleCoordinator) -> None:
         """Another coordinator took over while this one was paused: it must never act
