@@ -25,7 +25,9 @@ from actors.router import HostUnreachable, UnitRouter
 from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
+    "CONTROL_GROUP",
     "COORDINATOR_NAME",
+    "LIVENESS_GROUP",
     "NAMESPACE",
     "READS_GROUP",
     "RayTransport",
@@ -40,6 +42,14 @@ COORDINATOR_NAME = "petribill-coordinator"
 # when every thread of the default group is busy with a write batch.
 READS_GROUP = "reads"
 _READ_THREADS = 4
+# The coordinator's ping runs on a thread of its own that no unit call can take,
+# so a host busy with work (a reconcile, a bill run, a full default group) still
+# answers at once; docs/operations-notes.md, "Failure detection".
+LIVENESS_GROUP = "liveness"
+# Placement (open, close, list units) must not queue behind data-plane calls either:
+# the coordinator waits for it, and routes are not given out meanwhile.
+CONTROL_GROUP = "control"
+_CONTROL_THREADS = 2
 # The host process runs write batches on several threads that hold the GIL for
 # long stretches; a query thread waits for the GIL up to the switch interval at
 # each hand-off (Python's default is 5 ms). bench/host_reads.py: lock-free
@@ -162,6 +172,26 @@ class RoutedHost(UnitHost):
         """:meth:`UnitHost.read` on the host's own query threads."""
         return super().read(unit_id, epoch, op)
 
+    @ray.method(concurrency_group=LIVENESS_GROUP)
+    def ping(self) -> str:  # type: ignore[override]
+        """:meth:`UnitHost.ping` on the liveness thread, which nothing else uses."""
+        return super().ping()
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def open_unit(self, unit_id: str, epoch: int) -> None:  # type: ignore[override]
+        """:meth:`UnitHost.open_unit` on the placement threads."""
+        super().open_unit(unit_id, epoch)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def close_unit(self, unit_id: str) -> None:  # type: ignore[override]
+        """:meth:`UnitHost.close_unit` on the placement threads."""
+        super().close_unit(unit_id)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def units(self) -> dict[str, int]:  # type: ignore[override]
+        """:meth:`UnitHost.units` on the placement threads."""
+        return super().units()
+
 
 def spawn_host(
     node: str,
@@ -174,7 +204,8 @@ def spawn_host(
     """Start the detached host actor of ``node``, pinned to that Ray node; ``setup`` runs
     first in its process (the control plane passes the logging set-up)."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
-    cls = ray.remote(concurrency_groups={READS_GROUP: _READ_THREADS})(RoutedHost)  # type: ignore[call-overload]
+    groups = {READS_GROUP: _READ_THREADS, LIVENESS_GROUP: 1, CONTROL_GROUP: _CONTROL_THREADS}
+    cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
     return cls.options(
         name=host_name(node),
         namespace=NAMESPACE,

@@ -40,6 +40,8 @@ def test_mixed_chaos_run_loses_nothing_and_charges_nothing_twice() -> None:
     assert report["money_delta_minor"] == 0, report
     assert report["faults"] >= 4, report
     assert report["takeover_s_max"] is not None, "no fault needed a takeover"
+    assert report["spurious_takeovers"] == 0, report
+    assert set(report["operator_calls"]) >= {"reconcile", "bill_run"}, report
     assert done.returncode == 0, done.stderr[-3000:]
     assert report["replay"].startswith("petribill chaos --scenario mixed")
 

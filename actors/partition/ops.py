@@ -176,9 +176,12 @@ class GetSubscriber(PartitionOp["DirectoryEntry | None"]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counters(PartitionOp[Reconciliation]):
-    """Reconciliation of the whole partition, or of one collection source."""
+    """Reconciliation of the whole partition, or of one collection source. A query of
+    committed state (the counters in memory are replaced only after a commit), so a
+    reconcile reads it without waiting for the partition's usage batch in flight."""
 
     source_id: str | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> Reconciliation:
         return engine.counters(self.source_id)
@@ -187,11 +190,13 @@ class Counters(PartitionOp[Reconciliation]):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListRejects(PartitionOp[list["RejectEntry"]]):
     """Up to ``limit`` stored rejects in store order, optionally of one ``reason``, after
-    the row key ``after`` (a page's last ``RejectEntry.store_key()``)."""
+    the row key ``after`` (a page's last ``RejectEntry.store_key()``). A query of
+    committed rows (a store scan), run beside the partition's usage batches."""
 
     limit: int
     reason: str | None = None
     after: bytes | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RejectEntry]:
         return engine.list_rejects(self.limit, reason=self.reason, after=self.after)
@@ -199,9 +204,11 @@ class ListRejects(PartitionOp[list["RejectEntry"]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CountRejects(PartitionOp[int]):
-    """How many stored rejects there are, optionally of one ``reason`` (a full scan)."""
+    """How many stored rejects there are, optionally of one ``reason`` (a full scan of
+    committed rows: run beside the partition's usage batches, not behind them)."""
 
     reason: str | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> int:
         counts = engine.rejects.counts_by_reason()
