@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from actors.shard import ops
 from actors.shard.codec import decode_value, encode_value
+from actors.shard.column_usage import ChargeColumnsAnswer, charge_columns
 from actors.shard.core import ShardCore
 from actors.shard.keys import (
     OUTBOX_PREFIX,
@@ -160,6 +161,10 @@ class ShardUsage:
                 if raw is not None:
                     found[record_id] = decode_u64(raw)
         return found
+
+    def charge_columns(self, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
+        """The rows of a bulk batch, as columns (the seam: ``actors.shard.column_usage``)."""
+        return charge_columns(self, op)
 
     def apply_forwards(self, op: ops.ApplyForwards) -> list[tuple[str, Result]]:
         """Apply sponsor charges forwarded by other shards (idempotent by forward id).
