@@ -9,6 +9,7 @@ their SDK method names).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from petribill.v1 import (
     usage_pb2,
 )
 
+from actors.clock import set_clock_offset
 from actors.remote import RayTransport
 from actors.router import UnitRouter
 from actors.shard import ops
@@ -86,8 +88,12 @@ class Calls:
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calls]:
-    config = parse_config({"sharding": {"shards": 4, "partitions": 2}}, source="test")
+    # The hosts' clock (their duties age invoices on it) starts the day after the November
+    # bill run, whatever day the tests run; the bill runs are the tests' own.
+    tables = {"clock": {"adjustable": True}, "bill_runs": {"scheduled": False}}
+    config = parse_config({"sharding": {"shards": 4, "partitions": 2}, **tables}, source="test")
     data_dir = tmp_path_factory.mktemp("backend") / "data"
+    set_clock_offset(data_dir, AFTER_GRACE + 86_400 - time.time())
     rt = Runtime(config, data_dir=data_dir, tariffs_dir=TARIFFS, nodes=1, gateways=False)
     rt.start(timeout_s=120)
     try:

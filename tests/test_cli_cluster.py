@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from actors.clock import set_clock_offset
 from billing.billrun.run import BillRunConfig
 from billing.cycle import monthly_cycle
 from cluster.cli.main import main
@@ -51,9 +52,11 @@ def _free_port() -> int:
 def cluster_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The module's cluster: its gateway address and its data folder."""
     data_dir = tmp_path_factory.mktemp("cli-cluster") / "data"
-    # The module moves the cluster's clock forward to bill December (a bill run may not be
-    # dated ahead of the clock); the bill runs are the tests' own, not the schedule's.
+    # The cluster's clock starts the day after the November bill run, whatever day the
+    # tests run (the samples are of November 2026: invoices turn overdue on the cluster's
+    # clock), and moves forward to bill December; the bill runs are the tests' own.
     tables = {"clock": {"adjustable": True}, "bill_runs": {"scheduled": False}}
+    set_clock_offset(data_dir, BILL_AT + 86_400 - time.time())
     with running(small_runtime(data_dir, port=_free_port(), tables=tables)) as info:
         yield info.gateways[0], data_dir
 
@@ -296,7 +299,6 @@ def test_change_plan_mid_cycle_rates_with_the_new_plan_and_prorates_both_fees(
     id is ALREADY_EXISTS, and an unknown plan is INVALID_ARGUMENT."""
     import grpc
 
-    from actors.clock import set_clock_offset
     from cluster.client import PetribillClient, PetribillError
 
     gateway, data_dir = cluster_data

@@ -60,6 +60,16 @@ def test_the_adjustable_clock_follows_its_file_forward_only(tmp_path: Path) -> N
     assert clock() >= ahead
 
 
+def test_a_first_offset_may_set_the_clock_back_before_anyone_read_it(tmp_path: Path) -> None:
+    """A test whose data lies in the past starts its cluster's clock there: the first offset
+    may be negative; after it, the clock only moves forward."""
+    set_clock_offset(tmp_path, -86_400)
+    clock = AdjustableClock(clock_offset_path(tmp_path), recheck_s=0.0)
+    assert 86_000 < time.time() - clock() < 87_000
+    with pytest.raises(ValueError):
+        set_clock_offset(tmp_path, -2 * 86_400)
+
+
 def test_settings_choose_the_clock(tmp_path: Path) -> None:
     """Without ``clock_adjustable`` a process reads the system clock."""
     assert clock_from_settings({"data_dir": str(tmp_path)}) is SYSTEM_CLOCK

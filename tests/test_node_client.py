@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from actors.clock import set_clock_offset
 from cluster.client import PetribillClient
 from cluster.security.certs import DevCerts, write_dev_certs
 from cluster.security.roles import Role
@@ -28,6 +30,8 @@ from tests.local_cluster import running, small_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "tests" / "clients" / "node"
+#: client.js dates its November bill run 2026-12-20 00:00 UTC, past the grace period.
+DEC_20 = 1797724800
 
 pytestmark = [
     pytest.mark.cluster,
@@ -81,7 +85,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         "tls_key": str(certs.server_key),
         "client_ca": str(certs.ca),
     }
-    with running(small_runtime(folder / "data", port=0, security=security)) as info:
+    # The cluster's clock stands a minute after the client's bill run date, whatever day
+    # the test runs (a bill run may not be dated beyond the cluster's clock).
+    tables = {"clock": {"adjustable": True}, "bill_runs": {"scheduled": False}}
+    set_clock_offset(folder / "data", DEC_20 + 60 - time.time())
+    runtime = small_runtime(folder / "data", port=0, security=security, tables=tables)
+    with running(runtime) as info:
         yield Secured(info.gateways[0], certs, tokens)
 
 
