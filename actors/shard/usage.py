@@ -107,6 +107,8 @@ class ShardUsage:
         if indices:
             segments.append((indices, directory))
         work = Work(self.core, track_marks=len(segments) > 1)
+        # Every record's idempotency mark with one multi-get (issue #13, item 4).
+        work.prefetch_marks([items[i][1].record.record_id for run, _ in segments for i in run])
         view, marks = AccountView(work), MarkView(work)
         decided: list[Effects] = []
         for indices, directory in segments:
