@@ -45,6 +45,7 @@ from actors.shard.column_usage import RESULTS
 from actors.shard.ops import ChargeColumns
 from billing.accounts import Result
 from billing.column_rating import rate_columns
+from billing.columns import TIERS_FIELD
 from billing.invariant import invariant
 from billing.rated import RejectReason
 
@@ -112,6 +113,10 @@ def settle_rows(
         return
     part = usage if len(to_rate) == usage.num_rows else usage.take(pa.array(to_rate))
     rated = rate_columns(part, partition.catalogue, who.plan_column(to_rate)).batch
+    if TIERS_FIELD.name in rated.schema.names:
+        # Charging reprices each record's tiers from its price key and never reads these
+        # (billing.columns); converting the list column costs more than repricing.
+        rated = rated.drop_columns([TIERS_FIELD.name])
     reasons = rated.column("reject_reason")
     failed = reasons.is_valid().to_numpy(zero_copy_only=False)
     if failed.any():
