@@ -7,7 +7,9 @@ acknowledged again (a client-side duplicate: each record must answer its first
 status, flagged as a replay), and now and then acknowledged record ids sent again
 with another subscriber's number (each must be refused as
 EXISTS_WITH_DIFFERENT_CONTENT and charge nobody). One worker streams its batches
-(``StreamUsage``), the others call ``SubmitUsage``. Top-ups go to the prepaid
+(``StreamUsage``), the others call ``SubmitUsage`` and, every other batch, the
+bulk path (``SubmitUsageColumns``: the batch as Arrow columns, the answers as
+columns, checked exactly as the per-record answers). Top-ups go to the prepaid
 accounts with their own request ids.
 
 An operator thread makes the long calls an operator makes in the middle of
@@ -38,9 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
+import pyarrow as pa
 from petribill.v1 import usage_pb2
 
 from billing.money import Money
+from cluster.cli.file_columns import WIRE_SCHEMA
 from cluster.client import PetribillClient
 from cluster.client.transport import PetribillError
 
@@ -314,7 +318,7 @@ class Load:
                 self.figures.records_sent += len(batch)
                 self.figures.duplicate_batches += duplicate
                 self.figures.hijacked_batches += hijack
-            response = self._submit_until_answered(batch)
+            response = self._submit_until_answered(batch, columns=n % 2 == 1)
             if duplicate:
                 self._check_duplicate(batch, response)
             elif hijack:
@@ -326,9 +330,14 @@ class Load:
             if self._pause_s:
                 time.sleep(self._pause_s)
 
-    def _submit_until_answered(self, batch: list[dict[str, Any]]) -> usage_pb2.SubmitUsageResponse:
+    def _submit_until_answered(
+        self, batch: list[dict[str, Any]], *, columns: bool = False
+    ) -> usage_pb2.SubmitUsageResponse:
         while True:  # the same ids until answered: exactly once
             try:
+                if columns:
+                    table = pa.Table.from_pylist(batch, schema=WIRE_SCHEMA)
+                    return _as_response(self.client.submit_usage_columns(table))
                 return self.client.submit_usage(batch)
             except PetribillError as exc:
                 self._refused(exc)
@@ -425,3 +434,22 @@ class Load:
         request_id = f"chaos{self.seed}-operator-billrun-{n}"
         for _ in self.client.run_billing(cycle_id, at_s=at_s, request_id=request_id):
             pass  # progress, until the bill run has finished
+
+
+def _as_response(results: pa.Table) -> usage_pb2.SubmitUsageResponse:
+    """The bulk path's result columns as the per-record answer, for the same checks."""
+    return usage_pb2.SubmitUsageResponse(
+        results=[
+            usage_pb2.RecordResult(
+                record_id=row["record_id"],
+                status=usage_pb2.RecordStatus.Value("RECORD_STATUS_" + str(row["status"]).upper()),
+                reason=row["reason"],
+                detail=row["detail"],
+                charged_account_id=row["charged_account_id"],
+                billed_units=row["billed_units"],
+                bundle_units=row["bundle_units"],
+                replay=row["replay"],
+            )
+            for row in results.to_pylist()
+        ]
+    )

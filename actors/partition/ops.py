@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
 from actors.op import Env, Op, R
+from actors.shard.ops import ChargeColumns
 from billing.accounts import SponsorRule, Subscription
 from billing.preprocess import Reconciliation
 from billing.readers import Reject
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChangeSubscriberPlan",
+    "ClaimColumns",
     "ClaimIds",
     "CountRejects",
     "Counters",
@@ -37,6 +43,7 @@ __all__ = [
     "ReleaseNumber",
     "Reprocess",
     "Submit",
+    "SubmitColumns",
 ]
 
 
@@ -55,6 +62,16 @@ class Reach:
     def claim(self, claims: dict[str, list[Claim]]) -> dict[str, Any]:
         """``ClaimIds`` on each owner partition: its answers, or the exception it raised."""
         return self._env.fan_out({unit: ClaimIds(claims=c) for unit, c in claims.items()})
+
+    def claim_columns(self, batches: dict[str, pa.RecordBatch]) -> dict[str, Any]:
+        """``ClaimColumns`` on each owner partition, concurrently: per partition its answer
+        columns, or the exception it raised."""
+        return self._env.fan_out({unit: ClaimColumns(batch=b) for unit, b in batches.items()})
+
+    def charge_columns(self, calls: dict[str, ChargeColumns]) -> dict[str, Any]:
+        """Each shard's ``ChargeColumns``, concurrently where they are elsewhere: per shard
+        its answer, or the exception it raised."""
+        return self._env.fan_out(calls)
 
 
 class PartitionOp(Op[R]):
@@ -81,6 +98,28 @@ class Submit(PartitionOp[list["RecordResult"]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitColumns(PartitionOp[pa.RecordBatch]):
+    """The bulk path's :class:`Submit`: the same per-record answers and effects, with the
+    records as columns and the answers as columns (``actors.partition.bulk``).
+
+    ``usage`` (``billing.columns.USAGE_SCHEMA``) holds the readable records; the call's
+    items are those rows and the ``rejects`` (lines or records the gateway could not
+    read), each reject at its place among the items and the rows in the other places
+    (``positions``, the place of each row; ``None``: the rows are the items, in order).
+    The answer is one row per item, in item order (``actors.partition.outcomes``).
+    """
+
+    usage: pa.RecordBatch
+    at_s: int
+    positions: NDArray[np.int64] | None = None
+    rejects: Sequence[tuple[int, Reject]] = ()
+    source: SourceProgress | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> pa.RecordBatch:
+        return engine.submit_columns(self, Reach(env, self.at_s))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reprocess(PartitionOp[list["RecordResult"]]):
     """Rate and charge stored rejected records again; one result per id, in order."""
 
@@ -101,6 +140,18 @@ class ClaimIds(PartitionOp[list["Claimed"]]):
 
     def apply(self, engine: RatingPartition, env: Env) -> list[Claimed]:
         return engine.claims.claim(self.claims)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimColumns(PartitionOp[pa.RecordBatch]):
+    """:class:`ClaimIds` for a column batch of distinct ids
+    (``actors.partition.claim_columns``); never waits for the unit's lock."""
+
+    batch: pa.RecordBatch
+    serialised: ClassVar[bool] = False
+
+    def apply(self, engine: RatingPartition, env: Env) -> pa.RecordBatch:
+        return engine.claim_columns(self.batch)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import pyarrow as pa
+
 from actors.op import Env, Op, R
 from actors.shard.outbox import Forward
 from billing.accounts import Account, AccountState, AccountStatus, Outcome, Result, SponsorRule
@@ -33,6 +35,7 @@ from billing.writeoff import WriteoffOutcome
 if TYPE_CHECKING:
     from actors.shard.audit import AuditProgress, AuditReport
     from actors.shard.billing import BillRunReport
+    from actors.shard.column_usage import ChargeColumnsAnswer
     from actors.shard.duties import DutyStep, ShardInspection
     from actors.shard.engine import AccountShard
     from actors.shard.usage import ChargeBatchAnswer
@@ -53,6 +56,7 @@ __all__ = [
     "BillRun",
     "ChangePlan",
     "ChargeBatch",
+    "ChargeColumns",
     "CountRefusedForwards",
     "CreateAccount",
     "CreateAccounts",
@@ -511,6 +515,23 @@ class ChargeBatch(ShardOp["ChargeBatchAnswer"]):
 
     def apply(self, engine: AccountShard, env: Env) -> ChargeBatchAnswer:
         return engine.usage.charge_batch(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargeColumns(ShardOp["ChargeColumnsAnswer"]):
+    """Charge the rows of a bulk batch in one commit: ``usage`` (``billing.columns.USAGE_SCHEMA``)
+    and ``rated`` (the column rater's ``RATED_SCHEMA`` rows, each rated) row for row, each
+    charged to ``accounts`` (a string column); the answer is columns
+    (``actors.shard.column_usage``), and the host delivers its sponsor ``forwards``."""
+
+    usage: pa.RecordBatch
+    rated: pa.RecordBatch
+    accounts: pa.Array
+    at_s: int
+    offline: bool = True
+
+    def apply(self, engine: AccountShard, env: Env) -> ChargeColumnsAnswer:
+        return engine.usage.charge_columns(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
