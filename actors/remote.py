@@ -28,8 +28,10 @@ from actors.store.replica import CopyState
 from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
+    "CONTROL_GROUP",
     "COORDINATOR_NAME",
     "INNER_GROUP",
+    "LIVENESS_GROUP",
     "NAMESPACE",
     "READS_GROUP",
     "REPLICAS_GROUP",
@@ -63,9 +65,17 @@ _REPLICA_CONTROL_THREADS = 2
 # the default group, two hosts whose default threads all wait, on unit locks held by
 # such callers or in such calls, would stall each other until the call's timeout
 # (seen with 2 nodes under 8 concurrent 1,000-record usage batches: every thread busy,
-# no claim ever answered, and the coordinator's pings missed too).
+# no claim ever answered).
 INNER_GROUP = "inner"
 _INNER_THREADS = 8
+# The coordinator's ping runs on a thread of its own that no unit call can take,
+# so a host busy with work (a reconcile, a bill run, a full default group) still
+# answers at once; docs/operations-notes.md, "Failure detection".
+LIVENESS_GROUP = "liveness"
+# Placement (open, close, list units) must not queue behind data-plane calls either:
+# the coordinator waits for it, and routes are not given out meanwhile.
+CONTROL_GROUP = "control"
+_CONTROL_THREADS = 2
 # The host process runs write batches on several threads that hold the GIL for
 # long stretches; a query thread waits for the GIL up to the switch interval at
 # each hand-off (Python's default is 5 ms). bench/host_reads.py: lock-free
@@ -257,14 +267,6 @@ class RoutedHost(UnitHost):
         catalogue = load_catalogue(tariffs_dir)
         return self.update_engines(kind, lambda engine: engine.set_catalogue(catalogue))
 
-    @ray.method(concurrency_group=READS_GROUP)
-    def ping(self) -> str:  # type: ignore[override]
-        """The coordinator's liveness probe, on the query threads: a host whose default
-        threads are all busy with write batches is slow, not gone, and must still
-        answer (two missed pings fail its node; with replicated units, both nodes of a
-        2-node cluster failed at once leave every unit without an in-sync copy)."""
-        return super().ping()
-
     @ray.method(concurrency_group=INNER_GROUP)
     def run_inner(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """:meth:`UnitHost.run` for a call from another host (see :data:`INNER_GROUP`)."""
@@ -323,6 +325,28 @@ class RoutedHost(UnitHost):
     def replica_report(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]
         return super().replica_report()
 
+    # -- liveness and placement (see LIVENESS_GROUP, CONTROL_GROUP) -------------------------
+
+    @ray.method(concurrency_group=LIVENESS_GROUP)
+    def ping(self) -> str:  # type: ignore[override]
+        """:meth:`UnitHost.ping` on the liveness thread, which nothing else uses."""
+        return super().ping()
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def open_unit(self, unit_id: str, epoch: int) -> None:  # type: ignore[override]
+        """:meth:`UnitHost.open_unit` on the placement threads."""
+        super().open_unit(unit_id, epoch)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def close_unit(self, unit_id: str) -> None:  # type: ignore[override]
+        """:meth:`UnitHost.close_unit` on the placement threads."""
+        super().close_unit(unit_id)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def units(self) -> dict[str, int]:  # type: ignore[override]
+        """:meth:`UnitHost.units` on the placement threads."""
+        return super().units()
+
 
 def spawn_host(
     node: str,
@@ -337,6 +361,8 @@ def spawn_host(
     # Concurrency groups are fixed when the class is made remote, not in .options().
     groups = {
         READS_GROUP: _READ_THREADS,
+        LIVENESS_GROUP: 1,
+        CONTROL_GROUP: _CONTROL_THREADS,
         INNER_GROUP: _INNER_THREADS,
         REPLICAS_GROUP: _REPLICA_THREADS,
         REPLICA_CONTROL_GROUP: _REPLICA_CONTROL_THREADS,

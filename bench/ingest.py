@@ -12,27 +12,34 @@ Timed, in one run:
    result is durable (synced WAL) before it is answered. Meanwhile one thread
    asks GetBalance of random accounts; its latencies give ``query_p50_ms`` and
    ``query_p99_ms``.
-2. **Baseline**: the same records in one process, with no Ray and no gRPC:
-   decode the same protobuf batches, rate and charge them through one
-   RatingPartition and one AccountShard, one synced RocksDB batch per batch.
+2. **Cluster, columnar**: the same records under other ids, as Arrow columns
+   through the bulk path (SubmitUsageColumns: Arrow IPC in, result columns
+   out), same streams, batches and query thread.
+3. **Baselines**: the same records in one process, with no Ray and no gRPC,
+   through one RatingPartition and one AccountShard, one synced RocksDB batch
+   per batch: decoding the protobuf batches and ``submit`` (per record), and
+   decoding the Arrow IPC batches and ``submit_columns`` (columnar).
+
+``--runs`` repeats every timed part (fresh ids on the cluster, fresh stores for
+the baselines) and reports the median of each figure. The last line is one
+JSON object with ``columnar_records_per_s``, ``columnar_baseline_records_per_s``,
+``ratio`` (columnar end to end ÷ columnar baseline), ``records_per_s``,
+``baseline_records_per_s``, ``per_record_ratio``, ``query_p50_ms`` and
+``query_p99_ms`` (during per-record ingestion), ``columnar_query_p99_ms``.
 
 With ``--mode replicated`` a second cluster runs the same records in the same
 run: ``--replica-nodes`` simulated nodes (default 2) in ``storage.mode =
 "replicated"`` (RF 2, ``min_in_sync`` 2: every synced batch also shipped to a
 follower on another node and synced there before it is answered). Its figures
-carry the prefix ``replicated_``, and ``replicated_ratio`` is its throughput over
-the one-node ``local`` cluster's: the cost of the second copy. Where that cost
-goes is read from the nodes' Prometheus pages after the run (``profile``):
+carry the prefix ``replicated_``; ``replicated_ratio`` is its per-record
+throughput over the one-node ``local`` cluster's (``replicated_columnar_ratio``
+the same for the bulk path): the cost of the second copy. Where that cost goes
+is read from the nodes' Prometheus pages after its runs (``replicated_profile``):
 seconds spent shipping batches to followers (``petribill_replication_seconds``,
 inside the unit calls) against the seconds of the unit calls themselves
 (``petribill_unit_call_seconds``), summed over the nodes.
 
-The last line is one JSON object with ``records_per_s``,
-``baseline_records_per_s``, ``ratio``, ``query_p50_ms`` and ``query_p99_ms``
-(and, replicated, ``replicated_records_per_s``, ``replicated_ratio``,
-``replicated_profile``).
-
-    .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4]
+    .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4] [--runs 3]
         [--mode local|replicated] [--replica-nodes 2]
 """
 
@@ -56,11 +63,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import pyarrow as pa  # noqa: E402
 from petribill.v1 import usage_pb2  # noqa: E402
 from rating import generate  # noqa: E402
 
+from actors.partition.bulk import DirectReach  # noqa: E402
 from actors.partition.engine import PartitionConfig, RatingPartition  # noqa: E402
-from actors.partition.ops import PutSubscriber, Submit  # noqa: E402
+from actors.partition.ops import PutSubscriber, Submit, SubmitColumns  # noqa: E402
 from actors.shard import ops  # noqa: E402
 from actors.shard.engine import AccountShard  # noqa: E402
 from billing.accounts import Account, PaymentMode, Subscription  # noqa: E402
@@ -68,10 +77,13 @@ from billing.bundles import CatalogueTariff  # noqa: E402
 from billing.charging.batch import ChargingConfig  # noqa: E402
 from billing.rating import load_catalogue  # noqa: E402
 from billing.records import UsageRecord  # noqa: E402
-from cluster.client import PetribillClient  # noqa: E402
+from cluster.api.columns import ipc_bytes, read_ipc  # noqa: E402
+from cluster.cli.file_columns import WIRE_SCHEMA  # noqa: E402
+from cluster.client import PetribillClient, PetribillError  # noqa: E402
 from cluster.config import parse_config  # noqa: E402
 from cluster.deploy.runtime import Runtime  # noqa: E402
 from cluster.wire import record_from_proto, record_to_proto  # noqa: E402
+from cluster.wire_columns import read_records  # noqa: E402
 
 TARIFFS = ROOT / "conf" / "tariffs"
 
@@ -99,6 +111,34 @@ def plan_of(index: int) -> tuple[str, PaymentMode]:
 
 def batches_of(records: list[UsageRecord], size: int) -> list[list[UsageRecord]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def renamed(records: list[UsageRecord], tag: str) -> list[UsageRecord]:
+    """The records under other ids (``<tag><source>:<id>``): new to a cluster that has
+    charged the originals."""
+    return [dataclasses.replace(r, record_id=tag + r.record_id) for r in records]
+
+
+def columns_of(batch: list[UsageRecord]) -> pa.Table:
+    """One batch as the bulk path's columns (what a mediation system would send)."""
+    rows = [
+        {
+            "record_id": r.record_id,
+            "service": r.service.value,
+            "served_msisdn": r.served_msisdn,
+            "record_opening_time_s": r.record_opening_time_s,
+            "called_number": r.called_number,
+            "duration_s": r.duration_s or None,
+            "sms_count": r.sms_count or None,
+            "uplink_bytes": r.uplink_bytes or None,
+            "downlink_bytes": r.downlink_bytes or None,
+            "rating_group": r.rating_group,
+            "content_item_id": r.content_item_id,
+            "roaming": r.roaming or None,
+        }
+        for r in batch
+    ]
+    return pa.Table.from_pylist(rows, schema=WIRE_SCHEMA)
 
 
 # -- the cluster ----------------------------------------------------------------
@@ -139,12 +179,27 @@ def run_cluster(
             started = time.perf_counter()
             create_accounts(client, args.accounts)
             print(f"created {args.accounts:,} accounts in {time.perf_counter() - started:.1f} s")
-            if mode == "replicated":
-                before = profile()
-                figures = measure_cluster(args, client, records)
+            before = profile() if mode == "replicated" else None
+            runs: list[dict[str, Any]] = []
+            for run in range(args.runs):
+                per_record = measure_cluster(args, client, renamed(records, f"r{run}"))
+                print(f"cluster, per record, run {run + 1}: {per_record}")
+                columnar = measure_cluster(args, client, renamed(records, f"c{run}"), columnar=True)
+                print(f"cluster, columnar, run {run + 1}: {columnar}")
+                runs.append(
+                    {
+                        **per_record,
+                        "columnar_records_per_s": columnar["records_per_s"],
+                        "columnar_elapsed_s": columnar["elapsed_s"],
+                        "columnar_statuses": columnar["statuses"],
+                        "columnar_query_p50_ms": columnar["query_p50_ms"],
+                        "columnar_query_p99_ms": columnar["query_p99_ms"],
+                    }
+                )
+            figures = medians(runs)
+            if before is not None:
                 figures["profile"] = profile(since=before, wait_s=20)
-                return figures
-            return measure_cluster(args, client, records)
+            return figures
         finally:
             runtime.stop()
 
@@ -196,20 +251,34 @@ def profile(since: dict[str, float] | None = None, wait_s: float = 0) -> dict[st
 
 
 def measure_cluster(
-    args: argparse.Namespace, client: PetribillClient, records: list[UsageRecord]
+    args: argparse.Namespace,
+    client: PetribillClient,
+    records: list[UsageRecord],
+    *,
+    columnar: bool = False,
 ) -> dict[str, Any]:
     shares = [records[i :: args.streams] for i in range(args.streams)]
+    tables = [[columns_of(b) for b in batches_of(share, args.batch)] for share in shares]
     done = threading.Event()
     latencies_ms: list[float] = []
+    failed: list[str] = []
     statuses: dict[str, int] = {}
     lock = threading.Lock()
 
-    def stream(share: list[UsageRecord]) -> None:
+    def stream(index: int) -> None:
         counts: dict[str, int] = {}
-        for response in client.stream_usage(batches_of(share, args.batch), window=2):
-            for result in response.results:
-                name = usage_pb2.RecordStatus.Name(result.status)
-                counts[name] = counts.get(name, 0) + 1
+        if columnar:
+            for answer in client.stream_usage_columns(tables[index], window=2):
+                status = answer.column("status").cast(pa.string())
+                for found in status.value_counts().to_pylist():
+                    name = "RECORD_STATUS_" + str(found["values"]).upper()
+                    counts[name] = counts.get(name, 0) + int(found["counts"])
+        else:
+            batches = batches_of(shares[index], args.batch)
+            for response in client.stream_usage(batches, window=2):
+                for result in response.results:
+                    name = usage_pb2.RecordStatus.Name(result.status)
+                    counts[name] = counts.get(name, 0) + 1
         with lock:
             for name, count in counts.items():
                 statuses[name] = statuses.get(name, 0) + count
@@ -219,7 +288,10 @@ def measure_cluster(
         while not done.is_set():
             account = account_of(rng.randrange(args.accounts))
             t0 = time.perf_counter()
-            client.get_balance(account)
+            try:
+                client.get_balance(account)
+            except PetribillError as exc:  # counted as its time; the run goes on
+                failed.append(str(exc)[:200])
             latencies_ms.append((time.perf_counter() - t0) * 1000)
             done.wait(0.02)
 
@@ -227,7 +299,7 @@ def measure_cluster(
     started = time.perf_counter()
     querier.start()
     with ThreadPoolExecutor(args.streams) as pool:
-        list(pool.map(stream, shares))
+        list(pool.map(stream, range(args.streams)))
     elapsed = time.perf_counter() - started
     done.set()
     querier.join()
@@ -239,9 +311,13 @@ def measure_cluster(
         "elapsed_s": round(elapsed, 2),
         "statuses": statuses,
         "queries": len(latencies_ms),
-        "query_p50_ms": round(statistics.median(latencies_ms), 2),
+        "queries_failed": len(failed),
+        "query_p50_ms": round(statistics.median(latencies_ms or [0.0]), 2),
         "query_p99_ms": round(
-            latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))], 2
+            latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))]
+            if latencies_ms
+            else 0.0,
+            2,
         ),
     }
 
@@ -249,15 +325,29 @@ def measure_cluster(
 # -- the straight line ----------------------------------------------------------
 
 
-def run_baseline(args: argparse.Namespace, records: list[UsageRecord]) -> dict[str, Any]:
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median of the runs (other values: the last run's)."""
+    out = dict(runs[-1])
+    for key, value in runs[-1].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def run_baseline(
+    args: argparse.Namespace, records: list[UsageRecord], *, columnar: bool
+) -> dict[str, Any]:
     """Decode, rate, charge and commit in one process: no Ray, no gRPC."""
     catalogue = load_catalogue(TARIFFS)
-    requests = [
-        usage_pb2.SubmitUsageRequest(
-            records=[record_to_proto(r) for r in batch]
-        ).SerializeToString()
-        for batch in batches_of(records, args.batch)
-    ]
+    if columnar:
+        requests = [ipc_bytes(columns_of(batch)) for batch in batches_of(records, args.batch)]
+    else:
+        requests = [
+            usage_pb2.SubmitUsageRequest(
+                records=[record_to_proto(r) for r in batch]
+            ).SerializeToString()
+            for batch in batches_of(records, args.batch)
+        ]
     with tempfile.TemporaryDirectory(prefix="pbbase") as data:
         shard = AccountShard.open(
             Path(data) / "acct-00",
@@ -295,19 +385,44 @@ def run_baseline(args: argparse.Namespace, records: list[UsageRecord]) -> dict[s
             def charge(shard_id: str, items: list[Any]) -> list[Any]:
                 return list(shard.run(ops.ChargeBatch(items=items, at_s=int(time.time()))))
 
+            reach = DirectReach({"part-0": partition}, {"acct-00": shard})
             started = time.perf_counter()
             for raw in requests:
-                request = usage_pb2.SubmitUsageRequest.FromString(raw)
-                batch = [record_from_proto(p, index=i) for i, p in enumerate(request.records)]
-                partition.submit(Submit(items=batch, at_s=int(time.time())), charge)
+                if columnar:
+                    wire = read_records(read_ipc(raw))  # type: ignore[arg-type]
+                    op = SubmitColumns(
+                        usage=wire.usage,
+                        positions=wire.positions,
+                        rejects=wire.rejects,
+                        at_s=int(time.time()),
+                    )
+                    answer = partition.submit_columns(op, reach)
+                    ipc_bytes(answer)  # the answer as the gateway would send it
+                else:
+                    request = usage_pb2.SubmitUsageRequest.FromString(raw)
+                    batch = [record_from_proto(p, index=i) for i, p in enumerate(request.records)]
+                    partition.submit(Submit(items=batch, at_s=int(time.time())), charge)
             elapsed = time.perf_counter() - started
         finally:
             partition.close()
             shard.close()
-    return {
-        "baseline_records_per_s": round(len(records) / elapsed),
-        "baseline_s": round(elapsed, 2),
-    }
+    return {"records_per_s": round(len(records) / elapsed), "elapsed_s": round(elapsed, 2)}
+
+
+def baselines(args: argparse.Namespace, records: list[UsageRecord]) -> dict[str, Any]:
+    """Both straight lines, ``--runs`` times each; the medians."""
+    runs = []
+    for run in range(args.runs):
+        plain = run_baseline(args, records, columnar=False)
+        columns = run_baseline(args, records, columnar=True)
+        print(f"baseline run {run + 1} (one process, no Ray, no gRPC): {plain}, columnar {columns}")
+        runs.append(
+            {
+                "baseline_records_per_s": plain["records_per_s"],
+                "columnar_baseline_records_per_s": columns["records_per_s"],
+            }
+        )
+    return medians(runs)
 
 
 def main() -> None:
@@ -319,21 +434,30 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs; medians reported")
+    parser.add_argument("--no-cluster", action="store_true", help="the baselines only")
     parser.add_argument("--mode", choices=("local", "replicated"), default="local")
     parser.add_argument("--replica-nodes", type=int, default=2)
     args = parser.parse_args()
 
     records = workload(args.records, args.accounts, args.seed)
     print(f"workload: {len(records):,} records over {args.accounts:,} accounts (untimed)")
-    baseline = run_baseline(args, records)
-    print(f"baseline (one process, no Ray, no gRPC): {baseline}")
+    baseline = baselines(args, records)
+    print(f"baselines, medians of {args.runs}: {baseline}")
+    if args.no_cluster:
+        print(json.dumps({"records": len(records), "runs": args.runs, **baseline}))
+        return
     cluster = run_cluster(args, records)
-    print(f"cluster (gateway, {args.streams} streams): {cluster}")
+    print(f"cluster (gateway, {args.streams} streams), medians of {args.runs}: {cluster}")
     summary = {
         "records": len(records),
+        "runs": args.runs,
         **cluster,
         **baseline,
-        "ratio": round(cluster["records_per_s"] / baseline["baseline_records_per_s"], 3),
+        "ratio": round(
+            cluster["columnar_records_per_s"] / baseline["columnar_baseline_records_per_s"], 3
+        ),
+        "per_record_ratio": round(cluster["records_per_s"] / baseline["baseline_records_per_s"], 3),
     }
     if args.mode == "replicated":
         replicated = run_cluster(args, records, mode="replicated", nodes=args.replica_nodes)
@@ -341,6 +465,9 @@ def main() -> None:
         summary.update({f"replicated_{k}": v for k, v in replicated.items()})
         summary["replicated_ratio"] = round(
             replicated["records_per_s"] / cluster["records_per_s"], 3
+        )
+        summary["replicated_columnar_ratio"] = round(
+            replicated["columnar_records_per_s"] / cluster["columnar_records_per_s"], 3
         )
     print(json.dumps(summary))
 

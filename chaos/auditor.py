@@ -32,6 +32,10 @@ Checks, each a list of violations (empty means it held):
   adds that no account holds reserved money once they are all over;
 - ``inspection``: the cluster's own automatic inspection, run once the faults
   have healed and the sessions are over, found a problem.
+
+Apart from those, :func:`spurious_takeovers` reads the coordinator's journal for
+takeovers that no injected fault explains: units fenced because a busy host was
+taken for a dead one.
 """
 
 from __future__ import annotations
@@ -54,12 +58,25 @@ from chaos.reference import MICROS_PER_MINOR, Expected, price
 from cluster.client import PetribillClient
 from cluster.control.state import journal_path, load_state
 
-__all__ = ["Audit", "Auditor", "audit_epochs", "audit_replicas", "unit_copies"]
+__all__ = [
+    "Audit",
+    "Auditor",
+    "audit_epochs",
+    "audit_replicas",
+    "spurious_takeovers",
+    "unit_copies",
+]
 
 CYCLE: Final = "2026-11"
 # 2026-12-01 plus 4 days: past the 3-day grace, and not beyond the clock (a bill run may
 # not be dated in the future).
 BILL_AT_S: Final = 1_796_083_200 + 4 * 86_400
+# A fault explains a node's failure this long after it at most (a paused node is
+# declared dead by Ray in ~3 s, a killed host or node at once; healing is bounded
+# by chaos.faults.HEAL_TIMEOUT_S), and this long before it at least (the fault's
+# time is taken just before it is applied).
+EXPLAINS_WITHIN_S: Final = 90.0
+_CLOCK_SLACK_S: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -259,17 +276,22 @@ class Auditor:
         return self.audit
 
 
+def _journal(data_dir: Path) -> list[dict[str, Any]]:
+    """The coordinator's journal, the rotated part first."""
+    events = []
+    path = journal_path(data_dir)
+    for name in (path.with_suffix(".jsonl.1"), path):
+        if name.exists():
+            events += [json.loads(line) for line in name.read_text().splitlines() if line.strip()]
+    return events
+
+
 def _granted_epochs(data_dir: Path) -> dict[str, set[int]]:
     """unit -> the epochs the coordinator's journal granted it (assign, takeover, migrate)."""
     granted: dict[str, set[int]] = defaultdict(set)
-    path = journal_path(data_dir)
-    for name in (path.with_suffix(".jsonl.1"), path):
-        if not name.exists():
-            continue
-        for line in name.read_text().splitlines():
-            event = json.loads(line) if line.strip() else {}
-            if "shard" in event and "epoch" in event:
-                granted[str(event["shard"])].add(int(event["epoch"]))
+    for event in _journal(data_dir):
+        if "shard" in event and "epoch" in event:
+            granted[str(event["shard"])].add(int(event["epoch"]))
     return granted
 
 
@@ -292,6 +314,46 @@ def _rows(path: Path) -> dict[bytes, bytes]:
         return rows
     finally:
         db.close()
+
+
+def spurious_takeovers(
+    data_dir: Path, hits: Iterable[tuple[str, float]], *, within_s: float = EXPLAINS_WITHIN_S
+) -> list[str]:
+    """The takeovers in the coordinator's journal that no injected fault explains, one
+    line each. ``hits``: ``(node, wall-clock time)`` of every fault that hit a node's
+    processes (a host or a node killed, a node paused).
+
+    A takeover moves a unit fenced from node X; it is explained when the ``node_fail``
+    of X that fenced it came within ``within_s`` after a fault hit X. Anything else — a
+    host failed for being slow, units fenced and handed back — is spurious.
+    """
+    by_node: dict[str, list[float]] = defaultdict(list)
+    for node, hit_s in hits:
+        by_node[node].append(hit_s)
+    failed: dict[str, tuple[bool, str]] = {}  # node -> (explained, why it was failed)
+    fenced_from: dict[str, str] = {}  # unit -> the node it was fenced from
+    spurious = []
+    for event in _journal(data_dir):
+        name = event.get("event")
+        if name == "node_fail":
+            node, at_s = str(event["node"]), event.get("at_s")
+            explained = any(
+                at_s is None or hit - _CLOCK_SLACK_S <= at_s <= hit + within_s
+                for hit in by_node[node]
+            )
+            failed[node] = (explained, f"{event.get('cause', '?')} at {at_s}")
+        elif name == "fence":
+            fenced_from[str(event["shard"])] = str(event["node"])
+        elif name in ("takeover", "promote"):  # promote: a replicated unit's takeover
+            unit = str(event["shard"])
+            node = fenced_from.pop(unit, "?")
+            explained, why = failed.get(node, (False, "no node_fail"))
+            if not explained:
+                spurious.append(
+                    f"{unit} taken from {node} by {event.get('node')} at epoch "
+                    f"{event.get('epoch')}: {node} failed ({why}) with no fault on it"
+                )
+    return spurious
 
 
 def audit_epochs(data_dir: Path, audit: Audit) -> int:

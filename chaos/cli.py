@@ -34,6 +34,11 @@ def _print_report(report: Report, *, err: bool = False) -> None:
     echo(f"  money delta       {s['money_delta_minor']} minor units")
     if s["takeover_s_p50"] is not None:
         echo(f"  takeover          p50 {s['takeover_s_p50']} s, max {s['takeover_s_max']} s")
+    echo(f"  spurious takeovers {s['spurious_takeovers']}")
+    for line in report.spurious[:10]:
+        echo(f"  SPURIOUS {line}")
+    operator = ", ".join(f"{k} {n}" for k, n in sorted(s["operator_calls"].items())) or "none"
+    echo(f"  operator calls    {operator}")
     refusals = ", ".join(f"{k} {n}" for k, n in sorted(s["refusals"].items())) or "none"
     echo(f"  client gave up    {refusals} (each retried until answered)")
     for check, texts in sorted(report.audit.violations.items()):

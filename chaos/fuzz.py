@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
+import pyarrow as pa
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from hypothesis import strategies as st
 
 from billing.limits import AMOUNT_MAX_MICROS, TIME_MAX_S, TIME_MIN_S, UNITS_MAX
+from cluster.api.columns import ipc_bytes
 from cluster.backend.rpcs import PACKAGE, RPCS, Rpc
 
 __all__ = [
@@ -127,8 +129,44 @@ _PLAUSIBLE_TIMES: Final = (0, _NOW, _NOW - 3600, _NOW - 86_400, 1_793_700_000, 1
 _SMALL_TEXT: Final = st.text(alphabet="abcdefxyz0123456789:-_.", min_size=1, max_size=10)
 
 
+@st.composite
+def _ipc_records(draw: Any) -> bytes:
+    """An Arrow IPC stream of usage records (SubmitUsageColumnsRequest.records): rows of
+    known values mostly, a stray column or type now and then."""
+    rows = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "record_id": st.sampled_from(_KNOWN["record_id"]),
+                    "service": st.sampled_from(("voice", "sms", "data", "content", "fax", "")),
+                    "served_msisdn": st.sampled_from(_KNOWN["served_msisdn"]),
+                    "record_opening_time_s": st.sampled_from(_TIMES),
+                    "called_number": st.sampled_from((None, *_KNOWN["called_number"])),
+                    "duration_s": st.sampled_from((None, 0, 60, -1, 10**9)),
+                    "sms_count": st.sampled_from((None, 1, 0)),
+                    "content_item_id": st.sampled_from((None, *_KNOWN["content_item_id"])),
+                }
+            ),
+            min_size=0,
+            max_size=4,
+        )
+    )
+    table = (
+        pa.Table.from_pylist(rows) if rows else pa.table({"record_id": pa.array([], pa.string())})
+    )
+    odd = draw(st.integers(0, 9))
+    if odd == 0:
+        table = table.append_column("colour", pa.array(["red"] * table.num_rows))
+    elif odd == 1 and table.num_rows:
+        table = table.set_column(0, "record_id", pa.array(range(table.num_rows)))
+    data: bytes = ipc_bytes(table)
+    return data
+
+
 def _plausible(field: FieldDescriptor, scratch: str) -> st.SearchStrategy[Any]:
     """A value that passes the field's rules more often than not, to reach the backend."""
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _ipc_records()
     if field.type == FieldDescriptor.TYPE_STRING:
         if field.name in _PATH_FIELDS:
             return st.sampled_from(("", f"{scratch}/p1"))

@@ -7,8 +7,17 @@ acknowledged again (a client-side duplicate: each record must answer its first
 status, flagged as a replay), and now and then acknowledged record ids sent again
 with another subscriber's number (each must be refused as
 EXISTS_WITH_DIFFERENT_CONTENT and charge nobody). One worker streams its batches
-(``StreamUsage``), the others call ``SubmitUsage``. Top-ups go to the prepaid
+(``StreamUsage``), the others call ``SubmitUsage`` and, every other batch, the
+bulk path (``SubmitUsageColumns``: the batch as Arrow columns, the answers as
+columns, checked exactly as the per-record answers). Top-ups go to the prepaid
 accounts with their own request ids.
+
+An operator thread makes the long calls an operator makes in the middle of
+traffic, one after another, while the faults hit: a reconcile, a bill run of
+every account (of a past cycle, one later each time: real work, and nothing the
+audit's own bill run of the load's cycle sees), a backup, and a page-through of
+one account's usage history. What it answers is not audited; that it answers is
+(a call the SDK gives up on is counted under ``operator:<call>:<status>``).
 
 What the cluster answered is recorded exactly: a record is *acknowledged*
 when a response carries its result; a refusal (the SDK gave up after its
@@ -19,6 +28,7 @@ eventually acknowledged, and a retry can only ever be a duplicate.
 
 from __future__ import annotations
 
+import calendar
 import collections
 import itertools
 import queue
@@ -30,9 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
+import pyarrow as pa
 from petribill.v1 import usage_pb2
 
 from billing.money import Money
+from cluster.cli.file_columns import WIRE_SCHEMA
 from cluster.client import PetribillClient
 from cluster.client.transport import PetribillError
 
@@ -57,6 +69,11 @@ FATAL_CODES: Final = frozenset({
     grpc.StatusCode.UNIMPLEMENTED,
 })  # fmt: skip
 INITIAL_TOP_UP_MICROS: Final = 500_000_000  # 500 EUR: no prepaid account runs dry
+# The operator's bill runs: past cycles from this one on (the chaos plans start then),
+# never the load's own cycle (2026-11), which the auditor bills at the end.
+OPERATOR_FIRST_CYCLE: Final = (2020, 1)
+OPERATOR_LAST_CYCLE: Final = (2026, 10)
+OPERATOR_CALLS: Final = ("reconcile", "bill_run", "backup", "usage_pages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,7 @@ class LoadFigures:
     duplicate_answers_wrong: int = 0
     hijacked_batches: int = 0
     hijack_answers_wrong: int = 0
+    operator_calls: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class Load:
@@ -106,6 +124,8 @@ class Load:
         hijack_rate: float = 0.02,
         topup_every: int = 20,
         pause_s: float = 0.0,
+        operator: bool = True,
+        operator_pause_s: float = 1.0,
     ) -> None:
         self.client = client
         self.accounts = accounts
@@ -123,6 +143,8 @@ class Load:
         self._hijack_rate = hijack_rate
         self._topup_every = topup_every
         self._pause_s = pause_s
+        self._operator = operator
+        self._operator_pause_s = operator_pause_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -137,6 +159,13 @@ class Load:
             thread = threading.Thread(
                 target=self._guard, args=(body, worker), name=f"chaos-load-{worker}", daemon=True
             )
+            thread.start()
+            self._threads.append(thread)
+        if self._operator:
+            thread = threading.Thread(
+                target=self._guard, args=(self._operator_worker, -1), name="chaos-operator",
+                daemon=True,
+            )  # fmt: skip
             thread.start()
             self._threads.append(thread)
         return self
@@ -259,10 +288,10 @@ class Load:
                 with self._lock:
                     self.figures.hijack_answers_wrong += 1
 
-    def _refused(self, exc: PetribillError) -> None:
+    def _refused(self, exc: PetribillError, what: str = "") -> None:
         """Count a refusal, or end the load if retrying cannot help."""
         with self._lock:
-            self.figures.refusals[exc.code.name] += 1
+            self.figures.refusals[what + exc.code.name] += 1
             self.figures.last_refusal = str(exc)
         if exc.code in FATAL_CODES:
             raise exc
@@ -289,7 +318,7 @@ class Load:
                 self.figures.records_sent += len(batch)
                 self.figures.duplicate_batches += duplicate
                 self.figures.hijacked_batches += hijack
-            response = self._submit_until_answered(batch)
+            response = self._submit_until_answered(batch, columns=n % 2 == 1)
             if duplicate:
                 self._check_duplicate(batch, response)
             elif hijack:
@@ -301,9 +330,14 @@ class Load:
             if self._pause_s:
                 time.sleep(self._pause_s)
 
-    def _submit_until_answered(self, batch: list[dict[str, Any]]) -> usage_pb2.SubmitUsageResponse:
+    def _submit_until_answered(
+        self, batch: list[dict[str, Any]], *, columns: bool = False
+    ) -> usage_pb2.SubmitUsageResponse:
         while True:  # the same ids until answered: exactly once
             try:
+                if columns:
+                    table = pa.Table.from_pylist(batch, schema=WIRE_SCHEMA)
+                    return _as_response(self.client.submit_usage_columns(table))
                 return self.client.submit_usage(batch)
             except PetribillError as exc:
                 self._refused(exc)
@@ -360,3 +394,62 @@ class Load:
                 for batch in pending:
                     self._record_answers(batch, self._submit_until_answered(batch))
                 time.sleep(0.2)
+
+    # -- the operator ------------------------------------------------------------
+
+    def _operator_worker(self, _worker: int) -> None:
+        """The operator's long calls in turn until the load stops; each must answer."""
+        rng = random.Random(f"{self.seed}-operator")
+        year, month = OPERATOR_FIRST_CYCLE
+        for n in itertools.count():
+            if self._stop.is_set():
+                return
+            call = OPERATOR_CALLS[n % len(OPERATOR_CALLS)]
+            try:
+                if call == "reconcile":
+                    self.client.reconcile()
+                elif call == "bill_run":
+                    self._operator_bill_run(f"{year:04d}-{month:02d}", n)
+                    if (year, month) < OPERATOR_LAST_CYCLE:
+                        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+                elif call == "backup":
+                    self.client.backup(request_id=f"chaos{self.seed}-backup-{n}")
+                else:
+                    account = rng.choice(self.accounts)
+                    for _ in self.client.iter_usage(account.account_id, page=100):
+                        pass
+            except PetribillError as exc:
+                self._refused(exc, f"operator:{call}:")
+            else:
+                with self._lock:
+                    self.figures.operator_calls[call] += 1
+            self._stop.wait(self._operator_pause_s)
+
+    def _operator_bill_run(self, cycle_id: str, n: int) -> None:
+        """A bill run of every account for ``cycle_id``, a month after it ended."""
+        year, month = (int(part) for part in cycle_id.split("-"))
+        after = (year + 1, 1) if month == 12 else (year, month + 1)
+        ended_s = calendar.timegm((*after, 1, 0, 0, 0))  # the chaos catalogue's zone is UTC
+        at_s = ended_s + 30 * 86_400  # past any grace period: final invoices
+        request_id = f"chaos{self.seed}-operator-billrun-{n}"
+        for _ in self.client.run_billing(cycle_id, at_s=at_s, request_id=request_id):
+            pass  # progress, until the bill run has finished
+
+
+def _as_response(results: pa.Table) -> usage_pb2.SubmitUsageResponse:
+    """The bulk path's result columns as the per-record answer, for the same checks."""
+    return usage_pb2.SubmitUsageResponse(
+        results=[
+            usage_pb2.RecordResult(
+                record_id=row["record_id"],
+                status=usage_pb2.RecordStatus.Value("RECORD_STATUS_" + str(row["status"]).upper()),
+                reason=row["reason"],
+                detail=row["detail"],
+                charged_account_id=row["charged_account_id"],
+                billed_units=row["billed_units"],
+                bundle_units=row["bundle_units"],
+                replay=row["replay"],
+            )
+            for row in results.to_pylist()
+        ]
+    )

@@ -31,7 +31,7 @@ import grpc
 import structlog
 
 from billing.money import Money
-from chaos.auditor import Audit, Auditor, audit_epochs, audit_replicas
+from chaos.auditor import Audit, Auditor, audit_epochs, audit_replicas, spurious_takeovers
 from chaos.disk import TmpfsDisk, can_mount
 from chaos.faults import Fault, FaultResult, Injector
 from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
@@ -56,6 +56,8 @@ SESSION_VALIDITY_S: Final = 5
 #: How long past its validity a session's money may stay reserved: the duties' period,
 #: a takeover of a killed or paused owner, a full disk's hold and its recovery.
 RESERVED_BOUND_S: Final = 20.0
+# The faults that hit a node's processes: the only ones that explain a takeover.
+NODE_FAULTS: Final = frozenset({"kill-host", "kill-node", "pause-node", "lose-disk"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,11 +94,12 @@ class Report:
     load: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    spurious: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.audit.ok and not self.errors and self.faults_injected > 0
+        return self.audit.ok and not self.errors and not self.spurious and self.faults_injected > 0
 
     @property
     def faults_injected(self) -> int:
@@ -129,6 +132,8 @@ class Report:
             "faults_skipped": [f"{f.kind}: {f.detail}" for f in self.faults if f.skipped],
             "takeover_s_p50": round(statistics.median(takeovers), 3) if takeovers else None,
             "takeover_s_max": round(takeovers[-1], 3) if takeovers else None,
+            "spurious_takeovers": len(self.spurious),
+            "operator_calls": dict(self.load.get("operator_calls", {})),
             "fault_every_s": self.fault_every_s(),
             "violations": audit["violations"],
             "sessions": self.load.get("sessions", {}),
@@ -303,6 +308,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 checker=checker,
             ).start()
             load_started = time.monotonic()
+            load_started_wall = time.time()  # the journal's clock, for spurious takeovers
             try:
                 for fault in faults:
                     _apply(injector, fault, load_started, report, echo)
@@ -326,6 +332,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                         "refusals": dict(load.figures.refusals),
                         "topups": len(load.topups),
                         "sessions": sessions.figures.summary(),
+                        "operator_calls": dict(load.figures.operator_calls),
                     }
             for check, texts in online.violations.items():
                 for text in texts:
@@ -360,6 +367,12 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             stopped = True
             units = audit_epochs(data_dir, report.audit)
             echo(f"write logs of {units} unit copies checked")
+            hits = [
+                (f.target, load_started_wall + f.at_s)
+                for f in report.faults
+                if f.kind in NODE_FAULTS and not f.skipped
+            ]
+            report.spurious = spurious_takeovers(data_dir, hits)
             if replicated:
                 copies = audit_replicas(data_dir, report.audit)
                 echo(f"{copies} in-sync copies compared with their primaries, key for key")

@@ -223,7 +223,10 @@ class AbandonedSessions:
             except PetribillError as exc:
                 if exc.code in FATAL_CODES:
                     raise
-                reserved = -1  # not answered now: look again at the next poll
+                # Not answered now (a fault, or a busy machine): an unanswered poll says
+                # nothing of the money, so look again at the next one. One never answered
+                # is left to the auditor's final check of every account's reserved money.
+                continue
             now = self._clock()
             if reserved == 0:
                 self.figures.released += 1

@@ -48,6 +48,7 @@ __all__ = [
     "payment_mode_from_proto",
     "payment_mode_to_proto",
     "record_from_proto",
+    "record_from_values",
     "record_to_proto",
     "service_from_proto",
     "service_to_proto",
@@ -62,6 +63,7 @@ _SERVICE_TO_PROTO: dict[Service, int] = {
     Service.CONTENT: common_pb2.SERVICE_CONTENT,
 }
 _SERVICE_FROM_PROTO = {number: service for service, number in _SERVICE_TO_PROTO.items()}
+_SERVICES_BY_VALUE: dict[object, Service] = {service.value: service for service in Service}
 _MODE_TO_PROTO: dict[PaymentMode, int] = {
     PaymentMode.PREPAID: common_pb2.PAYMENT_MODE_PREPAID,
     PaymentMode.POSTPAID: common_pb2.PAYMENT_MODE_POSTPAID,
@@ -223,6 +225,45 @@ def record_from_proto(message: common_pb2.UsageRecord, *, index: int = 0) -> Usa
     reject of a record without an id is keyed by it).
     """
     fields, service = _fields(message)
+    return _judged(message, fields, service, index, {})
+
+
+def record_from_values(values: Mapping[str, Any], *, index: int = 0) -> UsageRecord | Reject:
+    """A row of the bulk path's columns (``None`` where a column is null or absent), judged
+    exactly as :func:`record_from_proto` judges the UsageRecord message of the same values.
+
+    The one thing a column can say that a message cannot is a service outside the enum
+    (``"video"``): it is the readers' ``unknown_service``, as in a file.
+    """
+    wanted: dict[str, Any] = {}
+    unknown_service = None
+    for name in _RECORD_FIELDS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if name == "service":
+            found = _SERVICES_BY_VALUE.get(value)
+            if found is None:
+                if value != "":
+                    unknown_service = value
+                continue
+            value = _SERVICE_TO_PROTO[found]
+        wanted[name] = value
+    message = common_pb2.UsageRecord(**wanted)
+    fields, service = _fields(message)
+    extra: dict[str, Any] = {}
+    if unknown_service is not None:
+        fields["service"] = extra["service"] = unknown_service
+    return _judged(message, fields, service, index, extra)
+
+
+def _judged(
+    message: common_pb2.UsageRecord,
+    fields: dict[str, object],
+    service: Service | None,
+    index: int,
+    raw_extra: dict[str, Any],
+) -> UsageRecord | Reject:
     default_group = service is Service.DATA and fields["rating_group"] is None
     if default_group:
         fields["rating_group"] = 0  # the reader requires one; dropped again below
@@ -230,7 +271,14 @@ def record_from_proto(message: common_pb2.UsageRecord, *, index: int = 0) -> Usa
         record = build_record(fields, _OPTIONS, "grpc", index + 1)
     except FieldError as exc:
         where = f"{exc.field}: " if exc.field else ""
-        return malformed(message, index, f"{where}{exc.detail}", code=exc.code, field=exc.field)
+        return malformed(
+            message,
+            index,
+            f"{where}{exc.detail}",
+            code=exc.code,
+            field=exc.field,
+            raw_extra=raw_extra,
+        )
     record = replace(record, source_file=None, source_line=None)
     return replace(record, rating_group=None) if default_group else record
 
@@ -242,16 +290,20 @@ def malformed(
     *,
     code: RejectCode = RejectCode.BAD_VALUE,
     field: str | None = None,
+    raw_extra: Mapping[str, Any] | None = None,
 ) -> Reject:
     """The reject of a record refused before it could be read (keyed by its id, or by
-    its place in the batch when it has none)."""
+    its place in the batch when it has none); ``raw_extra``: values the message could not
+    hold, shown in the raw text beside its fields."""
     record_id = bounded_id(message.record_id) or None
+    shown = MessageToDict(message)
+    shown.update(raw_extra or {})
     return Reject(
         source_file=f"grpc:{record_id}" if record_id else "grpc:no-id",
         line=0 if record_id else index + 1,
         code=code,
         message=detail,
-        raw=json.dumps(MessageToDict(message), sort_keys=True)[:4096],
+        raw=json.dumps(shown, sort_keys=True)[:4096],
         field=field,
         record_id=record_id,
     )

@@ -40,6 +40,8 @@ def test_mixed_chaos_run_loses_nothing_and_charges_nothing_twice() -> None:
     assert report["money_delta_minor"] == 0, report
     assert report["faults"] >= 4, report
     assert report["takeover_s_max"] is not None, "no fault needed a takeover"
+    assert report["spurious_takeovers"] == 0, report
+    assert set(report["operator_calls"]) >= {"reconcile", "bill_run"}, report
     assert done.returncode == 0, done.stderr[-3000:]
     assert report["replay"].startswith("petribill chaos --scenario mixed")
 
@@ -62,7 +64,8 @@ def test_chaos_on_a_given_cluster_audits_it_and_leaves_it_running(tmp_path: Path
         ]  # fmt: skip
         done = subprocess.run(chaos, cwd=ROOT, capture_output=True, text=True, timeout=600)
         report = json.loads(done.stdout.strip().splitlines()[-1])
-        assert report["ok"] and report["faults"] >= 2, report
+        why = {k: report.get(k) for k in ("errors", "violations", "spurious_takeovers", "faults")}
+        assert report["ok"] and report["faults"] >= 2, why
         assert report["lost"] == 0 and report["duplicated"] == 0, report
         assert report["money_delta_minor"] == 0 and report["acked"] > 500, report
         assert f"--data {data}" in report["replay"]

@@ -24,12 +24,16 @@ class Nodes:
         self.up = {name: f"ray-{name}" for name in names}
         self.serving: dict[str, dict[str, int]] = {name: {} for name in names}
         self.refuse: set[str] = set()
+        self.silent_s: dict[str, float] = {}  # node -> how long its host has not answered
 
     def alive_nodes(self) -> Mapping[str, str]:
         return dict(self.up)
 
     def host_ok(self, node: str) -> bool:
         return node in self.up
+
+    def host_silent_s(self, node: str) -> float:
+        return self.silent_s.get(node, 0.0)
 
     def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
         if node in self.refuse:

@@ -95,6 +95,11 @@ class ClaimStore:
         self._store = store
         self._lock = threading.Lock()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by every claim, of one id or of a column batch (``claim_columns``)."""
+        return self._lock
+
     def claim(self, claims: Sequence[Claim]) -> list[Claimed]:
         """Claim each id (see the module); one synced commit for the new ones."""
         with self._lock:

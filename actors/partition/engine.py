@@ -62,7 +62,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from actors.partition import ops
+from actors.partition.bulk import BulkReach, submit_columns
+from actors.partition.claim_columns import claim_rows
 from actors.partition.claims import Claim, ClaimStore
 from actors.partition.codec import (
     SOURCE_PREFIX,
@@ -156,7 +160,7 @@ class RatingPartition:
             key[len(SOURCE_PREFIX) :].decode(): decode_counts(value)
             for key, value in store.scan_prefix(SOURCE_PREFIX)
         }
-        self._shard_memo: dict[str, str] = {}
+        self.shard_memo: dict[str, str] = {}
 
     @classmethod
     def open(
@@ -195,7 +199,7 @@ class RatingPartition:
 
     def put_subscriber(self, op: ops.PutSubscriber) -> DirectoryAnswer:
         """Create or replace ``msisdn``'s directory entry (idempotent by ``request_id``)."""
-        misrouted = self._misrouted(op.msisdn)
+        misrouted = self.misrouted(op.msisdn)
         if misrouted:
             return DirectoryAnswer(result=Result.INVALID_ARGUMENT, detail=misrouted)
         return self.directory.put_subscriber(
@@ -213,7 +217,8 @@ class RatingPartition:
         """The directory entry of ``msisdn``, if this partition has one."""
         return self.directory.get(op.msisdn)
 
-    def _misrouted(self, msisdn: str) -> str:
+    def misrouted(self, msisdn: str) -> str:
+        """Why ``msisdn`` is not in this partition's directory when another owns it ("")."""
         partitions = self.config.partitions
         if partitions is None or not msisdn:
             return ""
@@ -297,10 +302,21 @@ class RatingPartition:
                 row[kind] += 1
                 results[i] = result
                 continue
-            results[i] = result = self._stage(done, item, src, at_s, staging, tally)
+            results[i] = result = self.stage(done, item, src, at_s, staging, tally)
             all_settled = all_settled and not result.retryable
-        self._commit(staging, tally, source if all_settled else None)
+        self.commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
+
+    def submit_columns(self, op: ops.SubmitColumns, reach: BulkReach) -> pa.RecordBatch:
+        """:meth:`submit` for a batch of columns, with the same per-record rules
+        (``actors.partition.bulk``): one result row per item, in order; one synced commit."""
+        return submit_columns(self, op, reach)
+
+    def claim_columns(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Claim the distinct ids of a column batch (``actors.partition.claim_columns``),
+        under the claim store's lock like :meth:`ClaimStore.claim`."""
+        with self.claims.lock:
+            return claim_rows(self.store, batch)
 
     def reprocess(self, op: ops.Reprocess, reach: Reach | ChargeFn) -> list[RecordResult]:
         """Rate and charge stored rejected records again (e.g. after their account was
@@ -324,9 +340,9 @@ class RatingPartition:
                 tally.add(entry.source_id, kind, received=0)
             elif reject_kind is not None:
                 staging.delete(RejectKind.RECORD, record_id)
-                self._stage(outcome, entry.record, entry.source_id, at_s, staging, None)
+                self.stage(outcome, entry.record, entry.source_id, at_s, staging, None)
             answers[record_id] = result
-        self._commit(staging, tally, None)
+        self.commit(staging, tally, None)
         missing = RecordResult("", RecordStatus.NOT_FOUND, "not_in_reject_store")
         return [answers.get(rid) or missing._replace(record_id=rid) for rid in record_ids]
 
@@ -344,12 +360,12 @@ class RatingPartition:
             directory=self.directory,
             catalogue=self.catalogue,
             shards=self.config.shards,
-            shard_memo=self._shard_memo,
+            shard_memo=self.shard_memo,
             unit_id=self.unit_id,
-            misrouted=self._misrouted,
+            misrouted=self.misrouted,
         )
 
-    def _stage(
+    def stage(
         self,
         outcome: Settled,
         item: UsageRecord | Reject | None,
@@ -358,7 +374,8 @@ class RatingPartition:
         staging: Staging,
         tally: Tally | None,
     ) -> RecordResult:
-        """Stage the reject entry and counts of one settled item; returns its final result."""
+        """Stage the reject entry and counts of one settled item; returns its final result
+        (both paths, ``submit`` and the bulk path, stage through here)."""
         result, kind, reject_kind, code = outcome
         if kind is None:
             return result
@@ -375,7 +392,8 @@ class RatingPartition:
             tally.add(source_id, kind)
         return result
 
-    def _commit(self, staging: Staging, tally: Tally, source: SourceProgress | None) -> None:
+    def commit(self, staging: Staging, tally: Tally, source: SourceProgress | None) -> None:
+        """One synced batch of the staged rejects, the counters and ``source``'s offset."""
         if not tally.by_source and not staging.puts and not staging.deletes and source is None:
             return
         batch = Batch()

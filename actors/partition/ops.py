@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
 from actors.op import Env, Op, R
+from actors.shard.ops import ChargeColumns
 from billing.accounts import SponsorRule, Subscription
 from billing.preprocess import Reconciliation
 from billing.readers import Reject
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChangeSubscriberPlan",
+    "ClaimColumns",
     "ClaimIds",
     "CountRejects",
     "Counters",
@@ -38,6 +44,7 @@ __all__ = [
     "ReleaseNumber",
     "Reprocess",
     "Submit",
+    "SubmitColumns",
 ]
 
 
@@ -56,6 +63,16 @@ class Reach:
     def claim(self, claims: dict[str, list[Claim]]) -> dict[str, Any]:
         """``ClaimIds`` on each owner partition: its answers, or the exception it raised."""
         return self._env.fan_out({unit: ClaimIds(claims=c) for unit, c in claims.items()})
+
+    def claim_columns(self, batches: dict[str, pa.RecordBatch]) -> dict[str, Any]:
+        """``ClaimColumns`` on each owner partition, concurrently: per partition its answer
+        columns, or the exception it raised."""
+        return self._env.fan_out({unit: ClaimColumns(batch=b) for unit, b in batches.items()})
+
+    def charge_columns(self, calls: dict[str, ChargeColumns]) -> dict[str, Any]:
+        """Each shard's ``ChargeColumns``, concurrently where they are elsewhere: per shard
+        its answer, or the exception it raised."""
+        return self._env.fan_out(calls)
 
 
 class PartitionOp(Op[R]):
@@ -82,6 +99,28 @@ class Submit(PartitionOp[list["RecordResult"]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitColumns(PartitionOp[pa.RecordBatch]):
+    """The bulk path's :class:`Submit`: the same per-record answers and effects, with the
+    records as columns and the answers as columns (``actors.partition.bulk``).
+
+    ``usage`` (``billing.columns.USAGE_SCHEMA``) holds the readable records; the call's
+    items are those rows and the ``rejects`` (lines or records the gateway could not
+    read), each reject at its place among the items and the rows in the other places
+    (``positions``, the place of each row; ``None``: the rows are the items, in order).
+    The answer is one row per item, in item order (``actors.partition.outcomes``).
+    """
+
+    usage: pa.RecordBatch
+    at_s: int
+    positions: NDArray[np.int64] | None = None
+    rejects: Sequence[tuple[int, Reject]] = ()
+    source: SourceProgress | None = None
+
+    def apply(self, engine: RatingPartition, env: Env) -> pa.RecordBatch:
+        return engine.submit_columns(self, Reach(env, self.at_s))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reprocess(PartitionOp[list["RecordResult"]]):
     """Rate and charge stored rejected records again; one result per id, in order."""
 
@@ -102,6 +141,18 @@ class ClaimIds(PartitionOp[list["Claimed"]]):
 
     def apply(self, engine: RatingPartition, env: Env) -> list[Claimed]:
         return engine.claims.claim(self.claims)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimColumns(PartitionOp[pa.RecordBatch]):
+    """:class:`ClaimIds` for a column batch of distinct ids
+    (``actors.partition.claim_columns``); never waits for the unit's lock."""
+
+    batch: pa.RecordBatch
+    serialised: ClassVar[bool] = False
+
+    def apply(self, engine: RatingPartition, env: Env) -> pa.RecordBatch:
+        return engine.claim_columns(self.batch)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,9 +239,12 @@ class DirectoryHolders(PartitionOp[frozenset[str]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counters(PartitionOp[Reconciliation]):
-    """Reconciliation of the whole partition, or of one collection source."""
+    """Reconciliation of the whole partition, or of one collection source. A query of
+    committed state (the counters in memory are replaced only after a commit), so a
+    reconcile reads it without waiting for the partition's usage batch in flight."""
 
     source_id: str | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> Reconciliation:
         return engine.counters(self.source_id)
@@ -199,11 +253,13 @@ class Counters(PartitionOp[Reconciliation]):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListRejects(PartitionOp[list["RejectEntry"]]):
     """Up to ``limit`` stored rejects in store order, optionally of one ``reason``, after
-    the row key ``after`` (a page's last ``RejectEntry.store_key()``)."""
+    the row key ``after`` (a page's last ``RejectEntry.store_key()``). A query of
+    committed rows (a store scan), run beside the partition's usage batches."""
 
     limit: int
     reason: str | None = None
     after: bytes | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RejectEntry]:
         return engine.list_rejects(self.limit, reason=self.reason, after=self.after)
@@ -211,9 +267,11 @@ class ListRejects(PartitionOp[list["RejectEntry"]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CountRejects(PartitionOp[int]):
-    """How many stored rejects there are, optionally of one ``reason`` (a full scan)."""
+    """How many stored rejects there are, optionally of one ``reason`` (a full scan of
+    committed rows: run beside the partition's usage batches, not behind them)."""
 
     reason: str | None = None
+    read: ClassVar[bool] = True
 
     def apply(self, engine: RatingPartition, env: Env) -> int:
         counts = engine.rejects.counts_by_reason()

@@ -40,10 +40,13 @@ __all__ = [
     "Tally",
     "apply_row",
     "conflict",
+    "conflict_of",
     "from_shard",
     "reader_reject",
     "reject_entry",
     "rejected",
+    "rejected_id",
+    "shard_outcome",
 ]
 
 
@@ -179,21 +182,31 @@ def reader_reject(reject: Reject) -> Settled:
 
 
 def rejected(record: UsageRecord, reason: RejectReason, detail: str) -> Settled:
-    result = RecordResult(record.record_id, RecordStatus.REJECTED, reason.value, detail)
+    return rejected_id(record.record_id, reason, detail)
+
+
+def rejected_id(record_id: str, reason: RejectReason, detail: str) -> Settled:
+    """:func:`rejected` of the record with id ``record_id`` (the bulk path's)."""
+    result = RecordResult(record_id, RecordStatus.REJECTED, reason.value, detail)
     return result, REJECTED, RejectKind.RECORD, None
 
 
 def conflict(rated: RatedRecord, field: str, account_id: str) -> Settled:
     """A record whose id was used before with other content (``field`` differs)."""
+    return conflict_of(rated.record.record_id, rated.billed_units, field, account_id)
+
+
+def conflict_of(record_id: str, billed_units: int, field: str, account_id: str) -> Settled:
+    """:func:`conflict` from the two values of the rated record it reads (the bulk path's)."""
     detail = f"record_id already used with a different {field}"
     result = RecordResult(
-        rated.record.record_id,
+        record_id,
         RecordStatus.EXISTS_WITH_DIFFERENT_CONTENT,
         field,
         detail,
         0,
         account_id,
-        rated.billed_units,
+        billed_units,
     )
     return result, REJECTED, RejectKind.CONFLICT, field
 
@@ -201,7 +214,14 @@ def conflict(rated: RatedRecord, field: str, account_id: str) -> Settled:
 def from_shard(rated: RatedRecord, answer: ShardResult, sponsor_amount: int = 0) -> Settled:
     """The outcome of ``rated`` from its shard's ``answer``; ``sponsor_amount`` is what the
     sponsor of a sponsored line is charged (the shard's ``sponsor_amounts``)."""
-    record_id = rated.record.record_id
+    return shard_outcome(rated.record.record_id, rated.billed_units, answer, sponsor_amount)
+
+
+def shard_outcome(
+    record_id: str, billed_units: int, answer: ShardResult, sponsor_amount: int = 0
+) -> Settled:
+    """:func:`from_shard` from the two values of the rated record it reads (the bulk path's,
+    whose rated records are columns)."""
     invariant(answer.record_id == record_id, f"shard answered {answer.record_id} for {record_id}")
     code = answer.result
     status = _CHARGED.get(code)
@@ -219,13 +239,14 @@ def from_shard(rated: RatedRecord, answer: ShardResult, sponsor_amount: int = 0)
             f"sponsored by {sponsor}" if sponsor else "",
             sponsor_amount if sponsor else answer.amount,
             sponsor or answer.account_id,
-            rated.billed_units,
+            billed_units,
             answer.bundle_units,
             replay,
         )
         return result, DUPLICATES if replay else RATED, None, None
     if code.value.startswith(_CONFLICT_PREFIX):
-        return conflict(rated, code.value.removeprefix(_CONFLICT_PREFIX), answer.account_id)
+        field = code.value.removeprefix(_CONFLICT_PREFIX)
+        return conflict_of(record_id, billed_units, field, answer.account_id)
     detail = f"{answer.account_id or 'shard'} refused: {code.value}"
     result = RecordResult(
         record_id,
@@ -234,7 +255,7 @@ def from_shard(rated: RatedRecord, answer: ShardResult, sponsor_amount: int = 0)
         detail,
         0,
         answer.account_id,
-        rated.billed_units,
+        billed_units,
     )
     return result, REJECTED, RejectKind.RECORD, None
 

@@ -63,6 +63,23 @@ class ShardAccounts:
         work.commit()
         return Applied(out, work.state(account_id))
 
+    def create_accounts(self, op: ops.CreateAccounts) -> list[Result]:
+        """Every create of ``op`` as :meth:`create_account` would, in one commit."""
+        work = Work(self.core)
+        results = []
+        for create in op.creates:
+            account_id = create.account.account_id
+            out = create_account(
+                request_id=create.request_id,
+                account=create.account,
+                current=work.state(account_id),
+                existing=work.mark(create.request_id),
+            )
+            work.apply(out.effects, account_id)
+            results.append(out.result)
+        work.commit()
+        return results
+
     def set_credit_limit(self, op: ops.SetCreditLimit) -> Applied[Account]:
         return self.core.single(
             op.account_id,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from actors.shard import ops
 from actors.shard.core import ShardCore
-from actors.shard.keys import ACCOUNT_PREFIX, key_after, prefix_end
+from actors.shard.keys import ACCOUNT_PREFIX, account_key, key_after, prefix_end
 from actors.shard.work import Work
 from billing.accounts import Result
 from billing.billrun.run import BillResult, bill_run, billing_account, invoice_id_for
@@ -22,7 +22,8 @@ __all__ = ["BillRunReport", "ShardBilling"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BillRunReport:
     """What one :class:`~actors.shard.ops.BillRun` did. ``refused`` is set (and nothing
-    was done) when the cycle has not ended at ``at_s``."""
+    was done) when the cycle has not ended at ``at_s``. ``resume_after`` is set when a run
+    bounded by ``accounts_max`` left accounts to bill: the next step starts after it."""
 
     cycle_id: str
     accounts: int = 0
@@ -31,6 +32,23 @@ class BillRunReport:
     entries: int = 0
     commits: int = 0
     refused: str | None = None
+    resume_after: str | None = None
+
+    def plus(self, step: BillRunReport) -> BillRunReport:
+        """This report and the next ``step``'s, summed (``resume_after`` is the step's)."""
+        results = dict(self.results)
+        for result, count in step.results.items():
+            results[result] = results.get(result, 0) + count
+        return BillRunReport(
+            cycle_id=self.cycle_id,
+            accounts=self.accounts + step.accounts,
+            results=results,
+            invoiced=self.invoiced + step.invoiced,
+            entries=self.entries + step.entries,
+            commits=self.commits + step.commits,
+            refused=self.refused or step.refused,
+            resume_after=step.resume_after,
+        )
 
 
 class ShardBilling:
@@ -41,13 +59,18 @@ class ShardBilling:
 
     # -- billing -----------------------------------------------------------------------
 
-    def _account_chunks(self, account_ids: Sequence[str] | None) -> Iterator[list[str]]:
-        size = self.core.chunk_accounts
+    def _account_chunks(
+        self, account_ids: Sequence[str] | None, after: str | None, accounts_max: int
+    ) -> Iterator[list[str]]:
+        size = accounts_max or self.core.chunk_accounts
         if account_ids is not None:
+            if after is not None:
+                account_ids = account_ids[list(account_ids).index(after) + 1 :]
             for i in range(0, len(account_ids), size):
                 yield list(account_ids[i : i + size])
             return
-        start, end = ACCOUNT_PREFIX, prefix_end(ACCOUNT_PREFIX)
+        start = ACCOUNT_PREFIX if after is None else key_after(account_key(after))
+        end = prefix_end(ACCOUNT_PREFIX)
         while True:
             keys = [key for key, _ in self.core.store.scan(start, end, limit=size)]
             if not keys:
@@ -57,7 +80,8 @@ class ShardBilling:
 
     def bill_run(self, op: ops.BillRun) -> BillRunReport:
         """Bill ``cycle_id`` for the given accounts (default: all of the shard, read by
-        key prefix in chunks, one commit per chunk). Idempotent per (account, cycle)."""
+        key prefix in chunks, one commit per chunk), from the one after ``op.after``; with
+        ``op.accounts_max``, one chunk of at most that many. Idempotent per (account, cycle)."""
         cycle_id, at_s, account_ids, extras = op.cycle_id, op.at_s, op.account_ids, op.extras
         year, month = (int(part) for part in cycle_id.split("-"))
         cycle = monthly_cycle(year, month, self.core.bill_config.tz)
@@ -65,7 +89,12 @@ class ShardBilling:
             return BillRunReport(cycle_id=cycle_id, refused="cycle_not_ended")
         results: dict[str, int] = {}
         accounts = invoiced = entries = commits = 0
-        for chunk in self._account_chunks(account_ids):
+        resume_after = last = None
+        for chunk in self._account_chunks(account_ids, op.after, op.accounts_max):
+            if op.accounts_max and commits:
+                resume_after = last  # more to bill: the next step starts after it
+                break
+            last = chunk[-1]
             work = Work(self.core)
             items = []
             for account_id in chunk:
@@ -108,6 +137,7 @@ class ShardBilling:
             invoiced=invoiced,
             entries=entries,
             commits=commits,
+            resume_after=resume_after,
         )
 
     def apply_payment(self, op: ops.ApplyPayment) -> WriteoffOutcome | Result:

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import pyarrow as pa
+
 from actors.op import Env, Op, R
 from actors.shard.outbox import Forward
 from billing.accounts import Account, AccountState, AccountStatus, Outcome, Result, SponsorRule
@@ -31,8 +33,9 @@ from billing.tariffs.model import PaymentMode
 from billing.writeoff import WriteoffOutcome
 
 if TYPE_CHECKING:
-    from actors.shard.audit import AuditReport
+    from actors.shard.audit import AuditProgress, AuditReport
     from actors.shard.billing import BillRunReport
+    from actors.shard.column_usage import ChargeColumnsAnswer
     from actors.shard.duties import DutyStep, ShardInspection
     from actors.shard.engine import AccountShard
     from actors.shard.usage import ChargeBatchAnswer
@@ -48,12 +51,15 @@ __all__ = [
     "ApplyForwards",
     "ApplyPayment",
     "Audit",
+    "AuditStep",
     "BalanceCheck",
     "BillRun",
     "ChangePlan",
     "ChargeBatch",
+    "ChargeColumns",
     "CountRefusedForwards",
     "CreateAccount",
+    "CreateAccounts",
     "Debit",
     "DirectDebit",
     "EndSponsorRule",
@@ -129,11 +135,13 @@ class GetAccount(ShardOp["AccountState | None"]):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsagePage(ShardOp[tuple[list[Charge], int]]):
     """Up to ``limit`` usage lines before ledger row ``before_seq`` (None: the newest),
-    newest first, and the row to continue before (0: none older)."""
+    newest first, and the row to continue before (0: none older). It reads at most
+    ``rows_max`` ledger rows, so a page can be short (even empty) with more to come."""
 
     account_id: str
     limit: int = 50
     before_seq: int | None = None
+    rows_max: int = 10_000
     read: ClassVar[bool] = True
 
     def apply(self, engine: AccountShard, env: Env) -> tuple[list[Charge], int]:
@@ -209,10 +217,34 @@ class BalanceCheck(ShardOp[Outcome[BalanceView]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Audit(ShardOp["AuditReport"]):
-    """Replay every account's stored ledger against its stored state."""
+    """Replay every account's stored ledger against its stored state, in one call
+    (long on a large shard: a cluster audits in :class:`AuditStep` s)."""
 
     def apply(self, engine: AccountShard, env: Env) -> AuditReport:
         return engine.audit.audit(self)
+
+
+# One audit step reads at most this many rows, for at most this long (~50 ms: the
+# unit's writes wait at most that for it; measured in docs/operations-notes.md).
+AUDIT_STEP_ROWS_MAX = 5_000
+AUDIT_STEP_BUDGET_S = 0.05
+# Accounts one step of a bill run in steps bills (BillRun.accounts_max): one commit,
+# ~15-30 ms here (docs/operations-notes.md).
+BILL_RUN_STEP_ACCOUNTS = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditStep(ShardOp["AuditProgress"]):
+    """One bounded step of :class:`Audit`, resuming ``progress`` (None: from the start):
+    it stops after ``rows_max`` rows or ``budget_s`` seconds, whichever comes first.
+    Ask again with the answer until it is ``done``; its ``report`` is then the audit's."""
+
+    progress: AuditProgress | None = None
+    rows_max: int = AUDIT_STEP_ROWS_MAX
+    budget_s: float = AUDIT_STEP_BUDGET_S
+
+    def apply(self, engine: AccountShard, env: Env) -> AuditProgress:
+        return engine.audit.audit_step(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,6 +299,17 @@ class CreateAccount(ShardOp[Applied[Account]]):
 
     def apply(self, engine: AccountShard, env: Env) -> Applied[Account]:
         return engine.accounts.create_account(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateAccounts(ShardOp[list[Result]]):
+    """Many :class:`CreateAccount` s in one commit (a bulk load: a migration from another
+    system, test data); each is idempotent by its own ``request_id``. One result each."""
+
+    creates: Sequence[CreateAccount]
+
+    def apply(self, engine: AccountShard, env: Env) -> list[Result]:
+        return engine.accounts.create_accounts(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -488,6 +531,23 @@ class ChargeBatch(ShardOp["ChargeBatchAnswer"]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChargeColumns(ShardOp["ChargeColumnsAnswer"]):
+    """Charge the rows of a bulk batch in one commit: ``usage`` (``billing.columns.USAGE_SCHEMA``)
+    and ``rated`` (the column rater's ``RATED_SCHEMA`` rows, each rated) row for row, each
+    charged to ``accounts`` (a string column); the answer is columns
+    (``actors.shard.column_usage``), and the host delivers its sponsor ``forwards``."""
+
+    usage: pa.RecordBatch
+    rated: pa.RecordBatch
+    accounts: pa.Array
+    at_s: int
+    offline: bool = True
+
+    def apply(self, engine: AccountShard, env: Env) -> ChargeColumnsAnswer:
+        return engine.usage.charge_columns(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyForwards(ShardOp[list[tuple[str, Result]]]):
     """Sponsor charges forwarded by other shards (idempotent by forward id)."""
 
@@ -522,12 +582,17 @@ class RetryRefusedForwards(ShardOp[list[tuple[str, Result]]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BillRun(ShardOp["BillRunReport"]):
-    """Bill ``cycle_id`` for ``account_ids`` (None: every account of the shard)."""
+    """Bill ``cycle_id`` for ``account_ids`` (None: every account of the shard), from the
+    one after account ``after`` (None: from the first). With ``accounts_max`` (0: no
+    bound) it bills at most that many, in one commit, and answers where to resume
+    (``resume_after``): a bill run over a large shard is then a series of short calls."""
 
     cycle_id: str
     at_s: int
     account_ids: Sequence[str] | None = None
     extras: Mapping[str, Sequence[ExtraCharge]] | None = None
+    after: str | None = None
+    accounts_max: int = 0
 
     def apply(self, engine: AccountShard, env: Env) -> BillRunReport:
         return engine.billing.bill_run(self)

@@ -91,12 +91,19 @@ class ShardQueries:
             return [], 0
         end = row.next_seq if before_seq is None else min(before_seq, row.next_seq)
         found: list[Charge] = []
-        window = limit
+        rows_max = max(op.rows_max, 1)  # every page moves on by a row at least
+        window = min(limit, rows_max)
+        scanned = 0
         while end > 0:
-            start = max(end - window, 0)
+            # A page reads at most ``rows_max`` rows: where usage lines are sparse among
+            # other entries it ends short, and the caller continues from ``start``.
+            if scanned >= rows_max:
+                return found, end
+            start = max(end - min(window, rows_max - scanned), 0)
             rows = list(
                 self.core.store.scan(ledger_key(account_id, start), ledger_key(account_id, end))
             )
+            scanned += len(rows)
             for key, raw in reversed(rows):
                 item = decode_ledger_row(raw)
                 if isinstance(item, Charge):

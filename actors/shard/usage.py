@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from actors.shard import ops
 from actors.shard.codec import decode_value, encode_value
+from actors.shard.column_usage import ChargeColumnsAnswer, charge_columns
 from actors.shard.core import ShardCore
 from actors.shard.keys import (
     OUTBOX_PREFIX,
@@ -106,6 +107,8 @@ class ShardUsage:
         if indices:
             segments.append((indices, directory))
         work = Work(self.core, track_marks=len(segments) > 1)
+        # Every record's idempotency mark with one multi-get (issue #13, item 4).
+        work.prefetch_marks([items[i][1].record.record_id for run, _ in segments for i in run])
         view, marks = AccountView(work), MarkView(work)
         decided: list[Effects] = []
         for indices, directory in segments:
@@ -160,6 +163,10 @@ class ShardUsage:
                 if raw is not None:
                     found[record_id] = decode_u64(raw)
         return found
+
+    def charge_columns(self, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
+        """The rows of a bulk batch, as columns (the seam: ``actors.shard.column_usage``)."""
+        return charge_columns(self, op)
 
     def apply_forwards(self, op: ops.ApplyForwards) -> list[tuple[str, Result]]:
         """Apply sponsor charges forwarded by other shards (idempotent by forward id).

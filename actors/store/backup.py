@@ -5,7 +5,8 @@ folder made of hard links to the live database's immutable SST files plus a
 copy of its manifest and WAL tail, so it costs little space and time on the
 same filesystem (a full copy on another). The host takes it under the unit's
 lock, between two write calls: every committed batch is in it and no batch
-is half in it.
+is half in it. It first has RocksDB flush the memtable in the background
+(:func:`flush_in_background`, outside the lock), so the checkpoint itself is short.
 
 Layout of one backup (``root``)::
 
@@ -23,6 +24,7 @@ shards' idempotency marks make anything resubmitted after it a duplicate.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,19 +36,32 @@ from actors.store.storage import ShardStore
 
 __all__ = [
     "BackupExists",
+    "BackupFailed",
     "BackupRefused",
     "UnitBackup",
     "backup_target",
     "checkpoint_epoch",
     "checkpoint_unit",
+    "flush_in_background",
     "open_checkpoint",
     "read_backup",
 ]
+
+# How long a backup waits for RocksDB to flush a unit's memtable before it checkpoints
+# anyway (the checkpoint then flushes the rest itself).
+FLUSH_WAIT_S = 5.0
+_FLUSH_POLL_S = 0.005
 
 
 class BackupExists(FileExistsError):
     """Raised by :func:`checkpoint_unit` when the unit's target folder already holds
     something other than this request's backup (a backup is never overwritten)."""
+
+
+class BackupFailed(OSError):
+    """Raised by :func:`checkpoint_unit` when RocksDB could not write the checkpoint (the
+    unit's disk is full, an IO error): nothing of it is kept, and the same request may be
+    tried again once the cause is gone."""
 
 
 class BackupRefused(ValueError):
@@ -94,6 +109,27 @@ def _db(store: ShardStore) -> Rdict:
     return store._live()
 
 
+def flush_in_background(store: ShardStore, *, timeout_s: float = FLUSH_WAIT_S) -> bool:
+    """Have RocksDB flush the memtable in its own threads, and wait for it while sleeping;
+    False if it still flushes after ``timeout_s``.
+
+    Why: a checkpoint flushes the memtable itself, inside one native call that holds
+    Python's GIL (rocksdict does not release it), so every thread of the host — its
+    liveness thread too — stops for the whole flush (measured: 154 ms for a 30 MB
+    memtable). Flushed beforehand, the checkpoint held the GIL 12 ms.
+    """
+    db = _db(store)
+    db.flush(wait=False)
+    deadline = time.monotonic() + timeout_s
+    while db.property_int_value("rocksdb.num-immutable-mem-table") or db.property_int_value(
+        "rocksdb.mem-table-flush-pending"
+    ):
+        if time.monotonic() >= deadline or db.property_int_value("rocksdb.background-errors"):
+            return False  # a flush that failed (a full disk) is not waited for
+        time.sleep(_FLUSH_POLL_S)
+    return True
+
+
 def checkpoint_unit(
     store: ShardStore, root: Path, unit_id: str, *, request_id: str = ""
 ) -> UnitBackup:
@@ -116,7 +152,11 @@ def checkpoint_unit(
         raise BackupExists(f"{target}: the folder already holds a backup of {unit_id}")
     units.mkdir(parents=True, exist_ok=True)
     sequence = int(db.latest_sequence_number())
-    Checkpoint(db).create_checkpoint(str(target))
+    try:
+        Checkpoint(db).create_checkpoint(str(target))
+    except Exception as exc:  # rocksdict raises plain Exception for RocksDB's IO errors
+        shutil.rmtree(target, ignore_errors=True)  # a retry must not find it "taken"
+        raise BackupFailed(f"{target}: the checkpoint of {unit_id} failed: {exc}") from None
     info = UnitBackup(
         unit_id=unit_id,
         request_id=request_id,

@@ -20,6 +20,7 @@ from petribill.v1 import rules_pb2
 
 from billing.limits import TIME_MAX_S, TIME_MIN_S
 from billing.money import is_currency_code
+from cluster.api.columns import IpcError, read_ipc
 
 __all__ = ["SHOWN_CHARS_MAX", "RuleError", "check_message", "field_rule", "shown"]
 
@@ -91,6 +92,8 @@ def _field_checks(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> list[_Ch
         return [_repeated(field, rule)]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return [_message(field, rule)]
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _columns(field, rule)
     item = _item_check(field, rule)
     if item is None:
         return []
@@ -127,6 +130,35 @@ def _repeated(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:
                 item(value, f"{where}.{name}[{index}]")
 
     return check
+
+
+def _columns(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> list[_Check]:
+    """A bytes field: required, and with ``batch`` an Arrow IPC stream of at most
+    ``batch_records_max`` rows (``cluster.api.columns``)."""
+    name, required, batch = field.name, rule.required, rule.batch
+    if not (required or batch):
+        return []
+
+    def check(message: Any, where: str, batch_max: int) -> None:
+        data = getattr(message, name)
+        if not data:
+            if required:
+                raise RuleError(f"{where}.{name} is required")
+            return
+        if not batch:
+            return
+        try:
+            rows = read_ipc(data).num_rows
+        except IpcError as exc:
+            raise RuleError(f"{where}.{name}: {exc}") from None
+        if rows == 0 and required:
+            raise RuleError(f"{where}.{name} has no rows: at least one is required")
+        if rows > batch_max:
+            raise RuleError(
+                f"{where}.{name} has {rows} rows (batch_records_max={batch_max}); split the batch"
+            )
+
+    return [check]
 
 
 def _message(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:

@@ -22,7 +22,7 @@ import grpc
 import structlog
 from petribill.v1 import admin_pb2, tariffs_pb2
 
-from actors.partition.engine import RecordStatus
+from actors.partition.engine import RecordResult, RecordStatus
 from actors.partition.ops import (
     Counters,
     CountRejects,
@@ -35,7 +35,7 @@ from actors.router import time_left as _left
 from actors.routing import unit_kind
 from actors.shard import ops
 from actors.shard.usage import refused_key
-from actors.store.backup import BackupExists, BackupRefused
+from actors.store.backup import BackupExists, BackupFailed, BackupRefused, UnitBackup
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
 from billing.outcome import CHARGED_RESULTS, Result
@@ -44,6 +44,7 @@ from billing.rating import Catalogue, TariffError, load_catalogue
 from cluster.api.errors import BackendError
 from cluster.backend.context import Cluster
 from cluster.backend.convert import SPONSOR_REFUSED, refused_forward_to_proto, reject_to_proto
+from cluster.backend.steps import audit_in_steps, each_unit
 from cluster.security.paths import PathRefused, resolve_under
 from cluster.wire import money
 
@@ -64,6 +65,7 @@ log = structlog.get_logger("petribill.backend")
 _REJECTS_LIMIT_DEFAULT: Final = 100
 _REJECTS_LIMIT_MAX: Final = 10_000
 _PROBLEMS_SHOWN: Final = 5
+_REPROCESS_STEP_RECORDS: Final = 100
 _BACKUP_NAME: Final = TARIFFS_NAME  # a folder name, as for catalogues
 _CHARGED: Final = frozenset(
     {
@@ -104,7 +106,11 @@ async def cluster_status(
             for u in status["units"]
         ],
         marking_json=status.get("marking") or "",
-        gateways=sorted(g["address"] for g in status.get("gateways", ()) if g.get("address")),
+        gateways=sorted({g["address"] for g in status.get("gateways", ()) if g.get("address")}),
+        gateway_status=[
+            admin_pb2.GatewayStatus(node_id=g["node"], address=g["address"], state=g["state"])
+            for g in sorted(status.get("gateways", ()), key=lambda g: (g["node"], g["address"]))
+        ],
     )
     states = [u["state"] for u in status["units"]]
     locks = status.get("locks_held") or []
@@ -120,10 +126,15 @@ async def cluster_status(
 async def reconcile(
     cluster: Cluster, request: admin_pb2.ReconcileRequest, timeout_s: float
 ) -> admin_pb2.ReconcileResponse:
+    """The partitions' counters (lock-free reads) and every shard's audit, each shard in
+    bounded steps, a few shards at a time (``cluster.backend.steps``): a reconcile over
+    millions of rows never holds a unit or a host for long."""
     deadline = deadline_after(timeout_s)
     counters, audits = await asyncio.gather(
         cluster.run_each(cluster.router.all_partitions(), Counters(), timeout_s=_left(deadline)),
-        cluster.run_each(cluster.router.all_shards(), ops.Audit(), timeout_s=_left(deadline)),
+        each_unit(
+            cluster.router.all_shards(), lambda unit: audit_in_steps(cluster, unit, deadline)
+        ),
     )
     total = sum(counters.values(), Reconciliation())
     ledger = sum(a.postings_total for a in audits.values())
@@ -268,17 +279,18 @@ async def reprocess_rejects(
             unit: [e.record_id for e in entries if e.record is not None and e.record_id]
             for unit, entries in listed.items()
         }
-    answers = await asyncio.gather(
-        *(
-            cluster.run(
-                unit,
-                Reprocess(record_ids=ids[unit], at_s=cluster.now_s()),
-                timeout_s=_left(deadline),
-            )
-            for unit in units
-            if ids[unit]
-        )
-    )
+
+    async def reprocess(unit: str) -> list[RecordResult]:
+        # In steps of a bounded number of records: a step holds the partition's lock
+        # while it charges them, as a usage batch does.
+        found = []
+        for start in range(0, len(ids[unit]), _REPROCESS_STEP_RECORDS):
+            chunk = ids[unit][start : start + _REPROCESS_STEP_RECORDS]
+            op = Reprocess(record_ids=chunk, at_s=cluster.now_s())
+            found += await cluster.run(unit, op, timeout_s=_left(deadline))
+        return found
+
+    answers = (await each_unit([u for u in units if ids[u]], reprocess)).values()
     results = [r for answer in answers for r in answer if r.status is not RecordStatus.NOT_FOUND]
     if any(r.retryable for r in results):
         raise BackendError(
@@ -351,7 +363,9 @@ async def backup(
     backup_root``; a relative path is taken from the root, an absolute one must lie
     below it). Any other path is INVALID_ARGUMENT before anything is written, with the
     same message whether it exists or not. See ``actors.store.backup``. Idempotent by
-    ``request_id``; a folder holding another backup is ALREADY_EXISTS."""
+    ``request_id``; a folder holding another backup is ALREADY_EXISTS.
+    A few units at a time (``cluster.backend.steps``): a checkpoint is one native call
+    that holds its host's interpreter while it runs, kept short by flushing first."""
     deadline = deadline_after(timeout_s)
     if cluster.backup_root is None:
         raise BackendError(
@@ -365,19 +379,23 @@ async def backup(
         )
     folder = await asyncio.to_thread(_backup_folder, cluster.backup_root, request.path or name)
     units = cluster.router.all_shards() + cluster.router.all_partitions()
-    try:
-        taken = await asyncio.gather(
-            *(
-                cluster.on_host(
-                    unit, "backup_unit", folder, request.request_id, timeout_s=_left(deadline)
-                )
-                for unit in units
-            )
+
+    async def checkpoint(unit: str) -> UnitBackup:
+        info: UnitBackup = await cluster.on_host(
+            unit, "backup_unit", folder, request.request_id, timeout_s=_left(deadline)
         )
+        return info
+
+    try:
+        taken = list((await each_unit(units, checkpoint)).values())
     except BackupExists as exc:  # raised on a host (Ray re-raises it as its own class)
         raise BackendError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
     except BackupRefused as exc:  # the host's own check, on its node's filesystem
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    except BackupFailed as exc:  # a unit's disk full, say: retryable once it is freed
+        raise BackendError(
+            grpc.StatusCode.UNAVAILABLE, f"{exc}; retry with the same request_id"
+        ) from None
     roots = sorted({str(Path(info.path).parent.parent) for info in taken})
     return admin_pb2.OperationAnswer(
         request_id=request.request_id,

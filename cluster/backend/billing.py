@@ -18,16 +18,19 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
+import structlog
 from petribill.v1 import billing_pb2, notifications_pb2
 
 from actors.router import deadline_after
 from actors.router import time_left as _left
 from actors.shard import ops
+from actors.shard.billing import BillRunReport
 from billing.writeoff import WriteoffOutcome, WriteoffResult
 from cluster.api.errors import BackendError
 from cluster.backend.context import Cluster
 from cluster.backend.convert import invoice_to_proto, notification_to_proto
 from cluster.backend.status import raise_for
+from cluster.backend.steps import UNITS_AT_ONCE
 from cluster.wire import money
 
 __all__ = [
@@ -51,6 +54,8 @@ POLL_BATCH_MAX: Final = 1000
 _NOTIFICATIONS_LIMIT_DEFAULT: Final = 50
 _NOTIFICATIONS_LIMIT_MAX: Final = 1000
 _UNLOCKING: set[asyncio.Future[Any]] = set()
+
+log = structlog.get_logger("petribill.backend")
 
 
 async def run_billing(
@@ -80,8 +85,9 @@ async def run_billing(
     total = len(set(request.account_ids))
     done = issued = invoiced = 0
     currency = cluster.catalogue.currency
+    gate = asyncio.Semaphore(UNITS_AT_ONCE)  # a few shards at a time: see cluster.backend.steps
     tasks = [
-        asyncio.ensure_future(_locked_bill_run(cluster, unit, cycle_id, at_s, ids, deadline))
+        asyncio.ensure_future(_locked_bill_run(cluster, unit, cycle_id, at_s, ids, deadline, gate))
         for unit, ids in jobs.items()
     ]
     try:
@@ -111,24 +117,58 @@ async def run_billing(
 
 
 async def _locked_bill_run(
-    cluster: Cluster, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
-) -> Any:
+    cluster: Cluster,
+    unit: str,
+    cycle_id: str,
+    at_s: int,
+    ids: list[str] | None,
+    deadline: float,
+    gate: asyncio.Semaphore,
+) -> BillRunReport:
     """Bill one shard while holding its bill-run lock in the control net, so the
     coordinator never migrates a shard in the middle of its bill run."""
-    pause_s = 0.05
-    while not await _lock(cluster, unit, deadline):
-        if _left(deadline) <= pause_s:
-            raise BackendError(
-                grpc.StatusCode.ABORTED,
-                f"{unit} is locked (a migration or another bill run); retry the bill run",
-            )
-        await asyncio.sleep(pause_s)
-        pause_s = min(1.0, pause_s * 2)
-    try:
-        op = ops.BillRun(cycle_id=cycle_id, at_s=at_s, account_ids=ids)
-        return await cluster.run(unit, op, timeout_s=_left(deadline))
-    finally:
-        await cluster.coordinator("unlock", unit, "bill_run", timeout_s=10.0)
+    async with gate:
+        pause_s = 0.05
+        while not await _lock(cluster, unit, deadline):
+            if _left(deadline) <= pause_s:
+                raise BackendError(
+                    grpc.StatusCode.ABORTED,
+                    f"{unit} is locked (a migration or another bill run); retry the bill run",
+                )
+            await asyncio.sleep(pause_s)
+            pause_s = min(1.0, pause_s * 2)
+        try:
+            return await _bill_in_steps(cluster, unit, cycle_id, at_s, ids, deadline)
+        finally:
+            await cluster.coordinator("unlock", unit, "bill_run", timeout_s=10.0)
+
+
+async def _bill_in_steps(
+    cluster: Cluster, unit: str, cycle_id: str, at_s: int, ids: list[str] | None, deadline: float
+) -> BillRunReport:
+    """One shard's bill run as calls of at most ``BILL_RUN_STEP_ACCOUNTS`` accounts each (one
+    commit each), each resuming after the last account the one before billed: the shard's
+    lock and a host thread are held for one step at a time, and usage goes on between."""
+    report: BillRunReport | None = None
+    after = None
+    while True:
+        op = ops.BillRun(
+            cycle_id=cycle_id,
+            at_s=at_s,
+            account_ids=ids,
+            after=after,
+            accounts_max=ops.BILL_RUN_STEP_ACCOUNTS,
+        )
+        step: BillRunReport = await cluster.run(unit, op, timeout_s=_left(deadline))
+        report = step if report is None else report.plus(step)
+        if step.refused or step.resume_after is None:
+            return report
+        after = step.resume_after
+        # Each step renews the lock's lease, so a lock this gateway leaves behind when it
+        # dies is released within the lease. Lost, the run carries on: its steps resume
+        # by account, across a migration as across a takeover.
+        if not await cluster.coordinator("renew", unit, "bill_run", timeout_s=_left(deadline)):
+            log.warning("bill_run_lock_lost", shard=unit, cycle_id=cycle_id)
 
 
 async def _lock(cluster: Cluster, unit: str, deadline: float) -> bool:

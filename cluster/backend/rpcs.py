@@ -16,7 +16,8 @@ roles that may call it, and what serves it:
 The gateway builds its servicers from this table (``cluster.gateway.servicers``),
 checks each caller's role against ``roles`` and binds a ``selfcare`` token to
 the request's ``account``; ``records`` names the repeated field the gateway's
-admission counts; ``stream`` the admission class of a long-lived stream. The
+admission counts (a repeated field's items, or the rows of an Arrow IPC
+``bytes`` field); ``stream`` the admission class of a long-lived stream. The
 SDK needs no table: its methods come from the same descriptors
 (``cluster.client``). Adding an RPC is its ``.proto`` message and method, a row
 here, and the engine operation it runs.
@@ -49,7 +50,17 @@ from actors.shard import ops
 from actors.shard.ops import Applied
 from billing.accounts import AccountState, AccountStatus
 from cluster.api.errors import BackendError
-from cluster.backend import accounts, admin, billing, charging, inspect, settlement, sponsors, usage
+from cluster.backend import (
+    accounts,
+    admin,
+    billing,
+    charging,
+    inspect,
+    settlement,
+    sponsors,
+    usage,
+    usage_columns,
+)
 from cluster.backend.context import Cluster
 from cluster.backend.convert import account_to_proto, balance_to_proto
 from cluster.backend.status import raise_for
@@ -217,6 +228,13 @@ RPCS: Final[tuple[Rpc, ...]] = (
         roles=_MEDIATION,
         handler=usage.store_unreadable,
         records="lines",
+    ),
+    # The bulk path: the records as Arrow columns (the gateway counts the stream's rows).
+    Rpc(
+        name="UsageService.SubmitUsageColumns",
+        roles=_MEDIATION,
+        handler=usage_columns.submit_usage_columns,
+        records="records",
     ),
     # --- ChargingService ---------------------------------------------------------------------
     Rpc(

@@ -28,7 +28,7 @@ from cluster.backend.context import Cluster
 from cluster.backend.convert import record_result_to_proto
 from cluster.wire import record_from_proto, unreadable_from_proto
 
-__all__ = ["GRPC_SOURCE", "store_unreadable", "submit_usage"]
+__all__ = ["GRPC_SOURCE", "retry_error", "store_unreadable", "submit_usage"]
 
 #: The collection source gRPC usage is counted under in the partitions' counters.
 GRPC_SOURCE: Final = SourceProgress(source_id="grpc", offset=0)
@@ -86,7 +86,7 @@ async def _settle(
             if not retry:
                 return
             if deadline - time.monotonic() < 2 * _RETRY_PAUSE_S:
-                raise _retry_error(unit, [results[i] for i in retry])
+                raise retry_error(unit, [results[i] for i in retry])
             pending = retry
             await asyncio.sleep(_RETRY_PAUSE_S)
 
@@ -122,7 +122,8 @@ def _route_key(reject: Reject, index: int) -> str:
     return reject.record_id or f"{reject.source_file}#{index}"
 
 
-def _retry_error(unit: str, results: list[RecordResult | None]) -> BackendError:
+def retry_error(unit: str, results: list[RecordResult | None]) -> BackendError:
+    """The failure of a call whose ``results`` stayed retryable until its deadline."""
     statuses = {r.status for r in results if r is not None}
     first = next((r for r in results if r is not None), None)
     detail = f"{first.reason}: {first.detail}" if first else ""

@@ -258,6 +258,7 @@ def ingest_paths(
     country_code: str = "49",
     naive_time_zone: str | None = None,
     progress_console: Console | None = None,
+    columnar: bool = True,
 ) -> list[FileReport]:
     """Ingest every CDR file of ``paths`` with a progress bar per file; their reports."""
     files = cdr_files(paths)
@@ -284,6 +285,7 @@ def ingest_paths(
                 country_code=country_code,
                 naive_time_zone=naive_time_zone,
                 on_progress=functools.partial(_advance, progress, task),
+                columnar=columnar,
             )
             progress.update(task, completed=total)
             reports.append(report)
@@ -309,6 +311,11 @@ def _advance(progress: Progress, task: TaskID, line: int) -> None:
 @click.option(
     "--rejects-shown", type=click.IntRange(min=0), default=50, show_default=True, metavar="N"
 )
+@click.option(
+    "--per-record",
+    is_flag=True,
+    help="Send records one message each (StreamUsage), not as Arrow columns.",
+)
 @cluster_command
 def ingest(
     s: Session,
@@ -317,9 +324,11 @@ def ingest(
     country_code: str,
     naive_time_zone: str | None,
     rejects_shown: int,
+    per_record: bool,
 ) -> None:
     """Stream CDR files (PATHS: files or folders of .csv/.jsonl/.ndjson) to the cluster.
 
+    Records travel as Arrow columns (SubmitUsageColumns) unless --per-record.
     Prints per file: lines = rated + rejected + duplicates + conflicts, and
     the rejected lines with their line numbers and reasons. Ingesting a file
     again charges nothing twice: its records come back as duplicates.
@@ -330,6 +339,7 @@ def ingest(
         batch_records=batch_records,
         country_code=country_code,
         naive_time_zone=naive_time_zone,
+        columnar=not per_record,
     )
     total = FileReport.total(reports)
     s.emit(

@@ -1,8 +1,12 @@
 """Feeding a running cluster from files: CDR files (ingestion) and subscriber files (accounts).
 
-**CDR files.** :func:`ingest_file` reads a file with :func:`billing.readers.read_records`,
-streams its records to the cluster in batches (``StreamUsage``, a few batches in
-flight) and accounts for every data line of the file in a :class:`FileReport`::
+**CDR files.** :func:`ingest_file` reads a file into Arrow columns with pyarrow's
+CSV and JSON readers (``cluster.cli.file_columns``: the readers'
+per-line rules, every unreadable line a reject with file, line, raw text and
+code), sends them on the bulk path (``SubmitUsageColumns``, a few batches in
+flight; ``columnar=False``: the per-record ``StreamUsage`` with
+:func:`billing.readers.read_records`) and accounts for every data line of the
+file in a :class:`FileReport`::
 
     lines = rated + rejected + duplicates + conflicts
 
@@ -33,11 +37,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from petribill.v1 import accounts_pb2, usage_pb2
 
 from billing.money import format_amount
 from billing.readers import FieldError, Reject, normalise_number, read_records
 from billing.records import UsageRecord
+from cluster.cli.file_columns import FileChunk, read_chunks
 from cluster.client import PetribillClient, PetribillError
 from cluster.wire import money_to_proto, payment_mode_to_proto
 
@@ -191,6 +199,48 @@ class FileReport:
             )
         )
 
+    def note_columns(self, records: pa.Table, results: pa.Table) -> None:
+        """:meth:`note_result` for a bulk batch: counted with arrays, a reject line kept
+        for each row not charged (its line from the ``source_line`` column)."""
+        status = np.asarray(pc.cast(results.column("status"), pa.string()).to_numpy(False))
+        replay = np.asarray(results.column("replay").to_numpy(), np.bool_)
+        duplicate = replay | (status == "duplicate")
+        self.duplicates += int(duplicate.sum())
+        amounts = results.column("amount").to_numpy()
+        currencies = np.asarray(pc.cast(results.column("currency"), pa.string()).to_numpy(False))
+        settled = duplicate.copy()
+        for kind in _RATED.values():
+            mine = ~duplicate & (status == kind)
+            setattr(self, kind, getattr(self, kind) + int(mine.sum()))
+            for currency in np.unique(currencies[mine]).tolist():
+                micros = int(amounts[mine & (currencies == currency)].sum())
+                key = currency or "?"
+                self.amount_micros[key] = self.amount_micros.get(key, 0) + micros
+            settled |= mine
+        if settled.all():
+            return
+        lines = records.column("source_line").to_pylist()
+        for k in np.flatnonzero(~settled).tolist():
+            row = results.slice(k, 1).to_pylist()[0]
+            if row["status"] == "exists_with_different_content":
+                self.conflicts += 1
+                reason = "conflict"
+                detail = f"{row['reason']}: {row['detail']}" if row["reason"] else row["detail"]
+            else:
+                self.rejected_cluster += 1
+                reason = row["reason"] or str(row["status"])
+                detail = row["detail"]
+            self._keep(
+                RejectLine(
+                    file=self.file,
+                    line=lines[k],
+                    record_id=row["record_id"],
+                    reason=reason,
+                    detail=detail,
+                    stage="cluster",
+                )
+            )
+
     @classmethod
     def total(cls, reports: Iterable[FileReport]) -> FileReport:
         """The sum of several files' reports (without their reject lines)."""
@@ -271,14 +321,22 @@ def ingest_file(
     country_code: str = "49",
     naive_time_zone: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    columnar: bool = True,
 ) -> FileReport:
     """Stream one CDR file to the cluster; its reconciliation.
+
+    ``columnar``: as Arrow columns on the bulk path (``SubmitUsageColumns``), else
+    as records on the per-record path (``StreamUsage``); the report is the same.
 
     ``on_progress`` gets the physical line number up to which the cluster has
     answered. Raises :class:`PetribillError` when the cluster fails the stream
     (the batches answered before are durable; ingesting the file again is
     safe) and ``OSError`` when the file cannot be read.
     """
+    if columnar:
+        return _ingest_columns(
+            client, path, batch_records, window, country_code, naive_time_zone, on_progress
+        )
     report = FileReport(file=str(path))
     in_flight: deque[list[UsageRecord]] = deque()
 
@@ -328,6 +386,59 @@ def ingest_file(
             report.note_result(record, result)
         if on_progress is not None and batch[-1].source_line is not None:
             on_progress(batch[-1].source_line)
+    store_unreadable()
+    return report
+
+
+def _ingest_columns(
+    client: PetribillClient,
+    path: Path,
+    batch_records: int,
+    window: int,
+    country_code: str,
+    naive_time_zone: str | None,
+    on_progress: Callable[[int], None] | None,
+) -> FileReport:
+    """:func:`ingest_file` on the bulk path."""
+    report = FileReport(file=str(path))
+    in_flight: deque[FileChunk] = deque()
+    unreadable: list[Reject] = []
+    chunks = read_chunks(
+        path, chunk_lines=batch_records, country_code=country_code, naive_time_zone=naive_time_zone
+    )
+
+    def batches() -> Iterator[pa.Table]:
+        for chunk in chunks:
+            report.lines += chunk.items
+            for reject in chunk.rejects:
+                report.note_reader_reject(reject)
+                unreadable.append(reject)
+            if chunk.records.num_rows:
+                in_flight.append(chunk)
+                report.sent += chunk.records.num_rows
+                yield chunk.records
+
+    def store_unreadable() -> None:
+        # As on the per-record path: the cluster's reconciliation covers every line.
+        while unreadable:
+            part = unreadable[:batch_records]
+            client.store_unreadable(part)
+            report.stored_unreadable += len(part)
+            del unreadable[: len(part)]
+
+    for results in client.stream_usage_columns(batches(), window=window):
+        if len(unreadable) >= batch_records:
+            store_unreadable()
+        chunk = in_flight.popleft()
+        if results.num_rows != chunk.records.num_rows:
+            raise PetribillError(
+                _INTERNAL,
+                f"{path}: the cluster answered {results.num_rows} results "
+                f"for a batch of {chunk.records.num_rows} records",
+            )
+        report.note_columns(chunk.records, results)
+        if on_progress is not None:
+            on_progress(chunk.last_line)
     store_unreadable()
     return report
 

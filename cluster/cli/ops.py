@@ -213,7 +213,11 @@ def fetch_status(data_dir: Path) -> dict[str, Any]:
         urls = metrics_urls()
     finally:
         ray.shutdown()
-    status["gateways"] = info.gateways
+    # The coordinator's list: every gateway of every alive node, with its state. A
+    # gateway recorded at start that it does not list (its node died) is left out.
+    status["gateways"] = status.get("gateways") or [
+        {"node": "", "address": address, "state": "unknown"} for address in info.gateways
+    ]
     for node in status["nodes"]:
         node["metrics_url"] = urls.get(node.get("ray_node_id", ""), "")
     return status
@@ -250,13 +254,20 @@ def status(as_json: bool, data_dir: Path) -> None:
         if replicated:
             row += [follower_text(unit), ", ".join(unit.get("isr", ())) or "-"]
         units.add_row(*row)
+    gateways = Table(title="gateways")
+    for column in ("node", "address", "state"):
+        gateways.add_column(column)
+    for gateway in found["gateways"]:
+        gateways.add_row(gateway["node"], gateway["address"] or "-", gateway["state"])
     console.print(nodes)
     console.print(units)
+    console.print(gateways)
     states = [u["state"] for u in found["units"]]
+    serving = sum(1 for g in found["gateways"] if g["state"] == "serving")
     console.print(
         f"marking: {states.count('owned')} owned, {states.count('recovering')} recovering, "
         f"{states.count('free')} free; locks held: {len(found['locks_held'])}; "
-        f"healthy: {found['healthy']}; gateways: {', '.join(found['gateways'])}"
+        f"healthy: {found['healthy']}; gateways serving: {serving} of {len(found['gateways'])}"
     )
     if replicated:
         console.print(

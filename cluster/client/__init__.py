@@ -21,19 +21,21 @@ Amounts in answers are integer ``micros`` (:func:`cluster.wire.decimal_from_prot
 gives a ``Decimal``). Failures raise :class:`PetribillError` with the gRPC status.
 A few calls do more than one RPC's worth and are written here: :meth:`iter_usage`
 (pages), :meth:`stream_usage` (pipelined batches), :meth:`notifications`
-(resubscribes, skipping repeats).
+(resubscribes, skipping repeats), :meth:`submit_usage_columns` and
+:meth:`stream_usage_columns` (the bulk path: a ``pyarrow.Table`` or a dict of
+columns in, a ``pyarrow.Table`` of results out; ``cluster.client.bulk``).
 """
 
 from __future__ import annotations
 
+from cluster.client.bulk import BulkCalls
 from cluster.client.calls import install_rpc_methods
-from cluster.client.streams import StreamCalls
 from cluster.client.transport import PetribillError, Transport
 
 __all__ = ["PetribillClient", "PetribillError", "Transport"]
 
 
-class PetribillClient(StreamCalls):
+class PetribillClient(BulkCalls):
     """A synchronous client of one petribill cluster, failing over across its gateways.
 
     ``PetribillClient(addresses, timeout_s=10.0, retries=8)``; see :class:`Transport`

@@ -151,6 +151,17 @@ class Transport:
             if address not in self.addresses:
                 self.addresses.append(address)
 
+    def learn_gateways(self) -> list[str]:
+        """Also fail over to every gateway ``ClusterStatus`` lists (serving or restarting);
+        returns the addresses now known. None is ever dropped, given or learnt: a status
+        can miss a gateway (its node restarting), and a gateway that is down now serves
+        again later, on the same address."""
+        status = self.call("AdminService", "ClusterStatus", admin_pb2.ClusterStatusRequest())
+        for address in status.gateways:
+            self.add_address(address)
+        with self._lock:
+            return list(self.addresses)
+
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():

@@ -15,6 +15,14 @@ least-loaded alive node. Every step is, in this order:
    through the net (``petri.trace.check_trace``);
 4. acted on (a host opens the unit at the new epoch, fencing the old owner).
 
+Failure detection (docs/operations-notes.md, "Failure detection"): a node is
+failed at once when its process is gone — Ray reports the node dead, or the
+host's ping raised (Ray says the actor died) — and, when Ray still reports it
+alive but its host leaves the ping unanswered, only after ``HOST_SILENT_MAX_S``:
+a busy host is not a dead one. A silent host that no other alive node could
+relieve keeps its units (fencing them would only hand them back to it), and
+a fenced node's units go to another node whenever there is one.
+
 Replicated units (``storage.mode = "replicated"``, a replication factor of 2+):
 the net is the replicated one, failover promotes an in-sync follower instead of
 taking the unit over anywhere, and followers are added, caught up, joined and
@@ -31,10 +39,10 @@ one stored with a unit, so a replayed open can never roll ownership back.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
@@ -62,9 +70,25 @@ from petri.marking import owner_of
 if TYPE_CHECKING:
     from cluster.control.replicas import ReplicaDriver
 
-__all__ = ["ClusterOps", "Coordinator", "Route", "UnitOpenError"]
+__all__ = [
+    "BILL_RUN_LEASE_S",
+    "HOST_SILENT_MAX_S",
+    "ClusterOps",
+    "Coordinator",
+    "Route",
+    "UnitOpenError",
+]
 
 log = structlog.get_logger("petribill.coordinator")
+
+#: How long a host that Ray still reports alive may leave the coordinator's ping
+#: unanswered before its node is failed and its units fenced. Its ping runs on a
+#: thread of its own (actors/remote.py), so only a hung or starved process gets
+#: here; long calls answer it in milliseconds (bench/liveness.py).
+HOST_SILENT_MAX_S: Final = 15.0
+#: A bill-run lock not renewed for this long is released: its holder (a gateway running
+#: the bill run in steps, each renewing the lease) died mid run.
+BILL_RUN_LEASE_S: Final = 60.0
 
 
 class UnitOpenError(RuntimeError):
@@ -90,7 +114,13 @@ class ClusterOps(Protocol):
         ...
 
     def host_ok(self, node: str) -> bool:
-        """Whether the node's host process answers (False once it died)."""
+        """False once the node's host process is known gone (its ping raised: Ray says
+        the actor died); a host that is merely slow to answer is still ok."""
+        ...
+
+    def host_silent_s(self, node: str) -> float:
+        """Seconds the node's host has left the coordinator's ping unanswered; 0.0 when
+        it answered the last one."""
         ...
 
     def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
@@ -136,11 +166,13 @@ class Coordinator:
         shards: int,
         partitions: int,
         ops: ClusterOps,
+        wall_clock: Callable[[], float] = time.time,
         replication_factor: int = 1,
         min_in_sync: int = 1,
         lag_max_s: float = 5.0,
     ) -> None:
         self._data_dir = data_dir
+        self._wall_clock = wall_clock
         self._ops = ops
         self._units = unit_specs(shards, partitions)
         self._state: ControlState = load_state(data_dir)
@@ -157,7 +189,9 @@ class Coordinator:
             self._marking = marking_from_json(self._state.marking_json)
         self.failover_started: dict[str, float] = {}
         self._lock_since: dict[str, float] = {}
-        self.lock_lease_s = 600.0
+        self.lock_lease_s = BILL_RUN_LEASE_S
+        self.host_silent_max_s = HOST_SILENT_MAX_S
+        self._kept: set[str] = set()  # silent nodes kept: no other node could take over
 
     # -- the net -----------------------------------------------------------
 
@@ -204,8 +238,12 @@ class Coordinator:
             tokens = [*self._marking.tokens("node"), (node, "absent")]
             self._marking = self._marking.replace({"node": tokens})
 
-    def _fire(self, transition: str, **binding: str | int) -> bool:
-        """Fire, persist, log — in that order. Returns False for a refused step."""
+    def _fire(self, transition: str, /, *, cause: str = "", **binding: str | int) -> bool:
+        """Fire, persist, log — in that order. Returns False for a refused step.
+
+        The journaled event also says when (``at_s``, wall clock) and, for a node
+        failure, why (``cause``), so a run's takeovers can be told apart afterwards
+        (chaos counts those no injected fault explains)."""
         assert self._model is not None and self._marking is not None
         try:
             marking = self._model.fire(self._marking, transition, binding)
@@ -227,11 +265,14 @@ class Coordinator:
             "event": transition,
             **binding,
             "generation": self._state.generation + 1,
+            "at_s": round(self._wall_clock(), 3),
         }
+        if cause:
+            event["cause"] = cause
         self._state.marking_json = marking_to_json(marking)
         self._state.last_event = event
         commit(self._data_dir, self._state, event)
-        log.info(transition, **binding)
+        log.info(transition, **binding, **({"cause": cause} if cause else {}))
         return True
 
     def check_current(self) -> None:
@@ -279,8 +320,12 @@ class Coordinator:
                 load[node] += 1
         return load
 
-    def _least_loaded(self) -> str | None:
+    def _least_loaded(self, avoid: str = "") -> str | None:
+        """The alive node owning the fewest units; ``avoid`` only when it is the one
+        alive node (a fenced owner's units go elsewhere whenever they can)."""
         load = self._load()
+        if len(load) > 1:
+            load.pop(avoid, None)
         if not load:
             return None
         return min(sorted(load), key=lambda n: load[n])
@@ -300,10 +345,11 @@ class Coordinator:
         if self._marking is None:
             return 0
         for node, status in list(self._marking.nodes()):
-            up = node in alive and self._ops.host_ok(node)
-            if status in ("alive", "draining") and not up:
-                self.failover_started.setdefault(node, time.monotonic())
-                fired += self._fire("node_fail", node=node)
+            if status in ("alive", "draining"):
+                cause = self._failure(node, alive)
+                if cause:
+                    self.failover_started.setdefault(node, time.monotonic())
+                    fired += self._fire("node_fail", node=node, cause=cause)
             elif status == "absent" and node in alive:
                 fired += self._fire("join", node=node)
         for unit, node, _epoch in list(self._marking.owned()):
@@ -311,12 +357,12 @@ class Coordinator:
                 fired += self._fire("fence", shard=unit, node=node)
         for node, status in list(self._marking.nodes()):
             owns = any(n == node for _u, n, _e in self._marking.owned())
-            if status == "dead" and node in alive and self._ops.host_ok(node) and not owns:
+            if status == "dead" and not owns and self._answering(node, alive):
                 fired += self._fire("node_recover", node=node)
         if self._replicas is not None:
             fired += self._replicas.failover()  # promote an in-sync follower, or lose
-        for unit, _fenced, _epoch in list(self._marking.recovering()):
-            target = self._least_loaded() if self._replicas is None else None
+        for unit, fenced, _epoch in list(self._marking.recovering()):
+            target = self._least_loaded(avoid=fenced) if self._replicas is None else None
             if target is not None:
                 fired += self._fire("takeover", shard=unit, node=target)
         for unit in list(self._marking.free_shards()):
@@ -334,6 +380,40 @@ class Coordinator:
         if self._replicas is not None:
             fired += self._replicas.reconcile()
         return fired
+
+    # -- failure detection ---------------------------------------------------
+
+    def _answering(self, node: str, alive: Mapping[str, str]) -> bool:
+        return node in alive and self._ops.host_ok(node) and self._ops.host_silent_s(node) == 0
+
+    def _failure(self, node: str, alive: Mapping[str, str]) -> str:
+        """Why ``node`` must be failed now ("" if it must not): its process is gone
+        (at once), or its host has been silent past ``host_silent_max_s`` while
+        another node could take its units over."""
+        if node not in alive:
+            return "node_dead"
+        if not self._ops.host_ok(node):
+            return "host_gone"
+        silent_s = self._ops.host_silent_s(node)
+        if silent_s < self.host_silent_max_s:
+            self._kept.discard(node)
+            return ""
+        relief = [
+            other
+            for other, status in self._nodes()
+            if other != node
+            and status == "alive"
+            and other in alive
+            and self._ops.host_ok(other)
+            and self._ops.host_silent_s(other) < self.host_silent_max_s
+        ]
+        if not relief:
+            if node not in self._kept:  # said once per silence, not every round
+                self._kept.add(node)
+                log.warning("host_silent_kept", node=node, silent_s=round(silent_s, 1))
+            return ""
+        log.warning("host_silent", node=node, silent_s=round(silent_s, 1), relief=relief)
+        return "host_silent"
 
     # -- moving units: drain and rebalance ---------------------------------
 
@@ -418,11 +498,19 @@ class Coordinator:
         self._lock_since.pop(unit, None)
         return self._marking is not None and self._fire(f"{kind}_unlock", shard=unit)
 
+    def renew(self, unit: str, kind: str) -> bool:
+        """Extend the lease of ``unit``'s held lock (a bill run's step); False when it is
+        not held (its lease ran out). Nothing is fired or persisted: a lease is memory."""
+        held = self._marking is not None and (unit, kind) in self._marking.locks_held()
+        if held:
+            self._lock_since[unit] = time.monotonic()
+        return held
+
     def _expire_locks(self) -> int:
         """Release bill-run locks held past their lease (a gateway died mid bill run).
 
-        The lease starts when the lock was taken, or, for a lock found in the
-        persisted marking after a restart, when this coordinator first saw it.
+        The lease starts when the lock was taken or last renewed, or, for a lock found
+        in the persisted marking after a restart, when this coordinator first saw it.
         """
         fired = 0
         now = time.monotonic()
@@ -456,7 +544,7 @@ class Coordinator:
                     restarted.add(node)
         for node in sorted(restarted):
             self.failover_started.setdefault(node, time.monotonic())
-            self._fire("node_fail", node=node)
+            self._fire("node_fail", node=node, cause="restarted")
         return failures
 
     # -- what the coordinator's duties keep (cluster.control.duties) -------------

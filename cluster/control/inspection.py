@@ -17,8 +17,9 @@ Each check counts what is wrong (0: it held) and says what in ``detail``:
 =============================  ==============================================================
 
 It runs through the router like any caller (one operation per unit, each with
-the call's time limit) and reads committed state only; a unit that does not
-answer in time is itself a finding of ``units_without_owner``. The coordinator
+the call's time limit; a shard's audit a series of bounded steps, a few shards
+at once) and reads committed state only; a unit that does not answer in time is
+itself a finding of ``units_without_owner``. The coordinator
 runs it every ``[inspection] every_s`` (``cluster.control.duties``), records the
 counts as metrics, and notifies the operator when a check fails;
 ``petribill inspect`` runs one now.
@@ -33,7 +34,8 @@ from typing import Any, Final
 
 from actors.partition.ops import Counters
 from actors.router import NoOwner, UnitRouter, deadline_after, time_left
-from actors.shard.ops import Audit, InspectShard
+from actors.shard.audit import AuditReport
+from actors.shard.ops import AUDIT_STEP_ROWS_MAX, AuditStep, InspectShard
 from billing.preprocess import Reconciliation
 
 __all__ = ["CHECKS", "Finding", "InspectionReport", "inspect"]
@@ -48,6 +50,12 @@ CHECKS: Final = (
     "replica_lag",
 )
 _DETAILS_MAX: Final = 5
+#: Shards audited at the same time. A shard's audit reads every row it holds: it runs as
+#: bounded AuditSteps, a few shards at once, so no host's threads all go to it and
+#: ingestion goes on between the steps (issue #16; as Reconcile does).
+AUDITS_AT_ONCE: Final = 4
+#: Rows one audit step reads at most (tests make it small to cross many steps).
+AUDIT_STEP_ROWS: int = AUDIT_STEP_ROWS_MAX
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +129,36 @@ async def _each(
     return found, missing
 
 
+async def _audits(
+    router: UnitRouter, shards: Sequence[str], deadline: float
+) -> tuple[dict[str, AuditReport], list[str]]:
+    """Every shard's audit as a series of :class:`~actors.shard.ops.AuditStep`, at most
+    :data:`AUDITS_AT_ONCE` shards at a time: the reports, and the shards that did not
+    answer in time."""
+    gate = asyncio.Semaphore(AUDITS_AT_ONCE)
+
+    async def one(unit: str) -> AuditReport:
+        async with gate:
+            step = AuditStep(rows_max=AUDIT_STEP_ROWS)
+            while True:
+                progress = await router.run(unit, step, timeout_s=time_left(deadline))
+                if progress.report is not None:
+                    return progress.report
+                step = AuditStep(progress=progress, rows_max=AUDIT_STEP_ROWS)
+
+    answers = await asyncio.gather(*(one(u) for u in shards), return_exceptions=True)
+    found: dict[str, AuditReport] = {}
+    missing: list[str] = []
+    for unit, answer in zip(shards, answers, strict=True):
+        if isinstance(answer, NoOwner | TimeoutError):
+            missing.append(unit)
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            found[unit] = answer
+    return found, missing
+
+
 async def inspect(
     router: UnitRouter,
     units: Sequence[Mapping[str, Any]],
@@ -137,7 +175,7 @@ async def inspect(
     shards, partitions = router.all_shards(), router.all_partitions()
     (counters, c_missing), (audits, a_missing), (shard_views, s_missing) = await asyncio.gather(
         _each(router, partitions, Counters(), deadline),
-        _each(router, shards, Audit(), deadline),
+        _audits(router, shards, deadline),
         _each(
             router,
             shards,

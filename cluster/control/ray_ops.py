@@ -8,7 +8,8 @@ from typing import Any
 
 import ray
 import structlog
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.experimental import internal_kv
 
 from actors import metrics
 from actors.remote import NAMESPACE, host_name, spawn_host
@@ -21,16 +22,22 @@ __all__ = ["RayOps", "node_name"]
 
 log = structlog.get_logger("petribill.ray_ops")
 
-_PING_TIMEOUT_S = 1.0
-# A host whose process is gone is failed at once (its ping raises); one that does not
-# answer in time is failed after this many rounds in a row: on two saturated cores a
-# live host can miss one 1-second ping, and a takeover is no cure for a busy machine.
-_PING_MISSES_MAX = 2
+# How long a round waits for the pings it sent. A ping left unanswered stays in
+# flight (one per host, never a pile): later rounds look whether it came back, and
+# the coordinator reads the silence (``host_silent_s``) against its own, longer bound.
+_PING_WAIT_S = 0.5
 _OPEN_TIMEOUT_S = 30.0
+# Units are not opened on a host silent for longer than this (a hung host would hold
+# the loop for _OPEN_TIMEOUT_S); a busy one answers opens from its placement threads,
+# and on two loaded cores its ping can take longer than _PING_WAIT_S.
+_OPEN_SILENT_S = 1.0
 _NODE_RESOURCE_PREFIX = "petribill_node_"
 # How long the loop waits for gateways to say their address (they answer at once
 # when serving; a restarted one starts serving when asked).
 _GATEWAY_WAIT_S = 0.5
+# Where the last address each gateway said is kept (Ray's internal key-value store),
+# so a restarted coordinator still lists a gateway that is restarting by its address.
+_GATEWAY_ADDRESS_KEY = "petribill/gateway-address/{prefix}"
 
 
 def node_name(node: Mapping[str, Any]) -> str:
@@ -48,8 +55,9 @@ class RayOps:
         self._data_dir = data_dir
         self._settings = settings
         self._hosts: dict[str, Any] = {}
-        self._ok: dict[str, bool] = {}
-        self._misses: dict[str, int] = {}  # node -> pings unanswered in a row
+        self._gone: set[str] = set()  # nodes whose host process died (its ping raised)
+        # node -> (the ping in flight, when it was sent); none while the host answers.
+        self._pings: dict[str, tuple[Any, float]] = {}
         # Short Ray node id -> the address its gateway last said.
         self._gateway_addresses: dict[str, str] = {}
         # (node, unit) -> epoch a live host confirmed serving. The coordinator
@@ -64,8 +72,14 @@ class RayOps:
         return alive
 
     def _probe(self, alive: Mapping[str, str]) -> None:
-        """Ping every alive node's host at once; start hosts that are missing."""
-        pings = {}
+        """Ping every alive node's host that has no ping in flight; start hosts that are
+        missing. A ping that raises means the process is gone (Ray says so); one not
+        answered yet only makes the host silent for longer (``host_silent_s``)."""
+        now = time.monotonic()
+        for node in [n for n in self._pings if n not in alive]:
+            del self._pings[node]  # Ray declared the node dead: nothing to wait for
+        self._gone.clear()
+        sent = []
         for node, ray_id in alive.items():
             handle = self._hosts.get(node) or self._lookup(node)
             if handle is None:
@@ -79,25 +93,33 @@ class RayOps:
                 self._forget(node)
                 log.info("host_started", node=node)
             self._hosts[node] = handle
-            pings[node] = handle.ping.remote()
-        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=_PING_TIMEOUT_S)
-        done = set(ready)
-        self._ok = {}
-        for node, ref in pings.items():
+            if node not in self._pings:
+                ref = handle.ping.remote()
+                self._pings[node] = (ref, now)
+                sent.append(ref)
+        if sent:  # a host that answers does so in milliseconds, from its liveness thread
+            ray.wait(sent, num_returns=len(sent), timeout=_PING_WAIT_S)
+        refs = [ref for ref, _ in self._pings.values()]
+        done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        for node, (ref, sent_at) in list(self._pings.items()):
             if ref not in done:
-                misses = self._misses[node] = self._misses.get(node, 0) + 1
-                self._ok[node] = misses < _PING_MISSES_MAX
-                if misses == _PING_MISSES_MAX:
-                    log.warning("host_unanswering", node=node, pings_missed=misses)
                 continue
-            self._misses.pop(node, None)
+            del self._pings[node]
             try:
                 ray.get(ref)
-                self._ok[node] = True
+            except ActorUnavailableError:
+                # Unreachable, not known dead: still silent, counted from the first ping.
+                self._pings[node] = (self._hosts[node].ping.remote(), sent_at)
+                continue
             except RayActorError:
-                self._ok[node] = False
+                self._gone.add(node)
                 self._hosts.pop(node, None)
                 self._forget(node)
+                log.warning("host_gone", node=node)
+                continue
+            silent_s = time.monotonic() - sent_at
+            if silent_s > 2 * _PING_WAIT_S:
+                log.info("host_answering", node=node, silent_s=round(silent_s, 1))
 
     def _forget(self, node: str) -> None:
         for key in [k for k in self._opened if k[0] == node]:
@@ -111,13 +133,17 @@ class RayOps:
             return None
 
     def host_ok(self, node: str) -> bool:
-        return self._ok.get(node, False)
+        return node in self._hosts and node not in self._gone
+
+    def host_silent_s(self, node: str) -> float:
+        ping = self._pings.get(node)
+        return 0.0 if ping is None else time.monotonic() - ping[1]
 
     def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
         if self._opened.get((node, unit_id)) == epoch:
             return
         handle = self._hosts.get(node)
-        if handle is None or not self._ok.get(node, False) or self._misses.get(node):
+        if handle is None or not self.host_ok(node) or self.host_silent_s(node) > _OPEN_SILENT_S:
             raise UnitOpenError(f"{node}: no answering host")
         try:
             ray.get(handle.open_unit.remote(unit_id, epoch), timeout=_OPEN_TIMEOUT_S)
@@ -161,13 +187,31 @@ class RayOps:
             state = "restarting"
             if ref in done:
                 try:
-                    self._gateway_addresses[prefix] = str(ray.get(ref))
+                    self._note_address(prefix, str(ray.get(ref)))
                     state = "serving"
                 except Exception as exc:  # its process died again: Ray restarts it
                     log.info("gateway_unanswering", node=prefix, error=type(exc).__name__)
-            address = self._gateway_addresses.get(prefix, "")
+            address = self._gateway_address(prefix)
             found.append({"node": node_name(nodes[prefix]), "address": address, "state": state})
         return found
+
+    def _note_address(self, prefix: str, address: str) -> None:
+        if self._gateway_addresses.get(prefix) != address:
+            self._gateway_addresses[prefix] = address
+            key = _GATEWAY_ADDRESS_KEY.format(prefix=prefix).encode()
+            internal_kv._internal_kv_put(key, address.encode(), overwrite=True)
+
+    def _gateway_address(self, prefix: str) -> str:
+        """The address the gateway last said, to this coordinator or an earlier one
+        ("" if it never said one: it has not served yet)."""
+        address = self._gateway_addresses.get(prefix)
+        if address is None:
+            key = _GATEWAY_ADDRESS_KEY.format(prefix=prefix).encode()
+            found = internal_kv._internal_kv_get(key)
+            address = found.decode() if found else ""
+            if address:
+                self._gateway_addresses[prefix] = address
+        return address
 
     def metrics_urls(self) -> dict[str, str]:
         return metrics.metrics_urls()

@@ -13,7 +13,8 @@ run issues the very same invoices.
 
 **How.** Shard by shard, each under the net's bill-run lock of that shard
 (``bill_run_lock``/``unlock``: no migration moves a shard in the middle of its
-run), with the :class:`~actors.shard.ops.BillRun` operation through the router.
+run), with the :class:`~actors.shard.ops.BillRun` operation through the router, in
+steps of a hundred accounts that each renew the lock's lease.
 A shard whose lock is taken (a migration, an operator's bill run) is tried again
 at the next check.
 
@@ -40,7 +41,8 @@ import structlog
 
 from actors import metrics
 from actors.router import UnitRouter
-from actors.shard.ops import BillRun
+from actors.shard.billing import BillRunReport
+from actors.shard.ops import BILL_RUN_STEP_ACCOUNTS, BillRun
 from billing.cycle import Cycle, cycle_containing, monthly_cycle
 from cluster.control.coordinator import Coordinator
 
@@ -50,7 +52,7 @@ log = structlog.get_logger("petribill.schedule")
 
 #: Records kept in the control state (the newest cycles).
 RECORDS_MAX: Final = 24
-#: How long one shard's bill run may take, retries across takeovers included.
+#: How long one step of a shard's bill run may take, retries across takeovers included.
 SHARD_TIMEOUT_S: Final = 3600.0
 LOCK: Final = "bill_run"
 
@@ -153,11 +155,7 @@ class ScheduledBillRuns:
                 continue
             if not self._take(record, unit):
                 return False  # a migration or an operator's run holds it: next check
-            report = self._router.run_blocking(
-                unit,
-                BillRun(cycle_id=cycle.cycle_id, at_s=int(record["at_s"])),
-                timeout_s=SHARD_TIMEOUT_S,
-            )
+            report = self._bill_shard(cycle, unit, int(record["at_s"]))
             if report.refused:  # cannot happen for a due cycle; never mark it done
                 log.error("bill_run_refused", cycle=cycle.cycle_id, shard=unit, why=report.refused)
                 self._give_back(record, unit, done=False)
@@ -173,6 +171,27 @@ class ScheduledBillRuns:
             self._coordinator.save()
         self._event("finished", cycle.cycle_id, shards=len(record["done"]))
         return True
+
+    def _bill_shard(self, cycle: Cycle, unit: str, at_s: int) -> BillRunReport:
+        """One shard's run in steps of at most BILL_RUN_STEP_ACCOUNTS accounts (one commit
+        each), renewing the lock's lease after each: a step holds the shard and a thread
+        of its host only briefly (docs/operations-notes.md, "Long calls in bounded steps")."""
+        report: BillRunReport | None = None
+        after = None
+        while True:
+            op = BillRun(
+                cycle_id=cycle.cycle_id,
+                at_s=at_s,
+                after=after,
+                accounts_max=BILL_RUN_STEP_ACCOUNTS,
+            )
+            step = self._router.run_blocking(unit, op, timeout_s=SHARD_TIMEOUT_S)
+            report = step if report is None else report.plus(step)
+            if step.refused or step.resume_after is None:
+                return report
+            after = step.resume_after
+            with self._lock:
+                self._coordinator.renew(unit, LOCK)
 
     def _begin(self, cycle: Cycle, now_s: float) -> dict[str, Any] | None:
         """The record of ``cycle``'s run, created (and saved) if it never started; None

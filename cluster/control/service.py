@@ -100,6 +100,10 @@ class CoordinatorService:
         ).start()
 
     def _loop(self) -> None:
+        # Gateways once before the first reconcile: a status asked for right after a
+        # (re)start lists them, however long that first round takes. Later checks come
+        # after each round, so they never delay a takeover.
+        self._check_gateways()
         while not self._stop.is_set():
             try:
                 with self._lock:
@@ -107,13 +111,19 @@ class CoordinatorService:
                     self._coordinator.reconcile()
                     self._rounds += 1
                     self._note_recoveries()
-                self._wake_gateways()
             except StaleCoordinator as stale:
                 self._stale(stale)
                 return
             except Exception:
                 log.exception("reconcile_failed")
+            self._check_gateways()
             self._stop.wait(self._interval_s)
+
+    def _check_gateways(self) -> None:
+        try:
+            self._wake_gateways()
+        except Exception:  # Ray's GCS busy: the next round tries again
+            log.exception("gateways_check_failed")
 
     def _stale(self, stale: StaleCoordinator) -> None:
         """Another coordinator took over while this one was paused: it must never act
@@ -267,6 +277,11 @@ class CoordinatorService:
     def unlock(self, unit: str, kind: str) -> bool:
         with self._lock:
             return self._coordinator.unlock(unit, kind)
+
+    def renew(self, unit: str, kind: str) -> bool:
+        """Extend the lease of a unit's held lock; False when it is not held any more."""
+        with self._lock:
+            return self._coordinator.renew(unit, kind)
 
     def inspect(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Run the automatic inspection now (``petribill inspect``); its report."""

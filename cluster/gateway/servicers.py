@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from petribill.v1 import usage_pb2
 
+from cluster.api.columns import ipc_rows
 from cluster.backend.rpcs import PACKAGE, RPCS, SERVICES, Rpc, rpc_named
 from cluster.gateway.calls import Calls, Failure, checked, internal_failure
 from cluster.gateway.guard import Guard
@@ -53,7 +54,10 @@ class _Relay:
 def _records(rpc: Rpc, request: Any) -> int:
     if not rpc.records or isinstance(request, Unreadable):
         return 0  # an unreadable request is refused by its check, before admission
-    return len(getattr(request, rpc.records))
+    found = getattr(request, rpc.records)
+    # The bulk path's records are the rows of an Arrow IPC stream (0 if it is not one:
+    # the request's check refuses it).
+    return ipc_rows(found) if isinstance(found, bytes) else len(found)
 
 
 def _unary(rpc: Rpc) -> Handler:
