@@ -75,6 +75,7 @@ from actors.routing import shard_of, unit_kind
 from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
 from actors.shard.outbox import Forward
 from actors.store.backup import UnitBackup, backup_target, checkpoint_unit, flush_in_background
+from actors.store.control_copy import ControlCopy, read_copy, save_copy
 from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed, read_fence_epoch
 from actors.store.files import write_atomic
 from actors.store.replica import (
@@ -765,6 +766,23 @@ class UnitHost:
             with entry.lock:
                 found[unit_id] = entry.copy.state()
         return found
+
+    # -- the control replica (called by the coordinator; replicated mode) ---------------
+
+    def control_save(self, generation: int, state: bytes, events: list[dict[str, Any]]) -> int:
+        """Keep the coordinator's save ``generation`` in this node's control replica
+        (``<node folder>/control/``); the generation held. Refused below the one held
+        (:class:`~actors.store.control_copy.ControlReplicaFenced`)."""
+        invariant(self.mode == "replicated", f"{self.node}: control replicas are replicated-only")
+        return save_copy(self._root, generation, state, events)
+
+    def control_copy(self) -> ControlCopy:
+        """This node's control replica (generation 0 if none), and how many unit folders
+        the node holds: what a coordinator whose own copy is gone rebuilds it from."""
+        invariant(self.mode == "replicated", f"{self.node}: control replicas are replicated-only")
+        units = self._root / "units"
+        count = sum(1 for p in units.iterdir() if p.is_dir()) if units.is_dir() else 0
+        return read_copy(self._root, node=self.node, units=count)
 
     def update_engines(self, kind: str, update: Callable[[Any], None]) -> list[str]:
         """Apply ``update`` to the engine of every unit of ``kind`` (``account`` or

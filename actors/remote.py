@@ -24,11 +24,13 @@ from actors.host import Engine, UnitHost
 from actors.op import Op
 from actors.replication import PeerUnreachable, ReplicationSettings
 from actors.router import HostUnreachable, UnitRouter
+from actors.store.control_copy import ControlCopy
 from actors.store.replica import CopyState
 from actors.store.tariffs import current_tariffs_dir
 
 __all__ = [
     "CONTROL_GROUP",
+    "CONTROL_STATE_GROUP",
     "COORDINATOR_NAME",
     "INNER_GROUP",
     "LIVENESS_GROUP",
@@ -76,6 +78,10 @@ LIVENESS_GROUP = "liveness"
 # the coordinator waits for it, and routes are not given out meanwhile.
 CONTROL_GROUP = "control"
 _CONTROL_THREADS = 2
+# The coordinator's saves to this node's control replica (and the read of it when the
+# coordinator rebuilds its own copy): a thread no unit call, replica batch or placement
+# can take, so a busy host holds a save up for the length of an fsync, not of a batch.
+CONTROL_STATE_GROUP = "control_state"
 # The host process runs write batches on several threads that hold the GIL for
 # long stretches; a query thread waits for the GIL up to the switch interval at
 # each hand-off (Python's default is 5 ms). bench/host_reads.py: lock-free
@@ -325,6 +331,16 @@ class RoutedHost(UnitHost):
     def replica_report(self) -> dict[str, dict[str, Any]]:  # type: ignore[override]
         return super().replica_report()
 
+    # -- the control replica (see CONTROL_STATE_GROUP) ------------------------------------
+
+    @ray.method(concurrency_group=CONTROL_STATE_GROUP)
+    def control_save(self, generation: int, state: bytes, events: list[dict[str, Any]]) -> int:  # type: ignore[override]
+        return super().control_save(generation, state, events)
+
+    @ray.method(concurrency_group=CONTROL_STATE_GROUP)
+    def control_copy(self) -> ControlCopy:  # type: ignore[override]
+        return super().control_copy()
+
     # -- liveness and placement (see LIVENESS_GROUP, CONTROL_GROUP) -------------------------
 
     @ray.method(concurrency_group=LIVENESS_GROUP)
@@ -366,6 +382,7 @@ def spawn_host(
         INNER_GROUP: _INNER_THREADS,
         REPLICAS_GROUP: _REPLICA_THREADS,
         REPLICA_CONTROL_GROUP: _REPLICA_CONTROL_THREADS,
+        CONTROL_STATE_GROUP: 1,
     }
     cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
     return cls.options(

@@ -91,6 +91,9 @@ class StorageConfig(_Section):
     # The written bound after which the coordinator drops a failing follower from the
     # in-sync set (Kafka's replica.lag.time.max.ms); a follower on a dead node goes at once.
     replica_lag_max_ms: int = Field(default=5_000, gt=0)
+    # Replicated mode: every node keeps a copy of the coordinator's control state in its
+    # own folder, from which a coordinator that lost its own rebuilds it.
+    control_replicas: bool = True
     sync: bool = True
     read_cache_entries_max: int = Field(default=100_000, ge=0)
     takeover_fence_timeout_ms: int = Field(default=5_000, gt=0)

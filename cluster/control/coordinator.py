@@ -42,17 +42,28 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import structlog
 
 from actors.routing import partition_id, shard_id
+from cluster.control.mirror import (
+    CONTROL_ACK_WAIT_S,
+    JOURNAL_TAIL_MAX,
+    ControlMirror,
+    ControlRecovery,
+    ControlReplicaOps,
+    ControlStateMissing,
+)
 from cluster.control.state import (
     ControlState,
     check_current,
     commit,
+    install_copy,
     load_state,
+    read_journal,
     repair_journal,
+    state_path,
 )
 from petri import (
     Marking,
@@ -170,28 +181,73 @@ class Coordinator:
         replication_factor: int = 1,
         min_in_sync: int = 1,
         lag_max_s: float = 5.0,
+        control_acks: int = 0,
     ) -> None:
         self._data_dir = data_dir
         self._wall_clock = wall_clock
         self._ops = ops
         self._units = unit_specs(shards, partitions)
         self._state: ControlState = load_state(data_dir)
-        repair_journal(data_dir, self._state)
         self._rf = replication_factor
-        self._replicas = self._replica_driver(ops, min_in_sync, lag_max_s)
+        self._min_in_sync, self._lag_max_s = min_in_sync, lag_max_s
+        self._replicas: ReplicaDriver | None = None
         # The net's universe of nodes grows as Ray nodes appear; until the
         # first one does there is nothing to own units, and no model.
         self._model: PetriModel | None = None
         self._marking: Marking | None = None
-        if self._state.nodes:
-            self._model = self._build_model(tuple(self._state.nodes))
-            assert self._state.marking_json is not None
-            self._marking = marking_from_json(self._state.marking_json)
+        # Control replicas (cluster.control.mirror): every save also goes to the live
+        # nodes' copies; a missing own copy is rebuilt from them before anything else.
+        self._mirror: ControlMirror | None = None
+        self._recovery: ControlRecovery | None = None
+        self.control_error = ""
+        if control_acks > 0:  # the ops of a replicated cluster reach the replicas too
+            replica_ops = cast("ControlReplicaOps", ops)
+            self._mirror = ControlMirror(replica_ops, acks_needed=control_acks)
+            if not state_path(data_dir).exists():
+                self._recovery = ControlRecovery(replica_ops, acks_needed=control_acks)
+        if self._recovery is None:
+            self._adopt()
         self.failover_started: dict[str, float] = {}
         self._lock_since: dict[str, float] = {}
         self.lock_lease_s = BILL_RUN_LEASE_S
         self.host_silent_max_s = HOST_SILENT_MAX_S
         self._kept: set[str] = set()  # silent nodes kept: no other node could take over
+
+    def _adopt(self) -> None:
+        """Start from the persisted state: the journal repaired, the net and marking."""
+        repair_journal(self._data_dir, self._state)
+        self._replicas = self._replica_driver(self._ops, self._min_in_sync, self._lag_max_s)
+        if self._state.nodes:
+            self._model = self._build_model(tuple(self._state.nodes))
+            assert self._state.marking_json is not None
+            self._marking = marking_from_json(self._state.marking_json)
+        saved = state_path(self._data_dir)
+        if self._mirror is not None and saved.exists():
+            tail = read_journal(self._data_dir)[-JOURNAL_TAIL_MAX:]
+            self._mirror.start_from(self._state.generation, saved.read_bytes(), tail)
+
+    def _recover(self) -> bool:
+        """While the own control copy is missing: gather the nodes' replicas and rebuild
+        it from the newest (:mod:`cluster.control.mirror`); True once started."""
+        assert self._recovery is not None
+        alive = self._ops.alive_nodes()
+        try:
+            decision = self._recovery.step(list(alive))
+        except ControlStateMissing as missing:
+            if str(missing) != self.control_error:  # said once per new finding
+                log.error("control_state_missing", reason=str(missing))
+            self.control_error = str(missing)
+            return False
+        if not decision.ready:
+            return False
+        if decision.copy is not None:
+            copy = decision.copy
+            self._state = install_copy(self._data_dir, copy.state, copy.journal)
+            log.warning("control_state_rebuilt", node=copy.node, generation=copy.generation)
+        self._recovery = None
+        self.control_error = ""
+        self._adopt()
+        return True
 
     # -- the net -----------------------------------------------------------
 
@@ -271,9 +327,24 @@ class Coordinator:
             event["cause"] = cause
         self._state.marking_json = marking_to_json(marking)
         self._state.last_event = event
-        commit(self._data_dir, self._state, event)
+        self._replicate(commit(self._data_dir, self._state, event), event)
         log.info(transition, **binding, **({"cause": cause} if cause else {}))
         return True
+
+    def _replicate(self, state: bytes, event: dict[str, Any] | None) -> None:
+        """Send a save just committed to the live nodes' control replicas (bounded wait)."""
+        if self._mirror is not None:
+            self._mirror.saved(self._state.generation, state, event, self._control_targets())
+
+    def _control_targets(self) -> list[str]:
+        """The nodes whose replicas a save goes to: alive or draining, host answering."""
+        return [
+            node
+            for node, status in self._nodes()
+            if status in ("alive", "draining")
+            and self._ops.host_ok(node)
+            and self._ops.host_silent_s(node) < CONTROL_ACK_WAIT_S  # busy is not gone
+        ]
 
     def check_current(self) -> None:
         """Raise :class:`~cluster.control.state.StaleCoordinator` if another coordinator has
@@ -337,6 +408,8 @@ class Coordinator:
 
         Returns the number of transitions fired.
         """
+        if self._recovery is not None and not self._recover():
+            return 0
         fired = 0
         alive = dict(self._ops.alive_nodes())
         for node, ray_id in sorted(alive.items()):
@@ -379,6 +452,8 @@ class Coordinator:
         self.converge()
         if self._replicas is not None:
             fired += self._replicas.reconcile()
+        if self._mirror is not None:
+            self._mirror.tick(self._control_targets())
         return fired
 
     # -- failure detection ---------------------------------------------------
@@ -557,8 +632,10 @@ class Coordinator:
 
     def save(self) -> None:
         """Persist the state now (the schedule changed without a transition), fenced by
-        the generation like every write (a stale coordinator's is refused)."""
-        commit(self._data_dir, self._state)
+        the generation like every write (a stale coordinator's is refused). Nothing is
+        saved while the state is being rebuilt from the nodes' replicas."""
+        if self._recovery is None:
+            self._replicate(commit(self._data_dir, self._state), None)
 
     def healthy(self) -> bool:
         """Every unit owned by an alive node."""
@@ -582,6 +659,19 @@ class Coordinator:
     def lost(self) -> tuple[str, ...]:
         """Units with no copy left that has every acknowledged batch (replicated only)."""
         return () if self._marking is None else self._marking.lost()
+
+    def control(self) -> dict[str, Any]:
+        """The control replicas for ``status``: what each holds, the last durable save, and
+        why the coordinator has not started if it could not rebuild its own copy."""
+        if self._mirror is None:
+            return {"replicated": False}
+        return {
+            "replicated": True,
+            "generation": self._state.generation,
+            **self._mirror.status(),
+            "rebuilding": self._recovery is not None,
+            "error": self.control_error,
+        }
 
     def replicas(self) -> dict[str, dict[str, Any]]:
         """Per unit: primary, followers (state, lag), in-sync set, lost; ``{}`` unless

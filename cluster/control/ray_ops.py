@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import ray
@@ -13,6 +13,7 @@ from ray.experimental import internal_kv
 
 from actors import metrics
 from actors.remote import NAMESPACE, host_name, spawn_host
+from actors.store.control_copy import ControlCopy
 from actors.store.fencing import StaleEpoch
 from cluster.control.coordinator import UnitOpenError
 from cluster.gateway.names import gateway_handles
@@ -65,10 +66,13 @@ class RayOps:
         # host cannot stall the loop with calls it will never answer.
         self._opened: dict[tuple[str, str], int] = {}
         self._replicas = _ReplicaCalls(self)
+        self._control = _ControlCalls(self)
+        self._alive: dict[str, str] = {}  # node -> Ray node id, as last seen
 
     def alive_nodes(self) -> Mapping[str, str]:
         alive = {node_name(n): n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
         self._probe(alive)
+        self._alive = alive
         return alive
 
     def _probe(self, alive: Mapping[str, str]) -> None:
@@ -249,6 +253,88 @@ class RayOps:
             raise UnitOpenError(f"{node}: no host")
         found: int | None = ray.get(handle.unit_on_disk.remote(unit_id), timeout=_PIN_TIMEOUT_S)
         return found
+
+    # -- control replicas (cluster.control.mirror.ControlReplicaOps) ----------------------
+
+    def control_send(
+        self, node: str, generation: int, state: bytes, events: list[dict[str, Any]]
+    ) -> None:
+        self._control.send(node, generation, state, events)
+
+    def control_in_flight(self, node: str) -> bool:
+        return self._control.in_flight(node)
+
+    def control_answers(
+        self, nodes: Collection[str], needed: int, timeout_s: float
+    ) -> dict[str, int | BaseException]:
+        return self._control.answers(nodes, needed, timeout_s)
+
+    def control_copies(
+        self, nodes: Collection[str], timeout_s: float
+    ) -> dict[str, ControlCopy | BaseException]:
+        return self._control.copies(nodes, timeout_s)
+
+    def control_local_node(self) -> str | None:
+        """The node on the coordinator's own Ray node (the head): its disk is the one a
+        replica must survive, so that node's acknowledgements never make a save durable."""
+        own = ray.get_runtime_context().get_node_id()
+        return next((node for node, ray_id in self._alive.items() if ray_id == own), None)
+
+
+class _ControlCalls:
+    """The coordinator's calls to the hosts' control replicas: at most one save and one
+    read in flight per node, waited for only as long as the caller says."""
+
+    def __init__(self, ops: RayOps) -> None:
+        self._ops = ops
+        self._saves: dict[str, Any] = {}
+        self._reads: dict[str, Any] = {}
+
+    def send(self, node: str, generation: int, state: bytes, events: list[dict[str, Any]]) -> None:
+        handle = self._ops.host(node)
+        if handle is not None and node not in self._saves:
+            self._saves[node] = handle.control_save.remote(generation, state, events)
+
+    def in_flight(self, node: str) -> bool:
+        return node in self._saves
+
+    def answers(
+        self, nodes: Collection[str], needed: int, timeout_s: float
+    ) -> dict[str, int | BaseException]:
+        waited = [self._saves[n] for n in nodes if n in self._saves]
+        if waited and needed > 0:
+            ray.wait(waited, num_returns=min(needed, len(waited)), timeout=timeout_s)
+        return _collect(self._saves)
+
+    def copies(
+        self, nodes: Collection[str], timeout_s: float
+    ) -> dict[str, ControlCopy | BaseException]:
+        for node in nodes:
+            handle = self._ops.host(node)
+            if handle is not None and node not in self._reads:
+                self._reads[node] = handle.control_copy.remote()
+        if self._reads:
+            refs = list(self._reads.values())
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return _collect(self._reads)
+
+
+def _collect(calls: dict[str, Any]) -> dict[str, Any]:
+    """Take the answered calls out of ``calls``: node -> answer, or the error raised
+    (a host's own refusal unwrapped from Ray's task error)."""
+    refs = list(calls.values())
+    done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+    answers: dict[str, Any] = {}
+    for node, ref in list(calls.items()):
+        if ref not in done:
+            continue
+        del calls[node]
+        try:
+            answers[node] = ray.get(ref)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            answers[node] = cause if isinstance(cause, BaseException) else exc
+    return answers
 
 
 _REPORT_WAIT_S = 0.3

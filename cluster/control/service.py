@@ -75,6 +75,7 @@ class CoordinatorService:
             replication_factor=int(settings.get("replication_factor", 2)) if replicated else 1,
             min_in_sync=int(settings.get("min_in_sync", 2)),
             lag_max_s=float(settings.get("replica_lag_max_s", 5.0)),
+            control_acks=_control_acks(settings) if replicated else 0,
         )
         self._interval_s = interval_s
         self._lock = threading.Lock()
@@ -219,7 +220,13 @@ class CoordinatorService:
             try:
                 marking = self._coordinator.marking
             except RuntimeError:
-                return {"nodes": [], "units": [], "marking": None, "healthy": False}
+                return {
+                    "nodes": [],
+                    "units": [],
+                    "marking": None,
+                    "healthy": False,
+                    "control": self._coordinator.control(),
+                }
             from petri import marking_to_json
 
             units = self._units()
@@ -258,6 +265,7 @@ class CoordinatorService:
                 "locks_held": [list(x) for x in marking.locks_held()],
                 "gateways": list(self._gateways),
                 "schedule": self.duties.status(),
+                "control": self._coordinator.control(),
             }
 
     def drain(self, node: str) -> bool:
@@ -291,6 +299,14 @@ class CoordinatorService:
         self._stop.set()
         self.duties.stop()
         self._thread.join(timeout=5)
+
+
+def _control_acks(settings: dict[str, Any]) -> int:
+    """How many nodes' control replicas make a save durable (0: none kept): the units'
+    rule, ``min_in_sync − 1`` copies besides the coordinator's own, at least one."""
+    if not settings.get("control_replicas", True):
+        return 0
+    return max(1, int(settings.get("min_in_sync", 2)) - 1)
 
 
 def _cycle_tz(data_dir: str, settings: dict[str, Any]) -> str:

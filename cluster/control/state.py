@@ -15,30 +15,37 @@ stale marking.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.store.control_copy import (
+    JOURNAL_BYTES_MAX,
+    append_journal,
+    journal_path,
+    locked,
+    persisted_generation,
+    read_journal,
+    state_path,
+)
 from actors.store.files import write_atomic
 
 __all__ = [
+    "JOURNAL_BYTES_MAX",
     "ControlState",
     "StaleCoordinator",
     "append_journal",
     "check_current",
     "commit",
+    "install_copy",
+    "journal_path",
     "load_state",
     "read_journal",
     "repair_journal",
     "save_state",
+    "state_path",
 ]
-
-JOURNAL_BYTES_MAX = 32 * 1024 * 1024
 
 _FORMAT = "petribill.control/1"
 
@@ -61,18 +68,19 @@ class ControlState:
     schedule: dict[str, Any] = field(default_factory=dict)
 
 
-def state_path(data_dir: Path) -> Path:
-    return data_dir / "control" / "state.json"
-
-
 def load_state(data_dir: Path) -> ControlState:
     """The persisted state, or a fresh one when the cluster has never run here."""
     path = state_path(data_dir)
     if not path.exists():
         return ControlState()
-    raw = json.loads(path.read_text())
+    return parse_state(path.read_bytes(), source=str(path))
+
+
+def parse_state(body: bytes, *, source: str) -> ControlState:
+    """A state from the bytes of a state.json (``source`` names them in errors)."""
+    raw = json.loads(body)
     if raw.get("format") != _FORMAT:
-        raise ValueError(f"{path}: not a petribill control state (format {raw.get('format')!r})")
+        raise ValueError(f"{source}: not a petribill control state (format {raw.get('format')!r})")
     return ControlState(
         marking_json=raw["marking"],
         nodes=dict(raw["nodes"]),
@@ -88,29 +96,9 @@ class StaleCoordinator(RuntimeError):
     coordinator took over while this one was paused. Nothing was written."""
 
 
-@contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    """Hold the control folder's lock (``control/.lock``, flock) for one check-and-write."""
-    folder = state_path(data_dir).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the only descriptor releases the flock
-
-
-def _persisted_generation(data_dir: Path) -> int:
-    path = state_path(data_dir)
-    if not path.exists():
-        return 0
-    return int(json.loads(path.read_text())["generation"])
-
-
 def check_current(data_dir: Path, state: ControlState) -> None:
     """Raise :class:`StaleCoordinator` if the folder has moved past ``state``."""
-    persisted = _persisted_generation(data_dir)
+    persisted = persisted_generation(data_dir)
     if persisted != state.generation:
         raise StaleCoordinator(
             f"{state_path(data_dir)} is at generation {persisted}, this coordinator at "
@@ -118,19 +106,22 @@ def check_current(data_dir: Path, state: ControlState) -> None:
         )
 
 
-def commit(data_dir: Path, state: ControlState, event: dict[str, Any] | None = None) -> None:
+def commit(data_dir: Path, state: ControlState, event: dict[str, Any] | None = None) -> bytes:
     """Save ``state`` (generation + 1) and journal ``event``, fenced by the generation:
     refused with :class:`StaleCoordinator`, writing nothing, if the folder has moved past
-    the generation ``state`` holds."""
-    with _locked(data_dir):
+    the generation ``state`` holds. Returns the bytes of state.json written (what the
+    control replicas are sent)."""
+    with locked(data_dir):
         check_current(data_dir, state)
-        save_state(data_dir, state)
+        body = save_state(data_dir, state)
         if event is not None:
             append_journal(data_dir, event)
+        return body
 
 
-def save_state(data_dir: Path, state: ControlState) -> None:
-    """Persist ``state`` durably and atomically (unfenced: :func:`commit` fences)."""
+def save_state(data_dir: Path, state: ControlState) -> bytes:
+    """Persist ``state`` durably and atomically (unfenced: :func:`commit` fences); the
+    bytes written."""
     path = state_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     state.generation += 1
@@ -145,31 +136,21 @@ def save_state(data_dir: Path, state: ControlState) -> None:
             "schedule": state.schedule,
         },
         indent=1,
-    )
-    write_atomic(path, body.encode())
+    ).encode()
+    write_atomic(path, body)
+    return body
 
 
-def journal_path(data_dir: Path) -> Path:
-    return data_dir / "control" / "transitions.jsonl"
-
-
-def append_journal(data_dir: Path, event: dict[str, Any]) -> None:
-    """Append one fired transition to the journal (rotated once past its size bound)."""
-    path = journal_path(data_dir)
-    if path.exists() and path.stat().st_size > JOURNAL_BYTES_MAX:
-        os.replace(path, path.with_suffix(".jsonl.1"))
-    with open(path, "a") as handle:
-        handle.write(json.dumps(event) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_journal(data_dir: Path) -> list[dict[str, Any]]:
-    """The journal's events, oldest first (the current file only)."""
-    path = journal_path(data_dir)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def install_copy(data_dir: Path, state: bytes, journal: bytes) -> ControlState:
+    """Rebuild the coordinator's own copy from a control replica's bytes (its journal
+    first, then its state); refused if the folder already holds a state."""
+    parsed = parse_state(state, source="control replica")
+    with locked(data_dir):
+        if state_path(data_dir).exists():
+            raise StaleCoordinator(f"{state_path(data_dir)} exists: not rebuilt from a replica")
+        write_atomic(journal_path(data_dir), journal)
+        write_atomic(state_path(data_dir), state)
+    return parsed
 
 
 def repair_journal(data_dir: Path, state: ControlState) -> bool:

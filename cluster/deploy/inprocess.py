@@ -17,7 +17,7 @@ inspection, and the handlers' "now".
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from actors.host import UnitHost
 from actors.local import LocalPeers, LocalTransport
 from actors.replication import ReplicationSettings
 from actors.router import UnitRouter
+from actors.store.control_copy import ControlCopy
 from actors.store.fencing import StaleEpoch
 from cluster.backend.backend import Backend
 from cluster.backend.context import Cluster
@@ -43,6 +44,7 @@ class LocalOps:
     def __init__(self, hosts: Mapping[str, UnitHost]) -> None:
         self._hosts = hosts
         self.gateway_list: list[dict[str, str]] = []
+        self._control_answers: dict[str, int | BaseException] = {}
 
     def alive_nodes(self) -> Mapping[str, str]:
         return {node: node for node in self._hosts}
@@ -93,6 +95,35 @@ class LocalOps:
 
     def metrics_urls(self) -> dict[str, str]:
         return {}
+
+    # -- control replicas (cluster.control.mirror.ControlReplicaOps) ----------------------
+
+    def control_send(
+        self, node: str, generation: int, state: bytes, events: list[dict[str, Any]]
+    ) -> None:
+        host = self._hosts.get(node)
+        if host is not None:  # a plain call: answered before control_answers asks
+            try:
+                self._control_answers[node] = host.control_save(generation, state, events)
+            except Exception as exc:
+                self._control_answers[node] = exc
+
+    def control_in_flight(self, node: str) -> bool:
+        return False
+
+    def control_answers(
+        self, nodes: Collection[str], needed: int, timeout_s: float
+    ) -> dict[str, int | BaseException]:
+        answers, self._control_answers = self._control_answers, {}
+        return answers
+
+    def control_copies(
+        self, nodes: Collection[str], timeout_s: float
+    ) -> dict[str, ControlCopy | BaseException]:
+        return {node: self._hosts[node].control_copy() for node in nodes if node in self._hosts}
+
+    def control_local_node(self) -> str | None:
+        return None  # one process, one disk: no node shares the coordinator's more than another
 
 
 class InProcessCluster:

@@ -78,6 +78,7 @@ def settings_of(
         "min_in_sync": storage.min_in_sync,
         "replica_ack_timeout_s": storage.replica_ack_timeout_ms / 1000,
         "replica_lag_max_s": storage.replica_lag_max_ms / 1000,
+        "control_replicas": storage.control_replicas,
         "shards": config.sharding.shards,
         "partitions": config.sharding.partitions,
         "data_dir": str(data_dir),
