@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from actors.shard import ops
 from actors.store.control_copy import ControlCopy, ControlReplicaFenced, read_journal
 from billing.accounts import Account, PaymentMode
 from cluster.control.coordinator import Coordinator
-from cluster.control.mirror import ControlStateMissing, choose_copy
+from cluster.control.mirror import ControlMirror, ControlStateMissing, choose_copy
 from cluster.control.state import load_state, state_path
 from cluster.deploy.inprocess import InProcessCluster, LocalOps
 from tests.test_coordinator import Nodes
@@ -132,6 +132,55 @@ def test_recovery_refuses_when_a_node_live_at_the_newest_save_is_missing(tmp_pat
     chosen = choose_copy(copies, unanswered=(), acks_needed=1, local="n3")
     assert chosen is not None and chosen.generation == 9
     assert choose_copy(copies, unanswered=(), acks_needed=2) is not None
+
+
+class _Paused(LocalOps):
+    """Real hosts, but the saves sent to ``paused`` nodes are never answered (a SIGSTOPped
+    host), and ``local`` is the coordinator's own node; counts the bounded waits."""
+
+    def __init__(self, hosts: dict[str, UnitHost], *, paused: set[str], local: str) -> None:
+        super().__init__(hosts)
+        self.paused, self.local, self.waits = paused, local, 0
+        self._unanswered: set[str] = set()
+
+    def control_send(
+        self, node: str, generation: int, state: bytes, events: list[dict[str, Any]]
+    ) -> None:
+        if node in self.paused:
+            self._unanswered.add(node)
+        else:
+            super().control_send(node, generation, state, events)
+
+    def control_in_flight(self, node: str) -> bool:
+        return node in self._unanswered
+
+    def control_answers(
+        self, nodes: Collection[str], needed: int, timeout_s: float
+    ) -> dict[str, int | BaseException]:
+        self.waits += bool(needed and timeout_s)
+        return super().control_answers(nodes, needed, timeout_s)
+
+    def control_local_node(self) -> str | None:
+        return self.local
+
+
+def test_a_save_is_durable_only_on_another_node_and_a_paused_one_is_waited_for_once(
+    tmp_path: Path,
+) -> None:
+    """The coordinator's own node's replica never makes a save durable; a paused host is
+    waited for (bounded) at one save, then skipped while its save is in flight; another
+    live node's acknowledgement makes the next save durable."""
+    hosts = {node: _host(tmp_path, node) for node in NODES}
+    paused = _Paused(hosts, paused={"n2"}, local="n1")
+    mirror = ControlMirror(paused, acks_needed=1, wait_s=0.01)
+    assert not mirror.saved(1, _body(1), _event(1), ["n1"])
+    assert hosts["n1"].control_copy().generation == 1  # kept, but not counted
+    assert not mirror.saved(2, _body(2), _event(2), ["n1", "n2"])
+    assert not mirror.saved(3, _body(3), _event(3), ["n1", "n2"])
+    assert paused.waits == 1
+    assert mirror.saved(4, _body(4), _event(4), ["n1", "n2", "n3"])
+    assert mirror.status()["durable_generation"] == 4 and mirror.short_saves == 3
+    assert [e["generation"] for e in read_journal(tmp_path / "nodes" / "n3")] == [1, 2, 3, 4]
 
 
 # -- an in-process replicated cluster -------------------------------------------------------
