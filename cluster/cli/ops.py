@@ -276,6 +276,13 @@ def status(as_json: bool, data_dir: Path) -> None:
             f"fully replicated: {found.get('fully_replicated')}; "
             f"lost: {states.count('lost')}"
         )
+    control = found.get("control") or {}
+    if control.get("replicated"):
+        console.print(
+            f"control state: generation {control['generation']}, durable "
+            f"{control['durable_generation']} (on {control['acks_needed']}+ node replicas); "
+            f"replicas {control['replicas'] or '-'}; short saves {control['short_saves']}"
+        )
     for line in schedule_lines(found.get("schedule")):
         console.print(line)
 

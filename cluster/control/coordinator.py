@@ -9,7 +9,9 @@ least-loaded alive node. Every step is, in this order:
 1. fired on the net (``PetriModel.fire``): a step the net does not allow is a
    refused action, logged as ``refused``, never a crash;
 2. persisted with the new marking (``control_state.commit``, fsynced, fenced by the
-   generation: a coordinator that was replaced while paused is refused);
+   generation: a coordinator that was replaced while paused is refused), and, in
+   replicated mode, sent to the live nodes' control replicas and waited for until
+   durable, at most ``CONTROL_ACK_WAIT_S`` (``cluster.control.mirror``);
 3. journaled (``control/transitions.jsonl``) and logged as a structlog event
    named after the transition, with its binding, so a run can be replayed
    through the net (``petri.trace.check_trace``);
@@ -33,7 +35,10 @@ Recovery contract: the marking on disk is never older than anything acted
 upon. After a restart the coordinator reloads it and ``converge`` re-issues
 the idempotent ``open_unit(unit, epoch)`` of every owned unit, so an action
 lost between steps 2 and 4 is completed. Hosts refuse epochs older than the
-one stored with a unit, so a replayed open can never roll ownership back.
+one stored with a unit, so a replayed open can never roll ownership back. A
+coordinator that finds no state on its disk while nodes hold control replicas
+rebuilds it from the newest of them before its first round, or refuses to start
+(``ControlStateMissing``): it never starts empty over a cluster that ran.
 """
 
 from __future__ import annotations

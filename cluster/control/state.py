@@ -11,6 +11,10 @@ replacement took over (Ray restarts the actor when its node is declared dead)
 finds a newer generation when it resumes, and its write is refused
 (:class:`StaleCoordinator`): it can neither append to the journal nor save its
 stale marking.
+
+In replicated mode each save is also kept by every live node's host in its own
+folder, fenced the same way (:mod:`cluster.control.mirror`); a coordinator whose
+folder is gone rebuilds it from the newest of those (:func:`install_copy`).
 """
 
 from __future__ import annotations

@@ -239,6 +239,9 @@ class Runtime:
                 return
             time.sleep(0.1)
         status = self.status()
+        refused = status.get("control", {}).get("error")
+        if refused:  # the control state could not be rebuilt: nothing was started
+            raise StartError(f"the coordinator did not start: {refused}")
         missing = [u["unit"] for u in status["units"] if u["state"] != "owned"]
         raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
 
