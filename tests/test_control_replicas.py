@@ -23,7 +23,12 @@ from actors.shard import ops
 from actors.store.control_copy import ControlCopy, ControlReplicaFenced, read_journal
 from billing.accounts import Account, PaymentMode
 from cluster.control.coordinator import Coordinator
-from cluster.control.mirror import ControlMirror, ControlStateMissing, choose_copy
+from cluster.control.mirror import (
+    ControlMirror,
+    ControlRecovery,
+    ControlStateMissing,
+    choose_copy,
+)
 from cluster.control.state import load_state, state_path
 from cluster.deploy.inprocess import InProcessCluster, LocalOps
 from tests.test_coordinator import Nodes
@@ -181,6 +186,22 @@ def test_a_save_is_durable_only_on_another_node_and_a_paused_one_is_waited_for_o
     assert mirror.saved(4, _body(4), _event(4), ["n1", "n2", "n3"])
     assert mirror.status()["durable_generation"] == 4 and mirror.short_saves == 3
     assert [e["generation"] for e in read_journal(tmp_path / "nodes" / "n3")] == [1, 2, 3, 4]
+
+
+def test_recovery_waits_for_a_silent_node_then_decides_without_it(tmp_path: Path) -> None:
+    """A node Ray reports alive whose host does not answer is waited for until the
+    recovery's deadline; then the decision is made from the others (here: refused, the
+    silent node having been live at the newest save found)."""
+    state = _state_bytes(tmp_path, NODES)
+    hosts = {node: _host(tmp_path, node) for node in ("n1", "n2")}  # n3's host is silent
+    for node, host in hosts.items():
+        host.control_save(4, _copy(node, 4, state).state, [])
+    now = [0.0]
+    recovery = ControlRecovery(LocalOps(hosts), acks_needed=1, wait_s=60, clock=lambda: now[0])
+    assert not recovery.step(NODES).ready
+    now[0] = 61.0
+    with pytest.raises(ControlStateMissing, match=r"\['n3'\] were live then"):
+        recovery.step(NODES)
 
 
 # -- an in-process replicated cluster -------------------------------------------------------
