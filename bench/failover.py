@@ -19,7 +19,8 @@ its account's usage history (``lost`` and ``duplicated`` count the violations).
 
 The last line is one JSON object with ``mode``, ``takeover_s_p50``,
 ``takeover_s_p99``, ``writable_s_p50``, ``writable_s_p99``, ``lost`` and
-``duplicated``.
+``duplicated``, and (replicated) how many of the coordinator's saves were short of
+their control replicas (``control_short_saves``).
 
     .venv/bin/python bench/failover.py [--mode replicated] [--nodes 3] [--kills 5]
 """
@@ -182,6 +183,7 @@ def main() -> None:
             lost = sum(1 for r in load.acked if r not in seen)
             duplicated = sum(1 for count in seen.values() if count > 1)
             report = client.reconcile()
+            control = runtime.status().get("control", {})
         finally:
             runtime.stop()
     takeovers.sort()
@@ -198,6 +200,11 @@ def main() -> None:
         "lost": lost,
         "duplicated": duplicated,
         "reconciled": report.balanced,
+        # Replicated: the coordinator's saves that were not durable on the control
+        # replicas they needed when made (a kill's node counted on, then skipped).
+        "control_short_saves": control.get("short_saves"),
+        "control_generation": control.get("generation"),
+        "control_durable_generation": control.get("durable_generation"),
     }
     print(json.dumps(summary))
 
