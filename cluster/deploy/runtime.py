@@ -234,14 +234,16 @@ class Runtime:
         """Until every unit is served and can acknowledge writes (replicated: each has
         enough followers in sync), or :class:`StartError`."""
         deadline = time.monotonic() + timeout_s
+        checked = time.monotonic()
         while time.monotonic() < deadline:
             if self._coordinator_call("writable", timeout_s):
                 return
+            if time.monotonic() - checked > _REFUSAL_CHECK_S:
+                checked = time.monotonic()
+                _refused(self.status())
             time.sleep(0.1)
         status = self.status()
-        refused = status.get("control", {}).get("error")
-        if refused:  # the control state could not be rebuilt: nothing was started
-            raise StartError(f"the coordinator did not start: {refused}")
+        _refused(status)
         missing = [u["unit"] for u in status["units"] if u["state"] != "owned"]
         raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
 
@@ -298,6 +300,18 @@ class Runtime:
             self.local.shutdown()
         (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         log.info("cluster_down", data_dir=str(self.data_dir))
+
+
+#: How often a start that waits for the units looks whether the coordinator refused.
+_REFUSAL_CHECK_S = 2.0
+
+
+def _refused(status: dict[str, Any]) -> None:
+    """Raise :class:`StartError` if the coordinator refused to start: its control state
+    is gone and the nodes' replicas could not rebuild it (nothing is served then)."""
+    refused = status.get("control", {}).get("error")
+    if refused:
+        raise StartError(f"the coordinator did not start: {refused}")
 
 
 def stop_cluster_actors() -> None:
