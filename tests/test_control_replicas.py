@@ -242,6 +242,7 @@ def _balances(cluster: InProcessCluster, accounts: list[str]) -> dict[str, int]:
         state = router.run_blocking(
             router.shard(account_id), ops.GetAccount(account_id=account_id), timeout_s=30
         )
+        assert state is not None, account_id
         found[account_id] = state.prepaid
     return found
 

@@ -8,12 +8,18 @@ journal goes on from where it was, and the cluster is healthy.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import ray
 
+from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
 from cluster.client import PetribillClient
 from cluster.control.state import load_state, read_journal
 from cluster.deploy.runtime import Runtime
@@ -44,10 +50,44 @@ def _snapshot(client: PetribillClient) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+def _control(runtime: Runtime) -> dict[str, Any]:
+    found: dict[str, Any] = runtime.status()["control"]
+    return found
+
+
+def _wait(runtime: Runtime, what: Callable[[dict[str, Any]], bool], why: str) -> None:
+    deadline = time.monotonic() + 60
+    while not what(control := _control(runtime)):
+        assert time.monotonic() < deadline, f"{why}: {control}"
+        time.sleep(0.2)
+
+
+def _pause_a_host_while_the_coordinator_saves(runtime: Runtime) -> None:
+    """SIGSTOP worker n1's host and have the coordinator save (a bill-run lock taken and
+    released): the saves are durable all the same (n2's replica), n1's replica stays
+    behind, and after SIGCONT it catches up in the background."""
+    host: Any = ray.get_actor(host_name("n1"), namespace=NAMESPACE)
+    pid = int(ray.get(host.pid.remote(), timeout=30))
+    coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            assert ray.get(coordinator.lock.remote("acct-00", "bill_run"), timeout=30)
+            assert ray.get(coordinator.unlock.remote("acct-00", "bill_run"), timeout=30)
+        control = _control(runtime)
+        assert control["durable_generation"] == control["generation"], control
+        assert control["replicas"].get("n1", 0) < control["generation"], control
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _wait(runtime, lambda c: c["replicas"].get("n1") == c["generation"], "n1 not caught up")
+
+
 def test_a_cluster_whose_control_folder_is_lost_comes_back_whole(tmp_path: Path) -> None:
     """Accounts and usage on a 3-node replicated cluster; ``down``; ``<data>/control/``
     deleted; ``up``: the same accounts, balances and usage, the journal continued from
-    the last generation (so every unit's epoch went on from the one it had), healthy."""
+    the last generation (so every unit's epoch went on from the one it had), healthy.
+    Before ``down``, a paused host does not keep the coordinator's saves from being
+    durable, and catches up once resumed."""
     data = tmp_path / "data"
     first = _runtime(data)
     with running(first) as info:
@@ -67,12 +107,10 @@ def test_a_cluster_whose_control_folder_is_lost_comes_back_whole(tmp_path: Path)
             for n in range(60)
         ]  # fmt: skip
         client.submit_usage(records)
+        _pause_a_host_while_the_coordinator_saves(first)
         before = _snapshot(client)
         epochs = {u["unit"]: u["epoch"] for u in first.status()["units"]}
-        deadline = time.monotonic() + 60
-        while (control := first.status()["control"])["durable_generation"] < control["generation"]:
-            assert time.monotonic() < deadline, control
-            time.sleep(0.2)
+        _wait(first, lambda c: c["durable_generation"] == c["generation"], "not durable")
         client.close()
     generation, journal = load_state(data).generation, read_journal(data)
     shutil.rmtree(data / "control")
