@@ -188,6 +188,21 @@ def test_a_save_is_durable_only_on_another_node_and_a_paused_one_is_waited_for_o
     assert [e["generation"] for e in read_journal(tmp_path / "nodes" / "n3")] == [1, 2, 3, 4]
 
 
+def test_a_replica_ahead_of_the_coordinator_is_neither_counted_nor_overwritten(
+    tmp_path: Path,
+) -> None:
+    """A replica holding a newer generation than the coordinator's (not its lineage: its
+    control folder was restored from an older copy) refuses the save; it is not counted
+    towards durability, not sent to again, and keeps what it holds."""
+    hosts = {node: _host(tmp_path, node) for node in ("n1", "n2")}
+    hosts["n1"].control_save(10, _body(10), [])
+    mirror = ControlMirror(LocalOps(hosts), acks_needed=1)
+    assert not mirror.saved(3, _body(3), _event(3), ["n1"])
+    assert mirror.saved(4, _body(4), _event(4), ["n1", "n2"])
+    assert mirror.status()["ahead"] == {"n1": 10} and mirror.status()["replicas"] == {"n2": 4}
+    assert hosts["n1"].control_copy().state == _body(10)
+
+
 def test_recovery_waits_for_a_silent_node_then_decides_without_it(tmp_path: Path) -> None:
     """A node Ray reports alive whose host does not answer is waited for until the
     recovery's deadline; then the decision is made from the others (here: refused, the

@@ -206,6 +206,10 @@ class ControlMirror:
         self._tail: deque[dict[str, Any]] = deque(maxlen=JOURNAL_TAIL_MAX)
         self._latest: tuple[int, bytes] | None = None
         self._acked: dict[str, int] = {}  # node -> the generation its replica holds
+        # node -> the newer generation its replica refused ours with: not this
+        # coordinator's lineage (its control/ was restored from an older copy), so it is
+        # neither sent to nor counted while it stays a target.
+        self._ahead: dict[str, int] = {}
         self.durable_generation = 0
         self.short_saves = 0
         self._short = False
@@ -258,6 +262,8 @@ class ControlMirror:
         self._collect((), 0, 0.0)
         for node in [n for n in self._acked if n not in targets]:
             del self._acked[node]
+        for node in [n for n in self._ahead if n not in targets]:
+            del self._ahead[node]
         self._send(targets)
 
     def _send(self, targets: Collection[str]) -> list[str]:
@@ -268,7 +274,7 @@ class ControlMirror:
         sent = []
         for node in sorted(targets):
             acked = self._acked.get(node, 0)
-            if acked >= generation or self._ops.control_in_flight(node):
+            if acked >= generation or node in self._ahead or self._ops.control_in_flight(node):
                 continue
             events = [e for e in self._tail if int(e["generation"]) > acked]
             self._ops.control_send(node, generation, state, events)
@@ -278,9 +284,9 @@ class ControlMirror:
     def _collect(self, nodes: Collection[str], needed: int, timeout_s: float) -> None:
         for node, answer in self._ops.control_answers(nodes, needed, timeout_s).items():
             if isinstance(answer, ControlReplicaFenced):
-                # A replica ahead of this coordinator: it is not sent older saves again.
                 log.error("control_replica_ahead", node=node, held=answer.held)
-                self._acked[node] = answer.held
+                self._ahead[node] = answer.held
+                self._acked.pop(node, None)
             elif isinstance(answer, BaseException):
                 log.info("control_save_failed", node=node, error=str(answer))
             else:
@@ -293,4 +299,5 @@ class ControlMirror:
             "durable_generation": self.durable_generation,
             "short_saves": self.short_saves,
             "replicas": dict(sorted(self._acked.items())),
+            "ahead": dict(sorted(self._ahead.items())),
         }
