@@ -70,13 +70,14 @@ def persisted_generation(root: Path) -> int:
     return int(json.loads(path.read_text())["generation"])
 
 
-def append_journal(root: Path, event: dict[str, Any]) -> None:
-    """Append one fired transition to the journal (rotated once past its size bound)."""
+def append_journal(root: Path, *events: dict[str, Any]) -> None:
+    """Append fired transitions to the journal, one fsync for all (rotated once past its
+    size bound)."""
     path = journal_path(root)
     if path.exists() and path.stat().st_size > JOURNAL_BYTES_MAX:
         os.replace(path, path.with_suffix(".jsonl.1"))
     with open(path, "a") as handle:
-        handle.write(json.dumps(event) + "\n")
+        handle.write("".join(json.dumps(event) + "\n" for event in events))
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -130,9 +131,9 @@ def save_copy(root: Path, generation: int, state: bytes, events: Sequence[dict[s
         if generation == held:
             return held
         write_atomic(state_path(root), state)
-        for event in events:
-            if held < int(event["generation"]) <= generation:
-                append_journal(root, event)
+        new = [e for e in events if held < int(e["generation"]) <= generation]
+        if new:
+            append_journal(root, *new)
         return generation
 
 
