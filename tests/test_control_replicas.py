@@ -146,11 +146,13 @@ class _Paused(LocalOps):
     def __init__(self, hosts: dict[str, UnitHost], *, paused: set[str], local: str) -> None:
         super().__init__(hosts)
         self.paused, self.local, self.waits = paused, local, 0
+        self.sends: dict[str, int] = {}
         self._unanswered: set[str] = set()
 
     def control_send(
         self, node: str, generation: int, state: bytes, events: list[dict[str, Any]]
     ) -> None:
+        self.sends[node] = self.sends.get(node, 0) + 1
         if node in self.paused:
             self._unanswered.add(node)
         else:
@@ -173,19 +175,36 @@ def test_a_save_is_durable_only_on_another_node_and_a_paused_one_is_waited_for_o
     tmp_path: Path,
 ) -> None:
     """The coordinator's own node's replica never makes a save durable; a paused host is
-    waited for (bounded) at one save, then skipped while its save is in flight; another
+    waited for (bounded) at one settle, then skipped while its save is in flight; another
     live node's acknowledgement makes the next save durable."""
     hosts = {node: _host(tmp_path, node) for node in NODES}
     paused = _Paused(hosts, paused={"n2"}, local="n1")
     mirror = ControlMirror(paused, acks_needed=1, wait_s=0.01)
-    assert not mirror.saved(1, _body(1), _event(1), ["n1"])
+    mirror.saved(1, _body(1), _event(1))
+    assert not mirror.settle(["n1"])
     assert hosts["n1"].control_copy().generation == 1  # kept, but not counted
-    assert not mirror.saved(2, _body(2), _event(2), ["n1", "n2"])
-    assert not mirror.saved(3, _body(3), _event(3), ["n1", "n2"])
+    for generation in (2, 3):
+        mirror.saved(generation, _body(generation), _event(generation))
+        assert not mirror.settle(["n1", "n2"])
     assert paused.waits == 1
-    assert mirror.saved(4, _body(4), _event(4), ["n1", "n2", "n3"])
+    mirror.saved(4, _body(4), _event(4))
+    assert mirror.settle(["n1", "n2", "n3"])
     assert mirror.status()["durable_generation"] == 4 and mirror.short_saves == 3
     assert [e["generation"] for e in read_journal(tmp_path / "nodes" / "n3")] == [1, 2, 3, 4]
+
+
+def test_a_rounds_saves_reach_each_replica_in_one_call(tmp_path: Path) -> None:
+    """Many saves before a settle (one reconcile round's transitions) go to each replica
+    as one call: the latest state with every journal event since its last answer."""
+    hosts = {node: _host(tmp_path, node) for node in NODES}
+    ops = _Paused(hosts, paused=set(), local="n1")
+    mirror = ControlMirror(ops, acks_needed=1)
+    for generation in range(1, 6):
+        mirror.saved(generation, _body(generation), _event(generation))
+    assert mirror.settle(NODES)
+    assert ops.sends == {"n1": 1, "n2": 1, "n3": 1}
+    assert hosts["n2"].control_copy().state == _body(5)
+    assert [e["generation"] for e in read_journal(tmp_path / "nodes" / "n2")] == [1, 2, 3, 4, 5]
 
 
 def test_a_replica_ahead_of_the_coordinator_is_neither_counted_nor_overwritten(
@@ -197,8 +216,10 @@ def test_a_replica_ahead_of_the_coordinator_is_neither_counted_nor_overwritten(
     hosts = {node: _host(tmp_path, node) for node in ("n1", "n2")}
     hosts["n1"].control_save(10, _body(10), [])
     mirror = ControlMirror(LocalOps(hosts), acks_needed=1)
-    assert not mirror.saved(3, _body(3), _event(3), ["n1"])
-    assert mirror.saved(4, _body(4), _event(4), ["n1", "n2"])
+    mirror.saved(3, _body(3), _event(3))
+    assert not mirror.settle(["n1"])
+    mirror.saved(4, _body(4), _event(4))
+    assert mirror.settle(["n1", "n2"])
     assert mirror.status()["ahead"] == {"n1": 10} and mirror.status()["replicas"] == {"n2": 4}
     assert hosts["n1"].control_copy().state == _body(10)
 

@@ -9,9 +9,10 @@ least-loaded alive node. Every step is, in this order:
 1. fired on the net (``PetriModel.fire``): a step the net does not allow is a
    refused action, logged as ``refused``, never a crash;
 2. persisted with the new marking (``control_state.commit``, fsynced, fenced by the
-   generation: a coordinator that was replaced while paused is refused), and, in
-   replicated mode, sent to the live nodes' control replicas and waited for until
-   durable, at most ``CONTROL_ACK_WAIT_S`` (``cluster.control.mirror``);
+   generation: a coordinator that was replaced while paused is refused); in
+   replicated mode the round's last save also goes to the live nodes' control
+   replicas at the round's end, waited for until durable at most
+   ``CONTROL_ACK_WAIT_S`` (``cluster.control.mirror``);
 3. journaled (``control/transitions.jsonl``) and logged as a structlog event
    named after the transition, with its binding, so a run can be replayed
    through the net (``petri.trace.check_trace``);
@@ -205,6 +206,7 @@ class Coordinator:
         self._mirror: ControlMirror | None = None
         self._recovery: ControlRecovery | None = None
         self.control_error = ""
+        self._in_round = False  # inside reconcile: its saves reach the replicas at its end
         if control_acks > 0:  # the ops of a replicated cluster reach the replicas too
             replica_ops = cast("ControlReplicaOps", ops)
             self._mirror = ControlMirror(replica_ops, acks_needed=control_acks)
@@ -337,9 +339,12 @@ class Coordinator:
         return True
 
     def _replicate(self, state: bytes, event: dict[str, Any] | None) -> None:
-        """Send a save just committed to the live nodes' control replicas (bounded wait)."""
+        """Hand a save just committed to the control replicas: at the end of the round
+        (:meth:`reconcile`), or now for a save made outside one (bounded wait)."""
         if self._mirror is not None:
-            self._mirror.saved(self._state.generation, state, event, self._control_targets())
+            self._mirror.saved(self._state.generation, state, event)
+            if not self._in_round:
+                self._mirror.settle(self._control_targets())
 
     def _control_targets(self) -> list[str]:
         """The nodes whose replicas a save goes to: alive or draining, host answering."""
@@ -415,6 +420,17 @@ class Coordinator:
         """
         if self._recovery is not None and not self._recover():
             return 0
+        self._in_round = True
+        try:
+            fired = self._round()
+        finally:
+            self._in_round = False
+        if self._mirror is not None:  # the round's saves, in one call per replica
+            self._mirror.settle(self._control_targets())
+        return fired
+
+    def _round(self) -> int:
+        """The round's observations and transitions (see :meth:`reconcile`)."""
         fired = 0
         alive = dict(self._ops.alive_nodes())
         for node, ray_id in sorted(alive.items()):
@@ -457,8 +473,6 @@ class Coordinator:
         self.converge()
         if self._replicas is not None:
             fired += self._replicas.reconcile()
-        if self._mirror is not None:
-            self._mirror.tick(self._control_targets())
         return fired
 
     # -- failure detection ---------------------------------------------------

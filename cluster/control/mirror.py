@@ -1,16 +1,19 @@
 """Control replicas: the coordinator's state kept on every live node, and rebuilt from them.
 
-Replicated mode only (docs/architecture.md, "Control replicas"). Every save the
-coordinator commits to its own folder is also sent, with its generation and the
+Replicated mode only (docs/architecture.md, "Control replicas"). The saves the
+coordinator commits to its own folder are also sent, with their generation and the
 journal events the node has not acknowledged yet, to the host of every live node,
-which keeps it in its own node folder (``actors.store.control_copy``; on the host's
-``control_state`` thread, which no unit call can take). The save counts as
-**durable** once ``acks_needed`` replicas on nodes other than the coordinator's own
-have it (``min_in_sync − 1``, at least one: the units' rule, so the control state
-survives what the units survive, the loss of any one disk). The coordinator waits
-for that at most ``CONTROL_ACK_WAIT_S``; a paused or dead host is then skipped and
-the save noted short (``control_replicas_short``), never waited for again while its
-call is in flight. Slower replicas catch up in the background (:meth:`ControlMirror.tick`).
+which keeps them in its own node folder (``actors.store.control_copy``; on the host's
+``control_state`` thread, which no unit call can take). They go once per round of the
+coordinator (and at once for a save made outside a round: an operator's drain, a
+bill run's lock): the latest save of the round, with every event of it, in one call
+per node (:meth:`ControlMirror.settle`), so a failover's dozens of transitions cost one
+round trip, not dozens. The latest save counts as **durable** once ``acks_needed``
+replicas on nodes other than the coordinator's own have it (``min_in_sync − 1``, at
+least one: the units' rule, so the control state survives what the units survive, the
+loss of any one disk). The coordinator waits for that at most ``CONTROL_ACK_WAIT_S``;
+a paused or dead host is then skipped and the round noted short
+(``control_replicas_short``), never waited for again while its call is in flight.
 
 A coordinator that finds its own copy missing rebuilds it from the newest replica
 (:class:`ControlRecovery`, :func:`choose_copy`): it never starts empty while a node
@@ -44,9 +47,9 @@ __all__ = [
 
 log = structlog.get_logger("petribill.coordinator")
 
-#: How long a save waits for the replica acknowledgements that make it durable. A host
-#: answers from a thread of its own in milliseconds (one fsync); only a paused, dead or
-#: starved host takes longer, and it is skipped after this, once.
+#: How long the coordinator waits for the replica acknowledgements that make its latest
+#: save durable. A host answers from a thread of its own in milliseconds (a few fsyncs);
+#: only a paused, dead or starved host takes longer, and it is skipped after this, once.
 CONTROL_ACK_WAIT_S: Final = 1.0
 #: How long a coordinator without its own copy waits for every alive node's host to
 #: answer before it decides from those that did (hosts start in a few seconds).
@@ -220,21 +223,36 @@ class ControlMirror:
         self._latest = (generation, state)
         self._tail.extend(tail)
 
-    def saved(
-        self, generation: int, state: bytes, event: dict[str, Any] | None, targets: Collection[str]
-    ) -> bool:
-        """Send the save ``generation`` to ``targets`` (the live nodes whose hosts answer)
-        and wait, bounded, until it is durable; whether it is."""
+    def saved(self, generation: int, state: bytes, event: dict[str, Any] | None) -> None:
+        """Note the save ``generation`` just committed (and its journal event); it goes
+        to the replicas at the next :meth:`settle`."""
         if event is not None:
             self._tail.append(event)
         self._latest = (generation, state)
+
+    def settle(self, targets: Collection[str]) -> bool:
+        """Send the latest save to ``targets`` (the live nodes whose hosts answer) that are
+        behind it with nothing in flight, and wait, at most ``wait_s``, until it is
+        durable; whether it is. Never waits for a node whose earlier save is still in
+        flight (a paused or dead host: waited for once, then skipped until it answers).
+        A node that is no target any more is forgotten: when it comes back (perhaps with
+        an empty disk) it is sent the latest save again, never counted on what it held."""
         self._collect((), 0, 0.0)
+        for table in (self._acked, self._ahead):
+            for node in [n for n in table if n not in targets]:
+                del table[node]
+        if self._latest is None:
+            return True
+        generation = self._latest[0]
         local = self._ops.control_local_node()
         sent = self._send(targets)
+        if self.durable_generation >= generation:
+            return True
+        missing = self.acks_needed - self._acks(targets, local, generation)
         counted = [node for node in sent if node != local]
-        if len(counted) >= self.acks_needed:  # else no wait could make it durable
-            self._collect(counted, self.acks_needed, self._wait_s)
-        acks = sum(1 for n in targets if n != local and self._acked.get(n, 0) >= generation)
+        if 0 < missing <= len(counted):  # else no wait could make it durable
+            self._collect(counted, missing, self._wait_s)
+        acks = self._acks(targets, local, generation)
         durable = acks >= self.acks_needed
         if durable:
             self.durable_generation = generation
@@ -254,17 +272,9 @@ class ControlMirror:
         self._short = not durable
         return durable
 
-    def tick(self, targets: Collection[str]) -> None:
-        """Collect answers and send the latest save to live replicas behind it that have
-        nothing in flight (a host that was slow, paused or new); never waits. A node that
-        is no target any more is forgotten: when it comes back (perhaps with an empty
-        disk) it is sent the latest save again, never counted on what it held."""
-        self._collect((), 0, 0.0)
-        for node in [n for n in self._acked if n not in targets]:
-            del self._acked[node]
-        for node in [n for n in self._ahead if n not in targets]:
-            del self._ahead[node]
-        self._send(targets)
+    def _acks(self, targets: Collection[str], local: str | None, generation: int) -> int:
+        """How many targets other than ``local`` hold ``generation`` (or newer)."""
+        return sum(1 for n in targets if n != local and self._acked.get(n, 0) >= generation)
 
     def _send(self, targets: Collection[str]) -> list[str]:
         """Send the latest save to every target behind it with no save in flight."""
@@ -297,7 +307,7 @@ class ControlMirror:
         return {
             "acks_needed": self.acks_needed,
             "durable_generation": self.durable_generation,
-            "short_saves": self.short_saves,
+            "short_saves": self.short_saves,  # settles that ended short
             "replicas": dict(sorted(self._acked.items())),
             "ahead": dict(sorted(self._ahead.items())),
         }
