@@ -194,7 +194,8 @@ class ControlRecovery:
 
 
 class ControlMirror:
-    """Sends each save to the live nodes' replicas and says whether it is durable."""
+    """Takes the coordinator's saves to the live nodes' replicas, the latest at each settle,
+    and says whether it is durable."""
 
     def __init__(
         self,
