@@ -6,30 +6,48 @@ the usage rows, the column rater's rated rows, the paying account of each) and
 gets one answer row per record back as columns (:data:`ANSWER_SCHEMA`), with
 the sponsor forwards the host delivers.
 
-Today this charges through the per-record core (``ShardUsage.charge_batch``,
-the reference): the rated rows become :class:`~billing.rated.RatedRecord`
-values here, on the shard, and nowhere before it. Columnar charging
-(``billing.charging.columnar.charge_columns``, which takes the same Arrow
-batches through ``ChargeInput.from_arrow``) replaces the body of
-:func:`charge_columns`; nothing on the partition's side changes.
+:func:`charge_columns` charges through columnar charging
+(``billing.charging.columnar.charge_columns``): the batch's accounts (and any
+sponsor on this shard its records may charge) are read through one
+:class:`~actors.shard.work.Work` into a per-call
+:class:`~billing.charging.table.AccountTable`, the Arrow batches become a
+``ChargeInput`` (``from_arrow``), the record ids' marks are read with one
+multi-get, and the answer's states, charge rows (ledger rows and marks),
+notifications, forwards, fraud states and sponsor prices are staged in that
+work: one synced commit, as the per-record body makes. A batch the columnar
+core cannot express the same way (:func:`_per_record_reason`) takes the
+per-record body (``ShardUsage.charge_batch``, the reference), which
+tests/test_bulk_equivalence.py holds the bulk path to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from actors.shard import ops
 from actors.shard.outbox import Forward
-from billing.accounts import Result
+from actors.shard.risk import assess_batch
+from actors.shard.work import Work, without_rated
+from billing.accounts import Effects, Result
+from billing.charging.charge_input import ChargeInput
+from billing.charging.columnar import ChargeColumns as ColumnarAnswer
+from billing.charging.columnar import charge_columns as columnar_charge
+from billing.charging.rows import Charge
+from billing.charging.table import AccountTable, TableUpdate
+from billing.charging.usage_store import ROW_SHIFT
 from billing.column_rating import RatedRows
+from billing.idempotency import Mark
 from billing.invariant import invariant
 from billing.rated import RatedRecord
 
 if TYPE_CHECKING:
+    from actors.shard.core import ShardCore
     from actors.shard.usage import ShardUsage
 
 __all__ = ["ANSWER_SCHEMA", "RESULTS", "ChargeColumnsAnswer", "charge_columns"]
@@ -72,7 +90,43 @@ def _labels(values: list[str | None]) -> pa.DictionaryArray:
 
 
 def charge_columns(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
-    """Charge every row of ``op`` (each one rated) to its account: one commit."""
+    """Charge every row of ``op`` (each one rated) to its account: one commit.
+
+    Columnar charging (``billing.charging.columnar``) takes the batch unless it holds
+    something only the per-record body says the same way (:func:`_per_record_reason`).
+    """
+    invariant(op.rated.column("reject_reason").null_count == op.rated.num_rows,
+              "only rated rows are charged")  # fmt: skip
+    if _per_record_reason(op) is not None:
+        return _charge_per_record(usage, op)
+    return _charge_columnar(usage, op)
+
+
+def _per_record_reason(op: ops.ChargeColumns) -> str | None:
+    """Why this batch must take the per-record body, or None.
+
+    - a record id that is empty or holds NUL: the per-record body refuses it
+      (``invalid_argument``) before charging; columnar charging has no such refusal;
+    - one msisdn charged to two accounts in the batch: the per-record body charges
+      such a batch in runs (its directory maps an msisdn to one account), each run
+      seeing the marks of the runs before it; columnar charging would take it in one
+      pass. Both are rare (a directory change racing a batch, a malformed id).
+    """
+    ids = op.usage.column("record_id")
+    if (
+        pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py()
+        or pc.any(pc.match_substring(ids, "\x00")).as_py()
+    ):
+        return "invalid record id"
+    msisdns = op.usage.column("served_msisdn")
+    pairs = pa.table({"m": msisdns, "a": op.accounts}).group_by(["m", "a"]).aggregate([])
+    if pairs.num_rows != pc.count_distinct(msisdns).as_py():
+        return "one msisdn, two accounts"
+    return None
+
+
+def _charge_per_record(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
+    """The reference: every row as a :class:`RatedRecord` through ``charge_batch``."""
     catalogue = usage.core.catalogue
     invariant(catalogue is not None, "a shard charging columns has its catalogue")
     assert catalogue is not None
@@ -83,8 +137,12 @@ def charge_columns(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAns
         invariant(isinstance(outcome, RatedRecord), "only rated rows are charged")
         items.append((account_id, outcome))  # type: ignore[arg-type]
     answer = usage.charge_batch(ops.ChargeBatch(items=items, at_s=op.at_s, offline=op.offline))
-    rows = answer.rows
-    amounts = answer.sponsor_amounts
+    return _answer_of_rows(answer.rows, answer.sponsor_amounts, answer.forwards)
+
+
+def _answer_of_rows(
+    rows: list[Charge], amounts: dict[str, int], forwards: list[Forward]
+) -> ChargeColumnsAnswer:
     code = _RESULT_CODE
     columns = [
         pa.array([row.record_id for row in rows], pa.string()),
@@ -103,6 +161,130 @@ def charge_columns(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAns
         ),
         pa.array([amounts.get(row.record_id, 0) for row in rows], pa.int64()),
     ]
-    return ChargeColumnsAnswer(
-        pa.RecordBatch.from_arrays(columns, schema=ANSWER_SCHEMA), list(answer.forwards)
+    return ChargeColumnsAnswer(pa.RecordBatch.from_arrays(columns, schema=ANSWER_SCHEMA), forwards)
+
+
+class _WorkMarks:
+    """The columnar core's ``MarkStore`` over a :class:`Work` whose marks were prefetched
+    (one multi-get): ``get_many`` answers the batch's ids from that read."""
+
+    __slots__ = ("_work", "get")
+
+    def __init__(self, work: Work) -> None:
+        self._work = work
+        self.get = work.mark
+
+    def get_many(self, keys: Sequence[str]) -> list[Mark[Any] | None]:
+        work = self._work
+        if not work.fetched and not work.marks:
+            unmarked = work.unmarked
+            if all(map(unmarked.__contains__, keys)):
+                return [None] * len(keys)  # the common batch: every id fresh
+        return list(map(work.mark, keys))
+
+
+def _table_of(work: Work, op: ops.ChargeColumns, core: ShardCore) -> AccountTable:
+    """The batch's accounts as a table, read through ``work`` (the shard's cache, else
+    the store, as the per-record body reads them), with every sponsor on this shard a
+    record of the batch may charge: the per-record body charges such a sponsor here."""
+    wanted = pc.unique(op.accounts).to_pylist()
+    states = {a: s for a in wanted if (s := work.state(a)) is not None}
+    sponsors: list[str] = []
+    for state in states.values():
+        sponsors.extend(rule.sponsor_account_id for rule in state.account.sponsor_rules)
+    column = op.rated.column("usage_class")
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    for usage_class in pc.unique(column).to_pylist():
+        found = None if usage_class is None else core.tariff.sponsor_for(usage_class)
+        if found is not None:
+            sponsors.append(found[0])
+    for sponsor_id in sponsors:
+        if sponsor_id not in states:
+            sponsor = work.state(sponsor_id)
+            if sponsor is not None:
+                states[sponsor_id] = sponsor
+    return AccountTable.from_states(states.values())
+
+
+def _touched(update: TableUpdate) -> list[int]:
+    """The table rows ``update`` changes."""
+    rows: set[int] = set(update.rows.tolist())
+    rows.update(update.bundle_rows.tolist())
+    rows.update((update.usage_keys >> ROW_SHIFT).tolist())
+    rows.update(update.entered_rows.tolist())
+    rows.update(update.reminders)
+    rows.update(update.profiles)
+    return sorted(rows)
+
+
+def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
+    """Columnar charging, staged in one :class:`Work` and one synced commit as the
+    per-record body stages it: states, charge rows (ledger rows and marks),
+    notifications, forwards, fraud states and sponsor prices."""
+    core = usage.core
+    catalogue = core.catalogue
+    invariant(catalogue is not None, "a shard charging columns has its catalogue")
+    assert catalogue is not None
+    work = Work(core)
+    table = _table_of(work, op, core)
+    n = op.usage.num_rows
+    batch = ChargeInput.from_arrow(
+        op.usage, op.rated, op.accounts, table, catalogue, rows=np.arange(n, dtype=np.int64)
     )
+    # Every record's idempotency mark with one multi-get (issue #13, item 4).
+    work.prefetch_marks(list(batch.record_ids))
+    out = columnar_charge(
+        batch, table, marks=_WorkMarks(work), tariff=core.tariff, config=core.charging,
+        at_s=op.at_s, offline=op.offline,
+    )  # fmt: skip
+    # The table is this call's own: its rows become the states the work writes.
+    table.apply(out.update)
+    for row in _touched(out.update):
+        work.set_state(table.state(row))
+    charges = out.charges()
+    no_refs: set[str] = set()
+    for charge_row in charges:
+        work.put_charge(charge_row, no_refs)
+    for note in out.notifications:
+        work.put_notification(note)
+    forwards = out.forwards()
+    for sponsored in forwards:
+        work.put_forward(sponsored)
+    sponsor_code = out.sponsor
+    any_sponsored = bool(out.reference) or bool((sponsor_code >= 0).any())
+    rows: list[Charge] | None = None
+    if core.fraud is not None or any_sponsored:
+        rows = [r if r.rated is None else without_rated(r) for r in out.rows()]
+    if core.fraud is not None:
+        assert rows is not None
+        items = list(zip(batch.account_ids, batch.source, strict=True))
+        assess_batch(core, work, items, rows)  # fraud rules, in the same batch (shard_risk)
+    amounts: dict[str, int] = {}
+    if rows is not None:
+        decided = Effects(charges=tuple(charges), forwards=tuple(forwards))
+        amounts = usage._sponsor_amounts(work, rows, [decided])
+    work.commit()
+    if rows is not None:
+        return _answer_of_rows(rows, amounts, work.forwards)
+    return _answer_of_columns(op, out, work.forwards)
+
+
+def _answer_of_columns(
+    op: ops.ChargeColumns, out: ColumnarAnswer, forwards: list[Forward]
+) -> ChargeColumnsAnswer:
+    """The answer of a batch with no sponsored line and no reference row, from the
+    columns (no Python value per record): every row's id and account are the batch's."""
+    n = op.usage.num_rows
+    accounts = op.accounts
+    columns = [
+        op.usage.column("record_id"),
+        pa.DictionaryArray.from_arrays(pa.array(out.result.astype(np.int8)), _RESULT_NAMES),
+        accounts if pa.types.is_dictionary(accounts.type) else accounts.dictionary_encode(),
+        pa.array(out.amount, pa.int64()),
+        pa.array(out.bundle_units, pa.int64()),
+        pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string())),
+        pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int8()), _RESULT_NAMES),
+        pa.array(np.zeros(n, np.int64), pa.int64()),
+    ]
+    return ChargeColumnsAnswer(pa.RecordBatch.from_arrays(columns, schema=ANSWER_SCHEMA), forwards)
