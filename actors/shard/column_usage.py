@@ -34,13 +34,13 @@ from actors.shard import ops
 from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import Work, without_rated
-from billing.accounts import Effects, Result
+from billing.accounts import AccountState, Effects, Result
 from billing.charging.charge_input import ChargeInput
 from billing.charging.columnar import ChargeColumns as ColumnarAnswer
 from billing.charging.columnar import charge_columns as columnar_charge
 from billing.charging.rows import Charge
 from billing.charging.table import AccountTable, TableUpdate
-from billing.charging.usage_store import ROW_SHIFT
+from billing.charging.usage_store import CYCLE_SHIFT, ROW_SHIFT
 from billing.column_rating import RatedRows
 from billing.idempotency import Mark
 from billing.invariant import invariant
@@ -49,6 +49,8 @@ from billing.rated import RatedRecord
 if TYPE_CHECKING:
     from actors.shard.core import ShardCore
     from actors.shard.usage import ShardUsage
+
+_LOW: Final = (1 << CYCLE_SHIFT) - 1
 
 __all__ = ["ANSWER_SCHEMA", "RESULTS", "ChargeColumnsAnswer", "charge_columns"]
 
@@ -183,7 +185,9 @@ class _WorkMarks:
         return list(map(work.mark, keys))
 
 
-def _table_of(work: Work, op: ops.ChargeColumns, core: ShardCore) -> AccountTable:
+def _table_of(
+    work: Work, op: ops.ChargeColumns, core: ShardCore
+) -> tuple[AccountTable, dict[str, AccountState]]:
     """The batch's accounts as a table, read through ``work`` (the shard's cache, else
     the store, as the per-record body reads them), with every sponsor on this shard a
     record of the batch may charge: the per-record body charges such a sponsor here."""
@@ -204,18 +208,39 @@ def _table_of(work: Work, op: ops.ChargeColumns, core: ShardCore) -> AccountTabl
             sponsor = work.state(sponsor_id)
             if sponsor is not None:
                 states[sponsor_id] = sponsor
-    return AccountTable.from_states(states.values())
+    return AccountTable.from_states(states.values()), states
 
 
-def _touched(update: TableUpdate) -> list[int]:
-    """The table rows ``update`` changes."""
+def _states_after(
+    table: AccountTable, update: TableUpdate, before: dict[str, AccountState]
+) -> list[AccountState]:
+    """The new state of every row ``update`` changes, read from ``table`` once the update
+    is applied; the usage totals are the ones read (``before``) plus the update's, which
+    adds to them, so the table's usage store is not searched per account."""
+    usage_rows = (update.usage_keys >> ROW_SHIFT).tolist()
     rows: set[int] = set(update.rows.tolist())
     rows.update(update.bundle_rows.tolist())
-    rows.update((update.usage_keys >> ROW_SHIFT).tolist())
+    rows.update(usage_rows)
     rows.update(update.entered_rows.tolist())
     rows.update(update.reminders)
     rows.update(update.profiles)
-    return sorted(rows)
+    states = {row: table.state(row, usage=False) for row in sorted(rows)}
+    for row, state in states.items():
+        state.usage = dict(before[table.ids[row]].usage)
+    cycles, classes = table.cycles.names, table.classes.names
+    for row, key, added in zip(
+        usage_rows, update.usage_keys.tolist(), update.usage_values.tolist(), strict=True
+    ):
+        usage = states[row].usage
+        name = (cycles[(key >> CYCLE_SHIFT) & _LOW], classes[key & _LOW])
+        old = usage.get(name)
+        usage[name] = (
+            (added[0], added[1], added[2], added[3], added[4])
+            if old is None
+            else (old[0] + added[0], old[1] + added[1], old[2] + added[2],
+                  old[3] + added[3], old[4] + added[4])
+        )  # fmt: skip
+    return list(states.values())
 
 
 def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
@@ -227,7 +252,7 @@ def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsA
     invariant(catalogue is not None, "a shard charging columns has its catalogue")
     assert catalogue is not None
     work = Work(core)
-    table = _table_of(work, op, core)
+    table, before = _table_of(work, op, core)
     n = op.usage.num_rows
     batch = ChargeInput.from_arrow(
         op.usage, op.rated, op.accounts, table, catalogue, rows=np.arange(n, dtype=np.int64)
@@ -240,9 +265,18 @@ def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsA
     )  # fmt: skip
     # The table is this call's own: its rows become the states the work writes.
     table.apply(out.update)
-    for row in _touched(out.update):
-        work.set_state(table.state(row))
-    charges = out.charges()
+    for state in _states_after(table, out.update, before):
+        work.set_state(state)
+    # The rows once (each builds its record's Charge): the answer's, and the stored ones
+    # in the order ChargeColumns.charges gives (a record's sponsor lines, then its line).
+    full = out.rows()
+    extras = out.extras
+    charges: list[Charge] = []
+    for i, full_row in enumerate(full):
+        if extras:
+            charges.extend(extras.get(i, ()))
+        if full_row.rated is not None:
+            charges.append(full_row)
     no_refs: set[str] = set()
     for charge_row in charges:
         work.put_charge(charge_row, no_refs)
@@ -255,7 +289,7 @@ def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsA
     any_sponsored = bool(out.reference) or bool((sponsor_code >= 0).any())
     rows: list[Charge] | None = None
     if core.fraud is not None or any_sponsored:
-        rows = [r if r.rated is None else without_rated(r) for r in out.rows()]
+        rows = [r if r.rated is None else without_rated(r) for r in full]
     if core.fraud is not None:
         assert rows is not None
         items = list(zip(batch.account_ids, batch.source, strict=True))
