@@ -51,6 +51,10 @@ __all__ = ["DutyConfig", "DutyRunner", "RoundReport"]
 
 log = structlog.get_logger("petribill.duties")
 
+#: How long a round's redelivery waits for one sponsor's shard (a takeover under way
+#: takes longer: the forward stays in the outbox for the next round).
+_REDELIVERY_TIMEOUT_S = 2.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DutyConfig:
@@ -131,11 +135,17 @@ class DutyRunner:
     def run_round(self) -> RoundReport:
         """One round over the account units served now (each through its own steps)."""
         report = RoundReport()
-        for unit_id, epoch in sorted(self.host.units().items()):
+        units = [(u, e) for u, e in sorted(self.host.units().items()) if unit_kind(u) == "account"]
+        for unit_id, epoch in units:
             if self._stop.is_set():
                 break
-            if unit_kind(unit_id) == "account":
-                self._run_unit(unit_id, epoch, report)
+            self._run_unit(unit_id, epoch, report)
+        # Redelivery last, each sponsor's shard given a short time: one that a takeover
+        # keeps unreachable must not hold up the next round's expiry and ageing.
+        for unit_id, epoch in units:
+            if self._stop.is_set():
+                break
+            self._redeliver(unit_id, epoch, report)
         self.rounds += 1
         metrics.duty_round(report.sessions_expired, report.invoices_overdue)
         return report
@@ -166,7 +176,6 @@ class DutyRunner:
             if not step.more or self._stop.is_set():
                 break
             time.sleep(0)  # hand the unit's lock to a waiting call between two steps
-        self._redeliver(unit_id, epoch, report)
         if expired:
             report.expired[unit_id] = expired
             log.info("reservations_expired", shard=unit_id, epoch=epoch, sessions=expired)
@@ -177,7 +186,9 @@ class DutyRunner:
     def _redeliver(self, unit_id: str, epoch: int, report: RoundReport) -> None:
         """Sponsor charges still in the unit's outbox go to their sponsors' shards again."""
         try:
-            delivered = self.host.deliver_pending(unit_id, epoch, int(self.clock()))
+            delivered = self.host.deliver_pending(
+                unit_id, epoch, int(self.clock()), timeout_s=_REDELIVERY_TIMEOUT_S
+            )
         except StaleRoute:
             return  # taken over: the new owner's runner delivers them
         except Exception as exc:  # a failing disk, a closing store: next round

@@ -791,8 +791,9 @@ class UnitHost:
         """Charge rated ``(account_id, rated)`` items on ``shard_id``, here or elsewhere."""
         return self._on_shard(shard_id, ChargeBatch(items=items, at_s=at_s))
 
-    def _on_shard(self, shard_id: str, op: Op[R]) -> R:
-        """``op`` on a unit served here (a plain call), or through the router."""
+    def _on_shard(self, shard_id: str, op: Op[R], timeout_s: float = _REMOTE_TIMEOUT_S) -> R:
+        """``op`` on a unit served here (a plain call), or through the router (giving up
+        after ``timeout_s``)."""
         epoch = self._local_epoch(shard_id)
         if epoch is not None:
             try:
@@ -801,7 +802,7 @@ class UnitHost:
                 pass  # taken over meanwhile: follow the router
         if self._router is None:
             raise StaleRoute(shard_id, -1, None)
-        return self._router.run_blocking(shard_id, op, timeout_s=_REMOTE_TIMEOUT_S)
+        return self._router.run_blocking(shard_id, op, timeout_s=timeout_s)
 
     def fan_out(self, calls: Mapping[str, Op[Any]]) -> dict[str, Any]:
         """One operation on each of several units: those served here in turn, the others
@@ -826,7 +827,10 @@ class UnitHost:
                 answers.update(self._router.run_all_blocking(remote, timeout_s=_REMOTE_TIMEOUT_S))
         return answers
 
-    def _deliver(self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int) -> int:
+    def _deliver(
+        self, origin: str, epoch: int, forwards: Sequence[Forward], at_s: int,
+        timeout_s: float = _REMOTE_TIMEOUT_S,
+    ) -> int:  # fmt: skip
         """Apply sponsor halves on their sponsors' shards, then clear them from the outbox
         of ``origin``; one that cannot be delivered now stays for :meth:`deliver_pending`.
         Returns how many were delivered."""
@@ -837,7 +841,7 @@ class UnitHost:
         delivered: list[str] = []
         for target, group in by_target.items():
             try:
-                self._on_shard(target, ApplyForwards(forwards=group, at_s=at_s))
+                self._on_shard(target, ApplyForwards(forwards=group, at_s=at_s), timeout_s)
             except Exception as exc:  # stays in the outbox; redelivered later
                 log.warning("forward_pending", shard=target, error=f"{type(exc).__name__}: {exc}")
                 continue
@@ -846,10 +850,12 @@ class UnitHost:
             self.run(origin, epoch, AckForwards(forward_ids=delivered))
         return len(delivered)
 
-    def deliver_pending(self, unit_id: str, epoch: int, at_s: int) -> int:
+    def deliver_pending(self, unit_id: str, epoch: int, at_s: int, timeout_s: float) -> int:
         """Redeliver the forwards the account shard ``unit_id`` still holds in its outbox
         (its sponsor's shard was unreachable, or the host died between the commit and the
-        delivery); the duty runner calls it every round. Returns how many were delivered.
-        Safe beside a delivery in flight: a sponsor's shard applies a forward once."""
+        delivery); the duty runner calls it every round, giving each sponsor's shard
+        ``timeout_s`` (one still unreachable waits for the next round). Returns how many
+        were delivered. Safe beside a delivery in flight: a sponsor's shard applies a
+        forward once."""
         pending = self.run(unit_id, epoch, PendingForwards())
-        return self._deliver(unit_id, epoch, pending, at_s) if pending else 0
+        return self._deliver(unit_id, epoch, pending, at_s, timeout_s) if pending else 0

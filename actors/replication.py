@@ -279,15 +279,7 @@ class Replicator:
                     self._start_worker(follower)
                 return
             try:
-                answer = self._peers.call(
-                    follower.node,
-                    "replica_apply",
-                    self.unit_id,
-                    self.epoch,
-                    seq,
-                    payload,
-                    timeout_s=self._settings.ack_timeout_s,
-                )
+                answer = self._apply_on(follower, seq, payload)
             except Exception as exc:
                 self._note(follower, exc)
                 return
@@ -546,22 +538,19 @@ class Replicator:
                     return True
             applied = self._send_tail(follower, applied, commits)
 
+    def _apply_on(self, follower: _Follower, seq: int, payload: bytes) -> Any:
+        """Batch ``seq`` applied on ``follower``'s copy (its answer: the last applied)."""
+        return self._peers.call(
+            follower.node, "replica_apply", self.unit_id, self.epoch, seq, payload,
+            timeout_s=self._settings.ack_timeout_s,
+        )  # fmt: skip
+
     def _send_tail(self, follower: _Follower, applied: int, upto: int) -> int:
         for seq in range(applied + 1, upto + 1):
             payload = self._kept.get(seq)
             if payload is None:
                 raise ReplicaError(f"{self.unit_id}: batch {seq} no longer kept; checkpoint again")
-            applied = int(
-                self._peers.call(
-                    follower.node,
-                    "replica_apply",
-                    self.unit_id,
-                    self.epoch,
-                    seq,
-                    payload,
-                    timeout_s=self._settings.ack_timeout_s,
-                )
-            )
+            applied = int(self._apply_on(follower, seq, payload))
             with self._lock:
                 follower.need_from = applied + 1
         return applied

@@ -13,6 +13,7 @@ from billing.accounts import (
     Outcome,
     PaymentMode,
     Result,
+    SponsorRule,
     create_account,
     set_credit_limit,
 )
@@ -112,6 +113,34 @@ def account(
         msisdns=(msisdn,),
         **extra,
     )
+
+
+def generated_state(
+    n: int,
+    mode: PaymentMode,
+    limit: int | None,
+    prepaid: int,
+    status: AccountStatus,
+    sponsor_class: str | None,
+) -> AccountState:
+    """Account ``A<n>`` (MSISDN ``49<n>``) as the charging properties generate it: a
+    sponsor rule for ``sponsor_class`` naming ``A0`` (or, for ``A0`` itself, an account of
+    another shard), ``limit`` unless prepaid, ``prepaid`` unless postpaid."""
+    rules: tuple[SponsorRule, ...] = ()
+    if sponsor_class is not None:
+        sponsor = "A0" if n else "OTHER-SHARD"
+        rules = (SponsorRule(sponsor_account_id=sponsor, usage_classes=(sponsor_class,)),)
+    acct = account(
+        f"A{n}",
+        mode,
+        limit=None if mode is PaymentMode.PREPAID else limit,
+        msisdn=f"49{n}",
+        status=status,
+        sponsor_rules=rules,
+    )
+    state = AccountState(acct)
+    state.prepaid = 0 if mode is PaymentMode.POSTPAID else prepaid
+    return state
 
 
 @dataclass

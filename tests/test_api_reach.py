@@ -10,7 +10,6 @@ switch to postpaid.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 from click.testing import CliRunner
 from petribill.v1 import accounts_pb2, notifications_pb2, usage_pb2
 from test_gateway_support import T_NOV, TARIFFS, HookedBackend, LoopThread, running_gateways
@@ -29,7 +27,7 @@ from actors.shard import ops
 from cluster.cli.main import main
 from cluster.client import PetribillClient, PetribillError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("restore_logging")]
 
 Code = grpc.StatusCode
 SHARDS = 4  # the in-process cluster's
@@ -37,17 +35,6 @@ CHARGED = usage_pb2.RECORD_STATUS_CHARGED
 REJECTED = usage_pb2.RECORD_STATUS_REJECTED
 UK = "447700900123"  # an SMS abroad: no bundle covers it
 DEC = T_NOV + 40 * 86_400  # 2026-12-13
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

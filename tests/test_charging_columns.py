@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow as pa
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_accounts import T0, FakeTariff, account, rated
+from test_accounts import T0, FakeTariff, account, generated_state, rated
 
-from billing.accounts import Account, AccountState, AccountStatus, PaymentMode, SponsorRule
+from billing.accounts import Account, AccountState, AccountStatus, PaymentMode
 from billing.bundles import Bundle, CatalogueTariff
 from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch
 from billing.charging.charge_input import ChargeInput
@@ -98,20 +98,7 @@ config_st = st.builds(
 
 def _state(n: int, spec: tuple[Any, ...], scale: int) -> AccountState:
     mode, limit, prepaid, status, sponsor_class, history = spec
-    rules: tuple[SponsorRule, ...] = ()
-    if sponsor_class is not None:
-        sponsor = "A0" if n else "OTHER-SHARD"
-        rules = (SponsorRule(sponsor_account_id=sponsor, usage_classes=(sponsor_class,)),)
-    acct = account(
-        f"A{n}",
-        mode,
-        limit=None if mode is PaymentMode.PREPAID else limit,
-        msisdn=f"49{n}",
-        status=status,
-        sponsor_rules=rules,
-    )
-    state = AccountState(acct)
-    state.prepaid = 0 if mode is PaymentMode.POSTPAID else prepaid
+    state = generated_state(n, mode, limit, prepaid, status, sponsor_class)
     keys: set[str] = set()
     if history == 1 and mode is PaymentMode.PREPAID:
         state.prepaid, state.debt = 0, -400_000

@@ -7,9 +7,9 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_accounts import T0, FakeTariff, World, account, rated
+from test_accounts import T0, FakeTariff, World, generated_state, rated
 
-from billing.accounts import AccountState, AccountStatus, PaymentMode, SponsorRule
+from billing.accounts import AccountState, AccountStatus, PaymentMode
 from billing.bundles import Bundle
 from billing.charging.batch import ChargingConfig, OfflinePolicy, charge, charge_batch
 from billing.cycle import DAY_S
@@ -83,22 +83,9 @@ def _build(
     states: dict[str, AccountState] = {}
     directory: dict[str, str] = {}
     for n, (mode, limit, prepaid, status, sponsor_class) in enumerate(specs):
-        rules: tuple[SponsorRule, ...] = ()
-        if sponsor_class is not None:
-            sponsor = "A0" if n else "OTHER-SHARD"
-            rules = (SponsorRule(sponsor_account_id=sponsor, usage_classes=(sponsor_class,)),)
-        acct = account(
-            f"A{n}",
-            mode,
-            limit=None if mode is PaymentMode.PREPAID else limit,
-            msisdn=f"49{n}",
-            status=status,
-            sponsor_rules=rules,
-        )
-        state = AccountState(acct)
-        state.prepaid = 0 if mode is PaymentMode.POSTPAID else prepaid
-        states[acct.account_id] = state
-        directory[f"49{n}"] = acct.account_id
+        state = generated_state(n, mode, limit, prepaid, status, sponsor_class)
+        states[state.account_id] = state
+        directory[f"49{n}"] = state.account_id
     records: list[RatedRecord] = []
     for i, (who, usage_class, units, day, repeat) in enumerate(recs):
         service = Service.SMS if usage_class.startswith("sms") else Service.VOICE

@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
 from cluster.cli.main import main
+
+# The CLI configures logging process-wide: tests/conftest.py puts it back.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 ROOT = Path(__file__).resolve().parent.parent
 TARIFFS = ROOT / "conf" / "tariffs"
 SAMPLES = ROOT / "conf" / "samples"
 SAMPLE_FILES = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".csv", ".jsonl"))
 SUBSCRIBERS = SAMPLES / "subscribers.toml"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def invoke(*args: str | Path) -> Result:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -13,16 +11,8 @@ from click.testing import CliRunner
 from cluster.cli.main import main
 from cluster.logging import configure_logging
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """configure_logging is process-wide: put structlog and the root logger back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI configures logging process-wide: tests/conftest.py puts it back.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_json_logs_on_request(

@@ -9,7 +9,6 @@ populated data folder for a port in use.)
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import socket
 from collections.abc import Iterator
@@ -17,25 +16,16 @@ from pathlib import Path
 
 import pytest
 import ray
-import structlog
 from click.testing import CliRunner
 
 from cluster.cli.main import main
 from cluster.cli.ops import _failed_start
 from cluster.deploy.runtime import RUNTIME_FILE, StartError, check_port_free
 
+# The CLI configures logging process-wide: tests/conftest.py puts it back.
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@ multi-process cluster forward through a file (``petribill clock advance``)."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from actors.clock import (
@@ -22,16 +19,8 @@ from actors.clock import (
 )
 from cluster.cli.main import main
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI configures logging process-wide: tests/conftest.py puts it back.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_a_manual_clock_stands_still_until_moved_and_never_goes_back() -> None:

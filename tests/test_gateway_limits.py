@@ -139,7 +139,10 @@ def test_a_slow_backend_gets_deadline_exceeded_within_the_clients_deadline() -> 
             assert late.value.code() == Code.DEADLINE_EXCEEDED
             # Answered long before the backend's 5 s would have ended (not a speed bound).
             assert time.monotonic() - started < 4.5
-            assert backend.timeouts[0] is not None and 0 < backend.timeouts[0] <= 0.5
+            # The client's half second, not the gateway's 30 s default. grpc-core's own
+            # deadline arithmetic may leave a hair over the 0.5 s the client sent (once
+            # 0.5006 s on a loaded machine), so the bound says "the client's", not "exactly".
+            assert backend.timeouts[0] is not None and 0 < backend.timeouts[0] < 1.0
             _wait(lambda: gateways[0].admission.requests == 0)
 
 

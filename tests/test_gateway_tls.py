@@ -4,14 +4,12 @@ client without a certificate are refused in the handshake; the right one is answ
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import structlog
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_gateway_support import running_gateways
@@ -24,7 +22,7 @@ from cluster.security.roles import Role
 from cluster.security.tls import TlsConfigError
 from cluster.security.tokens import create_token
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("restore_logging")]
 
 Code = grpc.StatusCode
 
@@ -50,17 +48,6 @@ def _serve(tmp_path: Path, *, mutual: bool) -> Iterator[Tls]:
     )
     with running_gateways(security=settings) as (_loop, _backend, [gateway]):
         yield Tls(gateway.address, certs, other, token)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

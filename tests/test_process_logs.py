@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,21 +21,7 @@ from test_gateway_support import running_gateways
 
 from cluster.logging import LOG_FILE_BYTES_MAX, configure_logging, log_file, process_logging
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """configure_logging is process-wide: put structlog and the root logger back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("restore_logging")]
 
 
 def _events(path: Path) -> list[dict[str, object]]:

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from cluster.cli.main import main
@@ -21,16 +18,8 @@ from cluster.security.certs import write_dev_certs
 from cluster.security.roles import Role
 from cluster.security.tokens import create_token
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging process-wide: undo it so later tests see the defaults."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+# The CLI configures logging process-wide: tests/conftest.py puts it back.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _conf(folder: Path, text: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,8 @@ def test_the_refusal_does_not_tell_whether_the_path_exists(world: tuple[Path, Pa
         given = str(outside / name) if name != "." else str(outside)
         with pytest.raises(PathRefused) as refused:
             resolve_under(root, given, what="tariffs folder")
-        messages.add(str(refused.value).replace(repr(given), "<path>"))
+        # The echoed path may be cut short (a bounded echo): blank it whole, quotes and all.
+        messages.add(re.sub(r"'[^']*'", "<path>", str(refused.value), count=1))
     assert messages == {
         "tariffs folder: <path> is outside the tariffs folder root configured on the server"
     }

@@ -6,6 +6,7 @@ is written, and the message reads the same whether the path exists or not."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -76,9 +77,12 @@ def test_backup_outside_its_root_is_refused_with_nothing_written(roots: Roots) -
         messages[path] = _refusal(lambda p=path: roots.client.backup(p, request_id="bk-x"))
     assert _files(roots.outside) == []
     assert not Path(missing).parent.exists() and not Path("/etc/pb-backup").exists()
-    assert messages[missing].replace(missing, "P") == messages[str(roots.outside / "bk")].replace(
-        str(roots.outside / "bk"), "P"
-    )
+
+    # Apart from the echoed path (cut short when long), the two read alike.
+    def unquoted(message: str) -> str:
+        return re.sub(r"'[^']*'", "P", message, count=1)
+
+    assert unquoted(messages[missing]) == unquoted(messages[str(roots.outside / "bk")])
     assert "outside the backup destination root" in messages["/etc/pb-backup"]
     assert [p.name for p in roots.backups.iterdir()] == ["link"]  # nothing else written
 

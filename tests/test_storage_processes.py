@@ -114,7 +114,7 @@ def test_paused_holder_keeps_the_lock_and_open_fails_fast(tmp_path: Path, spawn)
     with pytest.raises(StoreLocked) as info:
         ShardStore.open(tmp_path / "s", epoch=2, fence=False)
     assert info.value.holder_pid == child.pid
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # at once, not after a wait (any machine speed)
 
 
 def test_takeover_kills_paused_zombie_which_never_commits_again(tmp_path: Path, spawn) -> None:  # type: ignore[no-untyped-def]

@@ -57,7 +57,7 @@ from actors.store.fencing import (
     read_fence_epoch,
     write_atomic,
 )
-from actors.store.storage import Write
+from actors.store.storage import Write, read_write_log
 from billing.invariant import invariant
 
 __all__ = [
@@ -74,7 +74,6 @@ __all__ = [
     "encode_writes",
     "is_prefix",
     "stored_epoch",
-    "write_log",
 ]
 
 log = structlog.get_logger("petribill.replica")
@@ -134,24 +133,6 @@ def decode_writes(payload: bytes) -> list[Write]:
     return writes
 
 
-def write_log(db: Rdict) -> dict[int, tuple[int, int]]:
-    """``epoch -> (first, last)`` commit numbers written under each epoch (see storage)."""
-    log: dict[int, tuple[int, int]] = {}
-    it = db.iter()
-    it.seek(WRITE_LOG_PREFIX)
-    while it.valid():
-        key: bytes = it.key()
-        if not key.startswith(WRITE_LOG_PREFIX):
-            break
-        value: bytes = it.value()
-        log[decode_u64(key[len(WRITE_LOG_PREFIX) :])] = (
-            decode_u64(value[:8]),
-            decode_u64(value[8:16]),
-        )
-        it.next()
-    return log
-
-
 def batch_epoch(log: dict[int, tuple[int, int]], seq: int) -> int:
     """The epoch whose primary wrote batch ``seq`` (0 for ``seq`` 0 or not in the log)."""
     for epoch, (first, last) in log.items():
@@ -195,7 +176,7 @@ class FollowerCopy:
         self.fence = read_fence_epoch(path)
         raw = db.get(COMMITS_KEY)
         self.applied = decode_u64(raw) if raw is not None else 0
-        self.last_epoch = batch_epoch(write_log(db), self.applied)
+        self.last_epoch = batch_epoch(read_write_log(db), self.applied)
 
     @classmethod
     def open(cls, unit_id: str, path: Path) -> FollowerCopy:

@@ -117,6 +117,12 @@ async def _each(
         *(router.run(u, op, timeout_s=time_left(deadline)) for u in units),
         return_exceptions=True,
     )
+    return _sorted_out(units, answers)
+
+
+def _sorted_out(units: Sequence[str], answers: Sequence[Any]) -> tuple[dict[str, Any], list[str]]:
+    """Each unit's answer, and the units that did not answer (no owner, out of time);
+    any other failure is raised."""
     found: dict[str, Any] = {}
     missing: list[str] = []
     for unit, answer in zip(units, answers, strict=True):
@@ -147,16 +153,7 @@ async def _audits(
                 step = AuditStep(progress=progress, rows_max=AUDIT_STEP_ROWS)
 
     answers = await asyncio.gather(*(one(u) for u in shards), return_exceptions=True)
-    found: dict[str, AuditReport] = {}
-    missing: list[str] = []
-    for unit, answer in zip(shards, answers, strict=True):
-        if isinstance(answer, NoOwner | TimeoutError):
-            missing.append(unit)
-        elif isinstance(answer, BaseException):
-            raise answer
-        else:
-            found[unit] = answer
-    return found, missing
+    return _sorted_out(shards, answers)
 
 
 async def inspect(
