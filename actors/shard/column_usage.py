@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.shard import ops
+from actors.shard.codec import AccountRow
+from actors.shard.column_lines import lines_from_records, stage_lines
 from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import Work, without_rated
@@ -185,17 +187,24 @@ class _WorkMarks:
         return list(map(work.mark, keys))
 
 
-def _table_of(
+def _rows_of(
     work: Work, op: ops.ChargeColumns, core: ShardCore
-) -> tuple[AccountTable, dict[str, AccountState]]:
-    """The batch's accounts as a table, read through ``work`` (the shard's cache, else
-    the store, as the per-record body reads them), with every sponsor on this shard a
-    record of the batch may charge: the per-record body charges such a sponsor here."""
-    wanted = pc.unique(op.accounts).to_pylist()
-    states = {a: s for a in wanted if (s := work.state(a)) is not None}
+) -> tuple[dict[str, AccountRow], list[str]]:
+    """The current rows of the batch's accounts, read through ``work`` (the shard's
+    cache, else the store, as the per-record body reads them), with every sponsor on
+    this shard a record of the batch may charge (the per-record body charges such a
+    sponsor here); and the ids named that the shard does not hold."""
+    rows: dict[str, AccountRow] = {}
+    missing: list[str] = []
+    for account_id in pc.unique(op.accounts).to_pylist():
+        row = work.row(account_id)
+        if row is None:
+            missing.append(account_id)
+        else:
+            rows[account_id] = row
     sponsors: list[str] = []
-    for state in states.values():
-        sponsors.extend(rule.sponsor_account_id for rule in state.account.sponsor_rules)
+    for row in rows.values():
+        sponsors.extend(rule.sponsor_account_id for rule in row.state.account.sponsor_rules)
     column = op.rated.column("usage_class")
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
@@ -204,30 +213,45 @@ def _table_of(
         if found is not None:
             sponsors.append(found[0])
     for sponsor_id in sponsors:
-        if sponsor_id not in states:
-            sponsor = work.state(sponsor_id)
+        if sponsor_id not in rows:
+            sponsor = work.row(sponsor_id)
             if sponsor is not None:
-                states[sponsor_id] = sponsor
-    return AccountTable.from_states(states.values()), states
+                rows[sponsor_id] = sponsor
+    return rows, missing
 
 
 def _states_after(
-    table: AccountTable, update: TableUpdate, before: dict[str, AccountState]
-) -> list[AccountState]:
-    """The new state of every row ``update`` changes, read from ``table`` once the update
-    is applied; the usage totals are the ones read (``before``) plus the update's, which
-    adds to them, so the table's usage store is not searched per account."""
+    table: AccountTable, update: TableUpdate, before: dict[str, AccountRow]
+) -> dict[str, AccountState]:
+    """The new state of every account ``update`` changes: its state before the batch
+    (``before``, the rows the table was loaded from) with the update's values, as
+    :meth:`AccountTable.apply` writes them into the table; the table is not read."""
     usage_rows = (update.usage_keys >> ROW_SHIFT).tolist()
-    rows: set[int] = set(update.rows.tolist())
-    rows.update(update.bundle_rows.tolist())
-    rows.update(usage_rows)
-    rows.update(update.entered_rows.tolist())
-    rows.update(update.reminders)
-    rows.update(update.profiles)
-    states = {row: table.state(row, usage=False) for row in sorted(rows)}
-    for row, state in states.items():
-        state.usage = dict(before[table.ids[row]].usage)
-    cycles, classes = table.cycles.names, table.classes.names
+    touched: set[int] = set(update.rows.tolist())
+    touched.update(update.bundle_rows.tolist())
+    touched.update(usage_rows)
+    touched.update(update.entered_rows.tolist())
+    touched.update(update.reminders)
+    touched.update(update.profiles)
+    ids = table.ids
+    states: dict[int, AccountState] = {}
+    for row in touched:
+        state = states[row] = before[ids[row]].state.copy()
+        state.history = []
+    for row, books in zip(update.rows.tolist(), update.books.tolist(), strict=True):
+        state = states[row]
+        (state.prepaid, state.reserved, state.unbilled, state.receivable, state.credit,
+         state.debt) = books  # fmt: skip
+    cycles, classes, bundles = table.cycles.names, table.classes.names, table.bundles.names
+    for cycle, bundle, row, used in zip(
+        update.bundle_cycles.tolist(), update.bundle_ids.tolist(), update.bundle_rows.tolist(),
+        update.bundle_used.tolist(), strict=True,
+    ):  # fmt: skip
+        key = (cycles[cycle], bundles[bundle])
+        if used:
+            states[row].bundle_used[key] = used
+        else:
+            states[row].bundle_used.pop(key, None)  # zero consumption is not stored
     for row, key, added in zip(
         usage_rows, update.usage_keys.tolist(), update.usage_values.tolist(), strict=True
     ):
@@ -240,7 +264,17 @@ def _states_after(
             else (old[0] + added[0], old[1] + added[1], old[2] + added[2],
                   old[3] + added[3], old[4] + added[4])
         )  # fmt: skip
-    return list(states.values())
+    entered = zip(update.entered_rows.tolist(), update.entered_cycles.tolist(), strict=True)
+    for row, cycle in entered:
+        state = states[row]
+        state.reminder_cycle, state.reminders, state.crossings = cycles[cycle], set(), {}
+    for row, (cycle, keys, crossings) in update.reminders.items():
+        state = states[row]
+        state.reminder_cycle = None if cycle < 0 else cycles[cycle]
+        state.reminders, state.crossings = set(keys), dict(crossings)
+    for row, account in update.profiles.items():
+        states[row].account = account
+    return {ids[row]: state for row, state in sorted(states.items())}
 
 
 def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsAnswer:
@@ -252,7 +286,8 @@ def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsA
     invariant(catalogue is not None, "a shard charging columns has its catalogue")
     assert catalogue is not None
     work = Work(core)
-    table, before = _table_of(work, op, core)
+    before, missing = _rows_of(work, op, core)
+    table = core.account_table.load(before, missing)
     n = op.usage.num_rows
     batch = ChargeInput.from_arrow(
         op.usage, op.rated, op.accounts, table, catalogue, rows=np.arange(n, dtype=np.int64)
@@ -263,62 +298,79 @@ def _charge_columnar(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumnsA
         batch, table, marks=_WorkMarks(work), tariff=core.tariff, config=core.charging,
         at_s=op.at_s, offline=op.offline,
     )  # fmt: skip
-    # The table is this call's own: its rows become the states the work writes.
-    table.apply(out.update)
-    for state in _states_after(table, out.update, before):
+    built = _states_after(table, out.update, before)
+    for state in built.values():
         work.set_state(state)
-    # The rows once (each builds its record's Charge): the answer's, and the stored ones
-    # in the order ChargeColumns.charges gives (a record's sponsor lines, then its line).
-    full = out.rows()
-    extras = out.extras
-    charges: list[Charge] = []
-    for i, full_row in enumerate(full):
-        if extras:
-            charges.extend(extras.get(i, ()))
-        if full_row.rated is not None:
-            charges.append(full_row)
-    no_refs: set[str] = set()
-    for charge_row in charges:
-        work.put_charge(charge_row, no_refs)
+    # The rows the columns do not say alone: decided by the reference path or a replay,
+    # or a sponsored line (its sponsor's price is answered and stored under s/; its
+    # forward carries its record).
+    special = sorted({*out.reference, *np.flatnonzero(out.sponsor >= 0).tolist()})
+    prefetch = getattr(batch.source, "prefetch", None)  # from_arrow's source has it
+    if prefetch is not None:
+        prefetch([*special, *lines_from_records(op.rated)])
+    stage_lines(work, op.usage, op.rated, out)
     for note in out.notifications:
         work.put_notification(note)
     forwards = out.forwards()
     for sponsored in forwards:
         work.put_forward(sponsored)
-    sponsor_code = out.sponsor
-    any_sponsored = bool(out.reference) or bool((sponsor_code >= 0).any())
-    rows: list[Charge] | None = None
-    if core.fraud is not None or any_sponsored:
-        rows = [r if r.rated is None else without_rated(r) for r in full]
+    rows = {i: without_rated(out.row(i)) for i in special}
     if core.fraud is not None:
-        assert rows is not None
+        every = [without_rated(out.row(i)) if i not in rows else rows[i] for i in range(n)]
         items = list(zip(batch.account_ids, batch.source, strict=True))
-        assess_batch(core, work, items, rows)  # fraud rules, in the same batch (shard_risk)
+        assess_batch(core, work, items, every)  # fraud rules, in the same batch (shard_risk)
     amounts: dict[str, int] = {}
-    if rows is not None:
-        decided = Effects(charges=tuple(charges), forwards=tuple(forwards))
-        amounts = usage._sponsor_amounts(work, rows, [decided])
+    if rows:
+        lines = [line for i in sorted(out.extras) for line in out.extras[i]]
+        decided = Effects(charges=(*lines, *out.reference.values()), forwards=tuple(forwards))
+        amounts = usage._sponsor_amounts(work, list(rows.values()), [decided])
     work.commit()
-    if rows is not None:
-        return _answer_of_rows(rows, amounts, work.forwards)
-    return _answer_of_columns(op, out, work.forwards)
+    core.account_table.committed(out.update, work.rows, built)
+    return _answer_of_columns(op, out, rows, amounts, work.forwards)
 
 
 def _answer_of_columns(
-    op: ops.ChargeColumns, out: ColumnarAnswer, forwards: list[Forward]
+    op: ops.ChargeColumns,
+    out: ColumnarAnswer,
+    rows: dict[int, Charge],
+    amounts: dict[str, int],
+    forwards: list[Forward],
 ) -> ChargeColumnsAnswer:
-    """The answer of a batch with no sponsored line and no reference row, from the
-    columns (no Python value per record): every row's id and account are the batch's."""
+    """The answer from the columns, with the rows they do not say alone (``rows``: a
+    reference or replayed row, a sponsored line) put in their place; ``amounts``: what
+    the sponsor of each sponsored record is charged. Every row's id and account are the
+    batch's."""
     n = op.usage.num_rows
-    accounts = op.accounts
+    accounts: pa.Array = op.accounts
+    account_ids = out.batch.account_ids
+    if any(row.account_id != account_ids[i] for i, row in rows.items()):
+        # a replay answers the account the record was first charged to
+        named = list(account_ids)
+        for i, row in rows.items():
+            named[i] = row.account_id
+        accounts = pa.array(named, pa.string())
+    result = out.result.astype(np.int8)
+    amount, bundle_units = out.amount.copy(), out.bundle_units.copy()
+    sponsored_by: list[str | None] = [None] * n
+    replay_of: list[int | None] = [None] * n
+    sponsor_amount = np.zeros(n, np.int64)
+    code = _RESULT_CODE
+    for i, row in rows.items():
+        result[i] = code[row.result]
+        amount[i], bundle_units[i] = row.amount, row.bundle_units
+        sponsored_by[i] = row.sponsored_by
+        replay_of[i] = None if row.replay_of is None else code[row.replay_of]
+        sponsor_amount[i] = amounts.get(row.record_id, 0)
     columns = [
         op.usage.column("record_id"),
-        pa.DictionaryArray.from_arrays(pa.array(out.result.astype(np.int8)), _RESULT_NAMES),
+        pa.DictionaryArray.from_arrays(pa.array(result), _RESULT_NAMES),
         accounts if pa.types.is_dictionary(accounts.type) else accounts.dictionary_encode(),
-        pa.array(out.amount, pa.int64()),
-        pa.array(out.bundle_units, pa.int64()),
-        pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string())),
-        pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int8()), _RESULT_NAMES),
-        pa.array(np.zeros(n, np.int64), pa.int64()),
+        pa.array(amount, pa.int64()),
+        pa.array(bundle_units, pa.int64()),
+        _labels(sponsored_by)
+        if rows
+        else pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string())),
+        pa.DictionaryArray.from_arrays(pa.array(replay_of, pa.int8()), _RESULT_NAMES),
+        pa.array(sponsor_amount, pa.int64()),
     ]
     return ChargeColumnsAnswer(pa.RecordBatch.from_arrays(columns, schema=ANSWER_SCHEMA), forwards)

@@ -19,6 +19,7 @@ from actors.shard.codec import (
 )
 from actors.shard.keys import INVOICE_PREFIX, NOTIFICATION_SEQ_KEY, account_key, ledger_key
 from actors.shard.ops import Applied
+from actors.shard.table_cache import AccountTableCache
 from actors.shard.work import Work
 from actors.store.codec import decode_u64
 from actors.store.storage import LruCache, ShardStore
@@ -69,6 +70,8 @@ class ShardCore:
         # The Validity-Time of an online grant when the caller names none (RFC 4006).
         self.session_validity_s = session_validity_s
         self.cache: LruCache[str, AccountRow] = LruCache(cache_accounts_max)
+        # The accounts as columns, for charging bulk batches (actors.shard.table_cache).
+        self.account_table = AccountTableCache(limit=2 * cache_accounts_max)
         self.pack = new_packer()  # this shard's own: calls into one unit are serialised
         raw = store.get(NOTIFICATION_SEQ_KEY)
         self.notification_seq = 0 if raw is None else decode_u64(raw)
@@ -83,6 +86,7 @@ class ShardCore:
 
     def close(self) -> None:
         self.cache.clear()
+        self.account_table.drop()
         self.store.close()
 
     # -- loading -----------------------------------------------------------------------
