@@ -52,7 +52,7 @@ def _shard(path: Path) -> AccountShard:
     return shard
 
 
-def _records(ids: list[str], msisdns: list[str]) -> list[UsageRecord]:
+def _records(ids: list[str], msisdns: list[str], duration_s: int = 120) -> list[UsageRecord]:
     return [
         UsageRecord(
             record_id=record_id,
@@ -60,7 +60,7 @@ def _records(ids: list[str], msisdns: list[str]) -> list[UsageRecord]:
             served_msisdn=msisdn,
             record_opening_time_s=T_S + i * 60,
             called_number="4930123456",
-            duration_s=120 + i,
+            duration_s=duration_s + i,
         )
         for i, (record_id, msisdn) in enumerate(zip(ids, msisdns, strict=True))
     ]
@@ -101,6 +101,12 @@ def _balances(shard: AccountShard) -> dict[str, dict[str, object]]:
     return out
 
 
+def _stored(shard: AccountShard) -> dict[bytes, bytes]:
+    """Every data row of the shard (all but the store's own ``m/`` keys), byte for byte:
+    account rows, ledger rows, marks, notifications, outbox."""
+    return {key: value for key, value in shard.core.store.scan(b"") if not key.startswith(b"m/")}
+
+
 NUMBERS = list(ACCOUNTS.values())
 CASES = {
     # several accounts, one running out of money mid-batch, a duplicate inside the batch
@@ -133,6 +139,31 @@ def test_charge_columns_equals_charge_batch(tmp_path: Path, case: str) -> None:
             expected = _reference(reference, op)
             assert got == expected
             assert _balances(bulk) == _balances(reference)
+            assert _stored(bulk) == _stored(reference)
+    finally:
+        bulk.close()
+        reference.close()
+
+
+def test_a_top_up_between_two_batches_is_charged_against(tmp_path: Path) -> None:
+    """A top-up between two columnar batches reaches the shard's account table: the
+    second batch charges the topped-up balance and stores what ChargeBatch stores."""
+    bulk, reference = _shard(tmp_path / "bulk"), _shard(tmp_path / "ref")
+    a3 = ACCOUNTS["a3"]
+    try:
+        # a3 holds 0.20: the first batch uses up its minutes (12,000 s) and runs it into
+        # debt; the top-up repays it and refills its balance for the second batch
+        first = _op(_records([f"x{i}" for i in range(6)], [a3] * 6, 4_000), ["a3"] * 6)
+        second = _op(_records([f"y{i}" for i in range(6)], [a3] * 6, 600), ["a3"] * 6)
+        for op in (first, second):
+            assert bulk.run(op).batch.to_pylist() == _reference(reference, op)
+            for shard in (bulk, reference):
+                shard.run(ops.TopUp(
+                    request_id=f"more-{op.usage.column('record_id')[0]}", account_id="a3",
+                    amount=15_000_000, currency="EUR", at_s=T_S,
+                ))  # fmt: skip
+        assert _balances(bulk) == _balances(reference)
+        assert _stored(bulk) == _stored(reference)
     finally:
         bulk.close()
         reference.close()
