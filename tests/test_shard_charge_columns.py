@@ -26,6 +26,7 @@ from billing.columns import records_to_batch
 from billing.rated import RatedRecord
 from billing.rating import load_catalogue
 from billing.records import Service, UsageRecord
+from tests.replication_support import ReplicatedHosts, rows
 
 TARIFFS = Path(__file__).resolve().parent.parent / "conf" / "tariffs"
 CATALOGUE = load_catalogue(TARIFFS)
@@ -38,18 +39,26 @@ def _shard(path: Path) -> AccountShard:
         path, epoch=1, tariff=CatalogueTariff(CATALOGUE), unit_id="acct-00",
         catalogue=CATALOGUE, charging=ChargingConfig(tz=CATALOGUE.timezone),
     )  # fmt: skip
+    for op in _opening():
+        shard.run(op)
+    return shard
+
+
+def _opening() -> list[ops.CreateAccount | ops.TopUp]:
+    """The accounts of :data:`ACCOUNTS`, created and topped up."""
+    out: list[ops.CreateAccount | ops.TopUp] = []
     for index, account_id in enumerate(ACCOUNTS):
         account = Account(
             account_id=account_id, currency="EUR", payment_mode=PaymentMode.PREPAID,
             subscriptions=(Subscription(plan_id=CATALOGUE.default_plan, start_s=0),),
         )  # fmt: skip
-        shard.run(ops.CreateAccount(request_id=f"c{index}", account=account))
+        out.append(ops.CreateAccount(request_id=f"c{index}", account=account))
         # a3 holds little: its batch runs out of money (a boundary: the reference path)
         amount = 200_000 if account_id == "a3" else 50_000_000
-        shard.run(ops.TopUp(
+        out.append(ops.TopUp(
             request_id=f"t{index}", account_id=account_id, amount=amount, currency="EUR", at_s=0,
         ))  # fmt: skip
-    return shard
+    return out
 
 
 def _records(ids: list[str], msisdns: list[str], duration_s: int = 120) -> list[UsageRecord]:
@@ -149,21 +158,64 @@ def test_a_top_up_between_two_batches_is_charged_against(tmp_path: Path) -> None
     """A top-up between two columnar batches reaches the shard's account table: the
     second batch charges the topped-up balance and stores what ChargeBatch stores."""
     bulk, reference = _shard(tmp_path / "bulk"), _shard(tmp_path / "ref")
-    a3 = ACCOUNTS["a3"]
     try:
-        # a3 holds 0.20: the first batch uses up its minutes (12,000 s) and runs it into
-        # debt; the top-up repays it and refills its balance for the second batch
-        first = _op(_records([f"x{i}" for i in range(6)], [a3] * 6, 4_000), ["a3"] * 6)
-        second = _op(_records([f"y{i}" for i in range(6)], [a3] * 6, 600), ["a3"] * 6)
-        for op in (first, second):
-            assert bulk.run(op).batch.to_pylist() == _reference(reference, op)
-            for shard in (bulk, reference):
-                shard.run(ops.TopUp(
-                    request_id=f"more-{op.usage.column('record_id')[0]}", account_id="a3",
-                    amount=15_000_000, currency="EUR", at_s=T_S,
-                ))  # fmt: skip
+        for op in _topped_up_batches()[:3]:
+            if isinstance(op, ops.TopUp):
+                bulk.run(op)
+                reference.run(op)
+            else:
+                assert bulk.run(op).batch.to_pylist() == _reference(reference, op)
         assert _balances(bulk) == _balances(reference)
         assert _stored(bulk) == _stored(reference)
     finally:
         bulk.close()
         reference.close()
+
+
+def _topped_up_batches() -> list[ops.ChargeColumns | ops.TopUp]:
+    """a3 (0.20) charged, topped up, charged, topped up, charged: the first batch uses up
+    its minutes (12,000 s) and runs it into debt; each top-up repays and refills it."""
+    a3 = ACCOUNTS["a3"]
+    out: list[ops.ChargeColumns | ops.TopUp] = []
+    for n, duration_s in enumerate((4_000, 600, 600)):
+        if n:
+            out.append(ops.TopUp(
+                request_id=f"more{n}", account_id="a3", amount=15_000_000, currency="EUR",
+                at_s=T_S,
+            ))  # fmt: skip
+        ids = [f"b{n}-{i}" for i in range(6)]
+        out.append(_op(_records(ids, [a3] * 6, duration_s), ["a3"] * 6))
+    return out
+
+
+def test_a_promoted_follower_charges_what_it_was_sent(tmp_path: Path) -> None:
+    """A replicated shard charges a batch on its primary, its follower is promoted, and the
+    new primary charges batches around a top-up as one shard given all the same calls:
+    same answers, and the promoted copy stores the reference's rows byte for byte."""
+    cluster = ReplicatedHosts(tmp_path / "cluster")
+    reference = _shard(tmp_path / "ref")
+    unit = "acct-00"
+    try:
+        cluster.place(unit, "n1", 1)
+        cluster.replicate(unit, ["n2"])
+        for op in _opening():
+            cluster.on(unit, op)
+        steps = _topped_up_batches()
+        for n, op in enumerate(steps):
+            if n == 1:  # n1 is lost after the first batch: n2 is fenced (2) and promoted (3)
+                del cluster.reachable["n1"]
+                cluster.hosts["n2"].open_unit(unit, 3)
+                cluster.routes.map[unit] = ("n2", 3)
+                cluster.replicate(unit, ["n3"])  # its own follower, to acknowledge writes
+            if isinstance(op, ops.TopUp):
+                cluster.on(unit, op)
+                reference.run(op)
+            else:
+                got = cluster.on(unit, op).batch.to_pylist()
+                assert got == _reference(reference, op)
+        expected = _stored(reference)
+    finally:
+        cluster.close()
+        reference.close()
+    copy = rows(cluster.data_dir / "nodes" / "n2" / "units" / unit)
+    assert {k: v for k, v in copy.items() if not k.startswith(b"m/")} == expected
