@@ -198,10 +198,9 @@ def test_a_promoted_follower_charges_what_it_was_sent(tmp_path: Path) -> None:
     try:
         cluster.place(unit, "n1", 1)
         cluster.replicate(unit, ["n2"])
-        for op in _opening():
-            cluster.on(unit, op)
-        steps = _topped_up_batches()
-        for n, op in enumerate(steps):
+        for opening in _opening():
+            cluster.on(unit, opening)
+        for n, op in enumerate(_topped_up_batches()):
             if n == 1:  # n1 is lost after the first batch: n2 is fenced (2) and promoted (3)
                 del cluster.reachable["n1"]
                 cluster.hosts["n2"].open_unit(unit, 3)
