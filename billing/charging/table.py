@@ -34,7 +34,14 @@ per-batch copy of account state.
 it in the account's ledger stream already, and the charged rows of a batch
 are its new lines (``ChargeColumns.usage_lines``).
 
-**Interchange.** :meth:`AccountTable.put` loads an ``AccountState``;
+**Usage totals kept or not.** A table made with ``keeps_usage=False`` neither
+loads nor adds usage totals: an account shard keeps one table as its cache
+(``actors.shard.table_cache``) and its account rows hold the totals, which
+charging never reads from the table.
+
+**Interchange.** :meth:`AccountTable.put` loads an ``AccountState`` (a new
+row, or a reload of its account's row); :meth:`AccountTable.extend` adds many
+new accounts at once;
 :meth:`AccountTable.state` materialises one (for the operations that stay
 object-based: top-ups, sessions, switches, and charging's own fallback).
 """
@@ -331,6 +338,7 @@ class AccountTable:
             state.bundle_held = dict(hold[0])
             state.reservations = dict(hold[1])
         if usage:
+            invariant(self.keeps_usage, "a table without usage totals lists none")
             classes = self.classes.names
             state.usage = {
                 (names[c], classes[u]): totals for (c, u), totals in self.usage.of_row(row).items()
