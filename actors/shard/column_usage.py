@@ -41,6 +41,7 @@ from billing.charging.charge_input import ChargeInput
 from billing.charging.columnar import ChargeColumns as ColumnarAnswer
 from billing.charging.columnar import charge_columns as columnar_charge
 from billing.charging.rows import Charge
+from billing.charging.step import working_copy
 from billing.charging.table import AccountTable, TableUpdate
 from billing.charging.usage_store import CYCLE_SHIFT, ROW_SHIFT
 from billing.column_rating import RatedRows
@@ -236,7 +237,9 @@ def _states_after(
     ids = table.ids
     states: dict[int, AccountState] = {}
     for row in touched:
-        state = states[row] = before[ids[row]].state.copy()
+        # the reference core's copy: containers charging changes are copied, the
+        # others shared (a state is never changed in place once committed)
+        state = states[row] = working_copy(before[ids[row]].state)
         state.history = []
     for row, books in zip(update.rows.tolist(), update.books.tolist(), strict=True):
         state = states[row]
