@@ -23,6 +23,7 @@ from billing.charging.batch import ChargingConfig
 from billing.column_rating import RatedRows
 from billing.column_rating.rater import rate_columns
 from billing.columns import records_to_batch
+from billing.fraud import Action, FraudConfig, PremiumRule
 from billing.rated import RatedRecord
 from billing.rating import load_catalogue
 from billing.records import Service, UsageRecord
@@ -34,10 +35,10 @@ T_S = 1_793_700_000
 ACCOUNTS = {"a1": "4915100000001", "a2": "4915100000002", "a3": "4915100000003"}
 
 
-def _shard(path: Path) -> AccountShard:
+def _shard(path: Path, fraud: FraudConfig | None = None) -> AccountShard:
     shard = AccountShard.open(
         path, epoch=1, tariff=CatalogueTariff(CATALOGUE), unit_id="acct-00",
-        catalogue=CATALOGUE, charging=ChargingConfig(tz=CATALOGUE.timezone),
+        catalogue=CATALOGUE, charging=ChargingConfig(tz=CATALOGUE.timezone), fraud=fraud,
     )  # fmt: skip
     for op in _opening():
         shard.run(op)
@@ -61,26 +62,31 @@ def _opening() -> list[ops.CreateAccount | ops.TopUp]:
     return out
 
 
-def _records(ids: list[str], msisdns: list[str], duration_s: int = 120) -> list[UsageRecord]:
+def _records(
+    ids: list[str], msisdns: list[str], duration_s: int = 120, called: str = "4930123456"
+) -> list[UsageRecord]:
     return [
         UsageRecord(
             record_id=record_id,
             service=Service.VOICE,
             served_msisdn=msisdn,
             record_opening_time_s=T_S + i * 60,
-            called_number="4930123456",
+            called_number=called,
             duration_s=duration_s + i,
         )
         for i, (record_id, msisdn) in enumerate(zip(ids, msisdns, strict=True))
     ]
 
 
-def _op(records: list[UsageRecord], accounts: list[str]) -> ops.ChargeColumns:
+def _op(
+    records: list[UsageRecord], accounts: list[str], *, offline: bool = True
+) -> ops.ChargeColumns:
     usage = records_to_batch(records)
     rated = rate_columns(usage, CATALOGUE).batch
     return ops.ChargeColumns(
-        usage=usage, rated=rated, accounts=pa.array(accounts, pa.string()), at_s=T_S
-    )
+        usage=usage, rated=rated, accounts=pa.array(accounts, pa.string()), at_s=T_S,
+        offline=offline,
+    )  # fmt: skip
 
 
 def _reference(shard: AccountShard, op: ops.ChargeColumns) -> list[dict[str, object]]:
@@ -90,7 +96,7 @@ def _reference(shard: AccountShard, op: ops.ChargeColumns) -> list[dict[str, obj
     ):
         assert isinstance(rated, RatedRecord)
         items.append((account_id, rated))
-    answer = shard.run(ops.ChargeBatch(items=items, at_s=op.at_s))
+    answer = shard.run(ops.ChargeBatch(items=items, at_s=op.at_s, offline=op.offline))
     batch = _answer_of_rows(answer.rows, answer.sponsor_amounts, answer.forwards).batch
     return batch.to_pylist()
 
@@ -218,3 +224,26 @@ def test_a_promoted_follower_charges_what_it_was_sent(tmp_path: Path) -> None:
         reference.close()
     copy = rows(cluster.data_dir / "nodes" / "n2" / "units" / unit)
     assert {k: v for k, v in copy.items() if not k.startswith(b"m/")} == expected
+
+
+def test_an_account_blocked_by_a_fraud_rule_in_a_batch_is_blocked_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """A premium call blocks a1 in the columnar batch that charges it (a change the batch
+    makes besides charging): the shard's account table holds the block, and the next
+    batch's online records are refused as ChargeBatch refuses them."""
+    fraud = FraudConfig(
+        velocity=None, spend_spike=None,
+        premium=PremiumRule(premium_prefixes=("49900",), premium_classes=(), action=Action.BLOCK),
+    )  # fmt: skip
+    bulk, reference = _shard(tmp_path / "bulk", fraud), _shard(tmp_path / "ref", fraud)
+    a1 = ACCOUNTS["a1"]
+    try:
+        premium = _op(_records(["p0", "p1"], [a1] * 2, called="49900123"), ["a1"] * 2)
+        online = _op(_records(["o0", "o1"], [a1] * 2), ["a1"] * 2, offline=False)
+        for op in (premium, online):
+            assert bulk.run(op).batch.to_pylist() == _reference(reference, op)
+        assert _stored(bulk) == _stored(reference)
+    finally:
+        bulk.close()
+        reference.close()
