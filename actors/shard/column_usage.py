@@ -9,12 +9,13 @@ the sponsor forwards the host delivers.
 :func:`charge_columns` charges through columnar charging
 (``billing.charging.columnar.charge_columns``): the batch's accounts (and any
 sponsor on this shard its records may charge) are read through one
-:class:`~actors.shard.work.Work` into a per-call
-:class:`~billing.charging.table.AccountTable`, the Arrow batches become a
+:class:`~actors.shard.work.Work` and brought up to date in the shard's one
+account table (:mod:`actors.shard.table_cache`), the Arrow batches become a
 ``ChargeInput`` (``from_arrow``), the record ids' marks are read with one
-multi-get, and the answer's states, charge rows (ledger rows and marks),
-notifications, forwards, fraud states and sponsor prices are staged in that
-work: one synced commit, as the per-record body makes. A batch the columnar
+multi-get, and the answer's states, charge rows and marks (encoded from the
+columns: :mod:`actors.shard.column_lines`), notifications, forwards, fraud
+states and sponsor prices are staged in that work: one synced commit, as the
+per-record body makes; then the table takes the batch's update. A batch the columnar
 core cannot express the same way (:func:`_per_record_reason`) takes the
 per-record body (``ShardUsage.charge_batch``, the reference), which
 tests/test_bulk_equivalence.py holds the bulk path to.
@@ -341,8 +342,8 @@ def _answer_of_columns(
 ) -> ChargeColumnsAnswer:
     """The answer from the columns, with the rows they do not say alone (``rows``: a
     reference or replayed row, a sponsored line) put in their place; ``amounts``: what
-    the sponsor of each sponsored record is charged. Every row's id and account are the
-    batch's."""
+    the sponsor of each sponsored record is charged. Every row's id is the batch's, and
+    its account too but for a replay of a record first charged to another account."""
     n = op.usage.num_rows
     accounts: pa.Array = op.accounts
     account_ids = out.batch.account_ids
