@@ -102,9 +102,23 @@ async def cluster_status(
                 owner_node=u["node"],
                 epoch=u["epoch"],
                 state=u["state"],
+                followers=[
+                    admin_pb2.FollowerStatus(
+                        node_id=node,
+                        state=state,
+                        lag=u.get("lag", {}).get(node) or 0,
+                        lag_known=u.get("lag", {}).get(node) is not None,
+                    )
+                    for node, state in sorted(u.get("followers", {}).items())
+                ],
+                in_sync=u.get("isr", []),
             )
             for u in status["units"]
         ],
+        writable=bool(status.get("writable", True)),
+        fully_replicated=bool(status.get("fully_replicated", True)),
+        replication_factor=int(status.get("replication_factor", 1)),
+        schedule=_schedule_status(status.get("schedule")),
         marking_json=status.get("marking") or "",
         gateways=sorted({g["address"] for g in status.get("gateways", ()) if g.get("address")}),
         gateway_status=[
@@ -120,6 +134,32 @@ async def cluster_status(
         f"{states.count('recovering')} recovering, {states.count('free')} free, "
         f"{len(locks)} locks held"
     )
+    return answer
+
+
+def _schedule_status(schedule: dict[str, Any] | None) -> admin_pb2.ScheduleStatus:
+    """The coordinator's schedule (``cluster.control.duties``) as its proto message."""
+    answer = admin_pb2.ScheduleStatus()
+    if not schedule:
+        return answer
+    runs = schedule["bill_runs"]
+    answer.bill_runs_scheduled = bool(runs["scheduled"])
+    answer.next_cycle = runs["next"]["cycle"]
+    answer.next_at_s = int(runs["next"]["at_s"])
+    if runs.get("running"):
+        answer.running_cycle = runs["running"]["cycle"]
+    last = runs.get("last")
+    if last:
+        answer.last_cycle = last["cycle"]
+        answer.last_finished_s = int(last["finished_s"])
+        answer.last_accounts = int(last.get("accounts", 0))
+        answer.last_invoices = int(last.get("invoices", 0))
+    inspection = schedule.get("inspection")
+    if inspection is not None:
+        answer.inspected = True
+        answer.inspection_at_s = int(inspection["at_s"])
+        answer.inspection_ok = bool(inspection["ok"])
+        answer.inspection_failing.extend(inspection["failing"])
     return answer
 
 
