@@ -1,0 +1,137 @@
+"""``petribill node add`` and ``petribill restore`` on a real local cluster, with the
+commands an operator runs (each a subprocess, as in tests/test_chaos_run.py).
+
+One cluster of 3 simulated nodes (replicated, RF 2, ``min_in_sync`` 2) gets a backup,
+then more top-ups; then both worker nodes die at once with their folders (beyond the
+failure model: the units whose two copies were on them are lost, the others are left
+one copy each and refuse writes). ``node add`` starts a fresh node, which takes the
+followers that restore RF; ``restore`` brings the lost units back from the backup.
+``down`` then leaves no process of the cluster behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.routing import shard_of
+from cluster.cli.nodes import copies_by_node
+from cluster.client import PetribillClient
+from cluster.deploy.localray import LocalRay
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNTS = [f"na-{i}" for i in range(12)]
+SHARDS, PARTITIONS = 4, 2
+
+
+def petribill(*args: Any, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "cluster.cli.main", *map(str, args)]
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def status(data: Path) -> dict[str, Any]:
+    shown = petribill("status", "--json", "--data", data)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    found: dict[str, Any] = json.loads(shown.stdout)
+    return found
+
+
+def wait_status(data: Path, what: Any, why: str, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = status(data)
+        if what(found):
+            return found
+        assert time.monotonic() < deadline, f"{why}: {json.dumps(found['units'])}"
+        time.sleep(1.0)
+
+
+def balances(client: PetribillClient) -> dict[str, int]:
+    return {a: client.get_balance(a).prepaid.micros for a in ACCOUNTS}
+
+
+def test_a_node_added_takes_copies_and_lost_units_come_back_from_a_backup(
+    tmp_path: Path,
+) -> None:
+    """`node add` on a cluster that lost two nodes: a new node joins, alive, and holds
+    the followers that restore RF; `restore` brings the two nodes' lost units back at
+    new epochs with the balances of the backup (later top-ups of them died with their
+    disks), every other balance as it was; `down` leaves no process behind."""
+    conf, data = tmp_path / "conf", tmp_path / "data"
+    conf.mkdir()
+    shutil.copytree(ROOT / "conf" / "tariffs", conf / "tariffs")
+    (conf / "cluster.toml").write_text(
+        f"[sharding]\nshards = {SHARDS}\npartitions = {PARTITIONS}\n[gateway]\nport = 0\n"
+    )
+    started = petribill("up", "--detach", "--nodes", 3, "--conf", conf, "--data", data)
+    assert started.returncode == 0, started.stderr[-3000:]
+    info = json.loads((data / "runtime.json").read_text())
+    local = LocalRay.reattach(temp_dir=Path(info["local_temp_dir"]), address=info["address"])
+    try:
+        with PetribillClient(info["gateways"], timeout_s=60, retries=40) as client:
+            for account in ACCOUNTS:
+                client.create_account(account, "prepaid", request_id=f"c-{account}")
+                client.top_up(account, "10", request_id=f"t1-{account}")
+            backed_up = balances(client)
+            taken = petribill("backup", "--data", data, "--request-id", "bk-1")
+            assert taken.returncode == 0, taken.stderr[-2000:]
+            for account in ACCOUNTS:
+                client.top_up(account, "1", request_id=f"t2-{account}")
+            latest = balances(client)
+
+        units = {u["unit"]: u for u in status(data)["units"]}
+        doomed = {"n1", "n2"}
+        lost = {u for u, v in units.items() if {v["node"], *v["isr"]} <= doomed}
+        assert lost, f"every unit has a copy on n0: {units}"
+        for index in (1, 2):  # both worker machines die with their disks
+            for pid in local.node_pids(index):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(data / "nodes" / f"n{index}", ignore_errors=True)
+        wait_status(
+            data,
+            lambda s: {u["unit"] for u in s["units"] if u["state"] == "lost"} == lost,
+            "the units of the two nodes are not lost",
+        )
+
+        added = petribill("node", "add", "--data", data, "--conf", conf)
+        assert added.returncode == 0, added.stderr[-3000:]
+        assert "n3 joined" in added.stdout, added.stdout
+        found = status(data)
+        assert {n["node"]: n["status"] for n in found["nodes"]}["n3"] == "alive"
+        assert copies_by_node(found)["n3"]["followers"] > 0, found["units"]
+        listed = petribill("node", "list", "--json", "--data", data)
+        assert {r["node"]: r["status"] for r in json.loads(listed.stdout)}["n3"] == "alive"
+
+        restored = petribill("restore", data / "backups" / "bk-1", "--data", data, "--json")
+        assert restored.returncode == 0, restored.stderr[-3000:]
+        answer = json.loads(restored.stdout)
+        assert {u["unit"] for u in answer["units"]} == lost
+        for unit in answer["units"]:
+            assert int(unit["epoch"]) > units[unit["unit"]]["epoch"], unit
+            assert unit["node"] in {"n0", "n3"}
+        wait_status(data, lambda s: s["healthy"] and s["fully_replicated"], "not replicated again")
+        with PetribillClient(info["gateways"], timeout_s=60, retries=40) as client:
+            now = balances(client)
+        for account in ACCOUNTS:
+            unit = shard_of(account, SHARDS)
+            want = backed_up[account] if unit in lost else latest[account]
+            assert now[account] == want, (account, unit)
+    finally:
+        stopped = petribill("down", "--data", data, "--conf", conf)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert not local.pids(), "processes of the cluster left after down"
