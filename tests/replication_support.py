@@ -11,7 +11,7 @@ end, helpers for the tests of a whole ``InProcessCluster`` in replicated mode.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,24 @@ def wait(what: Callable[[], bool], timeout_s: float = 60.0, why: str = "") -> No
         if time.monotonic() > deadline:
             raise TimeoutError(why or "condition not met")
         time.sleep(0.02)
+
+
+def replicated_cluster(data_dir: Path) -> Iterator[InProcessCluster]:
+    """An ``InProcessCluster`` of nodes n1..n3 in replicated mode (RF 2, ``min_in_sync``
+    2), 2 shards and a partition, started and fully replicated; closed afterwards."""
+    inproc = InProcessCluster(
+        data_dir,
+        ROOT / "conf" / "tariffs",
+        shards=SHARDS,
+        partitions=PARTITIONS,
+        nodes=("n1", "n2", "n3"),
+        settings={"storage_mode": "replicated", "replication_factor": 2, "min_in_sync": 2},
+    )
+    inproc.start()
+    assert inproc.coordinator is not None
+    wait(inproc.coordinator.fully_replicated, why="not fully replicated")
+    yield inproc
+    inproc.close()
 
 
 def run_on(cluster: InProcessCluster, unit: str, op: Any) -> Any:

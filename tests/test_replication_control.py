@@ -31,32 +31,16 @@ from petri import NetConfig, PetriModel, ShardSpec, check_trace, initial_marking
 from tests.replication_support import (
     create_account,
     equal_replicas,
+    replicated_cluster,
     run_on,
     top_ups,
     wait,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-TARIFFS = ROOT / "conf" / "tariffs"
-SETTINGS = {"storage_mode": "replicated", "replication_factor": 2, "min_in_sync": 2}
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[InProcessCluster]:
-    inproc = InProcessCluster(
-        tmp_path / "data",
-        TARIFFS,
-        shards=2,
-        partitions=1,
-        nodes=("n1", "n2", "n3"),
-        settings=SETTINGS,
-    )
-    inproc.start()
-    assert inproc.coordinator is not None
-    coordinator = inproc.coordinator
-    wait(coordinator.fully_replicated, why="not fully replicated")
-    yield inproc
-    inproc.close()
+    yield from replicated_cluster(tmp_path / "data")
 
 
 def test_a_replicated_cluster_places_a_follower_for_every_unit(
