@@ -66,6 +66,12 @@ def add(wait_s: float, data_dir: Path, conf_dir: Path) -> None:
             f"the cluster of {data_dir} joined Ray at {info.address}: a node joins it with "
             f"`ray start --address={info.address}` on the new machine"
         )
+    if info.settings.get("storage_mode") == "local":
+        raise SetupError(
+            f"the cluster of {data_dir} keeps its units on its one node (storage.mode "
+            "'local'): a node added could never take them over; start it with --nodes 2 "
+            "or more (replicated) to grow it"
+        )
     local = LocalRay.reattach(
         temp_dir=Path(info.local_temp_dir), address=info.address, config=config
     )
