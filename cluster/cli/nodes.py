@@ -52,7 +52,9 @@ def add(wait_s: float, data_dir: Path, conf_dir: Path) -> None:
     has its copies again (followers that a lost node held are placed on it,
     caught up and joined), then prints its name, gateway address and the copies
     it holds. The cluster must have
-    been started on this machine with `petribill up --detach --nodes N`.
+    been started on this machine with `petribill up --detach --nodes N`; give
+    the --conf it was started with (its gateway's [security] comes from there,
+    every other setting from DATA/runtime.json).
     """
     from cluster.deploy.localray import LocalRay
     from cluster.deploy.runtime import Runtime, StartError, read_info
