@@ -27,6 +27,7 @@ from cluster.control.state import read_journal
 from cluster.deploy.inprocess import InProcessCluster
 from petri import NetConfig, PetriModel, check_trace
 from tests.replication_support import (
+    ROOT,
     create_account,
     equal_replicas,
     replicated_cluster,
@@ -204,3 +205,13 @@ def test_a_unit_held_by_a_restore_is_not_restored_from_its_fenced_primary_meanwh
     coordinator._coordinator.release_restore([unit])
     wait(lambda: coordinator.routes()[unit][0] == view["primary"], why="not restored")
     assert run_on(cluster, unit, ops.GetAccount(account_id="a1")).prepaid == 5_000_000
+
+
+def test_a_cluster_with_one_copy_of_each_unit_refuses_a_restore(tmp_path: Path) -> None:
+    """Without replication no unit is ever lost: FAILED_PRECONDITION, saying how such a
+    cluster is restored instead."""
+    with InProcessCluster(tmp_path / "data", ROOT / "conf" / "tariffs", shards=2) as single:
+        backend = single.backend()
+        _call(backend, "Backup", admin_pb2.BackupRequest(request_id="bk"))
+        code, message = _refused(backend, _restore(backend, "bk", "acct-00"))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "single copy" in message
