@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,7 +147,12 @@ def test_a_node_added_takes_copies_and_lost_units_come_back_from_a_backup(
         lost = {u["unit"] for u in found["units"] if u["state"] == "lost"}
         assert victim in lost, found["units"]
         alive = {n["node"] for n in found["nodes"] if n["status"] == "alive"}
-        assert "n3" in alive and f"n{worker}" not in alive, found["nodes"]
+        assert len(alive) == 3 and "n3" in alive and f"n{worker}" not in alive, found["nodes"]
+        shown = re.search(r"gateway (\S+)", added.stdout)
+        assert shown is not None, added.stdout
+        gateway = shown.group(1)
+        with PetribillClient(gateway, timeout_s=30) as client:  # the new node's gateway
+            assert client.health()[gateway] == "SERVING"
         listed = petribill("node", "list", "--json", "--data", data)
         assert {r["node"]: r["status"] for r in json.loads(listed.stdout)}["n3"] == "alive"
 

@@ -51,12 +51,12 @@ def add(wait_s: float, data_dir: Path, conf_dir: Path) -> None:
     Waits until the coordinator counts it alive and every unit that is not lost
     has its copies again (followers that a lost node held are placed on it,
     caught up and joined), then prints its name, gateway address and the copies
-    it holds. The cluster must have
-    been started on this machine with `petribill up --detach --nodes N`; give
-    the --conf it was started with (its gateway's [security] comes from there,
-    every other setting from DATA/runtime.json).
+    it holds. The cluster must have been started on this machine with
+    `petribill up --detach --nodes N`; give the --conf it was started with (its
+    gateway's [security] comes from there, every other setting from
+    DATA/runtime.json).
     """
-    from cluster.deploy.localray import LocalRay
+    from cluster.deploy.localray import LocalRay, LocalRayError
     from cluster.deploy.runtime import Runtime, StartError, read_info
 
     config = cluster_config(conf_dir)
@@ -93,7 +93,7 @@ def add(wait_s: float, data_dir: Path, conf_dir: Path) -> None:
         handle, address = runtime.add_node(timeout_s=wait_s)
         click.echo(f"{handle.name} started (ray node {handle.node_id[:16]}), gateway {address}")
         status = runtime.wait_node(handle.name, wait_s)
-    except StartError as exc:
+    except (StartError, LocalRayError) as exc:  # the node did not start, or not join
         raise click.ClickException(str(exc)) from None
     finally:
         runtime.stop()  # attached: only disconnects
