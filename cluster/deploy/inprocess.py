@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,9 @@ class LocalOps:
 
     def unit_on_disk(self, node: str, unit_id: str) -> int | None:
         return self._hosts[node].unit_on_disk(unit_id)
+
+    def restore_stage(self, node: str, unit_id: str, folder: str) -> dict[str, Any]:
+        return asdict(self._hosts[node].restore_stage(unit_id, folder))
 
     def metrics_urls(self) -> dict[str, str]:
         return {}
