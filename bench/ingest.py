@@ -197,11 +197,22 @@ def run_cluster(
                     }
                 )
             figures = medians(runs)
+            figures.update(gateway_reads(runtime))
             if before is not None:
                 figures["profile"] = profile(since=before, wait_s=20)
             return figures
         finally:
             runtime.stop()
+
+
+def gateway_reads(runtime: Runtime) -> dict[str, float]:
+    """Queries a gateway answered from its node's copies (``local_reads``), passed to the
+    hosts (``local_reads_passed``), and where its latest local reads spent their time
+    (``local_read_p99_ms``...: ``cluster.backend.reads``); the largest over the gateways."""
+    import ray
+
+    stats = ray.get([g.stats.remote() for g in runtime.gateways.values()], timeout=30)
+    return {key: max(s.get(key, 0) for s in stats) for key in stats[0] if key.startswith("local_")}
 
 
 _SERIES = re.compile(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,7 @@ log = structlog.get_logger("petribill.reads")
 R = TypeVar("R")
 
 _THREADS: Final = 2
+_TIMES_KEPT: Final = 4096
 # How long a coordinator call for the placement may take.
 _PLACEMENT_TIMEOUT_S: Final = 5.0
 
@@ -78,6 +80,9 @@ class GatewayReads:
         #: Queries answered here, and those passed to the hosts by reason.
         self.served = 0
         self.passed: dict[str, int] = {}
+        # Of the latest local reads: seconds waiting for a thread, reading (catch-up and
+        # query), and waiting for the event loop to take the answer back.
+        self._times: deque[tuple[float, float, float]] = deque(maxlen=_TIMES_KEPT)
 
     async def read(self, unit_id: str, op: Op[R]) -> tuple[bool, R | None]:
         """``(True, answer)`` when this node's copy answered ``op``; ``(False, None)``
@@ -92,12 +97,24 @@ class GatewayReads:
             self._count("placement")
             return False, None
         loop = asyncio.get_running_loop()
+        asked = time.perf_counter()
+        times: list[float] = []
+
+        def timed() -> R:
+            times.append(time.perf_counter())
+            try:
+                return reader.read(unit_id, op)
+            finally:
+                times.append(time.perf_counter())
+
         try:
-            answer = await loop.run_in_executor(self._pool, reader.read, unit_id, op)
+            answer = await loop.run_in_executor(self._pool, timed)
         except NotLocal as exc:
             self._count(exc.reason)
             return False, None
         self.served += 1
+        started, done = times
+        self._times.append((started - asked, done - started, time.perf_counter() - done))
         return True, answer
 
     def _count(self, reason: str) -> None:
@@ -125,12 +142,20 @@ class GatewayReads:
         except Exception as exc:  # the coordinator is away: the hosts answer meanwhile
             log.info("placement_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
-    def stats(self) -> dict[str, int]:
-        return {
+    def stats(self) -> dict[str, float]:
+        """Counts, and where the latest local reads spent their time (p50 and p99, ms)."""
+        found: dict[str, float] = {
             "local_reads": self.served,
             "local_reads_passed": sum(self.passed.values()),
             "local_views_open": 0 if self.reader is None else self.reader.views_open,
         }
+        times = list(self._times)
+        for index, part in enumerate(("thread_wait", "read", "loop_wait")):
+            spent = sorted(t[index] for t in times)
+            if spent:
+                found[f"local_{part}_p50_ms"] = round(1000 * spent[len(spent) // 2], 3)
+                found[f"local_{part}_p99_ms"] = round(1000 * spent[int(0.99 * len(spent))], 3)
+        return found
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

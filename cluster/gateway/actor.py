@@ -105,8 +105,12 @@ class GatewayActor:
             return {}
         admission = self._gateway.admission
         # Host calls the backend coalesced (actors.coalesce) and the operations they carried.
-        coalescer = getattr(getattr(self._gateway.backend, "cluster", None), "coalescer", None)
+        cluster = getattr(self._gateway.backend, "cluster", None)
+        coalescer = getattr(cluster, "coalescer", None)
+        # Queries answered from this node's copies, and those passed to the hosts.
+        reads = getattr(cluster, "reads", None)
         return {
+            **({} if reads is None else reads.stats()),
             "requests": admission.requests,
             "records": admission.records,
             "usage_streams": admission.usage_streams,
@@ -120,6 +124,9 @@ class GatewayActor:
         """Report NOT_SERVING, then stop; calls in flight get ``grace_s`` to finish."""
         if self._gateway is not None:
             await self._gateway.stop(grace_s)
+            reads = getattr(getattr(self._gateway.backend, "cluster", None), "reads", None)
+            if reads is not None:
+                reads.close()  # its views of the node's copies, and its scratch folder
             self._gateway = None
 
 
