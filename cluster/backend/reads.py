@@ -5,9 +5,9 @@ backend's event loop. It keeps the reader's placement (per unit: primary,
 epoch, in-sync followers) fresh from the coordinator in the background — the
 replicas view in ``replicated`` mode, the routes otherwise — never on a query's
 path, and answers nothing from a placement older than ``placement_age_max_s``.
-The reads themselves (a RocksDB catch-up and a few gets) run on a small thread
-pool of their own, so the loop goes on serving while one runs. What a read may
-answer and why it is consistent: docs/architecture.md, "Local reads".
+The reads themselves (a RocksDB catch-up and a few gets, about 2 ms) run on the
+loop. What a read may answer and why it is consistent: docs/architecture.md,
+"Local reads".
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -33,7 +32,6 @@ log = structlog.get_logger("petribill.reads")
 
 R = TypeVar("R")
 
-_THREADS: Final = 2
 _TIMES_KEPT: Final = 4096
 # How long a coordinator call for the placement may take.
 _PLACEMENT_TIMEOUT_S: Final = 5.0
@@ -76,13 +74,11 @@ class GatewayReads:
         self.reader: LocalReader | None = None
         self._placed_at = float("-inf")  # monotonic time the placement was fetched
         self._refreshing: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="local-reads")
         #: Queries answered here, and those passed to the hosts by reason.
         self.served = 0
         self.passed: dict[str, int] = {}
-        # Of the latest local reads: seconds waiting for a thread, reading (catch-up and
-        # query), and waiting for the event loop to take the answer back.
-        self._times: deque[tuple[float, float, float]] = deque(maxlen=_TIMES_KEPT)
+        # Seconds the latest local reads took (catch-up and query).
+        self._times: deque[float] = deque(maxlen=_TIMES_KEPT)
 
     async def read(self, unit_id: str, op: Op[R]) -> tuple[bool, R | None]:
         """``(True, answer)`` when this node's copy answered ``op``; ``(False, None)``
@@ -96,25 +92,17 @@ class GatewayReads:
         if reader is None or age_s > self._age_max_s:
             self._count("placement")
             return False, None
-        loop = asyncio.get_running_loop()
-        asked = time.perf_counter()
-        times: list[float] = []
-
-        def timed() -> R:
-            times.append(time.perf_counter())
-            try:
-                return reader.read(unit_id, op)
-            finally:
-                times.append(time.perf_counter())
-
+        # On the loop itself: RocksDB's catch-up holds the GIL throughout (rocksdict
+        # does not release it), so a thread would stall the loop just the same, and
+        # would add two thread wake-ups to every query.
+        started = time.perf_counter()
         try:
-            answer = await loop.run_in_executor(self._pool, timed)
+            answer = reader.read(unit_id, op)
         except NotLocal as exc:
             self._count(exc.reason)
             return False, None
         self.served += 1
-        started, done = times
-        self._times.append((started - asked, done - started, time.perf_counter() - done))
+        self._times.append(time.perf_counter() - started)
         return True, answer
 
     def _count(self, reason: str) -> None:
@@ -149,16 +137,13 @@ class GatewayReads:
             "local_reads_passed": sum(self.passed.values()),
             "local_views_open": 0 if self.reader is None else self.reader.views_open,
         }
-        times = list(self._times)
-        for index, part in enumerate(("thread_wait", "read", "loop_wait")):
-            spent = sorted(t[index] for t in times)
-            if spent:
-                found[f"local_{part}_p50_ms"] = round(1000 * spent[len(spent) // 2], 3)
-                found[f"local_{part}_p99_ms"] = round(1000 * spent[int(0.99 * len(spent))], 3)
+        spent = sorted(self._times)
+        if spent:
+            found["local_read_p50_ms"] = round(1000 * spent[len(spent) // 2], 3)
+            found["local_read_p99_ms"] = round(1000 * spent[int(0.99 * len(spent))], 3)
         return found
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         if self.reader is not None:
             self.reader.close()
 
