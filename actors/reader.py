@@ -25,8 +25,9 @@ Which copy may answer (the consistency a read gets: docs/architecture.md,
     caller asks the host as before.
 
 Bounds: at most ``views_max`` views are open (least recently used closed first),
-each with at most ``FILES_OPEN_MAX`` table files; a view is opened on a unit's
-first query and closed when its epoch or folder changes.
+each with at most ``FILES_OPEN_MAX`` table files; a view is opened when the
+placement names a copy here (:meth:`LocalReader.prepare`) or on a unit's first
+query, and closed when its epoch or folder changes.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from actors.op import Op
+from actors.routing import unit_kind
 from actors.shard.view import LOCAL_READS, ShardView
 from actors.store.fencing import read_fence_epoch
 from actors.store.secondary import SecondaryStore
@@ -109,6 +111,29 @@ class LocalReader:
         at their next query)."""
         self._placement = dict(placement)
 
+    def prepare(self) -> int:
+        """Open the views of the account shards this node holds a readable copy of, now,
+        off the queries' path: a view's first open replays the owner's whole WAL since
+        its last flush, which under ingestion takes far longer than a catch-up. Returns
+        how many views it opened."""
+        opened = 0
+        for unit_id, placed in sorted(self._placement.items()):
+            if unit_kind(unit_id) != "account" or not self._holds(placed):
+                continue
+            with self._guard:
+                current = self._views.get(unit_id)
+            if current is None or current.epoch != placed.epoch:
+                try:
+                    self._view(unit_id, self.root / "units" / unit_id, placed.epoch)
+                except NotLocal:
+                    continue  # no copy here yet: its first query asks the host
+                opened += 1
+        return opened
+
+    def _holds(self, placed: Placement) -> bool:
+        """Whether this node holds a copy that may answer: the primary or in sync."""
+        return placed.primary == self.node or self.node in placed.in_sync
+
     def read(self, unit_id: str, op: Op[R]) -> R:
         """``op`` answered from this node's copy of ``unit_id``, caught up first;
         :class:`NotLocal` when no copy here may answer it."""
@@ -117,9 +142,9 @@ class LocalReader:
         placed = self._placement.get(unit_id)
         if placed is None:
             raise NotLocal(unit_id, "unplaced")
-        primary = placed.primary == self.node
-        if not primary and self.node not in placed.in_sync:
+        if not self._holds(placed):
             raise NotLocal(unit_id, "no in-sync copy here")
+        primary = placed.primary == self.node
         path = self.root / "units" / unit_id
         view = self._view(unit_id, path, placed.epoch)
         with view.lock:

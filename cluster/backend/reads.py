@@ -127,6 +127,8 @@ class GatewayReads:
             routes = {} if replicas else await self._transport.routes(_PLACEMENT_TIMEOUT_S)
             self.reader.set_placement(placement_of(replicas, routes))
             self._placed_at = started
+            # Views open here, not on a query's path (a first open replays a long WAL).
+            await asyncio.to_thread(self.reader.prepare)
         except Exception as exc:  # the coordinator is away: the hosts answer meanwhile
             log.info("placement_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
