@@ -216,3 +216,57 @@ def test_a_copy_out_of_sync_fenced_or_missing_never_answers(tmp_path: Path) -> N
         reader.set_placement({unit: true})
         state = reader.read(unit, op)
         assert state is not None and state.account.account_id == account_id
+
+
+def test_after_a_takeover_the_promoted_copy_answers_what_was_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The primary's node is lost: the gateway of the follower's node never answers from a
+    copy at the old epoch, and once it has the new placement answers from the promoted
+    copy, with every top-up acknowledged before and after the takeover."""
+    nodes = ("n1", "n2", "n3")
+    with served(tmp_path, nodes, REPLICATED) as (cluster, loop, backends, clients):
+        coordinator = cluster.coordinator
+        assert coordinator is not None
+        (account_id,) = customers(clients["hosts"], 1)
+        unit = cluster.router().shard(account_id)
+        before = coordinator.replicas()[unit]
+        (follower,) = before["isr"]
+        reads = reads_of(backends[follower])
+        want = clients["hosts"].get_balance(account_id).prepaid.micros
+        assert clients[follower].get_balance(account_id).prepaid.micros == want
+        cluster.remove_node(before["primary"])
+        wait(lambda: coordinator.replicas()[unit]["primary"] == follower)
+        # Still the old placement: the promoted copy's EPOCH is the new epoch.
+        refused = reads.passed.get("fenced or replaced", 0)
+        assert clients[follower].get_balance(account_id).prepaid.micros == want
+        assert reads.passed.get("fenced or replaced", 0) == refused + 1
+        wait(coordinator.fully_replicated)
+        loop.run(reads.refresh())
+        local = reads.served
+        for n in range(5):
+            clients["hosts"].top_up(account_id, "1", request_id=f"after-{n}")
+            seen = clients[follower].get_balance(account_id).prepaid.micros
+            assert seen == want + (n + 1) * 1_000_000
+        assert reads.served == local + 5
+
+
+def test_a_gateway_without_a_fresh_placement_asks_the_hosts(tmp_path: Path) -> None:
+    """A placement older than its bound (the coordinator unreachable) answers nothing
+    locally: every query goes to the host, and its answer is the host's."""
+    with served(tmp_path, ("n0",)) as (cluster, loop, backends, clients):
+        ids = customers(clients["hosts"], 2)
+        reader = reads_of(backends["n0"]).reader
+        assert reader is not None
+        stale = GatewayReads(
+            cluster.transport, lambda _node: reader, _node_n0, placement_age_max_s=0.0
+        )
+        loop.run(stale.refresh())
+        for account_id in ids:
+            op = ops.GetAccount(account_id=account_id)
+            assert loop.run(stale.read(cluster.router().shard(account_id), op)) == (False, None)
+        assert stale.served == 0 and stale.passed == {"placement": len(ids)}
+
+
+async def _node_n0() -> str:
+    return "n0"
