@@ -123,8 +123,10 @@ class LocalReader:
             with self._guard:
                 current = self._views.get(unit_id)
             if current is None or current.epoch != placed.epoch:
+                path = self.root / "units" / unit_id
                 try:
-                    self._view(unit_id, self.root / "units" / unit_id, placed.epoch)
+                    self._check_fence(unit_id, path, placed.epoch)
+                    self._view(unit_id, path, placed.epoch)
                 except NotLocal:
                     continue  # no copy here yet: its first query asks the host
                 opened += 1
@@ -146,10 +148,11 @@ class LocalReader:
             raise NotLocal(unit_id, "no in-sync copy here")
         primary = placed.primary == self.node
         path = self.root / "units" / unit_id
+        self._check_fence(unit_id, path, placed.epoch)  # before a view is (re)opened
         view = self._view(unit_id, path, placed.epoch)
         with view.lock:
             try:
-                if read_fence_epoch(path) != placed.epoch or os.stat(path).st_ino != view.inode:
+                if os.stat(path).st_ino != view.inode:
                     raise NotLocal(unit_id, "fenced or replaced")
                 view.store.catch_up()
                 if primary and view.store.epoch != placed.epoch:
@@ -163,6 +166,16 @@ class LocalReader:
                 failure.__cause__ = exc
         self._close(unit_id, view)
         raise failure
+
+    @staticmethod
+    def _check_fence(unit_id: str, path: Path, epoch: int) -> None:
+        """:class:`NotLocal` unless the copy at ``path`` is fenced at ``epoch`` (its
+        ``EPOCH`` file: a takeover raises it before the new owner serves)."""
+        fence = read_fence_epoch(path)
+        if fence == 0:
+            raise NotLocal(unit_id, "no copy")
+        if fence != epoch:
+            raise NotLocal(unit_id, "fenced or replaced")
 
     def _view(self, unit_id: str, path: Path, epoch: int) -> _View:
         with self._guard:
