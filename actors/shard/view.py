@@ -43,4 +43,5 @@ class ShardView:
         """Answer one of :data:`LOCAL_READS` from the view as it stands."""
         if not isinstance(op, LOCAL_READS):
             raise TypeError(f"{op.name} is not a query a read view answers")
+        # The ops are typed on AccountShard; a view has the one part their queries use.
         return op.apply(self, NO_ENV)  # type: ignore[arg-type]
