@@ -22,7 +22,7 @@ from actors.shard.ops import Applied
 from actors.shard.table_cache import AccountTableCache
 from actors.shard.work import Work
 from actors.store.codec import decode_u64
-from actors.store.storage import LruCache, ShardStore
+from actors.store.storage import LruCache, ReadableStore, ShardStore
 from billing.accounts import AccountState, Outcome, Result
 from billing.billrun.run import BillRunConfig
 from billing.bundles import Tariff
@@ -33,9 +33,17 @@ from billing.invoice import Invoice
 from billing.ledger import is_valid_account_id
 from billing.tariffs.model import Catalogue
 
-__all__ = ["ShardCore", "T"]
+__all__ = ["ShardCore", "T", "stored_invoices"]
 
 T = TypeVar("T")
+
+
+def stored_invoices(store: ReadableStore, account_id: str) -> Iterator[Invoice]:
+    """The account's invoices as stored, in key order."""
+    if not is_valid_account_id(account_id):
+        return
+    for _, raw in store.scan_prefix(INVOICE_PREFIX + account_id.encode() + b"\x00"):
+        yield decode_value(raw)[0]
 
 
 class ShardCore:
@@ -114,10 +122,7 @@ class ShardCore:
         return row
 
     def stored_invoices(self, account_id: str) -> Iterator[Invoice]:
-        if not is_valid_account_id(account_id):
-            return
-        for _, raw in self.store.scan_prefix(INVOICE_PREFIX + account_id.encode() + b"\x00"):
-            yield decode_value(raw)[0]
+        return stored_invoices(self.store, account_id)
 
     def single(
         self, account_id: str, run: Callable[[Work, AccountState], Outcome[T]]

@@ -90,6 +90,7 @@ def settings_of(
         "tariffs_dir": str(tariffs_dir),
         "cache_entries_max": config.storage.read_cache_entries_max,
         "batch_records_max": config.batch.records_max,
+        "local_reads": config.gateway.local_reads,
         "fence_timeout_s": config.storage.takeover_fence_timeout_ms / 1000,
         # The [fraud] rules as a plain table (None: off); actors.engines builds the FraudConfig.
         "fraud": None if config.fraud is None else config.fraud.mapping(),
