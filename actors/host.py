@@ -74,7 +74,14 @@ from actors.replication import Peers, ReplicationSettings, Replicator
 from actors.routing import shard_of, unit_kind
 from actors.shard.ops import AckForwards, ApplyForwards, ChargeBatch, PendingForwards
 from actors.shard.outbox import Forward
-from actors.store.backup import UnitBackup, backup_target, checkpoint_unit, flush_in_background
+from actors.store.backup import (
+    RestoreRefused,
+    UnitBackup,
+    backup_target,
+    checkpoint_unit,
+    flush_in_background,
+    stage_restore,
+)
 from actors.store.control_copy import ControlCopy, read_copy, save_copy
 from actors.store.fencing import EPOCH_FILE, StaleEpoch, StoreClosed, read_fence_epoch
 from actors.store.files import write_atomic
@@ -604,6 +611,39 @@ class UnitHost:
             except StoreClosed as exc:
                 raise StaleRoute(unit_id, epoch, None) from exc
         log.info("unit_backed_up", shard=unit_id, node=self.node, path=info.path)
+        return info
+
+    def restore_stage(self, unit_id: str, folder: str) -> UnitBackup:
+        """Make ``unit_id``'s checkpoint in the backup ``folder`` (relative to the backup
+        root, as for :meth:`backup_unit`) this node's copy of the unit, replacing any
+        follower copy left here; the coordinator then fires ``restore`` and has it opened
+        at a new epoch. :class:`RestoreRefused` for a unit served here (a live unit is
+        never overwritten) or a backup without it; :class:`BackupRefused` for a folder
+        outside the backup root."""
+        root = backup_target(self._backup_root, folder)
+        with self._guard:
+            if unit_id in self._units or unit_id in self._failed:
+                raise RestoreRefused(
+                    f"{unit_id}: {self.node} serves it; a live unit is never overwritten"
+                )
+            with self._copies_guard:
+                self._close_copy(unit_id)
+            info = stage_restore(
+                root,
+                unit_id,
+                self.unit_path(unit_id),
+                staging=self._below_root(self._root / "staging" / f"{unit_id}.restore"),
+                trash=self._below_root(self._root / "trash"),
+            )
+            self._missing.pop(unit_id, None)
+        log.warning(
+            "unit_restore_staged",
+            shard=unit_id,
+            node=self.node,
+            backup=str(root),
+            backup_epoch=info.epoch,
+            backup_sequence=info.sequence,
+        )
         return info
 
     # -- replication: the primary's followers (called by the coordinator) ----------------

@@ -24,6 +24,7 @@ from actors.host import Engine, UnitHost
 from actors.op import Op
 from actors.replication import PeerUnreachable, ReplicationSettings
 from actors.router import HostUnreachable, UnitRouter
+from actors.store.backup import UnitBackup
 from actors.store.control_copy import ControlCopy
 from actors.store.replica import CopyState
 from actors.store.tariffs import current_tariffs_dir
@@ -357,6 +358,11 @@ class RoutedHost(UnitHost):
     def close_unit(self, unit_id: str) -> None:  # type: ignore[override]
         """:meth:`UnitHost.close_unit` on the placement threads."""
         super().close_unit(unit_id)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def restore_stage(self, unit_id: str, folder: str) -> UnitBackup:  # type: ignore[override]
+        """:meth:`UnitHost.restore_stage` on the placement threads."""
+        return super().restore_stage(unit_id, folder)
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def units(self) -> dict[str, int]:  # type: ignore[override]

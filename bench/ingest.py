@@ -15,6 +15,12 @@ Timed, in one run:
 2. **Cluster, columnar**: the same records under other ids, as Arrow columns
    through the bulk path (SubmitUsageColumns: Arrow IPC in, result columns
    out), same streams, batches and query thread.
+
+Besides the query thread, which shares the streaming client's process (and its
+GIL), a second querier runs in a process of its own, as a self-care app would:
+``outside_query_p50_ms`` and ``outside_query_p99_ms``. The gateways' own count and
+timing of the queries they answered from their node's copies (``local_reads``,
+``local_read_p99_ms``: docs/architecture.md, "Local reads") close the figures.
 3. **Baselines**: the same records in one process, with no Ray and no gRPC,
    through one RatingPartition and one AccountShard, one synced RocksDB batch
    per batch: decoding the protobuf batches and ``submit`` (per record), and
@@ -25,7 +31,8 @@ the baselines) and reports the median of each figure. The last line is one
 JSON object with ``columnar_records_per_s``, ``columnar_baseline_records_per_s``,
 ``ratio`` (columnar end to end ÷ columnar baseline), ``records_per_s``,
 ``baseline_records_per_s``, ``per_record_ratio``, ``query_p50_ms`` and
-``query_p99_ms`` (during per-record ingestion), ``columnar_query_p99_ms``.
+``query_p99_ms`` (during per-record ingestion), ``columnar_query_p99_ms``, the
+``outside_`` querier's figures and the gateways' ``local_`` ones.
 
 With ``--mode replicated`` a second cluster runs the same records in the same
 run: ``--replica-nodes`` simulated nodes (default 2) in ``storage.mode =
@@ -46,8 +53,10 @@ inside the unit calls) against the seconds of the unit calls themselves
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import random
 import re
 import statistics
@@ -182,9 +191,13 @@ def run_cluster(
             before = profile() if mode == "replicated" else None
             runs: list[dict[str, Any]] = []
             for run in range(args.runs):
-                per_record = measure_cluster(args, client, renamed(records, f"r{run}"))
+                per_record = measure_cluster(
+                    args, client, renamed(records, f"r{run}"), gateways=info.gateways
+                )
                 print(f"cluster, per record, run {run + 1}: {per_record}")
-                columnar = measure_cluster(args, client, renamed(records, f"c{run}"), columnar=True)
+                columnar = measure_cluster(
+                    args, client, renamed(records, f"c{run}"), gateways=info.gateways, columnar=True
+                )
                 print(f"cluster, columnar, run {run + 1}: {columnar}")
                 runs.append(
                     {
@@ -194,14 +207,29 @@ def run_cluster(
                         "columnar_statuses": columnar["statuses"],
                         "columnar_query_p50_ms": columnar["query_p50_ms"],
                         "columnar_query_p99_ms": columnar["query_p99_ms"],
+                        "columnar_outside_query_p50_ms": columnar["outside_query_p50_ms"],
+                        "columnar_outside_query_p99_ms": columnar["outside_query_p99_ms"],
                     }
                 )
             figures = medians(runs)
+            figures.update(gateway_reads(runtime))
             if before is not None:
                 figures["profile"] = profile(since=before, wait_s=20)
             return figures
         finally:
             runtime.stop()
+
+
+def gateway_reads(runtime: Runtime) -> dict[str, float]:
+    """Queries a gateway answered from its node's copies (``local_reads``), passed to the
+    hosts (``local_reads_passed``), how long its latest local reads took
+    (``local_read_p99_ms``...: ``cluster.backend.reads``) and how late its event loop
+    answered a 5 ms timer (``loop_lag_p99_ms``); the largest over the gateways."""
+    import ray
+
+    stats = ray.get([g.stats.remote() for g in runtime.gateways.values()], timeout=30)
+    wanted = [k for k in stats[0] if k.startswith(("local_", "loop_lag_"))]
+    return {key: max(s.get(key, 0) for s in stats) for key in wanted}
 
 
 _SERIES = re.compile(
@@ -250,11 +278,38 @@ def profile(since: dict[str, float] | None = None, wait_s: float = 0) -> dict[st
     }
 
 
+def outside_queries(gateways: list[str], accounts: int, ready: Any, stop: Any, out: Any) -> None:
+    """GetBalance of random accounts every 20 ms from a process of its own (not sharing
+    the streaming client's GIL), until ``stop``; its latencies (ms) go to ``out``."""
+    rng = random.Random(2)
+    latencies_ms: list[float] = []
+    with PetribillClient(gateways, timeout_s=120) as client:
+        client.get_balance(account_of(0))  # the channel is up before the timed part
+        ready.set()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            with contextlib.suppress(PetribillError):  # a failure is counted as its time
+                client.get_balance(account_of(rng.randrange(accounts)))
+            latencies_ms.append((time.perf_counter() - t0) * 1000)
+            stop.wait(0.02)
+    out.put(latencies_ms)
+
+
+def percentiles(latencies_ms: list[float], prefix: str = "") -> dict[str, float]:
+    """``<prefix>query_p50_ms`` and ``<prefix>query_p99_ms`` of ``latencies_ms``."""
+    ordered = sorted(latencies_ms) or [0.0]
+    return {
+        f"{prefix}query_p50_ms": round(statistics.median(ordered), 2),
+        f"{prefix}query_p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
+    }
+
+
 def measure_cluster(
     args: argparse.Namespace,
     client: PetribillClient,
     records: list[UsageRecord],
     *,
+    gateways: list[str],
     columnar: bool = False,
 ) -> dict[str, Any]:
     shares = [records[i :: args.streams] for i in range(args.streams)]
@@ -295,6 +350,13 @@ def measure_cluster(
             latencies_ms.append((time.perf_counter() - t0) * 1000)
             done.wait(0.02)
 
+    spawn = multiprocessing.get_context("spawn")
+    ready, stop, out = spawn.Event(), spawn.Event(), spawn.Queue()
+    outside = spawn.Process(
+        target=outside_queries, args=(gateways, args.accounts, ready, stop, out), daemon=True
+    )
+    outside.start()
+    assert ready.wait(120), "the outside querier did not start"
     querier = threading.Thread(target=query, daemon=True)
     started = time.perf_counter()
     querier.start()
@@ -302,23 +364,21 @@ def measure_cluster(
         list(pool.map(stream, range(args.streams)))
     elapsed = time.perf_counter() - started
     done.set()
+    stop.set()
     querier.join()
+    outside_ms: list[float] = out.get(timeout=60)
+    outside.join(10)
     answered = sum(statuses.values())
     assert answered == len(records), f"{answered} results for {len(records)} records"
-    latencies_ms.sort()
     return {
         "records_per_s": round(len(records) / elapsed),
         "elapsed_s": round(elapsed, 2),
         "statuses": statuses,
         "queries": len(latencies_ms),
         "queries_failed": len(failed),
-        "query_p50_ms": round(statistics.median(latencies_ms or [0.0]), 2),
-        "query_p99_ms": round(
-            latencies_ms[min(len(latencies_ms) - 1, int(0.99 * len(latencies_ms)))]
-            if latencies_ms
-            else 0.0,
-            2,
-        ),
+        **percentiles(latencies_ms),
+        "outside_queries": len(outside_ms),
+        **percentiles(outside_ms, "outside_"),
     }
 
 

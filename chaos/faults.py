@@ -138,7 +138,6 @@ class Injector:
         self._dead: set[int] = set()  # node indices killed for good
         self._replacements: list[threading.Thread] = []
         self.replacement_errors: list[str] = []
-        self._settings = runtime.settings()
         self.replicated = runtime.storage_mode == "replicated"
 
     # -- observation -------------------------------------------------------------
@@ -378,9 +377,8 @@ class Injector:
         return "a new node (starting)"
 
     def _start_node(self) -> None:
-        try:
-            handle = self.local.add_node()
-            address = self._start_gateway(handle.node_id, port=0)
+        try:  # the same path as `petribill node add`
+            handle, address = self.runtime.add_node(timeout_s=HEAL_TIMEOUT_S)
         except Exception as exc:  # the run goes on with one node fewer
             log.warning("replacement_failed", error=f"{type(exc).__name__}: {exc}")
             self.replacement_errors.append(str(exc).splitlines()[0])
@@ -405,23 +403,3 @@ class Injector:
             except Exception:  # a dead gateway: nothing to kill there
                 continue
         return addresses
-
-    def _start_gateway(self, node_id: str, *, port: int) -> str:
-        import ray
-
-        from cluster.gateway.actor import spawn_gateway
-        from cluster.gateway.guard import SecuritySettings
-        from cluster.gateway.limits import GatewayLimits
-
-        config = self.runtime.config
-        handle = spawn_gateway(
-            node_id=node_id,
-            host=config.gateway.host,
-            port=port,
-            settings=self._settings,
-            limits=GatewayLimits.from_config(config),
-            security=SecuritySettings.from_config(config.security, data_dir=self.runtime.data_dir),
-        )
-        address: str = ray.get(handle.start.remote(), timeout=HEAL_TIMEOUT_S)
-        self.runtime.gateways[node_id] = handle
-        return address

@@ -362,6 +362,7 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                 initial_topup_micros=INITIAL_TOP_UP_MICROS,
                 audit=report.audit,
                 online=online.charged,
+                reserved_wait_s=RESERVED_BOUND_S,
             ).run(options.seed)
             runtime.stop()
             stopped = True

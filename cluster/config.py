@@ -128,6 +128,9 @@ class GatewayConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
+    # Answer single-account queries from this node's own copies of the shards (a RocksDB
+    # secondary in the gateway's process) instead of a call to their host.
+    local_reads: bool = True
 
 
 class HealthConfig(_Section):

@@ -4,12 +4,14 @@ Three ``UnitHost`` objects in ``storage.mode = "replicated"``, each in its own n
 folder under one data folder, reaching each other for replication through
 ``actors.local.LocalPeers`` (plain calls on threads) and for routing through the
 real router. The tests play the coordinator: they place primaries, tell them their
-followers, and wait for catch-up, as ``cluster/control/replicas.py`` does.
+followers, and wait for catch-up, as ``cluster/control/replicas.py`` does. At the
+end, helpers for the tests of a whole ``InProcessCluster`` in replicated mode.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,14 @@ from actors.local import LocalPeers, LocalTransport
 from actors.op import Op
 from actors.replication import ReplicationSettings
 from actors.router import UnitRouter
+from actors.shard import ops
 from actors.store.codec import EPOCH_KEY
+from billing.accounts import Account, PaymentMode
+from cluster.deploy.inprocess import InProcessCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS, PARTITIONS = 2, 1
+AT = 1_793_700_000
 
 
 class Routes:
@@ -128,3 +134,69 @@ def rows(path: Path) -> dict[bytes, bytes]:
         return {k: v for k, v in db.items() if k != EPOCH_KEY}
     finally:
         db.close()
+
+
+# -- an InProcessCluster in replicated mode (the coordinator's tests) -------------------
+
+
+def wait(what: Callable[[], bool], timeout_s: float = 60.0, why: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        if time.monotonic() > deadline:
+            raise TimeoutError(why or "condition not met")
+        time.sleep(0.02)
+
+
+def replicated_cluster(data_dir: Path) -> Iterator[InProcessCluster]:
+    """An ``InProcessCluster`` of nodes n1..n3 in replicated mode (RF 2, ``min_in_sync``
+    2), 2 shards and a partition, started and fully replicated; closed afterwards."""
+    inproc = InProcessCluster(
+        data_dir,
+        ROOT / "conf" / "tariffs",
+        shards=SHARDS,
+        partitions=PARTITIONS,
+        nodes=("n1", "n2", "n3"),
+        settings={"storage_mode": "replicated", "replication_factor": 2, "min_in_sync": 2},
+    )
+    inproc.start()
+    assert inproc.coordinator is not None
+    wait(inproc.coordinator.fully_replicated, why="not fully replicated")
+    yield inproc
+    inproc.close()
+
+
+def run_on(cluster: InProcessCluster, unit: str, op: Any) -> Any:
+    return cluster.router().run_blocking(unit, op, timeout_s=30)
+
+
+def top_ups(cluster: InProcessCluster, account_id: str, count: int, start: int = 0) -> None:
+    router = cluster.router()
+    unit = router.shard(account_id)
+    for n in range(start, start + count):
+        op = ops.TopUp(
+            request_id=f"t-{account_id}-{n}", account_id=account_id, amount=1_000_000,
+            currency="EUR", at_s=AT,
+        )  # fmt: skip
+        router.run_blocking(unit, op, timeout_s=30)
+
+
+def create_account(cluster: InProcessCluster, account_id: str) -> None:
+    router = cluster.router()
+    account = Account(account_id=account_id, currency="EUR", payment_mode=PaymentMode.PREPAID)
+    router.run_blocking(
+        router.shard(account_id),
+        ops.CreateAccount(request_id=f"c-{account_id}", account=account),
+        timeout_s=30,
+    )
+
+
+def equal_replicas(cluster: InProcessCluster, replicas: dict[str, dict[str, Any]]) -> int:
+    """Compare every unit's in-sync copies with its primary, key for key; the count."""
+    compared = 0
+    for unit, view in replicas.items():
+        primary = cluster.data_dir / "nodes" / view["primary"] / "units" / unit
+        want = rows(primary)
+        for node in view["isr"]:
+            assert rows(cluster.data_dir / "nodes" / node / "units" / unit) == want, (unit, node)
+            compared += 1
+    return compared

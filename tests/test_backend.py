@@ -367,6 +367,10 @@ def test_cluster_status_tariffs_and_unimplemented(backend: Calls) -> None:
     assert len(status.shards) == 6 and {s.state for s in status.shards} == {"owned"}
     assert {s.kind for s in status.shards} == {"account", "partition"}
     assert status.marking_json and status.marking_summary.startswith("healthy")
+    # One node keeps one copy of each unit: nothing to follow, nothing missing.
+    assert status.writable and status.fully_replicated and status.replication_factor == 1
+    assert not any(s.followers or s.in_sync for s in status.shards)
+    assert status.schedule.next_cycle and status.schedule.next_at_s > 0, status.schedule
     summary = run(backend.get_tariffs(tariffs_pb2.GetTariffsRequest(), timeout_s=5))
     assert summary.default_plan == "smart" and summary.prefixes > 0
     price = run(

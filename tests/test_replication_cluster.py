@@ -335,6 +335,25 @@ def test_a_follower_killed_mid_catch_up_is_never_promoted(
     assert_copies_equal(cluster)
 
 
+def test_the_status_rpc_shows_each_unit_s_copies(cluster: Runtime, client: PetribillClient) -> None:
+    """ClusterStatus over gRPC names each unit's primary, followers (state, lag) and
+    in-sync set as the coordinator holds them, and says the cluster is fully replicated."""
+    wait_until(lambda: fully_replicated(cluster), "not fully replicated")
+    status = client.cluster_status()
+    view = replicas()
+    assert status.replication_factor == 2 and status.writable and status.fully_replicated
+    assert {s.shard_id for s in status.shards} == set(view)
+    for shard in status.shards:
+        copies = view[shard.shard_id]
+        assert shard.owner_node == copies["primary"], shard
+        assert list(shard.in_sync) == copies["isr"] and len(shard.in_sync) == 1, shard
+        assert {f.node_id: f.state for f in shard.followers} == {
+            node: f["state"] for node, f in copies["followers"].items()
+        }, shard
+        assert all(f.lag >= 0 and (f.lag_known or f.lag == 0) for f in shard.followers)
+    assert status.schedule.next_cycle, status.schedule
+
+
 def test_the_journal_replays_through_the_replicated_net(cluster: Runtime) -> None:
     """The coordinator's journal of this module's run (promotions, shrinks, re-adds,
     joins) is a path of the replicated net to the marking it persisted."""

@@ -8,8 +8,7 @@ process). The same rules run over Ray in tests/test_replication_cluster.py.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from structlog.testing import capture_logs
 from actors.host import StaleRoute
 from actors.router import NoOwner
 from actors.shard import ops
-from billing.accounts import Account, PaymentMode
 from cluster.control.coordinator import unit_specs
 from cluster.control.replicas import (
     dead_follower_steps,
@@ -30,75 +28,19 @@ from cluster.control.replicas import (
 from cluster.control.state import read_journal
 from cluster.deploy.inprocess import InProcessCluster
 from petri import NetConfig, PetriModel, ShardSpec, check_trace, initial_marking
-from tests.replication_support import rows
-
-ROOT = Path(__file__).resolve().parent.parent
-TARIFFS = ROOT / "conf" / "tariffs"
-AT = 1_793_700_000
-SETTINGS = {"storage_mode": "replicated", "replication_factor": 2, "min_in_sync": 2}
-
-
-def wait(what: Callable[[], bool], timeout_s: float = 60.0, why: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        if time.monotonic() > deadline:
-            raise TimeoutError(why or "condition not met")
-        time.sleep(0.02)
+from tests.replication_support import (
+    create_account,
+    equal_replicas,
+    replicated_cluster,
+    run_on,
+    top_ups,
+    wait,
+)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[InProcessCluster]:
-    inproc = InProcessCluster(
-        tmp_path / "data",
-        TARIFFS,
-        shards=2,
-        partitions=1,
-        nodes=("n1", "n2", "n3"),
-        settings=SETTINGS,
-    )
-    inproc.start()
-    assert inproc.coordinator is not None
-    coordinator = inproc.coordinator
-    wait(coordinator.fully_replicated, why="not fully replicated")
-    yield inproc
-    inproc.close()
-
-
-def _run(cluster: InProcessCluster, unit: str, op: Any) -> Any:
-    return cluster.router().run_blocking(unit, op, timeout_s=30)
-
-
-def _top_ups(cluster: InProcessCluster, account_id: str, count: int, start: int = 0) -> None:
-    router = cluster.router()
-    unit = router.shard(account_id)
-    for n in range(start, start + count):
-        op = ops.TopUp(
-            request_id=f"t-{account_id}-{n}", account_id=account_id, amount=1_000_000,
-            currency="EUR", at_s=AT,
-        )  # fmt: skip
-        router.run_blocking(unit, op, timeout_s=30)
-
-
-def _create(cluster: InProcessCluster, account_id: str) -> None:
-    router = cluster.router()
-    account = Account(account_id=account_id, currency="EUR", payment_mode=PaymentMode.PREPAID)
-    router.run_blocking(
-        router.shard(account_id),
-        ops.CreateAccount(request_id=f"c-{account_id}", account=account),
-        timeout_s=30,
-    )
-
-
-def _equal_replicas(cluster: InProcessCluster, replicas: dict[str, dict[str, Any]]) -> int:
-    """Compare every unit's in-sync copies with its primary, key for key; the count."""
-    compared = 0
-    for unit, view in replicas.items():
-        primary = cluster.data_dir / "nodes" / view["primary"] / "units" / unit
-        want = rows(primary)
-        for node in view["isr"]:
-            assert rows(cluster.data_dir / "nodes" / node / "units" / unit) == want, (unit, node)
-            compared += 1
-    return compared
+    yield from replicated_cluster(tmp_path / "data")
 
 
 def test_a_replicated_cluster_places_a_follower_for_every_unit(
@@ -111,11 +53,11 @@ def test_a_replicated_cluster_places_a_follower_for_every_unit(
     assert set(replicas) == {"acct-00", "acct-01", "part-0"}
     for view in replicas.values():
         assert len(view["isr"]) == 1 and view["primary"] not in view["isr"]
-    _create(cluster, "a1")
-    _top_ups(cluster, "a1", 3)
+    create_account(cluster, "a1")
+    top_ups(cluster, "a1", 3)
     replicas = cluster.coordinator.replicas()
     cluster.close()
-    assert _equal_replicas(cluster, replicas) == 3
+    assert equal_replicas(cluster, replicas) == 3
 
 
 def test_a_dead_nodes_units_are_promoted_and_re_replicated_with_nothing_lost(
@@ -128,8 +70,8 @@ def test_a_dead_nodes_units_are_promoted_and_re_replicated_with_nothing_lost(
     coordinator = cluster.coordinator
     accounts = [f"a{i}" for i in range(6)]
     for account in accounts:
-        _create(cluster, account)
-        _top_ups(cluster, account, 4)
+        create_account(cluster, account)
+        top_ups(cluster, account, 4)
     before = coordinator.replicas()
     victim = before["acct-00"]["primary"]
     moved = {u for u, v in before.items() if v["primary"] == victim}
@@ -148,8 +90,8 @@ def test_a_dead_nodes_units_are_promoted_and_re_replicated_with_nothing_lost(
     for view in after.values():
         assert victim not in view["isr"] and len(view["isr"]) == 1
     for account in accounts:
-        _top_ups(cluster, account, 2, start=4)  # writes go on after the failover
-        state = _run(cluster, cluster.router().shard(account), ops.GetAccount(account_id=account))
+        top_ups(cluster, account, 2, start=4)  # writes go on after the failover
+        state = run_on(cluster, cluster.router().shard(account), ops.GetAccount(account_id=account))
         assert state.prepaid == 6_000_000
     events = read_journal(cluster.data_dir)
     assert any(e["event"] == "promote" for e in events)
@@ -163,7 +105,7 @@ def test_a_dead_nodes_units_are_promoted_and_re_replicated_with_nothing_lost(
     assert result.ok, result
     replicas = coordinator.replicas()
     cluster.close()
-    assert _equal_replicas(cluster, replicas) == 3
+    assert equal_replicas(cluster, replicas) == 3
 
 
 def test_a_unit_without_an_in_sync_copy_is_lost_not_reopened_empty(
@@ -196,9 +138,9 @@ def test_a_lost_unit_comes_back_from_its_fenced_primarys_own_copy(
     every acknowledged batch, and the unit is restored from it, with its data."""
     assert cluster.coordinator is not None
     coordinator = cluster.coordinator
-    _create(cluster, "a1")
+    create_account(cluster, "a1")
     unit = cluster.router().shard("a1")
-    _top_ups(cluster, "a1", 3)
+    top_ups(cluster, "a1", 3)
     view = coordinator.replicas()[unit]
     primary, (follower,) = view["primary"], view["isr"]
     cut_off = cluster.remove_node(primary)
@@ -208,8 +150,8 @@ def test_a_lost_unit_comes_back_from_its_fenced_primarys_own_copy(
     wait(lambda: coordinator.routes().get(unit, ("", 0))[0] == primary, why="not restored")
     events = [e["event"] for e in read_journal(cluster.data_dir) if e.get("shard") == unit]
     assert events[events.index("lose") :][:2] == ["lose", "restore"]
-    _top_ups(cluster, "a1", 1, start=3)  # acknowledged once a new follower is in sync
-    state = _run(cluster, unit, ops.GetAccount(account_id="a1"))
+    top_ups(cluster, "a1", 1, start=3)  # acknowledged once a new follower is in sync
+    state = run_on(cluster, unit, ops.GetAccount(account_id="a1"))
     assert state.prepaid == 4_000_000
     assert len(coordinator.replicas()[unit]["isr"]) == 1
 
@@ -221,7 +163,7 @@ def test_a_cut_off_primary_that_comes_back_is_closed(cluster: InProcessCluster) 
     then takes follower copies like any other."""
     assert cluster.coordinator is not None
     coordinator = cluster.coordinator
-    _create(cluster, "a1")
+    create_account(cluster, "a1")
     unit = cluster.router().shard("a1")
     view = coordinator.replicas()[unit]
     old_node, old_epoch = view["primary"], view["epoch"]

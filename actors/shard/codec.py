@@ -74,6 +74,7 @@ __all__ = [
     "encode_account",
     "encode_charge_mark",
     "encode_charge_row",
+    "encode_charge_values",
     "encode_entry",
     "encode_value",
     "new_packer",
@@ -222,9 +223,24 @@ def encode_charge_row(row: Charge, pack: Pack = _packb) -> bytes:
     usage_class`` (fields 0-6), ``currency`` (13), ``sponsored_by, sponsor_of``
     (15-16); ``result`` is a ``StrEnum`` and packs as its value.
     """
-    return _CHARGE_NUMS.pack(
-        b"C", row[7], row[8], row[9], row[10], row[11], row[12], row[14]
-    ) + pack(row[:7] + row[13:14] + row[15:17])
+    return encode_charge_values(
+        (row[7], row[8], row[9], row[10], row[11], row[12], row[14]),
+        row[:7] + row[13:14] + row[15:17],
+        pack,
+    )
+
+
+def encode_charge_values(
+    numbers: tuple[int, int, int, int, int, int, int],
+    strings: tuple[str | None, ...],
+    pack: Pack = _packb,
+) -> bytes:
+    """A charge row from its plain values, as :func:`encode_charge_row` lays them out:
+    ``numbers`` are ``units, bundle_units, amount, prepaid, unbilled, debt, at_s`` and
+    ``strings`` ``record_id, ref, account_id, result, cycle_id, service, usage_class,
+    currency, sponsored_by, sponsor_of`` (the bulk path encodes rows from its columns
+    with it, building no :class:`Charge`)."""
+    return _CHARGE_NUMS.pack(b"C", *numbers) + pack(strings)
 
 
 def _decode_charge(data: bytes) -> Charge:

@@ -19,9 +19,10 @@ from actors.shard.codec import (
 )
 from actors.shard.keys import INVOICE_PREFIX, NOTIFICATION_SEQ_KEY, account_key, ledger_key
 from actors.shard.ops import Applied
+from actors.shard.table_cache import AccountTableCache
 from actors.shard.work import Work
 from actors.store.codec import decode_u64
-from actors.store.storage import LruCache, ShardStore
+from actors.store.storage import LruCache, ReadableStore, ShardStore
 from billing.accounts import AccountState, Outcome, Result
 from billing.billrun.run import BillRunConfig
 from billing.bundles import Tariff
@@ -32,9 +33,17 @@ from billing.invoice import Invoice
 from billing.ledger import is_valid_account_id
 from billing.tariffs.model import Catalogue
 
-__all__ = ["ShardCore", "T"]
+__all__ = ["ShardCore", "T", "stored_invoices"]
 
 T = TypeVar("T")
+
+
+def stored_invoices(store: ReadableStore, account_id: str) -> Iterator[Invoice]:
+    """The account's invoices as stored, in key order."""
+    if not is_valid_account_id(account_id):
+        return
+    for _, raw in store.scan_prefix(INVOICE_PREFIX + account_id.encode() + b"\x00"):
+        yield decode_value(raw)[0]
 
 
 class ShardCore:
@@ -69,6 +78,8 @@ class ShardCore:
         # The Validity-Time of an online grant when the caller names none (RFC 4006).
         self.session_validity_s = session_validity_s
         self.cache: LruCache[str, AccountRow] = LruCache(cache_accounts_max)
+        # The accounts as columns, for charging bulk batches (actors.shard.table_cache).
+        self.account_table = AccountTableCache(limit=2 * cache_accounts_max)
         self.pack = new_packer()  # this shard's own: calls into one unit are serialised
         raw = store.get(NOTIFICATION_SEQ_KEY)
         self.notification_seq = 0 if raw is None else decode_u64(raw)
@@ -83,6 +94,7 @@ class ShardCore:
 
     def close(self) -> None:
         self.cache.clear()
+        self.account_table.drop()
         self.store.close()
 
     # -- loading -----------------------------------------------------------------------
@@ -110,10 +122,7 @@ class ShardCore:
         return row
 
     def stored_invoices(self, account_id: str) -> Iterator[Invoice]:
-        if not is_valid_account_id(account_id):
-            return
-        for _, raw in self.store.scan_prefix(INVOICE_PREFIX + account_id.encode() + b"\x00"):
-            yield decode_value(raw)[0]
+        return stored_invoices(self.store, account_id)
 
     def single(
         self, account_id: str, run: Callable[[Work, AccountState], Outcome[T]]

@@ -75,6 +75,7 @@ from billing.bundles import CatalogueTariff, Tariff
 from billing.tariffs.model import Catalogue
 
 __all__ = [
+    "NO_ENV",
     "AccountShard",
     "AuditReport",
     "BillRunReport",
@@ -85,7 +86,8 @@ R = TypeVar("R")
 
 
 class _NoEnv:
-    """The environment of a shard run outside a host: a shard needs none."""
+    """The environment of a shard run outside a host (or of a read view): a shard needs
+    none."""
 
     def charge(self, shard_id: str, items: list[Any], at_s: int) -> list[Any]:
         raise AssertionError("an account shard never charges another unit")
@@ -94,7 +96,7 @@ class _NoEnv:
         raise AssertionError("an account shard never calls other units")
 
 
-_NO_ENV = _NoEnv()
+NO_ENV: Env = _NoEnv()
 
 
 class AccountShard:
@@ -135,7 +137,7 @@ class AccountShard:
             store.close()
             raise
 
-    def run(self, op: ShardOp[R], env: Env = _NO_ENV) -> R:
+    def run(self, op: ShardOp[R], env: Env = NO_ENV) -> R:
         """Run one operation (the caller serialises calls into one shard)."""
         return op.apply(self, env)
 

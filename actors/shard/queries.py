@@ -7,15 +7,20 @@ read only committed state, straight from RocksDB: a ``WriteBatch`` is applied
 atomically, so a query sees a batch whole or not at all, never half of it.
 They neither read nor fill the shard's decoded-row cache: a row decoded by a
 query just before a commit must never be cached over the committed one.
+
+They need nothing of the shard but its store's reads (:class:`QuerySource`), so
+the same code answers on the owner (``AccountShard.queries``) and on a read-only
+view of the unit's database in a gateway (``actors.shard.view``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from actors.shard import ops
 from actors.shard.codec import AccountRow, decode_account, decode_ledger_row, decode_value
-from actors.shard.core import ShardCore
+from actors.shard.core import stored_invoices
 from actors.shard.keys import (
     ACCOUNT_NOTIFICATION_PREFIX,
     INVOICE_INDEX_PREFIX,
@@ -31,6 +36,7 @@ from actors.shard.keys import (
     split_ledger_key,
 )
 from actors.store.codec import decode_u64
+from actors.store.storage import ReadableStore
 from billing.accounts import AccountState
 from billing.charging.batch import Charge
 from billing.invoice import Invoice
@@ -39,13 +45,20 @@ from billing.notifications import Notification
 from billing.settlement import ProviderSettlement, build_report, provider_key
 from billing.writeoff import PAYABLE
 
-__all__ = ["ShardQueries"]
+__all__ = ["QuerySource", "ShardQueries"]
+
+
+class QuerySource(Protocol):
+    """What the queries read from: a unit's store (the owner's or a read-only view)."""
+
+    @property
+    def store(self) -> ReadableStore: ...
 
 
 class ShardQueries:
     """Reads only: nothing here writes or changes the cache contents."""
 
-    def __init__(self, core: ShardCore) -> None:
+    def __init__(self, core: QuerySource) -> None:
         self.core = core
 
     def _committed(self, account_id: str) -> AccountRow | None:
@@ -116,7 +129,8 @@ class ShardQueries:
     def list_invoices(self, op: ops.ListInvoices) -> list[Invoice]:
         """The account's invoices (drafts included unless ``open_only``), oldest first."""
         invoices = sorted(
-            self.core.stored_invoices(op.account_id), key=lambda i: (i.cycle_id, i.issued_at_s)
+            stored_invoices(self.core.store, op.account_id),
+            key=lambda i: (i.cycle_id, i.issued_at_s),
         )
         if op.open_only:
             return [i for i in invoices if i.status in PAYABLE and i.open_amount > 0]

@@ -202,21 +202,36 @@ class Work:
         self.batch.put_data(row.ledger_key(seq), value)
         return seq
 
-    def put_charge(self, row: Charge, explicit_refs: set[str]) -> None:
-        """Stage a charge row and, for a usage line, its pointer mark (once per record)."""
-        account_id = row.account_id
+    def put_line(
+        self,
+        account_id: str,
+        value: bytes,
+        mark_key: str | None = None,
+        fields: tuple[tuple[str, object], ...] = (),
+    ) -> None:
+        """Stage an encoded charge row as the account's next ledger row and, with a
+        ``mark_key``, the pointer mark (``fields``) of the record it charged."""
         written = self.rows.get(account_id) or self._written(account_id)
         seq = written.next_seq
         written.next_seq = seq + 1
-        put, pack = self.batch.put_data, self.pack
-        put(written.ledger_key(seq), encode_charge_row(row, pack))
+        put = self.batch.put_data
+        put(written.ledger_key(seq), value)
+        if mark_key is not None:
+            # Record ids were checked for NUL on the way in; no re-check per key.
+            mark = encode_charge_mark(account_id, seq, fields, self.pack)
+            put(IDEMPOTENCY_PREFIX + mark_key.encode(), mark)
+
+    def put_charge(self, row: Charge, explicit_refs: set[str]) -> None:
+        """Stage a charge row and, for a usage line, its pointer mark (once per record)."""
+        account_id = row.account_id
+        value = encode_charge_row(row, self.pack)
         rated = row.rated
         if rated is None or not row.is_usage_line:
+            self.put_line(account_id, value)
             return
         key = row.record_id if row.sponsor_of is None else row.ref
         fields = charge_fields(account_id, rated)
-        # Record ids were checked for NUL on the way in (charge_batch); no re-check per key.
-        put(IDEMPOTENCY_PREFIX + key.encode(), encode_charge_mark(account_id, seq, fields, pack))
+        self.put_line(account_id, value, key, fields)
         if self.track_marks:
             self.marks[key] = Mark(fields, without_rated(row))
         if (

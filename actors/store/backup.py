@@ -13,12 +13,16 @@ Layout of one backup (``root``)::
     root/units/<unit_id>/        the checkpoint: a complete raw-mode RocksDB
     root/units/<unit_id>.json    what it holds: unit, epoch, sequence, time
 
-To restore a unit, copy its checkpoint folder to ``<data_dir>/units/<unit_id>/``
-(nothing else may own it then) and start the cluster: the new owner opens it
-at an epoch above the one recorded, as after any takeover. Units are each
-consistent at their own batch boundary, not frozen together: a sponsor
-forward still in a shard's outbox is redelivered after the restore, and the
-shards' idempotency marks make anything resubmitted after it a duplicate.
+A lost unit is restored by ``petribill restore`` (``AdminService.RestoreUnits``):
+a host on an alive node copies the unit's checkpoint into its own node folder
+(:func:`stage_restore`), then the coordinator fires the net's ``restore`` and
+the host opens the copy at an epoch above every one the unit had, as after
+any takeover. (Without replication, copying the checkpoint folder to
+``<data_dir>/units/<unit_id>/`` while the cluster is down does the same.) Units
+are each consistent at their own batch boundary, not frozen together: a
+sponsor forward still in a shard's outbox is redelivered after the restore,
+and the shards' idempotency marks make anything resubmitted after it a
+duplicate.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from pathlib import Path
 from rocksdict import AccessType, Checkpoint, Options, Rdict
 
 from actors.store.codec import EPOCH_KEY, decode_u64
+from actors.store.files import replace_folder
 from actors.store.storage import ShardStore
 
 __all__ = [
     "BackupExists",
     "BackupFailed",
     "BackupRefused",
+    "RestoreRefused",
     "UnitBackup",
     "backup_target",
     "checkpoint_epoch",
@@ -45,6 +51,7 @@ __all__ = [
     "flush_in_background",
     "open_checkpoint",
     "read_backup",
+    "stage_restore",
 ]
 
 # How long a backup waits for RocksDB to flush a unit's memtable before it checkpoints
@@ -89,6 +96,12 @@ def backup_target(root: Path, folder: str) -> Path:
     if target == base or not target.is_relative_to(base):
         raise refused
     return target
+
+
+class RestoreRefused(ValueError):
+    """Raised by :func:`stage_restore` for a backup folder that holds no checkpoint of the
+    unit (missing, not a backup, or a backup without it), and by a host asked to stage a
+    unit it serves: a live unit is never overwritten."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +192,25 @@ def read_backup(root: Path) -> dict[str, UnitBackup]:
         info = UnitBackup(**json.loads(meta.read_text()))
         found[info.unit_id] = info
     return found
+
+
+def stage_restore(
+    root: Path, unit_id: str, target: Path, *, staging: Path, trash: Path
+) -> UnitBackup:
+    """Copy ``unit_id``'s checkpoint from the backup in ``root`` to ``target`` (through
+    ``staging``, synced, swapped in whole over whatever was there); the backup itself is
+    left as it was. Its description says what it holds. :class:`RestoreRefused` when
+    ``root`` holds no checkpoint of the unit."""
+    checkpoint = Path(root) / "units" / unit_id
+    meta = checkpoint.with_name(f"{unit_id}.json")
+    if not meta.is_file() or not (checkpoint / "CURRENT").is_file():
+        raise RestoreRefused(f"{root}: holds no backup of {unit_id}")
+    info = UnitBackup(**json.loads(meta.read_text()))
+    shutil.rmtree(staging, ignore_errors=True)  # a restore that stopped half-way
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(checkpoint, staging)  # a copy: the live unit never writes the backup
+    replace_folder(target, staging, trash=trash, tag=f"restore.{time.monotonic_ns()}")
+    return info
 
 
 def open_checkpoint(path: Path) -> Rdict:

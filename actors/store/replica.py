@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from actors.store.fencing import (
     read_fence_epoch,
     write_atomic,
 )
+from actors.store.files import replace_folder
 from actors.store.storage import Write, read_write_log
 from billing.invariant import invariant
 
@@ -287,27 +287,9 @@ class FollowerCopy:
     ) -> FollowerCopy:
         """Replace the copy at ``path`` (closed by the caller) with the checkpoint staged in
         ``staging``, fenced at ``epoch``; it must hold exactly ``seq`` batches."""
-        for name in os.listdir(staging):
-            fd = os.open(staging / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         write_atomic(staging / EPOCH_FILE, encode_u64(epoch))
         path = path.resolve()
-        if path.exists():
-            trash.mkdir(parents=True, exist_ok=True)
-            gone = trash / f"{unit_id}.{os.getpid()}.{seq}"
-            shutil.rmtree(gone, ignore_errors=True)
-            os.replace(path, gone)
-            shutil.rmtree(gone, ignore_errors=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_folder(path, staging, trash=trash, tag=f"{os.getpid()}.{seq}")
         copy = cls(unit_id, path, _open_db(path, create=False))
         held_paths().add(path)
         if copy.applied != seq:

@@ -95,6 +95,7 @@ __all__ = [
     "Batch",
     "LruCache",
     "OwnerRecord",
+    "ReadableStore",
     "Replicator",
     "ShardStore",
     "StaleEpoch",
@@ -228,7 +229,53 @@ class LruCache(Generic[K, V]):
         return len(self._data)
 
 
-class ShardStore:
+class ReadableStore:
+    """The reads of a unit's database, whoever opened it: the owner's
+    :class:`ShardStore`, or a read-only view of it (``actors.store.secondary``).
+    A subclass gives :meth:`_live`, the open database."""
+
+    def _live(self) -> Rdict:
+        raise NotImplementedError
+
+    def get_data(self, key: bytes) -> bytes | None:
+        """The stored value of ``key``, read from the database (no cache lookup)."""
+        value: bytes | None = self._live().get(key)
+        return value
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """:meth:`get_data` of many keys at once (one RocksDB multi-get), in order."""
+        if not keys:
+            return []
+        wanted: list[Any] = list(keys)  # rocksdict's stub types a list of keys loosely
+        values: list[bytes | None] = self._live().get(wanted)  # type: ignore[assignment]
+        return values
+
+    def scan(
+        self, start: bytes, end: bytes | None = None, *, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Rows with ``start <= key < end`` in key order (``end=None``: to the last key)."""
+        it = self._live().iter()
+        it.seek(start)
+        count = 0
+        while it.valid() and (limit is None or count < limit):
+            key: bytes = it.key()
+            if end is not None and key >= end:
+                return
+            yield key, it.value()
+            count += 1
+            it.next()
+
+    def scan_prefix(
+        self, prefix: bytes, *, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with ``prefix``, in key order."""
+        for key, value in self.scan(prefix, limit=limit):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+
+class ShardStore(ReadableStore):
     """The database of one shard, opened as its owner at one epoch.
 
     Not thread-safe: the owning actor serialises calls. Account rows (``a/``) go
@@ -397,43 +444,6 @@ class ShardStore:
             return value
         result: bytes | None = db.get(key)
         return result
-
-    def get_data(self, key: bytes) -> bytes | None:
-        """:meth:`get` of a key that is not an account row (no cache lookup)."""
-        value: bytes | None = self._live().get(key)
-        return value
-
-    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        """:meth:`get_data` of many keys at once (one RocksDB multi-get), in order."""
-        if not keys:
-            return []
-        wanted: list[Any] = list(keys)  # rocksdict's stub types a list of keys loosely
-        values: list[bytes | None] = self._live().get(wanted)  # type: ignore[assignment]
-        return values
-
-    def scan(
-        self, start: bytes, end: bytes | None = None, *, limit: int | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Rows with ``start <= key < end`` in key order (``end=None``: to the last key)."""
-        it = self._live().iter()
-        it.seek(start)
-        count = 0
-        while it.valid() and (limit is None or count < limit):
-            key: bytes = it.key()
-            if end is not None and key >= end:
-                return
-            yield key, it.value()
-            count += 1
-            it.next()
-
-    def scan_prefix(
-        self, prefix: bytes, *, limit: int | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Rows whose key starts with ``prefix``, in key order."""
-        for key, value in self.scan(prefix, limit=limit):
-            if not key.startswith(prefix):
-                return
-            yield key, value
 
     def _abandon(self) -> None:
         """Drop a database that failed a write (its close may fail the same way)."""

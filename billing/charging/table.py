@@ -34,7 +34,14 @@ per-batch copy of account state.
 it in the account's ledger stream already, and the charged rows of a batch
 are its new lines (``ChargeColumns.usage_lines``).
 
-**Interchange.** :meth:`AccountTable.put` loads an ``AccountState``;
+**Usage totals kept or not.** A table made with ``keeps_usage=False`` neither
+loads nor adds usage totals: an account shard keeps one table as its cache
+(``actors.shard.table_cache``) and its account rows hold the totals, which
+charging never reads from the table.
+
+**Interchange.** :meth:`AccountTable.put` loads an ``AccountState`` (a new
+row, or a reload of its account's row); :meth:`AccountTable.extend` adds many
+new accounts at once;
 :meth:`AccountTable.state` materialises one (for the operations that stay
 object-based: top-ups, sessions, switches, and charging's own fallback).
 """
@@ -51,6 +58,7 @@ import numpy.typing as npt
 from billing.accounts import Account, AccountState, AccountStatus, PaymentMode, Subscription
 from billing.charging.codes import I64, Codes, Ints
 from billing.charging.usage_store import UsageTotals, usage_key
+from billing.invariant import invariant
 
 if TYPE_CHECKING:
     from billing.ocs.reservations import Reservation
@@ -112,8 +120,11 @@ class TableUpdate:
 class AccountTable:
     """Columns of account state, one row per account (module docstring)."""
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, *, keeps_usage: bool = True) -> None:
         self.size = 0
+        # False: the usage totals are neither loaded nor added to (a shard's cache keeps
+        # them in its account rows, and charging never reads them from the table).
+        self.keeps_usage = keeps_usage
         self.capacity = max(capacity, 16)
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
@@ -158,13 +169,23 @@ class AccountTable:
         """A table of ``states`` (rows in the given order; account ids unique)."""
         listed = list(states)
         table = cls(capacity=len(listed) + 16)
+        table.extend(listed)
+        return table
+
+    def extend(self, states: Iterable[AccountState]) -> None:
+        """Add ``states``, accounts the table does not hold yet, as new rows in the given
+        order: one usage chunk for all of them."""
+        table = self
         rows: list[int] = []
         cycles: list[int] = []
         classes: list[int] = []
         totals: list[tuple[int, int, int, int, int]] = []
         cycle_code, class_code = table.cycles.code, table.classes.code
-        for state in listed:
+        for state in states:
+            invariant(state.account.account_id not in table.index, "a new account")
             row = table._put_values(state)
+            if not table.keeps_usage:
+                continue
             for (cycle_id, usage_class), values in state.usage.items():
                 rows.append(row)
                 cycles.append(cycle_code(cycle_id))
@@ -175,7 +196,6 @@ class AccountTable:
                 usage_key(np.array(rows, I64), np.array(cycles, I64), np.array(classes, I64)),
                 np.array(totals, dtype=I64),
             )
-        return table
 
     def _grow(self, size: int) -> None:
         if size <= self.capacity:
@@ -195,6 +215,8 @@ class AccountTable:
     def put(self, state: AccountState) -> int:
         """Load ``state`` into its account's row (a new row for a new account); its row."""
         row = self._put_values(state)
+        if not self.keeps_usage:
+            return row
         stored = self.usage.of_row(row)
         wanted = {
             (self.cycles.code(c), self.classes.code(u)): totals
@@ -316,6 +338,7 @@ class AccountTable:
             state.bundle_held = dict(hold[0])
             state.reservations = dict(hold[1])
         if usage:
+            invariant(self.keeps_usage, "a table without usage totals lists none")
             classes = self.classes.names
             state.usage = {
                 (names[c], classes[u]): totals for (c, u), totals in self.usage.of_row(row).items()
@@ -343,7 +366,8 @@ class AccountTable:
                 picked = pairs == pair
                 column = self.bundle_used[self.slot(pair >> 32, pair & 0xFFFFFFFF)]
                 column[update.bundle_rows[picked]] = update.bundle_used[picked]
-        self.usage.add(update.usage_keys, update.usage_values)
+        if self.keeps_usage:
+            self.usage.add(update.usage_keys, update.usage_values)
         entered = update.entered_rows
         if len(entered):
             self.reminder_cycle[entered] = update.entered_cycles

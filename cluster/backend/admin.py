@@ -3,7 +3,8 @@
 Status comes from the coordinator; reconciliation sums every partition's
 counters and every shard's audit; rejects are listed and reprocessed across
 the partitions. Drain fires the control net's transition; Rebalance reports
-the spread. Backup has every host checkpoint its units (``actors.store.backup``).
+the spread. Backup has every host checkpoint its units (``actors.store.backup``);
+RestoreUnits has the coordinator bring lost units back from such a backup.
 LoadTariffs validates a catalogue, persists it under the data dir as the one
 in force (``actors.store.tariffs``) and switches the running units to it. The
 folders a client names for both stay below their configured roots
@@ -35,7 +36,13 @@ from actors.router import time_left as _left
 from actors.routing import unit_kind
 from actors.shard import ops
 from actors.shard.usage import refused_key
-from actors.store.backup import BackupExists, BackupFailed, BackupRefused, UnitBackup
+from actors.store.backup import (
+    BackupExists,
+    BackupFailed,
+    BackupRefused,
+    UnitBackup,
+    read_backup,
+)
 from actors.store.tariffs import NAME as TARIFFS_NAME
 from actors.store.tariffs import TariffsExist, persist_tariffs, set_current
 from billing.outcome import CHARGED_RESULTS, Result
@@ -58,6 +65,7 @@ __all__ = [
     "rebalance",
     "reconcile",
     "reprocess_rejects",
+    "restore_units",
 ]
 
 log = structlog.get_logger("petribill.backend")
@@ -102,9 +110,23 @@ async def cluster_status(
                 owner_node=u["node"],
                 epoch=u["epoch"],
                 state=u["state"],
+                followers=[
+                    admin_pb2.FollowerStatus(
+                        node_id=node,
+                        state=state,
+                        lag=u.get("lag", {}).get(node) or 0,
+                        lag_known=u.get("lag", {}).get(node) is not None,
+                    )
+                    for node, state in sorted(u.get("followers", {}).items())
+                ],
+                in_sync=u.get("isr", []),
             )
             for u in status["units"]
         ],
+        writable=bool(status.get("writable", True)),
+        fully_replicated=bool(status.get("fully_replicated", True)),
+        replication_factor=int(status.get("replication_factor", 1)),
+        schedule=_schedule_status(status.get("schedule")),
         marking_json=status.get("marking") or "",
         gateways=sorted({g["address"] for g in status.get("gateways", ()) if g.get("address")}),
         gateway_status=[
@@ -120,6 +142,32 @@ async def cluster_status(
         f"{states.count('recovering')} recovering, {states.count('free')} free, "
         f"{len(locks)} locks held"
     )
+    return answer
+
+
+def _schedule_status(schedule: dict[str, Any] | None) -> admin_pb2.ScheduleStatus:
+    """The coordinator's schedule (``cluster.control.duties``) as its proto message."""
+    answer = admin_pb2.ScheduleStatus()
+    if not schedule:
+        return answer
+    runs = schedule["bill_runs"]
+    answer.bill_runs_scheduled = bool(runs["scheduled"])
+    answer.next_cycle = runs["next"]["cycle"]
+    answer.next_at_s = int(runs["next"]["at_s"])
+    if runs.get("running"):
+        answer.running_cycle = runs["running"]["cycle"]
+    last = runs.get("last")
+    if last:
+        answer.last_cycle = last["cycle"]
+        answer.last_finished_s = int(last["finished_s"])
+        answer.last_accounts = int(last.get("accounts", 0))
+        answer.last_invoices = int(last.get("invoices", 0))
+    inspection = schedule.get("inspection")
+    if inspection is not None:
+        answer.inspected = True
+        answer.inspection_at_s = int(inspection["at_s"])
+        answer.inspection_ok = bool(inspection["ok"])
+        answer.inspection_failing.extend(inspection["failing"])
     return answer
 
 
@@ -404,20 +452,83 @@ async def backup(
     )
 
 
-def _backup_folder(root: Path, path: str) -> str:
+def _backup_folder(root: Path, path: str, what: str = "backup destination") -> str:
     """``path`` as a folder relative to the backup root; INVALID_ARGUMENT if it is not one."""
     root.mkdir(parents=True, exist_ok=True)
     try:
-        resolved = resolve_under(root, path, what="backup destination")
+        resolved = resolve_under(root, path, what=what)
     except PathRefused as exc:
         raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     relative = resolved.relative_to(root.resolve())
     if relative == Path():
         raise BackendError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            "backup destination: name a folder below the backup root, not the root itself",
+            f"{what}: name a folder below the backup root, not the root itself",
         )
     return str(relative)
+
+
+async def restore_units(
+    cluster: Cluster, request: admin_pb2.RestoreUnitsRequest, timeout_s: float
+) -> admin_pb2.RestoreUnitsResponse:
+    """Bring lost units back from the backup in ``request.path`` (below the backup root,
+    by the same rules as Backup's destination): ``request.units``, or every lost unit.
+
+    What is wrong with the request is refused before anything moves: a path outside
+    the root, a folder that is missing or is not a backup, a unit the backup lacks
+    (INVALID_ARGUMENT, naming it); a unit that is not lost (FAILED_PRECONDITION,
+    naming it: a live unit is never overwritten). Then the coordinator has a host on
+    an alive node stage each unit's checkpoint in its own node folder and fires the
+    net's ``restore`` (``CoordinatorService.restore_units``); the answer gives each
+    unit's node and new epoch and what its backup held. Idempotent by ``request_id``.
+    """
+    if cluster.backup_root is None:
+        raise BackendError(
+            grpc.StatusCode.FAILED_PRECONDITION, "this backend has no backup root to read from"
+        )
+    folder = await asyncio.to_thread(_backup_folder, cluster.backup_root, request.path, "backup")
+    held = await asyncio.to_thread(_backup_units, cluster.backup_root / folder, request.path)
+    absent = [unit for unit in request.units if unit not in held]
+    if absent:
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"backup {request.path!r} holds no copy of {', '.join(absent)}",
+        )
+    answer: dict[str, Any] = await cluster.coordinator(
+        "restore_units",
+        folder,
+        list(request.units),
+        request.request_id,
+        sorted(held),
+        timeout_s=timeout_s,
+    )
+    if "refused" in answer:
+        code, message = answer["refused"]
+        raise BackendError(getattr(grpc.StatusCode, code), message)
+    return admin_pb2.RestoreUnitsResponse(
+        request_id=request.request_id,
+        units=[
+            admin_pb2.RestoredUnit(unit=unit, **record)
+            for unit, record in sorted(answer["restored"].items())
+        ],
+    )
+
+
+def _backup_units(folder: Path, given: str) -> set[str]:
+    """The units the backup in ``folder`` holds; INVALID_ARGUMENT when there is no such
+    folder or it holds no backup."""
+    if not folder.is_dir():
+        raise BackendError(grpc.StatusCode.INVALID_ARGUMENT, f"backup {given!r}: no such folder")
+    try:
+        held = set(read_backup(folder))
+    except (ValueError, TypeError, OSError):  # a description that is not one
+        held = set()
+    if not held:
+        raise BackendError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"backup {given!r}: not a backup (no units/<unit>.json written by petribill backup)",
+        )
+    return held
 
 
 async def get_tariffs(

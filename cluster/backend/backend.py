@@ -51,10 +51,22 @@ class Backend:
         from actors.clock import clock_from_settings
         from actors.remote import RayTransport
         from actors.router import UnitRouter
+        from cluster.backend.reads import local_reads
 
+        transport = RayTransport()
         router = UnitRouter(
-            RayTransport(), shards=int(settings["shards"]), partitions=int(settings["partitions"])
+            transport, shards=int(settings["shards"]), partitions=int(settings["partitions"])
         )
+
+        async def find_node() -> str | None:
+            """This gateway's node name: the status entry of the Ray node it runs on."""
+            import ray
+
+            here = ray.get_runtime_context().get_node_id()
+            status = await transport.coordinator_call("status", timeout_s=10.0)
+            names = [n["node"] for n in status.get("nodes", []) if n["ray_node_id"] == here]
+            return names[0] if names else None
+
         return cls(
             Cluster(
                 router,
@@ -63,5 +75,6 @@ class Backend:
                 backup_root=settings.get("backup_root"),
                 tariffs_root=settings.get("tariffs_root"),
                 clock=clock_from_settings(settings),
+                reads=local_reads(settings, transport, find_node),
             )
         )

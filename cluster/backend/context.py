@@ -36,6 +36,7 @@ from billing.readers import FieldError, normalise_number
 from billing.tariffs.model import Catalogue
 from cluster.api.errors import BackendError
 from cluster.api.rules import shown
+from cluster.backend.reads import GatewayReads
 
 __all__ = ["Clock", "Cluster"]
 
@@ -65,6 +66,7 @@ class Cluster:
         data_dir: str | None = None,
         backup_root: str | None = None,
         tariffs_root: str | None = None,
+        reads: GatewayReads | None = None,
     ) -> None:
         self.tariffs_root = Path(tariffs_root or Path(tariffs_dir).absolute().parent)
         self.backup_root: Path | None = (
@@ -75,6 +77,8 @@ class Cluster:
         if data_dir is not None:
             tariffs_dir = current_tariffs_dir(data_dir, tariffs_dir)
         self.router = router
+        # Queries answered from this node's own copies (None: every query asks a host).
+        self.reads = reads
         # Online-charging steps (and their subscriber lookups) go to their hosts in
         # batches: one host call and one commit per shard for the steps that meet.
         self.coalescer = Coalescer(router)
@@ -118,8 +122,14 @@ class Cluster:
             raise BackendError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
     async def on_shard(self, account_id: str, op: Op[R], *, timeout_s: float) -> R:
-        """``op`` on the account shard that owns ``account_id``."""
-        return await self.run(self.router.shard(account_id), op, timeout_s=timeout_s)
+        """``op`` on the account shard that owns ``account_id``; a query this node's copy
+        of the shard may answer is answered from it (``cluster.backend.reads``)."""
+        unit_id = self.router.shard(account_id)
+        if self.reads is not None:
+            found, answer = await self.reads.read(unit_id, op)
+            if found:
+                return answer  # type: ignore[return-value]
+        return await self.run(unit_id, op, timeout_s=timeout_s)
 
     async def coalesced(self, unit_id: str, op: Op[R], *, timeout_s: float) -> R:
         """``op`` on ``unit_id`` in one host call with the concurrent calls bound for the

@@ -457,6 +457,7 @@ RPCS: Final[tuple[Rpc, ...]] = (
     Rpc(name="AdminService.ListRejects", roles=_OPERATOR, handler=admin.list_rejects),
     Rpc(name="AdminService.ReprocessRejects", roles=_OPERATOR, handler=admin.reprocess_rejects),
     Rpc(name="AdminService.Backup", roles=_OPERATOR, handler=admin.backup),
+    Rpc(name="AdminService.RestoreUnits", roles=_OPERATOR, handler=admin.restore_units),
     Rpc(name="AdminService.Inspect", roles=_OPERATOR, handler=inspect.inspect),
 )
 

@@ -1,6 +1,7 @@
-"""Client commands that act on the whole cluster: ``petribill backup`` and ``load-tariffs``.
+"""Client commands that act on the whole cluster: ``petribill backup``, ``restore`` and
+``load-tariffs``.
 
-Both go through a gateway like the other client commands (``--gateway``,
+They go through a gateway like the other client commands (``--gateway``,
 ``--data``, ``--json``; see :mod:`cluster.cli.client`). Their folders are read
 or written by the cluster's processes, not by this command: a relative path is
 made absolute here, and must name the same place on the cluster's (shared)
@@ -84,7 +85,39 @@ def load_tariffs(s: Session, folder: Path, request_id: str | None) -> None:
     s.emit(proto_json(summary), show)
 
 
+@click.command()
+@click.argument("backup_dir", metavar="BACKUP_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--unit", "units", multiple=True, help="A lost unit to restore (repeatable); default: all."
+)
+@request_id_option
+@cluster_command
+def restore(s: Session, backup_dir: Path, units: tuple[str, ...], request_id: str | None) -> None:
+    """Bring lost units back from BACKUP_DIR, a folder made by `petribill backup`.
+
+    Each unit is copied by the host of an alive node into that node's own
+    folder and served again at an epoch above every one it had; the
+    coordinator then adds its followers (`petribill status` shows them catch up).
+    Only lost units are restored: a unit that is served is refused, never
+    overwritten. BACKUP_DIR must lie below the backup root, as for backup.
+    A retry with the same --request-id answers the same restore.
+    """
+    if backup_dir.exists() and not backup_dir.is_dir():
+        raise UsageError(f"{backup_dir}: exists and is not a folder")
+    answer = s.client.restore_units(str(backup_dir.resolve()), list(units), request_id=request_id)
+
+    def show(c: Console) -> None:
+        for unit in answer.units:
+            c.print(
+                f"{unit.unit} restored on {unit.node} at epoch {unit.epoch} (backup: epoch "
+                f"{unit.backup_epoch}, sequence {unit.backup_sequence}, taken "
+                f"{when_text(unit.taken_at_s)})"
+            )
+
+    s.emit(proto_json(answer), show)
+
+
 def register(group: click.Group) -> None:
     """Add the cluster-wide client commands to the ``petribill`` group."""
-    for command in (backup, load_tariffs):
+    for command in (backup, restore, load_tariffs):
         group.add_command(command)

@@ -534,12 +534,13 @@ from cluster.cli import (  # noqa: E402
     client,
     clock,
     inspect,
+    nodes,
     ops,
     security,
     settlement,
 )
 
-for _module in (ops, client, admin, security, account_admin, settlement, inspect, clock):
+for _module in (ops, nodes, client, admin, security, account_admin, settlement, inspect, clock):
     _module.register(main)
 
 # Commands of packages above cluster/ (chaos) register themselves through the

@@ -30,7 +30,8 @@ class SetupError(click.ClickException):
     exit_code = 2
 
 
-def _config(conf_dir: Path) -> ClusterConfig:
+def cluster_config(conf_dir: Path) -> ClusterConfig:
+    """DIR/cluster.toml (defaults when missing); a broken one is a :class:`SetupError`."""
     try:
         return load_config(conf_dir / "cluster.toml", missing_ok=True)
     except ClusterConfigError as exc:
@@ -94,7 +95,7 @@ def up(
 
     # Everything that can be wrong with what was given is checked before any process
     # starts or any file is written: one line, exit 2, nothing left behind.
-    config = _config(conf_dir)
+    config = cluster_config(conf_dir)
     problem = exposure_problem(config, address)
     if problem is not None and not insecure:
         raise SetupError(problem)
@@ -190,7 +191,7 @@ def down(data_dir: Path, conf_dir: Path) -> None:
     """Stop the cluster started on a data folder (by `up --detach`)."""
     from cluster.deploy.runtime import stop_detached
 
-    if not stop_detached(data_dir, _config(conf_dir)):
+    if not stop_detached(data_dir, cluster_config(conf_dir)):
         raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
     click.echo("petribill is down")
 

@@ -82,7 +82,7 @@ from petri import (
     marking_from_json,
     marking_to_json,
 )
-from petri.marking import owner_of
+from petri.marking import epoch_of, owner_of
 
 if TYPE_CHECKING:
     from cluster.control.replicas import ReplicaDriver
@@ -95,6 +95,9 @@ __all__ = [
     "Route",
     "UnitOpenError",
 ]
+
+#: How many restore requests the control state remembers (a retry is answered the same).
+RESTORES_KEPT: Final = 64
 
 log = structlog.get_logger("petribill.coordinator")
 
@@ -698,3 +701,58 @@ class Coordinator:
         if self._replicas is None or self._marking is None:
             return {}
         return self._replicas.view()
+
+    # -- operator restore of lost units (``petribill restore``) ----------------------------
+
+    def restored(self, request_id: str) -> dict[str, dict[str, Any]]:
+        """What the restore request ``request_id`` restored (unit -> record), as persisted."""
+        return dict(self._state.restores.get(request_id, {}))
+
+    def hold_restore(self, units: list[str]) -> list[str]:
+        """Mark ``units`` as being restored by an operator; returns those another restore
+        holds already (and then holds none). While held, a lost unit is not restored from
+        its fenced primary's copy, nor by a second request: a staged backup never meets
+        another copy in one folder."""
+        if self._replicas is None:
+            return []
+        busy = sorted(set(units) & self._replicas.restoring)
+        if not busy:
+            self._replicas.restoring.update(units)
+        return busy
+
+    def release_restore(self, units: list[str]) -> None:
+        if self._replicas is not None:
+            self._replicas.restoring.difference_update(units)
+
+    def restore_target(self) -> str | None:
+        """Where a lost unit is restored: the alive node with the fewest primaries whose
+        host answers; None when there is none (or the cluster is not replicated)."""
+        return None if self._replicas is None else self._replicas.assign_target()
+
+    def restore(
+        self, unit: str, node: str, request_id: str, backup: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Fire ``restore`` of the lost ``unit`` on ``node``, whose host has staged the
+        backup's copy of it; the record (node, new epoch, what the backup held) is saved
+        under ``request_id`` by the same commit. None when the net refuses (the unit is
+        not lost, the node not alive)."""
+        if unit not in self.lost():
+            return None
+        record = {
+            "node": node,
+            "epoch": epoch_of(self.marking, unit) + 1,
+            "backup_epoch": int(backup["epoch"]),
+            "backup_sequence": int(backup["sequence"]),
+            "taken_at_s": int(backup["taken_at_s"]),
+        }
+        restores = self._state.restores
+        done = restores.setdefault(request_id, {})
+        done[unit] = record
+        for old in list(restores)[:-RESTORES_KEPT]:
+            del restores[old]
+        if not self._fire("restore", shard=unit, node=node):
+            del done[unit]
+            if not done:
+                restores.pop(request_id, None)
+            return None
+        return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -13,6 +14,7 @@ from ray.experimental import internal_kv
 
 from actors import metrics
 from actors.remote import NAMESPACE, host_name, spawn_host
+from actors.store.backup import BackupRefused, RestoreRefused
 from actors.store.control_copy import ControlCopy
 from actors.store.fencing import StaleEpoch
 from cluster.control.coordinator import UnitOpenError
@@ -254,6 +256,19 @@ class RayOps:
         found: int | None = ray.get(handle.unit_on_disk.remote(unit_id), timeout=_PIN_TIMEOUT_S)
         return found
 
+    def restore_stage(self, node: str, unit_id: str, folder: str) -> dict[str, Any]:
+        handle = self._hosts.get(node)
+        if handle is None:
+            raise UnitOpenError(f"{node}: no host")
+        try:
+            info = ray.get(handle.restore_stage.remote(unit_id, folder), timeout=_RESTORE_TIMEOUT_S)
+        except Exception as exc:  # the host's refusal, as itself (Ray wraps it)
+            cause = getattr(exc, "cause", exc)
+            if isinstance(cause, (RestoreRefused, BackupRefused)):
+                raise cause from None
+            raise
+        return asdict(info)
+
     # -- control replicas (cluster.control.mirror.ControlReplicaOps) ----------------------
 
     def control_send(
@@ -340,6 +355,8 @@ def _collect(calls: dict[str, Any]) -> dict[str, Any]:
 _REPORT_WAIT_S = 0.3
 _ANSWERED_LATELY_S = 3.0
 _PIN_TIMEOUT_S = 2.0
+# A restore copies a unit's checkpoint: allowed the time of a large copy.
+_RESTORE_TIMEOUT_S = 600.0
 
 
 class _ReplicaCalls:

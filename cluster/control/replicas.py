@@ -109,6 +109,12 @@ class ReplicaOps(Protocol):
         """The EPOCH of ``unit_id``'s database on ``node``, None if it has none there."""
         ...
 
+    def restore_stage(self, node: str, unit_id: str, folder: str) -> dict[str, Any]:
+        """Have ``node``'s host copy ``unit_id``'s checkpoint from the backup ``folder``
+        (relative to the backup root) into its own folder; the backup's description.
+        Raises ``RestoreRefused`` or ``BackupRefused`` as the host did."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -330,6 +336,10 @@ class ReplicaDriver:
         # has every acknowledged batch if its disk survived (kept in memory only: after
         # a coordinator restart an operator restores a lost unit).
         self._lost_from: dict[str, tuple[str, int]] = {}
+        # Lost units an operator is restoring from a backup right now (staged on a host
+        # outside the loop's lock): not restored from a fenced primary meanwhile, whose
+        # folder the staging could be writing.
+        self.restoring: set[str] = set()
 
     def _observe(self) -> None:
         try:
@@ -376,7 +386,7 @@ class ReplicaDriver:
         fired = 0
         for unit in marking.lost():
             found = self._lost_from.get(unit)
-            if found is None:
+            if found is None or unit in self.restoring:
                 continue
             node, epoch = found
             if status.get(node) != NodeStatus.ALIVE or not self._ops.replica_ready(node):

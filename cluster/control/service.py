@@ -27,6 +27,7 @@ from actors import metrics
 from actors.clock import Clock, clock_from_settings
 from actors.remote import COORDINATOR_NAME, NAMESPACE, RayTransport
 from actors.router import Transport, UnitRouter
+from actors.store.backup import BackupRefused, RestoreRefused
 from actors.store.tariffs import current_tariffs_dir
 from billing.rating import load_catalogue
 from cluster.control.coordinator import ClusterOps, Coordinator
@@ -290,6 +291,94 @@ class CoordinatorService:
         """Extend the lease of a unit's held lock; False when it is not held any more."""
         with self._lock:
             return self._coordinator.renew(unit, kind)
+
+    def restore_units(
+        self, folder: str, units: list[str], request_id: str, available: list[str]
+    ) -> dict[str, Any]:
+        """Bring lost units back from the backup in ``folder`` (relative to the backup
+        root; ``available``: the units it holds): each ``units`` (empty: every lost
+        unit) is staged by the host of an alive node into its own folder, then
+        ``restore`` is fired (a new epoch above the unit's last), and the loop opens it
+        there and repairs its followers. ``{"restored": {unit: record}}``, or
+        ``{"refused": [status code name, message]}``; a retry of ``request_id`` is
+        answered from the persisted record. Staging runs outside the loop's lock."""
+        with self._lock:
+            done = self._coordinator.restored(request_id)
+            lost = sorted(self._coordinator.lost())
+            wanted = [unit for unit in (units or lost) if unit not in done]
+            if done and not wanted:  # a retry of a restore that completed
+                return {"restored": done}
+            refused = self._restore_refusal(wanted, available)
+            if refused is not None:
+                return {"refused": refused}
+            busy = self._coordinator.hold_restore(wanted)
+            if busy:
+                return {"refused": ["ABORTED", f"a restore of {', '.join(busy)} is under way"]}
+        try:
+            return self._restore_each(wanted, folder, request_id, dict(done))
+        finally:
+            with self._lock:
+                self._coordinator.release_restore(wanted)
+
+    def _restore_each(
+        self, wanted: list[str], folder: str, request_id: str, restored: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Stage then fire each of ``wanted`` in turn (see :meth:`restore_units`)."""
+        for unit in wanted:
+            with self._lock:
+                target = self._coordinator.restore_target()
+            if target is None:
+                return {"refused": ["UNAVAILABLE", "no alive node whose host answers: retry"]}
+            try:
+                backup = self._ops.restore_stage(target, unit, folder)  # type: ignore[attr-defined]
+            except (RestoreRefused, BackupRefused) as exc:
+                return {"refused": ["INVALID_ARGUMENT", str(exc)]}
+            except Exception as exc:  # the host did not answer: nothing was fired
+                detail = f"{target} could not stage {unit}: {type(exc).__name__}: {exc}"
+                return {"refused": ["UNAVAILABLE", f"{detail}; retry with the same request id"]}
+            with self._lock:
+                record = self._coordinator.restore(unit, target, request_id, backup)
+            if record is None:  # the net refused: the target left meanwhile
+                self._drop_staged(target, unit)
+                detail = f"{unit} could not be restored on {target} (it left?)"
+                return {"refused": ["UNAVAILABLE", f"{detail}; retry with the same request id"]}
+            restored[unit] = record
+        return {"restored": restored}
+
+    def _restore_refusal(self, wanted: list[str], available: list[str]) -> list[str] | None:
+        """Why a restore of ``wanted`` from a backup holding ``available`` cannot start:
+        ``[status code name, message]``, or None. (The caller holds the lock.)"""
+        coordinator = self._coordinator
+        if coordinator.replication_factor < 2:
+            return [
+                "FAILED_PRECONDITION",
+                "restore brings back lost units of a replicated cluster; this one keeps a "
+                "single copy (see actors/store/backup.py to restore one offline)",
+            ]
+        if not wanted:
+            return ["FAILED_PRECONDITION", "no unit is lost: nothing to restore"]
+        lost = set(coordinator.lost())
+        states = {u["unit"]: u for u in self._units()}
+        for unit in wanted:
+            if unit not in states:
+                return ["INVALID_ARGUMENT", f"units: no unit {unit!r} in this cluster"]
+            if unit not in lost:
+                entry = states[unit]
+                return [
+                    "FAILED_PRECONDITION",
+                    f"{unit} is not lost ({entry['state']} by {entry['node'] or 'no node'} at "
+                    f"epoch {entry['epoch']}): a restore never overwrites a live unit",
+                ]
+        absent = sorted(set(wanted) - set(available))
+        if absent:
+            return ["INVALID_ARGUMENT", f"the backup holds no copy of {', '.join(absent)}"]
+        return None
+
+    def _drop_staged(self, node: str, unit: str) -> None:
+        try:
+            self._ops.replica_drop(node, unit)  # type: ignore[attr-defined]
+        except Exception as exc:  # a copy that is not a follower's: the next add replaces it
+            log.warning("staged_copy_left", shard=unit, node=node, error=str(exc))
 
     def inspect(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Run the automatic inspection now (``petribill inspect``); its report."""

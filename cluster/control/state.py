@@ -62,6 +62,10 @@ class ControlState:
     ``schedule`` is what the coordinator's time-driven work must not forget across a
     restart (``cluster.control.duties``): the scheduled bill runs started and finished,
     and the last inspection. It is saved with the marking, in the same file.
+
+    ``restores`` maps an operator's restore request id to what it restored (unit ->
+    node, epoch and the backup's description), saved by the very commit that fires
+    each unit's ``restore``: a retry of the request is answered the same.
     """
 
     marking_json: str | None = None
@@ -70,6 +74,7 @@ class ControlState:
     last_event: dict[str, Any] | None = None
     replication_factor: int = 1
     schedule: dict[str, Any] = field(default_factory=dict)
+    restores: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def load_state(data_dir: Path) -> ControlState:
@@ -92,6 +97,7 @@ def parse_state(body: bytes, *, source: str) -> ControlState:
         last_event=raw.get("last_event"),
         replication_factor=int(raw.get("replication_factor", 1)),
         schedule=dict(raw.get("schedule") or {}),
+        restores=dict(raw.get("restores") or {}),
     )
 
 
@@ -138,6 +144,7 @@ def save_state(data_dir: Path, state: ControlState) -> bytes:
             "last_event": state.last_event,
             "replication_factor": state.replication_factor,
             "schedule": state.schedule,
+            "restores": state.restores,
         },
         indent=1,
     ).encode()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from actors.store.control_copy import ControlCopy
 from actors.store.fencing import StaleEpoch
 from cluster.backend.backend import Backend
 from cluster.backend.context import Cluster
+from cluster.backend.reads import local_reads
 from cluster.control.coordinator import UnitOpenError
 from cluster.control.service import CoordinatorService
 
@@ -93,6 +96,9 @@ class LocalOps:
     def unit_on_disk(self, node: str, unit_id: str) -> int | None:
         return self._hosts[node].unit_on_disk(unit_id)
 
+    def restore_stage(self, node: str, unit_id: str, folder: str) -> dict[str, Any]:
+        return asdict(self._hosts[node].restore_stage(unit_id, folder))
+
     def metrics_urls(self) -> dict[str, str]:
         return {}
 
@@ -124,6 +130,11 @@ class LocalOps:
 
     def control_local_node(self) -> str | None:
         return None  # one process, one disk: no node shares the coordinator's more than another
+
+
+async def _named(node: str) -> str:
+    """The node a gateway of this process stands for (it knows it from the start)."""
+    return node
 
 
 class InProcessCluster:
@@ -225,15 +236,22 @@ class InProcessCluster:
         lives on, like a process that is cut off); returns it."""
         return self.hosts.pop(node)
 
-    def backend(self) -> Backend:
-        """A backend over this cluster (one per gateway)."""
+    def backend(self, reads_node: str | None = None) -> Backend:
+        """A backend over this cluster (one per gateway); ``reads_node``: the gateway runs
+        on that node and answers queries from its copies there (``cluster.backend.reads``)."""
+        router = self.router()
+        reads = None
+        if reads_node is not None:
+            settings = {**self.settings, "local_reads": True}
+            reads = local_reads(settings, self.transport, partial(_named, reads_node))
         cluster = Cluster(
-            self.router(),
+            router,
             tariffs_dir=str(self.tariffs_dir),
             clock=self.clock,
             data_dir=str(self.data_dir),
             backup_root=self.settings.get("backup_root"),
             tariffs_root=self.settings.get("tariffs_root"),
+            reads=reads,
         )
         return Backend(cluster)
 

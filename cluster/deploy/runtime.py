@@ -3,7 +3,10 @@
 ``Runtime.start`` brings up (or joins) Ray, starts the coordinator (which
 starts a host per node and places the units), waits until every unit is
 served, then starts one gateway per node. ``runtime.json`` in the data folder
-records what ``petribill down`` needs to stop a detached cluster.
+records what ``petribill down`` needs to stop a detached cluster, and the
+settings its actors were built with (a node added later gets the same).
+``Runtime.add_node`` starts one more simulated node and its gateway: for
+``petribill node add`` and for the chaos harness's replacement nodes.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import structlog
 from ray.exceptions import RayActorError
 
 from actors.remote import COORDINATOR_NAME, NAMESPACE, host_name
+from actors.store.files import write_atomic
 from cluster.config import ClusterConfig, storage_mode
 from cluster.control.service import spawn_coordinator
-from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay
+from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay, NodeHandle
 from cluster.deploy.loopback import use_loopback
 from cluster.gateway.names import gateway_handles
 
@@ -42,13 +46,15 @@ class StartError(RuntimeError):
 
 @dataclass(slots=True, kw_only=True)
 class RuntimeInfo:
-    """What a later ``petribill down`` or client needs to find this cluster."""
+    """What a later ``petribill down``, ``node add`` or client needs to find this cluster
+    (``settings``: those its actors were built with; empty in a file of an older start)."""
 
     address: str
     data_dir: str
     gateways: list[str] = field(default_factory=list)
     local_temp_dir: str | None = None
     started_at_s: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def connect(info: RuntimeInfo) -> None:
@@ -85,6 +91,7 @@ def settings_of(
         "tariffs_dir": str(tariffs_dir),
         "cache_entries_max": config.storage.read_cache_entries_max,
         "batch_records_max": config.batch.records_max,
+        "local_reads": config.gateway.local_reads,
         "fence_timeout_s": config.storage.takeover_fence_timeout_ms / 1000,
         # The [fraud] rules as a plain table (None: off); actors.engines builds the FraudConfig.
         "fraud": None if config.fraud is None else config.fraud.mapping(),
@@ -154,6 +161,7 @@ class Runtime:
         self.gateways: dict[str, Any] = {}
         self.info: RuntimeInfo | None = None
         self.attached = False  # attach(): a cluster this object did not start
+        self._recorded: dict[str, Any] = {}  # attach(): the settings the cluster runs with
 
     @classmethod
     def attach(cls, config: ClusterConfig, data_dir: Path) -> Runtime:
@@ -167,6 +175,9 @@ class Runtime:
         connect(info)
         self.attached = True
         self.info = info
+        if info.settings:
+            self._recorded = dict(info.settings)
+            self.storage_mode = str(info.settings["storage_mode"])
         if info.local_temp_dir is not None:
             self.local = LocalRay.reattach(
                 temp_dir=Path(info.local_temp_dir), address=info.address, config=config
@@ -216,13 +227,21 @@ class Runtime:
             gateways=sorted(self.gateway_addresses()),
             local_temp_dir=None if self.local is None else str(self.local.temp_dir),
             started_at_s=time.time(),
+            settings=settings,
         )
-        (self.data_dir / RUNTIME_FILE).write_text(json.dumps(asdict(self.info), indent=1))
+        self._write_info()
         log.info("cluster_up", address=address, gateways=self.info.gateways)
         return self.info
 
+    def _write_info(self) -> None:
+        assert self.info is not None
+        write_atomic(self.data_dir / RUNTIME_FILE, json.dumps(asdict(self.info), indent=1).encode())
+
     def settings(self) -> dict[str, Any]:
-        """The settings of this cluster's actors (:func:`settings_of` in its storage mode)."""
+        """The settings of this cluster's actors: those recorded when it started (an
+        attached cluster), else :func:`settings_of` in its storage mode."""
+        if self._recorded:
+            return dict(self._recorded)
         return settings_of(
             self.config,
             data_dir=self.data_dir,
@@ -246,26 +265,68 @@ class Runtime:
         raise StartError(f"units not served after {timeout_s:.0f} s: {missing}")
 
     def _start_gateways(self, settings: dict[str, Any], timeout_s: float) -> None:
-        from cluster.gateway.actor import spawn_gateway
-        from cluster.gateway.guard import SecuritySettings
-        from cluster.gateway.limits import GatewayLimits
-
-        security = SecuritySettings.from_config(self.config.security, data_dir=self.data_dir)
         head = ray.get_runtime_context().get_node_id()
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         alive.sort(key=lambda n: n["NodeID"] != head)  # the head's gateway takes the port
         for index, node in enumerate(alive):
-            port = self._port if index == 0 else 0
-            self.gateways[node["NodeID"]] = spawn_gateway(
-                node_id=node["NodeID"],
-                host=self.config.gateway.host,
-                port=port,
-                settings=settings,
-                limits=GatewayLimits.from_config(self.config),
-                security=security,
-            )
+            self._spawn_gateway(node["NodeID"], self._port if index == 0 else 0, settings)
         ready = [g.start.remote() for g in self.gateways.values()]
         ray.get(ready, timeout=timeout_s)
+
+    def _spawn_gateway(self, node_id: str, port: int, settings: dict[str, Any]) -> Any:
+        """Spawn the gateway of Ray node ``node_id`` (not started yet) and keep its handle."""
+        from cluster.gateway.actor import spawn_gateway
+        from cluster.gateway.guard import SecuritySettings
+        from cluster.gateway.limits import GatewayLimits
+
+        handle = spawn_gateway(
+            node_id=node_id,
+            host=self.config.gateway.host,
+            port=port,
+            settings=settings,
+            limits=GatewayLimits.from_config(self.config),
+            security=SecuritySettings.from_config(self.config.security, data_dir=self.data_dir),
+        )
+        self.gateways[node_id] = handle
+        return handle
+
+    def add_node(self, *, timeout_s: float = 120.0) -> tuple[NodeHandle, str]:
+        """Start one more simulated node (``LocalRay.add_node``: a folder and ports of its
+        own) and its gateway on a free port; returns the node and the gateway's address.
+
+        The coordinator sees the node at its next round, starts its host and places
+        copies on it (:meth:`wait_node`). Only a local cluster can be grown so: on
+        real machines a node joins with ``ray start --address=...``.
+        """
+        if self.local is None:
+            raise StartError(
+                "only a local cluster (petribill up --nodes N) can be given a simulated "
+                "node; on another machine run `ray start --address=HEAD:PORT` instead"
+            )
+        handle = self.local.add_node()
+        gateway = self._spawn_gateway(handle.node_id, 0, self.settings())
+        address: str = ray.get(gateway.start.remote(), timeout=timeout_s)
+        if self.info is not None:  # a client reading runtime.json finds the new gateway
+            self.info.gateways = sorted({*self.info.gateways, address})
+            self._write_info()
+        log.info("node_added", node=handle.name, gateway=address)
+        return handle, address
+
+    def wait_node(self, node: str, timeout_s: float) -> dict[str, Any]:
+        """Until the coordinator counts ``node`` alive and every unit that is not lost is
+        served with its copies (:func:`copies_complete`: followers a lost node held are
+        placed again, on ``node`` among others); returns the coordinator's status then,
+        or raises :class:`StartError`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status(timeout_s=timeout_s)
+            alive = any(n["node"] == node and n["status"] == "alive" for n in status["nodes"])
+            if alive and copies_complete(status):
+                return status
+            if time.monotonic() > deadline:
+                what = "has not placed every copy yet" if alive else f"has not seen {node} join"
+                raise StartError(f"after {timeout_s:.0f} s the coordinator {what}")
+            time.sleep(0.2)
 
     def gateway_addresses(self) -> list[str]:
         if not self.gateways:
@@ -306,6 +367,18 @@ def _refused(status: dict[str, Any]) -> None:
     refused = status.get("control", {}).get("error")
     if refused:
         raise StartError(f"the coordinator did not start: {refused}")
+
+
+def copies_complete(status: dict[str, Any]) -> bool:
+    """Whether every unit of a coordinator's status that is not lost is owned and (when
+    replicated) has RF−1 in-sync followers: all a new node can help with (a lost unit
+    waits for ``petribill restore``)."""
+    factor = int(status.get("replication_factor") or 1)
+    return all(
+        unit["state"] == "lost"
+        or (unit["state"] == "owned" and len(unit.get("isr", ())) >= factor - 1)
+        for unit in status["units"]
+    )
 
 
 def stop_cluster_actors() -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,8 @@ from cluster.gateway.servicers import Backend
 __all__ = ["GatewayActor", "gateway_actor_class", "spawn_gateway"]
 
 _SWITCH_INTERVAL_S = 0.0005
+_LAG_PROBE_S = 0.005
+_LAGS_KEPT = 4096
 
 
 class GatewayActor:
@@ -60,6 +64,10 @@ class GatewayActor:
         self._security = security
         self._gateway: Gateway | None = None
         self._starting = asyncio.Lock()  # two concurrent start() calls start one server
+        # How late the loop wakes a 5 ms sleep (s): how long any call, a query included,
+        # may wait for the loop behind the CPU work of others (``stats``).
+        self._loop_lags: deque[float] = deque(maxlen=_LAGS_KEPT)
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Start serving (idempotent); returns the address clients use, ``host:port``."""
@@ -79,6 +87,7 @@ class GatewayActor:
             if key is not None:
                 _remember_port(key, gateway.port)
             self._gateway = gateway
+            self._watch = asyncio.ensure_future(self._watch_loop())
         return self._gateway.address
 
     async def _serve(self, port: int) -> Gateway:
@@ -93,20 +102,34 @@ class GatewayActor:
         await gateway.start()
         return gateway
 
+    async def _watch_loop(self) -> None:
+        while True:
+            asked = time.perf_counter()
+            await asyncio.sleep(_LAG_PROBE_S)
+            self._loop_lags.append(time.perf_counter() - asked - _LAG_PROBE_S)
+
     async def address(self) -> str:
         """The serving address, starting the gateway first if it is not serving yet."""
         if self._gateway is None:
             return await self.start()
         return self._gateway.address
 
-    async def stats(self) -> dict[str, int]:
-        """In-flight counters, for status pages and tests."""
+    async def stats(self) -> dict[str, float]:
+        """In-flight counters, the loop's lag (ms), the local reads; for status pages,
+        benchmarks and tests."""
         if self._gateway is None:
             return {}
+        lags = sorted(self._loop_lags) or [0.0]
         admission = self._gateway.admission
         # Host calls the backend coalesced (actors.coalesce) and the operations they carried.
-        coalescer = getattr(getattr(self._gateway.backend, "cluster", None), "coalescer", None)
+        cluster = getattr(self._gateway.backend, "cluster", None)
+        coalescer = getattr(cluster, "coalescer", None)
+        # Queries answered from this node's copies, and those passed to the hosts.
+        reads = getattr(cluster, "reads", None)
         return {
+            **({} if reads is None else reads.stats()),
+            "loop_lag_p50_ms": round(1000 * lags[len(lags) // 2], 3),
+            "loop_lag_p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 3),
             "requests": admission.requests,
             "records": admission.records,
             "usage_streams": admission.usage_streams,
@@ -118,8 +141,14 @@ class GatewayActor:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, then stop; calls in flight get ``grace_s`` to finish."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._gateway is not None:
             await self._gateway.stop(grace_s)
+            reads = getattr(getattr(self._gateway.backend, "cluster", None), "reads", None)
+            if reads is not None:
+                reads.close()  # its views of the node's copies, and its scratch folder
             self._gateway = None
 
 
