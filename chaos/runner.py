@@ -37,7 +37,7 @@ from chaos.faults import Fault, FaultResult, Injector
 from chaos.load import INITIAL_TOP_UP_MICROS, Account, Load
 from chaos.reference import PLAN_POSTPAID, PLAN_PREPAID
 from chaos.scenarios import SCENARIOS, plan
-from chaos.sessions import AbandonedSessions
+from chaos.sessions import AbandonedSessions, WriteStalls
 from cluster.client import PetribillClient, PetribillError
 from cluster.config import parse_config, storage_mode
 from cluster.deploy.runtime import Runtime
@@ -54,7 +54,9 @@ DISK_NODE_MB: Final = 256
 #: Validity-Time of the chaos cluster's online grants: abandoned sessions expire in the run.
 SESSION_VALIDITY_S: Final = 5
 #: How long past its validity a session's money may stay reserved: the duties' period,
-#: a takeover of a killed or paused owner, a full disk's hold and its recovery.
+#: a takeover of a killed or paused owner, a full disk's hold and its recovery; not
+#: counting the time the cluster said it could not acknowledge writes (WriteStalls:
+#: a unit down to one copy waits for a new follower, and a release is a write).
 RESERVED_BOUND_S: Final = 20.0
 # The faults that hit a node's processes: the only ones that explain a takeover.
 NODE_FAULTS: Final = frozenset({"kill-host", "kill-node", "pause-node", "lose-disk"})
@@ -300,12 +302,16 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
             )
             load = Load(client, accounts, seed=options.seed, workers=options.workers).start()
             # A given cluster keeps its own Validity-Time: its sessions could outlast the run.
+            # Time with some unit unable to acknowledge writes (a release is a write).
+            stalls = WriteStalls(lambda: checker.cluster_status().writable).start()
+            stack.callback(stalls.stop)
             sessions = AbandonedSessions(
                 client,
                 [] if options.attach else [a for a in accounts if a.prepaid],
                 seed=options.seed,
                 bound_s=RESERVED_BOUND_S,
                 checker=checker,
+                stalled=stalls.seconds,
             ).start()
             load_started = time.monotonic()
             load_started_wall = time.time()  # the journal's clock, for spurious takeovers
@@ -331,7 +337,10 @@ def run(options: ChaosOptions, *, echo: Callable[[str], None] = print) -> Report
                         "hijack_answers_wrong": load.figures.hijack_answers_wrong,
                         "refusals": dict(load.figures.refusals),
                         "topups": len(load.topups),
-                        "sessions": sessions.figures.summary(),
+                        "sessions": {
+                            **sessions.figures.summary(),
+                            "write_stall_s": round(stalls.seconds(), 1),
+                        },
                         "operator_calls": dict(load.figures.operator_calls),
                     }
             for check, texts in online.violations.items():

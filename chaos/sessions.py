@@ -40,7 +40,7 @@ from chaos.reference import price
 from cluster.client import PetribillClient
 from cluster.client.transport import PetribillError
 
-__all__ = ["AbandonedSessions", "SessionFigures"]
+__all__ = ["AbandonedSessions", "SessionFigures", "WriteStalls"]
 
 REQUESTED_S: Final = 120  # voice seconds asked for by each INITIAL
 CALLED: Final = "4930555000"  # a national number of the chaos catalogue
@@ -81,8 +81,14 @@ class AbandonedSessions:
         every_s: float = 0.5,
         poll_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        stalled: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.client = client
+        # Seconds so far that the cluster could not acknowledge writes (WriteStalls): a
+        # release is a write, so that time does not count against a session's bound.
+        self._stalled = stalled
+        # account -> the stalled seconds when its session's validity was seen ended.
+        self._stalled_at_end: dict[str, float] = {}
         # Polls balances; a client with short time limits keeps the polls frequent.
         self.checker = checker if checker is not None else client
         self.accounts = accounts
@@ -218,6 +224,7 @@ class AbandonedSessions:
         for account_id, (sid, ends) in due:
             if self._clock() < ends:
                 continue
+            stalled_at_end = self._stalled_at_end.setdefault(account_id, self._stalled())
             try:
                 reserved = self.checker.get_balance(account_id).reserved.micros
             except PetribillError as exc:
@@ -228,15 +235,69 @@ class AbandonedSessions:
                 # is left to the auditor's final check of every account's reserved money.
                 continue
             now = self._clock()
+            stalled = self._stalled() - stalled_at_end
             if reserved == 0:
                 self.figures.released += 1
                 self.figures.late_s_max = max(self.figures.late_s_max, now - ends)
-            elif now > ends + self.bound_s:
+            elif now > ends + stalled + self.bound_s:
                 self.figures.violations["reserved"].append(
                     f"{account_id}: {sid} still holds {reserved} micros "
-                    f"{now - ends:.1f} s after its validity ended"
+                    f"{now - ends:.1f} s after its validity ended "
+                    f"({stalled:.1f} s of it with the cluster unable to acknowledge writes)"
                 )
             else:
                 continue
             with self._lock:
                 del self._pending[account_id]
+                del self._stalled_at_end[account_id]
+
+
+class WriteStalls:
+    """Counts the seconds during which the cluster could not acknowledge every unit's
+    writes: its status said not ``writable`` (a unit below ``min_in_sync`` while a new
+    follower catches up, a unit without an owner during a takeover), or the status was
+    not answered (a fault under way). Polled every ``poll_s`` on a thread of its own;
+    :meth:`seconds` is the running total."""
+
+    def __init__(
+        self,
+        writable: Callable[[], bool],
+        *,
+        poll_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._writable = writable
+        self._poll_s = poll_s
+        self._clock = clock
+        self._total = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="chaos-stalls")
+
+    def start(self) -> WriteStalls:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def seconds(self) -> float:
+        return self._total
+
+    def poll(self, since: float) -> float:
+        """One poll: add the time from ``since`` to now if the cluster cannot acknowledge
+        writes; returns now."""
+        try:
+            writable = self._writable()
+        except PetribillError:
+            writable = False
+        now = self._clock()
+        if not writable:
+            self._total += now - since
+        return now
+
+    def _loop(self) -> None:
+        since = self._clock()
+        while not self._stop.wait(self._poll_s):
+            since = self.poll(since)

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from test_gateway_support import LoopThread
 
@@ -19,9 +20,10 @@ from billing.money import Money
 from chaos.load import Account
 from chaos.reference import PLAN_PREPAID
 from chaos.runner import TARIFFS
-from chaos.sessions import AbandonedSessions
+from chaos.sessions import AbandonedSessions, WriteStalls
 from cluster.backend.backend import Backend
 from cluster.client import PetribillClient
+from cluster.client.transport import PetribillError
 from cluster.deploy.inprocess import InProcessCluster
 from cluster.gateway.server import Gateway
 
@@ -74,3 +76,23 @@ def test_a_reservation_nobody_releases_is_a_violation() -> None:
     figures = _run(duties=False, seconds=0.5).figures
     assert figures.opened >= 1 and figures.released == 0
     assert len(figures.violations["reserved"]) == figures.opened
+
+
+def test_write_stalls_count_the_time_the_cluster_cannot_acknowledge_writes() -> None:
+    """Only the intervals ending in a poll that says not writable, or that is not
+    answered, add to the stalled seconds."""
+    now = [0.0]
+    answers: list[bool | None] = [True, False, None, True, False]
+
+    def writable() -> bool:
+        answer = answers.pop(0)
+        if answer is None:
+            raise PetribillError(grpc.StatusCode.UNAVAILABLE, "no gateway answered")
+        return answer
+
+    stalls = WriteStalls(writable, clock=lambda: now[0])
+    since = 0.0
+    for step in (1.0, 2.0, 4.0, 8.0, 16.0):
+        now[0] += step
+        since = stalls.poll(since)
+    assert stalls.seconds() == 2.0 + 4.0 + 16.0
