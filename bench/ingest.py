@@ -46,8 +46,14 @@ seconds spent shipping batches to followers (``petribill_replication_seconds``,
 inside the unit calls) against the seconds of the unit calls themselves
 (``petribill_unit_call_seconds``), summed over the nodes.
 
+With ``--mode shared`` the second cluster is ``--replica-nodes`` simulated nodes on
+this machine over one shared data folder (``storage.mode = "shared"``), one copy of
+each unit: the units spread over that many host processes, as ``hosts_per_node``
+would spread them on one machine (issue #13 item 5). ``shared_ratio`` is its
+throughput over the one-node cluster's: what more host processes buy here.
+
     .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4] [--runs 3]
-        [--mode local|replicated] [--replica-nodes 2]
+        [--mode local|replicated|shared] [--replica-nodes 2]
 """
 
 from __future__ import annotations
@@ -496,7 +502,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--runs", type=int, default=3, help="timed runs; medians reported")
     parser.add_argument("--no-cluster", action="store_true", help="the baselines only")
-    parser.add_argument("--mode", choices=("local", "replicated"), default="local")
+    parser.add_argument(
+        "--mode",
+        choices=("local", "replicated", "shared"),
+        default="local",
+        help="also run a second cluster of --replica-nodes nodes in this storage mode: "
+        "replicated (the cost of the second copy) or shared (several host processes "
+        "over one folder on this machine: what more hosts per node buy)",
+    )
     parser.add_argument("--replica-nodes", type=int, default=2)
     args = parser.parse_args()
 
@@ -519,15 +532,14 @@ def main() -> None:
         ),
         "per_record_ratio": round(cluster["records_per_s"] / baseline["baseline_records_per_s"], 3),
     }
-    if args.mode == "replicated":
-        replicated = run_cluster(args, records, mode="replicated", nodes=args.replica_nodes)
-        print(f"replicated cluster ({args.replica_nodes} nodes, RF 2): {replicated}")
-        summary.update({f"replicated_{k}": v for k, v in replicated.items()})
-        summary["replicated_ratio"] = round(
-            replicated["records_per_s"] / cluster["records_per_s"], 3
-        )
-        summary["replicated_columnar_ratio"] = round(
-            replicated["columnar_records_per_s"] / cluster["columnar_records_per_s"], 3
+    if args.mode != "local":
+        mode = args.mode
+        other = run_cluster(args, records, mode=mode, nodes=args.replica_nodes)
+        print(f"{mode} cluster ({args.replica_nodes} nodes): {other}")
+        summary.update({f"{mode}_{k}": v for k, v in other.items()})
+        summary[f"{mode}_ratio"] = round(other["records_per_s"] / cluster["records_per_s"], 3)
+        summary[f"{mode}_columnar_ratio"] = round(
+            other["columnar_records_per_s"] / cluster["columnar_records_per_s"], 3
         )
     print(json.dumps(summary))
 
