@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -207,13 +208,16 @@ def fetch_status(data_dir: Path) -> dict[str, Any]:
     info = read_info(data_dir)
     if info is None:
         raise click.ClickException(f"no cluster recorded in {data_dir}/runtime.json")
-    connect(info)
-    try:
-        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-        status: Any = ray.get(coordinator.status.remote(), timeout=30)
-        urls = metrics_urls()
-    finally:
-        ray.shutdown()
+    # What Ray prints while this process is its driver (a node marked dead, say) goes to
+    # stderr: stdout carries only what the command prints (`status --json` is one object).
+    with contextlib.redirect_stdout(sys.stderr):
+        connect(info)
+        try:
+            coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+            status: Any = ray.get(coordinator.status.remote(), timeout=30)
+            urls = metrics_urls()
+        finally:
+            ray.shutdown()
     # The coordinator's list: every gateway of every alive node, with its state. A
     # gateway recorded at start that it does not list (its node died) is left out.
     status["gateways"] = status.get("gateways") or [
