@@ -93,7 +93,7 @@ from billing.charging.batch import ChargingConfig  # noqa: E402
 from billing.rating import load_catalogue  # noqa: E402
 from billing.records import UsageRecord  # noqa: E402
 from cluster.api.columns import ipc_bytes, read_ipc  # noqa: E402
-from cluster.cli.file_columns import WIRE_SCHEMA  # noqa: E402
+from cluster.cli.file_columns import records_table  # noqa: E402
 from cluster.client import PetribillClient, PetribillError  # noqa: E402
 from cluster.config import parse_config  # noqa: E402
 from cluster.deploy.runtime import Runtime  # noqa: E402
@@ -132,28 +132,6 @@ def renamed(records: list[UsageRecord], tag: str) -> list[UsageRecord]:
     """The records under other ids (``<tag><source>:<id>``): new to a cluster that has
     charged the originals."""
     return [dataclasses.replace(r, record_id=tag + r.record_id) for r in records]
-
-
-def columns_of(batch: list[UsageRecord]) -> pa.Table:
-    """One batch as the bulk path's columns (what a mediation system would send)."""
-    rows = [
-        {
-            "record_id": r.record_id,
-            "service": r.service.value,
-            "served_msisdn": r.served_msisdn,
-            "record_opening_time_s": r.record_opening_time_s,
-            "called_number": r.called_number,
-            "duration_s": r.duration_s or None,
-            "sms_count": r.sms_count or None,
-            "uplink_bytes": r.uplink_bytes or None,
-            "downlink_bytes": r.downlink_bytes or None,
-            "rating_group": r.rating_group,
-            "content_item_id": r.content_item_id,
-            "roaming": r.roaming or None,
-        }
-        for r in batch
-    ]
-    return pa.Table.from_pylist(rows, schema=WIRE_SCHEMA)
 
 
 # -- the cluster ----------------------------------------------------------------
@@ -319,7 +297,7 @@ def measure_cluster(
     columnar: bool = False,
 ) -> dict[str, Any]:
     shares = [records[i :: args.streams] for i in range(args.streams)]
-    tables = [[columns_of(b) for b in batches_of(share, args.batch)] for share in shares]
+    tables = [[records_table(b) for b in batches_of(share, args.batch)] for share in shares]
     done = threading.Event()
     latencies_ms: list[float] = []
     failed: list[str] = []
@@ -406,7 +384,7 @@ def run_baseline(
     """Decode, rate, charge and commit in one process: no Ray, no gRPC."""
     catalogue = load_catalogue(TARIFFS)
     if columnar:
-        requests = [ipc_bytes(columns_of(batch)) for batch in batches_of(records, args.batch)]
+        requests = [ipc_bytes(records_table(batch)) for batch in batches_of(records, args.batch)]
     else:
         requests = [
             usage_pb2.SubmitUsageRequest(

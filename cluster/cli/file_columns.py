@@ -42,7 +42,7 @@ from billing.readers.values import INT_BOUNDS, OPENING_TIME_MAX_S, OPENING_TIME_
 from billing.records import Service, UsageRecord
 from cluster.wire_columns import COLUMN_KINDS
 
-__all__ = ["FileChunk", "read_chunks"]
+__all__ = ["WIRE_SCHEMA", "FileChunk", "read_chunks", "records_table"]
 
 _TYPES: Final = {"text": pa.string(), "int": pa.int64(), "bool": pa.bool_()}
 WIRE_SCHEMA: Final = pa.schema([(name, _TYPES[kind]) for name, kind in COLUMN_KINDS.items()])
@@ -149,7 +149,7 @@ def _chunk(
         parts.append(_wire(table.take(pa.array(rows)), source, numbers[rows]))
     judged = [(k, item) for k, item in scalar.items() if isinstance(item, UsageRecord)]
     if judged:
-        parts.append(_records_table([item for _, item in judged]))
+        parts.append(records_table([item for _, item in judged]))
     order = np.concatenate([rows, np.array([k for k, _ in judged], np.int64)]).astype(np.int64)
     if parts:
         merged = pa.concat_tables(parts).take(pa.array(np.argsort(order, kind="stable")))
@@ -300,8 +300,9 @@ def _wire(table: pa.Table, source: str, lines: NDArray[np.int64]) -> pa.Table:
     return pa.table(columns, schema=WIRE_SCHEMA)
 
 
-def _records_table(records: list[UsageRecord]) -> pa.Table:
-    """Records the scalar reader built, as the request's columns (``record_to_proto``'s values)."""
+def records_table(records: list[UsageRecord]) -> pa.Table:
+    """Records as the request's columns, with ``record_to_proto``'s values (the scalar
+    reader's records here; the benchmark's batches in bench/ingest.py)."""
     rows = []
     for r in records:
         rows.append(
