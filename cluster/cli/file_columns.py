@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -79,6 +79,19 @@ class FileChunk:
     last_line: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How a file's lines are read: its format, name and reader options, and for CSV its
+    header (``header_ok``: the scalar parser accepts it), known once the header is seen."""
+
+    is_csv: bool
+    source: str
+    country_code: str
+    naive_time_zone: str | None
+    header: RawLine | None = None
+    header_ok: bool = False
+
+
 def read_chunks(
     path: Path,
     *,
@@ -88,30 +101,25 @@ def read_chunks(
 ) -> Iterator[FileChunk]:
     """The file in chunks of ``chunk_lines`` physical lines (module docstring)."""
     make_options(country_code, naive_time_zone)  # a bad option fails here, at the call
-    is_csv = path.suffix.lower() == ".csv"
     source = str(path)
+    reading = _Reading(path.suffix.lower() == ".csv", source, country_code, naive_time_zone)
     with open(path, "rb") as stream:
         lines = read_lines(stream)
-        header: RawLine | None = None
-        header_ok = False
         chunk: list[RawLine] = []
         for line in lines:
-            if is_csv and header is None:
+            if reading.is_csv and reading.header is None:
                 if not line.data.strip():
                     continue
-                header = line
-                header_ok = _header_ok(line, source)
-                if not header_ok:
+                reading = replace(reading, header=line, header_ok=_header_ok(line, source))
+                if not reading.header_ok:
                     chunk.append(line)  # the scalar parser rejects it, and every line after
                 continue
             chunk.append(line)
             if len(chunk) >= chunk_lines:
-                yield _chunk(
-                    chunk, header, header_ok, is_csv, source, country_code, naive_time_zone
-                )
+                yield _chunk(chunk, reading)
                 chunk = []
         if chunk:
-            yield _chunk(chunk, header, header_ok, is_csv, source, country_code, naive_time_zone)
+            yield _chunk(chunk, reading)
 
 
 def _header_ok(line: RawLine, source: str) -> bool:
@@ -119,16 +127,8 @@ def _header_ok(line: RawLine, source: str) -> bool:
     return next(parse_csv([line], source=source), None) is None
 
 
-def _chunk(
-    lines: list[RawLine],
-    header: RawLine | None,
-    header_ok: bool,
-    is_csv: bool,
-    source: str,
-    country_code: str,
-    naive_time_zone: str | None,
-) -> FileChunk:
-    parsed = _parsed(lines, header if header_ok else None, is_csv)
+def _chunk(lines: list[RawLine], reading: _Reading) -> FileChunk:
+    parsed = _parsed(lines, reading.header if reading.header_ok else None, reading.is_csv)
     if parsed is None:
         plain = np.zeros(len(lines), np.bool_)
         table = None
@@ -138,15 +138,13 @@ def _chunk(
     scalar_at = np.flatnonzero(~plain).tolist()
     scalar: dict[int, UsageRecord | Reject | None] = {}
     for k in scalar_at:
-        scalar[k] = _scalar(
-            lines[k], header, header_ok, is_csv, source, country_code, naive_time_zone
-        )
+        scalar[k] = _scalar(lines[k], reading)
     rejects = [item for item in scalar.values() if isinstance(item, Reject)]
     rows = np.flatnonzero(plain)
     parts: list[pa.Table] = []
     numbers = np.array([line.number for line in lines], np.int64)
     if len(rows) and table is not None:
-        parts.append(_wire(table.take(pa.array(rows)), source, numbers[rows]))
+        parts.append(_wire(table.take(pa.array(rows)), reading.source, numbers[rows]))
     judged = [(k, item) for k, item in scalar.items() if isinstance(item, UsageRecord)]
     if judged:
         parts.append(_records_table([item for _, item in judged]))
@@ -325,24 +323,18 @@ def _records_table(records: list[UsageRecord]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=WIRE_SCHEMA)
 
 
-def _scalar(
-    line: RawLine,
-    header: RawLine | None,
-    header_ok: bool,
-    is_csv: bool,
-    source: str,
-    country_code: str,
-    naive_time_zone: str | None,
-) -> UsageRecord | Reject | None:
+def _scalar(line: RawLine, reading: _Reading) -> UsageRecord | Reject | None:
     """The scalar reader's outcome of one line (``None``: a blank line)."""
-    options = {"source": source, "default_country_code": country_code}
-    if not is_csv:
-        found = list(parse_jsonl([line], naive_time_zone=naive_time_zone, **options))
+    options = {"source": reading.source, "default_country_code": reading.country_code}
+    zone = reading.naive_time_zone
+    if not reading.is_csv:
+        found = list(parse_jsonl([line], naive_time_zone=zone, **options))
         return found[0] if found else None
+    header = reading.header
     if header is None or header is line:
-        found = list(parse_csv([line], naive_time_zone=naive_time_zone, **options))
+        found = list(parse_csv([line], naive_time_zone=zone, **options))
         return found[0] if found else None
     # After its header; a bad header yields its own reject first.
-    found = list(parse_csv([header, line], naive_time_zone=naive_time_zone, **options))
-    mine = found if header_ok else found[1:]
+    found = list(parse_csv([header, line], naive_time_zone=zone, **options))
+    mine = found if reading.header_ok else found[1:]
     return mine[0] if mine else None
