@@ -40,7 +40,13 @@ from billing.readers.lines import RawLine, read_lines
 from billing.readers.schema import make_options
 from billing.readers.values import INT_BOUNDS, OPENING_TIME_MAX_S, OPENING_TIME_MIN_S
 from billing.records import Service, UsageRecord
-from cluster.wire_columns import COLUMN_KINDS
+from cluster.wire_columns import (
+    COLUMN_KINDS,
+    E164_PATTERN,
+    IDENTIFIER_PATTERN,
+    RECORD_ID_PATTERN,
+    SERVICES,
+)
 
 __all__ = ["FileChunk", "read_chunks"]
 
@@ -52,12 +58,8 @@ WIRE_SCHEMA: Final = pa.schema([(name, _TYPES[kind]) for name, kind in COLUMN_KI
 _FILE_NAME: Final = {"record_opening_time_s": "record_opening_time"}
 _FIELDS: Final = [n for n in COLUMN_KINDS if n not in ("source_file", "source_line")]
 _INTS: Final = ("duration_s", "sms_count", "uplink_bytes", "downlink_bytes", "rating_group")
-_RECORD_ID: Final = r"^[!-9;-~]+:[!-~]+$"  # parse_record_id: <source>:<id>, printable ASCII
-_E164: Final = r"^[1-9][0-9]{2,14}$"  # what normalise_number leaves unchanged
-_IDENTIFIER: Final = r"^[!-~]{1,128}$"
 _DIGITS: Final = r"^[0-9]{1,18}$"
-_SERVICES: Final = ("voice", "sms", "data", "content")
-# Per service (its index in _SERVICES): required and optional fields beyond the common ones.
+# Per service (its index in SERVICES): required and optional fields beyond the common ones.
 _OWN: Final = {
     0: (("called_number", "duration_s"), ()),
     1: (("called_number",), ("sms_count",)),
@@ -239,8 +241,9 @@ def _plain_rows(table: pa.Table) -> NDArray[np.bool_]:
     """The rows certainly readable and already normal (module docstring)."""
     text = {name: _text(table, name) for name in _FIELDS}
     given = {name: ~_matches(text[name], "^$") for name in _FIELDS}
-    plain = _matches(text["record_id"], _RECORD_ID) & _matches(text["record_id"], _IDENTIFIER)
-    plain &= _matches(text["served_msisdn"], _E164)
+    plain = _matches(text["record_id"], RECORD_ID_PATTERN)
+    plain &= _matches(text["record_id"], IDENTIFIER_PATTERN)
+    plain &= _matches(text["served_msisdn"], E164_PATTERN)
     opening = text["record_opening_time_s"]
     in_time = _matches(opening, _DIGITS)
     t_s = _ints(opening, in_time)
@@ -252,10 +255,10 @@ def _plain_rows(table: pa.Table) -> NDArray[np.bool_]:
         low, high = INT_BOUNDS[name]
         value = _ints(text[name], digits)
         plain &= ~given[name] | (digits & (value >= low) & (value <= high))
-    plain &= ~given["called_number"] | _matches(text["called_number"], _E164)
-    plain &= ~given["content_item_id"] | _matches(text["content_item_id"], _IDENTIFIER)
+    plain &= ~given["called_number"] | _matches(text["called_number"], E164_PATTERN)
+    plain &= ~given["content_item_id"] | _matches(text["content_item_id"], IDENTIFIER_PATTERN)
     service = np.asarray(
-        pc.index_in(text["service"], value_set=pa.array(_SERVICES)).to_numpy(zero_copy_only=False)
+        pc.index_in(text["service"], value_set=pa.array(SERVICES)).to_numpy(zero_copy_only=False)
     )
     fits = np.zeros(table.num_rows, np.bool_)
     for code, (required, optional) in _OWN.items():
