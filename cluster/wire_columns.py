@@ -34,7 +34,17 @@ from billing.readers.values import INT_BOUNDS, OPENING_TIME_MAX_S, OPENING_TIME_
 from billing.records import UsageRecord
 from cluster.wire import record_from_values
 
-__all__ = ["COLUMN_KINDS", "WireColumnsError", "WireRecords", "one_batch", "read_records"]
+__all__ = [
+    "COLUMN_KINDS",
+    "E164_PATTERN",
+    "IDENTIFIER_PATTERN",
+    "RECORD_ID_PATTERN",
+    "SERVICES",
+    "WireColumnsError",
+    "WireRecords",
+    "one_batch",
+    "read_records",
+]
 
 COLUMN_KINDS: Final = {
     "record_id": "text",
@@ -54,10 +64,10 @@ COLUMN_KINDS: Final = {
 }
 """The columns a client may send and their kinds (SubmitUsageColumnsRequest)."""
 
-_RECORD_ID: Final = r"^[!-9;-~]+:[!-~]+$"  # parse_record_id: <source>:<id>, printable ASCII
-_E164: Final = r"^[1-9][0-9]{2,14}$"  # what normalise_number leaves unchanged
-_IDENTIFIER: Final = r"^[!-~]{1,128}$"
-_SERVICES: Final = ("voice", "sms", "data", "content")
+RECORD_ID_PATTERN: Final = r"^[!-9;-~]+:[!-~]+$"  # parse_record_id: <source>:<id>, printable ASCII
+E164_PATTERN: Final = r"^[1-9][0-9]{2,14}$"  # what normalise_number leaves unchanged
+IDENTIFIER_PATTERN: Final = r"^[!-~]{1,128}$"
+SERVICES: Final = ("voice", "sms", "data", "content")
 _VOICE, _SMS, _DATA, _CONTENT = range(4)
 
 
@@ -126,7 +136,7 @@ def _plain_rows(c: dict[str, pa.Array]) -> tuple[NDArray[np.bool_], NDArray[np.i
     """The rows certainly readable and already normal (see the module), and their service."""
     rows = len(c["record_id"])
     service = np.asarray(
-        pc.fill_null(pc.index_in(c["service"], value_set=pa.array(_SERVICES)), -1).to_numpy(),
+        pc.fill_null(pc.index_in(c["service"], value_set=pa.array(SERVICES)), -1).to_numpy(),
         np.int8,
     )
     t_s = _ints(c["record_opening_time_s"])
@@ -134,15 +144,15 @@ def _plain_rows(c: dict[str, pa.Array]) -> tuple[NDArray[np.bool_], NDArray[np.i
     up, down, group = _ints(c["uplink_bytes"]), _ints(c["downlink_bytes"]), _ints(c["rating_group"])
     has_group = np.asarray(c["rating_group"].is_valid().to_numpy(zero_copy_only=False), np.bool_)
     common = (
-        _matches(c["record_id"], _RECORD_ID)
+        _matches(c["record_id"], RECORD_ID_PATTERN)
         & np.asarray(pc.fill_null(pc.less_equal(pc.utf8_length(c["record_id"]), 128), False))
         & (service >= 0)
-        & _matches(c["served_msisdn"], _E164)
+        & _matches(c["served_msisdn"], E164_PATTERN)
         & (t_s >= OPENING_TIME_MIN_S)
         & (t_s <= OPENING_TIME_MAX_S)
     )
-    called, no_called = _matches(c["called_number"], _E164), _blank(c["called_number"])
-    item, no_item = _matches(c["content_item_id"], _IDENTIFIER), _blank(c["content_item_id"])
+    called, no_called = _matches(c["called_number"], E164_PATTERN), _blank(c["called_number"])
+    item, no_item = _matches(c["content_item_id"], IDENTIFIER_PATTERN), _blank(c["content_item_id"])
     no_volume = (up == 0) & (down == 0)
     group_ok = ~has_group | _within(group, "rating_group")
     voice = called & _within(duration, "duration_s") & (sms == 0) & no_volume & ~has_group & no_item
@@ -170,7 +180,7 @@ def _plain_batch(
     columns: dict[str, Any] = {
         "record_id": taken["record_id"],
         "service": pa.DictionaryArray.from_arrays(
-            pa.array(kinds, pa.int8()), pa.array(_SERVICES, pa.string())
+            pa.array(kinds, pa.int8()), pa.array(SERVICES, pa.string())
         ),
         "served_msisdn": taken["served_msisdn"],
         "record_opening_time_s": taken["record_opening_time_s"],

@@ -28,7 +28,7 @@ from cluster.backend.context import Cluster
 from cluster.backend.convert import record_result_to_proto
 from cluster.wire import record_from_proto, unreadable_from_proto
 
-__all__ = ["GRPC_SOURCE", "retry_error", "store_unreadable", "submit_usage"]
+__all__ = ["GRPC_SOURCE", "retry_error", "route_key", "store_unreadable", "submit_usage"]
 
 #: The collection source gRPC usage is counted under in the partitions' counters.
 GRPC_SOURCE: Final = SourceProgress(source_id="grpc", offset=0)
@@ -101,7 +101,7 @@ def _decode(
     items = [record_from_proto(r, index=i) for i, r in enumerate(request.records)]
     groups: dict[str, list[int]] = {}
     for index, item in enumerate(items):
-        key = item.served_msisdn if isinstance(item, UsageRecord) else _route_key(item, index)
+        key = item.served_msisdn if isinstance(item, UsageRecord) else route_key(item, index)
         groups.setdefault(cluster.router.partition(key), []).append(index)
     return items, groups
 
@@ -117,8 +117,9 @@ def _answer(
     return answer
 
 
-def _route_key(reject: Reject, index: int) -> str:
-    # A malformed record may have no usable MSISDN: spread such rejects by id.
+def route_key(reject: Reject, index: int) -> str:
+    """What routes the reject of request row ``index`` to a partition: a malformed
+    record may have no usable MSISDN, so such rejects are spread by id."""
     return reject.record_id or f"{reject.source_file}#{index}"
 
 

@@ -39,7 +39,7 @@ from billing.readers import Reject
 from cluster.api.columns import IpcError, ipc_bytes, read_ipc
 from cluster.api.errors import BackendError
 from cluster.backend.context import Cluster
-from cluster.backend.usage import GRPC_SOURCE, retry_error
+from cluster.backend.usage import GRPC_SOURCE, retry_error, route_key
 from cluster.wire_columns import WireColumnsError, WireRecords, read_records
 
 __all__ = ["submit_usage_columns"]
@@ -99,9 +99,7 @@ def _parts(cluster: Cluster, records: WireRecords) -> dict[str, _Part]:
     usage_row[records.positions] = np.arange(len(records.positions))
     reject_of: dict[int, Reject] = {}
     for row, reject in records.rejects:
-        # A malformed record may have no usable MSISDN: spread such rejects by id.
-        key = reject.record_id or f"{reject.source_file}#{row}"
-        owner[row] = crc(key.encode()) % partitions
+        owner[row] = crc(route_key(reject, row).encode()) % partitions
         reject_of[row] = reject
     parts: dict[str, _Part] = {}
     for code in np.unique(owner).tolist():

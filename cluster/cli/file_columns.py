@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -40,7 +40,13 @@ from billing.readers.lines import RawLine, read_lines
 from billing.readers.schema import make_options
 from billing.readers.values import INT_BOUNDS, OPENING_TIME_MAX_S, OPENING_TIME_MIN_S
 from billing.records import Service, UsageRecord
-from cluster.wire_columns import COLUMN_KINDS
+from cluster.wire_columns import (
+    COLUMN_KINDS,
+    E164_PATTERN,
+    IDENTIFIER_PATTERN,
+    RECORD_ID_PATTERN,
+    SERVICES,
+)
 
 __all__ = ["WIRE_SCHEMA", "FileChunk", "read_chunks", "records_table"]
 
@@ -52,12 +58,8 @@ WIRE_SCHEMA: Final = pa.schema([(name, _TYPES[kind]) for name, kind in COLUMN_KI
 _FILE_NAME: Final = {"record_opening_time_s": "record_opening_time"}
 _FIELDS: Final = [n for n in COLUMN_KINDS if n not in ("source_file", "source_line")]
 _INTS: Final = ("duration_s", "sms_count", "uplink_bytes", "downlink_bytes", "rating_group")
-_RECORD_ID: Final = r"^[!-9;-~]+:[!-~]+$"  # parse_record_id: <source>:<id>, printable ASCII
-_E164: Final = r"^[1-9][0-9]{2,14}$"  # what normalise_number leaves unchanged
-_IDENTIFIER: Final = r"^[!-~]{1,128}$"
 _DIGITS: Final = r"^[0-9]{1,18}$"
-_SERVICES: Final = ("voice", "sms", "data", "content")
-# Per service (its index in _SERVICES): required and optional fields beyond the common ones.
+# Per service (its index in SERVICES): required and optional fields beyond the common ones.
 _OWN: Final = {
     0: (("called_number", "duration_s"), ()),
     1: (("called_number",), ("sms_count",)),
@@ -79,6 +81,19 @@ class FileChunk:
     last_line: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How a file's lines are read: its format, name and reader options, and for CSV its
+    header (``header_ok``: the scalar parser accepts it), known once the header is seen."""
+
+    is_csv: bool
+    source: str
+    country_code: str
+    naive_time_zone: str | None
+    header: RawLine | None = None
+    header_ok: bool = False
+
+
 def read_chunks(
     path: Path,
     *,
@@ -88,30 +103,25 @@ def read_chunks(
 ) -> Iterator[FileChunk]:
     """The file in chunks of ``chunk_lines`` physical lines (module docstring)."""
     make_options(country_code, naive_time_zone)  # a bad option fails here, at the call
-    is_csv = path.suffix.lower() == ".csv"
     source = str(path)
+    reading = _Reading(path.suffix.lower() == ".csv", source, country_code, naive_time_zone)
     with open(path, "rb") as stream:
         lines = read_lines(stream)
-        header: RawLine | None = None
-        header_ok = False
         chunk: list[RawLine] = []
         for line in lines:
-            if is_csv and header is None:
+            if reading.is_csv and reading.header is None:
                 if not line.data.strip():
                     continue
-                header = line
-                header_ok = _header_ok(line, source)
-                if not header_ok:
+                reading = replace(reading, header=line, header_ok=_header_ok(line, source))
+                if not reading.header_ok:
                     chunk.append(line)  # the scalar parser rejects it, and every line after
                 continue
             chunk.append(line)
             if len(chunk) >= chunk_lines:
-                yield _chunk(
-                    chunk, header, header_ok, is_csv, source, country_code, naive_time_zone
-                )
+                yield _chunk(chunk, reading)
                 chunk = []
         if chunk:
-            yield _chunk(chunk, header, header_ok, is_csv, source, country_code, naive_time_zone)
+            yield _chunk(chunk, reading)
 
 
 def _header_ok(line: RawLine, source: str) -> bool:
@@ -119,16 +129,8 @@ def _header_ok(line: RawLine, source: str) -> bool:
     return next(parse_csv([line], source=source), None) is None
 
 
-def _chunk(
-    lines: list[RawLine],
-    header: RawLine | None,
-    header_ok: bool,
-    is_csv: bool,
-    source: str,
-    country_code: str,
-    naive_time_zone: str | None,
-) -> FileChunk:
-    parsed = _parsed(lines, header if header_ok else None, is_csv)
+def _chunk(lines: list[RawLine], reading: _Reading) -> FileChunk:
+    parsed = _parsed(lines, reading.header if reading.header_ok else None, reading.is_csv)
     if parsed is None:
         plain = np.zeros(len(lines), np.bool_)
         table = None
@@ -138,15 +140,13 @@ def _chunk(
     scalar_at = np.flatnonzero(~plain).tolist()
     scalar: dict[int, UsageRecord | Reject | None] = {}
     for k in scalar_at:
-        scalar[k] = _scalar(
-            lines[k], header, header_ok, is_csv, source, country_code, naive_time_zone
-        )
+        scalar[k] = _scalar(lines[k], reading)
     rejects = [item for item in scalar.values() if isinstance(item, Reject)]
     rows = np.flatnonzero(plain)
     parts: list[pa.Table] = []
     numbers = np.array([line.number for line in lines], np.int64)
     if len(rows) and table is not None:
-        parts.append(_wire(table.take(pa.array(rows)), source, numbers[rows]))
+        parts.append(_wire(table.take(pa.array(rows)), reading.source, numbers[rows]))
     judged = [(k, item) for k, item in scalar.items() if isinstance(item, UsageRecord)]
     if judged:
         parts.append(records_table([item for _, item in judged]))
@@ -241,8 +241,9 @@ def _plain_rows(table: pa.Table) -> NDArray[np.bool_]:
     """The rows certainly readable and already normal (module docstring)."""
     text = {name: _text(table, name) for name in _FIELDS}
     given = {name: ~_matches(text[name], "^$") for name in _FIELDS}
-    plain = _matches(text["record_id"], _RECORD_ID) & _matches(text["record_id"], _IDENTIFIER)
-    plain &= _matches(text["served_msisdn"], _E164)
+    plain = _matches(text["record_id"], RECORD_ID_PATTERN)
+    plain &= _matches(text["record_id"], IDENTIFIER_PATTERN)
+    plain &= _matches(text["served_msisdn"], E164_PATTERN)
     opening = text["record_opening_time_s"]
     in_time = _matches(opening, _DIGITS)
     t_s = _ints(opening, in_time)
@@ -254,10 +255,10 @@ def _plain_rows(table: pa.Table) -> NDArray[np.bool_]:
         low, high = INT_BOUNDS[name]
         value = _ints(text[name], digits)
         plain &= ~given[name] | (digits & (value >= low) & (value <= high))
-    plain &= ~given["called_number"] | _matches(text["called_number"], _E164)
-    plain &= ~given["content_item_id"] | _matches(text["content_item_id"], _IDENTIFIER)
+    plain &= ~given["called_number"] | _matches(text["called_number"], E164_PATTERN)
+    plain &= ~given["content_item_id"] | _matches(text["content_item_id"], IDENTIFIER_PATTERN)
     service = np.asarray(
-        pc.index_in(text["service"], value_set=pa.array(_SERVICES)).to_numpy(zero_copy_only=False)
+        pc.index_in(text["service"], value_set=pa.array(SERVICES)).to_numpy(zero_copy_only=False)
     )
     fits = np.zeros(table.num_rows, np.bool_)
     for code, (required, optional) in _OWN.items():
@@ -326,24 +327,18 @@ def records_table(records: list[UsageRecord]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=WIRE_SCHEMA)
 
 
-def _scalar(
-    line: RawLine,
-    header: RawLine | None,
-    header_ok: bool,
-    is_csv: bool,
-    source: str,
-    country_code: str,
-    naive_time_zone: str | None,
-) -> UsageRecord | Reject | None:
+def _scalar(line: RawLine, reading: _Reading) -> UsageRecord | Reject | None:
     """The scalar reader's outcome of one line (``None``: a blank line)."""
-    options = {"source": source, "default_country_code": country_code}
-    if not is_csv:
-        found = list(parse_jsonl([line], naive_time_zone=naive_time_zone, **options))
+    options = {"source": reading.source, "default_country_code": reading.country_code}
+    zone = reading.naive_time_zone
+    if not reading.is_csv:
+        found = list(parse_jsonl([line], naive_time_zone=zone, **options))
         return found[0] if found else None
+    header = reading.header
     if header is None or header is line:
-        found = list(parse_csv([line], naive_time_zone=naive_time_zone, **options))
+        found = list(parse_csv([line], naive_time_zone=zone, **options))
         return found[0] if found else None
     # After its header; a bad header yields its own reject first.
-    found = list(parse_csv([header, line], naive_time_zone=naive_time_zone, **options))
-    mine = found if header_ok else found[1:]
+    found = list(parse_csv([header, line], naive_time_zone=zone, **options))
+    mine = found if reading.header_ok else found[1:]
     return mine[0] if mine else None

@@ -220,8 +220,9 @@ class FileReport:
         if settled.all():
             return
         lines = records.column("source_line").to_pylist()
-        for k in np.flatnonzero(~settled).tolist():
-            row = results.slice(k, 1).to_pylist()[0]
+        unsettled = np.flatnonzero(~settled)
+        rows = results.take(pa.array(unsettled)).to_pylist()
+        for k, row in zip(unsettled.tolist(), rows, strict=True):
             if row["status"] == "exists_with_different_content":
                 self.conflicts += 1
                 reason = "conflict"
