@@ -21,6 +21,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from actors.partition.directory import Directory, DirectoryEntry
+from billing.charging.codes import Codes
 
 __all__ = ["Subscribers", "look_up"]
 
@@ -47,28 +48,13 @@ class Subscribers:
         )
 
 
-class _Codes:
-    __slots__ = ("codes", "names")
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.codes: dict[str, int] = {}
-
-    def code(self, name: str) -> int:
-        found = self.codes.get(name)
-        if found is None:
-            found = self.codes[name] = len(self.names)
-            self.names.append(name)
-        return found
-
-
 def look_up(directory: Directory, msisdn: pa.Array, t_s: NDArray[np.int64]) -> Subscribers:
     """The account and plan of every row (``msisdn`` a string column, ``t_s`` the opening
     times), as :func:`actors.partition.settle.settle` finds them one by one."""
     encoded = msisdn.dictionary_encode()
     row_code = encoded.indices.to_numpy().astype(np.int32, copy=False)
     numbers: list[str] = encoded.dictionary.to_pylist()
-    accounts, plans = _Codes(), _Codes()
+    accounts, plans = Codes[str](), Codes[str]()
     account_of = np.full(len(numbers), -1, np.int32)
     moved: dict[int, DirectoryEntry] = {}
     held: list[tuple[tuple[int, int, int], ...]] = [()] * len(numbers)

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from actors.partition.rejects import RejectKind
 from actors.partition.results import RecordResult, RecordStatus, Settled
+from billing.charging.codes import Codes
 from billing.invariant import invariant
 
 __all__ = [
@@ -62,21 +63,13 @@ _RETRYABLE_CODES: Final = np.array(
 )
 
 
-class _Texts:
+class _Texts(Codes[str]):
     """Distinct strings and their codes (code 0 is ``""``)."""
 
-    __slots__ = ("codes", "names")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.names: list[str] = [""]
-        self.codes: dict[str, int] = {"": 0}
-
-    def code(self, text: str) -> int:
-        found = self.codes.get(text)
-        if found is None:
-            found = self.codes[text] = len(self.names)
-            self.names.append(text)
-        return found
+        super().__init__(("",))
 
     def column(self, codes: NDArray[np.int32]) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(self.names, pa.string()))

@@ -52,31 +52,14 @@ class ShardAccounts:
     def create_account(self, op: ops.CreateAccount) -> Applied[Account]:
         """Create ``op.account`` (idempotent by ``request_id``; the account id must be new)."""
         work = Work(self.core)
-        account_id = op.account.account_id
-        out = create_account(
-            request_id=op.request_id,
-            account=op.account,
-            current=work.state(account_id),
-            existing=work.mark(op.request_id),
-        )
-        work.apply(out.effects, account_id)
+        out = _create(work, op)
         work.commit()
-        return Applied(out, work.state(account_id))
+        return Applied(out, work.state(op.account.account_id))
 
     def create_accounts(self, op: ops.CreateAccounts) -> list[Result]:
         """Every create of ``op`` as :meth:`create_account` would, in one commit."""
         work = Work(self.core)
-        results = []
-        for create in op.creates:
-            account_id = create.account.account_id
-            out = create_account(
-                request_id=create.request_id,
-                account=create.account,
-                current=work.state(account_id),
-                existing=work.mark(create.request_id),
-            )
-            work.apply(out.effects, account_id)
-            results.append(out.result)
+        results = [_create(work, create).result for create in op.creates]
         work.commit()
         return results
 
@@ -262,3 +245,16 @@ class ShardAccounts:
         return balance_check(
             row.state, at_s=op.at_s, tariff=core.tariff, config=core.charging, quote=op.quote
         )
+
+
+def _create(work: Work, op: ops.CreateAccount) -> Outcome[Account]:
+    """Stage ``op``'s create in ``work`` (not committed)."""
+    account_id = op.account.account_id
+    out = create_account(
+        request_id=op.request_id,
+        account=op.account,
+        current=work.state(account_id),
+        existing=work.mark(op.request_id),
+    )
+    work.apply(out.effects, account_id)
+    return out

@@ -37,7 +37,7 @@ from actors.shard.column_lines import lines_from_records, stage_lines
 from actors.shard.outbox import Forward
 from actors.shard.risk import assess_batch
 from actors.shard.work import Work, without_rated
-from billing.accounts import AccountState, Effects, Result
+from billing.accounts import AccountState, Effects
 from billing.charging.charge_input import ChargeInput
 from billing.charging.columnar import ChargeColumns as ColumnarAnswer
 from billing.charging.columnar import charge_columns as columnar_charge
@@ -45,6 +45,7 @@ from billing.charging.rows import Charge
 from billing.charging.step import working_copy
 from billing.charging.table import AccountTable, TableUpdate
 from billing.charging.usage_store import CYCLE_SHIFT, ROW_SHIFT
+from billing.charging.vector import RESULTS, code_of
 from billing.column_rating import RatedRows
 from billing.idempotency import Mark
 from billing.invariant import invariant
@@ -58,8 +59,8 @@ _LOW: Final = (1 << CYCLE_SHIFT) - 1
 
 __all__ = ["ANSWER_SCHEMA", "RESULTS", "ChargeColumnsAnswer", "charge_columns"]
 
-RESULTS: Final[tuple[Result, ...]] = tuple(Result)
-"""The dictionary of the ``result`` and ``replay_of`` columns, in declaration order."""
+# RESULTS (``billing.charging.vector``'s): the dictionary of the ``result`` and
+# ``replay_of`` columns, whose codes are the columnar core's own ``out.result``.
 
 _TEXT: Final = pa.dictionary(pa.int32(), pa.string())
 _RESULT: Final = pa.dictionary(pa.int8(), pa.string())
@@ -79,7 +80,6 @@ ANSWER_SCHEMA: Final = pa.schema(
 sponsored line is charged, the per-record path's ``sponsor_amounts``)."""
 
 _RESULT_NAMES: Final = pa.array([r.value for r in RESULTS], pa.string())
-_RESULT_CODE: Final = {r: code for code, r in enumerate(RESULTS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +149,10 @@ def _charge_per_record(usage: ShardUsage, op: ops.ChargeColumns) -> ChargeColumn
 def _answer_of_rows(
     rows: list[Charge], amounts: dict[str, int], forwards: list[Forward]
 ) -> ChargeColumnsAnswer:
-    code = _RESULT_CODE
     columns = [
         pa.array([row.record_id for row in rows], pa.string()),
         pa.DictionaryArray.from_arrays(
-            pa.array(np.array([code[row.result] for row in rows], np.int8)), _RESULT_NAMES
+            pa.array(np.array([code_of(row.result) for row in rows], np.int8)), _RESULT_NAMES
         ),
         _labels([row.account_id for row in rows]),
         pa.array([row.amount for row in rows], pa.int64()),
@@ -161,7 +160,8 @@ def _answer_of_rows(
         _labels([row.sponsored_by for row in rows]),
         pa.DictionaryArray.from_arrays(
             pa.array(
-                [None if row.replay_of is None else code[row.replay_of] for row in rows], pa.int8()
+                [None if row.replay_of is None else code_of(row.replay_of) for row in rows],
+                pa.int8(),
             ),
             _RESULT_NAMES,
         ),
@@ -358,12 +358,11 @@ def _answer_of_columns(
     sponsored_by: list[str | None] = [None] * n
     replay_of: list[int | None] = [None] * n
     sponsor_amount = np.zeros(n, np.int64)
-    code = _RESULT_CODE
     for i, row in rows.items():
-        result[i] = code[row.result]
+        result[i] = code_of(row.result)
         amount[i], bundle_units[i] = row.amount, row.bundle_units
         sponsored_by[i] = row.sponsored_by
-        replay_of[i] = None if row.replay_of is None else code[row.replay_of]
+        replay_of[i] = None if row.replay_of is None else code_of(row.replay_of)
         sponsor_amount[i] = amounts.get(row.record_id, 0)
     columns = [
         op.usage.column("record_id"),
