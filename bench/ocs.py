@@ -7,25 +7,28 @@ and create ``--accounts`` prepaid accounts through the SDK.
 Timed, in one run:
 
 1. **Cluster**: ``C`` concurrent sessions (asyncio tasks on one grpc.aio channel in this
-   process): each runs one session after another for ``--seconds``, every session an
-   INITIAL (voice to a UK number, 60 s asked), an UPDATE (30 s used, 60 s asked) and a
-   TERMINATE (20 s used), each step one ``ChargingService.ChargeSession`` call with its
-   own request id, on a prepaid account (the subscriber named by account id, or with
-   ``--by msisdn`` by number). A step's latency is from the client's call to its answer;
-   every answer is checked (SUCCESS; the TERMINATE releases everything). ``--runs`` rounds
-   at ``--concurrency`` (their medians are the headline figures), then one round per level
-   of ``--sweep``.
+   process, or with ``--clients N`` spread over N client processes, each its own channel,
+   the clock started once every one is warm): each runs one session after another for
+   ``--seconds``, every session an INITIAL (voice to a UK number, 60 s asked), an UPDATE
+   (30 s used, 60 s asked) and a TERMINATE (20 s used), each step one
+   ``ChargingService.ChargeSession`` call with its own request id, on a prepaid account
+   (the subscriber named by account id, or with ``--by msisdn`` by number). A step's
+   latency is from the client's call to its answer; every answer is checked (SUCCESS; the
+   TERMINATE releases everything). ``--runs`` rounds at ``--concurrency`` (their medians
+   are the headline figures), then one round per level of ``--sweep``.
 2. **Baseline** (straight line, no Ray, no gRPC): the same steps of the same number of
    concurrent sessions on in-process account shards (``--shards`` of them, accounts spread
    by the cluster's hash), in rounds of ``C`` steps: each shard's part of a round applied
-   in one synced commit (``ops.SessionSteps``, the group commit the cluster does), and,
-   for comparison, one synced commit per step (the engine before group commit).
+   in one commit (``ops.SessionSteps``, the group commit the cluster does), and,
+   for comparison, one commit per step (the engine before group commit); every commit
+   is synced before the next step, as in the cluster.
 
 The last line is one JSON object: ``session_steps_per_s``, ``step_p50_ms``,
 ``step_p99_ms`` (medians of the rounds at ``--concurrency``), ``baseline_steps_per_s``,
 ``ratio`` (cluster ÷ baseline), the per-step-commit baseline, and the sweep.
 
-    PYTHONPATH=.:proto .venv/bin/python bench/ocs.py [--concurrency 32] [--sweep 1,8,32,128]
+    PYTHONPATH=.:proto .venv/bin/python bench/ocs.py [--concurrency 32] [--clients 1]
+        [--sweep 1,8,32,128]
 """
 
 from __future__ import annotations
@@ -276,44 +279,49 @@ def _in_processes(
     """Client ``i`` of ``clients`` processes runs the workers ``i, i + clients, ...``; the
     clock starts once every one is warm (its channel open, one session done)."""
     context = multiprocessing.get_context("spawn")
-    ready, go, results = context.Queue(), context.Event(), context.Queue()
-    shared = (concurrency, seconds, ready, go, results)
+    pipes = [context.Pipe() for _ in range(clients)]
+    shared = (sessions.address, sessions.args, sessions.round)
     procs = [
         context.Process(
-            target=_client_process,
-            args=(sessions.address, sessions.args, sessions.round, i, clients, *shared),
+            target=_client_process, args=(*shared, i, clients, concurrency, seconds, child)
         )
-        for i in range(clients)
+        for i, (_, child) in enumerate(pipes)
     ]
     for proc in procs:
         proc.start()
     try:
-        for _ in procs:
-            ready.get(timeout=120)
+        for parent, _ in pipes:
+            _received(parent, 120)  # warm
         started()
-        go.set()
-        parts = [results.get(timeout=seconds + 120) for _ in procs]
+        for parent, _ in pipes:
+            parent.send("go")
+        return [_received(parent, seconds + 120) for parent, _ in pipes]
     finally:
         for proc in procs:
             proc.join(timeout=30)
-    return parts
+
+
+def _received(pipe: Any, timeout_s: float) -> Any:
+    if not pipe.poll(timeout_s):
+        raise SystemExit(f"a client process said nothing in {timeout_s:.0f} s")
+    return pipe.recv()
 
 
 def _client_process(
     address: str, args: argparse.Namespace, round_: int, index: int, clients: int,
-    concurrency: int, seconds: float, ready: Any, go: Any, results: Any,
+    concurrency: int, seconds: float, pipe: Any,
 ) -> None:  # fmt: skip
     """One client process of a round (``--clients``): its share of the sessions."""
     sessions = Sessions(address, args, None)
     sessions.round = round_
 
     def wait_for_go() -> None:
-        ready.put(index)
-        go.wait()
+        pipe.send("warm")
+        pipe.recv()
 
     sessions.ready = wait_for_go
     workers = range(index, concurrency, clients)
-    results.put(asyncio.run(sessions.drive(workers, concurrency, seconds)))
+    pipe.send(asyncio.run(sessions.drive(workers, concurrency, seconds)))
 
 
 def measure(
