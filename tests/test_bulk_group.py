@@ -23,7 +23,14 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_bulk_equivalence import SCHEMA, _batches, _difference, _open_accounts, _state
+from test_bulk_equivalence import (
+    NUMBERS,
+    SCHEMA,
+    _batches,
+    _difference,
+    _open_accounts,
+    _state,
+)
 from test_gateway_support import T_NOV, TARIFFS, LoopThread
 
 from actors.clock import ManualClock
@@ -149,7 +156,12 @@ def test_group_of_calls_sharing_an_id_answers_as_one_by_one(tmp_path: Path) -> N
 def test_group_of_calls_with_rejects_answers_as_one_by_one(tmp_path: Path) -> None:
     """Grouped calls whose malformed rows lie between their readable ones: each reject
     keeps its place, and the counters and the reject store are as one by one."""
-    bad = {"record_id": "m:bad", **_SMS, "sms_count": 300}
-    one = [{"record_id": "m:1", **_SMS}, {**bad, "service": None}, {"record_id": "m:2", **_SMS}]
-    two = [{**bad, "record_id": "m:3", "service": None}, {"record_id": "m:4", **_SMS}]
-    _compare(tmp_path, [one, two], [0, 0])
+
+    def call(tag: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for n, number in enumerate(NUMBERS):
+            rows.append({**_SMS, "record_id": f"m:{tag}{n}", "served_msisdn": number})
+            rows.append({**_SMS, "record_id": f"m:{tag}{n}x", "service": None})
+        return rows
+
+    _compare(tmp_path, [call("a"), call("b")], [0, 0])
