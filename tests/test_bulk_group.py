@@ -86,9 +86,7 @@ def _answers(found: list[Any]) -> list[Any]:
     ]
 
 
-def _compare(
-    folder: Path, batches: list[list[dict[str, Any]]], seconds: list[int]
-) -> None:
+def _compare(folder: Path, batches: list[list[dict[str, Any]]], seconds: list[int]) -> None:
     """Settle the batches' calls one by one on one cluster and as one group per partition
     on another; the answers and the states read back must be equal."""
     loop = LoopThread()
