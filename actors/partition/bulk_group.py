@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from actors.partition.bulk import BulkReach, submit_columns
 from actors.partition.ops import SubmitColumns
 from actors.store.fencing import StaleEpoch
 from actors.store.storage import StorageFailed, StoreClosed
 from billing.columns import USAGE_SCHEMA, ColumnLayoutError, usage_batch
+from billing.readers import Reject
 
 if TYPE_CHECKING:
     from actors.partition.engine import RatingPartition
@@ -88,7 +90,8 @@ def settle_group(
 
 
 def _items(part: SubmitColumns) -> int:
-    return part.usage.num_rows + len(part.rejects)
+    rows: int = part.usage.num_rows
+    return rows + len(part.rejects)
 
 
 def _ids_if_joinable(part: SubmitColumns) -> list[str] | None:
@@ -145,7 +148,9 @@ def _settle_run(
 
 def _joined(parts: Sequence[SubmitColumns]) -> SubmitColumns:
     """One call whose items are the parts' items end to end, each part's in its order."""
-    batches, places, rejects = [], [], []
+    batches: list[pa.RecordBatch] = []
+    places: list[NDArray[np.int64]] = []
+    rejects: list[tuple[int, Reject]] = []
     offset = 0
     for part in parts:
         usage = part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
