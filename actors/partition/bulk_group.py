@@ -43,6 +43,7 @@ from actors.partition.ops import SubmitColumns
 from actors.store.fencing import StaleEpoch
 from actors.store.storage import StorageFailed, StoreClosed
 from billing.columns import USAGE_SCHEMA, ColumnLayoutError, usage_batch
+from billing.invariant import invariant
 from billing.readers import Reject
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def settle_group(
     if run:
         _settle_run(partition, parts, run, reach, answers)
     done = [a for a in answers if a is not None]
-    assert len(done) == len(parts)  # every part answered, in order
+    invariant(len(done) == len(parts), f"{len(done)} answers for {len(parts)} bulk calls")
     return done
 
 
