@@ -208,12 +208,18 @@ def gateway_reads(runtime: Runtime) -> dict[str, float]:
     """Queries a gateway answered from its node's copies (``local_reads``), passed to the
     hosts (``local_reads_passed``), how long its latest local reads took
     (``local_read_p99_ms``...: ``cluster.backend.reads``) and how late its event loop
-    answered a 5 ms timer (``loop_lag_p99_ms``); the largest over the gateways."""
+    answered a 5 ms timer (``loop_lag_p99_ms``); the largest over the gateways. And
+    the operations per coalesced host call over the whole run (``ops_per_host_call``:
+    the bulk path's parts, ``actors.coalesce``)."""
     import ray
 
     stats = ray.get([g.stats.remote() for g in runtime.gateways.values()], timeout=30)
     wanted = [k for k in stats[0] if k.startswith(("local_", "loop_lag_"))]
-    return {key: max(s.get(key, 0) for s in stats) for key in wanted}
+    found = {key: max(s.get(key, 0) for s in stats) for key in wanted}
+    batches = sum(s.get("coalesced_batches", 0) for s in stats)
+    calls = sum(s.get("coalesced_calls", 0) for s in stats)
+    found["ops_per_host_call"] = round(calls / batches, 2) if batches else 0.0
+    return found
 
 
 _SERIES = re.compile(

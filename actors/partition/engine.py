@@ -66,6 +66,7 @@ import pyarrow as pa
 
 from actors.partition import ops
 from actors.partition.bulk import BulkReach, submit_columns
+from actors.partition.bulk_group import settle_group
 from actors.partition.claim_columns import claim_rows
 from actors.partition.claims import Claim, ClaimStore
 from actors.partition.codec import (
@@ -311,6 +312,13 @@ class RatingPartition:
         """:meth:`submit` for a batch of columns, with the same per-record rules
         (``actors.partition.bulk``): one result row per item, in order; one synced commit."""
         return submit_columns(self, op, reach)
+
+    def submit_column_group(
+        self, op: ops.SubmitColumnsGroup, reach: BulkReach
+    ) -> list[pa.RecordBatch | Exception]:
+        """Several bulk calls, in order, in as few settles as their answers allow
+        (``actors.partition.bulk_group``); per call its answer or its exception."""
+        return settle_group(self, op.parts, reach)
 
     def claim_columns(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Claim the distinct ids of a column batch (``actors.partition.claim_columns``),

@@ -45,6 +45,7 @@ __all__ = [
     "Reprocess",
     "Submit",
     "SubmitColumns",
+    "SubmitColumnsGroup",
 ]
 
 
@@ -118,6 +119,24 @@ class SubmitColumns(PartitionOp[pa.RecordBatch]):
 
     def apply(self, engine: RatingPartition, env: Env) -> pa.RecordBatch:
         return engine.submit_columns(self, Reach(env, self.at_s))
+
+    @staticmethod
+    def coalesce(parts: Sequence[SubmitColumns]) -> SubmitColumnsGroup:
+        """The bulk calls bound for one partition as one operation (``actors.coalesce``)."""
+        return SubmitColumnsGroup(parts=tuple(parts))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitColumnsGroup(PartitionOp[list["pa.RecordBatch | Exception"]]):
+    """Several :class:`SubmitColumns` in arrival order, settled in as few calls as their
+    answers allow (``actors.partition.bulk_group``); per part its answer columns, or
+    the exception it raised."""
+
+    parts: tuple[SubmitColumns, ...]
+
+    def apply(self, engine: RatingPartition, env: Env) -> list[pa.RecordBatch | Exception]:
+        at_s = self.parts[0].at_s if self.parts else 0
+        return engine.submit_column_group(self, Reach(env, at_s))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,10 @@ The per-record handler (``cluster.backend.usage``) with columns in and out:
    as SubmitUsage spreads them), keeping the request's order inside each
    partition's part, so a partition sees the very items SubmitUsage would send
    it; every part goes to its owner as one ``SubmitColumns`` (an Arrow batch in
-   Ray's object store), concurrently;
+   Ray's object store), concurrently, through the gateway's coalescer: the parts
+   of concurrent calls bound for one partition travel in one host call and are
+   settled together (``actors.partition.bulk_group``), so each shard sees one
+   charge call for all of them, while each call keeps its own answer;
 3. the parts' result columns are put back in request order and answered as
    Arrow IPC. Items a partition answers ``unavailable`` or
    ``resource_exhausted`` are resubmitted with the same ids until the call's
@@ -146,7 +149,9 @@ async def _settle(
         answer: pa.RecordBatch | None = None
         while True:
             left = deadline - time.monotonic()
-            got = await cluster.run(
+            # Coalesced: the parts bound for one partition from concurrent calls are
+            # settled as one (actors.partition.bulk_group), each answered its own rows.
+            got = await cluster.coalesced(
                 unit, _op(records, part, items, at_s), timeout_s=max(left, 0.001)
             )
             answer = got if answer is None else _merged(answer, items, got)
