@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from billing.billrun.run import BillRunConfig
 from billing.fraud import FraudConfig, FraudConfigError
@@ -61,6 +61,22 @@ class ShardingConfig(_Section):
     shards: int = Field(default=16, gt=0, le=4096)
     partitions: int = Field(default=8, gt=0, le=4096)
     shards_per_actor: int = Field(default=1, gt=0, le=64)
+    # Host processes per node (actors.slots): "auto" is the CPUs each node has to itself,
+    # resolved once when the cluster starts (cluster.deploy.runtime.auto_hosts_per_node).
+    hosts_per_node: int | Literal["auto"] = "auto"
+
+    @field_validator("hosts_per_node", mode="before")
+    @classmethod
+    def _hosts_per_node(cls, value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and 1 <= value <= _HOSTS_PER_NODE_MAX):
+            return value  # type: ignore[no-any-return]
+        raise ValueError(
+            f'must be "auto" or an integer from 1 to {_HOSTS_PER_NODE_MAX}, got {value!r}'
+        )
+
+
+# More host processes than that on one node is a mistake, not a machine.
+_HOSTS_PER_NODE_MAX = 256
 
 
 StorageMode = Literal["local", "shared", "replicated"]
