@@ -1,13 +1,19 @@
 """Which host process of a node serves a unit (actors.slots), the setting that says how
-many there are ([sharding] hosts_per_node) and how "auto" is resolved."""
+many there are ([sharding] hosts_per_node) and how "auto" is resolved, and that the
+router and the gateway's coalescer send a unit's calls to that process."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from actors.coalesce import Coalescer
+from actors.op import Op
+from actors.router import UnitRouter
 from actors.routing import partition_id, shard_id
 from actors.slots import host_key, node_hosts, slot_of, unit_host
 from cluster.config import ConfigError, parse_config
@@ -93,3 +99,51 @@ def test_an_integer_setting_is_not_resolved() -> None:
     """An integer hosts_per_node is the cluster's, whatever the nodes have."""
     assert hosts_per_node_of(config(3), [ray_node("10.0.0.1", 64.0)]) == 3
     assert hosts_per_node_of(config("auto"), [ray_node("10.0.0.1", 6.0)]) == 6
+
+
+@dataclass(frozen=True)
+class Probe(Op[str]):
+    """An operation the recording transport below answers itself (never applied)."""
+
+
+class Recording:
+    """A router transport that answers every host call with the host key it was sent to."""
+
+    def __init__(self, routes: dict[str, tuple[str, int]]) -> None:
+        self._routes = routes
+        self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
+
+    async def routes(self, timeout_s: float) -> dict[str, tuple[str, int]]:
+        return dict(self._routes)
+
+    async def host_call(self, host: str, method: str, *args: Any, timeout_s: float) -> Any:
+        self.calls.append((host, method, args))
+        if method == "run_many":
+            return [host for _ in args[0]]
+        return host
+
+    async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
+        raise AssertionError("not called")
+
+
+ROUTES = {u: ("n0" if i % 3 else "n1", 1) for i, u in enumerate(units(4, 2))}
+
+
+def test_the_router_and_the_coalescer_send_a_units_calls_to_its_slot() -> None:
+    """Run, batches and the catalogue switch go to the host process of the unit's slot."""
+    transport = Recording(ROUTES)
+    router = UnitRouter(transport, shards=4, partitions=2, hosts_per_node=2)
+    coalescer = Coalescer(router)
+
+    async def calls() -> tuple[dict[str, str], dict[str, str], list[str]]:
+        alone = {u: await router.run(u, Probe(), timeout_s=5) for u in ROUTES}
+        together = await asyncio.gather(*(coalescer.run(u, Probe(), timeout_s=5) for u in ROUTES))
+        return alone, dict(zip(ROUTES, together, strict=True)), await router.owner_hosts()
+
+    alone, batched, owners = asyncio.run(calls())
+    expected = {u: unit_host(node, u, 2) for u, (node, _) in ROUTES.items()}
+    assert alone == expected
+    assert batched == expected
+    assert {h for h, m, _ in transport.calls if m == "run_many"} == set(expected.values())
+    assert owners == sorted(set(expected.values()))
+    assert len(set(expected.values())) == 4  # both slots of both nodes are addressed
