@@ -5,15 +5,14 @@ gives it, on its primary and on its follower alike; both slots of a node serve u
 from processes of their own; usage and top-ups through the gateways are charged and
 answered; and when ONE slot's process of a node is SIGKILLed, the coordinator fails
 the node's host over (its units are promoted on the other node) and every top-up
-that was acknowledged is in the balances, nothing more, nothing less.
+that was acknowledged is in the balances, nothing more, nothing less. Local storage:
+tests/test_hostslots_local_cluster.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,94 +21,30 @@ import pytest
 import ray
 from petribill.v1 import usage_pb2
 
-from actors.remote import NAMESPACE, host_name, host_pids
-from actors.slots import host_key, slot_of
+from actors.remote import NAMESPACE, host_pids
+from actors.slots import slot_of
 from cluster.client import PetribillClient
 from cluster.control.state import read_journal
 from cluster.deploy.runtime import Runtime
+from tests.hostslots_support import (
+    ACCOUNTS,
+    HOSTS,
+    NODES,
+    PARTITIONS,
+    SHARDS,
+    TopUps,
+    account,
+    fully_replicated,
+    host_call,
+    msisdn,
+    taken_over,
+    total,
+    voice,
+    wait_until,
+)
 from tests.local_cluster import running, small_runtime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-SHARDS, PARTITIONS, HOSTS = 4, 2, 2
-ACCOUNTS = 8
-T_NOV = 1_793_700_000
-NODES = ("n0", "n1")
-
-
-def account(i: int) -> str:
-    return f"slot-{i}"
-
-
-def msisdn(i: int) -> str:
-    return f"49151700{i:05d}"
-
-
-def voice(n: int) -> dict[str, Any]:
-    return {
-        "record_id": f"slot-usage:{n}", "service": "voice", "served_msisdn": msisdn(n % ACCOUNTS),
-        "record_opening_time_s": T_NOV + n, "called_number": "4930123456", "duration_s": 60,
-    }  # fmt: skip
-
-
-def host_call(node: str, slot: int, method: str, *args: Any) -> Any:
-    handle = ray.get_actor(host_name(host_key(node, slot)), namespace=NAMESPACE)
-    return ray.get(getattr(handle, method).remote(*args), timeout=60)
-
-
-def wait_until(what: Any, why: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.2)
-
-
-def fully_replicated(runtime: Runtime) -> bool:
-    status = runtime.status()
-    return bool(status["healthy"] and status["fully_replicated"])
-
-
-def total(client: PetribillClient, account_id: str) -> int:
-    balance = client.get_balance(account_id)
-    return int(balance.prepaid.micros + balance.credit.micros)
-
-
-class TopUps:
-    """Tops up every account by 1.00 in turn until stopped, each request retried with its
-    own id until acknowledged; counts what was acknowledged per account."""
-
-    def __init__(self, client: PetribillClient) -> None:
-        self.client = client
-        self.acked = dict.fromkeys(range(ACCOUNTS), 0)
-        self.failure: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> TopUps:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            for n in itertools.count():
-                if self._stop.is_set():
-                    return
-                i = n % ACCOUNTS
-                while True:  # the same request id until acknowledged: exactly once
-                    try:
-                        self.client.top_up(account(i), "1.00", request_id=f"slot-topup-{n}")
-                        break
-                    except Exception:
-                        time.sleep(0.2)
-                self.acked[i] += 1
-        except BaseException as exc:  # handed to the test by stop()
-            self.failure = exc
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=180)
-        assert not self._thread.is_alive(), "the top-up load is stuck"
-        assert self.failure is None, f"the top-up load failed: {self.failure!r}"
 
 
 @pytest.fixture(scope="module")
@@ -214,14 +149,9 @@ def test_one_slot_killed_fails_the_node_over_and_loses_nothing_acknowledged(
     try:
         time.sleep(1.0)
         os.kill(victim, signal.SIGKILL)
-
-        def taken_over() -> bool:
-            units = {u["unit"]: u for u in cluster.status()["units"]}
-            return all(
-                units[u]["state"] == "owned" and units[u]["epoch"] > e for u, e in owned.items()
-            )
-
-        wait_until(taken_over, "n1's units not taken over after one slot died")
+        wait_until(
+            lambda: taken_over(cluster, owned), "n1's units not taken over after one slot died"
+        )
         wait_until(lambda: fully_replicated(cluster), "not healed after the kill")
         time.sleep(1.0)  # acknowledged after the healing too
     finally:
