@@ -1,12 +1,13 @@
 """What the tests of several host processes per node share (tests/test_hostslots_*.py):
-the units and accounts, a usage record, a call on one slot's host, a top-up load that
-counts what was acknowledged, and waits on the coordinator's status."""
+the cluster and its accounts, a usage record, a call on one slot's host, a top-up load
+that counts what was acknowledged, and waits on the coordinator's status."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -15,11 +16,36 @@ from actors.remote import NAMESPACE, host_name
 from actors.slots import host_key
 from cluster.client import PetribillClient
 from cluster.deploy.runtime import Runtime
+from tests.local_cluster import small_runtime
 
 SHARDS, PARTITIONS, HOSTS = 4, 2, 2
 ACCOUNTS = 8
 T_NOV = 1_793_700_000
 NODES = ("n0", "n1")
+
+
+def slots_runtime(data_dir: Path, *, nodes: int) -> Runtime:
+    """A cluster of ``nodes`` simulated nodes with ``HOSTS`` host processes each (not started)."""
+    sharding = {"shards": SHARDS, "partitions": PARTITIONS, "hosts_per_node": HOSTS}
+    return small_runtime(
+        data_dir,
+        shards=SHARDS,
+        partitions=PARTITIONS,
+        nodes=nodes,
+        port=0,
+        tables={"sharding": sharding},
+    )
+
+
+def client_with_accounts(gateways: list[str]) -> PetribillClient:
+    """A client of ``gateways``, once it has created the ``ACCOUNTS`` postpaid accounts."""
+    client = PetribillClient(gateways, timeout_s=60, retries=40)
+    for i in range(ACCOUNTS):
+        client.create_account(
+            account(i), payment_mode="postpaid", plan_id="business",
+            msisdns=[msisdn(i)], request_id=f"slot-create-{i}",
+        )  # fmt: skip
+    return client
 
 
 def account(i: int) -> str:

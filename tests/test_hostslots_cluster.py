@@ -34,15 +34,16 @@ from tests.hostslots_support import (
     SHARDS,
     TopUps,
     account,
+    client_with_accounts,
     fully_replicated,
     host_call,
-    msisdn,
+    slots_runtime,
     taken_over,
     total,
     voice,
     wait_until,
 )
-from tests.local_cluster import running, small_runtime
+from tests.local_cluster import running
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -50,14 +51,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     data_dir = tmp_path_factory.mktemp("hostslots") / "data"
-    runtime = small_runtime(
-        data_dir,
-        shards=SHARDS,
-        partitions=PARTITIONS,
-        nodes=len(NODES),
-        port=0,
-        tables={"sharding": {"shards": SHARDS, "partitions": PARTITIONS, "hosts_per_node": HOSTS}},
-    )
+    runtime = slots_runtime(data_dir, nodes=len(NODES))
     with running(runtime):
         assert runtime.storage_mode == "replicated"
         yield runtime
@@ -66,12 +60,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 @pytest.fixture(scope="module")
 def client(cluster: Runtime) -> PetribillClient:
     assert cluster.info is not None
-    client = PetribillClient(cluster.info.gateways, timeout_s=60, retries=40)
-    for i in range(ACCOUNTS):
-        client.create_account(
-            account(i), payment_mode="postpaid", plan_id="business",
-            msisdns=[msisdn(i)], request_id=f"slot-create-{i}",
-        )  # fmt: skip
+    client = client_with_accounts(cluster.info.gateways)
     wait_until(lambda: fully_replicated(cluster), "not fully replicated after the set-up")
     return client
 
