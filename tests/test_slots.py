@@ -64,9 +64,10 @@ def config(value: Any) -> Any:
     return parse_config({"sharding": {"hosts_per_node": value}}, source="conf/cluster.toml")
 
 
-def test_hosts_per_node_is_auto_by_default_and_takes_a_positive_integer() -> None:
-    """Unset is "auto"; an integer from 1 is kept as given."""
-    assert parse_config({}).sharding.hosts_per_node == "auto"
+def test_hosts_per_node_is_one_by_default_and_takes_auto_or_a_positive_integer() -> None:
+    """Unset is 1; "auto" and an integer from 1 are kept as given."""
+    assert parse_config({}).sharding.hosts_per_node == 1
+    assert config("auto").sharding.hosts_per_node == "auto"
     assert config(1).sharding.hosts_per_node == 1
     assert config(8).sharding.hosts_per_node == 8
 
