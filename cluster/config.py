@@ -55,8 +55,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# More host processes than that on one node is a mistake, not a machine.
+_HOSTS_PER_NODE_MAX = 256
+
+
 class ShardingConfig(_Section):
-    """How the account space and the usage stream are cut up."""
+    """How the account space and the usage stream are cut up, and over how many host
+    processes of a node the units spread."""
 
     shards: int = Field(default=16, gt=0, le=4096)
     partitions: int = Field(default=8, gt=0, le=4096)
@@ -74,10 +79,6 @@ class ShardingConfig(_Section):
         raise ValueError(
             f'must be "auto" or an integer from 1 to {_HOSTS_PER_NODE_MAX}, got {value!r}'
         )
-
-
-# More host processes than that on one node is a mistake, not a machine.
-_HOSTS_PER_NODE_MAX = 256
 
 
 StorageMode = Literal["local", "shared", "replicated"]
