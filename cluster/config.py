@@ -68,7 +68,7 @@ class ShardingConfig(_Section):
     shards_per_actor: int = Field(default=1, gt=0, le=64)
     # Host processes per node (actors.slots): "auto" is the CPUs each node has to itself,
     # resolved once when the cluster starts (cluster.deploy.runtime.auto_hosts_per_node).
-    # 1 by default: on the 2-core machine measured, 2 were no faster (operations notes).
+    # 1 by default: on the 2-core machine measured, 2 were slower for one node (notes).
     hosts_per_node: int | Literal["auto"] = 1
 
     @field_validator("hosts_per_node", mode="before")
