@@ -5,7 +5,8 @@ gives it, on its primary and on its follower alike; both slots of a node serve u
 from processes of their own; usage and top-ups through the gateways are charged and
 answered; and when ONE slot's process of a node is SIGKILLed, the coordinator fails
 the node's host over (its units are promoted on the other node) and every top-up
-that was acknowledged is in the balances, nothing more, nothing less. Local storage:
+that was acknowledged is in the balances, nothing more, nothing less; chaos's kill-host
+hits the slot its pick names. Local storage:
 tests/test_hostslots_local_cluster.py.
 """
 
@@ -23,6 +24,7 @@ from petribill.v1 import usage_pb2
 
 from actors.remote import NAMESPACE, host_pids
 from actors.slots import slot_of
+from chaos.faults import Fault, Injector
 from cluster.client import PetribillClient
 from cluster.control.state import read_journal
 from cluster.deploy.runtime import Runtime
@@ -157,3 +159,17 @@ def test_one_slot_killed_fails_the_node_over_and_loses_nothing_acknowledged(
     assert victim not in host_pids("n1", HOSTS).values()
     report = client.reconcile()
     assert report.balanced and report.ledger_total.micros == 0, report.detail
+
+
+def test_the_kill_host_fault_kills_the_slot_its_pick_names(
+    cluster: Runtime, client: PetribillClient
+) -> None:
+    """Chaos's kill-host with pick 2 on two nodes hits slot 1 of n0, says so, and the node's
+    units are taken over; the slot's process is a new one afterwards."""
+    before = host_pids("n0", HOSTS)
+    result = Injector(cluster).apply(Fault(at_s=0.0, kind="kill-host", pick=2), at_s=0.0)
+    assert result.target == "n0" and not result.skipped, result
+    assert result.detail == f"slot 1 of {HOSTS}, pid {before[1]}", result
+    assert result.takeover_s is not None, result
+    after = host_pids("n0", HOSTS)
+    assert after[1] != before[1] and sorted(after) == list(range(HOSTS)), (before, after)
