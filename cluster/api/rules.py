@@ -27,6 +27,7 @@ __all__ = ["SHOWN_CHARS_MAX", "RuleError", "check_message", "field_rule", "shown
 #: The most characters of a sent value an error message repeats.
 SHOWN_CHARS_MAX: Final = 40
 _MONEY: Final = "petribill.v1.Money"
+_BYTES: Final = FieldDescriptor.TYPE_BYTES
 
 
 class RuleError(ValueError):
@@ -77,9 +78,39 @@ def _compile(descriptor: Descriptor) -> tuple[_Check, ...]:
         any_of = tuple(options.Extensions[rules_pb2.message_rule].any_of)
         if any_of:
             checks.append(_any_of(any_of))
+    # Consecutive scalar fields are checked by one loop (one call per message, not one
+    # per field), in field order, so the first broken rule is still the one reported.
+    scalars: list[tuple[str, _Item]] = []
     for field in descriptor.fields:
-        checks.extend(_field_checks(field, field_rule(field) or rules_pb2.FieldRule()))
+        rule = field_rule(field) or rules_pb2.FieldRule()
+        item = _scalar_item(field, rule)
+        if item is not None:
+            scalars.append((field.name, item))
+            continue
+        if scalars:
+            checks.append(_scalars(tuple(scalars)))
+            scalars = []
+        checks.extend(_field_checks(field, rule))
+    if scalars:
+        checks.append(_scalars(tuple(scalars)))
     return tuple(checks)
+
+
+def _scalar_item(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Item | None:
+    """The check of a singular scalar field; None for other fields and unchecked scalars."""
+    if field.is_repeated or field.type in (FieldDescriptor.TYPE_MESSAGE, _BYTES):
+        return None
+    return _item_check(field, rule)
+
+
+def _scalars(items: tuple[tuple[str, _Item], ...]) -> _Check:
+    def check(message: Any, where: str, _batch: int) -> None:
+        for name, item in items:
+            problem = item(getattr(message, name))
+            if problem is not None:
+                raise RuleError(f"{where}.{name}{problem}")
+
+    return check
 
 
 def _any_of(names: Sequence[str]) -> _Check:
@@ -91,24 +122,14 @@ def _any_of(names: Sequence[str]) -> _Check:
 
 
 def _field_checks(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> list[_Check]:
-    name = field.name
+    """The checks of a repeated, message or bytes field (scalars: :func:`_scalars`)."""
     if field.is_repeated:
         return [_repeated(field, rule)]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return [_message(field, rule)]
-    if field.type == FieldDescriptor.TYPE_BYTES:
+    if field.type == _BYTES:
         return _columns(field, rule)
-    item = _item_check(field, rule)
-    if item is None:
-        return []
-    inner = item
-
-    def check(message: Any, where: str, _batch: int) -> None:
-        problem = inner(getattr(message, name))
-        if problem is not None:
-            raise RuleError(f"{where}.{name}{problem}")
-
-    return [check]
+    return []
 
 
 def _repeated(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:
