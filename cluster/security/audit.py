@@ -5,8 +5,8 @@ process log, whose level, format and processors an operator may change; nor
 through structlog's processor chain, which cost more than the line's write on
 the online-charging path)::
 
-    {"event": "audit", "rpc": "Pay", "outcome": "OK", "token_id": "3f9c0a1b2c4d",
-     "role": "billing", "account_id": "a-1001", "request_id": "pay-7",
+    {"rpc": "Pay", "outcome": "OK", "token_id": "3f9c0a1b2c4d", "role": "billing",
+     "account_id": "a-1001", "request_id": "pay-7", "detail": null, "event": "audit",
      "ts": "2026-05-01T09:00:00.123456Z", "process": "node1:4242"}
 
 The token id names the token; the token itself is never in the log (the
@@ -128,8 +128,9 @@ class AuditLog:
         """Append one event: ``rpc`` ended with ``outcome`` for ``principal`` (None: the
         call was refused before anyone was authenticated)."""
         # Nothing filters an audit event (not the process's log level): every call writes.
+        # The keys in the order the lines have always had (structlog's: the fields, then
+        # the event name, then the stamp), so a line is byte for byte what it was.
         event = {
-            "event": "audit",
             "rpc": rpc,
             "outcome": outcome.name if isinstance(outcome, grpc.StatusCode) else outcome,
             "token_id": principal.token_id if principal is not None else None,
@@ -137,6 +138,7 @@ class AuditLog:
             "account_id": account_id,
             "request_id": request_id,
             "detail": detail,
+            "event": "audit",
             "ts": _ts_text(datetime.fromtimestamp(self._clock(), UTC)),
             "process": self.process,
         }
