@@ -25,7 +25,7 @@ def _session(**fields: object) -> charging_pb2.SessionRequest:
         "requested_units": 60,
     }
     given.update(fields)
-    return charging_pb2.SessionRequest(**given)  # type: ignore[arg-type]
+    return charging_pb2.SessionRequest(**given)
 
 
 def test_a_well_formed_session_step_passes() -> None:
