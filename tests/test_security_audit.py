@@ -137,3 +137,18 @@ def test_two_writers_of_one_process_started_in_one_second_write_apart(tmp_path: 
     first.close()
     second.close()
     assert sorted(e.request_id for e in read_events(tmp_path)) == ["a", "b"]
+
+
+def test_a_line_is_one_json_object_in_the_documented_order_and_time_format(
+    tmp_path: Path,
+) -> None:
+    """The raw line is exactly the documented one (and what structlog rendered before): keys
+    in order, the time in UTC to the microsecond with a ``Z``, ended by a newline."""
+    audit = AuditLog(tmp_path, clock=Clock(T0 + 0.25), process="node1:42")
+    audit.record(rpc="Pay", outcome=grpc.StatusCode.OK, principal=BILLING, request_id="pay-7")
+    audit.close()
+    assert audit.path.read_text() == (
+        '{"rpc": "Pay", "outcome": "OK", "token_id": "0123456789ab", "role": "billing", '
+        '"account_id": null, "request_id": "pay-7", "detail": null, "event": "audit", '
+        '"ts": "2026-05-01T09:00:00.250000Z", "process": "node1:42"}\n'
+    )

@@ -27,6 +27,7 @@ __all__ = ["SHOWN_CHARS_MAX", "RuleError", "check_message", "field_rule", "shown
 #: The most characters of a sent value an error message repeats.
 SHOWN_CHARS_MAX: Final = 40
 _MONEY: Final = "petribill.v1.Money"
+_BYTES: Final = FieldDescriptor.TYPE_BYTES
 
 
 class RuleError(ValueError):
@@ -51,6 +52,10 @@ def field_rule(field: FieldDescriptor) -> rules_pb2.FieldRule | None:
 
 # A check gets the message, the path of the message so far and the batch limit.
 _Check = Callable[[Any, str, int], None]
+# A scalar value's check answers what is wrong with it, said after its path (" is
+# required"), or None: the path is built only for a value that breaks a rule, not for
+# every field of every request.
+_Item = Callable[[Any], str | None]
 _COMPILED: dict[str, tuple[_Check, ...]] = {}
 
 
@@ -73,9 +78,39 @@ def _compile(descriptor: Descriptor) -> tuple[_Check, ...]:
         any_of = tuple(options.Extensions[rules_pb2.message_rule].any_of)
         if any_of:
             checks.append(_any_of(any_of))
+    # Consecutive scalar fields are checked by one loop (one call per message, not one
+    # per field), in field order, so the first broken rule is still the one reported.
+    scalars: list[tuple[str, _Item]] = []
     for field in descriptor.fields:
-        checks.extend(_field_checks(field, field_rule(field) or rules_pb2.FieldRule()))
+        rule = field_rule(field) or rules_pb2.FieldRule()
+        item = _scalar_item(field, rule)
+        if item is not None:
+            scalars.append((field.name, item))
+            continue
+        if scalars:
+            checks.append(_scalars(tuple(scalars)))
+            scalars = []
+        checks.extend(_field_checks(field, rule))
+    if scalars:
+        checks.append(_scalars(tuple(scalars)))
     return tuple(checks)
+
+
+def _scalar_item(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Item | None:
+    """The check of a singular scalar field; None for other fields and unchecked scalars."""
+    if field.is_repeated or field.type in (FieldDescriptor.TYPE_MESSAGE, _BYTES):
+        return None
+    return _item_check(field, rule)
+
+
+def _scalars(items: tuple[tuple[str, _Item], ...]) -> _Check:
+    def check(message: Any, where: str, _batch: int) -> None:
+        for name, item in items:
+            problem = item(getattr(message, name))
+            if problem is not None:
+                raise RuleError(f"{where}.{name}{problem}")
+
+    return check
 
 
 def _any_of(names: Sequence[str]) -> _Check:
@@ -87,22 +122,14 @@ def _any_of(names: Sequence[str]) -> _Check:
 
 
 def _field_checks(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> list[_Check]:
-    name = field.name
+    """The checks of a repeated, message or bytes field (scalars: :func:`_scalars`)."""
     if field.is_repeated:
         return [_repeated(field, rule)]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return [_message(field, rule)]
-    if field.type == FieldDescriptor.TYPE_BYTES:
+    if field.type == _BYTES:
         return _columns(field, rule)
-    item = _item_check(field, rule)
-    if item is None:
-        return []
-    inner = item
-
-    def check(message: Any, where: str, _batch: int) -> None:
-        inner(getattr(message, name), f"{where}.{name}")
-
-    return [check]
+    return []
 
 
 def _repeated(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:
@@ -127,7 +154,9 @@ def _repeated(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:
                 check_message(value, batch_items_max=batch_max, path=f"{where}.{name}[{index}]")
         elif item is not None:
             for index, value in enumerate(items):
-                item(value, f"{where}.{name}[{index}]")
+                problem = item(value)
+                if problem is not None:
+                    raise RuleError(f"{where}.{name}[{index}]{problem}")
 
     return check
 
@@ -171,16 +200,14 @@ def _message(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Check:
                 raise RuleError(f"{where}.{name} is required")
             return
         value = getattr(message, name)
-        if bounds is not None:
-            bounds(value.micros, f"{where}.{name}.micros")
+        if bounds is not None and (problem := bounds(value.micros)) is not None:
+            raise RuleError(f"{where}.{name}.micros{problem}")
         check_message(value, batch_items_max=batch_max, path=f"{where}.{name}")
 
     return check
 
 
-def _item_check(
-    field: FieldDescriptor, rule: rules_pb2.FieldRule
-) -> Callable[[Any, str], None] | None:
+def _item_check(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Item | None:
     """The check of one scalar value (a field, or an item of a repeated field)."""
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
@@ -204,73 +231,71 @@ _INTEGER_TYPES: Final = frozenset(
 )
 
 
-def _string(rule: rules_pb2.FieldRule) -> Callable[[str, str], None] | None:
+def _string(rule: rules_pb2.FieldRule) -> _Item | None:
     required, max_len, currency = rule.required, rule.max_len, rule.currency
     pattern = re.compile(rule.pattern) if rule.pattern else None
     if not (required or max_len or currency or pattern):
         return None
 
-    def check(value: str, where: str) -> None:
+    def check(value: str) -> str | None:
         if not value:
-            if required:
-                raise RuleError(f"{where} is required")
-            return
+            return " is required" if required else None
         if max_len and len(value) > max_len:
-            raise RuleError(f"{where} has {len(value)} characters (at most {max_len})")
+            return f" has {len(value)} characters (at most {max_len})"
         if pattern is not None and not pattern.fullmatch(value):
-            raise RuleError(f"{where} must match {pattern.pattern}, got {shown(value)}")
+            return f" must match {pattern.pattern}, got {shown(value)}"
         if currency and not is_currency_code(value):
-            raise RuleError(f"{where} must be an ISO 4217 code, got {shown(value)}")
+            return f" must be an ISO 4217 code, got {shown(value)}"
+        return None
 
     return check
 
 
-def _enum(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> Callable[[int, str], None]:
+def _enum(field: FieldDescriptor, rule: rules_pb2.FieldRule) -> _Item:
     required = rule.required
     defined = frozenset(field.enum_type.values_by_number)
     type_name = field.enum_type.name
 
-    def check(value: int, where: str) -> None:
+    def check(value: int) -> str | None:
         if value == 0 and required:
-            raise RuleError(f"{where} must be set (not {type_name} UNSPECIFIED)")
+            return f" must be set (not {type_name} UNSPECIFIED)"
         if value not in defined:
-            raise RuleError(f"{where}: {value} is not a value of {type_name}")
+            return f": {value} is not a value of {type_name}"
+        return None
 
     return check
 
 
-def _bounds(rule: rules_pb2.FieldRule) -> Callable[[int, str], None] | None:
+def _bounds(rule: rules_pb2.FieldRule) -> _Item | None:
     low = rule.min if rule.HasField("min") else None
     high = rule.max if rule.HasField("max") else None
     if low is None and high is None:
         return None
 
-    def check(value: int, where: str) -> None:
+    def check(value: int) -> str | None:
         if low is not None and value < low:
-            raise RuleError(f"{where} must be at least {low}, got {value}")
+            return f" must be at least {low}, got {value}"
         if high is not None and value > high:
-            raise RuleError(f"{where} must be at most {high}, got {value}")
+            return f" must be at most {high}, got {value}"
+        return None
 
     return check
 
 
-def _integer(rule: rules_pb2.FieldRule) -> Callable[[int, str], None] | None:
+def _integer(rule: rules_pb2.FieldRule) -> _Item | None:
     required, time = rule.required, rule.time
     bounds = _bounds(rule)
     if not (required or time or bounds):
         return None
 
-    def check(value: int, where: str) -> None:
+    def check(value: int) -> str | None:
         if value == 0:
-            if required:
-                raise RuleError(f"{where} is required")
-            return
+            return " is required" if required else None
         if time and not TIME_MIN_S <= value <= TIME_MAX_S:
-            raise RuleError(
-                f"{where} must be Unix seconds in [{TIME_MIN_S}, {TIME_MAX_S}] "
+            return (
+                f" must be Unix seconds in [{TIME_MIN_S}, {TIME_MAX_S}] "
                 f"(2000-01-01 to 2099-12-31 UTC), got {value}"
             )
-        if bounds is not None:
-            bounds(value, where)
+        return None if bounds is None else bounds(value)
 
     return check

@@ -101,7 +101,7 @@ class Rpc:
         if self.op is not None and (self.answer is None or self.account is None):
             raise ValueError(f"{self.name}: an op row needs its answer and account field")
 
-    @property
+    @cached_property  # asked on every call by the gateway's guard
     def audited(self) -> bool:
         """Whether the gateways write this RPC's calls to the audit log: every write (its
         request carries an idempotency key, ``request_id``: top-ups, payments, charging,

@@ -171,21 +171,40 @@ class Guard:
     ) -> None:
         if self.audit_log is None:
             return
+        account_field, request_id_field = _audit_fields(rpc)
         try:
             self.audit_log.record(
                 rpc=rpc.name,
                 outcome=outcome,
                 principal=principal,
-                account_id=_field(request, rpc.account or "account_id"),
-                request_id=_field(request, "request_id"),
+                account_id=_field(request, account_field),
+                request_id=_field(request, request_id_field),
             )
         except (OSError, ValueError) as exc:  # a full disk must not fail the call itself
             log.error("audit_write_failed", rpc=rpc.name, error=str(exc))
 
 
-def _field(request: Any, name: str) -> str | None:
+_AUDIT_FIELDS: dict[str, tuple[str | None, str | None]] = {}
+
+
+def _audit_fields(rpc: Rpc) -> tuple[str | None, str | None]:
+    """The request fields an audit line quotes: the account and the request id, each
+    None when the RPC's request has no such field (looked up once per RPC, not per call;
+    keyed by name, as hashing a whole row costs more than the look-up it saves)."""
+    found = _AUDIT_FIELDS.get(rpc.name)
+    if found is None:
+        fields = rpc.descriptor.input_type.fields_by_name
+        account = rpc.account or "account_id"
+        found = _AUDIT_FIELDS[rpc.name] = (
+            account if account in fields else None,
+            "request_id" if "request_id" in fields else None,
+        )
+    return found
+
+
+def _field(request: Any, name: str | None) -> str | None:
     """A string field of the request, if it has it and it is set."""
-    if not isinstance(request, Message) or name not in request.DESCRIPTOR.fields_by_name:
+    if name is None or not isinstance(request, Message):
         return None
     value = getattr(request, name)
     return value if isinstance(value, str) and value else None

@@ -1,10 +1,12 @@
 """The audit log: who moved money or ran an operator action, and how it ended.
 
-One JSON line per audited call, written through structlog into a file of its
-own (not the process log, whose level and format an operator may change)::
+One JSON line per audited call, rendered here into a file of its own (not the
+process log, whose level, format and processors an operator may change; nor
+through structlog's processor chain, which cost more than the line's write on
+the online-charging path)::
 
-    {"event": "audit", "rpc": "Pay", "outcome": "OK", "token_id": "3f9c0a1b2c4d",
-     "role": "billing", "account_id": "a-1001", "request_id": "pay-7",
+    {"rpc": "Pay", "outcome": "OK", "token_id": "3f9c0a1b2c4d", "role": "billing",
+     "account_id": "a-1001", "request_id": "pay-7", "detail": null, "event": "audit",
      "ts": "2026-05-01T09:00:00.123456Z", "process": "node1:4242"}
 
 The token id names the token; the token itself is never in the log (the
@@ -26,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,17 +78,8 @@ class AuditEvent:
 
 
 def _ts_text(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class _Sink:
-    """structlog's logger for the audit file: each rendered line is one append."""
-
-    def __init__(self, owner: AuditLog) -> None:
-        self._owner = owner
-
-    def info(self, message: str) -> None:
-        self._owner._append(message)
+    # isoformat, not strftime: the same text ("%Y-%m-%dT%H:%M:%S.%fZ"), in half the time.
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class AuditLog:
@@ -116,14 +109,6 @@ class AuditLog:
         self._bytes = 0
         folder.mkdir(parents=True, exist_ok=True)
         self._open_next()
-        self._logger = structlog.wrap_logger(
-            _Sink(self),
-            processors=[self._stamp, structlog.processors.JSONRenderer()],
-            # A plain BoundLogger: the process's log level must never filter audit events.
-            wrapper_class=structlog.BoundLogger,
-            context_class=dict,
-            cache_logger_on_first_use=False,
-        )
 
     @property
     def path(self) -> Path:
@@ -142,16 +127,22 @@ class AuditLog:
     ) -> None:
         """Append one event: ``rpc`` ended with ``outcome`` for ``principal`` (None: the
         call was refused before anyone was authenticated)."""
-        self._logger.info(
-            "audit",
-            rpc=rpc,
-            outcome=outcome.name if isinstance(outcome, grpc.StatusCode) else outcome,
-            token_id=principal.token_id if principal is not None else None,
-            role=principal.role.value if principal is not None else None,
-            account_id=account_id,
-            request_id=request_id,
-            detail=detail,
-        )
+        # Nothing filters an audit event (not the process's log level): every call writes.
+        # The keys in the order the lines have always had (structlog's: the fields, then
+        # the event name, then the stamp), so a line is byte for byte what it was.
+        event = {
+            "rpc": rpc,
+            "outcome": outcome.name if isinstance(outcome, grpc.StatusCode) else outcome,
+            "token_id": principal.token_id if principal is not None else None,
+            "role": principal.role.value if principal is not None else None,
+            "account_id": account_id,
+            "request_id": request_id,
+            "detail": detail,
+            "event": "audit",
+            "ts": _ts_text(datetime.fromtimestamp(self._clock(), UTC)),
+            "process": self.process,
+        }
+        self._append(json.dumps(event))
 
     def sync(self) -> None:
         """fsync the current file: every event recorded so far survives a machine crash."""
@@ -164,13 +155,6 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-    def _stamp(
-        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        event["ts"] = _ts_text(datetime.fromtimestamp(self._clock(), UTC))
-        event["process"] = self.process
-        return event
 
     def _open_next(self) -> None:
         # Called with the lock held, or from __init__.
