@@ -77,6 +77,7 @@ from actors.partition.codec import (
     source_key,
 )
 from actors.partition.directory import Directory, DirectoryAnswer, DirectoryEntry
+from actors.partition.record_group import settle_group as settle_record_group
 from actors.partition.rejects import RejectEntry, RejectKind, RejectStore, Staging
 from actors.partition.results import (
     DUPLICATES,
@@ -307,6 +308,13 @@ class RatingPartition:
             all_settled = all_settled and not result.retryable
         self.commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
+
+    def submit_group(
+        self, op: ops.SubmitGroup, reach: Reach
+    ) -> list[list[RecordResult] | Exception]:
+        """Several per-record calls, in order, in as few settles as their answers allow
+        (``actors.partition.record_group``); per call its results or its exception."""
+        return settle_record_group(self, op.parts, reach)
 
     def submit_columns(self, op: ops.SubmitColumns, reach: BulkReach) -> pa.RecordBatch:
         """:meth:`submit` for a batch of columns, with the same per-record rules
