@@ -13,7 +13,7 @@ join a group: ids repeated inside a call and across calls, malformed rows
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ def _served(folder: Path, loop: LoopThread) -> Iterator[tuple[Cluster, Petribill
 
 def _calls(
     cluster: Cluster, batches: list[list[dict[str, Any]]], seconds: list[int]
-) -> dict[str, list[SubmitColumns]]:
+) -> dict[str, list[Any]]:
     """Per partition, the ``SubmitColumns`` the gateway would send it for each batch."""
     calls: dict[str, list[SubmitColumns]] = {}
     for batch, second in zip(batches, seconds, strict=True):
@@ -79,14 +79,28 @@ def _calls(
 
 
 def _answers(found: list[Any]) -> list[Any]:
-    """Answers as plain values (an exception as its type and text)."""
+    """Answers as plain values (columns as rows, an exception as its type and text)."""
     return [
-        a.to_pylist() if isinstance(a, pa.RecordBatch) else (type(a).__name__, str(a))
+        a.to_pylist()
+        if isinstance(a, pa.RecordBatch)
+        else [tuple(r) for r in a]
+        if isinstance(a, list)
+        else (type(a).__name__, str(a))
         for a in found
     ]
 
 
-def _compare(folder: Path, batches: list[list[dict[str, Any]]], seconds: list[int]) -> None:
+#: The calls each partition would be sent for the batches (at their seconds after now).
+Calls = Callable[[Cluster, list[list[dict[str, Any]]], list[int]], dict[str, list[Any]]]
+
+
+def _compare(
+    folder: Path,
+    batches: list[list[dict[str, Any]]],
+    seconds: list[int],
+    calls_of: Calls = _calls,
+    group_of: Callable[[tuple[Any, ...]], Any] = lambda parts: SubmitColumnsGroup(parts=parts),
+) -> None:
     """Settle the batches' calls one by one on one cluster and as one group per partition
     on another; the answers and the states read back must be equal."""
     loop = LoopThread()
@@ -94,11 +108,10 @@ def _compare(folder: Path, batches: list[list[dict[str, Any]]], seconds: list[in
         with ExitStack() as stack:
             alone, alone_client = stack.enter_context(_served(folder / "alone", loop))
             group, group_client = stack.enter_context(_served(folder / "group", loop))
-            for unit, calls in sorted(_calls(alone, batches, seconds).items()):
+            for unit, calls in sorted(calls_of(alone, batches, seconds).items()):
                 expected = loop.run(_each(alone, unit, calls), 120)
-                grouped = _calls(group, batches, seconds)[unit]
-                got = loop.run(group.run(unit, SubmitColumnsGroup(parts=tuple(grouped)),
-                                         timeout_s=60), 120)  # fmt: skip
+                grouped = group_of(tuple(calls_of(group, batches, seconds)[unit]))
+                got = loop.run(group.run(unit, grouped, timeout_s=60), 120)
                 assert _answers(got) == _answers(expected), unit
             want, have = _state(alone_client), _state(group_client)
             assert have == want, _difference(want, have)
@@ -106,7 +119,7 @@ def _compare(folder: Path, batches: list[list[dict[str, Any]]], seconds: list[in
         loop.close()
 
 
-async def _each(cluster: Cluster, unit: str, calls: list[SubmitColumns]) -> list[Any]:
+async def _each(cluster: Cluster, unit: str, calls: list[Any]) -> list[Any]:
     answers: list[Any] = []
     for call in calls:
         try:

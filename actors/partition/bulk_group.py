@@ -18,7 +18,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from actors.partition.bulk import BulkReach, submit_columns
-from actors.partition.grouping import Grouping, Ids
+from actors.partition.grouping import Grouping
 from actors.partition.grouping import settle_group as settle_parts
 from actors.partition.ops import SubmitColumns
 from billing.columns import USAGE_SCHEMA, ColumnLayoutError, usage_batch
@@ -50,14 +50,14 @@ def _items(part: SubmitColumns) -> int:
     return rows + len(part.rejects)
 
 
-def _ids(part: SubmitColumns) -> Ids | None:
+def _ids(part: SubmitColumns) -> list[str] | None:
     """The part's record ids, or None when its columns are not usage columns."""
     try:
         usage = part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
     except ColumnLayoutError:
         return None
     found: list[str] = usage.column("record_id").to_pylist()
-    return Ids(found, [r.record_id for _, r in part.rejects if r.record_id])
+    return found
 
 
 def _joined(parts: Sequence[SubmitColumns]) -> SubmitColumns:

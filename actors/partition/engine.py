@@ -64,6 +64,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from actors.op import Env
 from actors.partition import ops
 from actors.partition.bulk import BulkReach, submit_columns
 from actors.partition.bulk_group import settle_group
@@ -309,12 +310,10 @@ class RatingPartition:
         self.commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
 
-    def submit_group(
-        self, op: ops.SubmitGroup, reach: Reach
-    ) -> list[list[RecordResult] | Exception]:
+    def submit_group(self, op: ops.SubmitGroup, env: Env) -> list[list[RecordResult] | Exception]:
         """Several per-record calls, in order, in as few settles as their answers allow
         (``actors.partition.record_group``); per call its results or its exception."""
-        return settle_record_group(self, op.parts, reach)
+        return settle_record_group(self, op.parts, env)
 
     def submit_columns(self, op: ops.SubmitColumns, reach: BulkReach) -> pa.RecordBatch:
         """:meth:`submit` for a batch of columns, with the same per-record rules

@@ -21,9 +21,7 @@ difference, that is when it has
 - no record id repeated inside it (a repeat answers "repeats item k of this
   batch", naming its place in the call) and no record id of another part of
   the run (across two calls the second is a replay through the claims and the
-  shard's marks, inside one it would be an in-batch repeat). The ids of its
-  reader rejects count too: a record charged after the reject of its id was
-  stored resolves that reject, which the store shows only after a commit;
+  shard's marks, inside one it would be an in-batch repeat);
 
 and its items read (the bulk path: its columns read as usage columns). Any
 other part is settled alone, in its place in the order. A run whose settling
@@ -38,7 +36,7 @@ end to end with others and has its answer cut back) is a :class:`Grouping`;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -49,7 +47,7 @@ from billing.invariant import invariant
 if TYPE_CHECKING:
     from actors.partition.engine import SourceProgress
 
-__all__ = ["Grouping", "Ids", "Part", "settle_group"]
+__all__ = ["Grouping", "Part", "settle_group"]
 
 # Failures that mean the store is not ours (or not writable) any more: never retried here.
 _STORE_LOST = (StaleEpoch, StoreClosed, StorageFailed)
@@ -70,21 +68,14 @@ A = TypeVar("A")
 
 
 @dataclass(frozen=True, slots=True)
-class Ids:
-    """A part's record ids (in item order, repeats kept) and the ids its rejects name."""
-
-    records: Sequence[str]
-    rejects: Collection[str] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Grouping(Generic[P, A]):
-    """How one path's calls are grouped: ``ids`` (``None``: the part must be settled
-    alone), ``items`` (how many answers it gets), ``alone`` (settle one part), ``joined``
-    (one part of several, items end to end) and ``cut`` (``answer``'s ``count`` items
-    from ``start``: a part's answer out of the joined one)."""
+    """How one path's calls are grouped: ``ids`` (its records' ids in item order, repeats
+    kept; ``None``: the part must be settled alone), ``items`` (how many answers it
+    gets), ``alone`` (settle one part), ``joined`` (one part of several, items end to
+    end) and ``cut`` (``answer``'s ``count`` items from ``start``: a part's answer out
+    of the joined one)."""
 
-    ids: Callable[[P], Ids | None]
+    ids: Callable[[P], Sequence[str] | None]
     items: Callable[[P], int]
     alone: Callable[[P], A]
     joined: Callable[[Sequence[P]], P]
@@ -124,16 +115,11 @@ def settle_group(parts: Sequence[P], grouping: Grouping[P, A], limit: int) -> li
     return done
 
 
-def _keys_if_joinable(ids: Ids | None) -> set[str] | None:
-    """The ids the part holds, or None when it must be settled alone (unreadable, or a
+def _keys_if_joinable(ids: Sequence[str] | None) -> set[str] | None:
+    """The part's record ids, or None when it must be settled alone (unreadable, or a
     record id repeated inside it)."""
-    if ids is None:
-        return None
-    keys = set(ids.records)
-    if len(keys) != len(ids.records):
-        return None
-    keys.update(i for i in ids.rejects if i)
-    return keys
+    keys = None if ids is None else set(ids)
+    return None if keys is None or len(keys) != len(ids or ()) else keys
 
 
 def _alone(grouping: Grouping[P, A], part: P) -> A | Exception:

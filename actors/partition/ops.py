@@ -114,8 +114,8 @@ class SubmitGroup(PartitionOp[list["list[RecordResult] | Exception"]]):
     parts: tuple[Submit, ...]
 
     def apply(self, engine: RatingPartition, env: Env) -> list[list[RecordResult] | Exception]:
-        at_s = self.parts[0].at_s if self.parts else 0
-        return engine.submit_group(self, Reach(env, at_s))
+        # Not one Reach for all: a shard charges a record at its own call's time.
+        return engine.submit_group(self, env)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from actors.partition.grouping import Grouping, Ids
+from actors.op import Env
+from actors.partition.grouping import Grouping
 from actors.partition.grouping import settle_group as settle_parts
-from actors.partition.ops import Submit
-from actors.partition.results import Reach, RecordResult
+from actors.partition.ops import Reach, Submit
+from actors.partition.results import RecordResult
 from billing.readers import Reject
 
 if TYPE_CHECKING:
@@ -27,30 +28,25 @@ __all__ = ["settle_group"]
 
 
 def settle_group(
-    partition: RatingPartition, parts: Sequence[Submit], reach: Reach
+    partition: RatingPartition, parts: Sequence[Submit], env: Env
 ) -> list[list[RecordResult] | Exception]:
     """Each part's results (or the exception it raised alone), in order; the parts that
-    may share a call settled in one (``actors.partition.grouping``)."""
+    may share a call settled in one (``actors.partition.grouping``). Each call reaches
+    the shards at its own ``at_s`` (the shards charge at the time they are given)."""
     grouping: Grouping[Submit, list[RecordResult]] = Grouping(
         ids=_ids,
         items=lambda part: len(part.items),
-        alone=lambda part: partition.submit(part, reach),
+        alone=lambda part: partition.submit(part, Reach(env, part.at_s)),
         joined=_joined,
         cut=lambda answer, start, count: answer[start : start + count],
     )
     return settle_parts(parts, grouping, partition.config.batch_records_max)
 
 
-def _ids(part: Submit) -> Ids:
-    records: list[str] = []
-    rejects: list[str] = []
-    for item in part.items:
-        if isinstance(item, Reject):
-            if item.record_id:
-                rejects.append(item.record_id)
-        else:
-            records.append(item.record_id)
-    return Ids(records, rejects)
+def _ids(part: Submit) -> list[str]:
+    """The ids of the part's records (its reader rejects are not records: a repeat of
+    one's id is no in-batch repeat, and it resolves nothing stored)."""
+    return [item.record_id for item in part.items if not isinstance(item, Reject)]
 
 
 def _joined(parts: Sequence[Submit]) -> Submit:
