@@ -108,3 +108,10 @@ def test_group_of_calls_with_rejects_answers_as_one_by_one(tmp_path: Path) -> No
         return rows
 
     _compare_records(tmp_path, [call("a"), call("b")], [0, 0])
+
+
+def test_group_of_calls_at_other_seconds_answers_as_one_by_one(tmp_path: Path) -> None:
+    """Grouped calls made at different seconds (a later call first in the group): each is
+    charged at its own second, its usage lines stamped with it, as alone."""
+    calls = [[_sms("m:s1")], [_sms("m:s2")], [_sms("m:s3")]]
+    _compare_records(tmp_path, calls, [1, 0, 0])
