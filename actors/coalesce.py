@@ -2,8 +2,9 @@
 
 A gateway serving many small concurrent requests (online-charging steps) would
 pay a Ray call, a lock round and a synced commit per request. A :class:`Coalescer`
-queues each operation by the node that owns its unit (the router's map) and sends
-what has queued as one ``run_many`` call to that host (``actors.host_many``) as
+queues each operation by the host process that serves its unit (the router's map
+and the unit's slot, :mod:`actors.slots`) and sends what has queued as one
+``run_many`` call to that host (``actors.host_many``) as
 soon as fewer than ``inflight_max`` calls to it are under way: no timer, so a lone
 request leaves at once, and under load a batch is whatever arrived during the
 previous round trip (the group-commit pattern of databases). Operations whose type
@@ -41,7 +42,7 @@ log = structlog.get_logger("petribill.coalesce")
 
 R = TypeVar("R")
 
-#: Host calls under way to one node at once; more operations wait for the next batch.
+#: Host calls under way to one host process at once; more operations wait for the next batch.
 INFLIGHT_MAX: Final = 2
 #: Operations in one host call at most (the rest go in the next).
 CALLS_MAX: Final = 256
@@ -88,50 +89,51 @@ class Coalescer:
         if route is None or loop is not self._loop:
             return await self.router.run(unit_id, op, timeout_s=timeout_s)
         node, epoch = route
+        host = self.router.host_of(unit_id, node)
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.setdefault(node, []).append(_Call(unit_id, epoch, op, future, deadline))
-        if self._inflight.get(node, 0) < self.inflight_max:
-            self._flush(node)
+        self._pending.setdefault(host, []).append(_Call(unit_id, epoch, op, future, deadline))
+        if self._inflight.get(host, 0) < self.inflight_max:
+            self._flush(host)
         try:
             return await future
         except (_Alone, StaleRoute, HostUnreachable):
             # Taken over, host gone, or the batch failed: the router's own retry loop.
             return await self.router.run(unit_id, op, timeout_s=time_left(deadline))
 
-    def _flush(self, node: str) -> None:
-        queued = self._pending.pop(node, [])
+    def _flush(self, host: str) -> None:
+        queued = self._pending.pop(host, [])
         calls = [c for c in queued if not c.future.done()]  # a caller that gave up is not sent
         if len(calls) > self.calls_max:
-            self._pending[node] = calls[self.calls_max :]
+            self._pending[host] = calls[self.calls_max :]
             calls = calls[: self.calls_max]
         if not calls:
             return
-        self._inflight[node] = self._inflight.get(node, 0) + 1
+        self._inflight[host] = self._inflight.get(host, 0) + 1
         self.batches += 1
         self.calls += len(calls)
-        task = asyncio.ensure_future(self._send(node, calls))
+        task = asyncio.ensure_future(self._send(host, calls))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, node: str, calls: list[_Call]) -> None:
+    async def _send(self, host: str, calls: list[_Call]) -> None:
         try:
             batch, members, merged = _merged(calls)
             timeout_s = max(c.deadline for c in calls) - time.monotonic()
             try:
                 answers = await self.router.transport.host_call(
-                    node, "run_many", batch, timeout_s=max(timeout_s, 0.001)
+                    host, "run_many", batch, timeout_s=max(timeout_s, 0.001)
                 )
             except Exception as exc:  # the host is gone or the call failed: each alone
-                log.debug("batch_failed", node=node, calls=len(calls), error=repr(exc))
+                log.debug("batch_failed", host=host, calls=len(calls), error=repr(exc))
                 for call in calls:
                     _settle(call.future, _Alone(str(exc)))
                 return
             for answer, group, many in zip(answers, members, merged, strict=True):
                 _answer(answer, group, many)
         finally:
-            self._inflight[node] -= 1
-            if self._pending.get(node):
-                self._flush(node)
+            self._inflight[host] -= 1
+            if self._pending.get(host):
+                self._flush(host)
 
 
 def _merged(

@@ -518,7 +518,13 @@ class UnitHost:
     def run_many(self, calls: Sequence[tuple[str, int, Op[Any]]]) -> list[Any]:
         """Several calls in one (a gateway's coalesced requests: ``actors.host_many``), each
         as :meth:`run` would run it; per call its answer or the exception it raised."""
-        return run_many(self.run, calls)
+        return run_many(self.run, calls, busy=self._busy)
+
+    def _busy(self, unit_id: str) -> bool:
+        """Whether another call holds ``unit_id``'s lock now (``run_many`` then waits for it
+        on a thread of its own, not in the batch's)."""
+        unit = self._units.get(unit_id)
+        return unit is not None and unit.lock.locked()
 
     def read(self, unit_id: str, epoch: int, op: Op[R]) -> R:
         """Run a query of committed state without waiting for the unit's lock.

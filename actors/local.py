@@ -33,11 +33,13 @@ class LocalTransport:
         self.hosts = hosts
         self.coordinator = coordinator
 
-    async def host_call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
-        host = self.hosts.get(node)
-        if host is None:
-            raise HostUnreachable(f"no host on {node}")
-        return await asyncio.wait_for(asyncio.to_thread(getattr(host, method), *args), timeout_s)
+    async def host_call(self, host: str, method: str, *args: Any, timeout_s: float) -> Any:
+        # One host per node in one process: a host's key is its node's name (actors.slots).
+        target = self.hosts.get(host)
+        if target is None:
+            raise HostUnreachable(f"no host on {host}")
+        call = asyncio.to_thread(getattr(target, method), *args)
+        return await asyncio.wait_for(call, timeout_s)
 
     async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
         call = asyncio.to_thread(getattr(self.coordinator, method), *args)

@@ -24,6 +24,7 @@ from actors.host import Engine, UnitHost
 from actors.op import Op
 from actors.replication import PeerUnreachable, ReplicationSettings
 from actors.router import HostUnreachable, UnitRouter
+from actors.slots import host_key, node_hosts, unit_host
 from actors.store.backup import UnitBackup
 from actors.store.control_copy import ControlCopy
 from actors.store.replica import CopyState
@@ -43,6 +44,7 @@ __all__ = [
     "RayTransport",
     "RoutedHost",
     "host_name",
+    "host_pids",
     "spawn_host",
 ]
 
@@ -92,13 +94,33 @@ _SWITCH_INTERVAL_S = 0.0005
 R = TypeVar("R")
 
 
-def host_name(node: str) -> str:
-    """The Ray actor name of a node's host."""
-    return f"petribill-host-{node}"
+def host_name(host: str) -> str:
+    """The Ray actor name of a host process, by its key (:mod:`actors.slots`): a node's
+    name for its slot 0, so one host per node is named as it always was."""
+    return f"petribill-host-{host}"
+
+
+def host_pids(node: str, hosts_per_node: int, *, timeout_s: float = 30.0) -> dict[int, int]:
+    """Slot -> process id of each of ``node``'s host processes that answers (a driver's
+    call: chaos faults and tests kill or pause exactly one of them)."""
+    refs: dict[int, Any] = {}
+    for slot, key in enumerate(node_hosts(node, hosts_per_node)):
+        try:
+            refs[slot] = ray.get_actor(host_name(key), namespace=NAMESPACE).pid.remote()
+        except ValueError:  # not started (yet), or gone
+            continue
+    pids: dict[int, int] = {}
+    for slot, ref in refs.items():
+        try:
+            pids[slot] = int(ray.get(ref, timeout=timeout_s))
+        except (RayActorError, GetTimeoutError):
+            continue
+    return pids
 
 
 class RayTransport:
-    """How a router reaches hosts and the coordinator in a Ray cluster (by actor name).
+    """How a router reaches hosts and the coordinator in a Ray cluster (by actor name,
+    from the host key the router gives: it knows the unit's slot, this does not guess).
 
     Handles are cached: a named-actor lookup is a GCS round trip, not a per-call
     cost. A host that fails is looked up again on the next call.
@@ -114,23 +136,23 @@ class RayTransport:
     async def _await(self, ref: Any, timeout_s: float) -> Any:
         return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
 
-    async def _host(self, node: str) -> Any:
-        handle = self._hosts.get(node)
+    async def _host(self, host: str) -> Any:
+        handle = self._hosts.get(host)
         if handle is None:
-            handle = await asyncio.to_thread(ray.get_actor, host_name(node), namespace=NAMESPACE)
-            self._hosts[node] = handle
+            handle = await asyncio.to_thread(ray.get_actor, host_name(host), namespace=NAMESPACE)
+            self._hosts[host] = handle
         return handle
 
-    async def host_call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
+    async def host_call(self, host: str, method: str, *args: Any, timeout_s: float) -> Any:
         if self._inner and method == "run":
             method = "run_inner"
         try:
-            handle = await self._host(node)
+            handle = await self._host(host)
             return await self._await(getattr(handle, method).remote(*args), timeout_s)
         except (RayActorError, GetTimeoutError, ValueError) as exc:
             # ValueError: no actor of that name (ray.get_actor); the others: it died.
-            self._hosts.pop(node, None)
-            raise HostUnreachable(f"host of {node}: {type(exc).__name__}: {exc}") from exc
+            self._hosts.pop(host, None)
+            raise HostUnreachable(f"host {host}: {type(exc).__name__}: {exc}") from exc
 
     async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
         try:
@@ -153,43 +175,52 @@ class RayTransport:
 class RayPeers:
     """How a host reaches other nodes' hosts for replication (``actors.replication.Peers``):
     Ray actor calls by name, handles cached; a gone or silent host is
-    :class:`~actors.replication.PeerUnreachable`."""
+    :class:`~actors.replication.PeerUnreachable`.
 
-    def __init__(self) -> None:
+    Every replica call names its unit first (``replica_apply(unit_id, ...)``): the copy
+    of that unit on a node is kept by the unit's slot there (:mod:`actors.slots`)."""
+
+    def __init__(self, hosts_per_node: int = 1) -> None:
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._hosts_per_node = hosts_per_node
 
-    def _handle(self, node: str) -> Any:
+    def _key(self, node: str, args: Sequence[Any]) -> str:
+        return unit_host(node, str(args[0]), self._hosts_per_node)
+
+    def _handle(self, host: str) -> Any:
         with self._lock:
-            handle = self._handles.get(node)
+            handle = self._handles.get(host)
         if handle is None:
             try:
-                handle = ray.get_actor(host_name(node), namespace=NAMESPACE)
+                handle = ray.get_actor(host_name(host), namespace=NAMESPACE)
             except ValueError as exc:
-                raise PeerUnreachable(f"no host on {node}") from exc
+                raise PeerUnreachable(f"no host {host}") from exc
             with self._lock:
-                self._handles[node] = handle
+                self._handles[host] = handle
         return handle
 
-    def _unreachable(self, node: str, exc: BaseException) -> PeerUnreachable:
+    def _unreachable(self, host: str, exc: BaseException) -> PeerUnreachable:
         with self._lock:
-            self._handles.pop(node, None)
-        return PeerUnreachable(f"host of {node}: {type(exc).__name__}: {exc}")
+            self._handles.pop(host, None)
+        return PeerUnreachable(f"host {host}: {type(exc).__name__}: {exc}")
 
     def call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
+        host = self._key(node, args)
         try:
-            ref = getattr(self._handle(node), method).remote(*args)
+            ref = getattr(self._handle(host), method).remote(*args)
             return ray.get(ref, timeout=timeout_s)
         except (RayActorError, GetTimeoutError) as exc:
-            raise self._unreachable(node, exc) from exc
+            raise self._unreachable(host, exc) from exc
 
     def call_all(
         self, calls: Sequence[tuple[str, str, tuple[Any, ...]]], *, timeout_s: float
     ) -> list[Any]:
         refs: list[Any] = []
-        for node, method, args in calls:
+        hosts = [self._key(node, args) for node, _, args in calls]
+        for host, (_, method, args) in zip(hosts, calls, strict=True):
             try:
-                refs.append(getattr(self._handle(node), method).remote(*args))
+                refs.append(getattr(self._handle(host), method).remote(*args))
             except PeerUnreachable as exc:
                 refs.append(exc)
         pending = [r for r in refs if not isinstance(r, BaseException)]
@@ -199,25 +230,26 @@ class RayPeers:
             else set()
         )
         answers: list[Any] = []
-        for (node, method, _), ref in zip(calls, refs, strict=True):
+        for host, (_, method, _), ref in zip(hosts, calls, refs, strict=True):
             if isinstance(ref, BaseException):
                 answers.append(ref)
             elif ref not in ready:
                 answers.append(
-                    self._unreachable(node, TimeoutError(f"{method}: no answer in {timeout_s} s"))
+                    self._unreachable(host, TimeoutError(f"{method}: no answer in {timeout_s} s"))
                 )
             else:
                 try:
                     answers.append(ray.get(ref))
                 except RayActorError as exc:
-                    answers.append(self._unreachable(node, exc))
+                    answers.append(self._unreachable(host, exc))
                 except Exception as exc:  # the follower's own refusal (fenced, gap)
                     answers.append(exc)
         return answers
 
 
 class RoutedHost(UnitHost):
-    """A UnitHost that reaches units on other nodes through the router over Ray."""
+    """A UnitHost that reaches units on other nodes through the router over Ray; one of
+    its node's ``hosts_per_node`` host processes (``slot``), over the node's folder."""
 
     def __init__(
         self,
@@ -226,6 +258,7 @@ class RoutedHost(UnitHost):
         data_dir: str,
         settings: dict[str, Any],
         setup: Callable[[], None] | None = None,
+        slot: int = 0,
     ) -> None:
         if setup is not None:
             setup()  # the process's logging, given by the control plane, before anything logs
@@ -234,17 +267,22 @@ class RoutedHost(UnitHost):
         self._tariffs_dir = ""
         self._inner: Any = None
         shards = int(settings["shards"])
+        hosts_per_node = int(settings.get("hosts_per_node", 1))
+        self.slot = slot
         super().__init__(
             node=node,
             data_dir=data_dir,
             shards=shards,
             factory=self._open_engine,
             router=UnitRouter(
-                RayTransport(inner=True), shards=shards, partitions=int(settings["partitions"])
+                RayTransport(inner=True),
+                shards=shards,
+                partitions=int(settings["partitions"]),
+                hosts_per_node=hosts_per_node,
             ),
             backup_root=settings.get("backup_root"),
             mode=str(settings.get("storage_mode", "local")),
-            peers=RayPeers(),
+            peers=RayPeers(hosts_per_node),
             replication=ReplicationSettings.of(settings),
         )
         # The time-driven duties of the account shards this host owns (actors.duties).
@@ -377,9 +415,10 @@ def spawn_host(
     data_dir: str,
     settings: dict[str, Any],
     setup: Callable[[], None] | None = None,
+    slot: int = 0,
 ) -> Any:
-    """Start the detached host actor of ``node``, pinned to that Ray node; ``setup`` runs
-    first in its process (the control plane passes the logging set-up)."""
+    """Start the detached host actor ``slot`` of ``node``, pinned to that Ray node;
+    ``setup`` runs first in its process (the control plane passes the logging set-up)."""
     # Concurrency groups are fixed when the class is made remote, not in .options().
     groups = {
         READS_GROUP: _READ_THREADS,
@@ -392,11 +431,11 @@ def spawn_host(
     }
     cls = ray.remote(concurrency_groups=groups)(RoutedHost)  # type: ignore[call-overload]
     return cls.options(
-        name=host_name(node),
+        name=host_name(host_key(node, slot)),
         namespace=NAMESPACE,
         lifetime="detached",
         max_restarts=0,
         max_concurrency=16,
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node_id, soft=False),
-    ).remote(node=node, data_dir=data_dir, settings=settings, setup=setup)
+    ).remote(node=node, data_dir=data_dir, settings=settings, setup=setup, slot=slot)

@@ -32,6 +32,7 @@ import structlog
 from actors.host import StaleRoute, UnitLost
 from actors.op import Op
 from actors.routing import partition_id, partition_of, shard_id, shard_of
+from actors.slots import unit_host
 
 __all__ = [
     "HostUnreachable",
@@ -77,8 +78,9 @@ class Transport(Protocol):
         """The coordinator's map: unit id -> (node, epoch)."""
         ...
 
-    async def host_call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
-        """``method(*args)`` on ``node``'s host; :class:`HostUnreachable` if it is gone."""
+    async def host_call(self, host: str, method: str, *args: Any, timeout_s: float) -> Any:
+        """``method(*args)`` on the host process ``host`` (a key of :mod:`actors.slots`:
+        the node's name for its slot 0); :class:`HostUnreachable` if it is gone."""
         ...
 
     async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
@@ -107,10 +109,14 @@ class UnitRouter:
         partitions: int,
         backoff_s: float = 0.05,
         backoff_max_s: float = 1.0,
+        hosts_per_node: int = 1,
     ) -> None:
+        """``hosts_per_node``: the cluster's setting (its settings' ``hosts_per_node``),
+        which decides which host process of a node serves a unit (:mod:`actors.slots`)."""
         self.transport = transport
         self.shards = shards
         self.partitions = partitions
+        self.hosts_per_node = hosts_per_node
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
         self._routes: dict[str, tuple[str, int]] = {}
@@ -153,10 +159,14 @@ class UnitRouter:
             task = self._refreshing[loop] = asyncio.ensure_future(self._fetch())
         await asyncio.shield(task)
 
-    async def owner_nodes(self) -> list[str]:
-        """The nodes that own units now (after a fresh map)."""
+    def host_of(self, unit_id: str, node: str) -> str:
+        """The key of the host process that serves ``unit_id`` on ``node``."""
+        return unit_host(node, unit_id, self.hosts_per_node)
+
+    async def owner_hosts(self) -> list[str]:
+        """The host processes that own units now (after a fresh map)."""
         await self.refresh()
-        return sorted({node for node, _ in self._routes.values()})
+        return sorted({self.host_of(unit, node) for unit, (node, _) in self._routes.items()})
 
     # -- calls -------------------------------------------------------------------------
 
@@ -203,7 +213,12 @@ class UnitRouter:
                 if route is not None:
                     node, epoch = route
                     return await self.transport.host_call(
-                        node, method, unit_id, epoch, *args, timeout_s=time_left(deadline)
+                        self.host_of(unit_id, node),
+                        method,
+                        unit_id,
+                        epoch,
+                        *args,
+                        timeout_s=time_left(deadline),
                     )
                 last = f"{unit_id} has no owner"
             except UnitLost as exc:  # its host found its data gone: never opened empty

@@ -52,8 +52,12 @@ each unit: the units spread over that many host processes, as ``hosts_per_node``
 would spread them on one machine (issue #13 item 5). ``shared_ratio`` is its
 throughput over the one-node cluster's: what more host processes buy here.
 
+``--hosts-per-node K`` (default 1) runs every cluster of the run with ``[sharding]
+hosts_per_node = K``: each node's units spread over K host processes (actors.slots).
+Compare two runs, K = 1 and K = 2, for what more host processes per node buy.
+
     .venv/bin/python bench/ingest.py [--records 100000] [--accounts 2000] [--streams 4] [--runs 3]
-        [--mode local|replicated|shared] [--replica-nodes 2]
+        [--mode local|replicated|shared] [--replica-nodes 2] [--hosts-per-node 1]
 """
 
 from __future__ import annotations
@@ -159,7 +163,11 @@ def run_cluster(
 ) -> dict[str, Any]:
     config = parse_config(
         {
-            "sharding": {"shards": args.shards, "partitions": args.partitions},
+            "sharding": {
+                "shards": args.shards,
+                "partitions": args.partitions,
+                "hosts_per_node": args.hosts_per_node,
+            },
             "storage": {"mode": mode},
         },
         source="bench",
@@ -495,6 +503,13 @@ def main() -> None:
         "over one folder on this machine: what more hosts per node buy)",
     )
     parser.add_argument("--replica-nodes", type=int, default=2)
+    parser.add_argument(
+        "--hosts-per-node",
+        type=lambda text: text if text == "auto" else int(text),
+        default=1,
+        help="[sharding] hosts_per_node of every cluster of the run: host processes per "
+        "node, each serving its share of the node's units (an integer, or auto)",
+    )
     args = parser.parse_args()
 
     records = workload(args.records, args.accounts, args.seed)
@@ -509,6 +524,7 @@ def main() -> None:
     summary = {
         "records": len(records),
         "runs": args.runs,
+        "hosts_per_node": args.hosts_per_node,
         **cluster,
         **baseline,
         "ratio": round(

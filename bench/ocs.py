@@ -7,25 +7,28 @@ and create ``--accounts`` prepaid accounts through the SDK.
 Timed, in one run:
 
 1. **Cluster**: ``C`` concurrent sessions (asyncio tasks on one grpc.aio channel in this
-   process): each runs one session after another for ``--seconds``, every session an
-   INITIAL (voice to a UK number, 60 s asked), an UPDATE (30 s used, 60 s asked) and a
-   TERMINATE (20 s used), each step one ``ChargingService.ChargeSession`` call with its
-   own request id, on a prepaid account (the subscriber named by account id, or with
-   ``--by msisdn`` by number). A step's latency is from the client's call to its answer;
-   every answer is checked (SUCCESS; the TERMINATE releases everything). ``--runs`` rounds
-   at ``--concurrency`` (their medians are the headline figures), then one round per level
-   of ``--sweep``.
+   process, or with ``--clients N`` spread over N client processes, each its own channel,
+   the clock started once every one is warm): each runs one session after another for
+   ``--seconds``, every session an INITIAL (voice to a UK number, 60 s asked), an UPDATE
+   (30 s used, 60 s asked) and a TERMINATE (20 s used), each step one
+   ``ChargingService.ChargeSession`` call with its own request id, on a prepaid account
+   (the subscriber named by account id, or with ``--by msisdn`` by number). A step's
+   latency is from the client's call to its answer; every answer is checked (SUCCESS; the
+   TERMINATE releases everything). ``--runs`` rounds at ``--concurrency`` (their medians
+   are the headline figures), then one round per level of ``--sweep``.
 2. **Baseline** (straight line, no Ray, no gRPC): the same steps of the same number of
    concurrent sessions on in-process account shards (``--shards`` of them, accounts spread
    by the cluster's hash), in rounds of ``C`` steps: each shard's part of a round applied
-   in one synced commit (``ops.SessionSteps``, the group commit the cluster does), and,
-   for comparison, one synced commit per step (the engine before group commit).
+   in one commit (``ops.SessionSteps``, the group commit the cluster does), and,
+   for comparison, one commit per step (the engine before group commit); every commit
+   is synced before the next step, as in the cluster.
 
 The last line is one JSON object: ``session_steps_per_s``, ``step_p50_ms``,
 ``step_p99_ms`` (medians of the rounds at ``--concurrency``), ``baseline_steps_per_s``,
 ``ratio`` (cluster ÷ baseline), the per-step-commit baseline, and the sweep.
 
-    PYTHONPATH=.:proto .venv/bin/python bench/ocs.py [--concurrency 32] [--sweep 1,8,32,128]
+    PYTHONPATH=.:proto .venv/bin/python bench/ocs.py [--concurrency 32] [--clients 1]
+        [--sweep 1,8,32,128]
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -150,6 +155,7 @@ class Sessions:
         self.meter = meter
         self.gateway = gateway  # the gateway's Ray actor: its coalescing counters
         self.round = 0
+        self.ready: Callable[[], None] | None = None  # called once warm, before the clock
 
     def _coalesced(self) -> tuple[int, int]:
         if self.gateway is None:
@@ -197,30 +203,55 @@ class Sessions:
             out["sessions"] += 1
             n += 1
 
-    async def run_round(self, concurrency: int, seconds: float) -> dict[str, Any]:
-        self.round += 1
+    async def drive(
+        self, workers: Sequence[int], concurrency: int, seconds: float
+    ) -> dict[str, Any]:
+        """Run ``workers`` (of ``concurrency``) on one channel for ``seconds``, after a warm-up
+        session: every step's latency, the failures, the sessions and this process's CPU."""
         out: dict[str, Any] = {"latencies_ms": [], "failed": [], "sessions": 0}
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = charging_pb2_grpc.ChargingServiceStub(channel)
-            await self._warm(stub)
+            await self._warm(stub, min(workers, default=0))
+            if self.ready is not None:
+                self.ready()
             cpu0 = time.process_time()
+            until = time.perf_counter() + seconds
+            await asyncio.gather(*(self._worker(stub, w, concurrency, until, out) for w in workers))
+            out["cpu_s"] = time.process_time() - cpu0
+        return out
+
+    def run_round(self, concurrency: int, seconds: float) -> dict[str, Any]:
+        """One timed round of ``concurrency`` sessions, from ``--clients`` processes."""
+        self.round += 1
+        clients = max(1, min(self.args.clients, concurrency))
+        cpu_before: dict[str, float] = {}
+        batches_before = calls_before = 0
+        began = 0.0
+
+        def started() -> None:
+            nonlocal cpu_before, batches_before, calls_before, began
             cpu_before = self.meter.snapshot() if self.meter is not None else {}
             batches_before, calls_before = self._coalesced()
             began = time.perf_counter()
-            until = began + seconds
-            await asyncio.gather(
-                *(self._worker(stub, w, concurrency, until, out) for w in range(concurrency))
-            )
-            elapsed = time.perf_counter() - began
-            client_cpu = time.process_time() - cpu0
-            cpu_after = self.meter.snapshot() if self.meter is not None else {}
-            batches_after, calls_after = self._coalesced()
-        lat = sorted(out["latencies_ms"])
+
+        if clients == 1:
+            self.ready = started
+            parts = [asyncio.run(self.drive(range(concurrency), concurrency, seconds))]
+        else:
+            parts = _in_processes(self, clients, concurrency, seconds, started)
+        elapsed = time.perf_counter() - began
+        cpu_after = self.meter.snapshot() if self.meter is not None else {}
+        batches_after, calls_after = self._coalesced()
+        failed = [f for part in parts for f in part["failed"]]
+        if failed:
+            raise SystemExit(f"{len(failed)} sessions failed, e.g. {failed[:3]}")
+        lat = sorted(ms for part in parts for ms in part["latencies_ms"])
+        client_cpu = sum(part["cpu_s"] for part in parts)
+        cpu_after["client"] = cpu_before.get("client", 0.0) + client_cpu
         batches = batches_after - batches_before
-        if out["failed"]:
-            raise SystemExit(f"{len(out['failed'])} sessions failed, e.g. {out['failed'][:3]}")
         return {
             "concurrency": concurrency,
+            "clients": clients,
             "steps": len(lat),
             "session_steps_per_s": round(len(lat) / elapsed),
             "step_p50_ms": round(quantile(lat, 0.50), 2),
@@ -233,13 +264,64 @@ class Sessions:
             else 0,
         }
 
-    async def _warm(self, stub: Any) -> None:
+    async def _warm(self, stub: Any, worker: int) -> None:
         """One session first: connections, handles and caches, untimed."""
-        sid = f"r{self.round}-warm"
+        sid = f"r{self.round}-warm{worker}"
         for k, step in enumerate((INITIAL, UPDATE, TERMINATE)):
-            answer = await stub.ChargeSession(self._request(sid, k, step, 0), timeout=60)
+            answer = await stub.ChargeSession(self._request(sid, k, step, worker), timeout=60)
             if answer.result != OK:
                 raise SystemExit(f"warm-up step {k} answered {answer.result}: {answer.detail}")
+
+
+def _in_processes(
+    sessions: Sessions, clients: int, concurrency: int, seconds: float, started: Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Client ``i`` of ``clients`` processes runs the workers ``i, i + clients, ...``; the
+    clock starts once every one is warm (its channel open, one session done)."""
+    context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe() for _ in range(clients)]
+    shared = (sessions.address, sessions.args, sessions.round)
+    procs = [
+        context.Process(
+            target=_client_process, args=(*shared, i, clients, concurrency, seconds, child)
+        )
+        for i, (_, child) in enumerate(pipes)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for parent, _ in pipes:
+            _received(parent, 120)  # warm
+        started()
+        for parent, _ in pipes:
+            parent.send("go")
+        return [_received(parent, seconds + 120) for parent, _ in pipes]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+
+
+def _received(pipe: Any, timeout_s: float) -> Any:
+    if not pipe.poll(timeout_s):
+        raise SystemExit(f"a client process said nothing in {timeout_s:.0f} s")
+    return pipe.recv()
+
+
+def _client_process(
+    address: str, args: argparse.Namespace, round_: int, index: int, clients: int,
+    concurrency: int, seconds: float, pipe: Any,
+) -> None:  # fmt: skip
+    """One client process of a round (``--clients``): its share of the sessions."""
+    sessions = Sessions(address, args, None)
+    sessions.round = round_
+
+    def wait_for_go() -> None:
+        pipe.send("warm")
+        pipe.recv()
+
+    sessions.ready = wait_for_go
+    workers = range(index, concurrency, clients)
+    pipe.send(asyncio.run(sessions.drive(workers, concurrency, seconds)))
 
 
 def measure(
@@ -248,12 +330,12 @@ def measure(
     sessions = Sessions(address, args, meter, gateway)
     rounds = []
     for _ in range(args.runs):
-        found = asyncio.run(sessions.run_round(args.concurrency, args.seconds))
+        found = sessions.run_round(args.concurrency, args.seconds)
         print(f"  C={args.concurrency}: {found}", flush=True)
         rounds.append(found)
     sweep = {}
     for level in args.sweep:
-        found = asyncio.run(sessions.run_round(level, args.seconds))
+        found = sessions.run_round(level, args.seconds)
         print(f"  sweep C={level}: {found}", flush=True)
         sweep[str(level)] = {k: found[k] for k in ("session_steps_per_s", "step_p50_ms",
                                                    "step_p99_ms")}  # fmt: skip
@@ -434,6 +516,10 @@ def run_baseline(args: argparse.Namespace, concurrency: int, grouped: bool) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--clients", type=int, default=1,
+        help="client processes the sessions are spread over (each its own channel)",
+    )  # fmt: skip
     parser.add_argument("--sweep", default="1,8,32,128")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -463,6 +549,7 @@ def main() -> None:
     cluster = run_cluster(args)
     summary: dict[str, Any] = {
         "concurrency": args.concurrency,
+        "clients": args.clients,
         "by": args.by,
         **{k: cluster[k] for k in ("session_steps_per_s", "step_p50_ms", "step_p99_ms")},
         **baseline,

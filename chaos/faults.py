@@ -3,7 +3,11 @@
 Each fault is applied to a local multi-node cluster (:class:`cluster.deploy.runtime.Runtime`
 with its :class:`cluster.deploy.localray.LocalRay`) by PID, never by process name:
 
-- ``kill-host``: SIGKILL the worker process hosting a node's shards and partitions;
+- ``kill-host``: SIGKILL one host process of a node (with ``hosts_per_node`` k > 1,
+  one slot of the k, chosen by the fault's ``pick``; the record says which slot and
+  PID); the coordinator fails the whole node's host over (docs/operations-notes.md,
+  "Failure detection"). ``kill-node``, ``pause-node`` and ``lose-disk`` take every
+  process of the node, hence every slot;
 - ``kill-gateway``: SIGKILL a gateway's worker process (clients' streams break
   mid-flight); the cluster heals itself: Ray restarts the process, the
   coordinator's loop makes it serve again on the same port, and the fault
@@ -46,6 +50,7 @@ from typing import Any, Final
 
 import structlog
 
+from actors.remote import host_pids
 from chaos.disk import TmpfsDisk
 from cluster.deploy.localray import LocalRay
 from cluster.deploy.runtime import Runtime
@@ -222,18 +227,22 @@ class Injector:
         return candidates[fault.pick % len(candidates)] if candidates else None
 
     def _kill_host(self, fault: Fault, at_s: float) -> FaultResult:
-        index = self._pick(self._live_nodes(), fault)
+        live = self._live_nodes()
+        index = self._pick(live, fault)
         if index is None:
             return self._skipped(fault, "-", at_s, "no node left to hit")
         node = f"n{index}"
         before = self._owned_by(node)
-        pid = self.local.worker_pid(index, "RoutedHost")
+        hosts_per_node = int(self.runtime.settings().get("hosts_per_node", 1))
+        slot = (fault.pick // len(live)) % hosts_per_node  # the node took pick % len(live)
+        pid = host_pids(node, hosts_per_node).get(slot)
         if pid is None:
-            return self._skipped(fault, node, at_s, "no host process")
+            return self._skipped(fault, node, at_s, f"no host process in slot {slot}")
         started = self._clock()
         os.kill(pid, signal.SIGKILL)
         took = self._wait_taken_over(before, started) if before else None
-        return self._healed(fault, node, at_s, started, f"pid {pid}", took)
+        detail = f"slot {slot} of {hosts_per_node}, pid {pid}"
+        return self._healed(fault, node, at_s, started, detail, took)
 
     def _kill_gateway(self, fault: Fault, at_s: float) -> FaultResult:
         index = self._pick(self._live_nodes(), fault)

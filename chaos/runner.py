@@ -150,7 +150,12 @@ class Report:
 def _config(options: ChaosOptions) -> Any:
     with open(options.conf, "rb") as handle:
         data = tomllib.load(handle)
-    data["sharding"] = {"shards": options.shards, "partitions": options.partitions}
+    # The run's own unit counts; the rest of [sharding] (hosts_per_node) as configured.
+    data["sharding"] = {
+        **data.get("sharding", {}),
+        "shards": options.shards,
+        "partitions": options.partitions,
+    }
     data["charging"] = {**data.get("charging", {}), "session_validity_s": SESSION_VALIDITY_S}
     data["bill_runs"] = {**data.get("bill_runs", {}), "scheduled": False}
     return parse_config(data, source=str(options.conf), base=options.conf.parent)

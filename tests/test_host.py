@@ -7,6 +7,8 @@ calls; tests/test_cluster_*.py run the same hosts as real Ray actors.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +298,75 @@ def test_a_sponsor_charge_left_in_the_outbox_is_delivered_by_the_next_duty_round
     sponsor = hosts.on(sponsor_shard, ops.GetAccount(account_id="sponsor-streamflix"))
     assert sponsor.unbilled == -6_000  # 3 MiB at 0.002 per MiB, once
     assert hosts.on(subscriber_shard, ops.PendingForwards()) == []
+
+
+def _two_units_of(hosts: TwoHosts, node: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Two account ids on two different shards that ``node`` serves: (account, unit) each."""
+    found: dict[str, str] = {}
+    for i in range(100):
+        account_id = f"acc-m{i}"
+        unit = shard_of(account_id, SHARDS)
+        if hosts.routes[unit][0] == node and unit not in found.values():
+            found[account_id] = unit
+        if len(found) == 2:
+            break
+    (a, unit_a), (b, unit_b) = found.items()
+    return (a, unit_a), (b, unit_b)
+
+
+def _top_up(account_id: str, n: int) -> ops.TopUp:
+    return ops.TopUp(
+        request_id=f"t-{account_id}-{n}", account_id=account_id, amount=1_000_000 * n,
+        currency="EUR", at_s=AT,
+    )  # fmt: skip
+
+
+def test_a_batch_answers_each_call_in_unit_order_and_each_failure_alone(
+    hosts: TwoHosts,
+) -> None:
+    """``run_many`` runs a unit's calls in their order and answers a stale call its own
+    StaleRoute while the other calls of the batch are applied."""
+    (a, unit_a), (b, unit_b) = _two_units_of(hosts, "n1")
+    epoch_a, epoch_b = hosts.routes[unit_a][1], hosts.routes[unit_b][1]
+    hosts.create(b, PaymentMode.PREPAID, None, "smart")
+    account = Account(account_id=a, currency="EUR", payment_mode=PaymentMode.PREPAID)
+    answers = hosts.hosts["n1"].run_many([
+        (unit_a, epoch_a, ops.CreateAccount(request_id="c-" + a, account=account)),
+        (unit_b, epoch_b + 1, _top_up(b, 1)),  # an epoch the unit does not have: stale
+        (unit_a, epoch_a, _top_up(a, 2)),  # after the create of the same unit
+        (unit_b, epoch_b, _top_up(b, 3)),
+    ])  # fmt: skip
+    assert answers[0].result is Result.CREATED
+    assert isinstance(answers[1], StaleRoute)
+    assert answers[2].result is Result.TOPPED_UP
+    assert answers[3].result is Result.TOPPED_UP
+    state_a = hosts.on(unit_a, ops.GetAccount(account_id=a))
+    state_b = hosts.on(unit_b, ops.GetAccount(account_id=b))
+    assert (state_a.prepaid, state_b.prepaid) == (2_000_000, 3_000_000)
+
+
+def test_a_unit_busy_with_another_call_does_not_hold_the_rest_of_a_batch(
+    hosts: TwoHosts,
+) -> None:
+    """While another call holds one unit's lock, the batch's calls on its other units are
+    applied; the busy unit's call runs once the lock is free."""
+    (a, unit_a), (b, unit_b) = _two_units_of(hosts, "n1")
+    hosts.create(a, PaymentMode.PREPAID, None, "smart")
+    hosts.create(b, PaymentMode.PREPAID, None, "smart")
+    host = hosts.hosts["n1"]
+    calls = [(unit_a, hosts.routes[unit_a][1], _top_up(a, 1)),
+             (unit_b, hosts.routes[unit_b][1], _top_up(b, 2))]  # fmt: skip
+    lock = host._units[unit_a].lock
+    with ThreadPoolExecutor(1) as pool:
+        with lock:  # a long call (a bill run) on the batch's first unit
+            batch = pool.submit(host.run_many, calls)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                state_b = host.read(unit_b, calls[1][1], ops.GetAccount(account_id=b))
+                if state_b is not None and state_b.prepaid == 2_000_000:
+                    break
+                time.sleep(0.01)
+            assert state_b is not None and state_b.prepaid == 2_000_000, "held behind the lock"
+            assert not batch.done()
+        answers = batch.result(timeout=20)
+    assert [answer.result for answer in answers] == [Result.TOPPED_UP, Result.TOPPED_UP]

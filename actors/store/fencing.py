@@ -146,10 +146,16 @@ def _boot_id() -> str:
 
 def read_fence_epoch(path: Path | str) -> int:
     """The epoch in ``<path>/EPOCH``, 0 if the shard was never owned."""
+    # os-level calls, not Path.read_bytes: every commit reads it, and each system call
+    # gives up the GIL, which a busy host takes back only after a switch interval.
     try:
-        return decode_u64((Path(path) / EPOCH_FILE).read_bytes())
+        fd = os.open(os.path.join(path, EPOCH_FILE), os.O_RDONLY)
     except FileNotFoundError:
         return 0
+    try:
+        return decode_u64(os.read(fd, 64))
+    finally:
+        os.close(fd)
 
 
 def lock_holder_pid(path: Path | str) -> int | None:

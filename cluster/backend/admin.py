@@ -100,6 +100,7 @@ async def cluster_status(
                 address=n.get("ray_node_id", ""),
                 shards=n["units"],
                 metrics_url=n.get("metrics_url", ""),
+                hosts=n.get("hosts", 1),
             )
             for n in status["nodes"]
         ],
@@ -120,6 +121,7 @@ async def cluster_status(
                     for node, state in sorted(u.get("followers", {}).items())
                 ],
                 in_sync=u.get("isr", []),
+                slot=u.get("slot", 0),
             )
             for u in status["units"]
         ],
@@ -625,11 +627,11 @@ async def _switch_units(cluster: Cluster, tariffs_dir: str, kind: str, timeout_s
     """Every host that owns units switches its units of ``kind`` to the catalogue."""
     transport = cluster.router.transport
     try:
-        nodes = await asyncio.wait_for(cluster.router.owner_nodes(), timeout_s)
+        hosts = await asyncio.wait_for(cluster.router.owner_hosts(), timeout_s)
         await asyncio.gather(
             *(
-                transport.host_call(node, "load_catalogue", tariffs_dir, kind, timeout_s=timeout_s)
-                for node in nodes
+                transport.host_call(host, "load_catalogue", tariffs_dir, kind, timeout_s=timeout_s)
+                for host in hosts
             )
         )
     except (TimeoutError, HostUnreachable) as exc:

@@ -55,7 +55,10 @@ class Backend:
 
         transport = RayTransport()
         router = UnitRouter(
-            transport, shards=int(settings["shards"]), partitions=int(settings["partitions"])
+            transport,
+            shards=int(settings["shards"]),
+            partitions=int(settings["partitions"]),
+            hosts_per_node=int(settings.get("hosts_per_node", 1)),
         )
 
         async def find_node() -> str | None:

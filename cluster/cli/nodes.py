@@ -122,6 +122,7 @@ def list_nodes(as_json: bool, data_dir: Path) -> None:
         {
             "node": n["node"],
             "status": n["status"],
+            "hosts": n.get("hosts", 1),
             **copies.get(n["node"], {"primaries": 0, "followers": 0}),
             "gateway": gateways.get(n["node"], ""),
             "ray_node_id": n["ray_node_id"],
@@ -132,12 +133,13 @@ def list_nodes(as_json: bool, data_dir: Path) -> None:
         click.echo(json.dumps(rows))
         return
     table = Table(title="nodes")
-    for column in ("node", "status", "primaries", "followers", "gateway", "ray node id"):
+    for column in ("node", "status", "hosts", "primaries", "followers", "gateway", "ray node id"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row["node"],
             row["status"],
+            str(row["hosts"]),
             str(row["primaries"]),
             str(row["followers"]),
             row["gateway"] or "-",

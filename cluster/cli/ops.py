@@ -239,23 +239,25 @@ def status(as_json: bool, data_dir: Path) -> None:
         return
     console = make_console()
     nodes = Table(title="nodes")
-    for column in ("node", "status", "units", "ray node id", "metrics"):
+    for column in ("node", "status", "units", "hosts", "ray node id", "metrics"):
         nodes.add_column(column)
     for node in found["nodes"]:
         nodes.add_row(
             node["node"],
             node["status"],
             str(node["units"]),
+            str(node.get("hosts", 1)),
             node["ray_node_id"][:16],
             node["metrics_url"],
         )
     units = Table(title="units")
     replicated = any("followers" in unit for unit in found["units"])
-    columns = ("unit", "state", "primary" if replicated else "owner", "epoch")
+    columns = ("unit", "state", "primary" if replicated else "owner", "slot", "epoch")
     for column in columns + (("followers (state, lag)", "in sync") if replicated else ()):
         units.add_column(column)
     for unit in found["units"]:
-        row = [unit["unit"], unit["state"], unit["node"], str(unit["epoch"])]
+        row = [unit["unit"], unit["state"], unit["node"], str(unit.get("slot", 0))]
+        row.append(str(unit["epoch"]))
         if replicated:
             row += [follower_text(unit), ", ".join(unit.get("isr", ())) or "-"]
         units.add_row(*row)

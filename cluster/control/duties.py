@@ -80,10 +80,10 @@ class OwnRoutes:
             raise DutiesStopped("the coordinator stopped")
         return self._routes()
 
-    async def host_call(self, node: str, method: str, *args: Any, timeout_s: float) -> Any:
+    async def host_call(self, host: str, method: str, *args: Any, timeout_s: float) -> Any:
         if self.stopped.is_set():
             raise DutiesStopped("the coordinator stopped")
-        return await self._inner.host_call(node, method, *args, timeout_s=timeout_s)
+        return await self._inner.host_call(host, method, *args, timeout_s=timeout_s)
 
     async def coordinator_call(self, method: str, *args: Any, timeout_s: float) -> Any:
         raise HostUnreachable(f"the coordinator does not call itself ({method})")

@@ -14,6 +14,7 @@ from ray.experimental import internal_kv
 
 from actors import metrics
 from actors.remote import NAMESPACE, host_name, spawn_host
+from actors.slots import host_key, node_hosts, unit_host
 from actors.store.backup import BackupRefused, RestoreRefused
 from actors.store.control_copy import ControlCopy
 from actors.store.fencing import StaleEpoch
@@ -52,14 +53,25 @@ def node_name(node: Mapping[str, Any]) -> str:
 
 
 class RayOps:
-    """Starts one host per alive node and answers the coordinator's questions."""
+    """Starts the ``hosts_per_node`` host processes of every alive node and answers the
+    coordinator's questions.
+
+    Hosts are kept by their key (:mod:`actors.slots`); what the coordinator asks about a
+    node, it answers for all of the node's hosts together (the node's host is ok only
+    while every one is, its silence the longest of theirs: docs/operations-notes.md,
+    "Failure detection"), and a call about a unit goes to the unit's slot. Node-wide
+    things — the control replica, the count of the node's unit folders — stay with
+    slot 0, so a node keeps one control copy however many processes it runs.
+    """
 
     def __init__(self, *, data_dir: str, settings: dict[str, Any]) -> None:
         self._data_dir = data_dir
         self._settings = settings
-        self._hosts: dict[str, Any] = {}
-        self._gone: set[str] = set()  # nodes whose host process died (its ping raised)
-        # node -> (the ping in flight, when it was sent); none while the host answers.
+        self._hosts_per_node = int(settings.get("hosts_per_node", 1))
+        self._hosts: dict[str, Any] = {}  # host key -> handle
+        self._host_node: dict[str, str] = {}  # host key -> its node
+        self._gone: set[str] = set()  # hosts whose process died (its ping raised)
+        # host key -> (the ping in flight, when it was sent); none while the host answers.
         self._pings: dict[str, tuple[Any, float]] = {}
         # Short Ray node id -> the address its gateway last said.
         self._gateway_addresses: dict[str, str] = {}
@@ -78,77 +90,98 @@ class RayOps:
         return alive
 
     def _probe(self, alive: Mapping[str, str]) -> None:
-        """Ping every alive node's host that has no ping in flight; start hosts that are
-        missing. A ping that raises means the process is gone (Ray says so); one not
-        answered yet only makes the host silent for longer (``host_silent_s``)."""
+        """Ping every host of every alive node that has no ping in flight; start hosts
+        that are missing. A ping that raises means the process is gone (Ray says so); one
+        not answered yet only makes the host silent for longer (``host_silent_s``)."""
         now = time.monotonic()
-        for node in [n for n in self._pings if n not in alive]:
-            del self._pings[node]  # Ray declared the node dead: nothing to wait for
+        keys = {key: node for node in alive for key in self.node_hosts(node)}
+        for key in [k for k in self._pings if k not in keys]:
+            del self._pings[key]  # Ray declared the node dead: nothing to wait for
         self._gone.clear()
         sent = []
-        for node, ray_id in alive.items():
-            handle = self._hosts.get(node) or self._lookup(node)
+        for key, node in keys.items():
+            handle = self._hosts.get(key) or self._lookup(key)
             if handle is None:
+                slot = self.node_hosts(node).index(key)
                 handle = spawn_host(
                     node,
-                    ray_id,
+                    alive[node],
                     data_dir=self._data_dir,
                     settings=self._settings,
-                    setup=process_logging(self._settings, f"host-{node}"),
+                    setup=process_logging(self._settings, f"host-{key}"),
+                    slot=slot,
                 )
                 self._forget(node)
-                log.info("host_started", node=node)
-            self._hosts[node] = handle
-            if node not in self._pings:
+                log.info("host_started", node=node, slot=slot)
+            self._hosts[key] = handle
+            self._host_node[key] = node
+            if key not in self._pings:
                 ref = handle.ping.remote()
-                self._pings[node] = (ref, now)
+                self._pings[key] = (ref, now)
                 sent.append(ref)
         if sent:  # a host that answers does so in milliseconds, from its liveness thread
             ray.wait(sent, num_returns=len(sent), timeout=_PING_WAIT_S)
         refs = [ref for ref, _ in self._pings.values()]
         done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
-        for node, (ref, sent_at) in list(self._pings.items()):
+        for key, (ref, sent_at) in list(self._pings.items()):
             if ref not in done:
                 continue
-            del self._pings[node]
+            del self._pings[key]
             try:
                 ray.get(ref)
             except ActorUnavailableError:
                 # Unreachable, not known dead: still silent, counted from the first ping.
-                self._pings[node] = (self._hosts[node].ping.remote(), sent_at)
+                self._pings[key] = (self._hosts[key].ping.remote(), sent_at)
                 continue
             except RayActorError:
-                self._gone.add(node)
-                self._hosts.pop(node, None)
-                self._forget(node)
-                log.warning("host_gone", node=node)
+                self._gone.add(key)
+                self._hosts.pop(key, None)
+                self._forget(keys[key])
+                log.warning("host_gone", node=keys[key], host=key)
                 continue
             silent_s = time.monotonic() - sent_at
             if silent_s > 2 * _PING_WAIT_S:
-                log.info("host_answering", node=node, silent_s=round(silent_s, 1))
+                log.info("host_answering", node=keys[key], host=key, silent_s=round(silent_s, 1))
+
+    def nodes(self) -> set[str]:
+        """The nodes with a host process known (started or found)."""
+        return {self._host_node[key] for key in self._hosts}
+
+    def node_hosts(self, node: str) -> list[str]:
+        """The keys of ``node``'s host processes, slot 0 first."""
+        return node_hosts(node, self._hosts_per_node)
 
     def _forget(self, node: str) -> None:
+        """Forget what the hosts of ``node`` confirmed (one of them started or died: the
+        coordinator fails the node's host over as a whole, and sends everything again)."""
         for key in [k for k in self._opened if k[0] == node]:
             del self._opened[key]
         self._replicas.forget(node)
 
-    def _lookup(self, node: str) -> Any:
+    def _lookup(self, host: str) -> Any:
         try:
-            return ray.get_actor(host_name(node), namespace=NAMESPACE)
+            return ray.get_actor(host_name(host), namespace=NAMESPACE)
         except ValueError:
             return None
 
     def host_ok(self, node: str) -> bool:
-        return node in self._hosts and node not in self._gone
+        """Every host process of ``node`` runs (k = 1: its one host)."""
+        return all(key in self._hosts and key not in self._gone for key in self.node_hosts(node))
 
     def host_silent_s(self, node: str) -> float:
-        ping = self._pings.get(node)
-        return 0.0 if ping is None else time.monotonic() - ping[1]
+        """The longest any host process of ``node`` has left a ping unanswered."""
+        now = time.monotonic()
+        sent = [self._pings[key][1] for key in self.node_hosts(node) if key in self._pings]
+        return now - min(sent) if sent else 0.0
+
+    def unit_handle(self, node: str, unit_id: str) -> Any:
+        """The handle of the host process that serves ``unit_id`` on ``node`` (None: none)."""
+        return self._hosts.get(unit_host(node, unit_id, self._hosts_per_node))
 
     def open_unit(self, node: str, unit_id: str, epoch: int) -> None:
         if self._opened.get((node, unit_id)) == epoch:
             return
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is None or not self.host_ok(node) or self.host_silent_s(node) > _OPEN_SILENT_S:
             raise UnitOpenError(f"{node}: no answering host")
         try:
@@ -162,12 +195,13 @@ class RayOps:
 
     def close_unit(self, node: str, unit_id: str) -> None:
         self._opened.pop((node, unit_id), None)
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is not None:
             ray.get(handle.close_unit.remote(unit_id), timeout=_OPEN_TIMEOUT_S)
 
     def host(self, node: str) -> Any:
-        return self._hosts.get(node)
+        """The handle of ``node``'s slot 0: node-wide calls (its control replica) go there."""
+        return self._hosts.get(host_key(node, 0))
 
     def gateways(self) -> list[dict[str, str]]:
         """Ask each gateway of an alive node its address, waiting at most
@@ -240,24 +274,24 @@ class RayOps:
         self._replicas.release(node, unit_id)
 
     def replica_fence(self, node: str, unit_id: str, epoch: int) -> None:
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is not None:
             handle.replica_fence.remote(unit_id, epoch)  # best effort: not waited for
 
     def replica_drop(self, node: str, unit_id: str) -> None:
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is not None:
             ray.get(handle.replica_drop.remote(unit_id), timeout=_OPEN_TIMEOUT_S)
 
     def unit_on_disk(self, node: str, unit_id: str) -> int | None:
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is None:
             raise UnitOpenError(f"{node}: no host")
         found: int | None = ray.get(handle.unit_on_disk.remote(unit_id), timeout=_PIN_TIMEOUT_S)
         return found
 
     def restore_stage(self, node: str, unit_id: str, folder: str) -> dict[str, Any]:
-        handle = self._hosts.get(node)
+        handle = self.unit_handle(node, unit_id)
         if handle is None:
             raise UnitOpenError(f"{node}: no host")
         try:
@@ -366,7 +400,8 @@ class _ReplicaCalls:
     one is in flight per (node, unit), and a pin waits until none is, so a host
     applies a unit's follower lists in the order the coordinator decided them (a
     threaded actor may run two calls of one caller in either order). Reports are
-    asked at most once at a time per host.
+    asked at most once at a time per host process, and a node's report is its
+    processes' reports merged, given only while every one of them answers.
     """
 
     def __init__(self, ops: RayOps) -> None:
@@ -376,7 +411,7 @@ class _ReplicaCalls:
         self._pending: dict[tuple[str, str], tuple[Value, Any]] = {}
         self._report_refs: dict[str, Any] = {}
         self._reports: dict[str, dict[str, dict[str, Any]]] = {}
-        self._answered: dict[str, float] = {}  # node -> when its host last answered a report
+        self._answered: dict[str, float] = {}  # host key -> when it last answered a report
         self._releasing: dict[tuple[str, str], Any] = {}
 
     def release(self, node: str, unit_id: str) -> None:
@@ -385,20 +420,25 @@ class _ReplicaCalls:
         ref = self._releasing.get(key)
         if ref is not None and not ray.wait([ref], timeout=0)[0]:
             return
-        handle = self._ops.host(node)
+        handle = self._ops.unit_handle(node, unit_id)
         if handle is not None:
             self._releasing[key] = handle.close_unit.remote(unit_id)
 
+    def _answered_lately(self, host: str) -> bool:
+        return time.monotonic() - self._answered.get(host, -1e9) < _ANSWERED_LATELY_S
+
     def answered_lately(self, node: str) -> bool:
-        return time.monotonic() - self._answered.get(node, -1e9) < _ANSWERED_LATELY_S
+        """Every host process of ``node`` answered a report lately."""
+        return all(self._answered_lately(host) for host in self._ops.node_hosts(node))
 
     def forget(self, node: str) -> None:
         for table in (self._confirmed, self._pending):
             for key in [k for k in table if k[0] == node]:
                 del table[key]
-        self._report_refs.pop(node, None)
-        self._reports.pop(node, None)
-        self._answered.pop(node, None)
+        for host in self._ops.node_hosts(node):
+            self._report_refs.pop(host, None)
+            self._reports.pop(host, None)
+            self._answered.pop(host, None)
 
     def _settled(self, key: tuple[str, str]) -> bool:
         """Whether no set_replicas is in flight for ``key`` (recording how it ended)."""
@@ -421,7 +461,7 @@ class _ReplicaCalls:
         value = (epoch, tuple(sorted(followers.items())))
         if not self._settled(key) or self._confirmed.get(key) == value:
             return
-        handle = self._ops.host(node)
+        handle = self._ops.unit_handle(node, unit_id)
         if handle is None:
             return
         self._confirmed.pop(key, None)
@@ -429,7 +469,7 @@ class _ReplicaCalls:
 
     def pin(self, node: str, unit_id: str, epoch: int, follower: str) -> bool:
         key = (node, unit_id)
-        handle = self._ops.host(node)
+        handle = self._ops.unit_handle(node, unit_id)
         if handle is None or not self._settled(key):
             return False
         pinned = bool(
@@ -440,32 +480,33 @@ class _ReplicaCalls:
         return pinned
 
     def reports(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """node -> unit -> report, from the hosts that answered lately."""
+        """node -> unit -> report, from the nodes whose every host answered lately."""
         sent = []
-        for node in list(self._ops._hosts):
-            if not self._ops.host_ok(node) or node in self._report_refs:
+        for host, handle in list(self._ops._hosts.items()):
+            if host in self._ops._gone or host in self._report_refs:
                 continue
-            handle = self._ops.host(node)
-            if handle is not None:
-                self._report_refs[node] = ref = handle.replica_report.remote()
-                sent.append(ref)
+            self._report_refs[host] = ref = handle.replica_report.remote()
+            sent.append(ref)
         if sent:
             ray.wait(sent, num_returns=len(sent), timeout=_REPORT_WAIT_S)
         refs = list(self._report_refs.values())
         done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
-        for node, ref in list(self._report_refs.items()):
+        for host, ref in list(self._report_refs.items()):
             if ref not in done:
                 continue
-            del self._report_refs[node]
+            del self._report_refs[host]
             try:
-                self._reports[node] = ray.get(ref)
-                self._answered[node] = time.monotonic()
+                self._reports[host] = ray.get(ref)
+                self._answered[host] = time.monotonic()
             except Exception as exc:
-                self._reports.pop(node, None)
-                log.debug("replica_report_failed", node=node, error=str(exc))
-        # Only hosts that answered lately: a paused one's last report is history.
-        return {
-            node: found
-            for node, found in self._reports.items()
-            if node in self._ops._hosts and self.answered_lately(node)
-        }
+                self._reports.pop(host, None)
+                log.debug("replica_report_failed", host=host, error=str(exc))
+        # Only nodes whose hosts all answered lately: a paused one's last report is history.
+        merged: dict[str, dict[str, dict[str, Any]]] = {}
+        for node in self._ops.nodes():
+            hosts = self._ops.node_hosts(node)
+            if all(h in self._ops._hosts and h in self._reports for h in hosts) and (
+                self.answered_lately(node)
+            ):
+                merged[node] = {u: r for h in hosts for u, r in self._reports[h].items()}
+        return merged

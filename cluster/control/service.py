@@ -27,6 +27,7 @@ from actors import metrics
 from actors.clock import Clock, clock_from_settings
 from actors.remote import COORDINATOR_NAME, NAMESPACE, RayTransport
 from actors.router import Transport, UnitRouter
+from actors.slots import slot_of
 from actors.store.backup import BackupRefused, RestoreRefused
 from actors.store.tariffs import current_tariffs_dir
 from billing.rating import load_catalogue
@@ -88,11 +89,17 @@ class CoordinatorService:
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
         shards, partitions = int(settings["shards"]), int(settings["partitions"])
+        self._hosts_per_node = int(settings.get("hosts_per_node", 1))
         own = OwnRoutes(transport if transport is not None else RayTransport(), self.routes)
         self.duties = CoordinatorDuties(
             coordinator=self._coordinator,
             lock=self._lock,
-            router=UnitRouter(own, shards=shards, partitions=partitions),
+            router=UnitRouter(
+                own,
+                shards=shards,
+                partitions=partitions,
+                hosts_per_node=self._hosts_per_node,
+            ),
             data_dir=Path(data_dir),
             schedule=BillSchedule.from_settings(settings, tz=_cycle_tz(data_dir, settings)),
             inspection=InspectionSettings.from_settings(settings),
@@ -204,7 +211,16 @@ class CoordinatorService:
                 state, (node, epoch) = "recovering", recovering[unit]
             else:
                 state, node, epoch = "free", "", epochs[unit]
-            units.append({"unit": unit, "state": state, "node": node, "epoch": epoch})
+            units.append(
+                {
+                    "unit": unit,
+                    "state": state,
+                    "node": node,
+                    "epoch": epoch,
+                    # Which of its node's host processes serves it (actors.slots).
+                    "slot": slot_of(unit, self._hosts_per_node),
+                }
+            )
         return units
 
     def _units_now(self) -> list[dict[str, Any]]:
@@ -241,6 +257,7 @@ class CoordinatorService:
                     "ray_node_id": ray_ids.get(name, ""),
                     "metrics_url": urls.get(ray_ids.get(name, ""), ""),
                     "units": sum(1 for n, _e in owned.values() if n == name),
+                    "hosts": self._hosts_per_node,
                 }
                 for name, status in marking.nodes()
             ]
@@ -263,6 +280,7 @@ class CoordinatorService:
                 "writable": self._coordinator.writable(),
                 "fully_replicated": self._coordinator.fully_replicated(),
                 "replication_factor": self._coordinator.replication_factor,
+                "hosts_per_node": self._hosts_per_node,
                 "locks_held": [list(x) for x in marking.locks_held()],
                 "gateways": list(self._gateways),
                 "schedule": self.duties.status(),

@@ -33,7 +33,14 @@ from cluster.deploy.localray import LOCAL_AUTH_ENV, LocalRay, NodeHandle
 from cluster.deploy.loopback import use_loopback
 from cluster.gateway.names import gateway_handles
 
-__all__ = ["Runtime", "RuntimeInfo", "StartError", "read_info"]
+__all__ = [
+    "Runtime",
+    "RuntimeInfo",
+    "StartError",
+    "auto_hosts_per_node",
+    "hosts_per_node_of",
+    "read_info",
+]
 
 log = structlog.get_logger("petribill.runtime")
 
@@ -73,13 +80,21 @@ def read_info(data_dir: Path) -> RuntimeInfo | None:
 
 
 def settings_of(
-    config: ClusterConfig, *, data_dir: Path, tariffs_dir: Path, mode: str | None = None
+    config: ClusterConfig,
+    *,
+    data_dir: Path,
+    tariffs_dir: Path,
+    mode: str | None = None,
+    hosts_per_node: int = 1,
 ) -> dict[str, Any]:
     """The plain settings every actor is built from (they cross process boundaries);
-    ``mode`` is the storage mode the cluster runs in (``config.storage.mode`` or local)."""
+    ``mode`` is the storage mode the cluster runs in (``config.storage.mode`` or local),
+    ``hosts_per_node`` the host processes per node (``"auto"`` already resolved:
+    :func:`hosts_per_node_of`)."""
     storage = config.storage
     return {
         "storage_mode": mode or storage.mode or "local",
+        "hosts_per_node": hosts_per_node,
         "replication_factor": storage.replication_factor,
         "min_in_sync": storage.min_in_sync,
         "replica_ack_timeout_s": storage.replica_ack_timeout_ms / 1000,
@@ -108,6 +123,31 @@ def settings_of(
         "bill_runs": config.bill_runs.model_dump(),
         "inspection": config.inspection.model_dump(),
     }
+
+
+def auto_hosts_per_node(nodes: list[dict[str, Any]]) -> int:
+    """``hosts_per_node = "auto"``: the CPUs every node has to itself, from Ray's node
+    table — a node's CPU resource divided by the petribill nodes on its machine (simulated
+    nodes share one address), the smallest over the alive nodes, at least 1. One value for
+    the whole cluster: every router then finds a unit's host from the unit alone."""
+    alive = [n for n in nodes if n.get("Alive")]
+    per_machine: dict[str, int] = {}
+    for node in alive:
+        address = str(node.get("NodeManagerAddress", ""))
+        per_machine[address] = per_machine.get(address, 0) + 1
+    own = [
+        float(n.get("Resources", {}).get("CPU", 1.0))
+        / per_machine[str(n.get("NodeManagerAddress", ""))]
+        for n in alive
+    ]
+    return max(1, int(min(own, default=1.0)))
+
+
+def hosts_per_node_of(config: ClusterConfig, nodes: list[dict[str, Any]]) -> int:
+    """The cluster's host processes per node: the setting, or "auto" resolved over ``nodes``
+    (Ray's node table when the cluster starts)."""
+    setting = config.sharding.hosts_per_node
+    return auto_hosts_per_node(nodes) if setting == "auto" else setting
 
 
 def _text(path: Path | None) -> str | None:
@@ -162,6 +202,7 @@ class Runtime:
         self.info: RuntimeInfo | None = None
         self.attached = False  # attach(): a cluster this object did not start
         self._recorded: dict[str, Any] = {}  # attach(): the settings the cluster runs with
+        self._hosts_per_node: int | None = None  # settings(): resolved at the first call
 
     @classmethod
     def attach(cls, config: ClusterConfig, data_dir: Path) -> Runtime:
@@ -242,11 +283,14 @@ class Runtime:
         attached cluster), else :func:`settings_of` in its storage mode."""
         if self._recorded:
             return dict(self._recorded)
+        if self._hosts_per_node is None:  # resolved once, from the nodes at the start
+            self._hosts_per_node = hosts_per_node_of(self.config, ray.nodes())  # type: ignore[no-untyped-call]
         return settings_of(
             self.config,
             data_dir=self.data_dir,
             tariffs_dir=self.tariffs_dir,
             mode=self.storage_mode,
+            hosts_per_node=self._hosts_per_node,
         )
 
     def wait_healthy(self, timeout_s: float) -> None:

@@ -124,7 +124,9 @@ class Calls:
             log.info("rpc_refused", rpc=name, reason=str(exc))
             raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         try:
-            return await asyncio.wait_for(call(request, timeout_s=timeout_s), timeout_s)
+            # asyncio.timeout, not wait_for: the call runs in this task, not in one more.
+            async with asyncio.timeout(timeout_s):
+                return await call(request, timeout_s=timeout_s)
         except BackendError as exc:
             failure = Failure(exc.code, exc.message)  # the message cut to its bound
             log.debug("rpc_backend_error", rpc=name, code=exc.code.name, message=failure.message)
