@@ -1,11 +1,31 @@
 """Several bulk calls of one partition settled as one: fewer, larger unit calls per row.
 
-The bulk path's :class:`~actors.partition.grouping.Grouping`: the parts of one
-partition arrive as one :class:`SubmitColumnsGroup`, and the parts that may share
-a call (the join rule of ``actors.partition.grouping``) are settled with one
-:func:`~actors.partition.bulk.submit_columns` over their rows put end to end, so
-each owner partition sees one claim call and each shard one charge call for the
-whole group. A part whose columns do not read as usage columns is settled alone.
+A gateway cuts every bulk request into one part per partition, and each part
+claims on every owner partition and charges on every shard its accounts live
+on. A unit call has a fixed cost of tens of Arrow kernels, a multi-get and a
+synced commit whatever its size, so P parts of a request make P x (P + S)
+calls of a few hundred rows each, and the fixed costs dominate. The gateway's
+coalescer (``actors.coalesce``) therefore sends the parts bound for one host
+together, and the parts of one partition become one :class:`SubmitColumnsGroup`:
+:func:`settle_group` settles them with one :func:`~actors.partition.bulk.submit_columns`
+over their rows put end to end, so each owner partition sees one claim call and
+each shard one charge call for the whole group.
+
+The answer is each part's own, exactly as it would have been alone and in
+arrival order: a part joins the run only when it could not tell the
+difference, that is when it has
+
+- the run's ``at_s`` and ``source`` (its rows are charged at that time and
+  counted under that source);
+- no record id repeated inside it (a repeat answers "repeats item k of this
+  batch", naming its place in the call) and no record id of another part of
+  the run (across two calls the second is a replay through the claims and the
+  shard's marks, inside one it would be an in-batch repeat);
+
+and its columns read as usage columns. Any other part is settled alone, in its
+place in the order. A run whose settling raises is settled part by part, so one
+part's failure is that part's answer only; a store that is no longer this
+unit's (fenced, closed, failed) raises for the whole call, as alone.
 """
 
 from __future__ import annotations
@@ -15,13 +35,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from actors.partition.bulk import BulkReach, submit_columns
-from actors.partition.grouping import Grouping
-from actors.partition.grouping import settle_group as settle_parts
 from actors.partition.ops import SubmitColumns
+from actors.store.fencing import StaleEpoch
+from actors.store.storage import StorageFailed, StoreClosed
 from billing.columns import USAGE_SCHEMA, ColumnLayoutError, usage_batch
+from billing.invariant import invariant
 from billing.readers import Reject
 
 if TYPE_CHECKING:
@@ -29,20 +51,43 @@ if TYPE_CHECKING:
 
 __all__ = ["settle_group"]
 
+# Failures that mean the store is not ours (or not writable) any more: never retried here.
+_STORE_LOST = (StaleEpoch, StoreClosed, StorageFailed)
+
 
 def settle_group(
     partition: RatingPartition, parts: Sequence[SubmitColumns], reach: BulkReach
 ) -> list[pa.RecordBatch | Exception]:
     """Each part's answer (or the exception it raised alone), in order; the parts that
-    may share a call settled in one (``actors.partition.grouping``)."""
-    grouping: Grouping[SubmitColumns, pa.RecordBatch] = Grouping(
-        ids=_ids,
-        items=_items,
-        alone=lambda part: submit_columns(partition, part, reach),
-        joined=_joined,
-        cut=lambda answer, start, count: answer.slice(start, count),
-    )
-    return settle_parts(parts, grouping, partition.config.batch_records_max)
+    may share a call settled in one (module docstring)."""
+    answers: list[pa.RecordBatch | Exception | None] = [None] * len(parts)
+    run: list[int] = []
+    seen: set[str] = set()
+    limit = partition.config.batch_records_max
+    rows = 0
+    for index, part in enumerate(parts):
+        ids = _ids_if_joinable(part)
+        first = parts[run[0]] if run else None
+        fits = (
+            ids is not None
+            and (first is None or (part.at_s == first.at_s and part.source == first.source))
+            and seen.isdisjoint(ids)
+            and rows + _items(part) <= limit
+        )
+        if not fits and run:
+            _settle_run(partition, parts, run, reach, answers)
+            run, seen, rows = [], set(), 0
+        if ids is None:
+            answers[index] = _alone(partition, part, reach)
+            continue
+        run.append(index)
+        seen.update(ids)
+        rows += _items(part)
+    if run:
+        _settle_run(partition, parts, run, reach, answers)
+    done = [a for a in answers if a is not None]
+    invariant(len(done) == len(parts), f"{len(done)} answers for {len(parts)} bulk calls")
+    return done
 
 
 def _items(part: SubmitColumns) -> int:
@@ -50,14 +95,56 @@ def _items(part: SubmitColumns) -> int:
     return rows + len(part.rejects)
 
 
-def _ids(part: SubmitColumns) -> list[str] | None:
-    """The part's record ids, or None when its columns are not usage columns."""
+def _ids_if_joinable(part: SubmitColumns) -> list[str] | None:
+    """The part's record ids, or None when it must be settled alone: its columns are not
+    usage columns, or an id repeats inside it."""
     try:
         usage = part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
     except ColumnLayoutError:
         return None
-    found: list[str] = usage.column("record_id").to_pylist()
+    ids = usage.column("record_id")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        return None
+    found: list[str] = ids.to_pylist()
     return found
+
+
+def _alone(
+    partition: RatingPartition, part: SubmitColumns, reach: BulkReach
+) -> pa.RecordBatch | Exception:
+    try:
+        return submit_columns(partition, part, reach)
+    except _STORE_LOST:
+        raise
+    except Exception as exc:  # this part's own failure, answered to its caller only
+        return exc
+
+
+def _settle_run(
+    partition: RatingPartition,
+    parts: Sequence[SubmitColumns],
+    run: list[int],
+    reach: BulkReach,
+    answers: list[pa.RecordBatch | Exception | None],
+) -> None:
+    """Settle the parts ``run`` (indexes into ``parts``) in one call, their answers into
+    ``answers``; part by part if that call raises."""
+    if len(run) == 1:
+        answers[run[0]] = _alone(partition, parts[run[0]], reach)
+        return
+    members = [parts[i] for i in run]
+    try:
+        merged = submit_columns(partition, _joined(members), reach)
+    except _STORE_LOST:
+        raise
+    except Exception:  # find the part that raised: each alone, its failure its own
+        for index in run:
+            answers[index] = _alone(partition, parts[index], reach)
+        return
+    offset = 0
+    for index, part in zip(run, members, strict=True):
+        answers[index] = merged.slice(offset, _items(part))
+        offset += _items(part)
 
 
 def _joined(parts: Sequence[SubmitColumns]) -> SubmitColumns:

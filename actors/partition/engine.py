@@ -64,7 +64,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.op import Env
 from actors.partition import ops
 from actors.partition.bulk import BulkReach, submit_columns
 from actors.partition.bulk_group import settle_group
@@ -78,7 +77,6 @@ from actors.partition.codec import (
     source_key,
 )
 from actors.partition.directory import Directory, DirectoryAnswer, DirectoryEntry
-from actors.partition.record_group import settle_group as settle_record_group
 from actors.partition.rejects import RejectEntry, RejectKind, RejectStore, Staging
 from actors.partition.results import (
     DUPLICATES,
@@ -309,11 +307,6 @@ class RatingPartition:
             all_settled = all_settled and not result.retryable
         self.commit(staging, tally, source if all_settled else None)
         return results  # type: ignore[return-value]
-
-    def submit_group(self, op: ops.SubmitGroup, env: Env) -> list[list[RecordResult] | Exception]:
-        """Several per-record calls, in order, in as few settles as their answers allow
-        (``actors.partition.record_group``); per call its results or its exception."""
-        return settle_record_group(self, op.parts, env)
 
     def submit_columns(self, op: ops.SubmitColumns, reach: BulkReach) -> pa.RecordBatch:
         """:meth:`submit` for a batch of columns, with the same per-record rules

@@ -46,7 +46,6 @@ __all__ = [
     "Submit",
     "SubmitColumns",
     "SubmitColumnsGroup",
-    "SubmitGroup",
 ]
 
 
@@ -98,24 +97,6 @@ class Submit(PartitionOp[list["RecordResult"]]):
 
     def apply(self, engine: RatingPartition, env: Env) -> list[RecordResult]:
         return engine.submit(self, Reach(env, self.at_s))
-
-    @staticmethod
-    def coalesce(parts: Sequence[Submit]) -> SubmitGroup:
-        """The per-record calls bound for one partition as one operation (``actors.coalesce``)."""
-        return SubmitGroup(parts=tuple(parts))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitGroup(PartitionOp[list["list[RecordResult] | Exception"]]):
-    """Several :class:`Submit` in arrival order, settled in as few calls as their answers
-    allow (``actors.partition.record_group``); per part its results, or the exception it
-    raised."""
-
-    parts: tuple[Submit, ...]
-
-    def apply(self, engine: RatingPartition, env: Env) -> list[list[RecordResult] | Exception]:
-        # Not one Reach for all: a shard charges a record at its own call's time.
-        return engine.submit_group(self, env)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,12 +4,8 @@ Each record is validated and normalised here (``cluster.backend.convert``); a
 malformed one travels on as a reader reject so its partition stores it with
 reason ``malformed`` and counts it, and the rest of the batch proceeds. Every
 partition's part goes to its owner in one call; the answers are put back in
-request order. The parts of concurrent calls bound for one partition travel in
-one host call through the gateway's coalescer and are settled together
-(``actors.partition.record_group``), so each shard sees one charge call for all
-of them, while each call keeps its own answer. Records a partition answers
-``unavailable`` (a shard did not answer) are resubmitted with the same ids
-until the call's time runs out:
+request order. Records a partition answers ``unavailable`` (a shard did not
+answer) are resubmitted with the same ids until the call's time runs out:
 the shards' marks make a resubmission a duplicate, never a second charge.
 """
 
@@ -81,9 +77,7 @@ async def _settle(
         while True:
             left = deadline - time.monotonic()
             op = Submit(items=[items[i] for i in pending], at_s=at_s, source=GRPC_SOURCE)
-            # Coalesced: the parts bound for one partition from concurrent calls are
-            # settled as one (actors.partition.record_group), each answered its own items.
-            answers = await cluster.coalesced(unit, op, timeout_s=max(left, 0.001))
+            answers = await cluster.run(unit, op, timeout_s=max(left, 0.001))
             retry = []
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
