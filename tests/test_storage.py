@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import rocksdict
 
 from actors.shard.keys import (
     account_key,
@@ -15,7 +13,6 @@ from actors.shard.keys import (
     ledger_prefix,
     split_ledger_key,
 )
-from actors.store import storage
 from actors.store.codec import (
     EPOCH_KEY,
     CodecError,
@@ -83,32 +80,6 @@ def test_batch_commits_atomically_and_scans_in_order(tmp_path: Path) -> None:
         assert store.get(idempotency_key("sw1:42")) == b"charged"
         assert list(store.scan(b"i/", b"i0")) == [(idempotency_key("sw1:42"), b"charged")]
         assert len(list(store.scan_prefix(b"l/", limit=2))) == 2
-
-
-def test_each_commit_has_synced_the_wal_when_it_returns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """RocksDB's own count of WAL syncs grows with every commit before the commit returns
-    (the store writes unsynced and syncs with flush_wal: the sync must not be left out)."""
-
-    def with_statistics(**kwargs: Any) -> rocksdict.Options:
-        options = rocksdict.Options(**kwargs)
-        options.enable_statistics()
-        return options
-
-    def wal_syncs(store: ShardStore) -> int:
-        text = store._live().property_value("rocksdb.options-statistics") or ""
-        line = next(x for x in text.splitlines() if x.startswith("rocksdb.wal.synced "))
-        return int(line.rsplit(":", 1)[1])
-
-    monkeypatch.setattr(storage, "Options", with_statistics)
-    with ShardStore.open(tmp_path / "s", epoch=1) as store:
-        for n in range(3):
-            before = wal_syncs(store)
-            batch = Batch()
-            batch.put(idempotency_key(f"r{n}"), b"charged")
-            store.commit(batch)
-            assert wal_syncs(store) > before, f"commit {n} returned before its WAL was synced"
 
 
 def test_batch_is_single_use_and_may_not_write_metadata(tmp_path: Path) -> None:

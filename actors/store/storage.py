@@ -287,8 +287,6 @@ class ShardStore(ReadableStore):
         self._db: Rdict | None = db
         self._wo = WriteOptions()
         self._wo.sync = True
-        self._unsynced = WriteOptions()  # a commit's write, synced by flush_wal (_commit)
-        self._unsynced.sync = False
         self.cache: LruCache[bytes, bytes] = LruCache(cache_entries_max)
         raw = db.get(COMMITS_KEY)
         self._commits = decode_u64(raw) if raw is not None else 0
@@ -370,7 +368,7 @@ class ShardStore(ReadableStore):
         return self._db
 
     def commit(self, batch: Batch) -> None:
-        """Write ``batch`` atomically, its WAL synced before this returns, if the shard is ours.
+        """Write ``batch`` atomically with one synced WAL write, if we still own the shard.
 
         Raises :class:`StaleEpoch` (and closes the store) if the shard has been
         taken over since this store was opened; nothing of the batch is written.
@@ -399,15 +397,7 @@ class ShardStore(ReadableStore):
         batch._wb.put(COMMITS_KEY, count)
         batch._wb.put(self._wlog_key, wlog)
         try:
-            # Written, then its WAL synced: RocksDB's SyncWAL, as durable as a synced
-            # write, and the batch is answered only after it. Not one synced write,
-            # because rocksdict holds the GIL through that write's fsync and not through
-            # flush_wal's: a host's other threads (its other batch in flight, Ray's) run
-            # while this fsync waits (docs/operations-notes.md, "Online charging"). The
-            # price: RocksDB shows the batch to lock-free queries of this unit from the
-            # write on, up to one fsync before it is durable.
-            db.write(batch._wb, self._unsynced)
-            db.flush_wal(True)
+            db.write(batch._wb, self._wo)
         except Exception as exc:
             # RocksDB refuses every write after a failed one (disk full, I/O
             # error) until it is reopened; the batch may or may not be in the
