@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Final
 from actors.op import Env
 from actors.shard.ops import ShardOp
 from actors.shard.work import Work
-from actors.store.fencing import StaleEpoch, StoreClosed
-from actors.store.storage import StorageFailed
+from actors.store.storage import STORE_LOST
 from billing.accounts import Outcome, Result
 from billing.invariant import invariant
 from billing.ocs.session import (
@@ -66,8 +65,6 @@ DEFAULT_UNITS: Final = {
 }
 #: The most steps one group commits (a gateway sends at most this many at once).
 GROUP_STEPS_MAX: Final = 512
-# Failures that mean the store is not ours (or not writable) any more: never retried here.
-_STORE_LOST = (StaleEpoch, StoreClosed, StorageFailed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +135,7 @@ def run_steps(core: ShardCore, steps: Sequence[SessionStep]) -> list[StepAnswer 
     work = Work(core)
     try:
         answers: list[StepAnswer | Exception] = [_step(core, work, s) for s in steps]
-    except _STORE_LOST:
+    except STORE_LOST:
         raise
     except Exception:
         if len(steps) == 1:
@@ -152,7 +149,7 @@ def _alone(core: ShardCore, step: SessionStep) -> StepAnswer | Exception:
     work = Work(core)
     try:
         answer = _step(core, work, step)
-    except _STORE_LOST:
+    except STORE_LOST:
         raise
     except Exception as exc:  # this step's own failure, answered to its caller only
         return exc

@@ -92,6 +92,7 @@ from actors.store.fencing import (
 from billing.invariant import invariant
 
 __all__ = [
+    "STORE_LOST",
     "Batch",
     "LruCache",
     "OwnerRecord",
@@ -126,6 +127,12 @@ class StorageFailed(StorageError):
 
     def __reduce__(self) -> tuple[type[StorageFailed], tuple[Path, str]]:
         return (StorageFailed, (self.path, self.detail))
+
+
+#: What a unit's operation raises when its store is no longer this owner's or no longer
+#: writable (fenced by a takeover, closed, a failed commit): never retried inside one
+#: call, always raised to the caller, whichever part of a grouped call met it.
+STORE_LOST: tuple[type[Exception], ...] = (StaleEpoch, StoreClosed, StorageFailed)
 
 
 #: One write of a batch as it is replicated: ``(key, value)``, or ``(key, None)`` to delete.
