@@ -40,8 +40,7 @@ from numpy.typing import NDArray
 
 from actors.partition.bulk import BulkReach, submit_columns
 from actors.partition.ops import SubmitColumns
-from actors.store.fencing import StaleEpoch
-from actors.store.storage import StorageFailed, StoreClosed
+from actors.store.storage import STORE_LOST
 from billing.columns import USAGE_SCHEMA, ColumnLayoutError, usage_batch
 from billing.invariant import invariant
 from billing.readers import Reject
@@ -50,9 +49,6 @@ if TYPE_CHECKING:
     from actors.partition.engine import RatingPartition
 
 __all__ = ["settle_group"]
-
-# Failures that mean the store is not ours (or not writable) any more: never retried here.
-_STORE_LOST = (StaleEpoch, StoreClosed, StorageFailed)
 
 
 def settle_group(
@@ -65,8 +61,9 @@ def settle_group(
     seen: set[str] = set()
     limit = partition.config.batch_records_max
     rows = 0
+    usages = [_usage(part) for part in parts]  # each part's columns read once
     for index, part in enumerate(parts):
-        ids = _ids_if_joinable(part)
+        ids = _ids_if_joinable(usages[index])
         first = parts[run[0]] if run else None
         fits = (
             ids is not None
@@ -75,7 +72,7 @@ def settle_group(
             and rows + _items(part) <= limit
         )
         if not fits and run:
-            _settle_run(partition, parts, run, reach, answers)
+            _settle_run(partition, parts, usages, run, reach, answers)
             run, seen, rows = [], set(), 0
         if ids is None:
             answers[index] = _alone(partition, part, reach)
@@ -84,7 +81,7 @@ def settle_group(
         seen.update(ids)
         rows += _items(part)
     if run:
-        _settle_run(partition, parts, run, reach, answers)
+        _settle_run(partition, parts, usages, run, reach, answers)
     done = [a for a in answers if a is not None]
     invariant(len(done) == len(parts), f"{len(done)} answers for {len(parts)} bulk calls")
     return done
@@ -95,12 +92,18 @@ def _items(part: SubmitColumns) -> int:
     return rows + len(part.rejects)
 
 
-def _ids_if_joinable(part: SubmitColumns) -> list[str] | None:
+def _usage(part: SubmitColumns) -> pa.RecordBatch | None:
+    """The part's rows as usage columns, or None when they do not read as such."""
+    try:
+        return part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
+    except ColumnLayoutError:
+        return None
+
+
+def _ids_if_joinable(usage: pa.RecordBatch | None) -> list[str] | None:
     """The part's record ids, or None when it must be settled alone: its columns are not
     usage columns, or an id repeats inside it."""
-    try:
-        usage = part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
-    except ColumnLayoutError:
+    if usage is None:
         return None
     ids = usage.column("record_id")
     if pc.count_distinct(ids).as_py() != len(ids):
@@ -114,7 +117,7 @@ def _alone(
 ) -> pa.RecordBatch | Exception:
     try:
         return submit_columns(partition, part, reach)
-    except _STORE_LOST:
+    except STORE_LOST:
         raise
     except Exception as exc:  # this part's own failure, answered to its caller only
         return exc
@@ -123,6 +126,7 @@ def _alone(
 def _settle_run(
     partition: RatingPartition,
     parts: Sequence[SubmitColumns],
+    usages: Sequence[pa.RecordBatch | None],
     run: list[int],
     reach: BulkReach,
     answers: list[pa.RecordBatch | Exception | None],
@@ -134,8 +138,8 @@ def _settle_run(
         return
     members = [parts[i] for i in run]
     try:
-        merged = submit_columns(partition, _joined(members), reach)
-    except _STORE_LOST:
+        merged = submit_columns(partition, _joined(members, [usages[i] for i in run]), reach)
+    except STORE_LOST:
         raise
     except Exception:  # find the part that raised: each alone, its failure its own
         for index in run:
@@ -147,14 +151,18 @@ def _settle_run(
         offset += _items(part)
 
 
-def _joined(parts: Sequence[SubmitColumns]) -> SubmitColumns:
-    """One call whose items are the parts' items end to end, each part's in its order."""
+def _joined(
+    parts: Sequence[SubmitColumns], usages: Sequence[pa.RecordBatch | None]
+) -> SubmitColumns:
+    """One call whose items are the parts' items (``usages``: their rows as usage columns)
+    end to end, each part's in its order."""
     batches: list[pa.RecordBatch] = []
     places: list[NDArray[np.int64]] = []
     rejects: list[tuple[int, Reject]] = []
     offset = 0
-    for part in parts:
-        usage = part.usage if part.usage.schema.equals(USAGE_SCHEMA) else usage_batch(part.usage)
+    for part, usage in zip(parts, usages, strict=True):
+        if usage is None:  # a run holds only parts whose columns read (settle_group)
+            raise TypeError("a part joined a run without usage columns")
         batches.append(usage)
         rows = usage.num_rows
         place = np.arange(rows, dtype=np.int64) if part.positions is None else part.positions
